@@ -1,0 +1,50 @@
+# vvfs — see README.md. `make run` and `make test` set up what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+DEBIAN_PACKAGES := libfuse2 fuse attr e2fsprogs util-linux
+BENCH_PACKAGES := fio qemu-system-common qemu-utils
+
+.PHONY: help setup deps build run test lint typecheck bench clean
+
+help:
+	@echo "make run    - set up, then run the daemon in the foreground (state ./.vvfs, volumes in ./mnt)"
+	@echo "make test   - set up, then run the whole test suite"
+	@echo "make bench  - set up, then run the benchmarks (installs fio and qemu-system-common)"
+
+# Debian packages, only those missing (apt-get update first, as a fresh machine needs).
+deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+node_modules/.installed: package.json package-lock.json patches/*.patch scripts/build-native.mjs
+	npm ci --no-audit --no-fund
+	@touch $@
+
+dist/.built: node_modules/.installed tsconfig.json tsconfig.build.json $(shell find lib bench -name '*.ts' 2>/dev/null)
+	npx tsc -p tsconfig.build.json
+	@touch $@
+
+build: dist/.built
+
+setup: deps build
+
+run: setup
+	node bin/vvfs daemon --state ./.vvfs --mount ./mnt --demo
+
+typecheck: node_modules/.installed
+	npx tsc -p tsconfig.json
+
+lint: node_modules/.installed
+	npx eslint .
+
+test: setup typecheck lint
+	npx vitest run
+
+bench: setup
+	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	node dist/bench/run.js
+
+clean:
+	rm -rf dist node_modules

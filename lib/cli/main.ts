@@ -1,0 +1,287 @@
+/**
+ * The vvfs CLI (yargs). `vvfs daemon` runs the daemon; every other command is
+ * a thin client of the control socket: it sends one request and prints the
+ * result as a table (or as JSON with --json). Exit status: 0 done, 1 the
+ * daemon refused or failed (the error's code is printed), 2 bad usage.
+ */
+import yargs, { type Argv } from 'yargs'
+import { hideBin } from 'yargs/helpers'
+import { ControlClient } from '../control/client.js'
+import { METHODS, type MethodName, type ParamsInput, type Result } from '../control/schema.js'
+import { asVvfsError } from '../errors.js'
+import { LOG_LEVELS, type LogLevel } from '../log.js'
+import { formatSize, parseDuration } from '../units.js'
+import { fields, table } from './output.js'
+
+interface Common {
+  socket: string
+  json: boolean
+}
+
+const DEFAULT_SOCKET = process.env.VVFS_SOCKET ?? './.vvfs/control.sock'
+
+async function call<M extends MethodName>(argv: Common, method: M, params: ParamsInput<M>): Promise<Result<M>> {
+  const client = await ControlClient.connect(argv.socket)
+  try {
+    return await client.call(method, params)
+  } finally {
+    client.close()
+  }
+}
+
+function print(argv: Common, result: unknown, human: () => string): void {
+  process.stdout.write((argv.json ? JSON.stringify(result, null, 2) : human()) + '\n')
+}
+
+const pct = (n: number) => `${n.toFixed(1)}%`
+
+function volumeRows(volumes: Result<'volume.list'>['volumes']) {
+  return table(
+    ['NAME', 'SIZE', 'ALLOCATED', 'USE%', 'HOSTS', 'STATE', 'ID'],
+    volumes.map((v) => [v.name, formatSize(v.size), formatSize(v.allocated), pct((100 * v.allocated) / Math.max(1, v.size)), v.hosts.join(',') || '-', v.state, v.id]),
+  )
+}
+
+function storageRows(storage: Result<'storage.list'>['storage']) {
+  return table(
+    ['NAME', 'CAPACITY', 'ALLOCATED', 'FREE', 'USE%', 'LARGEST-FREE-RUN', 'VOLUMES', 'PATH'],
+    storage.map((s) => [s.name, formatSize(s.capacity), formatSize(s.allocated), formatSize(s.free), pct(s.usedPercent), formatSize(s.largestFreeRun), s.volumes.join(',') || '-', s.path]),
+  )
+}
+
+function poolText(p: Result<'pool.status'>): string {
+  const rows = p.systems.map((s) => [s.name, formatSize(s.capacity), formatSize(s.allocated), formatSize(s.free), pct(s.usedPercent), formatSize(s.largestFreeRun), `${s.overcommit.toFixed(2)}x`])
+  rows.push(['TOTAL', formatSize(p.capacity), formatSize(p.allocated), formatSize(p.free), pct(p.usedPercent), formatSize(p.largestFreeRun), `${p.overcommit.toFixed(2)}x`])
+  return (
+    table(['STORAGE', 'CAPACITY', 'ALLOCATED', 'FREE', 'USE%', 'LARGEST-FREE-RUN', 'OVERCOMMIT'], rows) +
+    '\n\n' +
+    fields([
+      ['warning threshold', `${p.warnPercent}%`],
+      ['when full', p.fullMode === 'queue' ? `queue writers up to ${p.queueTimeoutMs / 1000}s, then ENOSPC` : 'ENOSPC at once'],
+      ['queued writers', p.queuedWriters],
+      ['volume sizes', formatSize(p.volumeBytes)],
+    ])
+  )
+}
+
+function volumeText(v: Result<'volume.show'>): string {
+  const head = fields([
+    ['name', v.name],
+    ['id', v.id],
+    ['size', `${formatSize(v.size)} (${v.size} bytes)`],
+    ['allocated', `${formatSize(v.allocated)} (${v.allocated} bytes)`],
+    ['state', v.state],
+    ['hosts', v.hosts.join(', ') || '-'],
+    ['files', v.files.join(', ') || '-'],
+    ['created', v.createdAt],
+    ['extents', v.extents],
+  ])
+  const by = v.allocatedBySystem.length ? '\n\n' + table(['STORAGE', 'ALLOCATED'], v.allocatedBySystem.map((s) => [s.storage, formatSize(s.allocated)])) : ''
+  const map = v.map.length
+    ? '\n\n' + table(['OFFSET', 'LENGTH', 'STORAGE'], v.map.map((r) => [formatSize(r.offset), formatSize(r.length), r.storage]))
+    : '\n\nno extent allocated (the volume reads as zeros)'
+  return head + by + map
+}
+
+function withCommon<T>(y: Argv<T>) {
+  return y
+    .option('socket', { type: 'string', default: DEFAULT_SOCKET, describe: 'control socket ($VVFS_SOCKET)' })
+    .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON' })
+}
+
+export function buildCli(args: string[]) {
+  const cli = withCommon(yargs(args))
+    .scriptName('vvfs')
+    .usage('$0 <command>\n\nvvfs serves thin virtual volumes as files in a FUSE mount.')
+    .command(
+      'daemon',
+      'run the daemon in the foreground',
+      (y) =>
+        y
+          .option('state', { type: 'string', default: './.vvfs', describe: 'state directory' })
+          .option('mount', { type: 'string', default: './mnt', describe: 'mount directory of the default host "local"' })
+          .option('log-level', { choices: LOG_LEVELS, default: 'info' as LogLevel })
+          .option('demo', { type: 'boolean', default: false, describe: 'on a new state: three 4 GiB storage systems and a 1 GiB volume "demo"' }),
+      async (argv) => {
+        const { runDaemon } = await import('../daemon.js')
+        const socket = argv.socket === DEFAULT_SOCKET && !process.env.VVFS_SOCKET ? undefined : argv.socket
+        process.exitCode = await runDaemon({ state: argv.state, mount: argv.mount, socket, logLevel: argv['log-level'] as LogLevel, demo: argv.demo })
+      },
+    )
+    .command('status', 'daemon status', (y) => y, async (argv) => {
+      const s = await call(argv, 'status', {})
+      print(argv, s, () =>
+        fields([
+          ['version', s.version],
+          ['pid', s.pid],
+          ['state', s.stateDir],
+          ['socket', s.socket],
+          ['up', `${s.uptimeSeconds}s (since ${s.startedAt})`],
+          ['pool', `${formatSize(s.pool.allocated)} allocated of ${formatSize(s.pool.capacity)}, ${formatSize(s.pool.free)} free`],
+          ['storage systems', s.storage],
+          ['hosts', s.hosts],
+          ['volumes', s.volumes],
+        ]),
+      )
+    })
+    .command('storage', 'storage systems', (y) =>
+      y
+        .command(
+          'add <name>',
+          'add a storage system',
+          (y) => y.positional('name', { type: 'string', demandOption: true }).option('capacity', { type: 'string', demandOption: true, describe: 'e.g. 4G' }).option('path', { type: 'string', describe: 'LevelDB directory (default STATE/storage/NAME)' }),
+          async (argv) => {
+            const s = await call(argv, 'storage.add', { name: argv.name, capacity: argv.capacity, path: argv.path })
+            print(argv, s, () => `added storage system ${s.name}: ${formatSize(s.capacity)} at ${s.path}`)
+          },
+        )
+        .command('list', 'list storage systems', (y) => y, async (argv) => {
+          const r = await call(argv, 'storage.list', {})
+          print(argv, r.storage, () => storageRows(r.storage))
+        })
+        .command('remove <name>', 'remove a storage system that holds no extents', (y) => y.positional('name', { type: 'string', demandOption: true }), async (argv) => {
+          const r = await call(argv, 'storage.remove', { name: argv.name })
+          print(argv, r, () => `removed storage system ${r.removed}`)
+        })
+        .demandCommand(1),
+    )
+    .command('host', 'hosts (FUSE mounts)', (y) =>
+      y
+        .command(
+          'add <name>',
+          'add a host',
+          (y) => y.positional('name', { type: 'string', demandOption: true }).option('mount', { type: 'string', demandOption: true }),
+          async (argv) => {
+            const h = await call(argv, 'host.add', { name: argv.name, mount: argv.mount })
+            print(argv, h, () => `added host ${h.name}, mounted at ${h.mount}`)
+          },
+        )
+        .command('list', 'list hosts', (y) => y, async (argv) => {
+          const r = await call(argv, 'host.list', {})
+          print(argv, r.hosts, () => table(['NAME', 'MOUNT', 'MOUNTED', 'VOLUMES'], r.hosts.map((h) => [h.name, h.mount, h.mounted ? 'yes' : 'no', h.volumes.join(',') || '-'])))
+        })
+        .command('remove <name>', 'remove a host', (y) => y.positional('name', { type: 'string', demandOption: true }), async (argv) => {
+          const r = await call(argv, 'host.remove', { name: argv.name })
+          print(argv, r, () => `removed host ${r.removed}`)
+        })
+        .demandCommand(1),
+    )
+    .command('volume', 'volumes', (y) =>
+      y
+        .command(
+          'create <name>',
+          'create a thin volume',
+          (y) =>
+            y
+              .positional('name', { type: 'string', demandOption: true })
+              .option('size', { type: 'string', demandOption: true, describe: 'e.g. 512M, 4G, 1T' })
+              .option('host', { type: 'string', array: true, describe: 'hosts to map it to (default: local)' }),
+          async (argv) => {
+            const v = await call(argv, 'volume.create', { name: argv.name, size: argv.size, hosts: argv.host })
+            print(argv, v, () => `created volume ${v.name}\nid    ${v.id}\nsize  ${formatSize(v.size)} (${v.size} bytes)\nfiles ${v.files.join(', ') || '-'}`)
+          },
+        )
+        .command('list', 'list volumes', (y) => y, async (argv) => {
+          const r = await call(argv, 'volume.list', {})
+          print(argv, r.volumes, () => volumeRows(r.volumes))
+        })
+        .command('show <name>', 'show a volume and its extent map', (y) => y.positional('name', { type: 'string', demandOption: true }), async (argv) => {
+          const v = await call(argv, 'volume.show', { name: argv.name })
+          print(argv, v, () => volumeText(v))
+        })
+        .command(
+          'resize <name>',
+          'grow or shrink a volume',
+          (y) => y.positional('name', { type: 'string', demandOption: true }).option('size', { type: 'string', demandOption: true }),
+          async (argv) => {
+            const v = await call(argv, 'volume.resize', { name: argv.name, size: argv.size })
+            print(argv, v, () => `volume ${v.name} is now ${formatSize(v.size)} (${v.size} bytes)`)
+          },
+        )
+        .command('delete <name>', 'delete a volume', (y) => y.positional('name', { type: 'string', demandOption: true }), async (argv) => {
+          const r = await call(argv, 'volume.delete', { name: argv.name })
+          print(argv, r, () => `deleted volume ${r.deleted}, released ${formatSize(r.released)}`)
+        })
+        .command(
+          'map <name>',
+          'show a volume in a host\'s mount',
+          (y) => y.positional('name', { type: 'string', demandOption: true }).option('host', { type: 'string', demandOption: true }),
+          async (argv) => {
+            const v = await call(argv, 'volume.map', { name: argv.name, host: argv.host })
+            print(argv, v, () => `volume ${v.name} mapped to ${argv.host}`)
+          },
+        )
+        .command(
+          'unmap <name>',
+          'hide a volume from a host\'s mount',
+          (y) => y.positional('name', { type: 'string', demandOption: true }).option('host', { type: 'string', demandOption: true }),
+          async (argv) => {
+            const v = await call(argv, 'volume.unmap', { name: argv.name, host: argv.host })
+            print(argv, v, () => `volume ${v.name} unmapped from ${argv.host}`)
+          },
+        )
+        .demandCommand(1),
+    )
+    .command('pool', 'the pool of storage systems', (y) =>
+      y
+        .command('status', 'free-space table, over-commitment and pressure settings', (y) => y, async (argv) => {
+          const p = await call(argv, 'pool.status', {})
+          print(argv, p, () => poolText(p))
+        })
+        .command(
+          'set',
+          'set the warning threshold and what a full pool does',
+          (y) =>
+            y
+              .option('warn', { type: 'number', describe: 'warning threshold in percent of capacity' })
+              .option('full-mode', { choices: ['error', 'queue'] as const, describe: 'error: ENOSPC at once; queue: hold writers until space or timeout' })
+              .option('queue-timeout', { type: 'string', describe: 'how long queued writers wait, e.g. 60s' }),
+          async (argv) => {
+            const p = await call(argv, 'pool.set', {
+              warnPercent: argv.warn,
+              fullMode: argv['full-mode'],
+              queueTimeoutMs: argv['queue-timeout'] === undefined ? undefined : parseDuration(argv['queue-timeout'], 'queue timeout'),
+            })
+            print(argv, p, () => poolText(p))
+          },
+        )
+        .demandCommand(1),
+    )
+    .command(
+      'events',
+      'print events as they happen (one JSON object per line)',
+      (y) => y.option('type', { type: 'string', array: true, describe: 'event types (default: all)' }),
+      async (argv) => {
+        const client = await ControlClient.connect(argv.socket)
+        client.onEvent((e) => process.stdout.write(JSON.stringify(e) + '\n'))
+        await client.call('events.subscribe', { types: argv.type as never })
+        await new Promise(() => {})
+      },
+    )
+    .command('protocol', 'print the control protocol (methods, params, errors)', (y) => y, (argv) => {
+      const methods = Object.entries(METHODS).map(([name, m]) => ({ method: name, summary: m.summary, errors: m.errors }))
+      print(argv, methods, () => table(['METHOD', 'SUMMARY', 'ERRORS'], methods.map((m) => [m.method, m.summary, m.errors.join(' ') || '-'])))
+    })
+    .demandCommand(1, 'name a command (vvfs --help lists them)')
+    .strict()
+    .recommendCommands()
+    .wrap(Math.min(120, process.stdout.columns || 100))
+    .fail((msg, err, y) => {
+      if (err) throw err
+      process.stderr.write(`${y.help()}\n\nvvfs: ${msg}\n`)
+      process.exit(2)
+    })
+  return cli
+}
+
+export async function main(args = hideBin(process.argv)): Promise<void> {
+  const json = args.includes('--json')
+  try {
+    await buildCli(args).parseAsync()
+  } catch (err) {
+    const e = asVvfsError(err)
+    if (json) process.stdout.write(JSON.stringify({ error: e.toWire() }, null, 2) + '\n')
+    process.stderr.write(`vvfs: ${e.code}: ${e.message}\n`)
+    process.exitCode = 1
+  }
+}

@@ -1,0 +1,289 @@
+/**
+ * The control protocol, specified once: every method's params and result,
+ * the error codes it may return, and the events. The server validates params
+ * with it, the client and the CLI are typed by it, and README's protocol
+ * section is generated from it (`vvfs protocol`).
+ *
+ * Transport: JSON-RPC 2.0 over a Unix socket, one JSON object per line.
+ * Errors: `{code: <JSON-RPC number>, message, data: {code: <stable string>}}`.
+ * Events: notifications `{"method":"event","params":{type, time, …}}` sent to
+ * clients that called `events.subscribe`.
+ */
+import { z } from 'zod'
+import type { ErrorCode } from '../errors.js'
+import { MAX_SIZE, checkName, parseSize } from '../units.js'
+
+// ---- shared pieces
+
+/** A size: integer bytes, or a string like "512M", "4G", "1T". */
+export const Size = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  try {
+    return parseSize(v)
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message, params: { vvfsCode: 'INVALID_SIZE' } })
+    return z.NEVER
+  }
+})
+
+export const Name = z.string().transform((v, ctx) => {
+  try {
+    return checkName(v)
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message, params: { vvfsCode: 'INVALID_NAME' } })
+    return z.NEVER
+  }
+})
+
+const Path = z.string().min(1).max(4096)
+const Bytes = z.number().int().min(0).max(MAX_SIZE)
+
+export const StorageInfo = z.object({
+  name: z.string(),
+  id: z.number(),
+  path: z.string(),
+  capacity: Bytes,
+  allocated: Bytes,
+  free: Bytes,
+  usedPercent: z.number(),
+  largestFreeRun: Bytes,
+  wholeExtents: z.number(),
+  fragments: z.number(),
+  volumes: z.array(z.string()),
+})
+
+export const HostInfo = z.object({
+  name: z.string(),
+  mount: z.string(),
+  mounted: z.boolean(),
+  volumes: z.array(z.string()),
+})
+
+export const VolumeInfo = z.object({
+  name: z.string(),
+  id: z.string(),
+  size: Bytes,
+  allocated: Bytes,
+  hosts: z.array(z.string()),
+  state: z.string(),
+  createdAt: z.string(),
+  files: z.array(z.string()),
+})
+
+export const ExtentRun = z.object({
+  offset: Bytes,
+  length: Bytes,
+  storage: z.string(),
+})
+
+export const VolumeDetail = VolumeInfo.extend({
+  allocatedBySystem: z.array(z.object({ storage: z.string(), allocated: Bytes })),
+  extents: z.number(),
+  map: z.array(ExtentRun),
+  open: z.record(z.string(), z.object({ readers: z.number(), writers: z.number() })),
+})
+
+export const PoolSystemStatus = z.object({
+  name: z.string(),
+  capacity: Bytes,
+  allocated: Bytes,
+  free: Bytes,
+  usedPercent: z.number(),
+  largestFreeRun: Bytes,
+  overcommit: z.number(),
+})
+
+export const PoolStatus = z.object({
+  capacity: Bytes,
+  allocated: Bytes,
+  free: Bytes,
+  usedPercent: z.number(),
+  largestFreeRun: Bytes,
+  /** Sum of volume sizes / capacity. */
+  overcommit: z.number(),
+  volumeBytes: Bytes,
+  warnPercent: z.number(),
+  fullMode: z.enum(['error', 'queue']),
+  queueTimeoutMs: z.number(),
+  queuedWriters: z.number(),
+  systems: z.array(PoolSystemStatus),
+})
+
+export const EventType = z.enum([
+  'volume.created',
+  'volume.deleted',
+  'volume.resized',
+  'volume.mapped',
+  'volume.unmapped',
+  'storage.added',
+  'storage.removed',
+  'host.added',
+  'host.removed',
+  'pool.threshold',
+  'pool.settings',
+])
+export type EventType = z.infer<typeof EventType>
+
+export interface VvfsEvent {
+  type: EventType
+  time: string
+  [key: string]: unknown
+}
+
+const Empty = z.strictObject({})
+const ByName = z.strictObject({ name: Name })
+
+// ---- methods
+
+function method<P extends z.ZodType, R extends z.ZodType>(spec: { summary: string; params: P; result: R; errors: readonly ErrorCode[] }) {
+  return spec
+}
+
+const NAME_ERRORS = ['INVALID_NAME'] as const
+
+export const METHODS = {
+  status: method({
+    summary: 'Daemon status: version, uptime, pool totals, counts.',
+    params: Empty,
+    result: z.object({
+      version: z.string(),
+      pid: z.number(),
+      stateDir: z.string(),
+      socket: z.string(),
+      startedAt: z.string(),
+      uptimeSeconds: z.number(),
+      pool: z.object({ capacity: Bytes, allocated: Bytes, free: Bytes }),
+      storage: z.number(),
+      hosts: z.number(),
+      volumes: z.number(),
+    }),
+    errors: [],
+  }),
+  'storage.add': method({
+    summary: 'Adds a storage system: a new LevelDB store with a declared capacity.',
+    params: z.strictObject({ name: Name, capacity: Size, path: Path.optional() }),
+    result: StorageInfo,
+    errors: [...NAME_ERRORS, 'INVALID_SIZE', 'STORAGE_EXISTS', 'STORAGE_PATH_IN_USE', 'IO_ERROR'],
+  }),
+  'storage.list': method({ summary: 'Lists storage systems with their free-space table.', params: Empty, result: z.object({ storage: z.array(StorageInfo) }), errors: [] }),
+  'storage.remove': method({
+    summary: 'Removes a storage system that holds no extents.',
+    params: ByName,
+    result: z.object({ removed: z.string() }),
+    errors: [...NAME_ERRORS, 'STORAGE_NOT_FOUND', 'STORAGE_IN_USE'],
+  }),
+  'host.add': method({
+    summary: 'Adds a host: a FUSE mount that shows the volumes mapped to it.',
+    params: z.strictObject({ name: Name, mount: Path }),
+    result: HostInfo,
+    errors: [...NAME_ERRORS, 'HOST_EXISTS', 'INVALID_ARGUMENT', 'MOUNT_FAILED'],
+  }),
+  'host.list': method({ summary: 'Lists hosts.', params: Empty, result: z.object({ hosts: z.array(HostInfo) }), errors: [] }),
+  'host.remove': method({
+    summary: 'Removes a host (unmounts it, unmaps its volumes); refused while a volume file is open on it.',
+    params: ByName,
+    result: z.object({ removed: z.string() }),
+    errors: [...NAME_ERRORS, 'HOST_NOT_FOUND', 'HOST_BUSY'],
+  }),
+  'volume.create': method({
+    summary: 'Creates a thin volume (no space is taken until written) and maps it to hosts (default: local).',
+    params: z.strictObject({ name: Name, size: Size, hosts: z.array(Name).max(64).optional() }),
+    result: VolumeInfo,
+    errors: [...NAME_ERRORS, 'INVALID_SIZE', 'VOLUME_EXISTS', 'HOST_NOT_FOUND'],
+  }),
+  'volume.list': method({ summary: 'Lists volumes.', params: Empty, result: z.object({ volumes: z.array(VolumeInfo) }), errors: [] }),
+  'volume.show': method({
+    summary: 'One volume: allocation per storage system and its extent map.',
+    params: ByName,
+    result: VolumeDetail,
+    errors: [...NAME_ERRORS, 'VOLUME_NOT_FOUND'],
+  }),
+  'volume.resize': method({
+    summary: 'Grows or shrinks a volume; shrinking releases what lies past the new end.',
+    params: z.strictObject({ name: Name, size: Size }),
+    result: VolumeInfo,
+    errors: [...NAME_ERRORS, 'INVALID_SIZE', 'VOLUME_NOT_FOUND'],
+  }),
+  'volume.delete': method({
+    summary: 'Deletes a volume and releases its space; refused while its file is open.',
+    params: ByName,
+    result: z.object({ deleted: z.string(), released: Bytes }),
+    errors: [...NAME_ERRORS, 'VOLUME_NOT_FOUND', 'VOLUME_BUSY'],
+  }),
+  'volume.map': method({
+    summary: 'Shows a volume in a host\'s mount.',
+    params: z.strictObject({ name: Name, host: Name }),
+    result: VolumeInfo,
+    errors: [...NAME_ERRORS, 'VOLUME_NOT_FOUND', 'HOST_NOT_FOUND', 'ALREADY_MAPPED'],
+  }),
+  'volume.unmap': method({
+    summary: 'Hides a volume from a host\'s mount; refused while its file is open there.',
+    params: z.strictObject({ name: Name, host: Name }),
+    result: VolumeInfo,
+    errors: [...NAME_ERRORS, 'VOLUME_NOT_FOUND', 'HOST_NOT_FOUND', 'NOT_MAPPED', 'VOLUME_BUSY'],
+  }),
+  'pool.status': method({
+    summary: 'The free-space table per storage system and in total, over-commitment and pressure settings.',
+    params: Empty,
+    result: PoolStatus,
+    errors: [],
+  }),
+  'pool.set': method({
+    summary: 'Sets the warning threshold and what a full pool does to writers (error | queue).',
+    params: z.strictObject({
+      warnPercent: z.number().min(1).max(100).optional(),
+      fullMode: z.enum(['error', 'queue']).optional(),
+      queueTimeoutMs: z.number().int().min(0).max(86_400_000).optional(),
+    }),
+    result: PoolStatus,
+    errors: ['INVALID_ARGUMENT'],
+  }),
+  'events.subscribe': method({
+    summary: 'Sends events to this connection as `event` notifications (all types if none given).',
+    params: z.strictObject({ types: z.array(EventType).optional() }),
+    result: z.object({ subscribed: z.array(EventType) }),
+    errors: [],
+  }),
+} as const
+
+export type Methods = typeof METHODS
+export type MethodName = keyof Methods
+export type Params<M extends MethodName> = z.output<Methods[M]['params']>
+export type ParamsInput<M extends MethodName> = z.input<Methods[M]['params']>
+export type Result<M extends MethodName> = z.infer<Methods[M]['result']>
+
+export type Handlers = { [M in MethodName]: (params: Params<M>, ctx: CallContext) => Promise<Result<M>> }
+
+export interface CallContext {
+  subscribe(types: EventType[]): void
+}
+
+export function isMethodName(name: string): name is MethodName {
+  return Object.prototype.hasOwnProperty.call(METHODS, name)
+}
+
+/** JSON-RPC numeric code for a stable error code. */
+export function rpcCode(code: ErrorCode): number {
+  switch (code) {
+    case 'PARSE_ERROR':
+      return -32700
+    case 'INVALID_REQUEST':
+    case 'LINE_TOO_LONG':
+      return -32600
+    case 'METHOD_NOT_FOUND':
+      return -32601
+    case 'INVALID_ARGUMENT':
+    case 'INVALID_NAME':
+    case 'INVALID_SIZE':
+      return -32602
+    case 'INTERNAL':
+      return -32603
+    default:
+      return -32000
+  }
+}
+
+export type StorageInfo = z.infer<typeof StorageInfo>
+export type HostInfo = z.infer<typeof HostInfo>
+export type VolumeInfo = z.infer<typeof VolumeInfo>
+export type VolumeDetail = z.infer<typeof VolumeDetail>
+export type PoolStatus = z.infer<typeof PoolStatus>

@@ -1,0 +1,75 @@
+/**
+ * The daemon: opens the state directory, mounts the hosts, serves the control
+ * socket, and on SIGINT/SIGTERM unmounts, flushes and closes everything.
+ */
+import { resolve, join } from 'node:path'
+import { EventEmitter } from 'node:events'
+import { ControlServer } from './control/server.js'
+import { createLogger, type LogLevel } from './log.js'
+import { managerHandlers } from './manager/api.js'
+import { Manager } from './manager/manager.js'
+import type { MountTimeouts } from './fuse/host-mount.js'
+import { VERSION } from './version.js'
+
+export interface DaemonOptions {
+  state: string
+  mount: string
+  socket?: string
+  logLevel: LogLevel
+  /** Set up the demo pool and volume when the state directory is new (`make run`). */
+  demo?: boolean
+  timeouts?: MountTimeouts
+}
+
+export interface RunningDaemon {
+  manager: Manager
+  server: ControlServer
+  stop(): Promise<void>
+}
+
+export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
+  const log = createLogger(opts.logLevel)
+  const state = resolve(opts.state)
+  const socketPath = resolve(opts.socket ?? join(state, 'control.sock'))
+  log.info({ event: 'daemon.starting', version: VERSION, state, mount: resolve(opts.mount), socket: socketPath }, 'vvfs daemon starting')
+  const manager = await Manager.open({ stateDir: state, mountDir: opts.mount, log, timeouts: opts.timeouts })
+  let server: ControlServer
+  try {
+    if (opts.demo && manager.isNew) await manager.bootstrapDemo()
+    server = new ControlServer(socketPath, managerHandlers(manager, socketPath), manager.events as EventEmitter, log)
+    await server.listen()
+  } catch (err) {
+    await manager.close()
+    throw err
+  }
+  let stopping: Promise<void> | null = null
+  const stop = () =>
+    (stopping ??= (async () => {
+      log.info({ event: 'daemon.stopping' }, 'stopping')
+      await server.close()
+      await manager.close()
+    })())
+  log.info({ event: 'daemon.ready', pid: process.pid }, 'vvfs daemon ready')
+  return { manager, server, stop }
+}
+
+/** Runs in the foreground until a signal; returns the exit code. */
+export async function runDaemon(opts: DaemonOptions): Promise<number> {
+  const running = await startDaemon(opts)
+  const log = createLogger(opts.logLevel)
+  return new Promise<number>((resolveExit) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      log.info({ event: 'daemon.signal', signal }, `received ${signal}`)
+      running.stop().then(
+        () => resolveExit(0),
+        (err) => {
+          log.error({ event: 'daemon.stop_failed', err: (err as Error).message }, 'clean stop failed')
+          resolveExit(1)
+        },
+      )
+    }
+    process.once('SIGINT', onSignal)
+    process.once('SIGTERM', onSignal)
+    process.on('unhandledRejection', (err) => log.error({ event: 'daemon.unhandled', err: String((err as Error)?.stack ?? err) }, 'unhandled rejection'))
+  })
+}

@@ -1,0 +1,90 @@
+/**
+ * VvfsError: the one error type of vvfs. Every failure that can reach a user
+ * carries a stable `code` (tests and scripts match on it; messages may change)
+ * and, where it wraps a lower failure, a `cause`.
+ *
+ * Codes become errno only in lib/fuse and `{code, message}` only at the socket
+ * and worker boundaries (an Error loses its class across postMessage).
+ */
+
+export const ERROR_CODES = [
+  'INVALID_ARGUMENT',
+  'INVALID_NAME',
+  'INVALID_SIZE',
+  'OUT_OF_RANGE',
+  'VOLUME_NOT_FOUND',
+  'VOLUME_EXISTS',
+  'VOLUME_BUSY',
+  'HOST_NOT_FOUND',
+  'HOST_EXISTS',
+  'HOST_BUSY',
+  'NOT_MAPPED',
+  'ALREADY_MAPPED',
+  'STORAGE_NOT_FOUND',
+  'STORAGE_EXISTS',
+  'STORAGE_IN_USE',
+  'STORAGE_PATH_IN_USE',
+  'POOL_FULL',
+  'STATE_LOCKED',
+  'STATE_CORRUPT',
+  'MOUNT_FAILED',
+  'IO_ERROR',
+  'NOT_SUPPORTED',
+  'SHUTTING_DOWN',
+  'PARSE_ERROR',
+  'INVALID_REQUEST',
+  'LINE_TOO_LONG',
+  'METHOD_NOT_FOUND',
+  'JOB_NOT_FOUND',
+  'JOB_STATE',
+  'FS_UNKNOWN',
+  'FS_CORRUPT',
+  'TIMEOUT',
+  'CONNECTION_FAILED',
+  'INTERNAL',
+] as const
+
+export type ErrorCode = (typeof ERROR_CODES)[number]
+
+export interface WireError {
+  code: ErrorCode
+  message: string
+  details?: Record<string, unknown>
+}
+
+export class VvfsError extends Error {
+  readonly code: ErrorCode
+  readonly details?: Record<string, unknown>
+
+  constructor(code: ErrorCode, message: string, opts: { cause?: unknown; details?: Record<string, unknown> } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause })
+    this.name = 'VvfsError'
+    this.code = code
+    if (opts.details) this.details = opts.details
+  }
+
+  toWire(): WireError {
+    return this.details ? { code: this.code, message: this.message, details: this.details } : { code: this.code, message: this.message }
+  }
+}
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && (ERROR_CODES as readonly string[]).includes(value)
+}
+
+/** Wraps anything thrown into a VvfsError, keeping a VvfsError's own code. */
+export function asVvfsError(err: unknown, fallback: ErrorCode = 'INTERNAL'): VvfsError {
+  if (err instanceof VvfsError) return err
+  const message = err instanceof Error ? err.message : String(err)
+  return new VvfsError(fallback, message, { cause: err })
+}
+
+export function fromWire(wire: WireError): VvfsError {
+  const code = isErrorCode(wire.code) ? wire.code : 'INTERNAL'
+  return new VvfsError(code, wire.message, wire.details ? { details: wire.details } : {})
+}
+
+/** For exhaustive switches over a union: a new kind fails to compile here. */
+export function unreachable(value: never): never {
+  throw new VvfsError('INTERNAL', `unhandled case: ${JSON.stringify(value)}`)
+}

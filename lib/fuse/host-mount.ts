@@ -1,0 +1,274 @@
+/**
+ * HostMount: one FUSE mount — a host's view of the volumes mapped to it, each
+ * a regular file of the volume's size. The only module that imports
+ * fuse-native, and the only place where error codes become errno.
+ *
+ * What a file shows: its size; st_blocks = the volume's allocated bytes / 512
+ * (so `du` and `ls -s` show real consumption, as qemu's FUSE export does);
+ * xattrs user.vvfs.{id,allocated,state}; statfs = the pool's free-space
+ * table (so `df` on the mount shows capacity and free space).
+ *
+ * Every operation answers: errors become errno (ENOSPC for a full pool, EIO
+ * otherwise) and fuse-native's per-operation timeout answers ETIMEDOUT if a
+ * lower layer ever stalls, so the kernel is never left hanging.
+ */
+import Fuse, { type Ops, type Stat } from 'fuse-native'
+import { constants } from 'node:fs'
+import { VvfsError } from '../errors.js'
+import { CHUNK_SIZE } from '../layout.js'
+import type { Logger } from '../log.js'
+import { ERRNO, errnoOf } from './errno.js'
+
+/** What a host mount needs of a volume. */
+export interface ServedVolume {
+  readonly name: string
+  readonly id: string
+  readonly size: number
+  readonly allocatedBytes: number
+  readonly state: string
+  readonly createdAt: Date
+  readonly modifiedAt: Date
+  open(host: string, writable: boolean): void
+  close(host: string, writable: boolean): void
+  read(offset: number, length: number, into: Buffer): Promise<number>
+  write(offset: number, data: Buffer): Promise<number>
+  discard(offset: number, length: number): Promise<void>
+  resize(size: number): Promise<void>
+  flush(): Promise<void>
+}
+
+/** What a host mount needs of the manager. */
+export interface HostView {
+  volumes(host: string): ServedVolume[]
+  volume(host: string, name: string): ServedVolume | undefined
+  space(): { capacity: number; free: number }
+}
+
+const O_ACCMODE = 3
+const FALLOC_FL_KEEP_SIZE = 0x01
+const FALLOC_FL_PUNCH_HOLE = 0x02
+const FALLOC_FL_ZERO_RANGE = 0x10
+
+/** fuse-native replies ETIMEDOUT past these; they bound a stalled operation. */
+export interface MountTimeouts {
+  io: number
+  other: number
+}
+
+interface Handle {
+  volume: ServedVolume
+  writable: boolean
+}
+
+export class HostMount {
+  private fuse: Fuse | null = null
+  private readonly handles = new Map<number, Handle>()
+  private nextHandle = 1
+  private readonly uid = process.getuid?.() ?? 0
+  private readonly gid = process.getgid?.() ?? 0
+  private readonly mountedAt = new Date()
+
+  constructor(
+    readonly host: string,
+    readonly mountPoint: string,
+    private readonly view: HostView,
+    private readonly log: Logger,
+    private readonly timeouts: MountTimeouts = { io: 120_000, other: 30_000 },
+  ) {}
+
+  get mounted(): boolean {
+    return this.fuse !== null
+  }
+
+  async mount(): Promise<void> {
+    const t = this.timeouts
+    const fuse = new Fuse(this.mountPoint, this.ops(), {
+      force: true,
+      mkdir: true,
+      bigWrites: true,
+      maxWrite: 128 * 1024,
+      fsname: `vvfs-${this.host}`,
+      timeout: { default: t.other, read: t.io, write: t.io, fsync: t.io, fallocate: t.io, truncate: t.io, ftruncate: t.io, release: t.io },
+    })
+    await new Promise<void>((resolve, reject) =>
+      fuse.mount((err) => (err ? reject(new VvfsError('MOUNT_FAILED', `cannot mount host ${this.host} at ${this.mountPoint}: ${err.message}`, { cause: err })) : resolve())),
+    )
+    this.fuse = fuse
+    this.log.info({ event: 'host.mounted', host: this.host, mount: this.mountPoint }, 'host mounted')
+  }
+
+  async unmount(): Promise<void> {
+    const fuse = this.fuse
+    if (!fuse) return
+    this.fuse = null
+    await new Promise<void>((resolve) =>
+      fuse.unmount((err) => {
+        if (err) this.log.warn({ event: 'host.unmount_failed', host: this.host, err: err.message }, 'unmount failed')
+        resolve()
+      }),
+    )
+    this.log.info({ event: 'host.unmounted', host: this.host, mount: this.mountPoint }, 'host unmounted')
+  }
+
+  private lookup(path: string): ServedVolume | undefined {
+    return path.length > 1 && path.indexOf('/', 1) < 0 ? this.view.volume(this.host, path.slice(1)) : undefined
+  }
+
+  private stat(volume: ServedVolume): Stat {
+    return {
+      mode: constants.S_IFREG | 0o600,
+      uid: this.uid,
+      gid: this.gid,
+      size: volume.size,
+      nlink: 1,
+      blocks: Math.ceil(volume.allocatedBytes / 512),
+      blksize: CHUNK_SIZE,
+      atime: volume.modifiedAt,
+      mtime: volume.modifiedAt,
+      ctime: volume.modifiedAt,
+    }
+  }
+
+  private ops(): Ops {
+    const handleOf = (fd: number) => this.handles.get(fd)
+    const done = (cb: (err: number) => void, p: Promise<unknown>) =>
+      p.then(
+        () => cb(0),
+        (err) => cb(this.fail('op', err)),
+      )
+    const byPath = (path: string, cb: (err: number) => void, fn: (v: ServedVolume) => Promise<unknown>) => {
+      const volume = this.lookup(path)
+      if (!volume) return cb(-ERRNO.ENOENT)
+      done(cb, fn(volume))
+    }
+    const denied = (cb: (err: number) => void) => cb(-ERRNO.EPERM)
+
+    return {
+      init: (cb) => cb(0),
+      statfs: (_path, cb) => {
+        const { capacity, free } = this.view.space()
+        // statfs counts in 32-bit blocks: grow the fragment size with the pool.
+        let frsize = CHUNK_SIZE
+        while (capacity / frsize > 0xffffffff) frsize *= 2
+        const blocks = Math.floor(capacity / frsize)
+        const bfree = Math.floor(free / frsize)
+        const files = this.view.volumes(this.host).length
+        cb(0, { bsize: CHUNK_SIZE, frsize, blocks, bfree, bavail: bfree, files, ffree: 0, favail: 0, fsid: 0, flag: 0, namemax: 64 })
+      },
+      getattr: (path, cb) => {
+        if (path === '/') {
+          return cb(0, { mode: constants.S_IFDIR | 0o755, uid: this.uid, gid: this.gid, size: 4096, nlink: 2, atime: this.mountedAt, mtime: this.mountedAt, ctime: this.mountedAt })
+        }
+        const volume = this.lookup(path)
+        if (!volume) return cb(-ERRNO.ENOENT)
+        cb(0, this.stat(volume))
+      },
+      readdir: (path, cb) => {
+        if (path !== '/') return cb(-ERRNO.ENOENT)
+        cb(0, ['.', '..', ...this.view.volumes(this.host).map((v) => v.name)])
+      },
+      access: (path, _mode, cb) => cb(path === '/' || this.lookup(path) ? 0 : -ERRNO.ENOENT),
+      open: (path, flags, cb) => {
+        const volume = this.lookup(path)
+        if (!volume) return cb(-ERRNO.ENOENT)
+        const writable = (flags & O_ACCMODE) !== constants.O_RDONLY
+        try {
+          volume.open(this.host, writable)
+        } catch (err) {
+          return cb(this.fail('open', err))
+        }
+        const fd = this.nextHandle++
+        this.handles.set(fd, { volume, writable })
+        cb(0, fd)
+      },
+      create: (_path, _mode, cb) => cb(-ERRNO.EPERM),
+      release: (_path, fd, cb) => {
+        const handle = handleOf(fd)
+        if (handle) {
+          this.handles.delete(fd)
+          handle.volume.close(this.host, handle.writable)
+        }
+        cb(0)
+      },
+      read: (_path, fd, buf, len, pos, cb) => {
+        const handle = handleOf(fd)
+        if (!handle) return cb(-ERRNO.EBADF)
+        handle.volume.read(pos, len, buf).then(cb, (err) => cb(this.fail('read', err)))
+      },
+      write: (_path, fd, buf, len, pos, cb) => {
+        const handle = handleOf(fd)
+        if (!handle) return cb(-ERRNO.EBADF)
+        handle.volume.write(pos, len === buf.length ? buf : buf.subarray(0, len)).then(cb, (err) => cb(this.fail('write', err)))
+      },
+      truncate: (path, size, cb) => byPath(path, cb, (v) => v.resize(size)),
+      ftruncate: (_path, fd, size, cb) => {
+        const handle = handleOf(fd)
+        if (!handle) return cb(-ERRNO.EBADF)
+        done(cb, handle.volume.resize(size))
+      },
+      fsync: (_path, _datasync, fd, cb) => {
+        const handle = handleOf(fd)
+        if (!handle) return cb(-ERRNO.EBADF)
+        done(cb, handle.volume.flush())
+      },
+      // close(2) does not promise durability; fsync does.
+      flush: (_path, _fd, cb) => cb(0),
+      fallocate: (_path, fd, mode, offset, length, cb) => {
+        const handle = handleOf(fd)
+        if (!handle) return cb(-ERRNO.EBADF)
+        done(cb, this.fallocate(handle.volume, mode, offset, length))
+      },
+      getxattr: (path, name, _position, cb) => {
+        if (path === '/') return cb(0, null)
+        const volume = this.lookup(path)
+        if (!volume) return cb(-ERRNO.ENOENT)
+        const value = xattrs(volume)[name]
+        cb(0, value === undefined ? null : Buffer.from(value))
+      },
+      listxattr: (path, cb) => {
+        if (path === '/') return cb(0, [])
+        const volume = this.lookup(path)
+        if (!volume) return cb(-ERRNO.ENOENT)
+        cb(0, Object.keys(xattrs(volume)))
+      },
+      setxattr: (_path, _name, _value, _position, _flags, cb) => cb(-ERRNO.EOPNOTSUPP),
+      removexattr: (_path, _name, cb) => cb(-ERRNO.EOPNOTSUPP),
+      utimens: (path, _atime, _mtime, cb) => cb(this.lookup(path) ? 0 : -ERRNO.ENOENT),
+      chmod: (_path, _mode, cb) => denied(cb),
+      chown: (_path, _uid, _gid, cb) => denied(cb),
+      unlink: (_path, cb) => denied(cb),
+      rename: (_src, _dest, cb) => denied(cb),
+      mkdir: (_path, _mode, cb) => denied(cb),
+      rmdir: (_path, cb) => denied(cb),
+    }
+  }
+
+  /**
+   * PUNCH_HOLE|KEEP_SIZE and ZERO_RANGE (what a loop device sends for discard
+   * and write-zeroes) free the range; a plain allocation inside the file is
+   * a no-op on a thin volume; allocation past the end grows the volume.
+   */
+  private async fallocate(volume: ServedVolume, mode: number, offset: number, length: number): Promise<void> {
+    const keepSize = (mode & FALLOC_FL_KEEP_SIZE) !== 0
+    const known = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
+    if ((mode & ~known) !== 0) throw new VvfsError('NOT_SUPPORTED', `fallocate mode 0x${mode.toString(16)} is not supported`)
+    if ((mode & FALLOC_FL_PUNCH_HOLE) !== 0 && !keepSize) throw new VvfsError('NOT_SUPPORTED', 'PUNCH_HOLE needs KEEP_SIZE')
+    const end = offset + length
+    if (!keepSize && end > volume.size) await volume.resize(end)
+    if ((mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) !== 0) await volume.discard(offset, length)
+  }
+
+  private fail(op: string, err: unknown): number {
+    const errno = errnoOf(err)
+    if (errno === -ERRNO.EIO) this.log.error({ event: 'fuse.error', host: this.host, op, err: (err as Error).message }, 'I/O error')
+    return errno
+  }
+}
+
+function xattrs(volume: ServedVolume): Record<string, string> {
+  return {
+    'user.vvfs.id': volume.id,
+    'user.vvfs.allocated': String(volume.allocatedBytes),
+    'user.vvfs.state': volume.state,
+  }
+}

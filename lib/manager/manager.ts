@@ -1,0 +1,573 @@
+/**
+ * Manager: the control plane. It holds the catalog, validates every
+ * management operation, then changes the relay stack and the host mounts,
+ * and restores all of it from the state directory at start.
+ *
+ * Management operations run one at a time (a queue), so two control
+ * clients never interleave catalog changes. Host I/O never waits for it.
+ *
+ * Owns: the catalog, the pool's storage systems, the MapStore, the host
+ * mounts. Never: moves data itself (the relay does) or speaks the protocol.
+ */
+import { randomUUID } from 'node:crypto'
+import { EventEmitter } from 'node:events'
+import { mkdir, rm } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import type { EventType, HostInfo, PoolStatus, StorageInfo, VolumeDetail, VolumeInfo, VvfsEvent } from '../control/schema.js'
+import { VvfsError } from '../errors.js'
+import { HostMount, type HostView, type MountTimeouts } from '../fuse/host-mount.js'
+import { EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
+import type { Logger } from '../log.js'
+import type { ExtentEntry } from '../relay/extent-entry.js'
+import { decodeExtentRecord } from '../relay/extent-entry.js'
+import { MapStore } from '../relay/map-store.js'
+import { RangeLock } from '../relay/range-lock.js'
+import { extentPrefix, parseExtentKey, ThinVolume } from '../relay/thin.js'
+import { Volume } from '../relay/volume.js'
+import { Pool } from '../storage/pool.js'
+import { StorageSystem } from '../storage/storage-system.js'
+import { checkName, parseSize } from '../units.js'
+import { Catalog, type HostRecord, type PoolSettings, type StorageRecord, type VolumeRecord } from './catalog.js'
+import { SpaceWatch } from './space-watch.js'
+import { VolumeHandle } from './volume-handle.js'
+
+export const DEFAULT_HOST = 'local'
+
+export interface ManagerOptions {
+  stateDir: string
+  /** Mount directory of the default host `local`. */
+  mountDir: string
+  log: Logger
+  /** Mount hosts over FUSE (tests of the control plane may turn it off). */
+  mount?: boolean
+  timeouts?: MountTimeouts
+}
+
+export class Manager implements HostView {
+  readonly events = new EventEmitter()
+  readonly startedAt = new Date()
+  private readonly handles = new Map<string, VolumeHandle>()
+  private readonly mounts = new Map<string, HostMount>()
+  private queue: Promise<unknown> = Promise.resolve()
+  private closing = false
+  readonly spaceWatch: SpaceWatch
+
+  private constructor(
+    readonly stateDir: string,
+    private readonly catalog: Catalog,
+    readonly pool: Pool,
+    private readonly maps: MapStore,
+    private readonly log: Logger,
+    private readonly opts: ManagerOptions,
+  ) {
+    this.spaceWatch = new SpaceWatch(pool, () => catalog.data.pool, (c) => {
+      this.log.warn({ event: 'pool.threshold', ...c }, `pool usage crossed ${c.warnPercent}%`)
+      this.emit('pool.threshold', { ...c })
+    })
+    pool.onChange = () => this.spaceWatch.changed()
+  }
+
+  /** Opens the state directory (creating it if new) and restores everything in it. */
+  static async open(opts: ManagerOptions): Promise<Manager> {
+    const stateDir = resolve(opts.stateDir)
+    await mkdir(stateDir, { recursive: true, mode: 0o700 })
+    // The map store's LevelDB lock is the state directory's lock.
+    const maps = await MapStore.open(join(stateDir, 'maps'))
+    let manager: Manager | undefined
+    try {
+      const catalog = await Catalog.load(stateDir)
+      const pool = new Pool()
+      for (const rec of catalog.data.storage) {
+        pool.add(await StorageSystem.open({ sid: rec.sid, name: rec.name, path: rec.path, capacity: rec.capacity, create: false }))
+      }
+      manager = new Manager(stateDir, catalog, pool, maps, opts.log, opts)
+      await manager.restore()
+      return manager
+    } catch (err) {
+      if (manager) await manager.close().catch(() => {})
+      else await maps.close().catch(() => {})
+      throw err
+    }
+  }
+
+  get isNew(): boolean {
+    return this.catalog.isNew
+  }
+
+  get settings(): PoolSettings {
+    return this.catalog.data.pool
+  }
+
+  // ---- start and stop
+
+  private async restore(): Promise<void> {
+    const data = this.catalog.data
+    const byNo = new Map<number, VolumeRecord>()
+    for (const rec of data.volumes) byNo.set(rec.no, rec)
+
+    // Read every map record; adopt those of live volumes, keep the rest to clean.
+    const found = new Map<number, Map<number, ExtentEntry>>()
+    const stray: { key: Buffer; entry: ExtentEntry }[] = []
+    for await (const [key, value] of this.maps.scan(extentPrefix())) {
+      const { volNo, extent } = parseExtentKey(key)
+      const { seq, entry } = decodeExtentRecord(value)
+      this.maps.noteSeq(seq)
+      const rec = byNo.get(volNo)
+      if (!rec || rec.state !== 'ready' || extent * EXTENT_SIZE >= rec.size) stray.push({ key, entry })
+      else {
+        let m = found.get(volNo)
+        if (!m) found.set(volNo, (m = new Map()))
+        m.set(extent, entry)
+      }
+    }
+    for (const rec of data.volumes.filter((v) => v.state === 'ready')) {
+      const handle = this.makeHandle(rec)
+      for (const [extent, entry] of found.get(rec.no) ?? []) handle.thin.adopt(extent, entry)
+      this.handles.set(rec.name, handle)
+    }
+    await this.cleanStray(stray)
+    // Anything past a volume's end (a shrink cut short by a crash) reads as zeros.
+    for (const handle of this.handles.values()) await handle.volume.resize(handle.record.size)
+    const deleting = data.volumes.filter((v) => v.state === 'deleting')
+    if (deleting.length) {
+      data.volumes = data.volumes.filter((v) => v.state === 'ready')
+      await this.catalog.save()
+      this.log.info({ event: 'volume.delete_finished', volumes: deleting.map((v) => v.name) }, 'finished interrupted deletes')
+    }
+
+    // The default host follows --mount.
+    const mountDir = resolve(this.opts.mountDir)
+    const local = data.hosts.find((h) => h.name === DEFAULT_HOST)
+    if (!local) data.hosts.unshift({ name: DEFAULT_HOST, mount: mountDir, createdAt: new Date().toISOString() })
+    else local.mount = mountDir
+    await this.catalog.save()
+    this.spaceWatch.rearm()
+    if (this.opts.mount !== false) for (const host of data.hosts) await this.mountHost(host)
+    this.log.info(
+      { event: 'daemon.restored', volumes: this.handles.size, storage: data.storage.length, hosts: data.hosts.length, strayRecords: stray.length },
+      'state restored',
+    )
+  }
+
+  /** Drops map records nobody owns, and their data where no live record shares it. */
+  private async cleanStray(stray: { key: Buffer; entry: ExtentEntry }[]): Promise<void> {
+    for (const { entry } of stray) {
+      if (entry.kind === 'whole') {
+        const system = this.pool.has(entry.sid) ? this.pool.get(entry.sid) : undefined
+        if (system?.table.isSlotFree(entry.slot)) await system.clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
+      }
+      // A stray fragment's chunk is overwritten before it is handed out again.
+    }
+    await this.maps.deleteNow(stray.map((s) => s.key))
+  }
+
+  private async mountHost(host: HostRecord): Promise<void> {
+    const mount = new HostMount(host.name, host.mount, this, this.log, this.opts.timeouts)
+    await mount.mount()
+    this.mounts.set(host.name, mount)
+  }
+
+  /** Unmounts, lets background work finish and closes every store. */
+  async close(): Promise<void> {
+    if (this.closing) return
+    this.closing = true
+    this.spaceWatch.close()
+    for (const mount of this.mounts.values()) await mount.unmount()
+    this.mounts.clear()
+    for (const handle of this.handles.values()) {
+      await handle.thin.settle()
+      handle.thin.close()
+    }
+    for (const system of this.pool.list()) await system.close()
+    await this.maps.close()
+    this.log.info({ event: 'daemon.closed' }, 'state closed')
+  }
+
+  // ---- HostView (what the FUSE mounts ask)
+
+  volumes(host: string): VolumeHandle[] {
+    return [...this.handles.values()].filter((v) => v.record.hosts.includes(host))
+  }
+
+  volume(host: string, name: string): VolumeHandle | undefined {
+    const v = this.handles.get(name)
+    return v && v.record.hosts.includes(host) ? v : undefined
+  }
+
+  space(): { capacity: number; free: number } {
+    return this.pool.totals()
+  }
+
+  // ---- status
+
+  status() {
+    const t = this.pool.totals()
+    return {
+      stateDir: this.stateDir,
+      startedAt: this.startedAt.toISOString(),
+      uptimeSeconds: Math.round((Date.now() - this.startedAt.getTime()) / 1000),
+      pool: t,
+      storage: this.catalog.data.storage.length,
+      hosts: this.catalog.data.hosts.length,
+      volumes: this.handles.size,
+    }
+  }
+
+  // ---- storage systems
+
+  addStorage(p: { name: string; capacity: number; path?: string }): Promise<StorageInfo> {
+    return this.serial(async () => {
+      const data = this.catalog.data
+      if (data.storage.some((s) => s.name === p.name)) throw new VvfsError('STORAGE_EXISTS', `storage system ${p.name} already exists`)
+      if (p.capacity < EXTENT_SIZE) throw new VvfsError('INVALID_SIZE', `capacity must be at least one extent (${EXTENT_SIZE} bytes)`)
+      const path = resolve(p.path ?? join(this.stateDir, 'storage', p.name))
+      const clash = data.storage.find((s) => s.path === path || path.startsWith(s.path + '/') || s.path.startsWith(path + '/'))
+      if (clash) throw new VvfsError('STORAGE_PATH_IN_USE', `${path} overlaps storage system ${clash.name} at ${clash.path}`)
+      const rec: StorageRecord = { sid: data.nextSid, name: p.name, path, capacity: p.capacity, createdAt: new Date().toISOString() }
+      const system = await StorageSystem.open({ ...rec, create: true })
+      data.nextSid++
+      data.storage.push(rec)
+      try {
+        await this.catalog.save()
+      } catch (err) {
+        data.storage.pop()
+        await system.close()
+        throw err
+      }
+      this.pool.add(system)
+      this.log.info({ event: 'storage.added', name: rec.name, capacity: rec.capacity, path }, 'storage system added')
+      const info = this.storageInfo(system)
+      this.emit('storage.added', { storage: info })
+      return info
+    })
+  }
+
+  listStorage(): StorageInfo[] {
+    return this.pool.list().map((s) => this.storageInfo(s))
+  }
+
+  removeStorage(name: string): Promise<{ removed: string }> {
+    return this.serial(async () => {
+      const data = this.catalog.data
+      const rec = data.storage.find((s) => s.name === name)
+      if (!rec) throw new VvfsError('STORAGE_NOT_FOUND', `no storage system named ${name}`)
+      const system = this.pool.get(rec.sid)
+      if (!system.table.isEmpty) {
+        const users = this.volumesOn(rec.sid)
+        throw new VvfsError('STORAGE_IN_USE', `storage system ${name} holds extents of ${users.length ? users.join(', ') : 'a volume'}; drain it first`, {
+          details: { volumes: users, allocated: system.table.allocated },
+        })
+      }
+      this.pool.delete(rec.sid)
+      await system.close()
+      data.storage = data.storage.filter((s) => s !== rec)
+      await this.catalog.save()
+      await rm(rec.path, { recursive: true, force: true })
+      this.log.info({ event: 'storage.removed', name }, 'storage system removed')
+      this.emit('storage.removed', { name })
+      return { removed: name }
+    })
+  }
+
+  private storageInfo(system: StorageSystem): StorageInfo {
+    const f = system.table.figures()
+    return {
+      name: system.name,
+      id: system.sid,
+      path: system.path,
+      capacity: f.capacity,
+      allocated: f.allocated,
+      free: f.free,
+      usedPercent: percent(f.allocated, f.capacity),
+      largestFreeRun: f.largestFreeRun,
+      wholeExtents: f.wholeSlots,
+      fragments: f.fragments,
+      volumes: this.volumesOn(system.sid),
+    }
+  }
+
+  private volumesOn(sid: number): string[] {
+    return [...this.handles.values()].filter((v) => v.thin.allocationBySystem().has(sid)).map((v) => v.name)
+  }
+
+  private systemName(sid: number): string {
+    return this.pool.has(sid) ? this.pool.get(sid).name : `#${sid}`
+  }
+
+  // ---- pool
+
+  poolStatus(): PoolStatus {
+    const s = this.catalog.data.pool
+    const t = this.pool.totals()
+    const volumeBytes = [...this.handles.values()].reduce((sum, v) => sum + v.size, 0)
+    let largest = 0
+    const systems = this.pool.list().map((system) => {
+      const f = system.table.figures()
+      if (f.largestFreeRun > largest) largest = f.largestFreeRun
+      const sizeHere = [...this.handles.values()].reduce((sum, v) => sum + (v.thin.allocationBySystem().has(system.sid) ? v.size : 0), 0)
+      return {
+        name: system.name,
+        capacity: f.capacity,
+        allocated: f.allocated,
+        free: f.free,
+        usedPercent: percent(f.allocated, f.capacity),
+        largestFreeRun: f.largestFreeRun,
+        overcommit: ratio(sizeHere, f.capacity),
+      }
+    })
+    return {
+      ...t,
+      usedPercent: percent(t.allocated, t.capacity),
+      largestFreeRun: largest,
+      overcommit: ratio(volumeBytes, t.capacity),
+      volumeBytes,
+      warnPercent: s.warnPercent,
+      fullMode: s.fullMode,
+      queueTimeoutMs: s.queueTimeoutMs,
+      queuedWriters: this.spaceWatch.queued,
+      systems,
+    }
+  }
+
+  setPool(p: Partial<PoolSettings>): Promise<PoolStatus> {
+    return this.serial(async () => {
+      const s = this.catalog.data.pool
+      const before = { ...s }
+      Object.assign(s, Object.fromEntries(Object.entries(p).filter(([, v]) => v !== undefined)))
+      try {
+        await this.catalog.save()
+      } catch (err) {
+        Object.assign(s, before)
+        throw err
+      }
+      this.spaceWatch.rearm()
+      this.log.info({ event: 'pool.settings', ...s }, 'pool settings changed')
+      this.emit('pool.settings', { settings: { ...s } })
+      return this.poolStatus()
+    })
+  }
+
+  // ---- hosts
+
+  addHost(p: { name: string; mount: string }): Promise<HostInfo> {
+    return this.serial(async () => {
+      const data = this.catalog.data
+      if (data.hosts.some((h) => h.name === p.name)) throw new VvfsError('HOST_EXISTS', `host ${p.name} already exists`)
+      const mount = resolve(p.mount)
+      const clash = data.hosts.find((h) => h.mount === mount)
+      if (clash) throw new VvfsError('INVALID_ARGUMENT', `${mount} is already the mount of host ${clash.name}`)
+      if (mount === this.stateDir || mount.startsWith(this.stateDir + '/')) throw new VvfsError('INVALID_ARGUMENT', 'a host cannot mount inside the state directory')
+      const rec: HostRecord = { name: p.name, mount, createdAt: new Date().toISOString() }
+      if (this.opts.mount !== false) await this.mountHost(rec)
+      data.hosts.push(rec)
+      await this.catalog.save()
+      this.log.info({ event: 'host.added', name: rec.name, mount }, 'host added')
+      const info = this.hostInfo(rec)
+      this.emit('host.added', { host: info })
+      return info
+    })
+  }
+
+  listHosts(): HostInfo[] {
+    return this.catalog.data.hosts.map((h) => this.hostInfo(h))
+  }
+
+  removeHost(name: string): Promise<{ removed: string }> {
+    return this.serial(async () => {
+      const data = this.catalog.data
+      const rec = data.hosts.find((h) => h.name === name)
+      if (!rec) throw new VvfsError('HOST_NOT_FOUND', `no host named ${name}`)
+      const open = this.volumes(name).filter((v) => v.isOpen(name))
+      if (open.length) throw new VvfsError('HOST_BUSY', `host ${name} has open volume files: ${open.map((v) => v.name).join(', ')}`)
+      for (const v of this.volumes(name)) v.record.hosts = v.record.hosts.filter((h) => h !== name)
+      data.hosts = data.hosts.filter((h) => h !== rec)
+      await this.catalog.save()
+      await this.mounts.get(name)?.unmount()
+      this.mounts.delete(name)
+      this.log.info({ event: 'host.removed', name }, 'host removed')
+      this.emit('host.removed', { name })
+      return { removed: name }
+    })
+  }
+
+  private hostInfo(h: HostRecord): HostInfo {
+    return { name: h.name, mount: h.mount, mounted: this.mounts.get(h.name)?.mounted ?? false, volumes: this.volumes(h.name).map((v) => v.name) }
+  }
+
+  // ---- volumes
+
+  createVolume(p: { name: string; size: number; hosts?: string[] }): Promise<VolumeInfo> {
+    return this.serial(async () => {
+      const data = this.catalog.data
+      if (this.handles.has(p.name) || data.volumes.some((v) => v.name === p.name)) throw new VvfsError('VOLUME_EXISTS', `volume ${p.name} already exists`)
+      const hosts = [...new Set(p.hosts ?? [DEFAULT_HOST])]
+      for (const h of hosts) this.host(h)
+      const rec: VolumeRecord = { name: p.name, id: randomUUID(), no: data.nextVolumeNo, size: p.size, hosts, createdAt: new Date().toISOString(), state: 'ready' }
+      data.nextVolumeNo++
+      data.volumes.push(rec)
+      try {
+        await this.catalog.save()
+      } catch (err) {
+        data.volumes.pop()
+        throw err
+      }
+      const handle = this.makeHandle(rec)
+      this.handles.set(rec.name, handle)
+      this.log.info({ event: 'volume.created', name: rec.name, id: rec.id, size: rec.size, hosts }, 'volume created')
+      const info = this.volumeInfo(handle)
+      this.emit('volume.created', { volume: info })
+      return info
+    })
+  }
+
+  listVolumes(): VolumeInfo[] {
+    return [...this.handles.values()].sort((a, b) => a.name.localeCompare(b.name)).map((v) => this.volumeInfo(v))
+  }
+
+  showVolume(name: string): VolumeDetail {
+    const v = this.volumeNamed(name)
+    const bySystem = [...v.thin.allocationBySystem()].map(([sid, allocated]) => ({ storage: this.systemName(sid), allocated }))
+    const map = v.thin.runs().map((r) => ({
+      offset: r.firstExtent * EXTENT_SIZE,
+      length: r.extents * EXTENT_SIZE,
+      storage: r.where === 'fragments' ? 'fragments' : this.systemName(r.where),
+    }))
+    return { ...this.volumeInfo(v), allocatedBySystem: bySystem, extents: v.thin.extentCount(), map, open: v.openCounts() }
+  }
+
+  resizeVolume(name: string, size: number): Promise<VolumeInfo> {
+    return this.serial(async () => {
+      const v = this.volumeNamed(name)
+      await v.resize(size)
+      return this.volumeInfo(v)
+    })
+  }
+
+  deleteVolume(name: string): Promise<{ deleted: string; released: number }> {
+    return this.serial(async () => {
+      const v = this.volumeNamed(name)
+      if (v.isOpen()) {
+        throw new VvfsError('VOLUME_BUSY', `volume ${name} is open (${Object.keys(v.openCounts()).join(', ')}); close it (detach loop devices) first`, {
+          details: { open: v.openCounts() },
+        })
+      }
+      const released = v.allocatedBytes
+      v.record.state = 'deleting'
+      await this.catalog.save()
+      this.handles.delete(name)
+      await v.thin.destroy()
+      this.catalog.data.volumes = this.catalog.data.volumes.filter((r) => r !== v.record)
+      await this.catalog.save()
+      this.log.info({ event: 'volume.deleted', name, released }, 'volume deleted')
+      this.emit('volume.deleted', { name, id: v.id, released })
+      return { deleted: name, released }
+    })
+  }
+
+  mapVolume(name: string, host: string): Promise<VolumeInfo> {
+    return this.serial(async () => {
+      const v = this.volumeNamed(name)
+      this.host(host)
+      if (v.record.hosts.includes(host)) throw new VvfsError('ALREADY_MAPPED', `volume ${name} is already mapped to host ${host}`)
+      v.record.hosts.push(host)
+      await this.saveOr(() => (v.record.hosts = v.record.hosts.filter((h) => h !== host)))
+      this.log.info({ event: 'volume.mapped', name, host }, 'volume mapped')
+      this.emit('volume.mapped', { name, host })
+      return this.volumeInfo(v)
+    })
+  }
+
+  unmapVolume(name: string, host: string): Promise<VolumeInfo> {
+    return this.serial(async () => {
+      const v = this.volumeNamed(name)
+      this.host(host)
+      if (!v.record.hosts.includes(host)) throw new VvfsError('NOT_MAPPED', `volume ${name} is not mapped to host ${host}`)
+      if (v.isOpen(host)) throw new VvfsError('VOLUME_BUSY', `volume ${name} is open on host ${host}`)
+      const before = [...v.record.hosts]
+      v.record.hosts = v.record.hosts.filter((h) => h !== host)
+      await this.saveOr(() => (v.record.hosts = before))
+      this.log.info({ event: 'volume.unmapped', name, host }, 'volume unmapped')
+      this.emit('volume.unmapped', { name, host })
+      return this.volumeInfo(v)
+    })
+  }
+
+  volumeNamed(name: string): VolumeHandle {
+    const v = this.handles.get(name)
+    if (!v) throw new VvfsError('VOLUME_NOT_FOUND', `no volume named ${name}`)
+    return v
+  }
+
+  volumeInfo(v: VolumeHandle): VolumeInfo {
+    return {
+      name: v.name,
+      id: v.id,
+      size: v.size,
+      allocated: v.allocatedBytes,
+      hosts: [...v.record.hosts],
+      state: v.state,
+      createdAt: v.record.createdAt,
+      files: v.record.hosts.map((h) => this.catalog.data.hosts.find((r) => r.name === h)).filter((h) => h !== undefined).map((h) => join(h.mount, v.name)),
+    }
+  }
+
+  /** Sets up the default demo state of `make run` (only on a new state directory). */
+  async bootstrapDemo(): Promise<void> {
+    for (const name of ['ss1', 'ss2', 'ss3']) await this.addStorage({ name, capacity: parseSize('4G') })
+    await this.createVolume({ name: checkName('demo'), size: parseSize('1G') })
+  }
+
+  // ---- helpers
+
+  private makeHandle(rec: VolumeRecord): VolumeHandle {
+    const locks = new RangeLock()
+    const thin = new ThinVolume(rec.no, this.pool, this.maps, locks, this.spaceWatch)
+    const volume = new Volume(thin, rec.size, locks)
+    return new VolumeHandle(rec, thin, volume, {
+      persistSize: async (_h, size) => {
+        const before = rec.size
+        rec.size = size
+        await this.saveOr(() => (rec.size = before))
+      },
+      resized: (h, from, to) => {
+        this.log.info({ event: 'volume.resized', name: h.name, from, to }, 'volume resized')
+        this.emit('volume.resized', { name: h.name, from, to })
+      },
+    })
+  }
+
+  private host(name: string): HostRecord {
+    const h = this.catalog.data.hosts.find((r) => r.name === name)
+    if (!h) throw new VvfsError('HOST_NOT_FOUND', `no host named ${name}`)
+    return h
+  }
+
+  private async saveOr(undo: () => void): Promise<void> {
+    try {
+      await this.catalog.save()
+    } catch (err) {
+      undo()
+      throw err
+    }
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.closing) return Promise.reject(new VvfsError('SHUTTING_DOWN', 'the daemon is shutting down'))
+    const next = this.queue.then(fn)
+    this.queue = next.catch(() => {})
+    return next
+  }
+
+  private emit(type: EventType, body: Record<string, unknown>): void {
+    const event: VvfsEvent = { type, time: new Date().toISOString(), ...body }
+    this.events.emit('event', event)
+  }
+}
+
+function percent(part: number, whole: number): number {
+  return whole === 0 ? 0 : Math.round((1000 * part) / whole) / 10
+}
+
+function ratio(part: number, whole: number): number {
+  return whole === 0 ? 0 : Math.round((100 * part) / whole) / 100
+}

@@ -1,0 +1,129 @@
+/**
+ * VolumeHandle: one live volume — its catalog record, its relay stack and who
+ * has its file open on which host. What a host mount serves and what the
+ * manager checks before a delete or unmap.
+ *
+ * Size changes are serialized here and made durable in the catalog before
+ * data may exist past the old end (grow: record first; shrink: data first),
+ * so a crash never leaves map entries past the recorded size that matter.
+ */
+import { VvfsError } from '../errors.js'
+import type { ServedVolume } from '../fuse/host-mount.js'
+import type { Volume } from '../relay/volume.js'
+import type { ThinVolume } from '../relay/thin.js'
+import { MAX_SIZE } from '../units.js'
+import type { VolumeRecord } from './catalog.js'
+
+export interface VolumeHooks {
+  /** Persists a new size of the record (the catalog). */
+  persistSize(handle: VolumeHandle, size: number): Promise<void>
+  resized(handle: VolumeHandle, from: number, to: number): void
+}
+
+export class VolumeHandle implements ServedVolume {
+  private readonly opens = new Map<string, { readers: number; writers: number }>()
+  private sizing: Promise<void> = Promise.resolve()
+  modifiedAt: Date
+
+  constructor(
+    readonly record: VolumeRecord,
+    readonly thin: ThinVolume,
+    readonly volume: Volume,
+    private readonly hooks: VolumeHooks,
+  ) {
+    this.modifiedAt = new Date(record.createdAt)
+  }
+
+  get name(): string {
+    return this.record.name
+  }
+  get id(): string {
+    return this.record.id
+  }
+  get size(): number {
+    return this.volume.size
+  }
+  get allocatedBytes(): number {
+    return this.thin.allocatedBytes
+  }
+  get createdAt(): Date {
+    return new Date(this.record.createdAt)
+  }
+  get state(): string {
+    return this.isOpen() ? 'open' : 'ready'
+  }
+
+  open(host: string, writable: boolean): void {
+    const o = this.opens.get(host) ?? { readers: 0, writers: 0 }
+    if (writable) o.writers++
+    else o.readers++
+    this.opens.set(host, o)
+  }
+
+  close(host: string, writable: boolean): void {
+    const o = this.opens.get(host)
+    if (!o) return
+    if (writable) o.writers = Math.max(0, o.writers - 1)
+    else o.readers = Math.max(0, o.readers - 1)
+    if (o.readers + o.writers === 0) this.opens.delete(host)
+  }
+
+  isOpen(host?: string): boolean {
+    return host === undefined ? this.opens.size > 0 : this.opens.has(host)
+  }
+
+  isOpenForWrite(): boolean {
+    for (const o of this.opens.values()) if (o.writers > 0) return true
+    return false
+  }
+
+  openCounts(): Record<string, { readers: number; writers: number }> {
+    return Object.fromEntries(this.opens)
+  }
+
+  read(offset: number, length: number, into: Buffer): Promise<number> {
+    return this.volume.read(offset, length, into)
+  }
+
+  async write(offset: number, data: Buffer): Promise<number> {
+    // Like a regular file, a write past the end grows the volume.
+    if (offset + data.length > this.volume.size) await this.resizeTo(offset + data.length, true)
+    const n = await this.volume.write(offset, data)
+    this.modifiedAt = new Date()
+    return n
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    await this.volume.discard(offset, length)
+    this.modifiedAt = new Date()
+  }
+
+  resize(size: number): Promise<void> {
+    return this.resizeTo(size, false)
+  }
+
+  flush(): Promise<void> {
+    return this.volume.flush()
+  }
+
+  private resizeTo(size: number, growOnly: boolean): Promise<void> {
+    if (!Number.isSafeInteger(size) || size < 0 || size > MAX_SIZE) {
+      return Promise.reject(new VvfsError('INVALID_SIZE', `size ${size} is not valid`))
+    }
+    const next = this.sizing.then(async () => {
+      const from = this.volume.size
+      if (size === from || (growOnly && size < from)) return
+      if (size > from) {
+        await this.hooks.persistSize(this, size)
+        await this.volume.resize(size)
+      } else {
+        await this.volume.resize(size)
+        await this.hooks.persistSize(this, size)
+      }
+      this.modifiedAt = new Date()
+      this.hooks.resized(this, from, size)
+    })
+    this.sizing = next.catch(() => {})
+    return next
+  }
+}

@@ -1,0 +1,123 @@
+/**
+ * MapStore: the relay's own LevelDB (STATE/maps) — the persisted volume maps
+ * (one record per volume extent) and the relay's other per-extent state
+ * (migration bitmaps). The relay is its only writer.
+ *
+ * Writes are group-committed: `put` marks a key dirty and resolves once a
+ * batch holding its latest value is written; one batch is in flight at a
+ * time, so a later value of a key can never be overtaken by an earlier one.
+ * A value is read from its producer when the batch is built, so the batch
+ * carries the newest state, not the state at the time of the call.
+ *
+ * Opening it takes LevelDB's lock: a second daemon on the same state
+ * directory fails here, before it touches anything else.
+ */
+import { ClassicLevel } from 'classic-level'
+import { VvfsError } from '../errors.js'
+
+type Producer = () => Buffer | null
+
+interface Waiter {
+  resolve: () => void
+  reject: (err: unknown) => void
+}
+
+export class MapStore {
+  private pending = new Map<string, { key: Buffer; value: Producer }>()
+  private waiters: Waiter[] = []
+  private flushing = false
+  private dirty = false
+  private seq = 0
+
+  private constructor(private readonly db: ClassicLevel<Buffer, Buffer>) {}
+
+  static async open(path: string): Promise<MapStore> {
+    const db = new ClassicLevel<Buffer, Buffer>(path, { keyEncoding: 'buffer', valueEncoding: 'buffer', writeBufferSize: 4 * 1024 * 1024 })
+    try {
+      await db.open()
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string } }).cause
+      if ((err as { code?: string }).code === 'LEVEL_LOCKED' || cause?.code === 'LEVEL_LOCKED' || /lock/i.test(String(err))) {
+        throw new VvfsError('STATE_LOCKED', `another vvfs daemon is using this state directory (${path} is locked)`, { cause: err })
+      }
+      throw new VvfsError('IO_ERROR', `cannot open the volume map store at ${path}: ${(err as Error).message}`, { cause: err })
+    }
+    return new MapStore(db)
+  }
+
+  /** The next change sequence number (records carry it as their version). */
+  nextSeq(): number {
+    return ++this.seq
+  }
+
+  noteSeq(seq: number): void {
+    if (seq > this.seq) this.seq = seq
+  }
+
+  /** Writes the value `produce()` returns at flush time (null deletes). */
+  put(key: Buffer, produce: Producer): Promise<void> {
+    this.pending.set(key.toString('latin1'), { key, value: produce })
+    return new Promise<void>((resolve, reject) => {
+      this.waiters.push({ resolve, reject })
+      if (!this.flushing) void this.flush()
+    })
+  }
+
+  async get(key: Buffer): Promise<Buffer | undefined> {
+    return this.db.get(key)
+  }
+
+  async *scan(prefix: Buffer): AsyncGenerator<[Buffer, Buffer]> {
+    const upper = Buffer.from(prefix)
+    upper[upper.length - 1]!++
+    for await (const entry of this.db.iterator({ gte: prefix, lt: upper })) yield entry as [Buffer, Buffer]
+  }
+
+  async deleteNow(keys: Buffer[]): Promise<void> {
+    if (keys.length) await this.db.batch(keys.map((key) => ({ type: 'del' as const, key })))
+  }
+
+  async sync(): Promise<void> {
+    while (this.flushing || this.pending.size > 0) await this.flush()
+    if (!this.dirty) return
+    this.dirty = false
+    await this.db.put(Buffer.from('m/sync'), Buffer.from(String(Date.now())), { sync: true })
+  }
+
+  async close(): Promise<void> {
+    await this.sync()
+    await this.db.close()
+  }
+
+  private async flush(): Promise<void> {
+    if (this.flushing) {
+      // The running flush loops until nothing is pending.
+      await new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }))
+      return
+    }
+    this.flushing = true
+    try {
+      while (this.pending.size > 0) {
+        const batch = this.pending
+        const waiters = this.waiters
+        this.pending = new Map()
+        this.waiters = []
+        const ops = [...batch.values()].map(({ key, value }) => {
+          const v = value()
+          return v === null ? { type: 'del' as const, key } : { type: 'put' as const, key, value: v }
+        })
+        this.dirty = true
+        try {
+          await this.db.batch(ops)
+          for (const w of waiters) w.resolve()
+        } catch (err) {
+          const wrapped = new VvfsError('IO_ERROR', `volume map write failed: ${(err as Error).message}`, { cause: err })
+          for (const w of waiters) w.reject(wrapped)
+        }
+      }
+      for (const w of this.waiters.splice(0)) w.resolve()
+    } finally {
+      this.flushing = false
+    }
+  }
+}

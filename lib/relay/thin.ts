@@ -1,0 +1,513 @@
+/**
+ * ThinVolume: the thin-provisioning layer — the volume map of one volume.
+ *
+ * State: extent index → ExtentEntry (whole slot, or single-chunk fragments),
+ * mirrored in the MapStore one record per extent. An extent with no entry
+ * reads as zeros and holds no space.
+ *
+ * Allocation policy (README, "Thin provisioning"):
+ *  - a write that brings at least WHOLE_AT non-zero chunks to an unallocated
+ *    extent gets a whole slot (1 MiB) from the pool's placement policy;
+ *  - smaller writes — the scattered metadata writes of mkfs — get one 4 KiB
+ *    fragment per non-zero chunk;
+ *  - an extent whose fragments reach PROMOTE_AT is promoted to a whole slot
+ *    in the background (a copy of at most PROMOTE_AT chunks);
+ *  - an all-zero chunk is never stored: writing one drops what was there,
+ *    and an extent left with no data is released.
+ *
+ * Crash safety (invariant 3): a whole slot is cleared before its first data
+ * and its record is written after the clear; a fragment's record is written
+ * after its data. A release drops data, then the record, then the space. So
+ * after kill -9 every record points at data that is its own or at nothing,
+ * and data not referenced by a record is overwritten or cleared before reuse.
+ *
+ * Concurrency: host I/O arrives holding the volume's chunk locks. Work that
+ * needs a whole extent (release, promotion) is scheduled and runs under the
+ * extent's exclusive lock, never inside a host write.
+ */
+import { VvfsError } from '../errors.js'
+import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE, isZeroChunk } from '../layout.js'
+import type { Pool } from '../storage/pool.js'
+import type { ChunkWrite, StorageSystem } from '../storage/storage-system.js'
+import type { ChunkLayer } from './chunk-layer.js'
+import { encodeExtentRecord, type ExtentEntry, type Fragment, type FragmentedExtent, type WholeExtent } from './extent-entry.js'
+import type { MapStore } from './map-store.js'
+import type { RangeLock } from './range-lock.js'
+
+export const WHOLE_AT = 32
+export const PROMOTE_AT = 64
+
+const EXTENT_PREFIX = 0x65 // 'e'
+
+export function extentKey(volNo: number, extent: number): Buffer {
+  const key = Buffer.allocUnsafe(11)
+  key[0] = EXTENT_PREFIX
+  key.writeUInt32BE(volNo, 1)
+  key.writeUIntBE(extent, 5, 6)
+  return key
+}
+
+export function extentPrefix(volNo?: number): Buffer {
+  if (volNo === undefined) return Buffer.from([EXTENT_PREFIX])
+  const key = Buffer.allocUnsafe(5)
+  key[0] = EXTENT_PREFIX
+  key.writeUInt32BE(volNo, 1)
+  return key
+}
+
+export function parseExtentKey(key: Buffer): { volNo: number; extent: number } {
+  return { volNo: key.readUInt32BE(1), extent: key.readUIntBE(5, 6) }
+}
+
+/** What a full pool does to a writer: give up, or wait for space. */
+export interface SpacePolicy {
+  /** Resolves true when the write should be retried, false to fail it. */
+  waitForSpace(): Promise<boolean>
+}
+
+export interface MapRun {
+  firstExtent: number
+  extents: number
+  /** Storage system id, or 'fragments'. */
+  where: number | 'fragments'
+}
+
+interface WritePlan {
+  writes: Map<StorageSystem, ChunkWrite[]>
+  /** Slot clears that must finish before data is written. */
+  ready: Promise<void>[]
+  /** Record writes that must finish before the write is acknowledged. */
+  durable: Promise<void>[]
+  newWhole: { extent: number; system: StorageSystem; slot: number }[]
+  fragmentsAdded: Set<number>
+  fragmentsDropped: { extent: number; chunk: number; frag: Fragment }[]
+  maybeEmpty: Set<number>
+}
+
+export class ThinVolume implements ChunkLayer {
+  private readonly extents = new Map<number, ExtentEntry>()
+  /** Whole extents whose slot is still being cleared. */
+  private readonly clearing = new Map<number, Promise<void>>()
+  /** Whole extents whose first record is still being written. */
+  private readonly recording = new Map<number, Promise<void>>()
+  private readonly maintenance = new Map<number, Promise<void>>()
+  private allocated = 0
+  private closed = false
+
+  constructor(
+    readonly volNo: number,
+    private readonly pool: Pool,
+    private readonly maps: MapStore,
+    private readonly locks: RangeLock,
+    private readonly space: SpacePolicy = { waitForSpace: async () => false },
+  ) {}
+
+  /** Takes an entry found in the MapStore at start and marks its space used. */
+  adopt(extent: number, entry: ExtentEntry): void {
+    if (entry.kind === 'whole') this.pool.get(entry.sid).table.markWhole(entry.slot)
+    else for (const f of entry.frags.values()) this.pool.get(f.sid).table.markFragment(f.pca)
+    this.extents.set(extent, entry)
+    this.allocated += entryBytes(entry)
+  }
+
+  get allocatedBytes(): number {
+    return this.allocated
+  }
+
+  entry(extent: number): ExtentEntry | undefined {
+    return this.extents.get(extent)
+  }
+
+  /** Allocated bytes per storage system id. */
+  allocationBySystem(): Map<number, number> {
+    const out = new Map<number, number>()
+    const add = (sid: number, bytes: number) => out.set(sid, (out.get(sid) ?? 0) + bytes)
+    for (const entry of this.extents.values()) {
+      if (entry.kind === 'whole') add(entry.sid, EXTENT_SIZE)
+      else for (const f of entry.frags.values()) add(f.sid, CHUNK_SIZE)
+    }
+    return out
+  }
+
+  /** The map as runs of consecutive extents on the same storage system. */
+  runs(): MapRun[] {
+    const runs: MapRun[] = []
+    for (const extent of [...this.extents.keys()].sort((a, b) => a - b)) {
+      const entry = this.extents.get(extent)!
+      const where = entry.kind === 'whole' ? entry.sid : 'fragments'
+      const last = runs[runs.length - 1]
+      if (last && last.where === where && last.firstExtent + last.extents === extent) last.extents++
+      else runs.push({ firstExtent: extent, extents: 1, where })
+    }
+    return runs
+  }
+
+  extentCount(): number {
+    return this.extents.size
+  }
+
+  async read(first: number, count: number, into: Buffer): Promise<void> {
+    const reads: Promise<void>[] = []
+    forEachExtent(first, count, (extent, inExtent, n, offset) => {
+      const entry = this.extents.get(extent)
+      if (!entry) into.fill(0, offset, offset + n * CHUNK_SIZE)
+      else if (entry.kind === 'whole') reads.push(this.readWhole(extent, entry, inExtent, n, into, offset))
+      else reads.push(this.readFragments(entry, inExtent, n, into, offset))
+    })
+    if (reads.length === 1) return reads[0]
+    await Promise.all(reads)
+  }
+
+  async write(first: number, data: Buffer): Promise<void> {
+    this.checkOpen()
+    const count = data.length / CHUNK_SIZE
+    let plan: WritePlan
+    for (;;) {
+      try {
+        plan = this.plan(first, count, data)
+        break
+      } catch (err) {
+        if (!(err instanceof VvfsError && err.code === 'POOL_FULL') || !(await this.space.waitForSpace())) throw err
+      }
+    }
+    if (plan.ready.length) await Promise.all(plan.ready)
+    await Promise.all([...plan.writes].map(([system, chunks]) => system.write(chunks)))
+    for (const extent of plan.fragmentsAdded) plan.durable.push(this.persist(extent))
+    if (plan.fragmentsDropped.length) plan.durable.push(this.dropFragments(plan.fragmentsDropped))
+    if (plan.durable.length) await Promise.all(plan.durable)
+    for (const extent of plan.maybeEmpty) this.schedule(extent)
+  }
+
+  async discard(first: number, count: number): Promise<void> {
+    this.checkOpen()
+    const work: Promise<void>[] = []
+    const dropped: { extent: number; chunk: number; frag: Fragment }[] = []
+    forEachExtent(first, count, (extent, inExtent, n) => {
+      const entry = this.extents.get(extent)
+      if (!entry) return
+      if (entry.kind === 'whole') {
+        if (n === EXTENT_CHUNKS) work.push(this.releaseWhole(extent, entry, true))
+        else {
+          const system = this.pool.get(entry.sid)
+          const base = entry.slot * EXTENT_CHUNKS
+          work.push(this.afterReady(extent).then(() => system.clearRange(base + inExtent, n)).then(() => this.schedule(extent)))
+        }
+      } else {
+        for (let c = inExtent; c < inExtent + n; c++) {
+          const frag = entry.frags.get(c)
+          if (frag) dropped.push({ extent, chunk: c, frag })
+        }
+      }
+    })
+    if (dropped.length) {
+      work.push(this.writeGrouped(dropped.map((d) => ({ sid: d.frag.sid, pca: d.frag.pca, data: null }))).then(() => this.dropFragments(dropped)))
+    }
+    await Promise.all(work)
+  }
+
+  async truncate(chunkCount: number): Promise<void> {
+    const firstExtent = Math.floor(chunkCount / EXTENT_CHUNKS)
+    const past = [...this.extents.keys()].filter((e) => e >= firstExtent).sort((a, b) => a - b)
+    for (const extent of past) {
+      const start = Math.max(extent * EXTENT_CHUNKS, chunkCount)
+      await this.discard(start, (extent + 1) * EXTENT_CHUNKS - start)
+    }
+  }
+
+  async flush(): Promise<void> {
+    // Data first, then the records that point at it (power-loss order).
+    await this.pool.syncAll()
+    await this.maps.sync()
+  }
+
+  /** Releases everything (volume delete). */
+  async destroy(): Promise<void> {
+    await this.truncate(0)
+    await Promise.all([...this.maintenance.values()])
+    this.closed = true
+  }
+
+  /** Waits for scheduled background work (tests, shutdown). */
+  async settle(): Promise<void> {
+    while (this.maintenance.size > 0) await Promise.all([...this.maintenance.values()])
+  }
+
+  close(): void {
+    this.closed = true
+  }
+
+  // ---- reads
+
+  private async readWhole(extent: number, entry: WholeExtent, inExtent: number, n: number, into: Buffer, offset: number): Promise<void> {
+    await this.afterReady(extent)
+    await this.pool.get(entry.sid).readRun(entry.slot * EXTENT_CHUNKS + inExtent, n, into, offset)
+  }
+
+  private async readFragments(entry: FragmentedExtent, inExtent: number, n: number, into: Buffer, offset: number): Promise<void> {
+    into.fill(0, offset, offset + n * CHUNK_SIZE)
+    const bySystem = new Map<number, { pcas: number[]; at: number[] }>()
+    for (let c = 0; c < n; c++) {
+      const frag = entry.frags.get(inExtent + c)
+      if (!frag) continue
+      let group = bySystem.get(frag.sid)
+      if (!group) bySystem.set(frag.sid, (group = { pcas: [], at: [] }))
+      group.pcas.push(frag.pca)
+      group.at.push(offset + c * CHUNK_SIZE)
+    }
+    await Promise.all(
+      [...bySystem].map(async ([sid, group]) => {
+        const values = await this.pool.get(sid).readMany(group.pcas)
+        values.forEach((v, i) => v?.copy(into, group.at[i]))
+      }),
+    )
+  }
+
+  // ---- writes
+
+  /**
+   * Decides where each chunk of a write goes and allocates what is missing.
+   * All-or-nothing: if the pool cannot hold the write, every allocation made
+   * for it is undone and POOL_FULL is thrown before any data is written.
+   */
+  private plan(first: number, count: number, data: Buffer): WritePlan {
+    const plan: WritePlan = { writes: new Map(), ready: [], durable: [], newWhole: [], fragmentsAdded: new Set(), fragmentsDropped: [], maybeEmpty: new Set() }
+    const undo: (() => void)[] = []
+    try {
+      forEachExtent(first, count, (extent, inExtent, n, offset) => this.planExtent(plan, undo, extent, inExtent, n, data, offset))
+    } catch (err) {
+      for (const u of undo.reverse()) u()
+      throw err
+    }
+    for (const w of plan.newWhole) this.prepareWhole(plan, w.extent, w.system, w.slot)
+    return plan
+  }
+
+  private planExtent(plan: WritePlan, undo: (() => void)[], extent: number, inExtent: number, n: number, data: Buffer, offset: number): void {
+    let entry = this.extents.get(extent)
+    const zero: boolean[] = new Array(n)
+    let nonZero = 0
+    for (let c = 0; c < n; c++) {
+      zero[c] = isZeroChunk(data, offset + c * CHUNK_SIZE)
+      if (!zero[c]) nonZero++
+    }
+    if (!entry) {
+      if (nonZero === 0) return
+      if (nonZero >= WHOLE_AT) entry = this.allocateWhole(plan, undo, extent)
+      if (!entry) {
+        entry = { kind: 'fragments', frags: new Map() }
+        this.extents.set(extent, entry)
+        undo.push(() => this.extents.delete(extent))
+      }
+    }
+    if (entry.kind === 'whole') {
+      const system = this.pool.get(entry.sid)
+      const base = entry.slot * EXTENT_CHUNKS + inExtent
+      const writes = writesFor(plan, system)
+      for (let c = 0; c < n; c++) {
+        writes.push({ pca: base + c, data: zero[c] ? null : data.subarray(offset + c * CHUNK_SIZE, offset + (c + 1) * CHUNK_SIZE) })
+      }
+      if (nonZero < n) plan.maybeEmpty.add(extent)
+      // A slot another write is still preparing: wait for its clear and record.
+      const clearing = this.clearing.get(extent)
+      if (clearing) plan.ready.push(clearing)
+      const recording = this.recording.get(extent)
+      if (recording) plan.durable.push(recording)
+      return
+    }
+    const frags = entry.frags
+    for (let c = 0; c < n; c++) {
+      const chunk = inExtent + c
+      let frag = frags.get(chunk)
+      if (zero[c]) {
+        if (frag) {
+          writesFor(plan, this.pool.get(frag.sid)).push({ pca: frag.pca, data: null })
+          plan.fragmentsDropped.push({ extent, chunk, frag })
+        }
+        continue
+      }
+      if (!frag) {
+        const placement = this.pool.allocateFragment()
+        if (!placement) throw this.poolFull()
+        frag = { sid: placement.system.sid, pca: placement.address }
+        frags.set(chunk, frag)
+        this.allocated += CHUNK_SIZE
+        const added = frag
+        undo.push(() => {
+          frags.delete(chunk)
+          this.allocated -= CHUNK_SIZE
+          this.pool.releaseFragment(added.sid, added.pca)
+        })
+        plan.fragmentsAdded.add(extent)
+      }
+      writesFor(plan, this.pool.get(frag.sid)).push({ pca: frag.pca, data: data.subarray(offset + c * CHUNK_SIZE, offset + (c + 1) * CHUNK_SIZE) })
+    }
+    if (frags.size >= PROMOTE_AT) this.schedule(extent)
+  }
+
+  private allocateWhole(plan: WritePlan, undo: (() => void)[], extent: number): WholeExtent | undefined {
+    const placement = this.pool.allocateSlot()
+    if (!placement) return undefined
+    const entry: WholeExtent = { kind: 'whole', sid: placement.system.sid, slot: placement.address }
+    this.extents.set(extent, entry)
+    this.allocated += EXTENT_SIZE
+    undo.push(() => {
+      this.extents.delete(extent)
+      this.allocated -= EXTENT_SIZE
+      this.pool.releaseSlot(entry.sid, entry.slot)
+    })
+    plan.newWhole.push({ extent, system: placement.system, slot: entry.slot })
+    return entry
+  }
+
+  /**
+   * Starts clearing a new slot and then writing its record. Called only once
+   * the plan can no longer be undone, so a clear never runs on a slot that
+   * was given back and handed to someone else.
+   */
+  private prepareWhole(plan: WritePlan, extent: number, system: StorageSystem, slot: number): void {
+    const clearing = system.clearSlot(slot)
+    const recording = clearing.then(() => this.persist(extent))
+    this.clearing.set(extent, clearing)
+    this.recording.set(extent, recording)
+    const forget = () => {
+      if (this.clearing.get(extent) === clearing) this.clearing.delete(extent)
+      if (this.recording.get(extent) === recording) this.recording.delete(extent)
+    }
+    recording.then(forget, forget)
+    plan.ready.push(clearing)
+    plan.durable.push(recording)
+  }
+
+  /** Forgets dropped fragments (their data is already gone) and frees them. */
+  private async dropFragments(dropped: { extent: number; chunk: number; frag: Fragment }[]): Promise<void> {
+    const extents = new Set<number>()
+    const freed: Fragment[] = []
+    for (const { extent, chunk, frag } of dropped) {
+      const entry = this.extents.get(extent)
+      if (entry?.kind !== 'fragments' || entry.frags.get(chunk) !== frag) continue
+      entry.frags.delete(chunk)
+      this.allocated -= CHUNK_SIZE
+      if (entry.frags.size === 0) this.extents.delete(extent)
+      extents.add(extent)
+      freed.push(frag)
+    }
+    await Promise.all([...extents].map((e) => this.persist(e)))
+    for (const f of freed) this.pool.releaseFragment(f.sid, f.pca)
+  }
+
+  // ---- extent maintenance (under the extent's exclusive lock)
+
+  private schedule(extent: number): void {
+    if (this.maintenance.has(extent) || this.closed) return
+    const run = Promise.resolve()
+      .then(() => this.locks.with(extent * EXTENT_CHUNKS, (extent + 1) * EXTENT_CHUNKS, 'exclusive', () => this.maintain(extent)))
+      .catch(() => {
+        // Maintenance only reclaims space; a failure leaves a consistent map
+        // and the next write to the extent schedules it again.
+      })
+      .finally(() => this.maintenance.delete(extent))
+    this.maintenance.set(extent, run)
+  }
+
+  private async maintain(extent: number): Promise<void> {
+    const entry = this.extents.get(extent)
+    if (!entry || this.closed) return
+    if (entry.kind === 'whole') {
+      await this.afterReady(extent)
+      const system = this.pool.get(entry.sid)
+      if (!(await system.hasData(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS))) await this.releaseWhole(extent, entry, false)
+    } else if (entry.frags.size >= PROMOTE_AT) {
+      await this.promote(extent, entry)
+    }
+  }
+
+  /** Copies an extent's fragments into a whole slot and frees them. */
+  private async promote(extent: number, entry: FragmentedExtent): Promise<void> {
+    const placement = this.pool.allocateSlot()
+    if (!placement) return
+    const whole: WholeExtent = { kind: 'whole', sid: placement.system.sid, slot: placement.address }
+    try {
+      await placement.system.clearSlot(whole.slot)
+      const buf = Buffer.allocUnsafe(EXTENT_SIZE)
+      const chunks = [...entry.frags.keys()]
+      await this.readFragments(entry, 0, EXTENT_CHUNKS, buf, 0)
+      await placement.system.write(chunks.map((c) => ({ pca: whole.slot * EXTENT_CHUNKS + c, data: buf.subarray(c * CHUNK_SIZE, (c + 1) * CHUNK_SIZE) })))
+    } catch (err) {
+      this.pool.releaseSlot(whole.sid, whole.slot)
+      throw err
+    }
+    const old = [...entry.frags.values()]
+    this.extents.set(extent, whole)
+    this.allocated += EXTENT_SIZE - old.length * CHUNK_SIZE
+    await this.persist(extent)
+    await this.writeGrouped(old.map((f) => ({ sid: f.sid, pca: f.pca, data: null })))
+    for (const f of old) this.pool.releaseFragment(f.sid, f.pca)
+  }
+
+  /** Drops a whole extent's data (if asked), its record, then its slot. */
+  private async releaseWhole(extent: number, entry: WholeExtent, clear: boolean): Promise<void> {
+    await this.afterReady(extent)
+    if (clear) await this.pool.get(entry.sid).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
+    if (this.extents.get(extent) !== entry) return
+    this.extents.delete(extent)
+    this.allocated -= EXTENT_SIZE
+    await this.persist(extent)
+    this.pool.releaseSlot(entry.sid, entry.slot)
+  }
+
+  // ---- helpers
+
+  private persist(extent: number): Promise<void> {
+    return this.maps.put(extentKey(this.volNo, extent), () => {
+      const entry = this.extents.get(extent)
+      return entry ? encodeExtentRecord(this.maps.nextSeq(), entry) : null
+    })
+  }
+
+  private async afterReady(extent: number): Promise<void> {
+    const clearing = this.clearing.get(extent)
+    if (clearing) await clearing
+  }
+
+  private async writeGrouped(chunks: { sid: number; pca: number; data: Buffer | null }[]): Promise<void> {
+    const bySystem = new Map<number, ChunkWrite[]>()
+    for (const c of chunks) {
+      let list = bySystem.get(c.sid)
+      if (!list) bySystem.set(c.sid, (list = []))
+      list.push({ pca: c.pca, data: c.data })
+    }
+    await Promise.all([...bySystem].map(([sid, list]) => this.pool.get(sid).write(list)))
+  }
+
+  private poolFull(): VvfsError {
+    const t = this.pool.totals()
+    return new VvfsError('POOL_FULL', `the pool is full (${t.allocated} of ${t.capacity} bytes allocated)`)
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new VvfsError('SHUTTING_DOWN', 'the volume is closed')
+  }
+}
+
+function entryBytes(entry: ExtentEntry): number {
+  return entry.kind === 'whole' ? EXTENT_SIZE : entry.frags.size * CHUNK_SIZE
+}
+
+function writesFor(plan: WritePlan, system: StorageSystem): ChunkWrite[] {
+  let list = plan.writes.get(system)
+  if (!list) plan.writes.set(system, (list = []))
+  return list
+}
+
+/** Calls fn once per extent touched by chunks [first, first + count). */
+export function forEachExtent(first: number, count: number, fn: (extent: number, inExtent: number, n: number, byteOffset: number) => void): void {
+  let c = first
+  const end = first + count
+  while (c < end) {
+    const extent = Math.floor(c / EXTENT_CHUNKS)
+    const inExtent = c - extent * EXTENT_CHUNKS
+    const n = Math.min(EXTENT_CHUNKS - inExtent, end - c)
+    fn(extent, inExtent, n, (c - first) * CHUNK_SIZE)
+    c += n
+  }
+}

@@ -1,0 +1,148 @@
+/**
+ * Volume: the byte-addressed face of one volume — the top of the relay.
+ * Byte ranges become chunk spans here, once: an unaligned head or tail chunk
+ * is read, patched and written whole (read-modify-write) under the chunk's
+ * exclusive lock, so two partial writes to one chunk never lose each other.
+ * Everything below sees whole chunks only.
+ *
+ * State: the size. Bytes past the size inside the last chunk are kept zero,
+ * so growing the volume again shows zeros there.
+ *
+ * Concurrency: reads lock their chunks shared, writes/discards exclusive,
+ * resize locks from the lower of the old and new end to infinity.
+ */
+import { VvfsError } from '../errors.js'
+import { CHUNK_SIZE } from '../layout.js'
+import type { ChunkLayer } from './chunk-layer.js'
+import { RangeLock } from './range-lock.js'
+
+const END = Number.MAX_SAFE_INTEGER
+
+export class Volume {
+  readonly locks: RangeLock
+
+  constructor(
+    private readonly lower: ChunkLayer,
+    private currentSize: number,
+    locks?: RangeLock,
+  ) {
+    this.locks = locks ?? new RangeLock()
+  }
+
+  get size(): number {
+    return this.currentSize
+  }
+
+  /** Reads up to `length` bytes at `offset` into `into`; short at the end of the volume. */
+  async read(offset: number, length: number, into: Buffer): Promise<number> {
+    checkRange(offset, length)
+    if (offset >= this.currentSize || length === 0) return 0
+    const len = Math.min(length, this.currentSize - offset)
+    const first = Math.floor(offset / CHUNK_SIZE)
+    const end = Math.ceil((offset + len) / CHUNK_SIZE)
+    const release = await this.locks.acquire(first, end, 'shared')
+    try {
+      if (offset % CHUNK_SIZE === 0 && len % CHUNK_SIZE === 0) {
+        await this.lower.read(first, end - first, into.subarray(0, len))
+      } else {
+        const span = Buffer.allocUnsafe((end - first) * CHUNK_SIZE)
+        await this.lower.read(first, end - first, span)
+        const skip = offset - first * CHUNK_SIZE
+        span.copy(into, 0, skip, skip + len)
+      }
+      return len
+    } finally {
+      release()
+    }
+  }
+
+  async write(offset: number, data: Buffer): Promise<number> {
+    checkRange(offset, data.length)
+    if (data.length === 0) return 0
+    if (offset + data.length > this.currentSize) {
+      throw new VvfsError('OUT_OF_RANGE', `write of ${data.length} bytes at ${offset} goes past the end of the volume (${this.currentSize} bytes)`)
+    }
+    const first = Math.floor(offset / CHUNK_SIZE)
+    const end = Math.ceil((offset + data.length) / CHUNK_SIZE)
+    const release = await this.locks.acquire(first, end, 'exclusive')
+    try {
+      await this.lower.write(first, await this.wholeChunks(first, end, offset, data))
+      return data.length
+    } finally {
+      release()
+    }
+  }
+
+  /** Makes [offset, offset + length) read as zeros and frees the whole chunks in it. */
+  async discard(offset: number, length: number): Promise<void> {
+    checkRange(offset, length)
+    const stop = Math.min(offset + length, this.currentSize)
+    if (offset >= stop) return
+    const first = Math.floor(offset / CHUNK_SIZE)
+    const end = Math.ceil(stop / CHUNK_SIZE)
+    const release = await this.locks.acquire(first, end, 'exclusive')
+    try {
+      const wholeFirst = Math.ceil(offset / CHUNK_SIZE)
+      const wholeEnd = stop === this.currentSize ? end : Math.floor(stop / CHUNK_SIZE)
+      if (wholeFirst < wholeEnd) await this.lower.discard(wholeFirst, wholeEnd - wholeFirst)
+      // Partial chunks at either end keep their other bytes: zero only the range.
+      if (offset % CHUNK_SIZE !== 0) {
+        const headEnd = Math.min(wholeFirst * CHUNK_SIZE, stop)
+        await this.zeroWithin(first, offset, headEnd)
+      }
+      if (wholeEnd * CHUNK_SIZE < stop && wholeEnd >= wholeFirst) {
+        await this.zeroWithin(wholeEnd, wholeEnd * CHUNK_SIZE, stop)
+      }
+    } finally {
+      release()
+    }
+  }
+
+  async resize(newSize: number): Promise<void> {
+    const from = Math.floor(Math.min(newSize, this.currentSize) / CHUNK_SIZE)
+    const release = await this.locks.acquire(from, END, 'exclusive')
+    try {
+      if (newSize < this.currentSize) {
+        await this.lower.truncate(Math.ceil(newSize / CHUNK_SIZE))
+        if (newSize % CHUNK_SIZE !== 0) await this.zeroWithin(Math.floor(newSize / CHUNK_SIZE), newSize, (Math.floor(newSize / CHUNK_SIZE) + 1) * CHUNK_SIZE)
+      }
+      this.currentSize = newSize
+    } finally {
+      release()
+    }
+  }
+
+  async flush(): Promise<void> {
+    await this.lower.flush()
+  }
+
+  /** Zeros bytes [from, to) of one chunk, keeping the rest (caller holds the lock). */
+  private async zeroWithin(chunk: number, from: number, to: number): Promise<void> {
+    const buf = Buffer.allocUnsafe(CHUNK_SIZE)
+    await this.lower.read(chunk, 1, buf)
+    buf.fill(0, from - chunk * CHUNK_SIZE, to - chunk * CHUNK_SIZE)
+    await this.lower.write(chunk, buf)
+  }
+
+  /** The write as whole chunks: the data itself when aligned, else patched over the old chunks. */
+  private async wholeChunks(first: number, end: number, offset: number, data: Buffer): Promise<Buffer> {
+    const headPartial = offset % CHUNK_SIZE !== 0
+    const tailPartial = (offset + data.length) % CHUNK_SIZE !== 0
+    if (!headPartial && !tailPartial) return data
+    const span = Buffer.allocUnsafe((end - first) * CHUNK_SIZE)
+    const reads: Promise<void>[] = []
+    if (headPartial) reads.push(this.lower.read(first, 1, span.subarray(0, CHUNK_SIZE)))
+    if (tailPartial && (end - 1 !== first || !headPartial)) {
+      reads.push(this.lower.read(end - 1, 1, span.subarray((end - 1 - first) * CHUNK_SIZE)))
+    }
+    await Promise.all(reads)
+    data.copy(span, offset - first * CHUNK_SIZE)
+    return span
+  }
+}
+
+function checkRange(offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+    throw new VvfsError('OUT_OF_RANGE', `invalid range: offset ${offset}, length ${length}`)
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * Sizes and names as users write them. Sizes are binary (`4G` = 4 GiB, as
+ * lvcreate and rbd take them) and must be whole bytes in 1 … 2^53-1; names
+ * are 1–64 of [A-Za-z0-9._-], not starting with a dot (so never `.`, `..`
+ * or a path).
+ */
+import { VvfsError } from './errors.js'
+
+const UNITS: Record<string, number> = {
+  '': 1, B: 1,
+  K: 2 ** 10, KB: 2 ** 10, KIB: 2 ** 10,
+  M: 2 ** 20, MB: 2 ** 20, MIB: 2 ** 20,
+  G: 2 ** 30, GB: 2 ** 30, GIB: 2 ** 30,
+  T: 2 ** 40, TB: 2 ** 40, TIB: 2 ** 40,
+  P: 2 ** 50, PB: 2 ** 50, PIB: 2 ** 50,
+}
+
+export const MAX_SIZE = Number.MAX_SAFE_INTEGER
+
+/** Parses `512M`, `4G`, `1T`, `1.5G` or a plain byte count (number or string). */
+export function parseSize(input: unknown, what = 'size'): number {
+  let bytes: number
+  if (typeof input === 'number') {
+    bytes = input
+  } else if (typeof input === 'string') {
+    const m = /^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$/.exec(input)
+    const unit = m ? UNITS[m[2]!.toUpperCase()] : undefined
+    if (!m || unit === undefined) {
+      throw new VvfsError('INVALID_SIZE', `${what} ${JSON.stringify(input)} is not a size (examples: 512M, 4G, 1T, 1048576)`)
+    }
+    bytes = Number(m[1]) * unit
+  } else {
+    throw new VvfsError('INVALID_SIZE', `${what} must be a number of bytes or a string like 4G`)
+  }
+  if (!Number.isFinite(bytes) || !Number.isInteger(bytes)) {
+    throw new VvfsError('INVALID_SIZE', `${what} ${String(input)} is not a whole number of bytes`)
+  }
+  if (bytes <= 0) throw new VvfsError('INVALID_SIZE', `${what} must be greater than 0 (got ${String(input)})`)
+  if (bytes > MAX_SIZE) throw new VvfsError('INVALID_SIZE', `${what} ${String(input)} is beyond the largest size vvfs handles (2^53-1 bytes)`)
+  return bytes
+}
+
+/** `1073741824` → `1.0 GiB`; exact multiples drop the decimal (`4 GiB`). */
+export function formatSize(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB']
+  let value = bytes
+  let i = 0
+  while (Math.abs(value) >= 1024 && i < units.length - 1) {
+    value /= 1024
+    i++
+  }
+  if (i === 0) return `${bytes} B`
+  return Number.isInteger(value) ? `${value} ${units[i]}` : `${value.toFixed(1)} ${units[i]}`
+}
+
+const NAME = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$/
+
+export function checkName(name: unknown, what = 'name'): string {
+  if (typeof name !== 'string' || !NAME.test(name)) {
+    const shown = typeof name === 'string' ? JSON.stringify(name.length > 80 ? `${name.slice(0, 80)}…` : name) : String(name)
+    throw new VvfsError('INVALID_NAME', `${what} ${shown} is not valid: use 1–64 of A-Z a-z 0-9 . _ -, not starting with a dot`)
+  }
+  return name
+}
+
+/** Durations like `30s`, `10m`, `2h`, `7d` (for retention windows and timeouts). */
+export function parseDuration(input: unknown, what = 'duration'): number {
+  if (typeof input === 'number' && Number.isFinite(input) && input >= 0) return input
+  if (typeof input === 'string') {
+    const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(input)
+    if (m) {
+      const mult = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h' | 'd']
+      return Math.round(Number(m[1]) * mult)
+    }
+  }
+  throw new VvfsError('INVALID_ARGUMENT', `${what} ${JSON.stringify(input)} is not a duration (examples: 30s, 10m, 2h, 7d)`)
+}

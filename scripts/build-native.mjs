@@ -1,0 +1,30 @@
+// Applies our patches to fuse-native and classic-level and builds both from
+// source (see patches/README.md for why). Runs as npm's postinstall, so every
+// `npm ci` ends with the binaries vvfs needs; node-gyp-build loads
+// build/Release before any prebuilt binary.
+import { execFileSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+const bin = (name) => join(root, 'node_modules', '.bin', name)
+const run = (cmd, args, cwd) => execFileSync(cmd, args, { cwd, stdio: 'inherit' })
+
+run(bin('patch-package'), ['--error-on-fail'], root)
+
+// Node's headers ship with Debian's nodejs; use them rather than downloading.
+const gypArgs = ['rebuild', '-j', '2']
+if (existsSync('/usr/include/node/node_api.h')) gypArgs.push('--nodedir=/usr')
+
+for (const pkg of ['fuse-native', 'classic-level']) {
+  const dir = join(root, 'node_modules', pkg)
+  console.log(`vvfs: building ${pkg} from source`)
+  try {
+    execFileSync(bin('node-gyp'), gypArgs, { cwd: dir, stdio: 'pipe' })
+  } catch (err) {
+    // Compiler warnings are noise on success; on failure show everything.
+    process.stderr.write(String(err.stdout ?? '') + String(err.stderr ?? ''))
+    throw err
+  }
+}

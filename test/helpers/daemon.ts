@@ -1,0 +1,189 @@
+/**
+ * Runs a real vvfs daemon (the built dist/, as `vvfs daemon` runs it) in a
+ * fresh temporary state directory, and always cleans up: the mount is
+ * unmounted and every loop device the test attached is detached, even when
+ * the test fails or the daemon was killed.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { ControlClient } from '../../lib/control/client.js'
+
+const ROOT = resolve(import.meta.dirname, '../..')
+export const VVFS = join(ROOT, 'bin/vvfs')
+
+export interface DaemonHandle {
+  dir: string
+  state: string
+  mount: string
+  socket: string
+  proc: ChildProcess
+  client: ControlClient
+  log(): string
+  file(volume: string, mount?: string): string
+  /** SIGTERM and wait for a clean exit. */
+  stop(): Promise<number | null>
+  /** SIGKILL, no cleanup by the daemon. */
+  kill9(): Promise<void>
+  restart(): Promise<void>
+}
+
+const live = new Set<DaemonHandle>()
+const loops = new Set<string>()
+const mounts = new Set<string>()
+
+export function tempDir(prefix = 'vvfs-test-'): string {
+  return mkdtempSync(join(tmpdir(), prefix))
+}
+
+async function waitForSocket(path: string, proc: ChildProcess, logPath: string, timeoutMs = 20_000): Promise<ControlClient> {
+  const start = Date.now()
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`daemon exited with ${proc.exitCode}:\n${existsSync(logPath) ? readFileSync(logPath, 'utf8') : ''}`)
+    if (existsSync(path)) {
+      try {
+        return await ControlClient.connect(path)
+      } catch {
+        // not listening yet
+      }
+    }
+    if (Date.now() - start > timeoutMs) throw new Error(`daemon did not open ${path} in ${timeoutMs} ms`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+export function spawnDaemon(args: string[], logPath: string, env: NodeJS.ProcessEnv = {}): ChildProcess {
+  const fd = openSync(logPath, 'a')
+  try {
+    return spawn(process.execPath, [VVFS, 'daemon', ...args], { stdio: ['ignore', fd, fd], env: { ...process.env, ...env } })
+  } finally {
+    closeSync(fd)
+  }
+}
+
+export async function startDaemon(opts: { dir?: string; extraArgs?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<DaemonHandle> {
+  const dir = opts.dir ?? tempDir()
+  const state = join(dir, 'state')
+  const mount = join(dir, 'mnt')
+  const socket = join(state, 'control.sock')
+  const logPath = join(dir, 'daemon.log')
+  mounts.add(mount)
+  const args = ['--state', state, '--mount', mount, '--log-level', 'info', ...(opts.extraArgs ?? [])]
+  const handle: DaemonHandle = {
+    dir,
+    state,
+    mount,
+    socket,
+    proc: null as unknown as ChildProcess,
+    client: null as unknown as ControlClient,
+    log: () => (existsSync(logPath) ? readFileSync(logPath, 'utf8') : ''),
+    file: (volume, m = mount) => join(m, volume),
+    async stop() {
+      handle.client?.close()
+      const proc = handle.proc
+      if (proc.exitCode !== null) return proc.exitCode
+      const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)))
+      proc.kill('SIGTERM')
+      const code = await exited
+      live.delete(handle)
+      return code
+    },
+    async kill9() {
+      handle.client?.close()
+      const proc = handle.proc
+      if (proc.exitCode === null && proc.signalCode === null) {
+        const exited = new Promise((r) => proc.once('exit', r))
+        proc.kill('SIGKILL')
+        await exited
+      }
+      live.delete(handle)
+      lazyUnmount(mount)
+    },
+    async restart() {
+      if (handle.proc.exitCode === null && handle.proc.signalCode === null) await handle.stop()
+      handle.proc = spawnDaemon(args, logPath, opts.env)
+      live.add(handle)
+      handle.client = await waitForSocket(socket, handle.proc, logPath)
+    },
+  }
+  handle.proc = spawnDaemon(args, logPath, opts.env)
+  live.add(handle)
+  handle.client = await waitForSocket(socket, handle.proc, logPath)
+  return handle
+}
+
+export function lazyUnmount(path: string): void {
+  try {
+    execFileSync('fusermount', ['-uz', path], { stdio: 'ignore' })
+  } catch {
+    // not mounted
+  }
+}
+
+export function sh(cmd: string, args: string[], opts: { input?: string | Buffer; timeout?: number } = {}): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', input: opts.input, timeout: opts.timeout ?? 120_000, stdio: ['pipe', 'pipe', 'pipe'] })
+}
+
+export function attachLoop(file: string): string {
+  const dev = sh('losetup', ['--find', '--show', file]).trim()
+  loops.add(dev)
+  return dev
+}
+
+export function detachLoop(dev: string): void {
+  try {
+    sh('losetup', ['-d', dev])
+  } catch {
+    // already gone
+  }
+  loops.delete(dev)
+}
+
+export function mountExt4(dev: string, at: string, options: string[] = []): void {
+  sh('mkdir', ['-p', at])
+  sh('mount', ['-t', 'ext4', ...(options.length ? ['-o', options.join(',')] : []), dev, at])
+  mounts.add(at)
+}
+
+export function umount(at: string): void {
+  try {
+    sh('umount', [at])
+  } catch {
+    try {
+      sh('umount', ['-l', at])
+    } catch {
+      // not mounted
+    }
+  }
+}
+
+/** Unmounts, detaches and stops everything a test left; call from afterEach/afterAll. */
+export async function cleanupAll(): Promise<void> {
+  for (const m of [...mounts]) {
+    if (isMounted(m)) umount(m)
+  }
+  for (const dev of [...loops]) detachLoop(dev)
+  for (const d of [...live]) {
+    try {
+      await d.kill9()
+    } catch {
+      // already gone
+    }
+  }
+  for (const m of [...mounts]) {
+    lazyUnmount(m)
+    mounts.delete(m)
+  }
+}
+
+export function isMounted(path: string): boolean {
+  const target = resolve(path)
+  return readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[1] === target)
+}
+
+export function removeDir(dir: string): void {
+  rmSync(dir, { recursive: true, force: true })
+}
