@@ -98,7 +98,7 @@ export async function startDaemon(opts: { dir?: string; extraArgs?: string[]; en
         await exited
       }
       live.delete(handle)
-      lazyUnmount(mount)
+      unmountUnder(dir)
     },
     async restart() {
       if (handle.proc.exitCode === null && handle.proc.signalCode === null) await handle.stop()
@@ -177,6 +177,19 @@ export async function cleanupAll(): Promise<void> {
   }
 }
 
+/** Lazily unmounts every mount below `dir` (FUSE mounts of a killed daemon, hosts it added). */
+export function unmountUnder(dir: string): void {
+  const root = resolve(dir) + '/'
+  const points = readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' '))
+    .filter((f) => f[1]?.startsWith(root))
+  for (const [, point, type] of points.reverse()) {
+    if (type?.startsWith('fuse')) lazyUnmount(point!)
+    else umount(point!)
+  }
+}
+
 export function isMounted(path: string): boolean {
   const target = resolve(path)
   return readFileSync('/proc/mounts', 'utf8')
@@ -185,5 +198,6 @@ export function isMounted(path: string): boolean {
 }
 
 export function removeDir(dir: string): void {
+  unmountUnder(dir)
   rmSync(dir, { recursive: true, force: true })
 }

@@ -1,0 +1,1 @@
+export function blockData(id: number, length: number): Buffer

@@ -1,0 +1,38 @@
+/** A tree of files with known checksums, written into and verified under a directory. */
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+
+export type Tree = Map<string, string>
+
+export function writeTree(root: string, opts: { files: number; maxSize: number; seedDirs?: number }): Tree {
+  const tree: Tree = new Map()
+  const dirs = opts.seedDirs ?? 4
+  for (let i = 0; i < opts.files; i++) {
+    const dir = join(root, `d${i % dirs}`, `s${i % 3}`)
+    mkdirSync(dir, { recursive: true })
+    const size = i % 5 === 0 ? 0 : Math.floor(Math.random() * opts.maxSize)
+    // Mix random and compressible/zero-filled content.
+    const data = i % 4 === 0 ? Buffer.alloc(size, i & 0xff) : i % 7 === 0 ? Buffer.alloc(size) : randomBytes(size)
+    const path = join(dir, `f${i}.bin`)
+    writeFileSync(path, data)
+    tree.set(path.slice(root.length), sha(data))
+  }
+  return tree
+}
+
+export function verifyTree(root: string, tree: Tree): string[] {
+  const bad: string[] = []
+  for (const [rel, sum] of tree) {
+    try {
+      if (sha(readFileSync(join(root, rel))) !== sum) bad.push(rel)
+    } catch {
+      bad.push(rel)
+    }
+  }
+  return bad
+}
+
+export function sha(data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex')
+}

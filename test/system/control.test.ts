@@ -1,0 +1,184 @@
+/**
+ * The control socket against bad input: every malformed request gets a
+ * coded error, changes nothing, and the daemon keeps serving.
+ */
+import { existsSync, statSync } from 'node:fs'
+import { createConnection } from 'node:net'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { ControlClient } from '../../lib/control/client.js'
+import type { VvfsError } from '../../lib/errors.js'
+import { cleanupAll, removeDir, spawnDaemon, startDaemon, type DaemonHandle } from '../helpers/daemon.js'
+
+let d: DaemonHandle
+
+beforeAll(async () => {
+  d = await startDaemon()
+  await d.client.call('storage.add', { name: 's1', capacity: '64M' })
+  await d.client.call('volume.create', { name: 'v1', size: '16M' })
+})
+afterAll(async () => {
+  await cleanupAll()
+  removeDir(d.dir)
+})
+
+async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p
+  } catch (err) {
+    return (err as VvfsError).code
+  }
+  return 'no error'
+}
+
+type Reply = { id: unknown; result?: unknown; error?: { code: number; message: string; data: { code: string } } }
+
+/** Sends raw bytes and returns the reply lines. */
+function rawExchange(payload: string | Buffer, expectLines = 1): Promise<Reply[]> {
+  return new Promise((resolve, reject) => {
+    const s = createConnection(d.socket)
+    let buf = ''
+    const out: Reply[] = []
+    s.setEncoding('utf8')
+    s.on('data', (chunk) => {
+      buf += chunk
+      let nl
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        out.push(JSON.parse(buf.slice(0, nl)))
+        buf = buf.slice(nl + 1)
+        if (out.length >= expectLines) {
+          s.destroy()
+          resolve(out)
+        }
+      }
+    })
+    s.on('error', reject)
+    s.write(payload)
+  })
+}
+
+async function unchanged() {
+  const vols = await d.client.call('volume.list', {})
+  expect(vols.volumes.map((v) => v.name)).toEqual(['v1'])
+  const st = await d.client.call('storage.list', {})
+  expect(st.storage.map((s) => s.name)).toEqual(['s1'])
+}
+
+describe('the control socket', () => {
+  it('is a Unix socket of mode 0600', () => {
+    expect(statSync(d.socket).mode & 0o777).toBe(0o600)
+  })
+
+  it('answers malformed JSON with PARSE_ERROR and keeps the connection', async () => {
+    const [a, b] = await rawExchange('{"jsonrpc":"2.0","id":1,"method":\n{"jsonrpc":"2.0","id":2,"method":"status"}\n', 2)
+    expect(a!.error!.data.code).toBe('PARSE_ERROR')
+    expect(a!.error!.code).toBe(-32700)
+    expect(b!.id).toBe(2)
+    expect(b!.result).toBeDefined()
+  })
+
+  it('answers a 10 MB line with LINE_TOO_LONG once, then serves the next request', async () => {
+    const big = Buffer.alloc(10 * 1024 * 1024, 0x61)
+    const replies = await rawExchange(Buffer.concat([big, Buffer.from('\n{"jsonrpc":"2.0","id":7,"method":"status"}\n')]), 2)
+    expect(replies[0]!.error!.data.code).toBe('LINE_TOO_LONG')
+    expect(replies[1]!.id).toBe(7)
+    await unchanged()
+  })
+
+  it('answers requests that are not JSON-RPC with INVALID_REQUEST', async () => {
+    for (const line of ['[]', '42', '"x"', 'null', '{"id":1,"method":"status"}', '{"jsonrpc":"2.0","id":1}', '{"jsonrpc":"2.0","id":{},"method":"status"}']) {
+      const [r] = await rawExchange(line + '\n')
+      expect(r!.error!.data.code, line).toBe('INVALID_REQUEST')
+    }
+  })
+
+  it('answers an unknown method with METHOD_NOT_FOUND', async () => {
+    const [r] = await rawExchange('{"jsonrpc":"2.0","id":1,"method":"volume.explode","params":{}}\n')
+    expect(r!.error!.data.code).toBe('METHOD_NOT_FOUND')
+    expect(r!.error!.code).toBe(-32601)
+  })
+
+  it('answers wrong types and unknown params with INVALID_ARGUMENT', async () => {
+    const c = d.client
+    expect(await codeOf(c.call('volume.create', { name: 'x', size: true } as never))).toBe('INVALID_ARGUMENT')
+    expect(await codeOf(c.call('volume.create', { name: 5, size: '1G' } as never))).toBe('INVALID_ARGUMENT')
+    expect(await codeOf(c.call('volume.create', { name: 'x', size: '1G', colour: 'red' } as never))).toBe('INVALID_ARGUMENT')
+    expect(await codeOf(c.call('volume.create', { name: 'x' } as never))).toBe('INVALID_ARGUMENT')
+    expect(await codeOf(c.call('volume.resize', [] as never))).toBe('INVALID_ARGUMENT')
+    await unchanged()
+  })
+
+  it('refuses sizes of zero or less and beyond 2^53 with INVALID_SIZE', async () => {
+    const c = d.client
+    for (const size of [0, -1, '-1G', 2 ** 53, 1e300, '99999P', '1.5', 'big']) {
+      expect(await codeOf(c.call('volume.create', { name: 'x', size })), String(size)).toBe('INVALID_SIZE')
+    }
+    expect(await codeOf(c.call('storage.add', { name: 's9', capacity: 0 }))).toBe('INVALID_SIZE')
+    expect(await codeOf(c.call('storage.add', { name: 's9', capacity: 1000 }))).toBe('INVALID_SIZE')
+    await unchanged()
+  })
+
+  it('refuses bad names with INVALID_NAME', async () => {
+    for (const name of ['../x', 'a/b', '', 'x'.repeat(300), '.', '..', '.hidden', 'sp ace']) {
+      expect(await codeOf(d.client.call('volume.create', { name, size: '1M' })), name).toBe('INVALID_NAME')
+      expect(await codeOf(d.client.call('storage.add', { name, capacity: '64M' })), name).toBe('INVALID_NAME')
+    }
+    await unchanged()
+    expect(existsSync(`${d.mount}/..`)).toBe(true)
+  })
+
+  it('refuses duplicates', async () => {
+    expect(await codeOf(d.client.call('volume.create', { name: 'v1', size: '1M' }))).toBe('VOLUME_EXISTS')
+    expect(await codeOf(d.client.call('storage.add', { name: 's1', capacity: '64M' }))).toBe('STORAGE_EXISTS')
+    expect(await codeOf(d.client.call('host.add', { name: 'local', mount: `${d.dir}/other` }))).toBe('HOST_EXISTS')
+    expect(await codeOf(d.client.call('volume.map', { name: 'v1', host: 'local' }))).toBe('ALREADY_MAPPED')
+    await unchanged()
+  })
+
+  it('answers names that do not exist with their NOT_FOUND codes', async () => {
+    expect(await codeOf(d.client.call('volume.show', { name: 'nope' }))).toBe('VOLUME_NOT_FOUND')
+    expect(await codeOf(d.client.call('volume.delete', { name: 'nope' }))).toBe('VOLUME_NOT_FOUND')
+    expect(await codeOf(d.client.call('storage.remove', { name: 'nope' }))).toBe('STORAGE_NOT_FOUND')
+    expect(await codeOf(d.client.call('volume.map', { name: 'v1', host: 'nope' }))).toBe('HOST_NOT_FOUND')
+  })
+
+  it('refuses to delete a volume whose file is open, and deletes it once closed', async () => {
+    const { open } = await import('node:fs/promises')
+    const fh = await open(d.file('v1'), 'r+')
+    try {
+      expect(await codeOf(d.client.call('volume.delete', { name: 'v1' }))).toBe('VOLUME_BUSY')
+      expect(await codeOf(d.client.call('volume.unmap', { name: 'v1', host: 'local' }))).toBe('VOLUME_BUSY')
+    } finally {
+      await fh.close()
+    }
+    await unchanged()
+    await d.client.call('volume.create', { name: 'gone', size: '1M' })
+    // The kernel sends release asynchronously after close: allow it a moment.
+    await new Promise((r) => setTimeout(r, 100))
+    await d.client.call('volume.delete', { name: 'gone' })
+  })
+
+  it('refuses a second daemon on the same state directory, and the first keeps serving', async () => {
+    const proc = spawnDaemon(['--state', d.state, '--mount', `${d.dir}/mnt2`, '--log-level', 'error'], `${d.dir}/second.log`)
+    const code = await new Promise<number | null>((r) => proc.once('exit', r))
+    expect(code).not.toBe(0)
+    const { readFileSync } = await import('node:fs')
+    expect(readFileSync(`${d.dir}/second.log`, 'utf8')).toMatch(/STATE_LOCKED/)
+    await unchanged()
+    const c2 = await ControlClient.connect(d.socket)
+    expect((await c2.call('status', {})).volumes).toBe(1)
+    c2.close()
+  })
+
+  it('delivers events to subscribed clients', async () => {
+    const c2 = await ControlClient.connect(d.socket)
+    const got: string[] = []
+    c2.onEvent((e) => got.push(`${e.type}:${(e as { volume?: { name: string } }).volume?.name ?? (e as { name?: string }).name}`))
+    await c2.call('events.subscribe', {})
+    await d.client.call('volume.create', { name: 'ev', size: '1M' })
+    await d.client.call('volume.resize', { name: 'ev', size: '2M' })
+    await d.client.call('volume.delete', { name: 'ev' })
+    await new Promise((r) => setTimeout(r, 100))
+    expect(got).toEqual(['volume.created:ev', 'volume.resized:ev', 'volume.deleted:ev'])
+    c2.close()
+  })
+})
