@@ -53,6 +53,12 @@ export function formatSize(bytes: number): string {
   return Number.isInteger(value) ? `${value} ${units[i]}` : `${value.toFixed(1)} ${units[i]}`
 }
 
+/** An offset into a volume: a size, or 0. */
+export function parseOffset(input: unknown, what = 'offset'): number {
+  if (input === 0 || input === '0') return 0
+  return parseSize(input, what)
+}
+
 const NAME = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$/
 
 export function checkName(name: unknown, what = 'name'): string {

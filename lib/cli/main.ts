@@ -12,6 +12,7 @@ import { asVvfsError } from '../errors.js'
 import { LOG_LEVELS, type LogLevel } from '../log.js'
 import { formatSize, parseDuration } from '../units.js'
 import { fields, table } from './output.js'
+import { copyOptions, migrationCommands, startedJob } from './jobs.js'
 
 interface Common {
   socket: string
@@ -20,13 +21,17 @@ interface Common {
 
 const DEFAULT_SOCKET = process.env.VVFS_SOCKET ?? './.vvfs/control.sock'
 
-async function call<M extends MethodName>(argv: Common, method: M, params: ParamsInput<M>): Promise<Result<M>> {
+async function withClient<T>(argv: Common, run: (c: ControlClient) => Promise<T>): Promise<T> {
   const client = await ControlClient.connect(argv.socket)
   try {
-    return await client.call(method, params)
+    return await run(client)
   } finally {
     client.close()
   }
+}
+
+function call<M extends MethodName>(argv: Common, method: M, params: ParamsInput<M>): Promise<Result<M>> {
+  return withClient(argv, (c) => c.call(method, params))
 }
 
 function print(argv: Common, result: unknown, human: () => string): void {
@@ -44,8 +49,8 @@ function volumeRows(volumes: Result<'volume.list'>['volumes']) {
 
 function storageRows(storage: Result<'storage.list'>['storage']) {
   return table(
-    ['NAME', 'CAPACITY', 'ALLOCATED', 'FREE', 'USE%', 'LARGEST-FREE-RUN', 'VOLUMES', 'PATH'],
-    storage.map((s) => [s.name, formatSize(s.capacity), formatSize(s.allocated), formatSize(s.free), pct(s.usedPercent), formatSize(s.largestFreeRun), s.volumes.join(',') || '-', s.path]),
+    ['NAME', 'ROLE', 'CAPACITY', 'ALLOCATED', 'FREE', 'USE%', 'LARGEST-FREE-RUN', 'VOLUMES', 'PATH'],
+    storage.map((s) => [s.name, s.role, formatSize(s.capacity), formatSize(s.allocated), formatSize(s.free), pct(s.usedPercent), formatSize(s.largestFreeRun), s.volumes.join(',') || '-', s.path]),
   )
 }
 
@@ -129,12 +134,29 @@ export function buildCli(args: string[]) {
         .command(
           'add <name>',
           'add a storage system',
-          (y) => y.positional('name', { type: 'string', demandOption: true }).option('capacity', { type: 'string', demandOption: true, describe: 'e.g. 4G' }).option('path', { type: 'string', describe: 'LevelDB directory (default STATE/storage/NAME)' }),
+          (y) =>
+            y
+              .positional('name', { type: 'string', demandOption: true })
+              .option('capacity', { type: 'string', demandOption: true, describe: 'e.g. 4G' })
+              .option('path', { type: 'string', describe: 'LevelDB directory (default STATE/storage/NAME)' })
+              .option('reserve', { type: 'boolean', describe: 'designate it for staged transfers only (migrate --mode staged)' }),
           async (argv) => {
-            const s = await call(argv, 'storage.add', { name: argv.name, capacity: argv.capacity, path: argv.path })
-            print(argv, s, () => `added storage system ${s.name}: ${formatSize(s.capacity)} at ${s.path}`)
+            const s = await call(argv, 'storage.add', { name: argv.name, capacity: argv.capacity, path: argv.path, reserve: argv.reserve })
+            print(argv, s, () => `added ${s.role === 'reserve' ? 'reserve ' : ''}storage system ${s.name}: ${formatSize(s.capacity)} at ${s.path}`)
           },
         )
+        .command(
+          'drain <name>',
+          'move every extent off a storage system (a job), so it can be removed',
+          (y) => copyOptions(y.positional('name', { type: 'string', demandOption: true })),
+          async (argv) => {
+            await withClient(argv, async (c) => startedJob(argv, c, await c.call('storage.drain', { name: argv.name, mode: argv.mode, keep: argv.keep, rate: argv.rate }), print))
+          },
+        )
+        .command('undrain <name>', 'let a drained storage system take new allocations again', (y) => y.positional('name', { type: 'string', demandOption: true }), async (argv) => {
+          const s = await call(argv, 'storage.undrain', { name: argv.name })
+          print(argv, s, () => `storage system ${s.name} takes new allocations again`)
+        })
         .command('list', 'list storage systems', (y) => y, async (argv) => {
           const r = await call(argv, 'storage.list', {})
           print(argv, r.storage, () => storageRows(r.storage))
@@ -202,6 +224,25 @@ export function buildCli(args: string[]) {
           const r = await call(argv, 'volume.delete', { name: argv.name })
           print(argv, r, () => `deleted volume ${r.deleted}, released ${formatSize(r.released)}`)
         })
+        .command(
+          'map-of <name> <offset>',
+          'where one byte of a volume lives',
+          (y) => y.positional('name', { type: 'string', demandOption: true }).positional('offset', { type: 'string', demandOption: true, describe: 'bytes, or 1G, 512M…' }),
+          async (argv) => {
+            const m = await call(argv, 'volume.mapOf', { name: argv.name, offset: argv.offset })
+            print(argv, m, () =>
+              fields([
+                ['offset', `${m.offset} (extent ${m.extent}, which starts at ${m.extentOffset})`],
+                ['state', m.state === 'unallocated' ? 'unallocated (reads as zeros, takes no space)' : m.state],
+                ['storage', m.storage ?? '-'],
+                ['slot', m.slot ?? '-'],
+                ['chunk address', m.chunkAddress ?? '-'],
+                ['data stored', m.stored ? 'yes' : 'no (zeros)'],
+                ['migrating', m.migrating ? 'yes' : 'no'],
+              ]),
+            )
+          },
+        )
         .command(
           'map <name>',
           'show a volume in a host\'s mount',
@@ -271,6 +312,7 @@ export function buildCli(args: string[]) {
       process.stderr.write(`${y.help()}\n\nvvfs: ${msg}\n`)
       process.exit(2)
     })
+  migrationCommands(cli, withClient, print)
   return cli
 }
 

@@ -11,7 +11,7 @@
  */
 import { z } from 'zod'
 import type { ErrorCode } from '../errors.js'
-import { MAX_SIZE, checkName, parseSize } from '../units.js'
+import { MAX_SIZE, checkName, parseDuration, parseOffset, parseSize } from '../units.js'
 
 // ---- shared pieces
 
@@ -19,6 +19,15 @@ import { MAX_SIZE, checkName, parseSize } from '../units.js'
 export const Size = z.union([z.number(), z.string()]).transform((v, ctx) => {
   try {
     return parseSize(v)
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message, params: { vvfsCode: 'INVALID_SIZE' } })
+    return z.NEVER
+  }
+})
+
+export const Offset = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  try {
+    return parseOffset(v)
   } catch (err) {
     ctx.addIssue({ code: 'custom', message: (err as Error).message, params: { vvfsCode: 'INVALID_SIZE' } })
     return z.NEVER
@@ -41,6 +50,8 @@ export const StorageInfo = z.object({
   name: z.string(),
   id: z.number(),
   path: z.string(),
+  /** normal; reserve (for staged transfers); draining (takes no new allocations). */
+  role: z.enum(['normal', 'reserve', 'draining']),
   capacity: Bytes,
   allocated: Bytes,
   free: Bytes,
@@ -105,8 +116,44 @@ export const PoolStatus = z.object({
   fullMode: z.enum(['error', 'queue']),
   queueTimeoutMs: z.number(),
   queuedWriters: z.number(),
+  /** Allocated to migration jobs' retained sources (not free, referenced by no volume). */
+  heldByJobs: Bytes,
   systems: z.array(PoolSystemStatus),
 })
+
+export const JobInfo = z.object({
+  id: z.number(),
+  kind: z.enum(['migrate', 'consolidate', 'drain']),
+  status: z.enum(['created', 'running', 'paused', 'ready', 'cancelling', 'rolling-back', 'concluded']),
+  result: z.string().optional(),
+  error: z.object({ code: z.string(), message: z.string() }).optional(),
+  volumes: z.array(z.string()),
+  to: z.string().optional(),
+  from: z.string().optional(),
+  mode: z.enum(['direct', 'staged', 'free', 'memory']),
+  rate: z.number(),
+  keepMs: z.number(),
+  retainUntil: z.string().optional(),
+  progress: z.object({ current: Bytes, total: Bytes, percent: z.number(), bytesPerSecond: z.number(), etaSeconds: z.number().nullable() }),
+  createdAt: z.string(),
+  startedAt: z.string().optional(),
+  finishedAt: z.string().optional(),
+  reason: z.string().optional(),
+  auto: z.boolean(),
+})
+
+export const Policy = z.object({ enabled: z.boolean(), fragmentation: z.number(), minRun: Bytes, intervalMs: z.number() })
+
+const Duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  try {
+    return parseDuration(v)
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message })
+    return z.NEVER
+  }
+})
+const Mode = z.enum(['direct', 'staged', 'free', 'memory'])
+const JobId = z.strictObject({ id: z.number().int().min(1) })
 
 export const EventType = z.enum([
   'volume.created',
@@ -120,6 +167,8 @@ export const EventType = z.enum([
   'host.removed',
   'pool.threshold',
   'pool.settings',
+  'job.status',
+  'job.progress',
 ])
 export type EventType = z.infer<typeof EventType>
 
@@ -159,8 +208,8 @@ export const METHODS = {
     errors: [],
   }),
   'storage.add': method({
-    summary: 'Adds a storage system: a new LevelDB store with a declared capacity.',
-    params: z.strictObject({ name: Name, capacity: Size, path: Path.optional() }),
+    summary: 'Adds a storage system: a new LevelDB store with a declared capacity (reserve: only for staged transfers).',
+    params: z.strictObject({ name: Name, capacity: Size, path: Path.optional(), reserve: z.boolean().optional() }),
     result: StorageInfo,
     errors: [...NAME_ERRORS, 'INVALID_SIZE', 'STORAGE_EXISTS', 'STORAGE_PATH_IN_USE', 'IO_ERROR'],
   }),
@@ -221,6 +270,23 @@ export const METHODS = {
     result: VolumeInfo,
     errors: [...NAME_ERRORS, 'VOLUME_NOT_FOUND', 'HOST_NOT_FOUND', 'NOT_MAPPED', 'VOLUME_BUSY'],
   }),
+  'volume.mapOf': method({
+    summary: 'Where one byte of a volume lives: storage system, extent, chunk address and state.',
+    params: z.strictObject({ name: Name, offset: Offset }),
+    result: z.object({
+      volume: z.string(),
+      offset: Bytes,
+      extent: z.number(),
+      extentOffset: Bytes,
+      state: z.enum(['unallocated', 'whole', 'fragment']),
+      storage: z.string().optional(),
+      slot: z.number().optional(),
+      chunkAddress: z.number().optional(),
+      stored: z.boolean(),
+      migrating: z.boolean(),
+    }),
+    errors: [...NAME_ERRORS, 'VOLUME_NOT_FOUND', 'OUT_OF_RANGE', 'INVALID_SIZE'],
+  }),
   'pool.status': method({
     summary: 'The free-space table per storage system and in total, over-commitment and pressure settings.',
     params: Empty,
@@ -236,6 +302,56 @@ export const METHODS = {
     }),
     result: PoolStatus,
     errors: ['INVALID_ARGUMENT'],
+  }),
+  'storage.drain': method({
+    summary: 'Evacuates every extent of every volume from a storage system (a job), so it can be removed.',
+    params: z.strictObject({ name: Name, mode: Mode.optional(), keep: Duration.optional(), rate: Size.optional() }),
+    result: JobInfo,
+    errors: [...NAME_ERRORS, 'STORAGE_NOT_FOUND', 'POOL_FULL', 'JOB_STATE', 'INVALID_ARGUMENT'],
+  }),
+  'storage.undrain': method({
+    summary: 'Lets a drained storage system take new allocations again.',
+    params: ByName,
+    result: StorageInfo,
+    errors: [...NAME_ERRORS, 'STORAGE_NOT_FOUND', 'JOB_STATE'],
+  }),
+  'migrate.start': method({
+    summary: 'Moves a volume\'s extents onto one storage system while hosts keep using it (a job).',
+    params: z.strictObject({ volume: Name, to: Name, mode: Mode.optional(), keep: Duration.optional(), rate: Size.optional() }),
+    result: JobInfo,
+    errors: [...NAME_ERRORS, 'VOLUME_NOT_FOUND', 'STORAGE_NOT_FOUND', 'POOL_FULL', 'JOB_STATE', 'INVALID_ARGUMENT'],
+  }),
+  'migrate.plan': method({
+    summary: 'What the consolidation policy would do now, and why (changes nothing).',
+    params: Empty,
+    result: z.object({
+      policy: Policy,
+      moves: z.array(z.object({ volume: z.string(), to: z.string(), trigger: z.enum(['spanned', 'fragmented']), reason: z.string() })),
+      findings: z.array(z.string()),
+    }),
+    errors: [],
+  }),
+  'migrate.policy': method({
+    summary: 'Shows or sets the consolidation policy (on/off, fragmentation threshold, short-run size, interval).',
+    params: z.strictObject({ enabled: z.boolean().optional(), fragmentation: z.number().min(0).max(1).optional(), minRun: Size.optional(), interval: Duration.optional() }),
+    result: Policy,
+    errors: ['INVALID_ARGUMENT'],
+  }),
+  'migrate.rollback': method({
+    summary: 'Returns a volume to its source within the retention window, copying back what was written since the switch.',
+    params: JobId,
+    result: JobInfo,
+    errors: ['JOB_NOT_FOUND', 'JOB_STATE'],
+  }),
+  'job.list': method({ summary: 'Lists jobs (the last 100 concluded ones too).', params: Empty, result: z.object({ jobs: z.array(JobInfo) }), errors: [] }),
+  'job.show': method({ summary: 'One job: status, progress, rate, ETA.', params: JobId, result: JobInfo, errors: ['JOB_NOT_FOUND'] }),
+  'job.pause': method({ summary: 'Pauses a running job after the extent it is copying.', params: JobId, result: JobInfo, errors: ['JOB_NOT_FOUND', 'JOB_STATE'] }),
+  'job.resume': method({ summary: 'Resumes a paused job.', params: JobId, result: JobInfo, errors: ['JOB_NOT_FOUND', 'JOB_STATE'] }),
+  'job.cancel': method({
+    summary: 'Cancels a running or paused job: the volume is returned whole to its source.',
+    params: JobId,
+    result: JobInfo,
+    errors: ['JOB_NOT_FOUND', 'JOB_STATE'],
   }),
   'events.subscribe': method({
     summary: 'Sends events to this connection as `event` notifications (all types if none given).',
@@ -287,3 +403,4 @@ export type HostInfo = z.infer<typeof HostInfo>
 export type VolumeInfo = z.infer<typeof VolumeInfo>
 export type VolumeDetail = z.infer<typeof VolumeDetail>
 export type PoolStatus = z.infer<typeof PoolStatus>
+export type JobInfo = z.infer<typeof JobInfo>

@@ -23,8 +23,23 @@ export function managerHandlers(manager: Manager, socketPath: string): Handlers 
     'volume.delete': (p) => manager.deleteVolume(p.name),
     'volume.map': (p) => manager.mapVolume(p.name, p.host),
     'volume.unmap': (p) => manager.unmapVolume(p.name, p.host),
+    'volume.mapOf': (p) => manager.mapOf(p.name, p.offset),
     'pool.status': async () => manager.poolStatus(),
     'pool.set': (p) => manager.setPool(p),
+    'storage.drain': (p) => manager.drain(p),
+    'storage.undrain': (p) => manager.undrain(p.name),
+    'migrate.start': (p) => manager.migrate(p),
+    'migrate.plan': async () => {
+      const plan = manager.jobs.plan()
+      return { policy: manager.consolidationPolicy(), moves: plan.moves.map(({ volume, to, trigger, reason }) => ({ volume, to, trigger, reason })), findings: plan.findings }
+    },
+    'migrate.policy': (p) => manager.policy(p),
+    'migrate.rollback': async (p) => manager.jobs.rollback(p.id),
+    'job.list': async () => ({ jobs: manager.jobs.list() }),
+    'job.show': async (p) => manager.jobs.show(p.id),
+    'job.pause': async (p) => manager.jobs.pause(p.id),
+    'job.resume': async (p) => manager.jobs.resume(p.id),
+    'job.cancel': async (p) => manager.jobs.cancel(p.id),
     'events.subscribe': async (p, ctx) => {
       const types = p.types?.length ? p.types : EventType.options
       ctx.subscribe(types)

@@ -12,6 +12,8 @@
 import { open, readFile, rename } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { VvfsError } from '../errors.js'
+import type { JobRecord } from '../migration/job.js'
+import { DEFAULT_POLICY, type ConsolidationPolicy } from '../migration/planner.js'
 
 export interface StorageRecord {
   sid: number
@@ -19,6 +21,10 @@ export interface StorageRecord {
   path: string
   capacity: number
   createdAt: string
+  /** Designated for staged transfers: takes no ordinary allocations. */
+  reserve?: boolean
+  /** Being (or drained): takes no new allocations. */
+  draining?: boolean
 }
 
 export interface HostRecord {
@@ -55,13 +61,26 @@ export interface CatalogData {
   hosts: HostRecord[]
   volumes: VolumeRecord[]
   pool: PoolSettings
-  jobs: unknown[]
+  consolidation: ConsolidationPolicy
+  nextJobNo: number
+  jobs: JobRecord[]
 }
 
 export const DEFAULT_POOL_SETTINGS: PoolSettings = { warnPercent: 80, fullMode: 'error', queueTimeoutMs: 60_000 }
 
 function emptyCatalog(): CatalogData {
-  return { format: 1, nextVolumeNo: 1, nextSid: 1, storage: [], hosts: [], volumes: [], pool: { ...DEFAULT_POOL_SETTINGS }, jobs: [] }
+  return {
+    format: 1,
+    nextVolumeNo: 1,
+    nextSid: 1,
+    nextJobNo: 1,
+    storage: [],
+    hosts: [],
+    volumes: [],
+    pool: { ...DEFAULT_POOL_SETTINGS },
+    consolidation: { ...DEFAULT_POLICY },
+    jobs: [],
+  }
 }
 
 export class Catalog {
@@ -94,7 +113,9 @@ export class Catalog {
     }
     if (data.format !== 1) throw new VvfsError('STATE_CORRUPT', `${path} has unknown format ${String(data.format)}`)
     data.pool = { ...DEFAULT_POOL_SETTINGS, ...(data.pool ?? {}) }
+    data.consolidation = { ...DEFAULT_POLICY, ...(data.consolidation ?? {}) }
     data.jobs ??= []
+    data.nextJobNo ??= 1
     return new Catalog(path, data, false)
   }
 

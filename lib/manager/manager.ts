@@ -16,7 +16,7 @@ import { join, resolve } from 'node:path'
 import type { EventType, HostInfo, PoolStatus, StorageInfo, VolumeDetail, VolumeInfo, VvfsEvent } from '../control/schema.js'
 import { VvfsError } from '../errors.js'
 import { HostMount, type HostView, type MountTimeouts } from '../fuse/host-mount.js'
-import { EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
+import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
 import type { Logger } from '../log.js'
 import type { ExtentEntry } from '../relay/extent-entry.js'
 import { decodeExtentRecord } from '../relay/extent-entry.js'
@@ -30,6 +30,11 @@ import { checkName, parseSize } from '../units.js'
 import { Catalog, type HostRecord, type PoolSettings, type StorageRecord, type VolumeRecord } from './catalog.js'
 import { SpaceWatch } from './space-watch.js'
 import { VolumeHandle } from './volume-handle.js'
+import { JobManager, type JobInfo } from './jobs.js'
+import { MigrateLayer } from '../migration/layer.js'
+import type { CopyMode } from '../migration/job.js'
+import type { ConsolidationPolicy } from '../migration/planner.js'
+import { WorkerChunkMover, type ChunkMover } from '../storage/chunk-mover.js'
 
 export const DEFAULT_HOST = 'local'
 
@@ -51,6 +56,8 @@ export class Manager implements HostView {
   private queue: Promise<unknown> = Promise.resolve()
   private closing = false
   readonly spaceWatch: SpaceWatch
+  readonly jobs: JobManager
+  private readonly mover: ChunkMover
 
   private constructor(
     readonly stateDir: string,
@@ -65,6 +72,33 @@ export class Manager implements HostView {
       this.emit('pool.threshold', { ...c })
     })
     pool.onChange = () => this.spaceWatch.changed()
+    this.mover = WorkerChunkMover.create((sid) => pool.get(sid))
+    this.jobs = new JobManager({
+      catalog,
+      pool,
+      maps,
+      mover: this.mover,
+      log,
+      movable: (volNo) => this.byNo(volNo),
+      volumeNo: (name) => this.volumeNamed(name).record.no,
+      volumeName: (volNo) => catalog.data.volumes.find((v) => v.no === volNo)?.name ?? `#${volNo}`,
+      systemSid: (name) => this.storageRecord(name).sid,
+      systemName: (sid) => this.systemName(sid),
+      emit: (type, body) => this.emit(type, body),
+    })
+  }
+
+  private byNo(volNo: number) {
+    for (const h of this.handles.values()) {
+      if (h.record.no === volNo) return { volNo, name: h.name, thin: h.thin, locks: h.volume.locks, layer: h.layer }
+    }
+    return undefined
+  }
+
+  private storageRecord(name: string): StorageRecord {
+    const rec = this.catalog.data.storage.find((s) => s.name === name)
+    if (!rec) throw new VvfsError('STORAGE_NOT_FOUND', `no storage system named ${name}`)
+    return rec
   }
 
   /** Opens the state directory (creating it if new) and restores everything in it. */
@@ -78,7 +112,10 @@ export class Manager implements HostView {
       const catalog = await Catalog.load(stateDir)
       const pool = new Pool()
       for (const rec of catalog.data.storage) {
-        pool.add(await StorageSystem.open({ sid: rec.sid, name: rec.name, path: rec.path, capacity: rec.capacity, create: false }))
+        const system = await StorageSystem.open({ sid: rec.sid, name: rec.name, path: rec.path, capacity: rec.capacity, create: false })
+        system.reserve = rec.reserve ?? false
+        system.draining = rec.draining ?? false
+        pool.add(system)
       }
       manager = new Manager(stateDir, catalog, pool, maps, opts.log, opts)
       await manager.restore()
@@ -125,6 +162,8 @@ export class Manager implements HostView {
       for (const [extent, entry] of found.get(rec.no) ?? []) handle.thin.adopt(extent, entry)
       this.handles.set(rec.name, handle)
     }
+    // Space held by migration jobs is marked before stray records are cleaned.
+    await this.jobs.restore()
     await this.cleanStray(stray)
     // Anything past a volume's end (a shrink cut short by a crash) reads as zeros.
     for (const handle of this.handles.values()) await handle.volume.resize(handle.record.size)
@@ -143,6 +182,7 @@ export class Manager implements HostView {
     await this.catalog.save()
     this.spaceWatch.rearm()
     if (this.opts.mount !== false) for (const host of data.hosts) await this.mountHost(host)
+    this.jobs.start()
     this.log.info(
       { event: 'daemon.restored', volumes: this.handles.size, storage: data.storage.length, hosts: data.hosts.length, strayRecords: stray.length },
       'state restored',
@@ -172,12 +212,14 @@ export class Manager implements HostView {
     if (this.closing) return
     this.closing = true
     this.spaceWatch.close()
+    await this.jobs.close()
     for (const mount of this.mounts.values()) await mount.unmount()
     this.mounts.clear()
     for (const handle of this.handles.values()) {
       await handle.thin.settle()
       handle.thin.close()
     }
+    await this.mover.close()
     for (const system of this.pool.list()) await system.close()
     await this.maps.close()
     this.log.info({ event: 'daemon.closed' }, 'state closed')
@@ -215,7 +257,7 @@ export class Manager implements HostView {
 
   // ---- storage systems
 
-  addStorage(p: { name: string; capacity: number; path?: string }): Promise<StorageInfo> {
+  addStorage(p: { name: string; capacity: number; path?: string; reserve?: boolean }): Promise<StorageInfo> {
     return this.serial(async () => {
       const data = this.catalog.data
       if (data.storage.some((s) => s.name === p.name)) throw new VvfsError('STORAGE_EXISTS', `storage system ${p.name} already exists`)
@@ -223,8 +265,9 @@ export class Manager implements HostView {
       const path = resolve(p.path ?? join(this.stateDir, 'storage', p.name))
       const clash = data.storage.find((s) => s.path === path || path.startsWith(s.path + '/') || s.path.startsWith(path + '/'))
       if (clash) throw new VvfsError('STORAGE_PATH_IN_USE', `${path} overlaps storage system ${clash.name} at ${clash.path}`)
-      const rec: StorageRecord = { sid: data.nextSid, name: p.name, path, capacity: p.capacity, createdAt: new Date().toISOString() }
+      const rec: StorageRecord = { sid: data.nextSid, name: p.name, path, capacity: p.capacity, createdAt: new Date().toISOString(), ...(p.reserve ? { reserve: true } : {}) }
       const system = await StorageSystem.open({ ...rec, create: true })
+      system.reserve = p.reserve ?? false
       data.nextSid++
       data.storage.push(rec)
       try {
@@ -275,6 +318,7 @@ export class Manager implements HostView {
       name: system.name,
       id: system.sid,
       path: system.path,
+      role: system.reserve ? 'reserve' : system.draining ? 'draining' : 'normal',
       capacity: f.capacity,
       allocated: f.allocated,
       free: f.free,
@@ -325,6 +369,7 @@ export class Manager implements HostView {
       fullMode: s.fullMode,
       queueTimeoutMs: s.queueTimeoutMs,
       queuedWriters: this.spaceWatch.queued,
+      heldByJobs: this.jobs.heldBytes(),
       systems,
     }
   }
@@ -435,6 +480,25 @@ export class Manager implements HostView {
     return { ...this.volumeInfo(v), allocatedBySystem: bySystem, extents: v.thin.extentCount(), map, open: v.openCounts() }
   }
 
+  async mapOf(name: string, offset: number) {
+    const v = this.volumeNamed(name)
+    if (offset >= v.size) throw new VvfsError('OUT_OF_RANGE', `offset ${offset} is past the end of volume ${name} (${v.size} bytes)`)
+    const loc = v.thin.locate(Math.floor(offset / CHUNK_SIZE))
+    const stored = loc.sid !== undefined && loc.pca !== undefined ? await v.thin.isStored(loc.sid, loc.pca) : false
+    return {
+      volume: name,
+      offset,
+      extent: loc.extent,
+      extentOffset: loc.extent * EXTENT_SIZE,
+      state: loc.kind,
+      storage: loc.sid === undefined ? undefined : this.systemName(loc.sid),
+      slot: loc.slot,
+      chunkAddress: loc.pca,
+      stored,
+      migrating: this.jobs.activeJobOf(v.record.no) !== undefined,
+    }
+  }
+
   resizeVolume(name: string, size: number): Promise<VolumeInfo> {
     return this.serial(async () => {
       const v = this.volumeNamed(name)
@@ -446,6 +510,8 @@ export class Manager implements HostView {
   deleteVolume(name: string): Promise<{ deleted: string; released: number }> {
     return this.serial(async () => {
       const v = this.volumeNamed(name)
+      const job = this.jobs.activeJobOf(v.record.no)
+      if (job) throw new VvfsError('VOLUME_BUSY', `volume ${name} is in job ${job.id} (${job.status}); cancel it or wait for it`)
       if (v.isOpen()) {
         throw new VvfsError('VOLUME_BUSY', `volume ${name} is open (${Object.keys(v.openCounts()).join(', ')}); close it (detach loop devices) first`, {
           details: { open: v.openCounts() },
@@ -511,6 +577,53 @@ export class Manager implements HostView {
     }
   }
 
+  // ---- migration
+
+  migrate(p: { volume: string; to: string; mode?: CopyMode; keep?: number; rate?: number }): Promise<JobInfo> {
+    return this.serial(() => this.jobs.startMigration({ volume: p.volume, to: p.to, mode: p.mode ?? 'direct', keepMs: p.keep ?? 0, rate: p.rate ?? 0 }))
+  }
+
+  drain(p: { name: string; mode?: CopyMode; keep?: number; rate?: number }): Promise<JobInfo> {
+    return this.serial(() =>
+      this.jobs.startDrain({ system: p.name, mode: p.mode ?? 'direct', keepMs: p.keep ?? 0, rate: p.rate ?? 0 }, async (sid) => {
+        const rec = this.catalog.data.storage.find((s) => s.sid === sid)!
+        rec.draining = true
+        this.pool.get(sid).draining = true
+        await this.catalog.save()
+      }),
+    )
+  }
+
+  undrain(name: string): Promise<StorageInfo> {
+    return this.serial(async () => {
+      const rec = this.storageRecord(name)
+      const busy = this.jobs.list().find((j) => j.kind === 'drain' && j.from === name && j.status !== 'concluded')
+      if (busy) throw new VvfsError('JOB_STATE', `storage system ${name} is being drained by job ${busy.id}; cancel it first`)
+      delete rec.draining
+      this.pool.get(rec.sid).draining = false
+      await this.catalog.save()
+      this.spaceWatch.changed()
+      return this.storageInfo(this.pool.get(rec.sid))
+    })
+  }
+
+  policy(p: Partial<{ enabled: boolean; fragmentation: number; minRun: number; interval: number }>): Promise<ConsolidationPolicy> {
+    return this.serial(async () => {
+      const c = this.catalog.data.consolidation
+      if (p.enabled !== undefined) c.enabled = p.enabled
+      if (p.fragmentation !== undefined) c.fragmentation = p.fragmentation
+      if (p.minRun !== undefined) c.minRun = p.minRun
+      if (p.interval !== undefined) c.intervalMs = Math.max(1000, p.interval)
+      await this.catalog.save()
+      this.log.info({ event: 'policy.settings', ...c }, 'consolidation policy changed')
+      return { ...c }
+    })
+  }
+
+  consolidationPolicy(): ConsolidationPolicy {
+    return { ...this.catalog.data.consolidation }
+  }
+
   /** Sets up the default demo state of `make run` (only on a new state directory). */
   async bootstrapDemo(): Promise<void> {
     for (const name of ['ss1', 'ss2', 'ss3']) await this.addStorage({ name, capacity: parseSize('4G') })
@@ -522,8 +635,14 @@ export class Manager implements HostView {
   private makeHandle(rec: VolumeRecord): VolumeHandle {
     const locks = new RangeLock()
     const thin = new ThinVolume(rec.no, this.pool, this.maps, locks, this.spaceWatch)
-    const volume = new Volume(thin, rec.size, locks)
-    return new VolumeHandle(rec, thin, volume, {
+    thin.placement = () => this.jobs.placementFor(rec.no)
+    const layer = new MigrateLayer(thin, rec.no)
+    const volume = new Volume(layer, rec.size, locks)
+    return new VolumeHandle(rec, thin, layer, volume, {
+      jobState: () => {
+        const j = this.jobs.activeJobOf(rec.no)
+        return j ? (j.status === 'paused' ? 'migration-paused' : 'migrating') : undefined
+      },
       persistSize: async (_h, size) => {
         const before = rec.size
         rec.size = size

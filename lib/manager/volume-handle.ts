@@ -11,10 +11,13 @@ import { VvfsError } from '../errors.js'
 import type { ServedVolume } from '../fuse/host-mount.js'
 import type { Volume } from '../relay/volume.js'
 import type { ThinVolume } from '../relay/thin.js'
+import type { MigrateLayer } from '../migration/layer.js'
 import { MAX_SIZE } from '../units.js'
 import type { VolumeRecord } from './catalog.js'
 
 export interface VolumeHooks {
+  /** 'migrating' while a job moves the volume. */
+  jobState(): string | undefined
   /** Persists a new size of the record (the catalog). */
   persistSize(handle: VolumeHandle, size: number): Promise<void>
   resized(handle: VolumeHandle, from: number, to: number): void
@@ -28,6 +31,7 @@ export class VolumeHandle implements ServedVolume {
   constructor(
     readonly record: VolumeRecord,
     readonly thin: ThinVolume,
+    readonly layer: MigrateLayer,
     readonly volume: Volume,
     private readonly hooks: VolumeHooks,
   ) {
@@ -50,7 +54,7 @@ export class VolumeHandle implements ServedVolume {
     return new Date(this.record.createdAt)
   }
   get state(): string {
-    return this.isOpen() ? 'open' : 'ready'
+    return this.hooks.jobState() ?? (this.isOpen() ? 'open' : 'ready')
   }
 
   open(host: string, writable: boolean): void {

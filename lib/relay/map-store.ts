@@ -26,6 +26,7 @@ export class MapStore {
   private pending = new Map<string, { key: Buffer; value: Producer }>()
   private waiters: Waiter[] = []
   private flushing = false
+  private scheduled = false
   private dirty = false
   private seq = 0
 
@@ -56,10 +57,26 @@ export class MapStore {
 
   /** Writes the value `produce()` returns at flush time (null deletes). */
   put(key: Buffer, produce: Producer): Promise<void> {
-    this.pending.set(key.toString('latin1'), { key, value: produce })
+    return this.putMany([{ key, produce }])
+  }
+
+  /**
+   * Writes several keys in one LevelDB batch, so they change together or not
+   * at all (a migration's switch: the map record, the retained source and the
+   * bitmap page). Puts made in the same tick share a batch: the flush starts
+   * on the next microtask.
+   */
+  putMany(items: { key: Buffer; produce: Producer }[]): Promise<void> {
+    for (const { key, produce } of items) this.pending.set(key.toString('latin1'), { key, value: produce })
     return new Promise<void>((resolve, reject) => {
       this.waiters.push({ resolve, reject })
-      if (!this.flushing) void this.flush()
+      if (!this.flushing && !this.scheduled) {
+        this.scheduled = true
+        queueMicrotask(() => {
+          this.scheduled = false
+          if (!this.flushing) void this.flush()
+        })
+      }
     })
   }
 

@@ -65,6 +65,16 @@ export interface SpacePolicy {
   waitForSpace(): Promise<boolean>
 }
 
+export interface ChunkLocation {
+  extent: number
+  kind: 'unallocated' | 'whole' | 'fragment'
+  sid?: number
+  slot?: number
+  pca?: number
+  /** For an unallocated chunk of a fragmented extent: how many fragments the extent has. */
+  fragments?: number
+}
+
 export interface MapRun {
   firstExtent: number
   extents: number
@@ -84,8 +94,16 @@ interface WritePlan {
   maybeEmpty: Set<number>
 }
 
+/** Where new allocations of this volume may go (a migration pins them to its destination). */
+export interface PlacementRule {
+  only?: number
+  exclude?: ReadonlySet<number>
+}
+
 export class ThinVolume implements ChunkLayer {
   private readonly extents = new Map<number, ExtentEntry>()
+  /** Set by the manager: draining and reserve systems, a migration's destination. */
+  placement: () => PlacementRule = () => ({})
   /** Whole extents whose slot is still being cleared. */
   private readonly clearing = new Map<number, Promise<void>>()
   /** Whole extents whose first record is still being written. */
@@ -144,6 +162,22 @@ export class ThinVolume implements ChunkLayer {
 
   extentCount(): number {
     return this.extents.size
+  }
+
+  /** Where one chunk of the volume lives. */
+  locate(chunk: number): ChunkLocation {
+    const extent = Math.floor(chunk / EXTENT_CHUNKS)
+    const inExtent = chunk - extent * EXTENT_CHUNKS
+    const entry = this.extents.get(extent)
+    if (!entry) return { extent, kind: 'unallocated' }
+    if (entry.kind === 'whole') return { extent, kind: 'whole', sid: entry.sid, slot: entry.slot, pca: entry.slot * EXTENT_CHUNKS + inExtent }
+    const frag = entry.frags.get(inExtent)
+    return frag ? { extent, kind: 'fragment', sid: frag.sid, pca: frag.pca } : { extent, kind: 'unallocated', fragments: entry.frags.size }
+  }
+
+  /** Whether the chunk at `pca` of system `sid` holds data (for map-of). */
+  async isStored(sid: number, pca: number): Promise<boolean> {
+    return this.pool.get(sid).hasData(pca, 1)
   }
 
   async read(first: number, count: number, into: Buffer): Promise<void> {
@@ -236,6 +270,78 @@ export class ThinVolume implements ChunkLayer {
     this.closed = true
   }
 
+  // ---- for migrations (called under the extent's exclusive lock)
+
+  /**
+   * Allocates space shaped like `entry` (a whole slot, or one fragment per
+   * fragment) by `rule`; in memory only until a switch references it.
+   * Undefined when the pool cannot hold it.
+   */
+  allocateLike(entry: ExtentEntry, rule: PlacementRule): ExtentEntry | undefined {
+    if (entry.kind === 'whole') {
+      const p = this.pool.allocateSlot(rule)
+      return p && { kind: 'whole', sid: p.system.sid, slot: p.address }
+    }
+    const frags = new Map<number, Fragment>()
+    for (const chunk of entry.frags.keys()) {
+      const p = this.pool.allocateFragment(rule)
+      if (!p) {
+        for (const f of frags.values()) this.pool.releaseFragment(f.sid, f.pca)
+        return undefined
+      }
+      frags.set(chunk, { sid: p.system.sid, pca: p.address })
+    }
+    return { kind: 'fragments', frags }
+  }
+
+  /**
+   * Points extent `extent` at `next` if it still points at `expected`, and
+   * writes the record together with `extra` records (one MapStore batch), so
+   * a crash leaves either the old map and extras or the new ones. The old
+   * entry's space is not released: the caller owns it now.
+   */
+  async switchExtent(extent: number, expected: ExtentEntry, next: ExtentEntry, extra: { key: Buffer; produce: () => Buffer | null }[] = []): Promise<void> {
+    if (this.extents.get(extent) !== expected) throw new VvfsError('INTERNAL', `extent ${extent} changed during its switch`)
+    this.extents.set(extent, next)
+    this.allocated += entryBytes(next) - entryBytes(expected)
+    await this.maps.putMany([{ key: extentKey(this.volNo, extent), produce: () => this.recordOf(extent) }, ...extra])
+  }
+
+  /** Drops the data of an entry no map references any more, then frees its space. */
+  async discardEntry(entry: ExtentEntry): Promise<void> {
+    if (entry.kind === 'whole') {
+      await this.pool.get(entry.sid).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
+      this.pool.releaseSlot(entry.sid, entry.slot)
+    } else {
+      await this.writeGrouped([...entry.frags.values()].map((f) => ({ sid: f.sid, pca: f.pca, data: null })))
+      for (const f of entry.frags.values()) this.pool.releaseFragment(f.sid, f.pca)
+    }
+  }
+
+  /** Frees space allocated by allocateLike that was never switched in (its data is dropped on reuse). */
+  forgetEntry(entry: ExtentEntry): void {
+    if (entry.kind === 'whole') this.pool.releaseSlot(entry.sid, entry.slot)
+    else for (const f of entry.frags.values()) this.pool.releaseFragment(f.sid, f.pca)
+  }
+
+  /** Marks the space of an entry held outside the map (a migration's retained source) at start. */
+  adoptHeld(entry: ExtentEntry): void {
+    if (entry.kind === 'whole') this.pool.get(entry.sid).table.markWhole(entry.slot)
+    else for (const f of entry.frags.values()) this.pool.get(f.sid).table.markFragment(f.pca)
+  }
+
+  /** Every allocated extent index, ascending. */
+  extentIndexes(): number[] {
+    return [...this.extents.keys()].sort((a, b) => a - b)
+  }
+
+  /** Waits until a newly allocated extent's slot is cleared and recorded (never for maintenance, which needs the lock the caller holds). */
+  async settled(extent: number): Promise<void> {
+    await this.afterReady(extent)
+    const recording = this.recording.get(extent)
+    if (recording) await recording
+  }
+
   // ---- reads
 
   private async readWhole(extent: number, entry: WholeExtent, inExtent: number, n: number, into: Buffer, offset: number): Promise<void> {
@@ -326,7 +432,7 @@ export class ThinVolume implements ChunkLayer {
         continue
       }
       if (!frag) {
-        const placement = this.pool.allocateFragment()
+        const placement = this.pool.allocateFragment(this.placement())
         if (!placement) throw this.poolFull()
         frag = { sid: placement.system.sid, pca: placement.address }
         frags.set(chunk, frag)
@@ -345,7 +451,7 @@ export class ThinVolume implements ChunkLayer {
   }
 
   private allocateWhole(plan: WritePlan, undo: (() => void)[], extent: number): WholeExtent | undefined {
-    const placement = this.pool.allocateSlot()
+    const placement = this.pool.allocateSlot(this.placement())
     if (!placement) return undefined
     const entry: WholeExtent = { kind: 'whole', sid: placement.system.sid, slot: placement.address }
     this.extents.set(extent, entry)
@@ -423,7 +529,7 @@ export class ThinVolume implements ChunkLayer {
 
   /** Copies an extent's fragments into a whole slot and frees them. */
   private async promote(extent: number, entry: FragmentedExtent): Promise<void> {
-    const placement = this.pool.allocateSlot()
+    const placement = this.pool.allocateSlot(this.placement())
     if (!placement) return
     const whole: WholeExtent = { kind: 'whole', sid: placement.system.sid, slot: placement.address }
     try {
@@ -458,10 +564,12 @@ export class ThinVolume implements ChunkLayer {
   // ---- helpers
 
   private persist(extent: number): Promise<void> {
-    return this.maps.put(extentKey(this.volNo, extent), () => {
-      const entry = this.extents.get(extent)
-      return entry ? encodeExtentRecord(this.maps.nextSeq(), entry) : null
-    })
+    return this.maps.put(extentKey(this.volNo, extent), () => this.recordOf(extent))
+  }
+
+  private recordOf(extent: number): Buffer | null {
+    const entry = this.extents.get(extent)
+    return entry ? encodeExtentRecord(this.maps.nextSeq(), entry) : null
   }
 
   private async afterReady(extent: number): Promise<void> {

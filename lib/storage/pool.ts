@@ -90,10 +90,12 @@ export class Pool {
     this.onChange()
   }
 
+  /** Capacity and allocation of the systems that take allocations (not reserve or draining). */
   totals(): PoolTotals {
     let capacity = 0
     let allocated = 0
     for (const s of this.systems.values()) {
+      if (!s.allocatable) continue
       capacity += s.table.capacity
       allocated += s.table.allocated
     }
@@ -110,7 +112,7 @@ export class Pool {
       return system ? [system] : []
     }
     return [...this.systems.values()]
-      .filter((s) => !opts.exclude?.has(s.sid))
+      .filter((s) => s.allocatable && !opts.exclude?.has(s.sid))
       .sort((a, b) => b.table.free - a.table.free || a.sid - b.sid)
   }
 }

@@ -68,6 +68,9 @@ export interface ChunkWrite {
 
 export class StorageSystem {
   readonly table: FreeSpaceTable
+  /** Reserve systems (for staged transfers) and draining ones take no new allocations unless asked by name. */
+  reserve = false
+  draining = false
   private dirty = false
   private closed = false
 
@@ -79,6 +82,11 @@ export class StorageSystem {
     private readonly db: ClassicLevel<Buffer, Buffer>,
   ) {
     this.table = new FreeSpaceTable(capacity)
+  }
+
+  /** The store itself, for the chunk copier (lib/storage only). */
+  get store(): ClassicLevel<Buffer, Buffer> {
+    return this.db
   }
 
   /**
@@ -203,6 +211,10 @@ export class StorageSystem {
   /** Every stored chunk address, for the scrub at start and for tests. */
   async *allChunks(): AsyncGenerator<number> {
     for await (const key of this.db.keys({ gte: Buffer.from([DATA]), lt: Buffer.from([DATA + 1]) })) yield pcaOfKey(key)
+  }
+
+  get allocatable(): boolean {
+    return !this.reserve && !this.draining
   }
 
   async close(): Promise<void> {

@@ -26,7 +26,9 @@ export interface DaemonHandle {
   stop(): Promise<number | null>
   /** SIGKILL, no cleanup by the daemon. */
   kill9(): Promise<void>
-  restart(): Promise<void>
+  restart(env?: NodeJS.ProcessEnv): Promise<void>
+  /** Resolves when the daemon process exits (e.g. at an injected crash point). */
+  exited(): Promise<number | null>
 }
 
 const live = new Set<DaemonHandle>()
@@ -100,9 +102,18 @@ export async function startDaemon(opts: { dir?: string; extraArgs?: string[]; en
       live.delete(handle)
       unmountUnder(dir)
     },
-    async restart() {
+    exited() {
+      const proc = handle.proc
+      if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve(proc.exitCode)
+      return new Promise((r) => proc.once('exit', (code) => r(code)))
+    },
+    async restart(env) {
       if (handle.proc.exitCode === null && handle.proc.signalCode === null) await handle.stop()
-      handle.proc = spawnDaemon(args, logPath, opts.env)
+      else {
+        handle.client?.close()
+        unmountUnder(dir)
+      }
+      handle.proc = spawnDaemon(args, logPath, env ?? opts.env)
       live.add(handle)
       handle.client = await waitForSocket(socket, handle.proc, logPath)
     },

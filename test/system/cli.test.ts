@@ -28,8 +28,8 @@ describe('the vvfs CLI', () => {
     const r = vvfs('storage', 'list')
     expect(r.code).toBe(0)
     const lines = r.out.trim().split('\n')
-    expect(lines[0]).toMatch(/^NAME\s+CAPACITY\s+ALLOCATED\s+FREE/)
-    expect(lines[1]).toMatch(/^fast\s+256 MiB\s+0 B\s+256 MiB/)
+    expect(lines[0]).toMatch(/^NAME\s+ROLE\s+CAPACITY\s+ALLOCATED\s+FREE/)
+    expect(lines[1]).toMatch(/^fast\s+normal\s+256 MiB\s+0 B\s+256 MiB/)
     // Columns line up: every row starts its second column at the same place.
     const col = lines[0]!.indexOf('CAPACITY')
     for (const l of lines.slice(1)) expect(l[col - 1]).toBe(' ')

@@ -1,0 +1,579 @@
+/**
+ * MigrationRunner: carries out one migration job — move a volume onto one
+ * storage system (migrate, consolidate) or every extent off one (drain) —
+ * while hosts keep reading and writing.
+ *
+ * Per extent, under the extent's exclusive lock (so host I/O to it waits for
+ * this one copy, never longer): allocate at the target, copy the data (in the
+ * worker thread), then in one MapStore batch switch the volume map to the
+ * copy and record the source as retained; then set the extent's bit in the
+ * copy bitmap (with the job's progress). Steps and what a crash after each
+ * leaves:
+ *   copy   → the copy is referenced by nothing: its space is free again at
+ *            start and its data cleared before reuse; the extent is redone.
+ *   switch → the map points at the copy, the source is retained: the extent
+ *            is seen as done when the job resumes.
+ *   bitmap → done.
+ *   release (at the end) → each retained source is cleared, then its record
+ *            dropped; a release cut short is finished at start.
+ * Sources stay retained until the job concludes (and through --keep), so
+ * cancel and rollback can always return the volume whole to its source:
+ * unchanged extents are switched back, extents written since their switch
+ * (the dirty bitmap kept by MigrateLayer) are copied back first, extents
+ * created during the job are moved to the source systems.
+ *
+ * staged/free copy in two phases: first every extent to an intermediate
+ * system (the reserve, or any system with room), switching the map there, so
+ * the source is emptied as fast as the intermediate takes data; then to the
+ * destination. memory copies each extent through one buffer and one batch.
+ */
+import { asVvfsError, VvfsError } from '../errors.js'
+import { crashPoint } from '../crash-points.js'
+import { EXTENT_CHUNKS, EXTENT_SIZE, CHUNK_SIZE } from '../layout.js'
+import type { Logger } from '../log.js'
+import type { ExtentEntry } from '../relay/extent-entry.js'
+import type { MapStore } from '../relay/map-store.js'
+import type { RangeLock } from '../relay/range-lock.js'
+import type { PlacementRule, ThinVolume } from '../relay/thin.js'
+import type { ChunkMover } from '../storage/chunk-mover.js'
+import type { Pool } from '../storage/pool.js'
+import { CopyBitmap } from './bitmap.js'
+import type { JobRecord, JobResult, JobStatus } from './job.js'
+import type { MigrateLayer } from './layer.js'
+import { RetainedSources } from './retained.js'
+
+export interface MovableVolume {
+  volNo: number
+  name: string
+  thin: ThinVolume
+  locks: RangeLock
+  layer: MigrateLayer
+}
+
+export interface RunnerDeps {
+  pool: Pool
+  maps: MapStore
+  mover: ChunkMover
+  volume(volNo: number): MovableVolume | undefined
+  /** Persists the job record (the catalog) after a status change. */
+  save(job: JobRecord): Promise<void>
+  statusChanged(job: JobRecord, from: JobStatus): void
+  progressed(job: JobRecord): void
+  log: Logger
+}
+
+const PROGRESS_PREFIX = 0x70 // 'p'
+
+function progressKey(jobNo: number): Buffer {
+  const k = Buffer.alloc(5)
+  k[0] = PROGRESS_PREFIX
+  k.writeUInt32BE(jobNo, 1)
+  return k
+}
+
+export function entryBytes(entry: ExtentEntry): number {
+  return entry.kind === 'whole' ? EXTENT_SIZE : entry.frags.size * CHUNK_SIZE
+}
+
+function systemsOf(entry: ExtentEntry): Set<number> {
+  return entry.kind === 'whole' ? new Set([entry.sid]) : new Set([...entry.frags.values()].map((f) => f.sid))
+}
+
+function sameShape(a: ExtentEntry, b: ExtentEntry): boolean {
+  if (a.kind === 'whole' || b.kind === 'whole') return a.kind === b.kind
+  if (a.frags.size !== b.frags.size) return false
+  for (const c of a.frags.keys()) if (!b.frags.has(c)) return false
+  return true
+}
+
+export class MigrationRunner {
+  private pauseRequested = false
+  private stopRequested: 'cancel' | 'rollback' | null = null
+  /** The daemon is stopping: leave the job as it is persisted, to resume at the next start. */
+  private halted = false
+  private wake: (() => void) | null = null
+  private readonly bitmaps = new Map<string, CopyBitmap>()
+  private readonly dirty = new Map<number, CopyBitmap>()
+  private startedCopyAt = 0
+  private copiedSinceStart = 0
+  done: Promise<void> = Promise.resolve()
+
+  private constructor(
+    readonly job: JobRecord,
+    private readonly deps: RunnerDeps,
+    readonly retained: RetainedSources,
+  ) {}
+
+  /** Loads what the job holds (retained sources, bitmaps) and marks its space. */
+  static async open(job: JobRecord, deps: RunnerDeps): Promise<MigrationRunner> {
+    const retained = await RetainedSources.load(deps.maps, job.id)
+    const runner = new MigrationRunner(job, deps, retained)
+    const saved = await deps.maps.get(progressKey(job.id))
+    if (saved) {
+      const p = JSON.parse(saved.toString()) as { current: number; total: number; phase: number }
+      job.current = Math.max(job.current, p.current)
+      job.total = Math.max(job.total, p.total)
+      job.phase = Math.max(job.phase, p.phase)
+    }
+    for (const volNo of job.volNos) {
+      const v = deps.volume(volNo)
+      const dirty = await CopyBitmap.load(deps.maps, 'dirty', job.id, volNo)
+      runner.dirty.set(volNo, dirty)
+      if (v && job.status !== 'concluded') v.layer.tracking = { retained, dirty }
+    }
+    return runner
+  }
+
+  /** Space held by retained sources, marked used at start (before any allocation). */
+  adoptHeld(): void {
+    for (const [volNo, , entry] of this.retained.all()) this.deps.volume(volNo)?.thin.adoptHeld(entry)
+  }
+
+  start(): void {
+    this.done = this.loop()
+  }
+
+  pause(): void {
+    if (this.job.status !== 'running' && this.job.status !== 'created') throw new VvfsError('JOB_STATE', `job ${this.job.id} is ${this.job.status}, not running`)
+    this.pauseRequested = true
+  }
+
+  resume(): void {
+    if (this.job.status !== 'paused' && !this.pauseRequested) throw new VvfsError('JOB_STATE', `job ${this.job.id} is ${this.job.status}, not paused`)
+    this.pauseRequested = false
+    this.wake?.()
+  }
+
+  /** Stops after the current extent without changing the job's status; resolves when stopped. */
+  async halt(): Promise<void> {
+    this.halted = true
+    this.wake?.()
+    await this.done.catch(() => {})
+  }
+
+  cancel(): void {
+    const s = this.job.status
+    if (s !== 'created' && s !== 'running' && s !== 'paused') throw new VvfsError('JOB_STATE', `job ${this.job.id} is ${s}; only a running or paused job can be cancelled (a ready job is rolled back)`)
+    this.stopRequested = 'cancel'
+    this.wake?.()
+  }
+
+  rollback(): void {
+    if (this.job.status !== 'ready') {
+      const why = this.job.status === 'concluded' ? 'it has concluded and its sources were released' : `it is ${this.job.status}`
+      throw new VvfsError('JOB_STATE', `job ${this.job.id} cannot be rolled back: ${why}`)
+    }
+    this.stopRequested = 'rollback'
+    this.wake?.()
+  }
+
+  // ---- the job's life
+
+  private async loop(): Promise<void> {
+    const job = this.job
+    try {
+      if (job.status === 'created' || job.status === 'running' || job.status === 'paused') {
+        if (!job.startedAt) job.startedAt = new Date().toISOString()
+        if (job.status === 'paused') this.pauseRequested = true
+        else await this.setStatus('running')
+        if (!(await this.copyAll())) return this.halted ? undefined : await this.giveBack('cancelled')
+        await this.afterCopy()
+      }
+      if (this.halted) return
+      if (job.status === 'cancelling') return await this.giveBack(job.error ? 'failed' : 'cancelled')
+      if (job.status === 'rolling-back') return await this.giveBack('rolled-back')
+      if (job.status === 'ready') await this.retain()
+    } catch (err) {
+      if (this.halted) return
+      const e = asVvfsError(err)
+      job.error = e.toWire()
+      this.deps.log.error({ event: 'job.failed', job: job.id, code: e.code, err: e.message }, 'migration failed; returning the volume to its source')
+      try {
+        await this.giveBack('failed')
+      } catch (err2) {
+        this.deps.log.error({ event: 'job.stuck', job: job.id, err: (err2 as Error).message }, 'could not return the volume to its source; the job resumes at the next start')
+      }
+    }
+  }
+
+  private async copyAll(): Promise<boolean> {
+    const job = this.job
+    if (job.phase === 0) {
+      // Extents already at the destination when the job starts stay there on cancel.
+      if (job.toSid !== undefined) {
+        for (const volNo of job.volNos) {
+          const v = this.deps.volume(volNo)
+          if (!v) continue
+          const there = await this.bitmap(volNo, 0)
+          for (const e of v.thin.extentIndexes()) if (this.isFinal(v.thin.entry(e)!)) await there.set(e)
+        }
+      }
+      job.total = this.remainingBytes() * job.phases
+      job.phase = 1
+      await this.saveProgress()
+    }
+    this.startedCopyAt = Date.now()
+    this.copiedSinceStart = 0
+    for (let phase = job.phase; phase <= job.phases; phase++) {
+      if (phase !== job.phase) {
+        job.phase = phase
+        await this.saveProgress()
+      }
+      for (const volNo of job.volNos) {
+        const v = this.deps.volume(volNo)
+        if (!v) continue
+        const bitmap = await this.bitmap(volNo, phase)
+        for (const e of v.thin.extentIndexes()) {
+          if (bitmap.has(e)) continue
+          if (!(await this.checkpoint())) return false
+          const bytes = await this.moveExtent(v, e, phase, bitmap)
+          if (bytes > 0) await this.throttle(bytes)
+        }
+      }
+    }
+    job.current = job.total
+    await this.saveProgress()
+    return true
+  }
+
+  /** Bytes of the extents not yet where the job puts them (for `total`). */
+  private remainingBytes(): number {
+    let bytes = 0
+    for (const volNo of this.job.volNos) {
+      const v = this.deps.volume(volNo)
+      if (!v) continue
+      for (const e of v.thin.extentIndexes()) {
+        const entry = v.thin.entry(e)!
+        if (!this.isFinal(entry)) bytes += entryBytes(entry)
+      }
+    }
+    return bytes
+  }
+
+  private async moveExtent(v: MovableVolume, e: number, phase: number, bitmap: CopyBitmap): Promise<number> {
+    const release = await v.locks.acquire(e * EXTENT_CHUNKS, (e + 1) * EXTENT_CHUNKS, 'exclusive')
+    try {
+      await v.thin.settled(e)
+      const cur = v.thin.entry(e)
+      if (!cur || this.isDoneIn(v.volNo, e, cur, phase)) {
+        await this.markCopied(bitmap, e, 0)
+        return 0
+      }
+      const next = v.thin.allocateLike(cur, this.placementFor(phase, cur))
+      if (!next) throw new VvfsError('POOL_FULL', `no room for extent ${e} of volume ${v.name} at the ${phase < this.job.phases ? 'intermediate' : 'destination'} storage`)
+      let bytes: number
+      try {
+        bytes = await this.copy(cur, next)
+      } catch (err) {
+        v.thin.forgetEntry(next)
+        throw err
+      }
+      crashPoint('migration.copy')
+      const firstMove = !this.retained.has(v.volNo, e)
+      await v.thin.switchExtent(e, cur, next, firstMove ? [this.retained.hold(v.volNo, e, cur)] : [])
+      crashPoint('migration.switch')
+      await this.markCopied(bitmap, e, entryBytes(cur))
+      crashPoint('migration.bitmap')
+      // A staged copy is not a source: once the map moved on, it goes.
+      if (!firstMove) await v.thin.discardEntry(cur)
+      this.copiedSinceStart += bytes
+      return bytes
+    } finally {
+      release()
+    }
+  }
+
+  private async afterCopy(): Promise<void> {
+    const job = this.job
+    if (job.keepMs > 0) {
+      job.retainUntil = new Date(Date.now() + job.keepMs).toISOString()
+      await this.setStatus('ready')
+      return this.retain()
+    }
+    await this.releaseSources()
+    await this.conclude('completed')
+  }
+
+  /** Keeps the sources until the window ends (then releases them) or a rollback. */
+  private async retain(): Promise<void> {
+    const until = Date.parse(this.job.retainUntil ?? '') || 0
+    while (!this.stopRequested && !this.halted && Date.now() < until) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, Math.min(until - Date.now(), 60_000))
+        this.wake = () => {
+          clearTimeout(t)
+          resolve()
+        }
+      })
+    }
+    if (this.halted) return
+    if (this.stopRequested === 'rollback') return this.giveBack('rolled-back')
+    await this.releaseSources()
+    await this.conclude('completed')
+  }
+
+  private async releaseSources(): Promise<void> {
+    let n = 0
+    for (const [volNo, e, entry] of [...this.retained.all()]) {
+      const v = this.deps.volume(volNo)
+      if (v) await v.thin.discardEntry(entry)
+      await this.deps.maps.putMany([this.retained.drop(volNo, e)])
+      if (++n === 1) crashPoint('migration.release')
+    }
+  }
+
+  /** Returns every volume of the job whole to its source systems (cancel, failure, rollback). */
+  private async giveBack(result: JobResult): Promise<void> {
+    const job = this.job
+    await this.setStatus(result === 'rolled-back' ? 'rolling-back' : 'cancelling')
+    job.current = 0
+    job.total = 0
+    for (const [volNo, , entry] of this.retained.all()) if (this.deps.volume(volNo)) job.total += entryBytes(entry)
+    await this.saveProgress()
+    for (const volNo of job.volNos) {
+      const v = this.deps.volume(volNo)
+      const dirty = this.dirty.get(volNo)
+      for (const [e, src] of [...this.retained.volume(volNo)]) {
+        if (!v) {
+          await this.deps.maps.putMany([this.retained.drop(volNo, e)])
+          continue
+        }
+        await this.returnExtent(v, e, src, dirty)
+        job.current = Math.min(job.total, job.current + entryBytes(src))
+        this.deps.progressed(job)
+      }
+      // Extents created during the job live at the destination: bring them to the source too.
+      if (v && job.toSid !== undefined) {
+        const there = await this.bitmap(volNo, 0)
+        for (const e of v.thin.extentIndexes()) {
+          const cur = v.thin.entry(e)
+          if (cur && !there.has(e) && !this.onSources(cur)) await this.moveToSource(v, e)
+        }
+      }
+    }
+    job.current = job.total
+    await this.conclude(result)
+  }
+
+  private async returnExtent(v: MovableVolume, e: number, src: ExtentEntry, dirty: CopyBitmap | undefined): Promise<void> {
+    const release = await v.locks.acquire(e * EXTENT_CHUNKS, (e + 1) * EXTENT_CHUNKS, 'exclusive')
+    try {
+      await v.thin.settled(e)
+      const cur = v.thin.entry(e)
+      if (!cur) {
+        // The host discarded the extent since: so does the source.
+        await v.thin.discardEntry(src)
+        await this.deps.maps.putMany([this.retained.drop(v.volNo, e)])
+        return
+      }
+      if (cur === src) {
+        await this.deps.maps.putMany([this.retained.drop(v.volNo, e)])
+        return
+      }
+      let target = src
+      let fresh = false
+      if (!sameShape(cur, src)) {
+        const sid = [...systemsOf(src)][0]!
+        const alloc = v.thin.allocateLike(cur, { only: sid })
+        if (!alloc) throw new VvfsError('POOL_FULL', `no room to return extent ${e} of volume ${v.name} to its source`)
+        await this.copy(cur, alloc)
+        target = alloc
+        fresh = true
+      } else if (dirty?.has(e) ?? true) {
+        await this.copy(cur, src)
+      }
+      await v.thin.switchExtent(e, cur, target, [this.retained.drop(v.volNo, e)])
+      await v.thin.discardEntry(cur)
+      if (fresh) await v.thin.discardEntry(src)
+    } finally {
+      release()
+    }
+  }
+
+  private async moveToSource(v: MovableVolume, e: number): Promise<void> {
+    const release = await v.locks.acquire(e * EXTENT_CHUNKS, (e + 1) * EXTENT_CHUNKS, 'exclusive')
+    try {
+      await v.thin.settled(e)
+      const cur = v.thin.entry(e)
+      if (!cur || this.onSources(cur)) return
+      const target = this.mostFree(this.job.sourceSids)
+      const next = target === undefined ? undefined : v.thin.allocateLike(cur, { only: target })
+      if (!next) throw new VvfsError('POOL_FULL', `no room to return extent ${e} of volume ${v.name} to its source systems`)
+      await this.copy(cur, next)
+      await v.thin.switchExtent(e, cur, next)
+      await v.thin.discardEntry(cur)
+    } finally {
+      release()
+    }
+  }
+
+  private async conclude(result: JobResult): Promise<void> {
+    const job = this.job
+    job.result = result
+    job.finishedAt = new Date().toISOString()
+    for (const volNo of job.volNos) {
+      const v = this.deps.volume(volNo)
+      if (v) v.layer.tracking = null
+      await this.dirty.get(volNo)?.remove()
+    }
+    for (const bm of this.bitmaps.values()) await bm.remove()
+    await this.deps.maps.put(progressKey(job.id), () => null)
+    await this.setStatus('concluded')
+    this.deps.log.info({ event: 'job.concluded', job: job.id, result, error: job.error?.message }, `job ${job.id} ${result}`)
+  }
+
+  // ---- where things go
+
+  private get stagingSid(): number | undefined {
+    return this.job.mode === 'staged' ? this.deps.pool.list().find((s) => s.reserve)?.sid : undefined
+  }
+
+  /** The systems an extent must leave. */
+  private sourceSet(): Set<number> {
+    const job = this.job
+    if (job.kind === 'drain') return new Set([job.fromSid!])
+    return new Set(job.sourceSids.filter((s) => s !== job.toSid))
+  }
+
+  private isFinal(entry: ExtentEntry): boolean {
+    const sids = systemsOf(entry)
+    const job = this.job
+    if (job.kind === 'drain') {
+      const staging = this.stagingSid
+      return !sids.has(job.fromSid!) && (staging === undefined || !sids.has(staging))
+    }
+    return sids.size === 1 && sids.has(job.toSid!)
+  }
+
+  /** In a first phase an extent is done once it has left its source (its source is retained). */
+  private isDoneIn(volNo: number, e: number, entry: ExtentEntry, phase: number): boolean {
+    if (this.isFinal(entry)) return true
+    return phase < this.job.phases && this.retained.has(volNo, e)
+  }
+
+  private placementFor(phase: number, entry: ExtentEntry): PlacementRule {
+    const job = this.job
+    if (phase < job.phases) {
+      if (job.mode === 'staged') {
+        const r = this.stagingSid
+        if (r === undefined) throw new VvfsError('JOB_STATE', 'staged mode needs a reserve storage system (vvfs storage add NAME --capacity SIZE --reserve)')
+        return { only: r }
+      }
+      // free: unused space of any storage system but the extent's own and the destination.
+      const exclude = systemsOf(entry)
+      if (job.toSid !== undefined) exclude.add(job.toSid)
+      if (job.fromSid !== undefined) exclude.add(job.fromSid)
+      return { exclude }
+    }
+    if (job.kind === 'drain') return { exclude: new Set([job.fromSid!]) }
+    return { only: job.toSid! }
+  }
+
+  private onSources(entry: ExtentEntry): boolean {
+    const src = new Set(this.job.sourceSids)
+    return [...systemsOf(entry)].every((s) => src.has(s) && s !== this.job.toSid)
+  }
+
+  private mostFree(sids: number[]): number | undefined {
+    let best: number | undefined
+    let free = -1
+    for (const sid of sids) {
+      if (sid === this.job.toSid || !this.deps.pool.has(sid)) continue
+      const f = this.deps.pool.get(sid).table.free
+      if (f > free) {
+        free = f
+        best = sid
+      }
+    }
+    return best
+  }
+
+  // ---- mechanics
+
+  private async copy(from: ExtentEntry, to: ExtentEntry): Promise<number> {
+    const style = this.job.mode === 'memory' ? 'whole' : 'stream'
+    if (from.kind === 'whole' && to.kind === 'whole') {
+      const src = Array.from({ length: EXTENT_CHUNKS }, (_, i) => from.slot * EXTENT_CHUNKS + i)
+      const dst = Array.from({ length: EXTENT_CHUNKS }, (_, i) => to.slot * EXTENT_CHUNKS + i)
+      return this.deps.mover.copy({ fromSid: from.sid, fromPcas: src, toSid: to.sid, toPcas: dst, style })
+    }
+    if (from.kind === 'fragments' && to.kind === 'fragments') {
+      const groups = new Map<string, { fromSid: number; toSid: number; fromPcas: number[]; toPcas: number[] }>()
+      for (const [chunk, f] of from.frags) {
+        const t = to.frags.get(chunk)
+        if (!t) throw new VvfsError('INTERNAL', 'fragment shapes differ')
+        const k = `${f.sid}>${t.sid}`
+        let g = groups.get(k)
+        if (!g) groups.set(k, (g = { fromSid: f.sid, toSid: t.sid, fromPcas: [], toPcas: [] }))
+        g.fromPcas.push(f.pca)
+        g.toPcas.push(t.pca)
+      }
+      let bytes = 0
+      for (const g of groups.values()) bytes += await this.deps.mover.copy({ ...g, style })
+      return bytes
+    }
+    if (from.kind === 'fragments' && to.kind === 'whole') {
+      const chunks = [...from.frags.keys()]
+      const bySid = new Map<number, { fromPcas: number[]; toPcas: number[] }>()
+      for (const c of chunks) {
+        const f = from.frags.get(c)!
+        let g = bySid.get(f.sid)
+        if (!g) bySid.set(f.sid, (g = { fromPcas: [], toPcas: [] }))
+        g.fromPcas.push(f.pca)
+        g.toPcas.push(to.slot * EXTENT_CHUNKS + c)
+      }
+      let bytes = 0
+      for (const [sid, g] of bySid) bytes += await this.deps.mover.copy({ fromSid: sid, toSid: to.sid, ...g, style })
+      return bytes
+    }
+    throw new VvfsError('INTERNAL', `cannot copy a ${from.kind} extent into a ${to.kind} one`)
+  }
+
+  private async bitmap(volNo: number, phase: number): Promise<CopyBitmap> {
+    const k = `${volNo}:${phase}`
+    let bm = this.bitmaps.get(k)
+    if (!bm) this.bitmaps.set(k, (bm = await CopyBitmap.load(this.deps.maps, 'copy', this.job.id, volNo, phase)))
+    return bm
+  }
+
+  private async markCopied(bitmap: CopyBitmap, e: number, bytes: number): Promise<void> {
+    const job = this.job
+    job.current = Math.min(job.total, job.current + bytes)
+    // The bit and the job's progress go in one batch: progress never runs ahead of the bitmap.
+    await Promise.all([bitmap.set(e), this.saveProgress()])
+    this.deps.progressed(job)
+  }
+
+  private saveProgress(): Promise<void> {
+    const { current, total, phase } = this.job
+    return this.deps.maps.put(progressKey(this.job.id), () => Buffer.from(JSON.stringify({ current, total, phase })))
+  }
+
+  private async checkpoint(): Promise<boolean> {
+    if (this.stopRequested || this.halted) return false
+    if (this.pauseRequested) {
+      await this.setStatus('paused')
+      while (this.pauseRequested && !this.stopRequested && !this.halted) await new Promise<void>((resolve) => (this.wake = resolve))
+      if (this.stopRequested || this.halted) return false
+      await this.setStatus('running')
+    }
+    return true
+  }
+
+  private async throttle(bytes: number): Promise<void> {
+    void bytes
+    const rate = this.job.rate
+    if (!rate) return
+    const due = this.startedCopyAt + (1000 * this.copiedSinceStart) / rate
+    const wait = due - Date.now()
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait))
+  }
+
+  private async setStatus(status: JobStatus): Promise<void> {
+    const from = this.job.status
+    if (from === status) return
+    this.job.status = status
+    await this.deps.save(this.job)
+    this.deps.statusChanged(this.job, from)
+  }
+}

@@ -1,0 +1,108 @@
+/**
+ * ChunkMover: runs chunk copies between storage systems in a worker thread
+ * (worker_threads), so a migration's copy loop does not compete with host
+ * I/O for the main thread. The worker opens the same LevelDB locations
+ * (classic-level's `multithreading: true`, as the main thread does).
+ *
+ * Errors cross the thread boundary as {code, message} and become VvfsErrors
+ * again here. `InlineChunkMover` does the same work on the calling thread,
+ * for in-process tests and as the fallback when no worker can start.
+ */
+import { Worker } from 'node:worker_threads'
+import { existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { fromWire, VvfsError, type WireError } from '../errors.js'
+import { copyChunks, type CopyRequest } from './chunk-copy.js'
+import type { StorageSystem } from './storage-system.js'
+
+export interface ChunkMover {
+  copy(req: CopyRequest): Promise<number>
+  close(): Promise<void>
+}
+
+export class InlineChunkMover implements ChunkMover {
+  constructor(private readonly system: (sid: number) => StorageSystem) {}
+
+  copy(req: CopyRequest): Promise<number> {
+    return copyChunks(this.system(req.fromSid).store, this.system(req.toSid).store, req.fromPcas, req.toPcas, req.style)
+  }
+
+  async close(): Promise<void> {}
+}
+
+interface Pending {
+  resolve: (bytes: number) => void
+  reject: (err: unknown) => void
+}
+
+export class WorkerChunkMover implements ChunkMover {
+  private readonly worker: Worker
+  private readonly pending = new Map<number, Pending>()
+  private readonly opened = new Set<number>()
+  private nextId = 1
+  private failed: VvfsError | null = null
+
+  private constructor(
+    file: string,
+    private readonly system: (sid: number) => StorageSystem,
+  ) {
+    this.worker = new Worker(file)
+    this.worker.on('message', (msg: { id: number; bytes?: number; error?: WireError }) => {
+      const p = this.pending.get(msg.id)
+      if (!p) return
+      this.pending.delete(msg.id)
+      if (msg.error) p.reject(fromWire(msg.error))
+      else p.resolve(msg.bytes ?? 0)
+    })
+    this.worker.on('error', (err) => this.failAll(new VvfsError('INTERNAL', `migration worker failed: ${err.message}`, { cause: err })))
+    this.worker.on('exit', (code) => this.failAll(new VvfsError('INTERNAL', `migration worker exited (${code})`)))
+    this.worker.unref()
+  }
+
+  /** A worker when the compiled worker file exists (the daemon), else inline. */
+  static create(system: (sid: number) => StorageSystem): ChunkMover {
+    const file = fileURLToPath(new URL('./chunk-mover-worker.js', import.meta.url))
+    return existsSync(file) ? new WorkerChunkMover(file, system) : new InlineChunkMover(system)
+  }
+
+  copy(req: CopyRequest): Promise<number> {
+    if (this.failed) return Promise.reject(this.failed)
+    for (const sid of [req.fromSid, req.toSid]) {
+      if (!this.opened.has(sid)) {
+        const s = this.system(sid)
+        this.worker.postMessage({ type: 'open', sid, path: s.path })
+        this.opened.add(sid)
+      }
+    }
+    const id = this.nextId++
+    return new Promise<number>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject })
+      this.worker.postMessage({ type: 'copy', id, req })
+    })
+  }
+
+  /** Forgets a storage system the worker has open (before it is closed or removed). */
+  forget(sid: number): void {
+    if (this.opened.delete(sid)) this.worker.postMessage({ type: 'close', sid })
+  }
+
+  async close(): Promise<void> {
+    this.worker.postMessage({ type: 'exit' })
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => {
+        void this.worker.terminate()
+        resolve()
+      }, 5000)
+      this.worker.once('exit', () => {
+        clearTimeout(t)
+        resolve()
+      })
+    })
+  }
+
+  private failAll(err: VvfsError): void {
+    this.failed = err
+    for (const p of this.pending.values()) p.reject(err)
+    this.pending.clear()
+  }
+}
