@@ -43,6 +43,8 @@ export interface VolumeRecord {
   createdAt: string
   /** 'deleting' survives a crash in the middle of a delete, which start finishes. */
   state: 'ready' | 'deleting'
+  /** The storage system a migration consolidated the volume onto: new extents go there first. */
+  home?: number
 }
 
 export type PoolFullMode = 'error' | 'queue'

@@ -56,6 +56,8 @@ export interface JobHost {
   systemSid(name: string): number
   systemName(sid: number): string
   emit(type: 'job.status' | 'job.progress', body: Record<string, unknown>): void
+  /** A volume now lives on `sid` (undefined: nowhere in particular); persisted with the catalog save that follows. */
+  setHome(volNo: number, sid: number | undefined): void
 }
 
 const KEEP_CONCLUDED = 100
@@ -315,6 +317,26 @@ export class JobManager {
 
   // ---- helpers
 
+  /**
+   * Where a volume lives after a job: on the destination once a move is done
+   * (ready or completed), back where it was after a rollback or cancel; a
+   * drained system is nobody's home.
+   */
+  private updateHomes(job: JobRecord): void {
+    const vols = this.h.catalog.data.volumes
+    if (job.kind === 'drain') {
+      if (job.status === 'concluded' && job.result === 'completed') for (const v of vols) if (v.home === job.fromSid) this.h.setHome(v.no, undefined)
+      return
+    }
+    for (const volNo of job.volNos) {
+      const v = vols.find((x) => x.no === volNo)
+      if (!v) continue
+      if (job.status === 'running' && job.prevHome === undefined) job.prevHome = v.home ?? -1
+      if (job.status === 'ready' || (job.status === 'concluded' && job.result === 'completed')) this.h.setHome(volNo, job.toSid)
+      else if (job.status === 'concluded') this.h.setHome(volNo, job.prevHome === undefined || job.prevHome < 0 ? undefined : job.prevHome)
+    }
+  }
+
   private isFree(entry: import('../relay/extent-entry.js').ExtentEntry): boolean {
     if (entry.kind === 'whole') return this.h.pool.has(entry.sid) && this.h.pool.get(entry.sid).table.isSlotFree(entry.slot)
     return [...entry.frags.values()].every((f) => this.h.pool.has(f.sid) && this.h.pool.get(f.sid).table.isSlotFree(Math.floor(f.pca / EXTENT_CHUNKS)))
@@ -335,7 +357,10 @@ export class JobManager {
       mover: this.h.mover,
       log: this.h.log,
       volume: (volNo: number) => this.h.movable(volNo),
-      save: () => this.h.catalog.save(),
+      save: (job: JobRecord) => {
+        this.updateHomes(job)
+        return this.h.catalog.save()
+      },
       statusChanged: (job: JobRecord, from: JobStatus) => {
         this.h.log.info({ event: 'job.status', job: job.id, from, to: job.status }, `job ${job.id}: ${from} → ${job.status}`)
         this.h.emit('job.status', { job: this.info(job), from })

@@ -85,6 +85,12 @@ export class Manager implements HostView {
       systemSid: (name) => this.storageRecord(name).sid,
       systemName: (sid) => this.systemName(sid),
       emit: (type, body) => this.emit(type, body),
+      setHome: (volNo, sid) => {
+        const rec = catalog.data.volumes.find((v) => v.no === volNo)
+        if (!rec) return
+        if (sid === undefined) delete rec.home
+        else rec.home = sid
+      },
     })
   }
 
@@ -635,7 +641,11 @@ export class Manager implements HostView {
   private makeHandle(rec: VolumeRecord): VolumeHandle {
     const locks = new RangeLock()
     const thin = new ThinVolume(rec.no, this.pool, this.maps, locks, this.spaceWatch)
-    thin.placement = () => this.jobs.placementFor(rec.no)
+    thin.placement = () => {
+      const rule = this.jobs.placementFor(rec.no)
+      if (rule.only !== undefined || rule.exclude) return rule
+      return rec.home !== undefined && this.pool.has(rec.home) ? { prefer: rec.home } : {}
+    }
     const layer = new MigrateLayer(thin, rec.no)
     const volume = new Volume(layer, rec.size, locks)
     return new VolumeHandle(rec, thin, layer, volume, {

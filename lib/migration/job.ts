@@ -49,6 +49,8 @@ export interface JobRecord {
   /** Why an automatic job was started (consolidation policy). */
   reason?: string
   auto?: boolean
+  /** The volume's home before the job (-1: none), restored by cancel or rollback. */
+  prevHome?: number
 }
 
 export function isActive(job: JobRecord): boolean {

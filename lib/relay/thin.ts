@@ -98,6 +98,8 @@ interface WritePlan {
 export interface PlacementRule {
   only?: number
   exclude?: ReadonlySet<number>
+  /** Tried first (a volume's home system after a migration), then the usual policy. */
+  prefer?: number
 }
 
 export class ThinVolume implements ChunkLayer {

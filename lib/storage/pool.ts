@@ -2,8 +2,10 @@
  * Pool: the storage systems thin volumes allocate from, and the placement
  * policy. Placement takes a whole slot from the storage system with the most
  * free bytes (ties: lowest id), so a growing volume spreads over every system
- * and no system fills while another is empty; fragments come first from a
- * slot that is already split, so small allocations do not scatter.
+ * and no system fills while another is empty — unless the volume has a home
+ * (the system a migration put it on), which is tried first; fragments come
+ * first from a slot that is already split, so small allocations do not
+ * scatter.
  *
  * Owns: the set of open StorageSystems. Never: knows volumes or writes data.
  */
@@ -14,6 +16,14 @@ export interface PoolTotals {
   capacity: number
   allocated: number
   free: number
+}
+
+export interface PlacementOptions {
+  /** Only this system (also a reserve or draining one: a migration asks by name). */
+  only?: number
+  exclude?: ReadonlySet<number>
+  /** This system first if it has room (a volume's home), then by the policy. */
+  prefer?: number
 }
 
 export interface Placement {
@@ -55,7 +65,7 @@ export class Pool {
    * A whole slot, from `only` if given, else from the system with the most
    * free bytes among those not excluded.
    */
-  allocateSlot(opts: { only?: number; exclude?: ReadonlySet<number> } = {}): Placement | undefined {
+  allocateSlot(opts: PlacementOptions = {}): Placement | undefined {
     const candidates = this.candidates(opts).filter((s) => s.table.freeSlots > 0)
     for (const system of candidates) {
       const slot = system.table.allocateSlot()
@@ -67,9 +77,11 @@ export class Pool {
     return undefined
   }
 
-  allocateFragment(opts: { only?: number; exclude?: ReadonlySet<number> } = {}): Placement | undefined {
+  allocateFragment(opts: PlacementOptions = {}): Placement | undefined {
     const candidates = this.candidates(opts)
-    const ordered = [...candidates.filter((s) => s.table.hasPartialSlot), ...candidates.filter((s) => !s.table.hasPartialSlot)]
+    const preferred = candidates.filter((s) => s.sid === opts.prefer)
+    const rest = candidates.filter((s) => s.sid !== opts.prefer)
+    const ordered = [...preferred, ...rest.filter((s) => s.table.hasPartialSlot), ...rest.filter((s) => !s.table.hasPartialSlot)]
     for (const system of ordered) {
       const pca = system.table.allocateFragment()
       if (pca !== undefined) {
@@ -106,13 +118,13 @@ export class Pool {
     await Promise.all([...this.systems.values()].map((s) => s.sync()))
   }
 
-  private candidates(opts: { only?: number; exclude?: ReadonlySet<number> }): StorageSystem[] {
+  private candidates(opts: PlacementOptions): StorageSystem[] {
     if (opts.only !== undefined) {
       const system = this.systems.get(opts.only)
       return system ? [system] : []
     }
     return [...this.systems.values()]
       .filter((s) => s.allocatable && !opts.exclude?.has(s.sid))
-      .sort((a, b) => b.table.free - a.table.free || a.sid - b.sid)
+      .sort((a, b) => Number(b.sid === opts.prefer) - Number(a.sid === opts.prefer) || b.table.free - a.table.free || a.sid - b.sid)
   }
 }
