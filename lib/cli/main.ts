@@ -225,6 +225,27 @@ export function buildCli(args: string[]) {
           print(argv, r, () => `deleted volume ${r.deleted}, released ${formatSize(r.released)}`)
         })
         .command(
+          'reclaim <name>',
+          'release what the ext4 file system on a volume marks free (no discard needed)',
+          (y) =>
+            y
+              .positional('name', { type: 'string', demandOption: true })
+              .option('dry-run', { type: 'boolean', default: false, describe: 'report what would be freed, free nothing' })
+              .option('force', { type: 'boolean', default: false, describe: 'the volume is open for writing but its file system is frozen (fsfreeze -f)' }),
+          async (argv) => {
+            const r = await call(argv, 'volume.reclaim', { name: argv.name, dryRun: argv['dry-run'], force: argv.force })
+            print(argv, r, () =>
+              fields([
+                ['volume', r.volume],
+                ['file system', `ext4 ${r.uuid}${r.label ? ` "${r.label}"` : ''}, ${r.blockSize}-byte blocks`],
+                ['free in ext4', formatSize(r.fsFreeBytes)],
+                [r.dryRun ? 'would release' : 'released', `${formatSize(r.releasedBytes)} of allocation, ${formatSize(r.droppedBytes)} of stored data`],
+                ['journal', r.journal.clean ? 'clean' : `${r.journal.pendingTransactions} transactions pending; their ${r.journal.blocksHeldByLog} blocks kept`],
+              ]),
+            )
+          },
+        )
+        .command(
           'map-of <name> <offset>',
           'where one byte of a volume lives',
           (y) => y.positional('name', { type: 'string', demandOption: true }).positional('offset', { type: 'string', demandOption: true, describe: 'bytes, or 1G, 512M…' }),

@@ -24,6 +24,7 @@ export function managerHandlers(manager: Manager, socketPath: string): Handlers 
     'volume.map': (p) => manager.mapVolume(p.name, p.host),
     'volume.unmap': (p) => manager.unmapVolume(p.name, p.host),
     'volume.mapOf': (p) => manager.mapOf(p.name, p.offset),
+    'volume.reclaim': (p) => manager.reclaim(p.name, { dryRun: p.dryRun ?? false, force: p.force ?? false }),
     'pool.status': async () => manager.poolStatus(),
     'pool.set': (p) => manager.setPool(p),
     'storage.drain': (p) => manager.drain(p),

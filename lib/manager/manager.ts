@@ -29,6 +29,7 @@ import { StorageSystem } from '../storage/storage-system.js'
 import { checkName, parseSize } from '../units.js'
 import { Catalog, type HostRecord, type PoolSettings, type StorageRecord, type VolumeRecord } from './catalog.js'
 import { SpaceWatch } from './space-watch.js'
+import { reclaimVolume, type ReclaimResult } from './reclaim.js'
 import { VolumeHandle } from './volume-handle.js'
 import { JobManager, type JobInfo } from './jobs.js'
 import { MigrateLayer } from '../migration/layer.js'
@@ -503,6 +504,16 @@ export class Manager implements HostView {
       stored,
       migrating: this.jobs.activeJobOf(v.record.no) !== undefined,
     }
+  }
+
+  reclaim(name: string, opts: { dryRun: boolean; force: boolean }): Promise<ReclaimResult> {
+    return this.serial(async () => {
+      const v = this.volumeNamed(name)
+      const r = await reclaimVolume(v, opts)
+      this.log.info({ event: 'volume.reclaimed', ...r, journal: undefined }, `reclaim of ${name}: ${r.releasedBytes} bytes ${opts.dryRun ? 'would be ' : ''}released`)
+      if (!opts.dryRun) this.emit('volume.reclaimed', { name, releasedBytes: r.releasedBytes })
+      return r
+    })
   }
 
   resizeVolume(name: string, size: number): Promise<VolumeInfo> {

@@ -26,6 +26,7 @@ export interface VolumeHooks {
 export class VolumeHandle implements ServedVolume {
   private readonly opens = new Map<string, { readers: number; writers: number }>()
   private sizing: Promise<void> = Promise.resolve()
+  private writersBlocked: string | null = null
   modifiedAt: Date
 
   constructor(
@@ -54,10 +55,11 @@ export class VolumeHandle implements ServedVolume {
     return new Date(this.record.createdAt)
   }
   get state(): string {
-    return this.hooks.jobState() ?? (this.isOpen() ? 'open' : 'ready')
+    return this.hooks.jobState() ?? (this.writersBlocked ? 'reclaiming' : this.isOpen() ? 'open' : 'ready')
   }
 
   open(host: string, writable: boolean): void {
+    if (writable && this.writersBlocked) throw new VvfsError('VOLUME_BUSY', this.writersBlocked)
     const o = this.opens.get(host) ?? { readers: 0, writers: 0 }
     if (writable) o.writers++
     else o.readers++
@@ -70,6 +72,15 @@ export class VolumeHandle implements ServedVolume {
     if (writable) o.writers = Math.max(0, o.writers - 1)
     else o.readers = Math.max(0, o.readers - 1)
     if (o.readers + o.writers === 0) this.opens.delete(host)
+  }
+
+  /** Refuses writable opens until the returned function is called (reclaim). */
+  blockWriters(why: string): () => void {
+    if (this.writersBlocked) throw new VvfsError('VOLUME_BUSY', this.writersBlocked)
+    this.writersBlocked = why
+    return () => {
+      this.writersBlocked = null
+    }
   }
 
   isOpen(host?: string): boolean {

@@ -301,10 +301,12 @@ function parseSuperblock(buf: Buffer, deviceSize: number): Superblock {
 
   const state = buf.readUInt16LE(0x3a)
   if (state & STATE_ERROR) throw corrupt('the file system records errors; run e2fsck first')
-  if (!(state & STATE_VALID)) {
-    // Without a journal (or with one, after e2fsck gave up) the bitmaps of a
-    // file system that was not cleanly unmounted can miss allocations.
-    throw corrupt('the file system was not cleanly unmounted (or is mounted); run e2fsck first')
+  if (!(state & STATE_VALID) && !has(compat, COMPAT_HAS_JOURNAL)) {
+    // Without a journal the bitmaps of a file system that was not cleanly
+    // unmounted can miss allocations. With one (a frozen file system, or one
+    // that crashed), the log walk below holds back whatever is not yet in
+    // the bitmaps.
+    throw corrupt('the file system was not cleanly unmounted (or is mounted) and has no journal; run e2fsck first')
   }
 
   const is64 = has(incompat, INCOMPAT_64BIT)

@@ -177,6 +177,35 @@ export class ThinVolume implements ChunkLayer {
     return frag ? { extent, kind: 'fragment', sid: frag.sid, pca: frag.pca } : { extent, kind: 'unallocated', fragments: entry.frags.size }
   }
 
+  /**
+   * What discarding chunks [first, first + count) would free: allocation
+   * (whole extents left empty, fragments) and stored chunks (a dry run).
+   */
+  async wouldRelease(first: number, count: number): Promise<{ allocation: number; chunks: number }> {
+    const out = { allocation: 0, chunks: 0 }
+    const pieces: [number, number, number][] = []
+    forEachExtent(first, count, (extent, inExtent, n) => pieces.push([extent, inExtent, n]))
+    for (const [extent, inExtent, n] of pieces) {
+      const entry = this.extents.get(extent)
+      if (!entry) continue
+      if (entry.kind === 'fragments') {
+        for (const c of entry.frags.keys()) {
+          if (c >= inExtent && c < inExtent + n) {
+            out.allocation += CHUNK_SIZE
+            out.chunks++
+          }
+        }
+        continue
+      }
+      const base = entry.slot * EXTENT_CHUNKS
+      const stored = await this.pool.get(entry.sid).storedChunks(base, EXTENT_CHUNKS)
+      const inside = stored.filter((p) => p >= base + inExtent && p < base + inExtent + n).length
+      out.chunks += inside
+      if (inside === stored.length) out.allocation += EXTENT_SIZE
+    }
+    return out
+  }
+
   /** Whether the chunk at `pca` of system `sid` holds data (for map-of). */
   async isStored(sid: number, pca: number): Promise<boolean> {
     return this.pool.get(sid).hasData(pca, 1)
