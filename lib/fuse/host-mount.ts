@@ -14,6 +14,8 @@
  */
 import Fuse, { type Ops, type Stat } from 'fuse-native'
 import { constants } from 'node:fs'
+import { readdir, stat, writeFile } from 'node:fs/promises'
+import { execFile } from 'node:child_process'
 import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE } from '../layout.js'
 import type { Logger } from '../log.js'
@@ -67,6 +69,11 @@ export class HostMount {
   private readonly uid = process.getuid?.() ?? 0
   private readonly gid = process.getgid?.() ?? 0
   private readonly mountedAt = new Date()
+  /** Requests being answered now; shutdown waits for them. */
+  private inflight = 0
+  private drained: (() => void)[] = []
+  /** The kernel's id of this FUSE connection (/sys/fs/fuse/connections/ID). */
+  private connection: number | undefined
 
   constructor(
     readonly host: string,
@@ -82,7 +89,7 @@ export class HostMount {
 
   async mount(): Promise<void> {
     const t = this.timeouts
-    const fuse = new Fuse(this.mountPoint, this.ops(), {
+    const fuse = new Fuse(this.mountPoint, this.tracked(this.ops()), {
       force: true,
       mkdir: true,
       bigWrites: true,
@@ -94,10 +101,26 @@ export class HostMount {
       fuse.mount((err) => (err ? reject(new VvfsError('MOUNT_FAILED', `cannot mount host ${this.host} at ${this.mountPoint}: ${err.message}`, { cause: err })) : resolve())),
     )
     this.fuse = fuse
+    await ensureFusectl()
+    try {
+      // Asynchronously: a synchronous stat would wait for this very thread to answer the kernel.
+      const dev = (await stat(this.mountPoint)).dev
+      this.connection = (dev & 0xff) | ((dev >> 12) & 0xfff00)
+    } catch {
+      this.connection = undefined
+    }
     this.log.info({ event: 'host.mounted', host: this.host, mount: this.mountPoint }, 'host mounted')
   }
 
-  async unmount(): Promise<void> {
+  /**
+   * Stops serving. The mount is detached at once (lazily: files still open,
+   * such as a loop device's, keep reaching us); then open files get up to
+   * `graceMs` to close. What is still open then is cut off: the connection is
+   * aborted so the kernel fails its requests (as if the daemon had died) and
+   * libfuse's threads end before the process does — a process that exits
+   * with them still serving can crash in them.
+   */
+  async unmount(graceMs = 0): Promise<void> {
     const fuse = this.fuse
     if (!fuse) return
     this.fuse = null
@@ -107,7 +130,48 @@ export class HostMount {
         resolve()
       }),
     )
+    const until = Date.now() + graceMs
+    while (this.handles.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50))
+    if (this.handles.size > 0) {
+      const open = [...new Set([...this.handles.values()].map((h) => h.volume.name))]
+      this.log.warn({ event: 'host.cut_off', host: this.host, volumes: open }, `volume files still open on ${this.host} are cut off (their I/O now fails)`)
+    }
+    if (this.connection !== undefined) await writeFile(`/sys/fs/fuse/connections/${this.connection}/abort`, '1').catch(() => {})
+    await this.idle(5000)
     this.log.info({ event: 'host.unmounted', host: this.host, mount: this.mountPoint }, 'host unmounted')
+  }
+
+  /** Resolves when no request is being answered (or after `timeoutMs`). */
+  private idle(timeoutMs: number): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve()
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, timeoutMs)
+      this.drained.push(() => {
+        clearTimeout(t)
+        resolve()
+      })
+    })
+  }
+
+  /** Counts every request until its answer, so shutdown can wait for them. */
+  private tracked(ops: Ops): Ops {
+    const out: Ops = {}
+    for (const [name, fn] of Object.entries(ops)) {
+      if (typeof fn !== 'function' || name === 'init') {
+        out[name] = fn
+        continue
+      }
+      out[name] = ((...args: unknown[]) => {
+        const cb = args[args.length - 1] as (...r: unknown[]) => void
+        this.inflight++
+        args[args.length - 1] = (...r: unknown[]) => {
+          if (--this.inflight === 0) for (const wake of this.drained.splice(0)) wake()
+          cb(...r)
+        }
+        ;(fn as (...a: unknown[]) => void)(...args)
+      }) as never
+    }
+    return out
   }
 
   private lookup(path: string): ServedVolume | undefined {
@@ -262,6 +326,17 @@ export class HostMount {
     const errno = errnoOf(err)
     if (errno === -ERRNO.EIO) this.log.error({ event: 'fuse.error', host: this.host, op, err: (err as Error).message }, 'I/O error')
     return errno
+  }
+}
+
+/** The fusectl file system (for aborting a connection at shutdown) is not mounted everywhere. */
+async function ensureFusectl(): Promise<void> {
+  const dir = '/sys/fs/fuse/connections'
+  try {
+    if ((await readdir(dir)).length > 0) return
+    await new Promise<void>((resolve) => execFile('mount', ['-t', 'fusectl', 'none', dir], () => resolve()))
+  } catch {
+    // No fusectl: shutdown then cannot cut off open files, only wait for them.
   }
 }
 

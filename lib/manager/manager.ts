@@ -47,6 +47,8 @@ export interface ManagerOptions {
   /** Mount hosts over FUSE (tests of the control plane may turn it off). */
   mount?: boolean
   timeouts?: MountTimeouts
+  /** How long open volume files get to close at shutdown before they are cut off. */
+  graceMs?: number
 }
 
 export class Manager implements HostView {
@@ -220,7 +222,7 @@ export class Manager implements HostView {
     this.closing = true
     this.spaceWatch.close()
     await this.jobs.close()
-    for (const mount of this.mounts.values()) await mount.unmount()
+    await Promise.all([...this.mounts.values()].map((mount) => mount.unmount(this.opts.graceMs ?? 5000)))
     this.mounts.clear()
     for (const handle of this.handles.values()) {
       await handle.thin.settle()
@@ -309,6 +311,7 @@ export class Manager implements HostView {
         })
       }
       this.pool.delete(rec.sid)
+      await this.mover.forget(rec.sid)
       await system.close()
       data.storage = data.storage.filter((s) => s !== rec)
       await this.catalog.save()

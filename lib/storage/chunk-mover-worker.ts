@@ -2,7 +2,7 @@
  * The migration worker thread: opens storage systems' stores by path (with
  * `multithreading: true`, as the main thread does) and runs chunk copies.
  * Messages: {type:'open', sid, path} | {type:'copy', id, req} |
- * {type:'close', sid} | {type:'exit'}. Replies: {id, bytes} | {id, error}.
+ * {type:'close', sid, id} | {type:'exit'}. Replies: {id, bytes} | {id, error}.
  */
 import { parentPort } from 'node:worker_threads'
 import { ClassicLevel } from 'classic-level'
@@ -10,7 +10,7 @@ import { asVvfsError } from '../errors.js'
 import { copyChunks, type CopyRequest } from './chunk-copy.js'
 import { STORE_OPTIONS } from './storage-system.js'
 
-type Message = { type: 'open'; sid: number; path: string } | { type: 'copy'; id: number; req: CopyRequest } | { type: 'close'; sid: number } | { type: 'exit' }
+type Message = { type: 'open'; sid: number; path: string } | { type: 'copy'; id: number; req: CopyRequest } | { type: 'close'; sid: number; id: number } | { type: 'exit' }
 
 const stores = new Map<number, Promise<ClassicLevel<Buffer, Buffer>>>()
 
@@ -43,7 +43,9 @@ parentPort!.on('message', (msg: Message) => {
     case 'close': {
       const s = stores.get(msg.sid)
       stores.delete(msg.sid)
-      void s?.then((db) => db.close()).catch(() => {})
+      const done = () => parentPort!.postMessage({ id: msg.id, bytes: 0 })
+      if (!s) done()
+      else void s.then((db) => db.close()).then(done, done)
       break
     }
     case 'exit': {

@@ -17,6 +17,8 @@ import type { StorageSystem } from './storage-system.js'
 
 export interface ChunkMover {
   copy(req: CopyRequest): Promise<number>
+  /** Closes the mover's handle on a storage system (before the system is closed or removed). */
+  forget(sid: number): Promise<void>
   close(): Promise<void>
 }
 
@@ -26,6 +28,8 @@ export class InlineChunkMover implements ChunkMover {
   copy(req: CopyRequest): Promise<number> {
     return copyChunks(this.system(req.fromSid).store, this.system(req.toSid).store, req.fromPcas, req.toPcas, req.style)
   }
+
+  async forget(): Promise<void> {}
 
   async close(): Promise<void> {}
 }
@@ -81,9 +85,18 @@ export class WorkerChunkMover implements ChunkMover {
     })
   }
 
-  /** Forgets a storage system the worker has open (before it is closed or removed). */
-  forget(sid: number): void {
-    if (this.opened.delete(sid)) this.worker.postMessage({ type: 'close', sid })
+  /**
+   * Closes the worker's handle on a storage system and waits for it: the
+   * worker shares the LevelDB instance, so removing a system's files while
+   * the worker still holds it would pull them from under a live database.
+   */
+  async forget(sid: number): Promise<void> {
+    if (!this.opened.delete(sid) || this.failed) return
+    const id = this.nextId++
+    await new Promise<number>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject })
+      this.worker.postMessage({ type: 'close', sid, id })
+    })
   }
 
   async close(): Promise<void> {

@@ -210,5 +210,6 @@ export function isMounted(path: string): boolean {
 
 export function removeDir(dir: string): void {
   unmountUnder(dir)
-  rmSync(dir, { recursive: true, force: true })
+  // VVFS_KEEP_TEST_DIRS=1 keeps state and daemon logs for a post-mortem.
+  if (!process.env.VVFS_KEEP_TEST_DIRS) rmSync(dir, { recursive: true, force: true })
 }
