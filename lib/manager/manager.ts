@@ -33,6 +33,7 @@ import { reclaimVolume, type ReclaimResult } from './reclaim.js'
 import { VolumeHandle } from './volume-handle.js'
 import { JobManager, type JobInfo } from './jobs.js'
 import { MigrateLayer } from '../migration/layer.js'
+import { ReadAhead } from '../relay/readahead.js'
 import type { CopyMode } from '../migration/job.js'
 import type { ConsolidationPolicy } from '../migration/planner.js'
 import { WorkerChunkMover, type ChunkMover } from '../storage/chunk-mover.js'
@@ -661,7 +662,8 @@ export class Manager implements HostView {
       return rec.home !== undefined && this.pool.has(rec.home) ? { prefer: rec.home } : {}
     }
     const layer = new MigrateLayer(thin, rec.no)
-    const volume = new Volume(layer, rec.size, locks)
+    const ahead: ReadAhead = new ReadAhead(layer, locks, (): number => Math.ceil(volume.size / CHUNK_SIZE))
+    const volume: Volume = new Volume(ahead, rec.size, locks)
     return new VolumeHandle(rec, thin, layer, volume, {
       jobState: () => {
         const j = this.jobs.activeJobOf(rec.no)

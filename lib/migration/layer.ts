@@ -11,7 +11,7 @@
  * copied at the destination; a host I/O to the extent being copied waits for
  * that one copy.
  */
-import { EXTENT_CHUNKS } from '../layout.js'
+import { CHUNK_SIZE, EXTENT_CHUNKS } from '../layout.js'
 import type { ChunkLayer } from '../relay/chunk-layer.js'
 import type { CopyBitmap } from './bitmap.js'
 import type { RetainedSources } from './retained.js'
@@ -34,7 +34,7 @@ export class MigrateLayer implements ChunkLayer {
   }
 
   async write(first: number, data: Buffer): Promise<void> {
-    if (this.tracking) await this.markDirty(first, data.length / 4096)
+    if (this.tracking) await this.markDirty(first, data.length / CHUNK_SIZE)
     return this.lower.write(first, data)
   }
 

@@ -34,8 +34,10 @@ import { encodeExtentRecord, type ExtentEntry, type Fragment, type FragmentedExt
 import type { MapStore } from './map-store.js'
 import type { RangeLock } from './range-lock.js'
 
-export const WHOLE_AT = 32
-export const PROMOTE_AT = 64
+/** Non-zero chunks (128 KiB) that bring a whole slot with them. */
+export const WHOLE_AT = (128 * 1024) / CHUNK_SIZE
+/** Fragments (256 KiB) at which an extent is promoted to a whole slot. */
+export const PROMOTE_AT = (256 * 1024) / CHUNK_SIZE
 
 const EXTENT_PREFIX = 0x65 // 'e'
 

@@ -42,6 +42,9 @@ export const STORE_OPTIONS = {
   ...(process.env.VVFS_LEVELDB ? (JSON.parse(process.env.VVFS_LEVELDB) as object) : {}),
 }
 
+/** Runs of at least this many chunks are read with a range scan rather than point lookups. */
+const SCAN_FROM = 64
+
 export function dataKey(pca: number): Buffer {
   const key = Buffer.allocUnsafe(7)
   key[0] = DATA
@@ -135,9 +138,10 @@ export class StorageSystem {
 
   /** Reads `count` consecutive chunks into `into` (zeros where none is stored). */
   async readRun(firstPca: number, count: number, into: Buffer, offset = 0): Promise<void> {
-    // One getMany is one trip to the thread pool; at queue depth 1 (what a
-    // FUSE file sees from O_DIRECT I/O) it beat a range iterator 167 vs 227 µs
-    // per 128 KiB (bench/leveldb-options.ts).
+    if (count >= SCAN_FROM) return this.scanRun(firstPca, count, into, offset)
+    // A short run: one getMany is one trip to the thread pool, and at queue
+    // depth 1 (what a FUSE file gets from O_DIRECT I/O) it beat a range
+    // iterator, 167 vs 227 µs per 128 KiB (bench/leveldb-options.ts).
     const keys = new Array<Buffer>(count)
     for (let i = 0; i < count; i++) keys[i] = dataKey(firstPca + i)
     const values = await this.db.getMany(keys)
@@ -147,6 +151,24 @@ export class StorageSystem {
       if (v === undefined) into.fill(0, at, at + CHUNK_SIZE)
       else v.copy(into, at)
     }
+  }
+
+  /**
+   * A long run (a whole extent read ahead, copied by a migration): one range
+   * scan, fetched in one native call (highWaterMarkBytes covers the run),
+   * reads ~2x faster than point lookups of the same keys.
+   */
+  private async scanRun(firstPca: number, count: number, into: Buffer, offset: number): Promise<void> {
+    const it = this.db.iterator({ gte: dataKey(firstPca), lt: dataKey(firstPca + count), highWaterMarkBytes: (count + 1) * CHUNK_SIZE * 2 } as never)
+    let entries: [Buffer, Buffer][]
+    try {
+      entries = (await it.nextv(count)) as [Buffer, Buffer][]
+    } finally {
+      // Closing is another trip to the thread pool: nobody needs to wait for it.
+      it.close().catch(() => {})
+    }
+    if (entries.length < count) into.fill(0, offset, offset + count * CHUNK_SIZE)
+    for (const [key, value] of entries) value.copy(into, offset + (pcaOfKey(key) - firstPca) * CHUNK_SIZE)
   }
 
   /** Reads scattered chunks; a missing one is returned as undefined. */

@@ -6,7 +6,7 @@
  * is closed and reopened from disk.
  */
 import { afterAll, describe, expect, it } from 'vitest'
-import { EXTENT_SIZE } from '../../lib/layout.js'
+import { CHUNK_SIZE, EXTENT_SIZE } from '../../lib/layout.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
 import { payload, range, rng, VolumeModel } from '../helpers/model.js'
 import { openStack, type Stack } from '../helpers/stack.js'
@@ -112,7 +112,7 @@ describe('the relay against an in-memory model', () => {
     const stack = await openStack({ dir, systems: 2, capacity: 8 * EXTENT_SIZE, size: 4 * EXTENT_SIZE }, true)
     await stack.volume.write(100, Buffer.from('superblock'))
     expect(stack.thin.entry(0)?.kind).toBe('fragments')
-    expect(stack.thin.allocatedBytes).toBe(4096)
+    expect(stack.thin.allocatedBytes).toBe(CHUNK_SIZE)
     await stack.volume.write(EXTENT_SIZE, Buffer.alloc(128 * 1024, 1))
     expect(stack.thin.entry(1)?.kind).toBe('whole')
     await stack.close()
