@@ -377,7 +377,18 @@ async function main(): Promise<number> {
       [
         'migration',
         async () => {
-          results.migration = await migrationBench({ vvfs: vvfs!, dir, seconds: cfg.seconds, cleanup, runJob, say })
+          const seq = results.fio.find((r) => r.id === 'vvfs')?.jobs.seqwrite
+          await mkdir(join(OUT, 'fio'), { recursive: true })
+          results.migration = await migrationBench({
+            vvfs: vvfs!,
+            dir,
+            seconds: cfg.seconds,
+            cleanup,
+            runJob,
+            say,
+            seqWriteMBps: seq?.ok ? seq.mbps : undefined,
+            fioDir: join(OUT, 'fio'),
+          })
         },
       ],
     ]

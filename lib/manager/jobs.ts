@@ -58,6 +58,8 @@ export interface JobHost {
   emit(type: 'job.status' | 'job.progress', body: Record<string, unknown>): void
   /** A volume now lives on `sid` (undefined: nowhere in particular); persisted with the catalog save that follows. */
   setHome(volNo: number, sid: number | undefined): void
+  /** Host I/O requests so far (any volume). */
+  hostOps(): number
 }
 
 const KEEP_CONCLUDED = 100
@@ -357,6 +359,7 @@ export class JobManager {
       mover: this.h.mover,
       log: this.h.log,
       volume: (volNo: number) => this.h.movable(volNo),
+      hostOps: () => this.h.hostOps(),
       save: (job: JobRecord) => {
         this.updateHomes(job)
         return this.h.catalog.save()

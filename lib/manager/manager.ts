@@ -62,6 +62,8 @@ export class Manager implements HostView {
   readonly spaceWatch: SpaceWatch
   readonly jobs: JobManager
   private readonly mover: ChunkMover
+  /** Host reads and writes served so far (background work steps back while it moves). */
+  private hostOps = 0
 
   private constructor(
     readonly stateDir: string,
@@ -89,6 +91,7 @@ export class Manager implements HostView {
       systemSid: (name) => this.storageRecord(name).sid,
       systemName: (sid) => this.systemName(sid),
       emit: (type, body) => this.emit(type, body),
+      hostOps: () => this.hostOps,
       setHome: (volNo, sid) => {
         const rec = catalog.data.volumes.find((v) => v.no === volNo)
         if (!rec) return
@@ -665,6 +668,9 @@ export class Manager implements HostView {
     const ahead: ReadAhead = new ReadAhead(layer, locks, (): number => Math.ceil(volume.size / CHUNK_SIZE))
     const volume: Volume = new Volume(ahead, rec.size, locks)
     return new VolumeHandle(rec, thin, layer, volume, {
+      hostIo: () => {
+        this.hostOps++
+      },
       jobState: () => {
         const j = this.jobs.activeJobOf(rec.no)
         return j ? (j.status === 'paused' ? 'migration-paused' : 'migrating') : undefined

@@ -16,6 +16,8 @@ import { MAX_SIZE } from '../units.js'
 import type { VolumeRecord } from './catalog.js'
 
 export interface VolumeHooks {
+  /** Called for every host read and write. */
+  hostIo(): void
   /** 'migrating' while a job moves the volume. */
   jobState(): string | undefined
   /** Persists a new size of the record (the catalog). */
@@ -97,10 +99,12 @@ export class VolumeHandle implements ServedVolume {
   }
 
   read(offset: number, length: number, into: Buffer): Promise<number> {
+    this.hooks.hostIo()
     return this.volume.read(offset, length, into)
   }
 
   async write(offset: number, data: Buffer): Promise<number> {
+    this.hooks.hostIo()
     // Like a regular file, a write past the end grows the volume.
     if (offset + data.length > this.volume.size) await this.resizeTo(offset + data.length, true)
     const n = await this.volume.write(offset, data)

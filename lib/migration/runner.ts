@@ -60,7 +60,16 @@ export interface RunnerDeps {
   statusChanged(job: JobRecord, from: JobStatus): void
   progressed(job: JobRecord): void
   log: Logger
+  /** A counter of host I/O requests: when it moves, hosts are busy and the copy steps back. */
+  hostOps(): number
 }
+
+/**
+ * While hosts are doing I/O, the copy waits this many times as long as its
+ * last extent took before the next one: it takes at most 1/(1+HOST_SHARE) of
+ * the time, so foreground I/O keeps most of the machine (bench: migration).
+ */
+const HOST_SHARE = 3
 
 const PROGRESS_PREFIX = 0x70 // 'p'
 
@@ -226,8 +235,11 @@ export class MigrationRunner {
         for (const e of v.thin.extentIndexes()) {
           if (bitmap.has(e)) continue
           if (!(await this.checkpoint())) return false
+          const ops = this.deps.hostOps()
+          const t0 = Date.now()
           const bytes = await this.moveExtent(v, e, phase, bitmap)
           if (bytes > 0) await this.throttle(bytes)
+          if (this.deps.hostOps() !== ops) await new Promise((r) => setTimeout(r, (Date.now() - t0) * HOST_SHARE))
         }
       }
     }
