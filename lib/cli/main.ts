@@ -337,8 +337,16 @@ export function buildCli(args: string[]) {
   return cli
 }
 
+const COMMANDS = new Set(['daemon', 'status', 'storage', 'host', 'volume', 'pool', 'events', 'protocol', 'migrate', 'job'])
+
 export async function main(args = hideBin(process.argv)): Promise<void> {
   const json = args.includes('--json')
+  // yargs answers `vvfs typo --help` with the top-level help and status 0; a script should see the typo.
+  if (args[0] && !args[0].startsWith('-') && !COMMANDS.has(args[0])) {
+    process.stderr.write(`vvfs: unknown command ${JSON.stringify(args[0])} (vvfs --help lists them)\n`)
+    process.exitCode = 2
+    return
+  }
   try {
     await buildCli(args).parseAsync()
   } catch (err) {

@@ -92,7 +92,7 @@ export class JobManager {
         if (prefix[0] === retainedPrefix()[0]) {
           const v = this.h.movable(key.readUInt32BE(5))
           const { entry } = decodeExtentRecord(value)
-          if (v && this.isFree(entry)) {
+          if (v && entry && this.isFree(entry)) {
             v.thin.adoptHeld(entry)
             await v.thin.discardEntry(entry)
           }

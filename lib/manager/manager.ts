@@ -157,14 +157,14 @@ export class Manager implements HostView {
 
     // Read every map record; adopt those of live volumes, keep the rest to clean.
     const found = new Map<number, Map<number, ExtentEntry>>()
-    const stray: { key: Buffer; entry: ExtentEntry }[] = []
+    const stray: { key: Buffer; entry: ExtentEntry | null }[] = []
     for await (const [key, value] of this.maps.scan(extentPrefix())) {
       const { volNo, extent } = parseExtentKey(key)
       const { seq, entry } = decodeExtentRecord(value)
       this.maps.noteSeq(seq)
       const rec = byNo.get(volNo)
       if (!rec || rec.state !== 'ready' || extent * EXTENT_SIZE >= rec.size) stray.push({ key, entry })
-      else {
+      else if (entry) {
         let m = found.get(volNo)
         if (!m) found.set(volNo, (m = new Map()))
         m.set(extent, entry)
@@ -203,9 +203,9 @@ export class Manager implements HostView {
   }
 
   /** Drops map records nobody owns, and their data where no live record shares it. */
-  private async cleanStray(stray: { key: Buffer; entry: ExtentEntry }[]): Promise<void> {
+  private async cleanStray(stray: { key: Buffer; entry: ExtentEntry | null }[]): Promise<void> {
     for (const { entry } of stray) {
-      if (entry.kind === 'whole') {
+      if (entry?.kind === 'whole') {
         const system = this.pool.has(entry.sid) ? this.pool.get(entry.sid) : undefined
         if (system?.table.isSlotFree(entry.slot)) await system.clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
       }
@@ -546,6 +546,10 @@ export class Manager implements HostView {
       await this.catalog.save()
       this.handles.delete(name)
       await v.thin.destroy()
+      // Its release records too: the catalog tells a standby the volume is gone.
+      const records: Buffer[] = []
+      for await (const [key] of this.maps.scan(extentPrefix(v.record.no))) records.push(key)
+      await this.maps.deleteNow(records)
       this.catalog.data.volumes = this.catalog.data.volumes.filter((r) => r !== v.record)
       await this.catalog.save()
       this.log.info({ event: 'volume.deleted', name, released }, 'volume deleted')
@@ -642,6 +646,10 @@ export class Manager implements HostView {
       this.log.info({ event: 'policy.settings', ...c }, 'consolidation policy changed')
       return { ...c }
     })
+  }
+
+  relayChanges(since: number, limit: number) {
+    return this.maps.changesSince(since, limit)
   }
 
   consolidationPolicy(): ConsolidationPolicy {

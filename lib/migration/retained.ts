@@ -42,7 +42,7 @@ export class RetainedSources {
     for await (const [k, v] of maps.scan(retainedPrefix(jobNo))) {
       const { seq, entry } = decodeExtentRecord(v)
       maps.noteSeq(seq)
-      r.remember(k.readUInt32BE(5), k.readUIntBE(9, 6), entry)
+      if (entry) r.remember(k.readUInt32BE(5), k.readUIntBE(9, 6), entry)
     }
     return r
   }

@@ -7,6 +7,8 @@
  *   whole:     the extent is one slot of one storage system
  *   fragments: some of its chunks each have a single-chunk fragment, possibly
  *              on different systems (the small allocations of claim 7/16)
+ *   released:  (a record with no entry) the extent holds nothing any more —
+ *              kept as a versioned record so a standby relay learns of it
  */
 import { crc32 } from 'node:zlib'
 import { VvfsError } from '../errors.js'
@@ -33,20 +35,24 @@ export type ExtentEntry = WholeExtent | FragmentedExtent
 const FORMAT = 1
 const KIND_WHOLE = 1
 const KIND_FRAGMENTS = 2
+const KIND_RELEASED = 3
 
 export interface ExtentRecord {
   seq: number
-  entry: ExtentEntry
+  /** null: the extent was released. */
+  entry: ExtentEntry | null
 }
 
-export function encodeExtentRecord(seq: number, entry: ExtentEntry): Buffer {
-  const body = entry.kind === 'whole' ? 6 : 2 + entry.frags.size * 9
+export function encodeExtentRecord(seq: number, entry: ExtentEntry | null): Buffer {
+  const body = entry === null ? 0 : entry.kind === 'whole' ? 6 : 2 + entry.frags.size * 9
   const buf = Buffer.alloc(2 + 8 + body + 4)
   buf[0] = FORMAT
-  buf[1] = entry.kind === 'whole' ? KIND_WHOLE : KIND_FRAGMENTS
+  buf[1] = entry === null ? KIND_RELEASED : entry.kind === 'whole' ? KIND_WHOLE : KIND_FRAGMENTS
   buf.writeUIntBE(seq, 2, 6)
   let o = 10
-  if (entry.kind === 'whole') {
+  if (entry === null) {
+    // no body
+  } else if (entry.kind === 'whole') {
     buf.writeUInt16BE(entry.sid, o)
     buf.writeUInt32BE(entry.slot, o + 2)
     o += 6
@@ -71,6 +77,10 @@ export function decodeExtentRecord(buf: Buffer): ExtentRecord {
   if (crc32(buf.subarray(0, end)) !== buf.readUInt32BE(end)) throw corrupt('checksum mismatch')
   if (buf[0] !== FORMAT) throw corrupt(`unknown format ${buf[0]}`)
   const seq = buf.readUIntBE(2, 6)
+  if (buf[1] === KIND_RELEASED) {
+    if (end !== 10) throw corrupt('a released record has a body')
+    return { seq, entry: null }
+  }
   if (buf[1] === KIND_WHOLE) {
     return { seq, entry: { kind: 'whole', sid: buf.readUInt16BE(10), slot: buf.readUInt32BE(12) } }
   }

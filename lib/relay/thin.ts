@@ -602,7 +602,8 @@ export class ThinVolume implements ChunkLayer {
 
   private recordOf(extent: number): Buffer | null {
     const entry = this.extents.get(extent)
-    return entry ? encodeExtentRecord(this.maps.nextSeq(), entry) : null
+    // A release is written as a record too (not a deletion): a standby relay sees it.
+    return encodeExtentRecord(this.maps.nextSeq(), entry ?? null)
   }
 
   private async afterReady(extent: number): Promise<void> {

@@ -26,10 +26,12 @@ const IDENTITY_KEY = Buffer.from('m/identity')
 const SYNC_KEY = Buffer.from('m/sync')
 
 /**
- * LevelDB options, chosen by `bench/leveldb-options.ts` (see README): a large
- * write buffer keeps memtable flushes rare, 64 MiB files keep the table count
- * low for multi-GiB stores, and 16 KiB blocks keep a random 4 KiB read from
- * decoding much more than it returns.
+ * LevelDB options. 64 MiB files keep the table count low for multi-GiB stores;
+ * 16 KiB blocks keep a random 4 KiB read from decoding much more than it
+ * returns; compression is off (chunk data is mostly incompressible and snappy
+ * only costs CPU then). Write buffers of 8, 32 and 128 MiB ingest the same
+ * within noise (`node dist/bench/leveldb-options.js`); 32 MiB bounds memory
+ * at 64 MiB per store.
  */
 export const STORE_OPTIONS = {
   writeBufferSize: 32 * 1024 * 1024,
@@ -41,9 +43,6 @@ export const STORE_OPTIONS = {
   // For measuring other settings (bench/leveldb-options.ts): VVFS_LEVELDB='{"blockSize":65536}'
   ...(process.env.VVFS_LEVELDB ? (JSON.parse(process.env.VVFS_LEVELDB) as object) : {}),
 }
-
-/** Runs of at least this many chunks are read with a range scan rather than point lookups. */
-const SCAN_FROM = 64
 
 export function dataKey(pca: number): Buffer {
   const key = Buffer.allocUnsafe(7)
@@ -136,12 +135,13 @@ export class StorageSystem {
     return system
   }
 
-  /** Reads `count` consecutive chunks into `into` (zeros where none is stored). */
+  /**
+   * Reads `count` consecutive chunks into `into` (zeros where none is stored).
+   * One getMany is one trip to the thread pool; it beat a range iterator both
+   * for 128 KiB (115 vs 129 µs at queue depth 1) and for a whole extent
+   * (1474 vs 1411 MB/s): `node dist/bench/leveldb-options.js`.
+   */
   async readRun(firstPca: number, count: number, into: Buffer, offset = 0): Promise<void> {
-    if (count >= SCAN_FROM) return this.scanRun(firstPca, count, into, offset)
-    // A short run: one getMany is one trip to the thread pool, and at queue
-    // depth 1 (what a FUSE file gets from O_DIRECT I/O) it beat a range
-    // iterator, 167 vs 227 µs per 128 KiB (bench/leveldb-options.ts).
     const keys = new Array<Buffer>(count)
     for (let i = 0; i < count; i++) keys[i] = dataKey(firstPca + i)
     const values = await this.db.getMany(keys)
@@ -151,24 +151,6 @@ export class StorageSystem {
       if (v === undefined) into.fill(0, at, at + CHUNK_SIZE)
       else v.copy(into, at)
     }
-  }
-
-  /**
-   * A long run (a whole extent read ahead, copied by a migration): one range
-   * scan, fetched in one native call (highWaterMarkBytes covers the run),
-   * reads ~2x faster than point lookups of the same keys.
-   */
-  private async scanRun(firstPca: number, count: number, into: Buffer, offset: number): Promise<void> {
-    const it = this.db.iterator({ gte: dataKey(firstPca), lt: dataKey(firstPca + count), highWaterMarkBytes: (count + 1) * CHUNK_SIZE * 2 } as never)
-    let entries: [Buffer, Buffer][]
-    try {
-      entries = (await it.nextv(count)) as [Buffer, Buffer][]
-    } finally {
-      // Closing is another trip to the thread pool: nobody needs to wait for it.
-      it.close().catch(() => {})
-    }
-    if (entries.length < count) into.fill(0, offset, offset + count * CHUNK_SIZE)
-    for (const [key, value] of entries) value.copy(into, offset + (pcaOfKey(key) - firstPca) * CHUNK_SIZE)
   }
 
   /** Reads scattered chunks; a missing one is returned as undefined. */

@@ -41,7 +41,7 @@ export async function openStack(opts: StackOptions, create: boolean): Promise<St
     const { extent } = parseExtentKey(key)
     const { seq, entry } = decodeExtentRecord(value)
     maps.noteSeq(seq)
-    if (extent * EXTENT_SIZE < opts.size) thin.adopt(extent, entry)
+    if (entry && extent * EXTENT_SIZE < opts.size) thin.adopt(extent, entry)
   }
   const volume = new Volume(thin, opts.size, locks)
   return {

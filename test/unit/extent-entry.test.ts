@@ -12,6 +12,10 @@ describe('volume map records', () => {
     }
   })
 
+  it('round-trip a release, so a standby learns an extent holds nothing any more', () => {
+    expect(decodeExtentRecord(encodeExtentRecord(77, null))).toEqual({ seq: 77, entry: null })
+  })
+
   it('refuse a record whose checksum does not match (any flipped bit)', () => {
     const buf = encodeExtentRecord(9, { kind: 'whole', sid: 1, slot: 2 })
     for (let i = 0; i < buf.length * 8; i++) {
