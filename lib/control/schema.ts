@@ -15,33 +15,25 @@ import { MAX_SIZE, checkName, parseDuration, parseOffset, parseSize } from '../u
 
 // ---- shared pieces
 
+/** A param read by one of the units parsers, its error becoming a coded issue. */
+function parsed<T>(base: z.ZodType<string | number>, parse: (v: unknown) => T, vvfsCode: ErrorCode) {
+  return base.transform((v, ctx) => {
+    try {
+      return parse(v)
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message, params: { vvfsCode } })
+      return z.NEVER
+    }
+  })
+}
+
+const NumberOrString = z.union([z.number(), z.string()])
+
 /** A size: integer bytes, or a string like "512M", "4G", "1T". */
-export const Size = z.union([z.number(), z.string()]).transform((v, ctx) => {
-  try {
-    return parseSize(v)
-  } catch (err) {
-    ctx.addIssue({ code: 'custom', message: (err as Error).message, params: { vvfsCode: 'INVALID_SIZE' } })
-    return z.NEVER
-  }
-})
-
-export const Offset = z.union([z.number(), z.string()]).transform((v, ctx) => {
-  try {
-    return parseOffset(v)
-  } catch (err) {
-    ctx.addIssue({ code: 'custom', message: (err as Error).message, params: { vvfsCode: 'INVALID_SIZE' } })
-    return z.NEVER
-  }
-})
-
-export const Name = z.string().transform((v, ctx) => {
-  try {
-    return checkName(v)
-  } catch (err) {
-    ctx.addIssue({ code: 'custom', message: (err as Error).message, params: { vvfsCode: 'INVALID_NAME' } })
-    return z.NEVER
-  }
-})
+export const Size = parsed(NumberOrString, (v) => parseSize(v), 'INVALID_SIZE')
+/** An offset into a volume: a size, or 0. */
+export const Offset = parsed(NumberOrString, (v) => parseOffset(v), 'INVALID_SIZE')
+export const Name = parsed(z.string(), (v) => checkName(v), 'INVALID_NAME')
 
 const Path = z.string().min(1).max(4096)
 const Bytes = z.number().int().min(0).max(MAX_SIZE)
@@ -144,14 +136,7 @@ export const JobInfo = z.object({
 
 export const Policy = z.object({ enabled: z.boolean(), fragmentation: z.number(), minRun: Bytes, intervalMs: z.number() })
 
-const Duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
-  try {
-    return parseDuration(v)
-  } catch (err) {
-    ctx.addIssue({ code: 'custom', message: (err as Error).message })
-    return z.NEVER
-  }
-})
+const Duration = parsed(NumberOrString, (v) => parseDuration(v), 'INVALID_ARGUMENT')
 const Mode = z.enum(['direct', 'staged', 'free', 'memory'])
 const JobId = z.strictObject({ id: z.number().int().min(1) })
 

@@ -12,6 +12,7 @@ import type { VvfsError } from '../../lib/errors.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
 import { openManager, withSystems } from '../helpers/manager.js'
 import { payload, range, rng, VolumeModel } from '../helpers/model.js'
+import { codeOf } from '../helpers/errors.js'
 
 const MiB = 1024 * 1024
 let m: Manager | undefined
@@ -84,15 +85,6 @@ async function verify(m: Manager, name: string, model: VolumeModel) {
 
 function systemsOf(m: Manager, name: string): string[] {
   return m.showVolume(name).allocatedBySystem.map((s) => s.storage).sort()
-}
-
-async function codeOf(p: Promise<unknown> | (() => unknown)): Promise<string> {
-  try {
-    await (typeof p === 'function' ? p() : p)
-  } catch (err) {
-    return (err as VvfsError).code
-  }
-  return 'no error'
 }
 
 describe('migrating a volume onto one storage system', () => {

@@ -6,8 +6,8 @@ import { existsSync, statSync } from 'node:fs'
 import { createConnection } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ControlClient } from '../../lib/control/client.js'
-import type { VvfsError } from '../../lib/errors.js'
 import { cleanupAll, removeDir, spawnDaemon, startDaemon, type DaemonHandle } from '../helpers/daemon.js'
+import { codeOf } from '../helpers/errors.js'
 
 let d: DaemonHandle
 
@@ -20,15 +20,6 @@ afterAll(async () => {
   await cleanupAll()
   removeDir(d.dir)
 })
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p
-  } catch (err) {
-    return (err as VvfsError).code
-  }
-  return 'no error'
-}
 
 type Reply = { id: unknown; result?: unknown; error?: { code: number; message: string; data: { code: string } } }
 

@@ -8,9 +8,9 @@ import { randomBytes } from 'node:crypto'
 import { rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import type { VvfsError } from '../../lib/errors.js'
 import { attachLoop, cleanupAll, detachLoop, mountExt4, removeDir, sh, startDaemon, umount, type DaemonHandle } from '../helpers/daemon.js'
 import { verifyTree, writeTree, type Tree } from '../helpers/files.js'
+import { codeOf } from '../helpers/errors.js'
 
 const MiB = 1024 * 1024
 const BIG = 96 * MiB
@@ -42,15 +42,6 @@ afterAll(async () => {
 })
 
 const allocated = async () => (await d.client.call('volume.show', { name: 'fs' })).allocated
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p
-  } catch (err) {
-    return (err as VvfsError).code
-  }
-  return 'no error'
-}
 
 describe('vvfs volume reclaim', () => {
   it('refuses while the volume is loop-attached, and frees nothing', async () => {
