@@ -16,7 +16,7 @@ import { isActive, type CopyMode, type JobKind, type JobRecord, type JobStatus }
 import { planConsolidation, type Plan, type PlannerSystem, type PlannerVolume } from '../migration/planner.js'
 import { retainedPrefix } from '../migration/retained.js'
 import { entryBytes, MigrationRunner, type MovableVolume } from '../migration/runner.js'
-import { decodeExtentRecord } from '../relay/extent-entry.js'
+import { decodeExtentRecord, type ExtentEntry } from '../relay/extent-entry.js'
 import type { MapStore } from '../relay/map-store.js'
 import type { PlacementRule } from '../relay/thin.js'
 import type { ChunkMover } from '../storage/chunk-mover.js'
@@ -339,7 +339,7 @@ export class JobManager {
     }
   }
 
-  private isFree(entry: import('../relay/extent-entry.js').ExtentEntry): boolean {
+  private isFree(entry: ExtentEntry): boolean {
     if (entry.kind === 'whole') return this.h.pool.has(entry.sid) && this.h.pool.get(entry.sid).table.isSlotFree(entry.slot)
     return [...entry.frags.values()].every((f) => this.h.pool.has(f.sid) && this.h.pool.get(f.sid).table.isSlotFree(Math.floor(f.pca / EXTENT_CHUNKS)))
   }

@@ -238,7 +238,7 @@ export class MigrationRunner {
           const ops = this.deps.hostOps()
           const t0 = Date.now()
           const bytes = await this.moveExtent(v, e, phase, bitmap)
-          if (bytes > 0) await this.throttle(bytes)
+          if (bytes > 0) await this.throttle()
           if (this.deps.hostOps() !== ops) await new Promise((r) => setTimeout(r, (Date.now() - t0) * HOST_SHARE))
         }
       }
@@ -572,8 +572,8 @@ export class MigrationRunner {
     return true
   }
 
-  private async throttle(bytes: number): Promise<void> {
-    void bytes
+  /** Keeps the copy at or under --rate, counting from the start of this run. */
+  private async throttle(): Promise<void> {
     const rate = this.job.rate
     if (!rate) return
     const due = this.startedCopyAt + (1000 * this.copiedSinceStart) / rate

@@ -166,4 +166,37 @@ describe('migration while hosts write', () => {
     rawDirectCheck()
     await allocationConsistent()
   })
+
+  it('consolidates a spread volume on its own once the policy is on, while ext4 and the raw volume keep being written', async () => {
+    // Written after s1 was drained and removed, new files and blocks spread over s2 and s3.
+    for (const v of ['fs', 'raw']) {
+      const d0 = join(fsDir(), `spread-${v}`)
+      trees.push([d0, writeTree(d0, { files: 10, maxSize: 512 * 1024 })])
+    }
+    rawRound(9001, 100)
+    sh('sync', [])
+    const plan = await d.client.call('migrate.plan', {})
+    expect(plan.moves.map((m) => m.trigger)).toContain('spanned')
+    await d.client.call('migrate.policy', { enabled: true, interval: '1s' })
+    let step = 0
+    let auto: JobInfo[] = []
+    for (let i = 0; i < 600 && (auto.length === 0 || auto.some((j) => j.status !== 'concluded') || (await d.client.call('migrate.plan', {})).moves.length > 0); i++) {
+      const dir = join(fsDir(), `consolidate-${step++}`)
+      trees.push([dir, writeTree(dir, { files: 3, maxSize: 128 * 1024 })])
+      rawRound(5000 + step, 20)
+      auto = (await d.client.call('job.list', {})).jobs.filter((j) => j.auto)
+      await new Promise((r) => setTimeout(r, 50))
+    }
+    await d.client.call('migrate.policy', { enabled: false })
+    expect(auto.length).toBeGreaterThan(0)
+    expect(auto.every((j) => j.kind === 'consolidate' && j.result === 'completed' && j.reason)).toBe(true)
+    for (const v of ['fs', 'raw']) expect((await placement(v)).length).toBe(1)
+    sh('sync', [])
+    umount(fsDir())
+    expect(() => sh('e2fsck', ['-fn', dev])).not.toThrow()
+    mountExt4(dev, fsDir())
+    for (const [dir, tree] of trees) expect(verifyTree(dir, tree)).toEqual([])
+    rawDirectCheck()
+    await allocationConsistent()
+  })
 })
