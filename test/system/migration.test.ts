@@ -99,6 +99,17 @@ async function allocationConsistent(): Promise<void> {
   expect(st.storage.reduce((a, s) => a + s.allocated, 0)).toBe(vols.volumes.reduce((a, v) => a + v.allocated, 0))
 }
 
+/** e2fsck clean, every file and the raw volume as written, allocation = what the maps reference. */
+async function everythingIntact(): Promise<void> {
+  sh('sync', [])
+  umount(fsDir())
+  expect(() => sh('e2fsck', ['-fn', dev])).not.toThrow()
+  mountExt4(dev, fsDir())
+  for (const [dir, tree] of trees) expect(verifyTree(dir, tree)).toEqual([])
+  rawDirectCheck()
+  await allocationConsistent()
+}
+
 describe('migration while hosts write', () => {
   const plan: [string, string][] = [
     ['direct', 's1'],
@@ -123,13 +134,7 @@ describe('migration while hosts write', () => {
       expect([a.result, b.result]).toEqual(['completed', 'completed'])
       expect(await placement('fs')).toEqual([to])
       expect(await placement('raw')).toEqual([to])
-      sh('sync', [])
-      umount(fsDir())
-      expect(() => sh('e2fsck', ['-fn', dev])).not.toThrow()
-      mountExt4(dev, fsDir())
-      for (const [dir, tree] of trees) expect(verifyTree(dir, tree)).toEqual([])
-      rawDirectCheck()
-      await allocationConsistent()
+      await everythingIntact()
     })
   })
 
@@ -158,13 +163,7 @@ describe('migration while hosts write', () => {
     expect(s1.allocated).toBe(0)
     expect(s1.role).toBe('draining')
     await d.client.call('storage.remove', { name: 's1' })
-    sh('sync', [])
-    umount(fsDir())
-    expect(() => sh('e2fsck', ['-fn', dev])).not.toThrow()
-    mountExt4(dev, fsDir())
-    for (const [dir, tree] of trees) expect(verifyTree(dir, tree)).toEqual([])
-    rawDirectCheck()
-    await allocationConsistent()
+    await everythingIntact()
   })
 
   it('consolidates a spread volume on its own once the policy is on, while ext4 and the raw volume keep being written', async () => {
@@ -191,12 +190,6 @@ describe('migration while hosts write', () => {
     expect(auto.length).toBeGreaterThan(0)
     expect(auto.every((j) => j.kind === 'consolidate' && j.result === 'completed' && j.reason)).toBe(true)
     for (const v of ['fs', 'raw']) expect((await placement(v)).length).toBe(1)
-    sh('sync', [])
-    umount(fsDir())
-    expect(() => sh('e2fsck', ['-fn', dev])).not.toThrow()
-    mountExt4(dev, fsDir())
-    for (const [dir, tree] of trees) expect(verifyTree(dir, tree)).toEqual([])
-    rawDirectCheck()
-    await allocationConsistent()
+    await everythingIntact()
   })
 })
