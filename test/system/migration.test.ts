@@ -179,17 +179,22 @@ describe('migration while hosts write', () => {
     await d.client.call('migrate.policy', { enabled: true, interval: '1s' })
     let step = 0
     let auto: JobInfo[] = []
-    for (let i = 0; i < 600 && (auto.length === 0 || auto.some((j) => j.status !== 'concluded') || (await d.client.call('migrate.plan', {})).moves.length > 0); i++) {
+    const settled = async () => {
+      auto = (await d.client.call('job.list', {})).jobs.filter((j) => j.auto)
+      if (auto.length === 0 || auto.some((j) => j.status !== 'concluded')) return false
+      return (await placement('fs')).length === 1 && (await placement('raw')).length === 1
+    }
+    for (let i = 0; i < 600 && !(await settled()); i++) {
       const dir = join(fsDir(), `consolidate-${step++}`)
       trees.push([dir, writeTree(dir, { files: 3, maxSize: 128 * 1024 })])
       rawRound(5000 + step, 20)
-      auto = (await d.client.call('job.list', {})).jobs.filter((j) => j.auto)
       await new Promise((r) => setTimeout(r, 50))
     }
     await d.client.call('migrate.policy', { enabled: false })
     expect(auto.length).toBeGreaterThan(0)
     expect(auto.every((j) => j.kind === 'consolidate' && j.result === 'completed' && j.reason)).toBe(true)
-    for (const v of ['fs', 'raw']) expect((await placement(v)).length).toBe(1)
+    const findings = (await d.client.call('migrate.plan', {})).findings.join('; ')
+    for (const v of ['fs', 'raw']) expect(await placement(v), `${v} still spread: ${findings}`).toHaveLength(1)
     await everythingIntact()
   })
 })
