@@ -12,6 +12,7 @@
  * to copy: the caller holds the locks and owns both allocations.
  */
 import type { ClassicLevel } from 'classic-level'
+import { CHUNK_SIZE, isZeroChunk } from '../layout.js'
 import { dataKey } from './storage-system.js'
 
 export type CopyStyle = 'stream' | 'whole'
@@ -36,15 +37,18 @@ export async function copyChunks(
 ): Promise<number> {
   if (fromPcas.length !== toPcas.length) throw new Error('copyChunks: source and destination counts differ')
   const step = style === 'whole' ? fromPcas.length : STREAM_BATCH
+  const buf = Buffer.allocUnsafe(step * CHUNK_SIZE)
   let bytes = 0
   for (let i = 0; i < fromPcas.length; i += step) {
     const src = fromPcas.slice(i, i + step)
-    const values = await from.getMany(src.map(dataKey))
-    const ops = values.map((value, j) => {
+    // Into one buffer (patches/: classic-level); a missing chunk reads as zeros,
+    // and a zero chunk is not stored, so zeros become deletions.
+    await from.getMany(src.map(dataKey), { into: buf, stride: CHUNK_SIZE } as never)
+    const ops = src.map((_, j) => {
       const key = dataKey(toPcas[i + j]!)
-      if (value === undefined) return { type: 'del' as const, key }
-      bytes += value.length
-      return { type: 'put' as const, key, value }
+      if (isZeroChunk(buf, j * CHUNK_SIZE)) return { type: 'del' as const, key }
+      bytes += CHUNK_SIZE
+      return { type: 'put' as const, key, value: buf.subarray(j * CHUNK_SIZE, (j + 1) * CHUNK_SIZE) }
     })
     await to.batch(ops)
   }

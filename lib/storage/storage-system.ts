@@ -153,13 +153,9 @@ export class StorageSystem {
     }
     const keys = new Array<Buffer>(count)
     for (let i = 0; i < count; i++) keys[i] = dataKey(firstPca + i)
-    const values = await this.db.getMany(keys)
-    for (let i = 0; i < count; i++) {
-      const v = values[i]
-      const at = offset + i * CHUNK_SIZE
-      if (v === undefined) into.fill(0, at, at + CHUNK_SIZE)
-      else v.copy(into, at)
-    }
+    // getMany into the caller's buffer (patches/: classic-level): LevelDB copies
+    // each value straight into place, zeros for missing ones, on its thread.
+    await this.db.getMany(keys, { into: into.subarray(offset, offset + count * CHUNK_SIZE), stride: CHUNK_SIZE } as never)
   }
 
   /** Reads scattered chunks; a missing one is returned as undefined. */
