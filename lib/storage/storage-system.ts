@@ -40,8 +40,6 @@ export const STORE_OPTIONS = {
   cacheSize: 16 * 1024 * 1024,
   compression: false,
   maxOpenFiles: 500,
-  // For measuring other settings (bench/leveldb-options.ts): VVFS_LEVELDB='{"blockSize":65536}'
-  ...(process.env.VVFS_LEVELDB ? (JSON.parse(process.env.VVFS_LEVELDB) as object) : {}),
 }
 
 export function dataKey(pca: number): Buffer {
