@@ -83,8 +83,3 @@ export function fromWire(wire: WireError): VvfsError {
   const code = isErrorCode(wire.code) ? wire.code : 'INTERNAL'
   return new VvfsError(code, wire.message, wire.details ? { details: wire.details } : {})
 }
-
-/** For exhaustive switches over a union: a new kind fails to compile here. */
-export function unreachable(value: never): never {
-  throw new VvfsError('INTERNAL', `unhandled case: ${JSON.stringify(value)}`)
-}

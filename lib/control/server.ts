@@ -11,7 +11,7 @@ import { chmod, unlink } from 'node:fs/promises'
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
 import { asVvfsError, isErrorCode, VvfsError, type ErrorCode } from '../errors.js'
 import type { Logger } from '../log.js'
-import { EventType, METHODS, isMethodName, rpcCode, type CallContext, type Handlers, type VvfsEvent } from './schema.js'
+import { METHODS, isMethodName, rpcCode, type CallContext, type Handlers, type VvfsEvent } from './schema.js'
 
 export const MAX_LINE = 1024 * 1024
 const MAX_BUFFERED_OUT = 16 * 1024 * 1024
@@ -198,4 +198,3 @@ function errorReply(id: Id, code: ErrorCode, message: string, details?: Record<s
   return { jsonrpc: '2.0', id, error: { code: rpcCode(code), message, data: details ? { code, details } : { code } } }
 }
 
-export const ALL_EVENT_TYPES = EventType.options

@@ -56,8 +56,3 @@ export interface JobRecord {
 export function isActive(job: JobRecord): boolean {
   return job.status === 'created' || job.status === 'running' || job.status === 'paused' || job.status === 'cancelling' || job.status === 'rolling-back'
 }
-
-/** Whether the job still holds source extents (rollback possible). */
-export function holdsSources(job: JobRecord): boolean {
-  return job.status !== 'concluded'
-}

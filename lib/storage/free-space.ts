@@ -158,10 +158,6 @@ export class FreeSpaceTable {
     }
   }
 
-  isSlotWhole(slot: number): boolean {
-    return this.state[slot] === WHOLE
-  }
-
   isSlotFree(slot: number): boolean {
     return slot >= 0 && slot < this.slotCount && this.state[slot] === FREE
   }

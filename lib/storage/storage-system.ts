@@ -15,8 +15,7 @@
  * `multithreading: true` so migration workers can open the same location.
  */
 import { ClassicLevel } from 'classic-level'
-import { mkdir, readdir, stat } from 'node:fs/promises'
-import { join } from 'node:path'
+import { mkdir } from 'node:fs/promises'
 import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS } from '../layout.js'
 import { FreeSpaceTable } from './free-space.js'
@@ -204,20 +203,6 @@ export class StorageSystem {
     if (!this.dirty || this.closed) return
     this.dirty = false
     await this.db.put(SYNC_KEY, Buffer.from(String(Date.now())), { sync: true })
-  }
-
-  /** Bytes the store's files take on disk. */
-  async diskBytes(): Promise<number> {
-    let total = 0
-    for (const entry of await readdir(this.path, { withFileTypes: true })) {
-      if (entry.isFile()) total += (await stat(join(this.path, entry.name))).blocks * 512
-    }
-    return total
-  }
-
-  /** Every stored chunk address, for the scrub at start and for tests. */
-  async *allChunks(): AsyncGenerator<number> {
-    for await (const key of this.db.keys({ gte: Buffer.from([DATA]), lt: Buffer.from([DATA + 1]) })) yield pcaOfKey(key)
   }
 
   get allocatable(): boolean {
