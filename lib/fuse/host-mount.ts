@@ -37,6 +37,8 @@ export interface ServedVolume {
   discard(offset: number, length: number): Promise<void>
   resize(size: number): Promise<void>
   flush(): Promise<void>
+  /** Waits for acknowledged writes to be stored; rejects with one that failed. */
+  drain(): Promise<void>
 }
 
 /** What a host mount needs of the manager. */
@@ -275,8 +277,14 @@ export class HostMount {
         if (!handle) return cb(-ERRNO.EBADF)
         done(cb, handle.volume.flush())
       },
-      // close(2) does not promise durability; fsync does.
-      flush: (_path, _fd, cb) => cb(0),
+      // The close of a file opened for writing makes its writes durable
+      // (as NFS does at close) and reports a write answered earlier that
+      // then failed; write-behind and unlogged writes make that worth it.
+      flush: (_path, fd, cb) => {
+        const handle = handleOf(fd)
+        if (!handle) return cb(0)
+        done(cb, handle.writable ? handle.volume.flush() : handle.volume.drain())
+      },
       fallocate: (_path, fd, mode, offset, length, cb) => {
         const handle = handleOf(fd)
         if (!handle) return cb(-ERRNO.EBADF)

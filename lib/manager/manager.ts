@@ -64,6 +64,8 @@ export class Manager implements HostView {
   private readonly mover: ChunkMover
   /** Host reads and writes served so far (background work steps back while it moves). */
   private hostOps = 0
+  /** Makes unlogged writes durable within UNLOGGED_MAX_AGE_MS even when no host fsyncs. */
+  private readonly writeBack: NodeJS.Timeout
 
   private constructor(
     readonly stateDir: string,
@@ -78,6 +80,12 @@ export class Manager implements HostView {
       this.emit('pool.threshold', { ...c })
     })
     pool.onChange = () => this.spaceWatch.changed()
+    this.writeBack = setInterval(() => {
+      for (const system of pool.list()) {
+        system.syncIfStale().catch((err: unknown) => this.log.error({ event: 'storage.sync_failed', storage: system.name, err: (err as Error).message }, 'background sync failed'))
+      }
+    }, 1000)
+    this.writeBack.unref()
     this.mover = WorkerChunkMover.create((sid) => pool.get(sid))
     this.jobs = new JobManager({
       catalog,
@@ -224,11 +232,13 @@ export class Manager implements HostView {
   async close(): Promise<void> {
     if (this.closing) return
     this.closing = true
+    clearInterval(this.writeBack)
     this.spaceWatch.close()
     await this.jobs.close()
     await Promise.all([...this.mounts.values()].map((mount) => mount.unmount(this.opts.graceMs ?? 5000)))
     this.mounts.clear()
     for (const handle of this.handles.values()) {
+      await handle.volume.drain().catch((err: unknown) => this.log.error({ event: 'volume.write_failed', volume: handle.name, err: (err as Error).message }, 'a write acknowledged before shutdown failed'))
       await handle.thin.settle()
       handle.thin.close()
     }
@@ -545,6 +555,8 @@ export class Manager implements HostView {
       v.record.state = 'deleting'
       await this.catalog.save()
       this.handles.delete(name)
+      // Writes answered before the last close may still be on their way.
+      await v.volume.drain().catch(() => {})
       await v.thin.destroy()
       // Its release records too: the catalog tells a standby the volume is gone.
       const records: Buffer[] = []

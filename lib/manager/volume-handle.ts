@@ -125,6 +125,10 @@ export class VolumeHandle implements ServedVolume {
     return this.volume.flush()
   }
 
+  drain(): Promise<void> {
+    return this.volume.drain()
+  }
+
   private resizeTo(size: number, growOnly: boolean): Promise<void> {
     if (!Number.isSafeInteger(size) || size < 0 || size > MAX_SIZE) {
       return Promise.reject(new VvfsError('INVALID_SIZE', `size ${size} is not valid`))

@@ -33,9 +33,9 @@ export class MigrateLayer implements ChunkLayer {
     return this.lower.read(first, count, into)
   }
 
-  async write(first: number, data: Buffer): Promise<void> {
+  async write(first: number, data: Buffer, accepted?: () => void): Promise<void> {
     if (this.tracking) await this.markDirty(first, data.length / CHUNK_SIZE)
-    return this.lower.write(first, data)
+    return this.lower.write(first, data, accepted)
   }
 
   async discard(first: number, count: number): Promise<void> {

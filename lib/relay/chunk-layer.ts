@@ -7,8 +7,13 @@
 export interface ChunkLayer {
   /** Fills `into` (count chunks) with the data, zeros where none was written. */
   read(first: number, count: number, into: Buffer): Promise<void>
-  /** Writes data.length / CHUNK_SIZE chunks from `first`. */
-  write(first: number, data: Buffer): Promise<void>
+  /**
+   * Writes data.length / CHUNK_SIZE chunks from `first`. `accepted`, when
+   * given, is called once the write has its space (it can then fail only by
+   * an I/O error), before the data is stored; `data` stays in use until the
+   * returned promise settles.
+   */
+  write(first: number, data: Buffer, accepted?: () => void): Promise<void>
   /** Drops chunks [first, first + count): they read as zeros and free their space. */
   discard(first: number, count: number): Promise<void>
   /** Drops every chunk at or past `chunkCount` (a shrink). */

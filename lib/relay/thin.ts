@@ -94,6 +94,12 @@ interface WritePlan {
   fragmentsAdded: Set<number>
   fragmentsDropped: { extent: number; chunk: number; frag: Fragment }[]
   maybeEmpty: Set<number>
+  /**
+   * Only data over whole slots (the slot's earlier data or its logged clear
+   * stays valid if this is lost), no deletion and no fragment: such a write
+   * may skip LevelDB's log until the next flush (StorageSystem.write).
+   */
+  inPlace: boolean
 }
 
 /** Where new allocations of this volume may go (a migration pins them to its destination). */
@@ -225,7 +231,7 @@ export class ThinVolume implements ChunkLayer {
     await Promise.all(reads)
   }
 
-  async write(first: number, data: Buffer): Promise<void> {
+  async write(first: number, data: Buffer, accepted?: () => void): Promise<void> {
     this.checkOpen()
     const count = data.length / CHUNK_SIZE
     let plan: WritePlan
@@ -237,8 +243,9 @@ export class ThinVolume implements ChunkLayer {
         if (!(err instanceof VvfsError && err.code === 'POOL_FULL') || !(await this.space.waitForSpace())) throw err
       }
     }
+    accepted?.()
     if (plan.ready.length) await Promise.all(plan.ready)
-    await Promise.all([...plan.writes].map(([system, chunks]) => system.write(chunks)))
+    await Promise.all([...plan.writes].map(([system, chunks]) => system.write(chunks, { unlogged: plan.inPlace })))
     for (const extent of plan.fragmentsAdded) plan.durable.push(this.persist(extent))
     if (plan.fragmentsDropped.length) plan.durable.push(this.dropFragments(plan.fragmentsDropped))
     if (plan.durable.length) await Promise.all(plan.durable)
@@ -409,7 +416,7 @@ export class ThinVolume implements ChunkLayer {
    * for it is undone and POOL_FULL is thrown before any data is written.
    */
   private plan(first: number, count: number, data: Buffer): WritePlan {
-    const plan: WritePlan = { writes: new Map(), ready: [], durable: [], newWhole: [], fragmentsAdded: new Set(), fragmentsDropped: [], maybeEmpty: new Set() }
+    const plan: WritePlan = { writes: new Map(), ready: [], durable: [], newWhole: [], fragmentsAdded: new Set(), fragmentsDropped: [], maybeEmpty: new Set(), inPlace: true }
     const undo: (() => void)[] = []
     try {
       forEachExtent(first, count, (extent, inExtent, n, offset) => this.planExtent(plan, undo, extent, inExtent, n, data, offset))
@@ -445,7 +452,10 @@ export class ThinVolume implements ChunkLayer {
       for (let c = 0; c < n; c++) {
         writes.push({ pca: base + c, data: zero[c] ? null : data.subarray(offset + c * CHUNK_SIZE, offset + (c + 1) * CHUNK_SIZE) })
       }
-      if (nonZero < n) plan.maybeEmpty.add(extent)
+      if (nonZero < n) {
+        plan.maybeEmpty.add(extent)
+        plan.inPlace = false
+      }
       // A slot another write is still preparing: wait for its clear and record.
       const clearing = this.clearing.get(extent)
       if (clearing) plan.ready.push(clearing)
@@ -454,6 +464,7 @@ export class ThinVolume implements ChunkLayer {
       return
     }
     const frags = entry.frags
+    plan.inPlace = false
     for (let c = 0; c < n; c++) {
       const chunk = inExtent + c
       let frag = frags.get(chunk)

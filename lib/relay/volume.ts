@@ -10,6 +10,15 @@
  *
  * Concurrency: reads lock their chunks shared, writes/discards exclusive,
  * resize locks from the lower of the old and new end to infinity.
+ *
+ * Write-behind: a write is answered once the layers below have accepted it
+ * (its space is allocated), while the data is still on its way into LevelDB
+ * — like a disk's write cache, bounded to WRITE_BEHIND bytes. The write keeps
+ * its chunks locked until stored, so every later read or write of them sees
+ * it; flush (fsync) waits for all of them and reports a failed one (as Linux
+ * reports a failed write-back at fsync). Why: the kernel sends a FUSE file's
+ * O_DIRECT writes one at a time, so waiting for each LevelDB write made a
+ * sequential writer wait ~150 µs per 128 KiB (bench: seq write).
  */
 import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE } from '../layout.js'
@@ -18,13 +27,26 @@ import { RangeLock } from './range-lock.js'
 
 const END = Number.MAX_SAFE_INTEGER
 
+/** Bytes of acknowledged writes that may still be on their way to storage. */
+export const WRITE_BEHIND = 8 * 1024 * 1024
+/** The largest write the host sends (FUSE max_write); copies of these are reused. */
+const HOST_WRITE = 128 * 1024
+
 export class Volume {
   readonly locks: RangeLock
+  /** Acknowledged writes still being stored. */
+  private readonly behind = new Set<Promise<void>>()
+  private behindBytes = 0
+  /** The first acknowledged write that failed, until a flush reports it. */
+  private failure: unknown = null
+  private readonly spare: Buffer[] = []
 
   constructor(
     private readonly lower: ChunkLayer,
     private currentSize: number,
     locks?: RangeLock,
+    /** Bytes allowed in write-behind; 0 answers every write only once stored. */
+    private readonly writeBehind = WRITE_BEHIND,
   ) {
     this.locks = locks ?? new RangeLock()
   }
@@ -65,12 +87,75 @@ export class Volume {
     const first = Math.floor(offset / CHUNK_SIZE)
     const end = Math.ceil((offset + data.length) / CHUNK_SIZE)
     const release = await this.locks.acquire(first, end, 'exclusive')
+    let chunks: Buffer
     try {
-      await this.lower.write(first, await this.wholeChunks(first, end, offset, data))
-      return data.length
-    } finally {
+      chunks = await this.wholeChunks(first, end, offset, data)
+    } catch (err) {
       release()
+      throw err
     }
+    if (this.behindBytes + chunks.length > this.writeBehind) {
+      try {
+        await this.lower.write(first, chunks)
+      } finally {
+        release()
+      }
+    } else {
+      await this.writeBehindOf(first, chunks, chunks === data, release)
+    }
+    return data.length
+  }
+
+  /** Stores `chunks` in the background once accepted; the lock is released when stored. */
+  private writeBehindOf(first: number, chunks: Buffer, lent: boolean, release: () => void): Promise<void> {
+    // The host's buffer is only lent until the write is answered: keep a copy.
+    const own = lent ? this.copyOf(chunks) : chunks
+    let accepted = false
+    let answer!: () => void
+    const answered = new Promise<void>((resolve) => (answer = resolve))
+    this.behindBytes += own.length
+    const work: Promise<void> = this.lower
+      .write(first, own, () => {
+        accepted = true
+        answer()
+      })
+      .then(
+        () => undefined,
+        (err: unknown) => {
+          if (!accepted) throw err
+          this.failure ??= err
+        },
+      )
+      .finally(() => {
+        this.behind.delete(work)
+        this.behindBytes -= own.length
+        release()
+        if (lent && own.length <= HOST_WRITE && this.spare.length < this.writeBehind / HOST_WRITE) this.spare.push(this.poolBuffer(own))
+      })
+    this.behind.add(work)
+    return Promise.race([answered, work])
+  }
+
+  /** Waits for every acknowledged write to be stored; throws the first that failed. */
+  async drain(): Promise<void> {
+    while (this.behind.size > 0) await Promise.all([...this.behind])
+    if (this.failure !== null) {
+      const err = this.failure
+      this.failure = null
+      throw err
+    }
+  }
+
+  private copyOf(data: Buffer): Buffer {
+    if (data.length > HOST_WRITE) return Buffer.from(data)
+    const buf = this.spare.pop() ?? Buffer.allocUnsafe(HOST_WRITE)
+    data.copy(buf)
+    return buf.subarray(0, data.length)
+  }
+
+  /** The whole pooled buffer a copy is a view of. */
+  private poolBuffer(view: Buffer): Buffer {
+    return Buffer.from(view.buffer, view.byteOffset, HOST_WRITE)
   }
 
   /** Makes [offset, offset + length) read as zeros and frees the whole chunks in it. */
@@ -113,6 +198,7 @@ export class Volume {
   }
 
   async flush(): Promise<void> {
+    await this.drain()
     await this.lower.flush()
   }
 

@@ -23,6 +23,12 @@ import { FreeSpaceTable } from './free-space.js'
 const DATA = 0x64 // 'd'
 const IDENTITY_KEY = Buffer.from('m/identity')
 const SYNC_KEY = Buffer.from('m/sync')
+/** Above every key the store holds: compacting [FLUSH_KEY, FLUSH_KEY] only writes the memtable out. */
+const FLUSH_KEY = Buffer.from('~')
+/** How long unlogged writes may wait for a sync before syncIfStale makes them durable. */
+export const UNLOGGED_MAX_AGE_MS = 5000
+/** Writes of this many chunks or more skip LevelDB's log (see write()). */
+export const BULK_CHUNKS = 16
 
 /**
  * LevelDB options. 64 MiB files keep the table count low for multi-GiB stores;
@@ -41,8 +47,27 @@ export const STORE_OPTIONS = {
   maxOpenFiles: 500,
 }
 
+const KEY_SIZE = 7
+
+/** The batch methods patches/: classic-level adds. */
+interface NativeBatches {
+  batchChunks(keys: Buffer, values: Buffer, present: Buffer, options: object): Promise<void>
+  batchDirect(ops: object[], options: object): Promise<void>
+}
+
+/** The chunks' data as one buffer when each is the next CHUNK_SIZE of the same memory, else null. */
+function contiguous(chunks: ChunkWrite[]): Buffer | null {
+  const first = chunks[0]!.data
+  if (first === null) return null
+  for (let i = 1; i < chunks.length; i++) {
+    const d = chunks[i]!.data
+    if (d === null || d.buffer !== first.buffer || d.byteOffset !== first.byteOffset + i * CHUNK_SIZE || d.length !== CHUNK_SIZE) return null
+  }
+  return first.length === CHUNK_SIZE ? Buffer.from(first.buffer, first.byteOffset, chunks.length * CHUNK_SIZE) : null
+}
+
 export function dataKey(pca: number): Buffer {
-  const key = Buffer.allocUnsafe(7)
+  const key = Buffer.allocUnsafe(KEY_SIZE)
   key[0] = DATA
   key.writeUIntBE(pca, 1, 6)
   return key
@@ -71,6 +96,10 @@ export class StorageSystem {
   reserve = false
   draining = false
   private dirty = false
+  /** Unlogged writes were made since the last sync (until it, they live only in a memtable). */
+  private unlogged = false
+  private unloggedAt = 0
+  private syncing: Promise<void> | null = null
   private closed = false
 
   private constructor(
@@ -160,15 +189,30 @@ export class StorageSystem {
     return this.db.getMany(pcas.map(dataKey))
   }
 
-  async write(chunks: ChunkWrite[], sync = false): Promise<void> {
+  /**
+   * Writes chunks (null: dropped, reads as zeros) in one atomic batch.
+   *
+   * A bulk write (BULK_CHUNKS or more) may skip LevelDB's log when the
+   * caller allows it (`unlogged`: data whose loss leaves every record
+   * pointing at valid data, see ThinVolume's WritePlan.inPlace): the log is a
+   * third of the bytes LevelDB writes per byte stored (patches/: classic-level
+   * `unlogged`). Such a write is durable once sync() has written its memtable
+   * to a table; a crash before loses it, as a crash loses a disk's write
+   * cache — never a write acknowledged by fsync. Small writes stay logged, so
+   * an fsync after them is a log sync, not a memtable flush.
+   */
+  async write(chunks: ChunkWrite[], opts: { sync?: boolean; unlogged?: boolean } = {}): Promise<void> {
     if (chunks.length === 0) return
     this.checkOpen()
-    const ops = chunks.map((c) =>
-      c.data === null ? { type: 'del' as const, key: dataKey(c.pca) } : { type: 'put' as const, key: dataKey(c.pca), value: c.data },
-    )
     this.dirty = true
+    const sync = opts.sync === true
+    const unlogged = opts.unlogged === true && !sync && chunks.length >= BULK_CHUNKS
+    if (unlogged && !this.unlogged) {
+      this.unlogged = true
+      this.unloggedAt = Date.now()
+    }
     try {
-      await this.db.batch(ops, { sync })
+      await this.batch(chunks, { sync, unlogged })
     } catch (err) {
       throw new VvfsError('IO_ERROR', `storage system ${this.name}: write failed: ${(err as Error).message}`, { cause: err })
     }
@@ -198,11 +242,45 @@ export class StorageSystem {
     if (await this.hasData(slot * EXTENT_CHUNKS, EXTENT_CHUNKS)) await this.clearRange(slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
   }
 
-  /** Makes every write so far durable (LevelDB syncs its log on a sync write). */
+  /**
+   * Makes every write so far durable: LevelDB syncs its log on a sync write,
+   * and compacting an empty key range first writes the memtable, with any
+   * unlogged writes in it, to a synced table.
+   */
   async sync(): Promise<void> {
-    if (!this.dirty || this.closed) return
+    if (this.closed) return
+    // Nothing new since the last sync: it may still be running, and an fsync
+    // must not be answered before the one that covers its writes has ended.
+    if (!this.dirty) return this.syncing ?? undefined
     this.dirty = false
-    await this.db.put(SYNC_KEY, Buffer.from(String(Date.now())), { sync: true })
+    const flush = this.unlogged
+    this.unlogged = false
+    const before = this.syncing
+    const run = (async () => {
+      await before?.catch(() => {})
+      try {
+        if (flush) await this.db.compactRange(FLUSH_KEY, FLUSH_KEY)
+        await this.db.put(SYNC_KEY, Buffer.from(String(Date.now())), { sync: true })
+      } catch (err) {
+        this.dirty = true
+        this.unlogged ||= flush
+        throw new VvfsError('IO_ERROR', `storage system ${this.name}: sync failed: ${(err as Error).message}`, { cause: err })
+      }
+    })()
+    this.syncing = run
+    try {
+      await run
+    } finally {
+      if (this.syncing === run) this.syncing = null
+    }
+  }
+
+  /**
+   * Syncs when unlogged writes have waited UNLOGGED_MAX_AGE_MS: the bound on
+   * what a crash can take of writes nobody fsynced (ext4 commits every 5 s).
+   */
+  async syncIfStale(now = Date.now()): Promise<void> {
+    if (this.unlogged && now - this.unloggedAt >= UNLOGGED_MAX_AGE_MS) await this.sync()
   }
 
   get allocatable(): boolean {
@@ -214,6 +292,28 @@ export class StorageSystem {
     await this.sync()
     this.closed = true
     await this.db.close()
+  }
+
+  /**
+   * One LevelDB batch for `chunks`, past abstract-level's per-operation
+   * cloning (patches/: classic-level): as three buffers (keys, values,
+   * put-or-delete bytes) when they are views of one buffer in order, the
+   * usual case (24 vs 79 µs on the main thread for 32 chunks), else as
+   * operation objects.
+   */
+  private batch(chunks: ChunkWrite[], options: { sync?: boolean; unlogged?: boolean }): Promise<void> {
+    const db = this.db as unknown as NativeBatches
+    const values = contiguous(chunks)
+    if (values) {
+      const keys = Buffer.allocUnsafe(chunks.length * KEY_SIZE)
+      for (let i = 0; i < chunks.length; i++) {
+        keys[i * KEY_SIZE] = DATA
+        keys.writeUIntBE(chunks[i]!.pca, i * KEY_SIZE + 1, 6)
+      }
+      return db.batchChunks(keys, values, Buffer.alloc(chunks.length, 1), options)
+    }
+    const ops = chunks.map((c) => (c.data === null ? { type: 'del', key: dataKey(c.pca) } : { type: 'put', key: dataKey(c.pca), value: c.data }))
+    return db.batchDirect(ops, options)
   }
 
   private checkOpen(): void {

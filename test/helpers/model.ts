@@ -53,7 +53,7 @@ export class VolumeModel {
     return n
   }
 
-  /** Checks the thin map against the content (call after thin.settle()). */
+  /** Checks the thin map against the content (call after volume.drain() and thin.settle()). */
   checkAllocation(thin: ThinVolume): void {
     const extents = Math.ceil(this.data.length / EXTENT_SIZE)
     let expected = 0

@@ -50,6 +50,7 @@ export async function openStack(opts: StackOptions, create: boolean): Promise<St
     thin,
     volume,
     async close() {
+      await volume.drain()
       await thin.settle()
       thin.close()
       for (const s of pool.list()) await s.close()

@@ -61,6 +61,7 @@ async function run(seed: number, ops: number) {
     }
     counts[op] = (counts[op] ?? 0) + 1
     if (i % 100 === 99 || op === 'reopen') {
+      await stack.volume.drain()
       await stack.thin.settle()
       model.checkAllocation(stack.thin)
       expect(stack.pool.totals().allocated).toBe(stack.thin.allocatedBytes)
@@ -71,6 +72,7 @@ async function run(seed: number, ops: number) {
     const all = Buffer.alloc(model.size)
     await s.volume.read(0, model.size, all)
     expect(all.equals(model.data)).toBe(true)
+    await s.volume.drain()
     await s.thin.settle()
     model.checkAllocation(s.thin)
   }

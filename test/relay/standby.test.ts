@@ -35,6 +35,8 @@ describe('relay records for a standby', () => {
       const v = m.volumeNamed('v')
       await v.write(0, Buffer.alloc(6 * EXTENT_SIZE, 1))
       await v.write(10 * EXTENT_SIZE + 5, Buffer.from('small'))
+      // Records follow the data into storage (write-behind answers first).
+      await v.drain()
       const standby = new Map<string, { seq: number; entry: ExtentEntry | null }>()
       const first = await m.relayChanges(0, 10_000)
       apply(standby, first.records)
