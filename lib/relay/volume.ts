@@ -127,12 +127,18 @@ export class Volume {
         },
       )
       .finally(() => {
-        this.behind.delete(work)
+        this.behind.delete(stored)
         this.behindBytes -= own.length
         release()
         if (lent && own.length <= HOST_WRITE && this.spare.length < this.writeBehind / HOST_WRITE) this.spare.push(this.poolBuffer(own))
       })
-    this.behind.add(work)
+    // What drain waits for: a refusal before acceptance is the writer's to
+    // report, not a later flush's.
+    const stored = work.then(
+      () => undefined,
+      () => undefined,
+    )
+    this.behind.add(stored)
     return Promise.race([answered, work])
   }
 

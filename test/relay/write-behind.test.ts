@@ -35,7 +35,10 @@ class GatedStore implements ChunkLayer {
   }
 
   async write(first: number, data: Buffer, accepted?: () => void): Promise<void> {
-    if (this.failBeforeAccept) throw this.failBeforeAccept
+    if (this.failBeforeAccept) {
+      await this.gate
+      throw this.failBeforeAccept
+    }
     accepted?.()
     // Keep only the caller's buffer until the gate opens, as LevelDB's batch would not.
     const held = data
@@ -118,11 +121,15 @@ describe('write-behind', () => {
     await expect(volume.flush()).resolves.toBeUndefined()
   })
 
-  it('fails the writer itself when the write is refused before it is accepted (a full pool)', async () => {
+  it('fails the writer itself when the write is refused before it is accepted (a full pool), and not a flush meanwhile', async () => {
     const store = new GatedStore()
     const volume = new Volume(store, 1 << 20)
     store.failBeforeAccept = new VvfsError('POOL_FULL', 'no space')
-    await expect(volume.write(0, Buffer.alloc(CHUNK_SIZE, 1))).rejects.toMatchObject({ code: 'POOL_FULL' })
-    await expect(volume.flush()).resolves.toBeUndefined()
+    store.close()
+    const write = volume.write(0, Buffer.alloc(CHUNK_SIZE, 1))
+    const flush = volume.flush()
+    store.open()
+    await expect(write).rejects.toMatchObject({ code: 'POOL_FULL' })
+    await expect(flush).resolves.toBeUndefined()
   })
 })
