@@ -555,7 +555,8 @@ export class Manager implements HostView {
       v.record.state = 'deleting'
       await this.catalog.save()
       this.handles.delete(name)
-      // Writes answered before the last close may still be on their way.
+      // Writes answered before the last close may still be on their way; one
+      // that failed no longer matters, the volume goes.
       await v.volume.drain().catch(() => {})
       await v.thin.destroy()
       // Its release records too: the catalog tells a standby the volume is gone.

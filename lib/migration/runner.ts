@@ -207,6 +207,10 @@ export class MigrationRunner {
 
   private async copyAll(): Promise<boolean> {
     const job = this.job
+    // What the volumes hold now becomes durable where it is first (unlogged
+    // writes live in memtables until a sync): a source kept for a rollback
+    // must not be older than what the host last read there.
+    await this.deps.pool.syncAll()
     if (job.phase === 0) {
       // Extents already at the destination when the job starts stay there on cancel.
       if (job.toSid !== undefined) {

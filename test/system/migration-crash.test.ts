@@ -99,6 +99,41 @@ describe('kill -9 during a migration', () => {
     })
   })
 
+  it('keeps what the host wrote before the job started, never fsynced, across a kill -9 during the job', async () => {
+    await d.restart({ VVFS_CRASH_AT: 'migration.bitmap:3' })
+    const name = 'unsynced'
+    await d.client.call('volume.create', { name, size: '16M' })
+    const model = new VolumeModel(16 * MiB)
+    const r = rng(4242)
+    // O_DIRECT, whole extents, no fsync and no close: bulk overwrites that
+    // live only in the storage systems' memtables until something syncs them.
+    const fd = openSync(d.file(name), constants.O_RDWR | constants.O_DIRECT)
+    try {
+      for (let pass = 0; pass < 2; pass++) {
+        for (let off = 0; off < 16 * MiB; off += MiB) {
+          const data = Buffer.alloc(MiB)
+          payload(r, MiB).copy(data)
+          writeSync(fd, data, 0, MiB, off)
+          model.write(off, data)
+        }
+      }
+      const by = new Map((await d.client.call('volume.show', { name })).allocatedBySystem.map((s) => [s.storage, s.allocated]))
+      const to = ['s1', 's2', 's3'].sort((a, b) => (by.get(a) ?? 0) - (by.get(b) ?? 0))[0]!
+      const job = await d.client.call('migrate.start', { volume: name, to })
+      await d.exited()
+      await d.restart({})
+      expect((await finish(job.id)).result).toBe('completed')
+    } finally {
+      try {
+        closeSync(fd)
+      } catch {
+        // the daemon that served this descriptor is gone
+      }
+    }
+    check(name, model)
+    await consistent()
+  })
+
   it('resumes and finishes after a kill -9 at a random moment, with a host writing', async () => {
     await d.client.call('volume.create', { name: 'rnd', size: '32M' })
     const model = fill('rnd', 32 * MiB, 999)
