@@ -142,9 +142,13 @@ export class Volume {
     return Promise.race([answered, work])
   }
 
-  /** Waits for every acknowledged write to be stored; throws the first that failed. */
+  /**
+   * Waits for the writes answered so far to be stored; throws the first that
+   * failed. Only those: a writer that keeps writing must not hold off an
+   * fsync of what came before it.
+   */
   async drain(): Promise<void> {
-    while (this.behind.size > 0) await Promise.all([...this.behind])
+    await Promise.all([...this.behind])
     if (this.failure !== null) {
       const err = this.failure
       this.failure = null
