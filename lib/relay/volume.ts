@@ -108,8 +108,10 @@ export class Volume {
 
   /** Stores `chunks` in the background once accepted; the lock is released when stored. */
   private writeBehindOf(first: number, chunks: Buffer, lent: boolean, release: () => void): Promise<void> {
-    // The host's buffer is only lent until the write is answered: keep a copy.
-    const own = lent ? this.copyOf(chunks) : chunks
+    // The host's buffer is only lent until the write is answered: keep a
+    // copy, in a reused buffer when it fits one.
+    const pooled = lent && chunks.length <= HOST_WRITE ? (this.spare.pop() ?? Buffer.allocUnsafe(HOST_WRITE)) : null
+    const own = pooled ? pooled.subarray(0, chunks.copy(pooled)) : lent ? Buffer.from(chunks) : chunks
     let accepted = false
     let answer!: () => void
     const answered = new Promise<void>((resolve) => (answer = resolve))
@@ -130,7 +132,7 @@ export class Volume {
         this.behind.delete(stored)
         this.behindBytes -= own.length
         release()
-        if (lent && own.length <= HOST_WRITE && this.spare.length < this.writeBehind / HOST_WRITE) this.spare.push(this.poolBuffer(own))
+        if (pooled && this.spare.length < this.writeBehind / HOST_WRITE) this.spare.push(pooled)
       })
     // What drain waits for: a refusal before acceptance is the writer's to
     // report, not a later flush's.
@@ -154,18 +156,6 @@ export class Volume {
       this.failure = null
       throw err
     }
-  }
-
-  private copyOf(data: Buffer): Buffer {
-    if (data.length > HOST_WRITE) return Buffer.from(data)
-    const buf = this.spare.pop() ?? Buffer.allocUnsafe(HOST_WRITE)
-    data.copy(buf)
-    return buf.subarray(0, data.length)
-  }
-
-  /** The whole pooled buffer a copy is a view of. */
-  private poolBuffer(view: Buffer): Buffer {
-    return Buffer.from(view.buffer, view.byteOffset, HOST_WRITE)
   }
 
   /** Makes [offset, offset + length) read as zeros and frees the whole chunks in it. */

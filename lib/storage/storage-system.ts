@@ -62,10 +62,7 @@ interface NativeBatches {
  */
 export function writeChunkRun(db: ClassicLevel<Buffer, Buffer>, pcas: number[], values: Buffer, present: Buffer, options: { sync?: boolean; unlogged?: boolean } = {}): Promise<void> {
   const keys = Buffer.allocUnsafe(pcas.length * KEY_SIZE)
-  for (let i = 0; i < pcas.length; i++) {
-    keys[i * KEY_SIZE] = DATA
-    keys.writeUIntBE(pcas[i]!, i * KEY_SIZE + 1, 6)
-  }
+  for (let i = 0; i < pcas.length; i++) putDataKey(keys, i * KEY_SIZE, pcas[i]!)
   return (db as unknown as NativeBatches).batchChunks(keys, values, present, options)
 }
 
@@ -80,10 +77,15 @@ function contiguous(chunks: ChunkWrite[]): Buffer | null {
   return first.length === CHUNK_SIZE ? Buffer.from(first.buffer, first.byteOffset, chunks.length * CHUNK_SIZE) : null
 }
 
+/** Writes the key of chunk `pca` at `at` in `into`: 'd' and the 6-byte address. */
+function putDataKey(into: Buffer, at: number, pca: number): void {
+  into[at] = DATA
+  into.writeUIntBE(pca, at + 1, 6)
+}
+
 export function dataKey(pca: number): Buffer {
   const key = Buffer.allocUnsafe(KEY_SIZE)
-  key[0] = DATA
-  key.writeUIntBE(pca, 1, 6)
+  putDataKey(key, 0, pca)
   return key
 }
 
