@@ -49,10 +49,11 @@ export const STORE_OPTIONS = {
 
 const KEY_SIZE = 7
 
-/** The batch methods patches/: classic-level adds. */
+/** The chunk methods patches/: classic-level adds. */
 interface NativeBatches {
   batchChunks(keys: Buffer, values: Buffer, present: Buffer, options: object): Promise<void>
   batchDirect(ops: object[], options: object): Promise<void>
+  getChunks(keys: Buffer, keySize: number, into: Buffer, stride: number): Promise<void>
 }
 
 /**
@@ -193,11 +194,14 @@ export class StorageSystem {
       else v.copy(into, offset)
       return
     }
-    const keys = new Array<Buffer>(count)
-    for (let i = 0; i < count; i++) keys[i] = dataKey(firstPca + i)
-    // getMany into the caller's buffer (patches/: classic-level): LevelDB copies
-    // each value straight into place, zeros for missing ones, on its thread.
-    await this.db.getMany(keys, { into: into.subarray(offset, offset + count * CHUNK_SIZE), stride: CHUNK_SIZE } as never)
+    const keys = Buffer.allocUnsafe(count * KEY_SIZE)
+    for (let i = 0; i < count; i++) putDataKey(keys, i * KEY_SIZE, firstPca + i)
+    // Into the caller's buffer (patches/: classic-level getChunks): LevelDB
+    // copies each value straight into place, zeros for missing ones, on its
+    // thread, and the JS thread neither walks an array of keys nor waits for
+    // the DB mutex to take a snapshot (the volume's range locks keep writers
+    // of these chunks away instead).
+    await (this.db as unknown as NativeBatches).getChunks(keys, KEY_SIZE, into.subarray(offset, offset + count * CHUNK_SIZE), CHUNK_SIZE)
   }
 
   /** Reads scattered chunks; a missing one is returned as undefined. */
