@@ -126,6 +126,7 @@ export function buildCli(args: string[]) {
           ['storage systems', s.storage],
           ['hosts', s.hosts],
           ['volumes', s.volumes],
+          ['read cache', `${s.readCache.served} reads served, ${s.readCache.published} extents published`],
         ]),
       )
     })

@@ -190,6 +190,10 @@ export const METHODS = {
       storage: z.number(),
       hosts: z.number(),
       volumes: z.number(),
+      readCache: z.object({
+        served: z.number().describe('host reads answered from read-ahead data in the FUSE threads, since start'),
+        published: z.number().describe('extents offered there now'),
+      }),
     }),
     errors: [],
   }),

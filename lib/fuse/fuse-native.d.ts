@@ -76,6 +76,17 @@ declare module 'fuse-native' {
     mount(cb: (err: Error | null) => void): void
     unmount(cb: (err: Error | null) => void): void
     static unmount(mnt: string, cb: (err: Error | null) => void): void
+    /** patches/: the read cache served from the FUSE threads (fuse-native.c). */
+    static readCache: {
+      init(onServed: () => void): void
+      publish(vol: number, start: number, data: Buffer, length: number): boolean
+      withdraw(vol: number, start: number): void
+      withdrawVolume(vol: number): void
+      bind(fh: number, vol: number): void
+      unbind(fh: number): void
+      drain(into: Float64Array): number
+      stats(): { served: number; unreported: number; published: number }
+    }
     static ENOENT: number
   }
   export default Fuse

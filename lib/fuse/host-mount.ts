@@ -20,9 +20,10 @@ import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE } from '../layout.js'
 import type { Logger } from '../log.js'
 import { ERRNO, errnoOf } from './errno.js'
+import { readCache, type CachedVolume } from './read-cache.js'
 
 /** What a host mount needs of a volume. */
-export interface ServedVolume {
+export interface ServedVolume extends CachedVolume {
   readonly name: string
   readonly id: string
   readonly size: number
@@ -64,10 +65,12 @@ interface Handle {
   writable: boolean
 }
 
+/** Open-file numbers, unique in the process: the read cache knows files by them across mounts. */
+let nextHandle = 1
+
 export class HostMount {
   private fuse: Fuse | null = null
   private readonly handles = new Map<number, Handle>()
-  private nextHandle = 1
   private readonly uid = process.getuid?.() ?? 0
   private readonly gid = process.getgid?.() ?? 0
   private readonly mountedAt = new Date()
@@ -243,8 +246,9 @@ export class HostMount {
         } catch (err) {
           return cb(this.fail('open', err))
         }
-        const fd = this.nextHandle++
+        const fd = nextHandle++
         this.handles.set(fd, { volume, writable })
+        readCache.bind(fd, volume)
         cb(0, fd)
       },
       create: (_path, _mode, cb) => cb(-ERRNO.EPERM),
@@ -252,6 +256,7 @@ export class HostMount {
         const handle = handleOf(fd)
         if (handle) {
           this.handles.delete(fd)
+          readCache.unbind(fd, handle.volume)
           handle.volume.close(this.host, handle.writable)
         }
         cb(0)

@@ -34,6 +34,7 @@ import { VolumeHandle } from './volume-handle.js'
 import { JobManager, type JobInfo } from './jobs.js'
 import { MigrateLayer } from '../migration/layer.js'
 import { ReadAhead } from '../relay/readahead.js'
+import { readCache } from '../fuse/read-cache.js'
 import type { CopyMode } from '../migration/job.js'
 import type { ConsolidationPolicy } from '../migration/planner.js'
 import { WorkerChunkMover, type ChunkMover } from '../storage/chunk-mover.js'
@@ -275,6 +276,7 @@ export class Manager implements HostView {
       storage: this.catalog.data.storage.length,
       hosts: this.catalog.data.hosts.length,
       volumes: this.handles.size,
+      readCache: (({ served, published }) => ({ served, published }))(readCache.stats()),
     }
   }
 
@@ -555,6 +557,7 @@ export class Manager implements HostView {
       v.record.state = 'deleting'
       await this.catalog.save()
       this.handles.delete(name)
+      readCache.forget(v.record.no)
       // Writes answered before the last close may still be on their way; one
       // that failed no longer matters, the volume goes.
       await v.volume.drain().catch(() => {})
@@ -686,7 +689,7 @@ export class Manager implements HostView {
       return rec.home !== undefined && this.pool.has(rec.home) ? { prefer: rec.home } : {}
     }
     const layer = new MigrateLayer(thin, rec.no)
-    const ahead: ReadAhead = new ReadAhead(layer, locks, (): number => Math.ceil(volume.size / CHUNK_SIZE))
+    const ahead: ReadAhead = new ReadAhead(layer, locks, (): number => Math.ceil(volume.size / CHUNK_SIZE), readCache.mirror(rec.no))
     const volume: Volume = new Volume(ahead, rec.size, locks)
     return new VolumeHandle(rec, thin, layer, volume, {
       hostIo: () => {

@@ -103,6 +103,15 @@ export class VolumeHandle implements ServedVolume {
     return this.volume.read(offset, length, into)
   }
 
+  get cacheKey(): number {
+    return this.record.no
+  }
+
+  readServed(offset: number, length: number): void {
+    this.hooks.hostIo()
+    this.volume.readServed(offset, length)
+  }
+
   async write(offset: number, data: Buffer): Promise<number> {
     this.hooks.hostIo()
     // Like a regular file, a write past the end grows the volume.

@@ -20,4 +20,6 @@ export interface ChunkLayer {
   truncate(chunkCount: number): Promise<void>
   /** Makes every acknowledged write durable. */
   flush(): Promise<void>
+  /** Chunks [first, first + count) were read from a copy above this layer (a layer that follows readers learns of it). */
+  observe?(first: number, count: number): void
 }

@@ -17,8 +17,15 @@
  * still queued may be queued behind a write that waits for this very read
  * (a deadlock the system tests found); such a read goes below itself.
  *
- * Never: serves a read it has not fully cached (that goes below), or holds
- * more than WINDOW extents.
+ * A mirror (lib/fuse's ReadCache) may serve reads of fetched extents above
+ * this layer: an extent is published there once fetched, while its fetch
+ * still holds the lock, and withdrawn whenever it leaves the cache — before
+ * anything may change it, and before its buffer is reused. Reads served there
+ * are reported through observe(), so the window keeps moving.
+ *
+ * Never: serves a read it has not fully cached (that goes below), holds
+ * more than WINDOW extents, or publishes the volume's last extent (it may
+ * end inside a chunk, and a mirror would serve past the end of the volume).
  */
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
 import type { ChunkLayer } from './chunk-layer.js'
@@ -31,6 +38,14 @@ const STREAK = 2
 
 /** Sequential streams told apart (a reader interleaved with other I/O, say read-modify-writes). */
 const STREAMS = 4
+
+/** Where fetched extents may also be served from; see the header. */
+export interface ExtentMirror {
+  /** Offers extent `extent`'s data (EXTENT_SIZE bytes); false if it was not taken. */
+  publish(extent: number, data: Buffer): boolean
+  /** Stops serving extent `extent`; on return nothing reads its buffer any more. */
+  withdraw(extent: number): void
+}
 
 interface Fetch {
   /** Set once the fetch holds its lock (from then on it waits for nothing). */
@@ -49,33 +64,37 @@ export class ReadAhead implements ChunkLayer {
   private streams: { next: number; streak: number }[] = []
   private hits = 0
   private misses = 0
+  /** Reads the mirror served. */
+  private mirrored = 0
+  /** Extents published to the mirror. */
+  private readonly published = new Set<number>()
 
   constructor(
     private readonly lower: ChunkLayer,
     private readonly locks: RangeLock,
     /** The volume's size in chunks (no fetch past the end). */
     private readonly chunks: () => number,
+    private readonly mirror?: ExtentMirror,
   ) {}
 
-  get stats(): { hits: number; misses: number; cached: number } {
-    return { hits: this.hits, misses: this.misses, cached: this.cache.size }
+  get stats(): { hits: number; misses: number; mirrored: number; cached: number } {
+    return { hits: this.hits, misses: this.misses, mirrored: this.mirrored, cached: this.cache.size }
   }
 
   async read(first: number, count: number, into: Buffer): Promise<void> {
-    const stream = this.follow(first, count)
-    const sequential = stream.streak > 0
-    const firstExtent = Math.floor(first / EXTENT_CHUNKS)
-    const lastExtent = Math.floor((first + count - 1) / EXTENT_CHUNKS)
-    // Keep only the window in front of a sequential reader: what it has
-    // passed, or jumped away from, will not be read again soon.
-    if (sequential) for (const e of this.cache.keys()) if (e < firstExtent || e > lastExtent + WINDOW) this.evict(e)
-    if (stream.streak >= STREAK) this.fetchAhead(lastExtent)
+    const [firstExtent, lastExtent] = this.follow(first, count)
     if (this.cache.size > 0 && (await this.fromCache(first, count, into, firstExtent, lastExtent))) {
       this.hits++
       return
     }
     this.misses++
     await this.lower.read(first, count, into)
+  }
+
+  /** A read of these chunks was served by the mirror: the reader moves on as if it had come here. */
+  observe(first: number, count: number): void {
+    this.mirrored++
+    this.follow(first, count)
   }
 
   write(first: number, data: Buffer, accepted?: () => void): Promise<void> {
@@ -94,15 +113,27 @@ export class ReadAhead implements ChunkLayer {
     return this.lower.truncate(chunkCount)
   }
 
-  /** The stream this read continues (its streak grows), or a new one (streak 0). */
-  private follow(first: number, count: number): { next: number; streak: number } {
-    const i = this.streams.findIndex((s) => s.next === first)
+  /**
+   * Moves the window for a read of [first, first + count): the stream it
+   * continues (its streak grows) or a new one; returns the extents it spans.
+   */
+  private follow(first: number, count: number): [number, number] {
+    // A read may also start in the chunk the last one ended in: the kernel
+    // splits an O_DIRECT read from a buffer that is not page-aligned at a
+    // byte that is not chunk-aligned.
+    const i = this.streams.findIndex((s) => s.next === first || s.next === first + 1)
     const stream = i >= 0 ? this.streams.splice(i, 1)[0]! : { next: first, streak: -1 }
     stream.next = first + count
     stream.streak++
     this.streams.unshift(stream)
     if (this.streams.length > STREAMS) this.streams.pop()
-    return stream
+    const firstExtent = Math.floor(first / EXTENT_CHUNKS)
+    const lastExtent = Math.floor((first + count - 1) / EXTENT_CHUNKS)
+    // Keep only the window in front of a sequential reader: what it has
+    // passed, or jumped away from, will not be read again soon.
+    if (stream.streak > 0) for (const e of this.cache.keys()) if (e < firstExtent || e > lastExtent + WINDOW) this.evict(e)
+    if (stream.streak >= STREAK) this.fetchAhead(lastExtent)
+    return [firstExtent, lastExtent]
   }
 
   flush(): Promise<void> {
@@ -149,6 +180,9 @@ export class ReadAhead implements ChunkLayer {
       }
       // Past the end of the volume is zeros (it stays so if the volume grows).
       if (count < EXTENT_CHUNKS) buf.fill(0, count * CHUNK_SIZE)
+      // Published while the lock still keeps writers out, and only if still
+      // cached: an eviction meanwhile has already withdrawn it.
+      if (this.mirror && this.cache.get(e) === fetch && start + EXTENT_CHUNKS < this.chunks() && this.mirror.publish(e, buf)) this.published.add(e)
       return buf
     } catch {
       // A failed fetch only means the reader goes below itself.
@@ -174,6 +208,7 @@ export class ReadAhead implements ChunkLayer {
     const fetch = this.cache.get(e)
     if (!fetch) return
     this.cache.delete(e)
+    if (this.published.delete(e)) this.mirror!.withdraw(e)
     void fetch.data.then((buf) => {
       if (buf && this.spare.length <= WINDOW) this.spare.push(buf)
     })

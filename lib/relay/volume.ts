@@ -202,6 +202,13 @@ export class Volume {
     await this.lower.flush()
   }
 
+  /** [offset, offset + length) was read from a copy above the relay (lib/fuse's read cache). */
+  readServed(offset: number, length: number): void {
+    if (length <= 0 || !this.lower.observe) return
+    const first = Math.floor(offset / CHUNK_SIZE)
+    this.lower.observe(first, Math.ceil((offset + length) / CHUNK_SIZE) - first)
+  }
+
   /** Zeros bytes [from, to) of one chunk, keeping the rest (caller holds the lock). */
   private async zeroWithin(chunk: number, from: number, to: number): Promise<void> {
     const buf = Buffer.allocUnsafe(CHUNK_SIZE)
