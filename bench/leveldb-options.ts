@@ -93,6 +93,7 @@ async function main(): Promise<void> {
       const dbs = await Promise.all([0, 1, 2].map((k) => open(join(dir, `ingest-${round}-${k}`))))
       console.log(`unlogged ingest of 2 GiB into three stores, 4 in flight (${round}/3): ${await ingest(dbs, 2)}`)
       await Promise.all(dbs.map((d) => d.close()))
+      await Promise.all([0, 1, 2].map((k) => rm(join(dir, `ingest-${round}-${k}`), { recursive: true, force: true })))
     }
     const db = await open(join(dir, 'read'))
     await fill(db)
