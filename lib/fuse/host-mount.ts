@@ -200,15 +200,15 @@ export class HostMount {
 
   private ops(): Ops {
     const handleOf = (fd: number) => this.handles.get(fd)
-    const done = (cb: (err: number) => void, p: Promise<unknown>) =>
+    const done = (op: string, cb: (err: number) => void, p: Promise<unknown>) =>
       p.then(
         () => cb(0),
-        (err) => cb(this.fail('op', err)),
+        (err) => cb(this.fail(op, err)),
       )
-    const byPath = (path: string, cb: (err: number) => void, fn: (v: ServedVolume) => Promise<unknown>) => {
+    const byPath = (op: string, path: string, cb: (err: number) => void, fn: (v: ServedVolume) => Promise<unknown>) => {
       const volume = this.lookup(path)
       if (!volume) return cb(-ERRNO.ENOENT)
-      done(cb, fn(volume))
+      done(op, cb, fn(volume))
     }
     const denied = (cb: (err: number) => void) => cb(-ERRNO.EPERM)
 
@@ -271,16 +271,16 @@ export class HostMount {
         if (!handle) return cb(-ERRNO.EBADF)
         handle.volume.write(pos, len === buf.length ? buf : buf.subarray(0, len)).then(cb, (err) => cb(this.fail('write', err)))
       },
-      truncate: (path, size, cb) => byPath(path, cb, (v) => v.resize(size)),
+      truncate: (path, size, cb) => byPath('truncate', path, cb, (v) => v.resize(size)),
       ftruncate: (_path, fd, size, cb) => {
         const handle = handleOf(fd)
         if (!handle) return cb(-ERRNO.EBADF)
-        done(cb, handle.volume.resize(size))
+        done('ftruncate', cb, handle.volume.resize(size))
       },
       fsync: (_path, _datasync, fd, cb) => {
         const handle = handleOf(fd)
         if (!handle) return cb(-ERRNO.EBADF)
-        done(cb, handle.volume.flush())
+        done('fsync', cb, handle.volume.flush())
       },
       // The close of a file opened for writing makes its writes durable
       // (as NFS does at close) and reports a write answered earlier that
@@ -288,12 +288,12 @@ export class HostMount {
       flush: (_path, fd, cb) => {
         const handle = handleOf(fd)
         if (!handle) return cb(0)
-        done(cb, handle.writable ? handle.volume.flush() : handle.volume.drain())
+        done('flush', cb, handle.writable ? handle.volume.flush() : handle.volume.drain())
       },
       fallocate: (_path, fd, mode, offset, length, cb) => {
         const handle = handleOf(fd)
         if (!handle) return cb(-ERRNO.EBADF)
-        done(cb, this.fallocate(handle.volume, mode, offset, length))
+        done('fallocate', cb, this.fallocate(handle.volume, mode, offset, length))
       },
       getxattr: (path, name, _position, cb) => {
         if (path === '/') return cb(0, null)
