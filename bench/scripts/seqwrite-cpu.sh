@@ -1,0 +1,43 @@
+#!/bin/bash
+# A/B helper for write-path changes: a fresh daemon (three 4 GiB storage
+# systems, a 4 GiB volume), fio sequential 1 MiB writes at queue depth 4 for
+# SECS seconds (default 10), then MB/s and the daemon's CPU seconds (whole
+# process, and its JavaScript thread) per GiB written. Run it alternately
+# with the builds being compared; the machine is noisy, so compare runs.
+#   bash bench/scripts/seqwrite-cpu.sh      (as root, after make setup)
+#   PERF=1 KEEP=1 ...                       perf record the daemon, keep the dir
+set -e
+SECS=${SECS:-10}
+D=$(mktemp -d /var/tmp/vvfs-sw.XXXX)
+cd "$(dirname "$0")/../.."
+NODE_OPTIONS="$NODEOPTS" node bin/vvfs daemon --state $D/state --mount $D/mnt --log-level warn > $D/log 2>&1 &
+DP=$!
+# Whatever happens: stop the daemon, drop its mount, keep the dir only if asked.
+cleanup() { set +e; kill $DP 2>/dev/null && wait $DP 2>/dev/null; fusermount -uz $D/mnt 2>/dev/null; if [ -n "$KEEP" ]; then echo "kept $D"; else rm -rf $D; fi; }
+trap cleanup EXIT
+for i in $(seq 100); do [ -S $D/state/control.sock ] && node bin/vvfs status --socket $D/state/control.sock >/dev/null 2>&1 && break; sleep 0.2; done
+for s in s1 s2 s3; do node bin/vvfs storage add $s --capacity 4G --socket $D/state/control.sock >/dev/null; done
+node bin/vvfs volume create v --size 4G --socket $D/state/control.sock >/dev/null
+PID=$DP
+snap() { echo "process $(awk '{print $14+$15}' /proc/$PID/stat)"; echo "main $(awk '{print $14+$15}' /proc/$PID/task/$PID/stat)"; }
+snap > $D/before
+if [ -n "$PERF" ]; then perf record -F 999 -g -p $PID -o $D/perf.data -- sleep $SECS 2>/dev/null & fi
+fio --name=sw --filename=$D/mnt/v --rw=${RW:-write} --bs=1M --ioengine=libaio --iodepth=4 --direct=1 --size=1G --offset=0 --time_based=1 --runtime=$SECS --allow_file_create=0 --fallocate=none --output-format=json --output=$D/fio.json >/dev/null
+snap > $D/after
+wait %2 2>/dev/null || true
+python3 - $D <<'PY'
+import json,sys
+d=sys.argv[1]
+j=json.load(open(d+'/fio.json'))['jobs'][0]
+j=j['write'] if j['write']['io_bytes'] else j['read']
+b=dict(l.split() for l in open(d+'/before')); a=dict(l.split() for l in open(d+'/after'))
+tot=0; parts=[]
+for k in sorted(a):
+    v=(int(a[k])-int(b.get(k,0)))/100
+    if k=='process': tot=v
+    parts.append('%s %.1f'%(k,v))
+gb=j['io_bytes']/2**30
+print('MB/s %.0f  CPU-s %.1f (%s)  %.2f CPU-s/GiB' % (j['bw_bytes']/1e6, tot, ', '.join(parts), tot/gb))
+PY
+grep -q '"error" : [1-9]' $D/fio.json && { echo "fio saw errors; the daemon's log:"; tail -5 $D/log; }
+exit 0
