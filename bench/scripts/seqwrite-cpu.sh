@@ -8,16 +8,7 @@
 #   PERF=1 KEEP=1 ...                       perf record the daemon, keep the dir
 set -e
 SECS=${SECS:-10}
-D=$(mktemp -d /var/tmp/vvfs-sw.XXXX)
-cd "$(dirname "$0")/../.."
-NODE_OPTIONS="$NODEOPTS" node bin/vvfs daemon --state $D/state --mount $D/mnt --log-level warn > $D/log 2>&1 &
-DP=$!
-# Whatever happens: stop the daemon, drop its mount, keep the dir only if asked.
-cleanup() { set +e; kill $DP 2>/dev/null && wait $DP 2>/dev/null; fusermount -uz $D/mnt 2>/dev/null; if [ -n "$KEEP" ]; then echo "kept $D"; else rm -rf $D; fi; }
-trap cleanup EXIT
-for i in $(seq 100); do [ -S $D/state/control.sock ] && node bin/vvfs status --socket $D/state/control.sock >/dev/null 2>&1 && break; sleep 0.2; done
-for s in s1 s2 s3; do node bin/vvfs storage add $s --capacity 4G --socket $D/state/control.sock >/dev/null; done
-node bin/vvfs volume create v --size 4G --socket $D/state/control.sock >/dev/null
+. "$(dirname "$0")/fresh-daemon.sh"
 PID=$DP
 snap() { echo "process $(awk '{print $14+$15}' /proc/$PID/stat)"; echo "main $(awk '{print $14+$15}' /proc/$PID/task/$PID/stat)"; }
 snap > $D/before
