@@ -20,8 +20,8 @@ wait %2 2>/dev/null || true
 python3 - $D <<'PY'
 import json,sys
 d=sys.argv[1]
-j=json.load(open(d+'/fio.json'))['jobs'][0]
-j=j['write'] if j['write']['io_bytes'] else j['read']
+job=json.load(open(d+'/fio.json'))['jobs'][0]
+j=job['write'] if job['write']['io_bytes'] else job['read']
 b=dict(l.split() for l in open(d+'/before')); a=dict(l.split() for l in open(d+'/after'))
 tot=0; parts=[]
 for k in sorted(a):
@@ -30,7 +30,7 @@ for k in sorted(a):
     parts.append('%s %.1f'%(k,v))
 gb=j['io_bytes']/2**30
 print('MB/s %.0f  CPU-s %.1f (%s)  %.2f CPU-s/GiB' % (j['bw_bytes']/1e6, tot, ', '.join(parts), tot/gb))
-sync=json.load(open(d+'/fio.json'))['jobs'][0].get('sync', {}).get('lat_ns', {})
+sync=job.get('sync', {}).get('lat_ns', {})
 if sync.get('N'):
     pc=sync.get('percentile', {})
     print('fsync: %d, mean %.1f ms, p50 %.1f ms, p99 %.1f ms, max %.1f ms' % (sync['N'], sync['mean']/1e6, pc.get('50.000000', 0)/1e6, pc.get('99.000000', 0)/1e6, sync['max']/1e6))

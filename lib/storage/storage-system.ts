@@ -48,7 +48,7 @@ export const STORE_OPTIONS = {
 const KEY_SIZE = 7
 
 /** The methods patches/: classic-level adds. */
-interface NativeBatches {
+interface PatchedLevel {
   flushMemTable(): Promise<void>
   batchChunks(keys: Buffer, values: Buffer, present: Buffer, options: object): Promise<void>
   batchDirect(ops: object[], options: object): Promise<void>
@@ -63,7 +63,7 @@ interface NativeBatches {
 export function writeChunkRun(db: ClassicLevel<Buffer, Buffer>, pcas: number[], values: Buffer, present: Buffer, options: { sync?: boolean; unlogged?: boolean } = {}): Promise<void> {
   const keys = Buffer.allocUnsafe(pcas.length * KEY_SIZE)
   for (let i = 0; i < pcas.length; i++) putDataKey(keys, i * KEY_SIZE, pcas[i]!)
-  return (db as unknown as NativeBatches).batchChunks(keys, values, present, options)
+  return (db as unknown as PatchedLevel).batchChunks(keys, values, present, options)
 }
 
 /** The chunks' data as one buffer when each is the next CHUNK_SIZE of the same memory, else null. */
@@ -200,7 +200,7 @@ export class StorageSystem {
     // thread, and the JS thread neither walks an array of keys nor waits for
     // the DB mutex to take a snapshot (the volume's range locks keep writers
     // of these chunks away instead).
-    await (this.db as unknown as NativeBatches).getChunks(keys, KEY_SIZE, into.subarray(offset, offset + count * CHUNK_SIZE), CHUNK_SIZE)
+    await (this.db as unknown as PatchedLevel).getChunks(keys, KEY_SIZE, into.subarray(offset, offset + count * CHUNK_SIZE), CHUNK_SIZE)
   }
 
   /** Reads scattered chunks; a missing one is returned as undefined. */
@@ -281,7 +281,7 @@ export class StorageSystem {
         // Only the memtable: a compaction of a range (which used to do the
         // same) first waited for any compaction already running, seconds
         // during a burst of writes (a migration's first sync waited 1.5 s).
-        if (flush) await (this.db as unknown as NativeBatches).flushMemTable()
+        if (flush) await (this.db as unknown as PatchedLevel).flushMemTable()
         await this.db.put(SYNC_KEY, Buffer.from(String(Date.now())), { sync: true })
       } catch (err) {
         this.dirty = true
@@ -324,7 +324,7 @@ export class StorageSystem {
    * operation objects.
    */
   private batch(chunks: ChunkWrite[], options: { sync?: boolean; unlogged?: boolean }): Promise<void> {
-    const db = this.db as unknown as NativeBatches
+    const db = this.db as unknown as PatchedLevel
     const values = contiguous(chunks)
     if (values) return writeChunkRun(this.db, chunks.map((c) => c.pca), values, Buffer.alloc(chunks.length, 1), options)
     const ops = chunks.map((c) => (c.data === null ? { type: 'del', key: dataKey(c.pca) } : { type: 'put', key: dataKey(c.pca), value: c.data }))
