@@ -9,11 +9,20 @@
  * A value is read from its producer when the batch is built, so the batch
  * carries the newest state, not the state at the time of the call.
  *
+ * Durability: batches are logged but not synced; sync() syncs the log and
+ * covers every batch that had completed when it began, waiting for a running
+ * sync that covers the caller's batches rather than returning early
+ * (WriteGenerations). Records must only point at data already durable on its
+ * storage system: LevelDB can make a batch durable by itself (a memtable
+ * flush writes a synced table), so the writers of records sync data first
+ * (a migration's copy, a promotion), not merely before the next sync here.
+ *
  * Opening it takes LevelDB's lock: a second daemon on the same state
  * directory fails here, before it touches anything else.
  */
 import { ClassicLevel } from 'classic-level'
 import { VvfsError } from '../errors.js'
+import { WriteGenerations } from '../storage/write-generations.js'
 
 type Producer = () => Buffer | null
 
@@ -30,7 +39,7 @@ export class MapStore {
   private waiters: Waiter[] = []
   private flushing = false
   private scheduled = false
-  private dirty = false
+  private readonly writes = new WriteGenerations()
   private seq = 0
 
   private constructor(private readonly db: ClassicLevel<Buffer, Buffer>) {}
@@ -116,14 +125,24 @@ export class MapStore {
   }
 
   async deleteNow(keys: Buffer[]): Promise<void> {
-    if (keys.length) await this.db.batch(keys.map((key) => ({ type: 'del' as const, key })))
+    if (!keys.length) return
+    try {
+      await this.db.batch(keys.map((key) => ({ type: 'del' as const, key })))
+    } finally {
+      this.writes.complete()
+    }
   }
 
+  /** Makes every record put before the call durable. */
   async sync(): Promise<void> {
     while (this.flushing || this.pending.size > 0) await this.flush()
-    if (!this.dirty) return
-    this.dirty = false
-    await this.db.put(Buffer.from('m/sync'), Buffer.from(String(Date.now())), { sync: true })
+    await this.writes.sync(async () => {
+      try {
+        await this.db.put(Buffer.from('m/sync'), Buffer.from(String(Date.now())), { sync: true })
+      } catch (err) {
+        throw new VvfsError('IO_ERROR', `volume map sync failed: ${(err as Error).message}`, { cause: err })
+      }
+    })
   }
 
   async close(): Promise<void> {
@@ -148,11 +167,12 @@ export class MapStore {
           const v = value()
           return v === null ? { type: 'del' as const, key } : { type: 'put' as const, key, value: v }
         })
-        this.dirty = true
         try {
           await this.db.batch(ops)
+          this.writes.complete()
           for (const w of waiters) w.resolve()
         } catch (err) {
+          this.writes.complete()
           const wrapped = new VvfsError('IO_ERROR', `volume map write failed: ${(err as Error).message}`, { cause: err })
           for (const w of waiters) w.reject(wrapped)
         }

@@ -12,13 +12,22 @@
  *
  * Concurrency: LevelDB orders writes; callers keep writers of one chunk
  * apart (the volume layer's locks). The store is opened with
- * `multithreading: true` so migration workers can open the same location.
+ * `multithreading: true` so migration workers can open the same location;
+ * their writes count for sync() once the caller reports them
+ * (wroteElsewhere).
+ *
+ * Durability: sync() covers every write that had completed when it began
+ * and returns only after a sync that began after the caller's writes
+ * completed (WriteGenerations); a logged write is durable once a sync write
+ * after it has synced the log (patches/: classic-level also syncs the old
+ * log at a memtable switch), an unlogged one once its memtable is a table.
  */
 import { ClassicLevel } from 'classic-level'
 import { mkdir } from 'node:fs/promises'
 import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS } from '../layout.js'
 import { FreeSpaceTable } from './free-space.js'
+import { WriteGenerations } from './write-generations.js'
 
 const DATA = 0x64 // 'd'
 const IDENTITY_KEY = Buffer.from('m/identity')
@@ -111,11 +120,11 @@ export class StorageSystem {
   /** Reserve systems (for staged transfers) and draining ones take no new allocations unless asked by name. */
   reserve = false
   draining = false
-  private dirty = false
-  /** Unlogged writes were made since the last sync (until it, they live only in a memtable). */
-  private unlogged = false
+  private readonly writes = new WriteGenerations()
+  /** The generation of the newest unlogged write (until a sync covers it, it lives only in a memtable). */
+  private lastUnlogged = 0
+  /** When the oldest unlogged write no sync has covered completed (0: none). */
   private unloggedAt = 0
-  private syncing: Promise<void> | null = null
   private closed = false
 
   private constructor(
@@ -223,18 +232,30 @@ export class StorageSystem {
   async write(chunks: ChunkWrite[], opts: { sync?: boolean; unlogged?: boolean } = {}): Promise<void> {
     if (chunks.length === 0) return
     this.checkOpen()
-    this.dirty = true
     const sync = opts.sync === true
     const unlogged = opts.unlogged === true && !sync && chunks.length >= BULK_CHUNKS
-    if (unlogged && !this.unlogged) {
-      this.unlogged = true
-      this.unloggedAt = Date.now()
-    }
     try {
       await this.batch(chunks, { sync, unlogged })
     } catch (err) {
       throw new VvfsError('IO_ERROR', `storage system ${this.name}: write failed: ${(err as Error).message}`, { cause: err })
+    } finally {
+      // Counted once it has completed (or failed: a sync too many is harmless).
+      this.wrote(unlogged)
     }
+  }
+
+  /**
+   * Another handle on this store (the migration worker's) completed writes:
+   * the next sync covers them. Without this a sync saw nothing new and
+   * skipped a destination full of copies (issue 11).
+   */
+  wroteElsewhere(opts: { unlogged?: boolean } = {}): void {
+    this.wrote(opts.unlogged === true)
+  }
+
+  /** Whether unlogged writes no sync has covered yet sit in a memtable (a kill -9 would lose them). */
+  get holdsUnsyncedUnlogged(): boolean {
+    return this.lastUnlogged > this.writes.durable
   }
 
   /** Whether any chunk of [firstPca, firstPca + count) is stored. */
@@ -252,8 +273,11 @@ export class StorageSystem {
   /** Drops every chunk of [firstPca, firstPca + count). */
   async clearRange(firstPca: number, count: number): Promise<void> {
     this.checkOpen()
-    this.dirty = true
-    await this.db.clear({ gte: dataKey(firstPca), lt: dataKey(firstPca + count) })
+    try {
+      await this.db.clear({ gte: dataKey(firstPca), lt: dataKey(firstPca + count) })
+    } finally {
+      this.wrote(false)
+    }
   }
 
   async clearSlot(slot: number): Promise<void> {
@@ -262,21 +286,15 @@ export class StorageSystem {
   }
 
   /**
-   * Makes every write so far durable: LevelDB syncs its log on a sync write,
-   * and flushMemTable writes the memtable, with any unlogged writes in it,
-   * to a synced table.
+   * Makes every write completed before the call durable: LevelDB syncs its
+   * log on a sync write, and flushMemTable writes the memtable, with any
+   * unlogged writes in it, to a synced table. A sync already running that
+   * covers them is waited for, never returned early (WriteGenerations).
    */
   async sync(): Promise<void> {
     if (this.closed) return
-    // Nothing new since the last sync: it may still be running, and an fsync
-    // must not be answered before the one that covers its writes has ended.
-    if (!this.dirty) return this.syncing ?? undefined
-    this.dirty = false
-    const flush = this.unlogged
-    this.unlogged = false
-    const before = this.syncing
-    const run = (async () => {
-      await before?.catch(() => {})
+    await this.writes.sync(async (covers) => {
+      const flush = this.lastUnlogged > this.writes.durable
       try {
         // Only the memtable: a compaction of a range (which used to do the
         // same) first waited for any compaction already running, seconds
@@ -284,17 +302,10 @@ export class StorageSystem {
         if (flush) await (this.db as unknown as PatchedLevel).flushMemTable()
         await this.db.put(SYNC_KEY, Buffer.from(String(Date.now())), { sync: true })
       } catch (err) {
-        this.dirty = true
-        this.unlogged ||= flush
         throw new VvfsError('IO_ERROR', `storage system ${this.name}: sync failed: ${(err as Error).message}`, { cause: err })
       }
-    })()
-    this.syncing = run
-    try {
-      await run
-    } finally {
-      if (this.syncing === run) this.syncing = null
-    }
+      if (this.lastUnlogged <= covers) this.unloggedAt = 0
+    })
   }
 
   /**
@@ -302,7 +313,7 @@ export class StorageSystem {
    * what a crash can take of writes nobody fsynced (ext4 commits every 5 s).
    */
   async syncIfStale(now = Date.now()): Promise<void> {
-    if (this.unlogged && now - this.unloggedAt >= UNLOGGED_MAX_AGE_MS) await this.sync()
+    if (this.holdsUnsyncedUnlogged && this.unloggedAt > 0 && now - this.unloggedAt >= UNLOGGED_MAX_AGE_MS) await this.sync()
   }
 
   get allocatable(): boolean {
@@ -329,6 +340,13 @@ export class StorageSystem {
     if (values) return writeChunkRun(this.db, chunks.map((c) => c.pca), values, Buffer.alloc(chunks.length, 1), options)
     const ops = chunks.map((c) => (c.data === null ? { type: 'del', key: dataKey(c.pca) } : { type: 'put', key: dataKey(c.pca), value: c.data }))
     return db.batchDirect(ops, options)
+  }
+
+  private wrote(unlogged: boolean): void {
+    const gen = this.writes.complete()
+    if (!unlogged) return
+    this.lastUnlogged = gen
+    if (this.unloggedAt === 0) this.unloggedAt = Date.now()
   }
 
   private checkOpen(): void {
