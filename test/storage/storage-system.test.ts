@@ -1,6 +1,7 @@
 /**
  * StorageSystem durability: what an unlogged bulk write promises across a
- * kill -9, and the ordering of concurrent syncs.
+ * kill -9, the ordering of concurrent syncs, which writes a sync covers, and
+ * LevelDB's log sync at a memtable switch (patches/: classic-level).
  */
 import { execFile } from 'node:child_process'
 import { readdir, stat } from 'node:fs/promises'
@@ -17,6 +18,7 @@ const dirs: string[] = []
 afterAll(() => dirs.forEach(removeDir))
 const writer = fileURLToPath(new URL('../helpers/unlogged-writer.mjs', import.meta.url))
 const tableWriter = fileURLToPath(new URL('../helpers/table-writer.mjs', import.meta.url))
+const switchWriter = fileURLToPath(new URL('../helpers/log-switch-writer.mjs', import.meta.url))
 
 async function fresh(): Promise<string> {
   const parent = tempDir('vvfs-store-')
@@ -92,6 +94,63 @@ describe('a storage system', () => {
       const second = s.sync().then(() => order.push('second'))
       await Promise.all([first, second])
       expect(order).toEqual(['first', 'second'])
+    } finally {
+      await s.close()
+    }
+  })
+})
+
+describe('LevelDB at a memtable switch', () => {
+  it('logged writes can miss the fsync across a memtable switch: the old log is synced before an fsync after the switch returns', async () => {
+    const parent = tempDir('vvfs-logswitch-')
+    dirs.push(parent)
+    const dir = join(parent, 'db')
+    const env = { ...process.env, VVFS_LEVELDB_TRACE_SYNC: '1' }
+    const { stdout, stderr } = await new Promise<{ stdout: string; stderr: string }>((resolve, reject) =>
+      execFile(process.execPath, [switchWriter, dir], { env, timeout: 60_000 }, (err, stdout, stderr) => {
+        if (err && err.signal !== 'SIGKILL') reject(new Error(`${err.message}\n${stderr}`))
+        else resolve({ stdout, stderr })
+      }),
+    )
+    const oldLog = stdout.trim()
+    expect(oldLog).toMatch(/^\d+\.log$/)
+    // What LevelDB synced before the fsync returned ("synced"), in order.
+    const synced = stderr.split('\n').slice(0, stderr.split('\n').indexOf('synced'))
+    expect(stderr.split('\n')).toContain('synced')
+    expect(synced, stderr).toContain(`leveldb-sync ${join(dir, oldLog)}`)
+  })
+})
+
+describe('which writes a sync covers', () => {
+  it('dirty flags are cleared at the start of a sync: a write that enters LevelDB after a sync began is synced by its writer’s fsync', async () => {
+    const dir = await fresh()
+    const s = await StorageSystem.open({ sid: 1, name: 's1', path: dir, capacity: 64 * 1024 * 1024, create: false })
+    try {
+      // The thread-pool hand-off, made long: the write reaches LevelDB only when let in.
+      const db = s.store as unknown as { batchChunks(...args: unknown[]): Promise<void>; put(k: Buffer, v: Buffer, o?: { sync?: boolean }): Promise<void> }
+      const batchChunks = db.batchChunks.bind(db)
+      let letIn!: () => void
+      const gate = new Promise<void>((resolve) => (letIn = resolve))
+      db.batchChunks = async (...args: unknown[]) => {
+        await gate
+        return batchChunks(...args)
+      }
+      const events: string[] = []
+      const put = db.put.bind(db)
+      db.put = async (k, v, o) => {
+        if (o?.sync) events.push('sync write')
+        return put(k, v, o)
+      }
+      const data = Buffer.alloc(4 * CHUNK_SIZE, 5)
+      const write = s.write(Array.from({ length: 4 }, (_, i) => ({ pca: i, data: data.subarray(i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE) })))
+      // Another caller's fsync, begun while the write is queued.
+      await s.sync()
+      letIn()
+      await write
+      events.push('write done')
+      // The writer's own fsync must sync the log its write went to.
+      await s.sync()
+      expect(events.slice(events.indexOf('write done'))).toContain('sync write')
     } finally {
       await s.close()
     }
