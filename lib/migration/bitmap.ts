@@ -72,16 +72,23 @@ export class CopyBitmap {
     return this.ones
   }
 
-  /** Sets the bit and resolves once its page is durable in the MapStore. */
+  /** Sets the bit and resolves once its page is written in the MapStore. */
   set(index: number): Promise<void> {
     if (this.has(index)) return Promise.resolve()
+    return this.maps.putMany([this.mark(index)])
+  }
+
+  /** Sets the bit and returns its page's record write, for a batch of the caller's (a migration's switch). */
+  mark(index: number): { key: Buffer; produce: () => Buffer } {
     const p = Math.floor(index / PAGE_BITS)
     let page = this.pages.get(p)
     if (!page) this.pages.set(p, (page = Buffer.alloc(PAGE_BYTES)))
-    const bit = index % PAGE_BITS
-    page[bit >> 3]! |= 1 << (bit & 7)
-    this.ones++
-    return this.maps.put(pageKey(this.kind, this.jobNo, this.volNo, this.phase, p), () => this.encode(p))
+    if (!this.has(index)) {
+      const bit = index % PAGE_BITS
+      page[bit >> 3]! |= 1 << (bit & 7)
+      this.ones++
+    }
+    return { key: pageKey(this.kind, this.jobNo, this.volNo, this.phase, p), produce: () => this.encode(p) }
   }
 
   /** Removes every page (the job is over). */

@@ -582,6 +582,9 @@ export class ThinVolume implements ChunkLayer {
       const chunks = [...entry.frags.keys()]
       await this.readFragments(entry, 0, EXTENT_CHUNKS, buf, 0)
       await placement.system.write(chunks.map((c) => ({ pca: whole.slot * EXTENT_CHUNKS + c, data: buf.subarray(c * CHUNK_SIZE, (c + 1) * CHUNK_SIZE) })))
+      // Durable before the record that points at it: the map store may make
+      // that record durable by itself (a memtable flush) before any fsync.
+      await placement.system.sync()
     } catch (err) {
       this.pool.releaseSlot(whole.sid, whole.slot)
       throw err
@@ -590,6 +593,8 @@ export class ThinVolume implements ChunkLayer {
     this.extents.set(extent, whole)
     this.allocated += EXTENT_SIZE - old.length * CHUNK_SIZE
     await this.persist(extent)
+    // The fragments' data goes only once the record pointing away from them is durable.
+    await this.maps.sync()
     await this.writeGrouped(old.map((f) => ({ sid: f.sid, pca: f.pca, data: null })))
     for (const f of old) this.pool.releaseFragment(f.sid, f.pca)
   }

@@ -7,6 +7,11 @@
  * Errors cross the thread boundary as {code, message} and become VvfsErrors
  * again here. `InlineChunkMover` does the same work on the calling thread,
  * for in-process tests and as the fallback when no worker can start.
+ *
+ * Durability: a copy's writes are logged, not synced; once a copy has ended
+ * (or failed) the mover reports them to the destination's StorageSystem
+ * (wroteElsewhere), so its next sync covers them. The caller syncs the
+ * destination before any record points at the copy (MigrationRunner).
  */
 import { Worker } from 'node:worker_threads'
 import { existsSync } from 'node:fs'
@@ -26,7 +31,8 @@ export class InlineChunkMover implements ChunkMover {
   constructor(private readonly system: (sid: number) => StorageSystem) {}
 
   copy(req: CopyRequest): Promise<number> {
-    return copyChunks(this.system(req.fromSid).store, this.system(req.toSid).store, req.fromPcas, req.toPcas, req.style)
+    const to = this.system(req.toSid)
+    return copyChunks(this.system(req.fromSid).store, to.store, req.fromPcas, req.toPcas, req.style).finally(() => to.wroteElsewhere())
   }
 
   async forget(): Promise<void> {}
@@ -79,10 +85,11 @@ export class WorkerChunkMover implements ChunkMover {
       }
     }
     const id = this.nextId++
+    const to = this.system(req.toSid)
     return new Promise<number>((resolve, reject) => {
       this.pending.set(id, { resolve, reject })
       this.worker.postMessage({ type: 'copy', id, req })
-    })
+    }).finally(() => to.wroteElsewhere())
   }
 
   /**
