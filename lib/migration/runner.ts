@@ -535,12 +535,14 @@ export class MigrationRunner {
    * Copies and syncs the copy on its storage systems: a switch record may
    * point at it only once it is durable there (issue 11: a 32 MiB migration
    * and a host fsync left the destination's log unsynced, every extent zeros
-   * after a power cut). Unlogged copies made durable by one flush per group
-   * of extents would go through here too (the mover reports them unlogged).
+   * after a power cut). Copies are logged, so a log sync does it, without
+   * flushing the hosts' unlogged writes. Unlogged copies (issue 17) would
+   * need sync() instead — one per group of extents, before their switches
+   * (the mover reports their writes to it).
    */
   private async copyDurably(from: ExtentEntry, to: ExtentEntry): Promise<number> {
     const bytes = await this.copy(from, to)
-    await Promise.all([...systemsOf(to)].map((sid) => this.deps.pool.get(sid).sync()))
+    await Promise.all([...systemsOf(to)].map((sid) => this.deps.pool.get(sid).syncLogged()))
     return bytes
   }
 

@@ -584,7 +584,7 @@ export class ThinVolume implements ChunkLayer {
       await placement.system.write(chunks.map((c) => ({ pca: whole.slot * EXTENT_CHUNKS + c, data: buf.subarray(c * CHUNK_SIZE, (c + 1) * CHUNK_SIZE) })))
       // Durable before the record that points at it: the map store may make
       // that record durable by itself (a memtable flush) before any fsync.
-      await placement.system.sync()
+      await placement.system.syncLogged()
     } catch (err) {
       this.pool.releaseSlot(whole.sid, whole.slot)
       throw err

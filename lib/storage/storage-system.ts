@@ -309,6 +309,25 @@ export class StorageSystem {
   }
 
   /**
+   * Makes the logged writes completed before the call durable, leaving the
+   * memtable alone: what a migration's copy or a promotion (logged writes)
+   * needs before its switch. A sync write syncs the log that holds every
+   * write before it (and patches/: classic-level syncs the old log at a
+   * memtable switch). sync() instead flushed the memtable whenever hosts had
+   * written unlogged data there since the last sync — once per extent copied
+   * while a host wrote to the destination, which slowed the jobs of
+   * test/system/migration.test.ts until the host filled its file system.
+   */
+  async syncLogged(): Promise<void> {
+    this.checkOpen()
+    try {
+      await this.db.put(SYNC_KEY, Buffer.from(String(Date.now())), { sync: true })
+    } catch (err) {
+      throw new VvfsError('IO_ERROR', `storage system ${this.name}: sync failed: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
+  /**
    * Syncs when unlogged writes have waited UNLOGGED_MAX_AGE_MS: the bound on
    * what a crash can take of writes nobody fsynced (ext4 commits every 5 s).
    */
