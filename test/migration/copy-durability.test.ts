@@ -1,9 +1,11 @@
 /**
  * Power-loss order of copies: data a map record will point at is durable on
  * its storage system before the record is written — a migration's copy, a
- * rollback's copy-back, a promotion's slot. Checked by watching each store's
- * sync writes (the only thing that makes a logged copy survive a power cut)
- * against the copies into it, at the moment each record is written.
+ * rollback's copy-back, a promotion's slot — and data a switch moved away
+ * from is dropped only once the map store has synced the switch. Checked by
+ * watching each store's sync writes (the only thing that makes a logged
+ * write survive a power cut) against the copies into it at the moment each
+ * record is written, and the map store's against the switches at each drop.
  */
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { CHUNK_SIZE } from '../../lib/layout.js'
@@ -61,6 +63,37 @@ class SyncLedger {
   }
 }
 
+/** Switches written, and how many of them a finished map-store sync covers, when data is dropped. */
+interface DropLedger {
+  written: number
+  synced: number
+  drops: number
+  early: string[]
+}
+
+function watchDrops(maps: SyncingStore): DropLedger {
+  const ledger: DropLedger = { written: 0, synced: 0, drops: 0, early: [] }
+  const put = maps.put.bind(maps)
+  maps.put = async (k, v, o) => {
+    if (!o?.sync) return put(k, v, o)
+    const covers = ledger.written
+    await put(k, v, o)
+    ledger.synced = Math.max(ledger.synced, covers)
+  }
+  const switchExtent = ThinVolume.prototype.switchExtent
+  vi.spyOn(ThinVolume.prototype, 'switchExtent').mockImplementation(async function (this: ThinVolume, extent, expected, next, extra) {
+    await switchExtent.call(this, extent, expected, next, extra)
+    ledger.written++
+  })
+  const discardEntry = ThinVolume.prototype.discardEntry
+  vi.spyOn(ThinVolume.prototype, 'discardEntry').mockImplementation(function (this: ThinVolume, entry) {
+    ledger.drops++
+    if (ledger.written > ledger.synced) ledger.early.push(`a drop after ${ledger.written} switches, ${ledger.synced} synced`)
+    return discardEntry.call(this, entry)
+  })
+  return ledger
+}
+
 /** Watches every copy the migration runner makes and every switch it writes. */
 function watchMigrations(ledger: SyncLedger): void {
   const copy = InlineChunkMover.prototype.copy
@@ -78,14 +111,16 @@ function watchMigrations(ledger: SyncLedger): void {
   })
 }
 
-async function setup(): Promise<{ m: Manager; ledger: SyncLedger }> {
+async function setup(watchCopies = true): Promise<{ m: Manager; ledger: SyncLedger }> {
   const dir = tempDir('vvfs-copydur-')
   dirs.push(dir)
   m = await openManager(dir)
   await withSystems(m, [['s1', '64M'], ['s2', '64M'], ['src', '64M']])
   const ledger = new SyncLedger()
-  for (const s of m.pool.list()) ledger.watch(s)
-  watchMigrations(ledger)
+  if (watchCopies) {
+    for (const s of m.pool.list()) ledger.watch(s)
+    watchMigrations(ledger)
+  }
   return { m, ledger }
 }
 
@@ -137,6 +172,20 @@ describe('copies are durable before the records that point at them', () => {
     const all = Buffer.alloc(model.size)
     await v.read(0, model.size, all)
     expect(all.equals(model.data)).toBe(true)
+  })
+
+  it('a rollback drops the copies it switched away from only once the map store has synced the switches', async () => {
+    const { m } = await setup(false)
+    await fill(m, 'v', 6 * MiB)
+    await m.jobs.settled((await m.migrate({ volume: 'v', to: 'src' })).id)
+    const job = await m.migrate({ volume: 'v', to: 's1', keep: 60_000 })
+    for (let i = 0; i < 200 && m.jobs.show(job.id).status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50))
+    expect(m.jobs.show(job.id).status).toBe('ready')
+    const ledger = watchDrops((m as unknown as { maps: { db: SyncingStore } }).maps.db)
+    m.jobs.rollback(job.id)
+    expect((await m.jobs.settled(job.id)).result).toBe('rolled-back')
+    expect(ledger.drops).toBeGreaterThan(4)
+    expect(ledger.early).toEqual([])
   })
 
   it('a promotion’s slot is synced before the record that switches the extent to it', async () => {
