@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import { mkdir, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import type { EventType, HostInfo, PoolStatus, StorageInfo, VolumeDetail, VolumeInfo, VvfsEvent } from '../control/schema.js'
+import type { EventType, FaultInfo, HostInfo, PoolStatus, StorageInfo, VolumeDetail, VolumeInfo, VvfsEvent } from '../control/schema.js'
 import { VvfsError } from '../errors.js'
 import { HostMount, type HostView, type MountTimeouts } from '../fuse/host-mount.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
@@ -38,6 +38,7 @@ import { readCache } from '../fuse/read-cache.js'
 import type { CopyMode } from '../migration/job.js'
 import type { ConsolidationPolicy } from '../migration/planner.js'
 import { WorkerChunkMover, type ChunkMover } from '../storage/chunk-mover.js'
+import { FaultInjector, type FaultSpec } from '../storage/fault-injector.js'
 
 export const DEFAULT_HOST = 'local'
 
@@ -51,6 +52,8 @@ export interface ManagerOptions {
   timeouts?: MountTimeouts
   /** How long open volume files get to close at shutdown before they are cut off. */
   graceMs?: number
+  /** Accept `fault.*` requests (I/O-error injection, for tests). */
+  allowFaults?: boolean
 }
 
 export class Manager implements HostView {
@@ -67,6 +70,8 @@ export class Manager implements HostView {
   private hostOps = 0
   /** Makes unlogged writes durable within UNLOGGED_MAX_AGE_MS even when no host fsyncs. */
   private readonly writeBack: NodeJS.Timeout
+  /** Injected storage faults; null unless started with allowFaults. */
+  private readonly faults: FaultInjector | null
 
   private constructor(
     readonly stateDir: string,
@@ -87,6 +92,12 @@ export class Manager implements HostView {
       }
     }, 1000)
     this.writeBack.unref()
+    this.faults = opts.allowFaults
+      ? new FaultInjector((f) => {
+          this.log.warn({ event: 'fault.injected', ...f, code: f.error === 'ENOSPC' ? 'STORAGE_FULL' : f.error === 'EIO' ? 'IO_ERROR' : undefined }, `injected ${f.error} into a ${f.op} of storage system ${f.storage}`)
+          this.emit('fault.injected', { ...f })
+        })
+      : null
     this.mover = WorkerChunkMover.create((sid) => pool.get(sid))
     this.jobs = new JobManager({
       catalog,
@@ -234,6 +245,8 @@ export class Manager implements HostView {
     if (this.closing) return
     this.closing = true
     clearInterval(this.writeBack)
+    // Injected faults end here: what is stopping gets flushed for real.
+    this.faults?.clear()
     this.spaceWatch.close()
     await this.jobs.close()
     await Promise.all([...this.mounts.values()].map((mount) => mount.unmount(this.opts.graceMs ?? 5000)))
@@ -327,6 +340,7 @@ export class Manager implements HostView {
         })
       }
       this.pool.delete(rec.sid)
+      this.faults?.forget(rec.sid)
       await this.mover.forget(rec.sid)
       await system.close()
       data.storage = data.storage.filter((s) => s !== rec)
@@ -662,6 +676,29 @@ export class Manager implements HostView {
       this.log.info({ event: 'policy.settings', ...c }, 'consolidation policy changed')
       return { ...c }
     })
+  }
+
+  // ---- injected faults (--allow-faults)
+
+  addFault(p: FaultSpec & { storage: string }): FaultInfo {
+    const rule = this.faultInjector().add(this.pool.get(this.storageRecord(p.storage).sid), p)
+    this.log.warn({ event: 'fault.added', ...rule }, `fault ${rule.id} added to storage system ${rule.storage}`)
+    return rule
+  }
+
+  listFaults(): FaultInfo[] {
+    return this.faultInjector().list()
+  }
+
+  clearFaults(id?: number): number[] {
+    const cleared = this.faultInjector().clear(id)
+    this.log.warn({ event: 'fault.cleared', cleared }, `faults cleared: ${cleared.join(', ') || 'none'}`)
+    return cleared
+  }
+
+  private faultInjector(): FaultInjector {
+    if (!this.faults) throw new VvfsError('FAULTS_DISABLED', 'fault injection is off: start the daemon with --allow-faults')
+    return this.faults
   }
 
   relayChanges(since: number, limit: number) {

@@ -13,11 +13,15 @@
  * Concurrency: LevelDB orders writes; callers keep writers of one chunk
  * apart (the volume layer's locks). The store is opened with
  * `multithreading: true` so migration workers can open the same location.
+ *
+ * Injected faults (lib/storage/fault-injector.ts, `vvfs fault`): each
+ * operation first passes `faults`, the system's gate, when it has one.
  */
 import { ClassicLevel } from 'classic-level'
 import { mkdir } from 'node:fs/promises'
 import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS } from '../layout.js'
+import type { FaultGate } from './fault-injector.js'
 import { FreeSpaceTable } from './free-space.js'
 
 const DATA = 0x64 // 'd'
@@ -111,6 +115,8 @@ export class StorageSystem {
   /** Reserve systems (for staged transfers) and draining ones take no new allocations unless asked by name. */
   reserve = false
   draining = false
+  /** Injected faults (`--allow-faults`); null: none, and no check. */
+  faults: FaultGate | null = null
   private dirty = false
   /** Unlogged writes were made since the last sync (until it, they live only in a memtable). */
   private unlogged = false
@@ -184,6 +190,7 @@ export class StorageSystem {
    * (1474 vs 1411 MB/s): `node dist/bench/leveldb-options.js`.
    */
   async readRun(firstPca: number, count: number, into: Buffer, offset = 0): Promise<void> {
+    if (this.faults) await this.faults.check('read')
     if (count === 1) {
       // One chunk: a synchronous lookup (microseconds from the block or page
       // cache) saves the two thread hand-offs of an asynchronous one, which
@@ -205,6 +212,7 @@ export class StorageSystem {
 
   /** Reads scattered chunks; a missing one is returned as undefined. */
   async readMany(pcas: number[]): Promise<(Buffer | undefined)[]> {
+    if (this.faults) await this.faults.check('read')
     return this.db.getMany(pcas.map(dataKey))
   }
 
@@ -223,6 +231,7 @@ export class StorageSystem {
   async write(chunks: ChunkWrite[], opts: { sync?: boolean; unlogged?: boolean } = {}): Promise<void> {
     if (chunks.length === 0) return
     this.checkOpen()
+    if (this.faults) await this.faults.check('write')
     this.dirty = true
     const sync = opts.sync === true
     const unlogged = opts.unlogged === true && !sync && chunks.length >= BULK_CHUNKS
@@ -239,12 +248,14 @@ export class StorageSystem {
 
   /** Whether any chunk of [firstPca, firstPca + count) is stored. */
   async hasData(firstPca: number, count: number): Promise<boolean> {
+    if (this.faults) await this.faults.check('read')
     const keys = await this.db.keys({ gte: dataKey(firstPca), lt: dataKey(firstPca + count), limit: 1 }).all()
     return keys.length > 0
   }
 
   /** Addresses of the stored chunks in [firstPca, firstPca + count). */
   async storedChunks(firstPca: number, count: number): Promise<number[]> {
+    if (this.faults) await this.faults.check('read')
     const keys = await this.db.keys({ gte: dataKey(firstPca), lt: dataKey(firstPca + count) }).all()
     return keys.map(pcaOfKey)
   }
@@ -252,6 +263,7 @@ export class StorageSystem {
   /** Drops every chunk of [firstPca, firstPca + count). */
   async clearRange(firstPca: number, count: number): Promise<void> {
     this.checkOpen()
+    if (this.faults) await this.faults.check('write')
     this.dirty = true
     await this.db.clear({ gte: dataKey(firstPca), lt: dataKey(firstPca + count) })
   }
@@ -271,6 +283,7 @@ export class StorageSystem {
     // Nothing new since the last sync: it may still be running, and an fsync
     // must not be answered before the one that covers its writes has ended.
     if (!this.dirty) return this.syncing ?? undefined
+    if (this.faults) await this.faults.check('sync')
     this.dirty = false
     const flush = this.unlogged
     this.unlogged = false
