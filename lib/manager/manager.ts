@@ -14,7 +14,7 @@ import { EventEmitter } from 'node:events'
 import { mkdir, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { EventType, FaultInfo, HostInfo, PoolStatus, StorageInfo, VolumeDetail, VolumeInfo, VvfsEvent } from '../control/schema.js'
-import { VvfsError } from '../errors.js'
+import { asVvfsError, VvfsError } from '../errors.js'
 import { HostMount, type HostView, type MountTimeouts } from '../fuse/host-mount.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
 import type { Logger } from '../log.js'
@@ -252,7 +252,10 @@ export class Manager implements HostView {
     await Promise.all([...this.mounts.values()].map((mount) => mount.unmount(this.opts.graceMs ?? 5000)))
     this.mounts.clear()
     for (const handle of this.handles.values()) {
-      await handle.volume.drain().catch((err: unknown) => this.log.error({ event: 'volume.write_failed', volume: handle.name, err: (err as Error).message }, 'a write acknowledged before shutdown failed'))
+      await handle.volume.drain().catch((err: unknown) => {
+        const e = asVvfsError(err)
+        this.log.error({ event: 'volume.write_failed', volume: handle.name, code: e.code, err: e.message }, 'a write acknowledged before shutdown failed')
+      })
       await handle.thin.settle()
       handle.thin.close()
     }
