@@ -728,6 +728,10 @@ export class Manager implements HostView {
       if (rule.only !== undefined || rule.exclude) return rule
       return rec.home !== undefined && this.pool.has(rec.home) ? { prefer: rec.home } : {}
     }
+    thin.onFailure = (f) => {
+      const e = asVvfsError(f.err)
+      this.log.error({ event: `volume.${f.what}_failed`, volume: rec.name, extent: f.extent, code: e.code, err: e.message }, `volume ${rec.name}: ${f.what} failed at extent ${f.extent}`)
+    }
     const layer = new MigrateLayer(thin, rec.no)
     const ahead: ReadAhead = new ReadAhead(layer, locks, (): number => Math.ceil(volume.size / CHUNK_SIZE), readCache.mirror(rec.no))
     const volume: Volume = new Volume(ahead, rec.size, locks)
