@@ -151,6 +151,8 @@ export class ThinVolume implements ChunkLayer {
   /** Whole extents whose first record is still being written. */
   private readonly recording = new Map<number, Promise<void>>()
   private readonly maintenance = new Map<number, Promise<void>>()
+  /** Storage systems written (data, deletions, clears) since the last flush. */
+  private readonly written = new Set<StorageSystem>()
   private allocated = 0
   private closed = false
 
@@ -279,7 +281,7 @@ export class ThinVolume implements ChunkLayer {
     let stored: Promise<void>[] = []
     try {
       if (plan.ready.length) await Promise.all(plan.ready)
-      stored = [...plan.writes].map(([system, chunks]) => system.write(chunks, { unlogged: plan.inPlace }))
+      stored = [...plan.writes].map(([system, chunks]) => this.on(system).write(chunks, { unlogged: plan.inPlace }))
       await Promise.all(stored)
       for (const extent of plan.fragmentsAdded) plan.durable.push(this.persist(extent).then(() => void plan.recorded.add(extent)))
       if (plan.fragmentsDropped.length) plan.durable.push(this.dropFragments(plan.fragmentsDropped))
@@ -306,7 +308,7 @@ export class ThinVolume implements ChunkLayer {
         else {
           const system = this.pool.get(entry.sid)
           const base = entry.slot * EXTENT_CHUNKS
-          work.push(this.afterReady(extent).then(() => system.clearRange(base + inExtent, n)).then(() => this.schedule(extent)))
+          work.push(this.afterReady(extent).then(() => this.on(system).clearRange(base + inExtent, n)).then(() => this.schedule(extent)))
         }
       } else {
         for (let c = inExtent; c < inExtent + n; c++) {
@@ -330,9 +332,20 @@ export class ThinVolume implements ChunkLayer {
     }
   }
 
+  /**
+   * Data first, then the records that point at it (power-loss order). Only
+   * the storage systems this volume wrote to since its last flush: a slow or
+   * failing system holds up the fsyncs of its own volumes, not every one.
+   */
   async flush(): Promise<void> {
-    // Data first, then the records that point at it (power-loss order).
-    await this.pool.syncAll()
+    const systems = [...this.written]
+    this.written.clear()
+    try {
+      await Promise.all(systems.map((s) => s.sync()))
+    } catch (err) {
+      for (const s of systems) this.written.add(s)
+      throw err
+    }
     await this.maps.sync()
   }
 
@@ -392,7 +405,7 @@ export class ThinVolume implements ChunkLayer {
   /** Drops the data of an entry no map references any more, then frees its space. */
   async discardEntry(entry: ExtentEntry): Promise<void> {
     if (entry.kind === 'whole') {
-      await this.pool.get(entry.sid).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
+      await this.on(this.pool.get(entry.sid)).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
       this.pool.releaseSlot(entry.sid, entry.slot)
     } else {
       await this.writeGrouped([...entry.frags.values()].map((f) => ({ sid: f.sid, pca: f.pca, data: null })))
@@ -570,7 +583,7 @@ export class ThinVolume implements ChunkLayer {
    */
   private prepareWhole(plan: WritePlan, w: NewWhole): void {
     const extent = w.extent
-    const clearing = w.system.clearSlot(w.entry.slot)
+    const clearing = this.on(w.system).clearSlot(w.entry.slot)
     const recording = clearing.then(() => this.persist(extent))
     this.clearing.set(extent, clearing)
     this.recording.set(extent, recording)
@@ -701,7 +714,7 @@ export class ThinVolume implements ChunkLayer {
     if (!placement) return
     const whole: WholeExtent = { kind: 'whole', sid: placement.system.sid, slot: placement.address }
     try {
-      await placement.system.clearSlot(whole.slot)
+      await this.on(placement.system).clearSlot(whole.slot)
       const buf = Buffer.allocUnsafe(EXTENT_SIZE)
       const chunks = [...entry.frags.keys()]
       await this.readFragments(entry, 0, EXTENT_CHUNKS, buf, 0)
@@ -733,7 +746,7 @@ export class ThinVolume implements ChunkLayer {
   /** Drops a whole extent's data (if asked), its record, then its slot. */
   private async releaseWhole(extent: number, entry: WholeExtent, clear: boolean): Promise<void> {
     await this.afterReady(extent)
-    if (clear) await this.pool.get(entry.sid).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
+    if (clear) await this.on(this.pool.get(entry.sid)).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
     if (this.extents.get(extent) !== entry) return
     this.extents.delete(extent)
     this.allocated -= EXTENT_SIZE
@@ -751,6 +764,12 @@ export class ThinVolume implements ChunkLayer {
   }
 
   // ---- helpers
+
+  /** `system`, noted as written: the next flush syncs it. */
+  private on(system: StorageSystem): StorageSystem {
+    this.written.add(system)
+    return system
+  }
 
   private persist(extent: number): Promise<void> {
     return this.maps.put(extentKey(this.volNo, extent), () => this.recordOf(extent))
@@ -774,7 +793,7 @@ export class ThinVolume implements ChunkLayer {
       if (!list) bySystem.set(c.sid, (list = []))
       list.push({ pca: c.pca, data: c.data })
     }
-    await Promise.all([...bySystem].map(([sid, list]) => this.pool.get(sid).write(list)))
+    await Promise.all([...bySystem].map(([sid, list]) => this.on(this.pool.get(sid)).write(list)))
   }
 
   private poolFull(): VvfsError {
