@@ -122,6 +122,8 @@ interface NewWhole {
   extent: number
   system: StorageSystem
   entry: WholeExtent
+  /** Its clear and then its record (set once started, by prepareWhole). */
+  prepared?: { clearing: Promise<void>; recording: Promise<void> }
   recorded: boolean
 }
 
@@ -587,6 +589,7 @@ export class ThinVolume implements ChunkLayer {
     const recording = clearing.then(() => this.persist(extent))
     this.clearing.set(extent, clearing)
     this.recording.set(extent, recording)
+    w.prepared = { clearing, recording }
     // A failed clear or record stays in place, failing every write and read
     // that joins the slot, until this write's rollBack takes the slot back.
     recording.then(
@@ -621,9 +624,7 @@ export class ThinVolume implements ChunkLayer {
     }
     for (const w of plan.newWhole) {
       if (w.recorded) continue
-      const clearing = this.clearing.get(w.extent)
-      const recording = this.recording.get(w.extent)
-      if (clearing && recording) this.forgetPreparation(w.extent, clearing, recording)
+      if (w.prepared) this.forgetPreparation(w.extent, w.prepared.clearing, w.prepared.recording)
       if (this.extents.get(w.extent) !== w.entry) continue
       this.extents.delete(w.extent)
       this.allocated -= EXTENT_SIZE
@@ -685,12 +686,18 @@ export class ThinVolume implements ChunkLayer {
 
   private schedule(extent: number): void {
     if (this.maintenance.has(extent) || this.closed) return
+    let what: ThinFailure['what'] = 'release'
     const run = Promise.resolve()
-      .then(() => this.locks.with(extent * EXTENT_CHUNKS, (extent + 1) * EXTENT_CHUNKS, 'exclusive', () => this.maintain(extent)))
+      .then(() =>
+        this.locks.with(extent * EXTENT_CHUNKS, (extent + 1) * EXTENT_CHUNKS, 'exclusive', () => {
+          if (this.extents.get(extent)?.kind === 'fragments') what = 'promote'
+          return this.maintain(extent)
+        }),
+      )
       .catch((err: unknown) => {
         // Maintenance only reclaims space; a failure leaves a consistent map
         // and the next write to the extent schedules it again.
-        this.onFailure({ what: this.extents.get(extent)?.kind === 'fragments' ? 'promote' : 'release', extent, err })
+        this.onFailure({ what, extent, err })
       })
       .finally(() => this.maintenance.delete(extent))
     this.maintenance.set(extent, run)
