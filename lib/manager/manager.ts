@@ -88,7 +88,10 @@ export class Manager implements HostView {
     pool.onChange = () => this.spaceWatch.changed()
     this.writeBack = setInterval(() => {
       for (const system of pool.list()) {
-        system.syncIfStale().catch((err: unknown) => this.log.error({ event: 'storage.sync_failed', storage: system.name, err: (err as Error).message }, 'background sync failed'))
+        system.syncIfStale().catch((err: unknown) => {
+          const e = asVvfsError(err)
+          this.log.error({ event: 'storage.sync_failed', storage: system.name, code: e.code, err: e.message }, 'background sync failed')
+        })
       }
     }, 1000)
     this.writeBack.unref()
