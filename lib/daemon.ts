@@ -19,6 +19,8 @@ export interface DaemonOptions {
   /** Set up the demo pool and volume when the state directory is new (`make run`). */
   demo?: boolean
   timeouts?: MountTimeouts
+  /** Accept `vvfs fault …` (I/O-error injection, for tests). */
+  allowFaults?: boolean
 }
 
 export interface RunningDaemon {
@@ -31,8 +33,8 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const log = createLogger(opts.logLevel)
   const state = resolve(opts.state)
   const socketPath = resolve(opts.socket ?? join(state, 'control.sock'))
-  log.info({ event: 'daemon.starting', version: VERSION, state, mount: resolve(opts.mount), socket: socketPath }, 'vvfs daemon starting')
-  const manager = await Manager.open({ stateDir: state, mountDir: opts.mount, log, timeouts: opts.timeouts })
+  log.info({ event: 'daemon.starting', version: VERSION, state, mount: resolve(opts.mount), socket: socketPath, allowFaults: opts.allowFaults === true }, 'vvfs daemon starting')
+  const manager = await Manager.open({ stateDir: state, mountDir: opts.mount, log, timeouts: opts.timeouts, allowFaults: opts.allowFaults })
   let server: ControlServer
   try {
     if (opts.demo && manager.isNew) await manager.bootstrapDemo()

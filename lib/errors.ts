@@ -25,6 +25,7 @@ export const ERROR_CODES = [
   'STORAGE_IN_USE',
   'STORAGE_PATH_IN_USE',
   'POOL_FULL',
+  'STORAGE_FULL',
   'STATE_LOCKED',
   'STATE_CORRUPT',
   'MOUNT_FAILED',
@@ -41,6 +42,8 @@ export const ERROR_CODES = [
   'FS_CORRUPT',
   'TIMEOUT',
   'CONNECTION_FAILED',
+  'FAULTS_DISABLED',
+  'FAULT_NOT_FOUND',
   'INTERNAL',
 ] as const
 

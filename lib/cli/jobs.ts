@@ -63,7 +63,8 @@ export async function waitForJob(client: ControlClient, id: number, json: boolea
       last = j
       bar?.setTotal(Math.max(1, j.progress.total))
       render(j)
-      if (j.status === 'concluded' || j.status === 'ready') resolve(j)
+      // A job paused on a storage error waits for `job resume`: stop following it.
+      if (j.status === 'concluded' || j.status === 'ready' || (j.status === 'paused' && j.error)) resolve(j)
     }
     client.onEvent((e) => {
       if (e.type === 'job.status' && (e.job as JobInfo).id === id) check(e.job as JobInfo)
@@ -76,6 +77,9 @@ export async function waitForJob(client: ControlClient, id: number, json: boolea
   })
   clearInterval(poll)
   bar?.stop()
+  if (done.status === 'paused' && done.error) {
+    throw new VvfsError('JOB_STATE', `job ${id} paused on ${done.error.code}: ${done.error.message} (vvfs job resume ${id} retries, vvfs job cancel ${id} gives the volume back)`)
+  }
   if (done.status === 'concluded' && done.result !== 'completed' && done.result !== 'rolled-back') {
     throw new VvfsError('JOB_STATE', `job ${id} ${done.result}${done.error ? `: ${done.error.code}: ${done.error.message}` : ''}`)
   }

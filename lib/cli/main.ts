@@ -13,6 +13,7 @@ import { LOG_LEVELS, type LogLevel } from '../log.js'
 import { formatSize, parseDuration } from '../units.js'
 import { fields, table } from './output.js'
 import { copyOptions, migrationCommands, startedJob } from './jobs.js'
+import { faultCommands } from './faults.js'
 
 interface Common {
   socket: string
@@ -106,11 +107,12 @@ export function buildCli(args: string[]) {
           .option('state', { type: 'string', default: './.vvfs', describe: 'state directory' })
           .option('mount', { type: 'string', default: './mnt', describe: 'mount directory of the default host "local"' })
           .option('log-level', { choices: LOG_LEVELS, default: 'info' as LogLevel })
-          .option('demo', { type: 'boolean', default: false, describe: 'on a new state: three 4 GiB storage systems and a 1 GiB volume "demo"' }),
+          .option('demo', { type: 'boolean', default: false, describe: 'on a new state: three 4 GiB storage systems and a 1 GiB volume "demo"' })
+          .option('allow-faults', { type: 'boolean', default: false, describe: 'accept `vvfs fault …` (I/O-error injection, for tests)' }),
       async (argv) => {
         const { runDaemon } = await import('../daemon.js')
         const socket = argv.socket === DEFAULT_SOCKET && !process.env.VVFS_SOCKET ? undefined : argv.socket
-        process.exitCode = await runDaemon({ state: argv.state, mount: argv.mount, socket, logLevel: argv['log-level'] as LogLevel, demo: argv.demo })
+        process.exitCode = await runDaemon({ state: argv.state, mount: argv.mount, socket, logLevel: argv['log-level'] as LogLevel, demo: argv.demo, allowFaults: argv['allow-faults'] })
       },
     )
     .command('status', 'daemon status', (y) => y, async (argv) => {
@@ -335,10 +337,11 @@ export function buildCli(args: string[]) {
       process.exit(2)
     })
   migrationCommands(cli, withClient, print)
+  faultCommands(cli, withClient, print)
   return cli
 }
 
-const COMMANDS = new Set(['daemon', 'status', 'storage', 'host', 'volume', 'pool', 'events', 'protocol', 'migrate', 'job'])
+const COMMANDS = new Set(['daemon', 'status', 'storage', 'host', 'volume', 'pool', 'events', 'protocol', 'migrate', 'job', 'fault'])
 
 export async function main(args = hideBin(process.argv)): Promise<void> {
   const json = args.includes('--json')

@@ -11,6 +11,7 @@
  */
 import { z } from 'zod'
 import type { ErrorCode } from '../errors.js'
+import { FAULT_EFFECTS, FAULT_OPS } from '../storage/fault-injector.js'
 import { MAX_SIZE, checkName, parseDuration, parseOffset, parseSize } from '../units.js'
 
 // ---- shared pieces
@@ -134,6 +135,22 @@ export const JobInfo = z.object({
   auto: z.boolean(),
 })
 
+export const FaultInfo = z.object({
+  id: z.number(),
+  storage: z.string(),
+  op: z.enum(FAULT_OPS),
+  error: z.enum(FAULT_EFFECTS),
+  delayMs: z.number(),
+  probability: z.number(),
+  after: z.number(),
+  count: z.number().nullable(),
+  seed: z.number(),
+  seen: z.number().describe('matching operations so far (the first `after` pass)'),
+  injected: z.number(),
+  active: z.boolean().describe('false once `count` injections are spent'),
+  createdAt: z.string(),
+})
+
 export const Policy = z.object({ enabled: z.boolean(), fragmentation: z.number(), minRun: Bytes, intervalMs: z.number() })
 
 const Duration = parsed(NumberOrString, (v) => parseDuration(v), 'INVALID_ARGUMENT')
@@ -155,6 +172,7 @@ export const EventType = z.enum([
   'pool.settings',
   'job.status',
   'job.progress',
+  'fault.injected',
 ])
 export type EventType = z.infer<typeof EventType>
 
@@ -370,6 +388,28 @@ export const METHODS = {
     }),
     errors: ['INVALID_ARGUMENT'],
   }),
+  'fault.add': method({
+    summary: 'Injects I/O errors (EIO, ENOSPC) or delays into a storage system\'s reads, writes or syncs (daemon started with --allow-faults).',
+    params: z.strictObject({
+      storage: Name,
+      op: z.enum(FAULT_OPS),
+      error: z.enum(FAULT_EFFECTS),
+      delay: Duration.optional(),
+      probability: z.number().min(0).max(1).optional(),
+      after: z.number().int().min(0).optional(),
+      count: z.number().int().min(1).optional(),
+      seed: z.number().int().min(0).max(0xffffffff).optional(),
+    }),
+    result: FaultInfo,
+    errors: [...NAME_ERRORS, 'FAULTS_DISABLED', 'STORAGE_NOT_FOUND', 'INVALID_ARGUMENT'],
+  }),
+  'fault.list': method({ summary: 'Lists injected-fault rules and how often each has fired.', params: Empty, result: z.object({ faults: z.array(FaultInfo) }), errors: ['FAULTS_DISABLED'] }),
+  'fault.clear': method({
+    summary: 'Removes one fault rule, or all of them.',
+    params: z.strictObject({ id: z.number().int().min(1).optional() }),
+    result: z.object({ cleared: z.array(z.number()) }),
+    errors: ['FAULTS_DISABLED', 'FAULT_NOT_FOUND'],
+  }),
   'events.subscribe': method({
     summary: 'Sends events to this connection as `event` notifications (all types if none given).',
     params: z.strictObject({ types: z.array(EventType).optional() }),
@@ -421,3 +461,4 @@ export type VolumeInfo = z.infer<typeof VolumeInfo>
 export type VolumeDetail = z.infer<typeof VolumeDetail>
 export type PoolStatus = z.infer<typeof PoolStatus>
 export type JobInfo = z.infer<typeof JobInfo>
+export type FaultInfo = z.infer<typeof FaultInfo>

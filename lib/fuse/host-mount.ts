@@ -16,9 +16,10 @@ import Fuse, { type Ops, type Stat } from 'fuse-native'
 import { constants } from 'node:fs'
 import { readdir, stat, writeFile } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
-import { VvfsError } from '../errors.js'
+import { asVvfsError, VvfsError } from '../errors.js'
 import { CHUNK_SIZE } from '../layout.js'
 import type { Logger } from '../log.js'
+import type { ErrorCursor } from '../relay/volume.js'
 import { ERRNO, errnoOf } from './errno.js'
 import { readCache, type CachedVolume } from './read-cache.js'
 
@@ -37,9 +38,12 @@ export interface ServedVolume extends CachedVolume {
   write(offset: number, data: Buffer): Promise<number>
   discard(offset: number, length: number): Promise<void>
   resize(size: number): Promise<void>
-  flush(): Promise<void>
-  /** Waits for acknowledged writes to be stored; rejects with one that failed. */
-  drain(): Promise<void>
+  /** A new open file's view of failed write-backs (it learns of those after this). */
+  errorCursor(): ErrorCursor
+  /** Stores and makes durable; rejects with a failed write-back this file has not been told of. */
+  flush(errors?: ErrorCursor): Promise<void>
+  /** Waits for acknowledged writes to be stored; rejects with a failed one this file has not been told of. */
+  drain(errors?: ErrorCursor): Promise<void>
 }
 
 /** What a host mount needs of the manager. */
@@ -60,9 +64,12 @@ export interface MountTimeouts {
   other: number
 }
 
+/** One open file description (a FUSE file handle). */
 interface Handle {
   volume: ServedVolume
   writable: boolean
+  /** Failed write-backs this description has been told of (each learns of each once). */
+  errors: ErrorCursor
 }
 
 /** Open-file numbers, unique in the process: the read cache knows files by them across mounts. */
@@ -247,7 +254,7 @@ export class HostMount {
           return cb(this.fail('open', err))
         }
         const fd = nextHandle++
-        this.handles.set(fd, { volume, writable })
+        this.handles.set(fd, { volume, writable, errors: volume.errorCursor() })
         readCache.bind(fd, volume)
         cb(0, fd)
       },
@@ -280,15 +287,16 @@ export class HostMount {
       fsync: (_path, _datasync, fd, cb) => {
         const handle = handleOf(fd)
         if (!handle) return cb(-ERRNO.EBADF)
-        done('fsync', cb, handle.volume.flush())
+        done('fsync', cb, handle.volume.flush(handle.errors))
       },
       // The close of a file opened for writing makes its writes durable
-      // (as NFS does at close) and reports a write answered earlier that
-      // then failed; write-behind and unlogged writes make that worth it.
+      // (as NFS does at close); every close reports a write answered earlier
+      // that then failed while this file was open, if this file has not
+      // been told yet. Write-behind and unlogged writes make that worth it.
       flush: (_path, fd, cb) => {
         const handle = handleOf(fd)
         if (!handle) return cb(0)
-        done('flush', cb, handle.writable ? handle.volume.flush() : handle.volume.drain())
+        done('flush', cb, handle.writable ? handle.volume.flush(handle.errors) : handle.volume.drain(handle.errors))
       },
       fallocate: (_path, fd, mode, offset, length, cb) => {
         const handle = handleOf(fd)
@@ -337,7 +345,11 @@ export class HostMount {
 
   private fail(op: string, err: unknown): number {
     const errno = errnoOf(err)
-    if (errno === -ERRNO.EIO) this.log.error({ event: 'fuse.error', host: this.host, op, err: (err as Error).message }, 'I/O error')
+    const e = asVvfsError(err)
+    // A storage failure (not a full pool, which is the writer's to handle) is logged with its code.
+    if (errno === -ERRNO.EIO || e.code === 'STORAGE_FULL') {
+      this.log.error({ event: 'fuse.error', host: this.host, op, code: e.code, errno: -errno, err: e.message }, e.code === 'STORAGE_FULL' ? 'storage full' : 'I/O error')
+    }
     return errno
   }
 }

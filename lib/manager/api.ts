@@ -42,6 +42,9 @@ export function managerHandlers(manager: Manager, socketPath: string): Handlers 
     'job.resume': async (p) => manager.jobs.resume(p.id),
     'job.cancel': async (p) => manager.jobs.cancel(p.id),
     'relay.changes': (p) => manager.relayChanges(p.since, p.limit),
+    'fault.add': async (p) => manager.addFault({ storage: p.storage, op: p.op, error: p.error, delayMs: p.delay, probability: p.probability, after: p.after, count: p.count, seed: p.seed }),
+    'fault.list': async () => ({ faults: manager.listFaults() }),
+    'fault.clear': async (p) => ({ cleared: manager.clearFaults(p.id) }),
     'events.subscribe': async (p, ctx) => {
       const types = p.types?.length ? p.types : EventType.options
       ctx.subscribe(types)

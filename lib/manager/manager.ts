@@ -13,8 +13,8 @@ import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import { mkdir, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import type { EventType, HostInfo, PoolStatus, StorageInfo, VolumeDetail, VolumeInfo, VvfsEvent } from '../control/schema.js'
-import { VvfsError } from '../errors.js'
+import type { EventType, FaultInfo, HostInfo, PoolStatus, StorageInfo, VolumeDetail, VolumeInfo, VvfsEvent } from '../control/schema.js'
+import { asVvfsError, VvfsError } from '../errors.js'
 import { HostMount, type HostView, type MountTimeouts } from '../fuse/host-mount.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
 import type { Logger } from '../log.js'
@@ -38,6 +38,7 @@ import { readCache } from '../fuse/read-cache.js'
 import type { CopyMode } from '../migration/job.js'
 import type { ConsolidationPolicy } from '../migration/planner.js'
 import { WorkerChunkMover, type ChunkMover } from '../storage/chunk-mover.js'
+import { FaultInjector, type FaultSpec } from '../storage/fault-injector.js'
 
 export const DEFAULT_HOST = 'local'
 
@@ -51,6 +52,8 @@ export interface ManagerOptions {
   timeouts?: MountTimeouts
   /** How long open volume files get to close at shutdown before they are cut off. */
   graceMs?: number
+  /** Accept `fault.*` requests (I/O-error injection, for tests). */
+  allowFaults?: boolean
 }
 
 export class Manager implements HostView {
@@ -67,6 +70,8 @@ export class Manager implements HostView {
   private hostOps = 0
   /** Makes unlogged writes durable within UNLOGGED_MAX_AGE_MS even when no host fsyncs. */
   private readonly writeBack: NodeJS.Timeout
+  /** Injected storage faults; null unless started with allowFaults. */
+  private readonly faults: FaultInjector | null
 
   private constructor(
     readonly stateDir: string,
@@ -83,10 +88,19 @@ export class Manager implements HostView {
     pool.onChange = () => this.spaceWatch.changed()
     this.writeBack = setInterval(() => {
       for (const system of pool.list()) {
-        system.syncIfStale().catch((err: unknown) => this.log.error({ event: 'storage.sync_failed', storage: system.name, err: (err as Error).message }, 'background sync failed'))
+        system.syncIfStale().catch((err: unknown) => {
+          const e = asVvfsError(err)
+          this.log.error({ event: 'storage.sync_failed', storage: system.name, code: e.code, err: e.message }, 'background sync failed')
+        })
       }
     }, 1000)
     this.writeBack.unref()
+    this.faults = opts.allowFaults
+      ? new FaultInjector((f) => {
+          this.log.warn({ event: 'fault.injected', ...f, code: f.error === 'ENOSPC' ? 'STORAGE_FULL' : f.error === 'EIO' ? 'IO_ERROR' : undefined }, `injected ${f.error} into a ${f.op} of storage system ${f.storage}`)
+          this.emit('fault.injected', { ...f })
+        })
+      : null
     this.mover = WorkerChunkMover.create((sid) => pool.get(sid))
     this.jobs = new JobManager({
       catalog,
@@ -234,12 +248,17 @@ export class Manager implements HostView {
     if (this.closing) return
     this.closing = true
     clearInterval(this.writeBack)
+    // Injected faults end here: what is stopping gets flushed for real.
+    this.faults?.clear()
     this.spaceWatch.close()
     await this.jobs.close()
     await Promise.all([...this.mounts.values()].map((mount) => mount.unmount(this.opts.graceMs ?? 5000)))
     this.mounts.clear()
     for (const handle of this.handles.values()) {
-      await handle.volume.drain().catch((err: unknown) => this.log.error({ event: 'volume.write_failed', volume: handle.name, err: (err as Error).message }, 'a write acknowledged before shutdown failed'))
+      await handle.volume.drain().catch((err: unknown) => {
+        const e = asVvfsError(err)
+        this.log.error({ event: 'volume.write_failed', volume: handle.name, code: e.code, err: e.message }, 'a write acknowledged before shutdown failed')
+      })
       await handle.thin.settle()
       handle.thin.close()
     }
@@ -327,6 +346,7 @@ export class Manager implements HostView {
         })
       }
       this.pool.delete(rec.sid)
+      this.faults?.forget(rec.sid)
       await this.mover.forget(rec.sid)
       await system.close()
       data.storage = data.storage.filter((s) => s !== rec)
@@ -664,6 +684,29 @@ export class Manager implements HostView {
     })
   }
 
+  // ---- injected faults (--allow-faults)
+
+  addFault(p: FaultSpec & { storage: string }): FaultInfo {
+    const rule = this.faultInjector().add(this.pool.get(this.storageRecord(p.storage).sid), p)
+    this.log.warn({ event: 'fault.added', ...rule }, `fault ${rule.id} added to storage system ${rule.storage}`)
+    return rule
+  }
+
+  listFaults(): FaultInfo[] {
+    return this.faultInjector().list()
+  }
+
+  clearFaults(id?: number): number[] {
+    const cleared = this.faultInjector().clear(id)
+    this.log.warn({ event: 'fault.cleared', cleared }, `faults cleared: ${cleared.join(', ') || 'none'}`)
+    return cleared
+  }
+
+  private faultInjector(): FaultInjector {
+    if (!this.faults) throw new VvfsError('FAULTS_DISABLED', 'fault injection is off: start the daemon with --allow-faults')
+    return this.faults
+  }
+
   relayChanges(since: number, limit: number) {
     return this.maps.changesSince(since, limit)
   }
@@ -687,6 +730,10 @@ export class Manager implements HostView {
       const rule = this.jobs.placementFor(rec.no)
       if (rule.only !== undefined || rule.exclude) return rule
       return rec.home !== undefined && this.pool.has(rec.home) ? { prefer: rec.home } : {}
+    }
+    thin.onFailure = (f) => {
+      const e = asVvfsError(f.err)
+      this.log.error({ event: `volume.${f.what}_failed`, volume: rec.name, extent: f.extent, code: e.code, err: e.message }, `volume ${rec.name}: ${f.what} failed at extent ${f.extent}`)
     }
     const layer = new MigrateLayer(thin, rec.no)
     const ahead: ReadAhead = new ReadAhead(layer, locks, (): number => Math.ceil(volume.size / CHUNK_SIZE), readCache.mirror(rec.no))

@@ -9,7 +9,7 @@
  */
 import { VvfsError } from '../errors.js'
 import type { ServedVolume } from '../fuse/host-mount.js'
-import type { Volume } from '../relay/volume.js'
+import type { ErrorCursor, Volume } from '../relay/volume.js'
 import type { ThinVolume } from '../relay/thin.js'
 import type { MigrateLayer } from '../migration/layer.js'
 import { MAX_SIZE } from '../units.js'
@@ -130,12 +130,16 @@ export class VolumeHandle implements ServedVolume {
     return this.resizeTo(size, false)
   }
 
-  flush(): Promise<void> {
-    return this.volume.flush()
+  errorCursor(): ErrorCursor {
+    return this.volume.errorCursor()
   }
 
-  drain(): Promise<void> {
-    return this.volume.drain()
+  flush(cursor?: ErrorCursor): Promise<void> {
+    return this.volume.flush(cursor)
+  }
+
+  drain(cursor?: ErrorCursor): Promise<void> {
+    return this.volume.drain(cursor)
   }
 
   private resizeTo(size: number, growOnly: boolean): Promise<void> {

@@ -40,6 +40,12 @@
  * system (the reserve, or any system with room), switching the map there, so
  * the source is emptied as fast as the intermediate takes data; then to the
  * destination. memory copies each extent through one buffer and one batch.
+ *
+ * A storage failure while moving an extent (IO_ERROR, STORAGE_FULL: a copy's
+ * read or write, an injected fault) stops the job as qemu's on-error=stop
+ * does: the extent's copy is dropped (the map still points at its source, so
+ * the volume is whole), the job is paused with the error in `job.error`, and
+ * `job resume` retries that extent (cancel gives the volume back as usual).
  */
 import { asVvfsError, VvfsError } from '../errors.js'
 import { crashPoint } from '../crash-points.js'
@@ -255,10 +261,15 @@ export class MigrationRunner {
         const bitmap = await this.bitmap(volNo, phase)
         for (const e of v.thin.extentIndexes()) {
           if (bitmap.has(e)) continue
-          if (!(await this.checkpoint())) return false
-          const ops = this.deps.hostOps()
-          const t0 = Date.now()
-          const bytes = await this.moveExtent(v, e, phase, bitmap)
+          let bytes: number | undefined
+          let ops = 0
+          let t0 = 0
+          while (bytes === undefined) {
+            if (!(await this.checkpoint())) return false
+            ops = this.deps.hostOps()
+            t0 = Date.now()
+            bytes = await this.moveExtent(v, e, phase, bitmap).catch((err: unknown) => this.stopOnError(v, e, err))
+          }
           if (bytes > 0) await this.throttle()
           if (this.deps.hostOps() !== ops) await new Promise((r) => setTimeout(r, (Date.now() - t0) * HOST_SHARE))
         }
@@ -611,12 +622,26 @@ export class MigrationRunner {
     return this.deps.maps.put(progressKey(this.job.id), () => Buffer.from(JSON.stringify({ current, total, phase })))
   }
 
+  /** A storage failure pauses the job (the extent is retried at resume); anything else fails it. */
+  private stopOnError(v: MovableVolume, e: number, err: unknown): undefined {
+    const error = asVvfsError(err)
+    if (error.code !== 'IO_ERROR' && error.code !== 'STORAGE_FULL') throw err
+    this.job.error = error.toWire()
+    this.pauseRequested = true
+    this.deps.log.error(
+      { event: 'job.copy_failed', job: this.job.id, volume: v.name, extent: e, code: error.code, err: error.message },
+      `job ${this.job.id} paused: moving extent ${e} of ${v.name} failed (the volume stays whole at its source); resume it once the storage is fixed`,
+    )
+    return undefined
+  }
+
   private async checkpoint(): Promise<boolean> {
     if (this.stopRequested || this.halted) return false
     if (this.pauseRequested) {
       await this.setStatus('paused')
       while (this.pauseRequested && !this.stopRequested && !this.halted) await new Promise<void>((resolve) => (this.wake = resolve))
       if (this.stopRequested || this.halted) return false
+      delete this.job.error
       await this.setStatus('running')
     }
     return true

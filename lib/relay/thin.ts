@@ -21,6 +21,18 @@
  * after kill -9 every record points at data that is its own or at nothing,
  * and data not referenced by a record is overwritten or cleared before reuse.
  *
+ * Failure (a storage system's write or the MapStore's record fails): the map
+ * in memory is made equal to what is on disk again before the write returns
+ * its error. Planning adds fragments and slots in memory before their data
+ * and records exist; a write that fails takes back what it added whose record
+ * it did not see written (WritePlan.added, newWhole), writes the extent's
+ * record again (a concurrent write's record may have carried the addition)
+ * and only then frees the space — never referenced twice. A whole slot whose
+ * record is written keeps it: its data may be missing, which the write's
+ * error reports. Promotion and release restore the entry they replaced when
+ * its record fails. Failures are reported through `onFailure` (logged by the
+ * manager), never swallowed.
+ *
  * Concurrency: host I/O arrives holding the volume's chunk locks. Work that
  * needs a whole extent (release, promotion) is scheduled and runs under the
  * extent's exclusive lock, never inside a host write.
@@ -90,8 +102,11 @@ interface WritePlan {
   ready: Promise<void>[]
   /** Record writes that must finish before the write is acknowledged. */
   durable: Promise<void>[]
-  newWhole: { extent: number; system: StorageSystem; slot: number }[]
+  newWhole: NewWhole[]
   fragmentsAdded: Set<number>
+  /** Fragments this write allocated, and the extents whose record it saw written after their data. */
+  added: { extent: number; chunk: number; frag: Fragment }[]
+  recorded: Set<number>
   fragmentsDropped: { extent: number; chunk: number; frag: Fragment }[]
   maybeEmpty: Set<number>
   /**
@@ -100,6 +115,23 @@ interface WritePlan {
    * may skip LevelDB's log until the next flush (StorageSystem.write).
    */
   inPlace: boolean
+}
+
+/** A whole slot a write allocated; `recorded` once its record is written. */
+interface NewWhole {
+  extent: number
+  system: StorageSystem
+  entry: WholeExtent
+  /** Its clear and then its record (set once started, by prepareWhole). */
+  prepared?: { clearing: Promise<void>; recording: Promise<void> }
+  recorded: boolean
+}
+
+/** A failure of work the volume does for a write or in the background (logged by the manager). */
+export interface ThinFailure {
+  what: 'write' | 'rollback' | 'promote' | 'release'
+  extent: number
+  err: unknown
 }
 
 /** Where new allocations of this volume may go (a migration pins them to its destination). */
@@ -114,11 +146,15 @@ export class ThinVolume implements ChunkLayer {
   private readonly extents = new Map<number, ExtentEntry>()
   /** Set by the manager: draining and reserve systems, a migration's destination. */
   placement: () => PlacementRule = () => ({})
+  /** Set by the manager: where failures are reported. */
+  onFailure: (failure: ThinFailure) => void = () => {}
   /** Whole extents whose slot is still being cleared. */
   private readonly clearing = new Map<number, Promise<void>>()
   /** Whole extents whose first record is still being written. */
   private readonly recording = new Map<number, Promise<void>>()
   private readonly maintenance = new Map<number, Promise<void>>()
+  /** Storage systems written (data, deletions, clears) since the last flush. */
+  private readonly written = new Set<StorageSystem>()
   private allocated = 0
   private closed = false
 
@@ -244,11 +280,21 @@ export class ThinVolume implements ChunkLayer {
       }
     }
     accepted?.()
-    if (plan.ready.length) await Promise.all(plan.ready)
-    await Promise.all([...plan.writes].map(([system, chunks]) => system.write(chunks, { unlogged: plan.inPlace })))
-    for (const extent of plan.fragmentsAdded) plan.durable.push(this.persist(extent))
-    if (plan.fragmentsDropped.length) plan.durable.push(this.dropFragments(plan.fragmentsDropped))
-    if (plan.durable.length) await Promise.all(plan.durable)
+    let stored: Promise<void>[] = []
+    try {
+      if (plan.ready.length) await Promise.all(plan.ready)
+      stored = [...plan.writes].map(([system, chunks]) => this.on(system).write(chunks, { unlogged: plan.inPlace }))
+      await Promise.all(stored)
+      for (const extent of plan.fragmentsAdded) plan.durable.push(this.persist(extent).then(() => void plan.recorded.add(extent)))
+      if (plan.fragmentsDropped.length) plan.durable.push(this.dropFragments(plan.fragmentsDropped))
+      if (plan.durable.length) await Promise.all(plan.durable)
+    } catch (err) {
+      // Everything this write started settles before the map is repaired.
+      await Promise.allSettled([...plan.ready, ...stored, ...plan.durable])
+      this.onFailure({ what: 'write', extent: Math.floor(first / EXTENT_CHUNKS), err })
+      await this.rollBack(plan)
+      throw err
+    }
     for (const extent of plan.maybeEmpty) this.schedule(extent)
   }
 
@@ -264,7 +310,7 @@ export class ThinVolume implements ChunkLayer {
         else {
           const system = this.pool.get(entry.sid)
           const base = entry.slot * EXTENT_CHUNKS
-          work.push(this.afterReady(extent).then(() => system.clearRange(base + inExtent, n)).then(() => this.schedule(extent)))
+          work.push(this.afterReady(extent).then(() => this.on(system).clearRange(base + inExtent, n)).then(() => this.schedule(extent)))
         }
       } else {
         for (let c = inExtent; c < inExtent + n; c++) {
@@ -288,9 +334,20 @@ export class ThinVolume implements ChunkLayer {
     }
   }
 
+  /**
+   * Data first, then the records that point at it (power-loss order). Only
+   * the storage systems this volume wrote to since its last flush: a slow or
+   * failing system holds up the fsyncs of its own volumes, not every one.
+   */
   async flush(): Promise<void> {
-    // Data first, then the records that point at it (power-loss order).
-    await this.pool.syncAll()
+    const systems = [...this.written]
+    this.written.clear()
+    try {
+      await Promise.all(systems.map((s) => s.sync()))
+    } catch (err) {
+      for (const s of systems) this.written.add(s)
+      throw err
+    }
     await this.maps.sync()
   }
 
@@ -350,7 +407,7 @@ export class ThinVolume implements ChunkLayer {
   /** Drops the data of an entry no map references any more, then frees its space. */
   async discardEntry(entry: ExtentEntry): Promise<void> {
     if (entry.kind === 'whole') {
-      await this.pool.get(entry.sid).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
+      await this.on(this.pool.get(entry.sid)).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
       this.pool.releaseSlot(entry.sid, entry.slot)
     } else {
       await this.writeGrouped([...entry.frags.values()].map((f) => ({ sid: f.sid, pca: f.pca, data: null })))
@@ -416,7 +473,18 @@ export class ThinVolume implements ChunkLayer {
    * for it is undone and POOL_FULL is thrown before any data is written.
    */
   private plan(first: number, count: number, data: Buffer): WritePlan {
-    const plan: WritePlan = { writes: new Map(), ready: [], durable: [], newWhole: [], fragmentsAdded: new Set(), fragmentsDropped: [], maybeEmpty: new Set(), inPlace: true }
+    const plan: WritePlan = {
+      writes: new Map(),
+      ready: [],
+      durable: [],
+      newWhole: [],
+      fragmentsAdded: new Set(),
+      added: [],
+      recorded: new Set(),
+      fragmentsDropped: [],
+      maybeEmpty: new Set(),
+      inPlace: true,
+    }
     const undo: (() => void)[] = []
     try {
       forEachExtent(first, count, (extent, inExtent, n, offset) => this.planExtent(plan, undo, extent, inExtent, n, data, offset))
@@ -424,7 +492,7 @@ export class ThinVolume implements ChunkLayer {
       for (const u of undo.reverse()) u()
       throw err
     }
-    for (const w of plan.newWhole) this.prepareWhole(plan, w.extent, w.system, w.slot)
+    for (const w of plan.newWhole) this.prepareWhole(plan, w)
     return plan
   }
 
@@ -488,6 +556,7 @@ export class ThinVolume implements ChunkLayer {
           this.pool.releaseFragment(added.sid, added.pca)
         })
         plan.fragmentsAdded.add(extent)
+        plan.added.push({ extent, chunk, frag })
       }
       writesFor(plan, this.pool.get(frag.sid)).push({ pca: frag.pca, data: data.subarray(offset + c * CHUNK_SIZE, offset + (c + 1) * CHUNK_SIZE) })
     }
@@ -505,7 +574,7 @@ export class ThinVolume implements ChunkLayer {
       this.allocated -= EXTENT_SIZE
       this.pool.releaseSlot(entry.sid, entry.slot)
     })
-    plan.newWhole.push({ extent, system: placement.system, slot: entry.slot })
+    plan.newWhole.push({ extent, system: placement.system, entry, recorded: false })
     return entry
   }
 
@@ -514,46 +583,121 @@ export class ThinVolume implements ChunkLayer {
    * the plan can no longer be undone, so a clear never runs on a slot that
    * was given back and handed to someone else.
    */
-  private prepareWhole(plan: WritePlan, extent: number, system: StorageSystem, slot: number): void {
-    const clearing = system.clearSlot(slot)
+  private prepareWhole(plan: WritePlan, w: NewWhole): void {
+    const extent = w.extent
+    const clearing = this.on(w.system).clearSlot(w.entry.slot)
     const recording = clearing.then(() => this.persist(extent))
     this.clearing.set(extent, clearing)
     this.recording.set(extent, recording)
-    const forget = () => {
-      if (this.clearing.get(extent) === clearing) this.clearing.delete(extent)
-      if (this.recording.get(extent) === recording) this.recording.delete(extent)
-    }
-    recording.then(forget, forget)
+    w.prepared = { clearing, recording }
+    // A failed clear or record stays in place, failing every write and read
+    // that joins the slot, until this write's rollBack takes the slot back.
+    recording.then(
+      () => {
+        w.recorded = true
+        this.forgetPreparation(extent, clearing, recording)
+      },
+      () => {},
+    )
     plan.ready.push(clearing)
     plan.durable.push(recording)
   }
 
-  /** Forgets dropped fragments (their data is already gone) and frees them. */
-  private async dropFragments(dropped: { extent: number; chunk: number; frag: Fragment }[]): Promise<void> {
-    const extents = new Set<number>()
-    const freed: Fragment[] = []
-    for (const { extent, chunk, frag } of dropped) {
+  private forgetPreparation(extent: number, clearing: Promise<void>, recording: Promise<void>): void {
+    if (this.clearing.get(extent) === clearing) this.clearing.delete(extent)
+    if (this.recording.get(extent) === recording) this.recording.delete(extent)
+  }
+
+  /**
+   * After a failed write: takes back what the write allocated whose record it
+   * did not see written, writes those extents' records again, then frees the
+   * space. If that record fails too the space stays held (free-space tables
+   * are rebuilt from the records at start), so it is never handed out while a
+   * record on disk may still name it.
+   */
+  private async rollBack(plan: WritePlan): Promise<void> {
+    const freed = new Map<number, (() => void)[]>()
+    const free = (extent: number, release: () => void) => {
+      const list = freed.get(extent)
+      if (list) list.push(release)
+      else freed.set(extent, [release])
+    }
+    for (const w of plan.newWhole) {
+      if (w.recorded) continue
+      if (w.prepared) this.forgetPreparation(w.extent, w.prepared.clearing, w.prepared.recording)
+      if (this.extents.get(w.extent) !== w.entry) continue
+      this.extents.delete(w.extent)
+      this.allocated -= EXTENT_SIZE
+      free(w.extent, () => this.pool.releaseSlot(w.entry.sid, w.entry.slot))
+    }
+    for (const { extent, chunk, frag } of plan.added) {
+      if (plan.recorded.has(extent)) continue
       const entry = this.extents.get(extent)
       if (entry?.kind !== 'fragments' || entry.frags.get(chunk) !== frag) continue
       entry.frags.delete(chunk)
       this.allocated -= CHUNK_SIZE
       if (entry.frags.size === 0) this.extents.delete(extent)
-      extents.add(extent)
-      freed.push(frag)
+      free(extent, () => this.pool.releaseFragment(frag.sid, frag.pca))
     }
-    await Promise.all([...extents].map((e) => this.persist(e)))
-    for (const f of freed) this.pool.releaseFragment(f.sid, f.pca)
+    await Promise.all(
+      [...freed].map(async ([extent, releases]) => {
+        try {
+          await this.persist(extent)
+        } catch (err) {
+          this.onFailure({ what: 'rollback', extent, err })
+          return
+        }
+        for (const release of releases) release()
+      }),
+    )
+  }
+
+  /** Forgets dropped fragments (their data is already gone) and frees them. */
+  private async dropFragments(dropped: { extent: number; chunk: number; frag: Fragment }[]): Promise<void> {
+    const removed = dropped.filter(({ extent, chunk, frag }) => {
+      const entry = this.extents.get(extent)
+      if (entry?.kind !== 'fragments' || entry.frags.get(chunk) !== frag) return false
+      entry.frags.delete(chunk)
+      this.allocated -= CHUNK_SIZE
+      if (entry.frags.size === 0) this.extents.delete(extent)
+      return true
+    })
+    const extents = [...new Set(removed.map((r) => r.extent))]
+    const results = await Promise.allSettled(extents.map((e) => this.persist(e)))
+    const failed = new Set(extents.filter((_, i) => results[i]!.status === 'rejected'))
+    for (const { extent, chunk, frag } of removed) {
+      if (!failed.has(extent)) {
+        this.pool.releaseFragment(frag.sid, frag.pca)
+        continue
+      }
+      // The extent's record still names the fragment (its data is dropped:
+      // it reads as zeros either way): so does the map again.
+      let entry = this.extents.get(extent)
+      if (!entry) this.extents.set(extent, (entry = { kind: 'fragments', frags: new Map() }))
+      if (entry.kind !== 'fragments' || entry.frags.has(chunk)) continue
+      entry.frags.set(chunk, frag)
+      this.allocated += CHUNK_SIZE
+    }
+    const failure = results.find((r) => r.status === 'rejected')
+    if (failure) throw failure.reason
   }
 
   // ---- extent maintenance (under the extent's exclusive lock)
 
   private schedule(extent: number): void {
     if (this.maintenance.has(extent) || this.closed) return
+    let what: ThinFailure['what'] = 'release'
     const run = Promise.resolve()
-      .then(() => this.locks.with(extent * EXTENT_CHUNKS, (extent + 1) * EXTENT_CHUNKS, 'exclusive', () => this.maintain(extent)))
-      .catch(() => {
+      .then(() =>
+        this.locks.with(extent * EXTENT_CHUNKS, (extent + 1) * EXTENT_CHUNKS, 'exclusive', () => {
+          if (this.extents.get(extent)?.kind === 'fragments') what = 'promote'
+          return this.maintain(extent)
+        }),
+      )
+      .catch((err: unknown) => {
         // Maintenance only reclaims space; a failure leaves a consistent map
         // and the next write to the extent schedules it again.
+        this.onFailure({ what, extent, err })
       })
       .finally(() => this.maintenance.delete(extent))
     this.maintenance.set(extent, run)
@@ -577,7 +721,7 @@ export class ThinVolume implements ChunkLayer {
     if (!placement) return
     const whole: WholeExtent = { kind: 'whole', sid: placement.system.sid, slot: placement.address }
     try {
-      await placement.system.clearSlot(whole.slot)
+      await this.on(placement.system).clearSlot(whole.slot)
       const buf = Buffer.allocUnsafe(EXTENT_SIZE)
       const chunks = [...entry.frags.keys()]
       await this.readFragments(entry, 0, EXTENT_CHUNKS, buf, 0)
@@ -592,7 +736,19 @@ export class ThinVolume implements ChunkLayer {
     const old = [...entry.frags.values()]
     this.extents.set(extent, whole)
     this.allocated += EXTENT_SIZE - old.length * CHUNK_SIZE
-    await this.persist(extent)
+    try {
+      await this.persist(extent)
+    } catch (err) {
+      // The record still names the fragments: so does the map again, and the
+      // slot is freed once a record says so (it stays held otherwise).
+      this.extents.set(extent, entry)
+      this.allocated -= EXTENT_SIZE - old.length * CHUNK_SIZE
+      await this.persist(extent).then(
+        () => this.pool.releaseSlot(whole.sid, whole.slot),
+        () => {},
+      )
+      throw err
+    }
     // The fragments' data goes only once the record pointing away from them is durable.
     await this.maps.sync()
     await this.writeGrouped(old.map((f) => ({ sid: f.sid, pca: f.pca, data: null })))
@@ -602,15 +758,30 @@ export class ThinVolume implements ChunkLayer {
   /** Drops a whole extent's data (if asked), its record, then its slot. */
   private async releaseWhole(extent: number, entry: WholeExtent, clear: boolean): Promise<void> {
     await this.afterReady(extent)
-    if (clear) await this.pool.get(entry.sid).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
+    if (clear) await this.on(this.pool.get(entry.sid)).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
     if (this.extents.get(extent) !== entry) return
     this.extents.delete(extent)
     this.allocated -= EXTENT_SIZE
-    await this.persist(extent)
+    try {
+      await this.persist(extent)
+    } catch (err) {
+      // The record still names the (cleared) slot: so does the map again.
+      if (!this.extents.has(extent)) {
+        this.extents.set(extent, entry)
+        this.allocated += EXTENT_SIZE
+      }
+      throw err
+    }
     this.pool.releaseSlot(entry.sid, entry.slot)
   }
 
   // ---- helpers
+
+  /** `system`, noted as written: the next flush syncs it. */
+  private on(system: StorageSystem): StorageSystem {
+    this.written.add(system)
+    return system
+  }
 
   private persist(extent: number): Promise<void> {
     return this.maps.put(extentKey(this.volNo, extent), () => this.recordOf(extent))
@@ -634,7 +805,7 @@ export class ThinVolume implements ChunkLayer {
       if (!list) bySystem.set(c.sid, (list = []))
       list.push({ pca: c.pca, data: c.data })
     }
-    await Promise.all([...bySystem].map(([sid, list]) => this.pool.get(sid).write(list)))
+    await Promise.all([...bySystem].map(([sid, list]) => this.on(this.pool.get(sid)).write(list)))
   }
 
   private poolFull(): VvfsError {

@@ -19,6 +19,12 @@
  * reports a failed write-back at fsync). Why: the kernel sends a FUSE file's
  * O_DIRECT writes one at a time, so waiting for each LevelDB write made a
  * sequential writer wait ~150 µs per 128 KiB (bench: seq write).
+ *
+ * Failed write-backs are reported as Linux's errseq_t does: the volume counts
+ * them, and each open file description holds an ErrorCursor sampled at open.
+ * A drain or flush with a cursor reports the latest failure once to that
+ * description if one happened since it last looked — so a reader's close
+ * (blkid, md5sum) never takes the error away from the writer's fsync.
  */
 import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE } from '../layout.js'
@@ -32,13 +38,21 @@ export const WRITE_BEHIND = 8 * 1024 * 1024
 /** The largest write the host sends (FUSE max_write); copies of these are reused. */
 const HOST_WRITE = 128 * 1024
 
+/** What one open file description has learned of failed write-backs: the count it has seen. */
+export interface ErrorCursor {
+  seen: number
+}
+
 export class Volume {
   readonly locks: RangeLock
   /** Acknowledged writes still being stored. */
   private readonly behind = new Set<Promise<void>>()
   private behindBytes = 0
-  /** The first acknowledged write that failed, until a flush reports it. */
-  private failure: unknown = null
+  /** Acknowledged writes that failed so far, and the latest of them. */
+  private failures = 0
+  private lastFailure: unknown = null
+  /** The cursor of callers that hold none (in-process users, shutdown). */
+  private readonly ownCursor: ErrorCursor = { seen: 0 }
   private readonly spare: Buffer[] = []
 
   constructor(
@@ -125,7 +139,8 @@ export class Volume {
         () => undefined,
         (err: unknown) => {
           if (!accepted) throw err
-          this.failure ??= err
+          this.failures++
+          this.lastFailure = err
         },
       )
       .finally(() => {
@@ -144,17 +159,22 @@ export class Volume {
     return Promise.race([answered, work])
   }
 
+  /** A cursor for a new open file description: it learns of failures from now on. */
+  errorCursor(): ErrorCursor {
+    return { seen: this.failures }
+  }
+
   /**
-   * Waits for the writes answered so far to be stored; throws the first that
-   * failed. Only those: a writer that keeps writing must not hold off an
-   * fsync of what came before it.
+   * Waits for the writes answered so far to be stored; throws the latest
+   * failure `cursor` has not seen yet (once: the cursor moves past it). Only
+   * those writes: a writer that keeps writing must not hold off an fsync of
+   * what came before it.
    */
-  async drain(): Promise<void> {
+  async drain(cursor: ErrorCursor = this.ownCursor): Promise<void> {
     await Promise.all([...this.behind])
-    if (this.failure !== null) {
-      const err = this.failure
-      this.failure = null
-      throw err
+    if (cursor.seen < this.failures) {
+      cursor.seen = this.failures
+      throw this.lastFailure
     }
   }
 
@@ -197,8 +217,8 @@ export class Volume {
     }
   }
 
-  async flush(): Promise<void> {
-    await this.drain()
+  async flush(cursor?: ErrorCursor): Promise<void> {
+    await this.drain(cursor)
     await this.lower.flush()
   }
 

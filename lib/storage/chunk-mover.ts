@@ -12,12 +12,18 @@
  * (or failed) the mover reports them to the destination's StorageSystem
  * (wroteElsewhere), so its next sync covers them. The caller syncs the
  * destination before any record points at the copy (MigrationRunner).
+ *
+ * Injected faults (lib/storage/fault-injector.ts) are checked here, on the
+ * main thread, once per copy request: the source system's read gate, then
+ * the destination's write gate. A failed check fails the copy before the
+ * worker touches either store.
  */
 import { Worker } from 'node:worker_threads'
 import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { fromWire, VvfsError, type WireError } from '../errors.js'
 import { copyChunks, type CopyRequest } from './chunk-copy.js'
+import { checkCopy } from './fault-injector.js'
 import type { StorageSystem } from './storage-system.js'
 
 export interface ChunkMover {
@@ -30,8 +36,9 @@ export interface ChunkMover {
 export class InlineChunkMover implements ChunkMover {
   constructor(private readonly system: (sid: number) => StorageSystem) {}
 
-  copy(req: CopyRequest): Promise<number> {
+  async copy(req: CopyRequest): Promise<number> {
     const to = this.system(req.toSid)
+    await checkCopy(this.system(req.fromSid), to)
     return copyChunks(this.system(req.fromSid).store, to.store, req.fromPcas, req.toPcas, req.style).finally(() => to.wroteElsewhere())
   }
 
@@ -75,8 +82,9 @@ export class WorkerChunkMover implements ChunkMover {
     return existsSync(file) ? new WorkerChunkMover(file, system) : new InlineChunkMover(system)
   }
 
-  copy(req: CopyRequest): Promise<number> {
-    if (this.failed) return Promise.reject(this.failed)
+  async copy(req: CopyRequest): Promise<number> {
+    await checkCopy(this.system(req.fromSid), this.system(req.toSid))
+    if (this.failed) throw this.failed
     for (const sid of [req.fromSid, req.toSid]) {
       if (!this.opened.has(sid)) {
         const s = this.system(sid)

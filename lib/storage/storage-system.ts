@@ -21,11 +21,15 @@
  * completed (WriteGenerations); a logged write is durable once a sync write
  * after it has synced the log (patches/: classic-level also syncs the old
  * log at a memtable switch), an unlogged one once its memtable is a table.
+ *
+ * Injected faults (lib/storage/fault-injector.ts, `vvfs fault`): each
+ * operation first passes `faults`, the system's gate, when it has one.
  */
 import { ClassicLevel } from 'classic-level'
 import { mkdir } from 'node:fs/promises'
 import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS } from '../layout.js'
+import type { FaultGate } from './fault-injector.js'
 import { FreeSpaceTable } from './free-space.js'
 import { WriteGenerations } from './write-generations.js'
 
@@ -120,6 +124,8 @@ export class StorageSystem {
   /** Reserve systems (for staged transfers) and draining ones take no new allocations unless asked by name. */
   reserve = false
   draining = false
+  /** Injected faults (`--allow-faults`); null: none, and no check. */
+  faults: FaultGate | null = null
   private readonly writes = new WriteGenerations()
   /** The generation of the newest unlogged write (until a sync covers it, it lives only in a memtable). */
   private lastUnlogged = 0
@@ -193,6 +199,7 @@ export class StorageSystem {
    * (1474 vs 1411 MB/s): `node dist/bench/leveldb-options.js`.
    */
   async readRun(firstPca: number, count: number, into: Buffer, offset = 0): Promise<void> {
+    if (this.faults) await this.faults.check('read')
     if (count === 1) {
       // One chunk: a synchronous lookup (microseconds from the block or page
       // cache) saves the two thread hand-offs of an asynchronous one, which
@@ -214,6 +221,7 @@ export class StorageSystem {
 
   /** Reads scattered chunks; a missing one is returned as undefined. */
   async readMany(pcas: number[]): Promise<(Buffer | undefined)[]> {
+    if (this.faults) await this.faults.check('read')
     return this.db.getMany(pcas.map(dataKey))
   }
 
@@ -232,6 +240,7 @@ export class StorageSystem {
   async write(chunks: ChunkWrite[], opts: { sync?: boolean; unlogged?: boolean } = {}): Promise<void> {
     if (chunks.length === 0) return
     this.checkOpen()
+    if (this.faults) await this.faults.check('write')
     const sync = opts.sync === true
     const unlogged = opts.unlogged === true && !sync && chunks.length >= BULK_CHUNKS
     try {
@@ -260,12 +269,14 @@ export class StorageSystem {
 
   /** Whether any chunk of [firstPca, firstPca + count) is stored. */
   async hasData(firstPca: number, count: number): Promise<boolean> {
+    if (this.faults) await this.faults.check('read')
     const keys = await this.db.keys({ gte: dataKey(firstPca), lt: dataKey(firstPca + count), limit: 1 }).all()
     return keys.length > 0
   }
 
   /** Addresses of the stored chunks in [firstPca, firstPca + count). */
   async storedChunks(firstPca: number, count: number): Promise<number[]> {
+    if (this.faults) await this.faults.check('read')
     const keys = await this.db.keys({ gte: dataKey(firstPca), lt: dataKey(firstPca + count) }).all()
     return keys.map(pcaOfKey)
   }
@@ -273,6 +284,7 @@ export class StorageSystem {
   /** Drops every chunk of [firstPca, firstPca + count). */
   async clearRange(firstPca: number, count: number): Promise<void> {
     this.checkOpen()
+    if (this.faults) await this.faults.check('write')
     try {
       await this.db.clear({ gte: dataKey(firstPca), lt: dataKey(firstPca + count) })
     } finally {
@@ -294,6 +306,8 @@ export class StorageSystem {
   async sync(): Promise<void> {
     if (this.closed) return
     await this.writes.sync(async (covers) => {
+      // An injected sync fault fails this sync only: its writes stay pending.
+      if (this.faults) await this.faults.check('sync')
       const flush = this.lastUnlogged > this.writes.durable
       try {
         // Only the memtable: a compaction of a range (which used to do the
@@ -320,6 +334,7 @@ export class StorageSystem {
    */
   async syncLogged(): Promise<void> {
     this.checkOpen()
+    if (this.faults) await this.faults.check('sync')
     try {
       await this.db.put(SYNC_KEY, Buffer.from(String(Date.now())), { sync: true })
     } catch (err) {

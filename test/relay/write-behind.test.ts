@@ -121,6 +121,30 @@ describe('write-behind', () => {
     await expect(volume.flush()).resolves.toBeUndefined()
   })
 
+  it('a failed background write is reported to every file description open when it failed, once each — not only to whoever flushes first', async () => {
+    const store = new GatedStore()
+    const volume = new Volume(store, 1 << 20)
+    const writer = volume.errorCursor()
+    const reader = volume.errorCursor()
+    store.close()
+    store.failAfterAccept = new VvfsError('IO_ERROR', 'disk gone')
+    await volume.write(0, Buffer.alloc(CHUNK_SIZE, 1))
+    store.open()
+    // A read-only open closes first (blkid, md5sum): it learns of the failure...
+    await expect(volume.drain(reader)).rejects.toMatchObject({ code: 'IO_ERROR' })
+    // ...and the writer's fsync still does, once.
+    await expect(volume.flush(writer)).rejects.toMatchObject({ code: 'IO_ERROR' })
+    await expect(volume.flush(writer)).resolves.toBeUndefined()
+    await expect(volume.drain(reader)).resolves.toBeUndefined()
+    // A file opened after the failure is not told of it.
+    await expect(volume.flush(volume.errorCursor())).resolves.toBeUndefined()
+    // A later failure reaches both again.
+    store.failAfterAccept = new VvfsError('IO_ERROR', 'disk gone again')
+    await volume.write(CHUNK_SIZE, Buffer.alloc(CHUNK_SIZE, 2))
+    await expect(volume.flush(writer)).rejects.toThrow('disk gone again')
+    await expect(volume.drain(reader)).rejects.toThrow('disk gone again')
+  })
+
   it('fails the writer itself when the write is refused before it is accepted (a full pool), and not a flush meanwhile', async () => {
     const store = new GatedStore()
     const volume = new Volume(store, 1 << 20)
