@@ -182,6 +182,16 @@ export function mountExt4(dev: string, at: string, options: string[] = []): void
   mounts.add(at)
 }
 
+/** `e2fsck -fn`: a forced, read-only check; code 0 is clean. */
+export function fsck(dev: string): { code: number; out: string } {
+  try {
+    return { code: 0, out: sh('e2fsck', ['-fn', dev]) }
+  } catch (err) {
+    const e = err as { status: number; stdout: string; stderr: string }
+    return { code: e.status, out: e.stdout + e.stderr }
+  }
+}
+
 export function umount(at: string): void {
   try {
     sh('umount', [at])

@@ -32,7 +32,7 @@
  * Concurrency: cut() must run after every process writing the log and the
  * directory is dead (the caller SIGKILLs the daemon and waits for it).
  */
-import { existsSync, lstatSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs'
+import { existsSync, lstatSync, readdirSync, readFileSync, renameSync, statSync, truncateSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 
 const ROOT = resolve(import.meta.dirname, '../..')
@@ -87,6 +87,7 @@ function regularFiles(dir: string): Map<string, FileFact> {
  */
 export class PowerCutTracker {
   private durableAtStart = new Map<string, number>()
+  private cuts = 0
 
   constructor(
     readonly dir: string,
@@ -141,6 +142,10 @@ export class PowerCutTracker {
       report.truncated.push({ path: f.path, kept, had: f.size })
       report.droppedBytes += f.size - kept
     }
+    // Kept for a post-mortem (VVFS_KEEP_TEST_DIRS=1): what was synced before this cut, and what it dropped.
+    this.cuts++
+    renameSync(this.log, `${this.log}.${this.cuts}`)
+    writeFileSync(`${this.log}.${this.cuts}.cut`, report.truncated.map((t) => `${t.path} kept ${t.kept} of ${t.had}\n`).join(''))
     this.markDurable()
     return report
   }
