@@ -3,6 +3,9 @@
 // Usage: node powercut-child.mjs files DIR   (files in DIR, the cases of the test)
 //        node powercut-child.mjs store DIR   (a storage system at DIR: chunks 0-3
 //                                             written with sync, 4-7 logged without)
+//        node powercut-child.mjs switch DIR  (a storage system at DIR: logged writes of
+//                                             chunks 0..N-1 just past one memtable, so
+//                                             LevelDB switches logs, then a sync)
 import { closeSync, fdatasyncSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs'
 import { open } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -62,6 +65,17 @@ if (mode === 'files') {
   const chunks = (from) => Array.from({ length: 4 }, (_, i) => ({ pca: from + i, data: Buffer.alloc(4096, from + i + 1) }))
   await system.write(chunks(0), { sync: true })
   await system.write(chunks(4))
+} else if (mode === 'switch') {
+  const { StorageSystem, STORE_OPTIONS } = await import('../../dist/lib/storage/storage-system.js')
+  const system = await StorageSystem.open({ sid: 1, name: 's1', path: dir, capacity: 1024 * 1024 * 1024, create: false })
+  // A memtable holds writeBufferSize bytes of entries (4 KiB value + key + ~20 bytes each): go
+  // 2% past it, so the switch comes shortly before the sync and its table is still being written.
+  const n = Math.ceil((STORE_OPTIONS.writeBufferSize / 4096) * 1.02)
+  for (let pca = 0; pca < n; pca += 16) {
+    await system.write(Array.from({ length: Math.min(16, n - pca) }, (_, i) => ({ pca: pca + i, data: Buffer.alloc(4096, (pca + i) % 251) })))
+  }
+  await system.sync()
+  process.stdout.write(`chunks ${n}\n`)
 } else {
   throw new Error(`unknown mode ${mode}`)
 }

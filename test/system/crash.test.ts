@@ -57,7 +57,10 @@ describe.each([
   for (const round of [1, 2, 3]) {
     it(`keeps every fsync-acknowledged write (round ${round})`, async () => {
       const log = join(d.dir, `durable-${round}.log`)
-      const writer = spawn(process.execPath, [WRITER, d.file('crash'), log, String(round * 7919), '20'], { stdio: 'ignore' })
+      const writer = spawn(process.execPath, [WRITER, d.file('crash'), log, String(round * 7919), '20'], { stdio: ['ignore', 'pipe', 'pipe'] })
+      let said = ''
+      writer.stdout.on('data', (b) => (said += String(b)))
+      writer.stderr.on('data', (b) => (said += String(b)))
       const writerDone = new Promise((r) => writer.once('exit', r))
       // Let it run long enough to have fsync'ed a few hundred writes, then kill at a random moment.
       await new Promise((r) => setTimeout(r, 1500 + Math.floor(Math.random() * 1500)))
@@ -65,7 +68,7 @@ describe.each([
       await writerDone
       await d.restart()
       const n = await verifyDurable(d, log)
-      expect(n).toBeGreaterThan(10)
+      expect(n, `writer: ${said}`).toBeGreaterThan(10)
       await allocationMatchesMaps(d)
     })
   }
