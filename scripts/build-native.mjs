@@ -3,7 +3,7 @@
 // `npm ci` ends with the binaries vvfs needs; node-gyp-build loads
 // build/Release before any prebuilt binary.
 import { execFileSync } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, mkdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -28,3 +28,11 @@ for (const pkg of ['fuse-native', 'classic-level']) {
     throw err
   }
 }
+
+// The power-cut interposer the tests load with LD_PRELOAD
+// (native/powercut/powercut.c, test/helpers/powercut.ts): one C file, no
+// node-gyp. The daemon never loads it.
+const powercut = join(root, 'native', 'powercut')
+console.log('vvfs: building native/powercut')
+mkdirSync(join(powercut, 'build'), { recursive: true })
+run('gcc', ['-shared', '-fPIC', '-O2', '-Wall', '-Wextra', '-Werror', '-o', join(powercut, 'build', 'powercut.so'), join(powercut, 'powercut.c'), '-ldl'], powercut)

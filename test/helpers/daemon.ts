@@ -3,12 +3,18 @@
  * fresh temporary state directory, and always cleans up: the mount is
  * unmounted and every loop device the test attached is detached, even when
  * the test fails or the daemon was killed.
+ *
+ * With `powerLoss: true` the daemon runs under the powercut interposer
+ * (test/helpers/powercut.ts) and `crash()` is a power cut: SIGKILL, then
+ * every file of the state directory loses what was not synced. Without it
+ * `crash()` is a kill -9 (a process crash: the page cache survives).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { ControlClient } from '../../lib/control/client.js'
+import { PowerCutTracker, powercutEnv, type CutReport } from './powercut.js'
 
 const ROOT = resolve(import.meta.dirname, '../..')
 export const VVFS = join(ROOT, 'bin/vvfs')
@@ -26,6 +32,12 @@ export interface DaemonHandle {
   stop(): Promise<number | null>
   /** SIGKILL, no cleanup by the daemon. */
   kill9(): Promise<void>
+  /** SIGKILL (if still running), then the state directory loses every byte not synced. Power-loss mode only. */
+  powerCut(): Promise<CutReport>
+  /** The crash this daemon is tested under: powerCut() in power-loss mode, else kill9(). */
+  crash(): Promise<void>
+  /** Started with powerLoss: runs under the powercut interposer. */
+  readonly powerLoss: boolean
   restart(env?: NodeJS.ProcessEnv): Promise<void>
   /** Resolves when the daemon process exits (e.g. at an injected crash point). */
   exited(): Promise<number | null>
@@ -64,13 +76,16 @@ export function spawnDaemon(args: string[], logPath: string, env: NodeJS.Process
   }
 }
 
-export async function startDaemon(opts: { dir?: string; extraArgs?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<DaemonHandle> {
+export async function startDaemon(opts: { dir?: string; extraArgs?: string[]; env?: NodeJS.ProcessEnv; powerLoss?: boolean } = {}): Promise<DaemonHandle> {
   const dir = opts.dir ?? tempDir()
   const state = join(dir, 'state')
   const mount = join(dir, 'mnt')
   const socket = join(state, 'control.sock')
   const logPath = join(dir, 'daemon.log')
   mounts.add(mount)
+  // The sync log lives outside the state directory, which is what a cut truncates.
+  const tracker = opts.powerLoss ? new PowerCutTracker(state, join(dir, 'powercut.log')) : undefined
+  const underInterposer = (env: NodeJS.ProcessEnv = {}) => (tracker ? { ...env, ...powercutEnv(tracker.log) } : env)
   const args = ['--state', state, '--mount', mount, '--log-level', 'info', ...(opts.extraArgs ?? [])]
   const handle: DaemonHandle = {
     dir,
@@ -79,6 +94,7 @@ export async function startDaemon(opts: { dir?: string; extraArgs?: string[]; en
     socket,
     proc: null as unknown as ChildProcess,
     client: null as unknown as ControlClient,
+    powerLoss: tracker !== undefined,
     log: () => (existsSync(logPath) ? readFileSync(logPath, 'utf8') : ''),
     file: (volume, m = mount) => join(m, volume),
     async stop() {
@@ -102,6 +118,15 @@ export async function startDaemon(opts: { dir?: string; extraArgs?: string[]; en
       live.delete(handle)
       unmountUnder(dir)
     },
+    async powerCut() {
+      if (!tracker) throw new Error('powerCut() needs startDaemon({ powerLoss: true })')
+      await handle.kill9()
+      return tracker.cut()
+    },
+    async crash() {
+      if (tracker) await handle.powerCut()
+      else await handle.kill9()
+    },
     exited() {
       const proc = handle.proc
       if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve(proc.exitCode)
@@ -113,12 +138,12 @@ export async function startDaemon(opts: { dir?: string; extraArgs?: string[]; en
         handle.client?.close()
         unmountUnder(dir)
       }
-      handle.proc = spawnDaemon(args, logPath, env ?? opts.env)
+      handle.proc = spawnDaemon(args, logPath, underInterposer(env ?? opts.env))
       live.add(handle)
       handle.client = await waitForSocket(socket, handle.proc, logPath)
     },
   }
-  handle.proc = spawnDaemon(args, logPath, opts.env)
+  handle.proc = spawnDaemon(args, logPath, underInterposer(opts.env))
   live.add(handle)
   handle.client = await waitForSocket(socket, handle.proc, logPath)
   return handle
@@ -155,6 +180,16 @@ export function mountExt4(dev: string, at: string, options: string[] = []): void
   sh('mkdir', ['-p', at])
   sh('mount', ['-t', 'ext4', ...(options.length ? ['-o', options.join(',')] : []), dev, at])
   mounts.add(at)
+}
+
+/** `e2fsck -fn`: a forced, read-only check; code 0 is clean. */
+export function fsck(dev: string): { code: number; out: string } {
+  try {
+    return { code: 0, out: sh('e2fsck', ['-fn', dev]) }
+  } catch (err) {
+    const e = err as { status: number; stdout: string; stderr: string }
+    return { code: e.status, out: e.stdout + e.stderr }
+  }
 }
 
 export function umount(at: string): void {

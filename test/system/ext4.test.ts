@@ -5,7 +5,7 @@
  */
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { attachLoop, cleanupAll, detachLoop, mountExt4, removeDir, sh, startDaemon, umount, type DaemonHandle } from '../helpers/daemon.js'
+import { attachLoop, cleanupAll, detachLoop, fsck, mountExt4, removeDir, sh, startDaemon, umount, type DaemonHandle } from '../helpers/daemon.js'
 import { verifyTree, writeTree, type Tree } from '../helpers/files.js'
 
 let d: DaemonHandle
@@ -17,15 +17,6 @@ afterAll(async () => {
   await cleanupAll()
   removeDir(d.dir)
 })
-
-function fsck(dev: string): { code: number; out: string } {
-  try {
-    return { code: 0, out: sh('e2fsck', ['-fn', dev]) }
-  } catch (err) {
-    const e = err as { status: number; stdout: string; stderr: string }
-    return { code: e.status, out: e.stdout + e.stderr }
-  }
-}
 
 describe('ext4 on a loop-attached volume', () => {
   let tree: Tree

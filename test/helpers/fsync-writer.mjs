@@ -1,0 +1,51 @@
+// Writes files into a directory (a file system on a vvfs volume), each
+// fsynced with its directory, and after each fsync appends the file's name
+// and checksum to a log kept elsewhere: the log lists what must survive a
+// crash. Every fourth step replaces an earlier file the safe way (temporary
+// file, fsync, rename, fsync of the directory). Runs until an I/O error (the
+// daemon under the file system died) or a time limit.
+// Usage: node fsync-writer.mjs DIR LOG PREFIX SECONDS
+import { createHash, randomBytes } from 'node:crypto'
+import { appendFileSync, closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs'
+import { join } from 'node:path'
+
+const [dir, log, prefix, secondsArg] = process.argv.slice(2)
+const end = Date.now() + Number(secondsArg) * 1000
+const fsyncPath = (path, flags) => {
+  const fd = openSync(path, flags)
+  try {
+    fsyncSync(fd)
+  } finally {
+    closeSync(fd)
+  }
+}
+const writeDurably = (path, data) => {
+  const fd = openSync(path, 'w')
+  try {
+    writeSync(fd, data)
+    fsyncSync(fd)
+  } finally {
+    closeSync(fd)
+  }
+}
+
+const names = []
+try {
+  for (let i = 0; Date.now() < end; i++) {
+    const data = randomBytes(1 + Math.floor(Math.random() * 256 * 1024))
+    let name
+    if (i % 4 === 3) {
+      name = names[Math.floor(Math.random() * names.length)]
+      writeDurably(join(dir, `${name}.tmp`), data)
+      renameSync(join(dir, `${name}.tmp`), join(dir, name))
+    } else {
+      name = `${prefix}-${i}`
+      writeDurably(join(dir, name), data)
+      names.push(name)
+    }
+    fsyncPath(dir, 'r')
+    appendFileSync(log, JSON.stringify({ name, sha256: createHash('sha256').update(data).digest('hex') }) + '\n')
+  }
+} catch (err) {
+  process.stdout.write(`writer stopped: ${err.code ?? err.message}\n`)
+}

@@ -1,0 +1,138 @@
+/**
+ * The power-cut tool itself (native/powercut/powercut.c + test/helpers/powercut.ts):
+ * a process under the interposer writes files, syncs some bytes and not
+ * others, is SIGKILLed, and after the cut exactly the synced bytes remain —
+ * whichever thread synced, through renames, truncations and reused inodes.
+ * And on a real LevelDB store: a logged write that was not synced survives a
+ * kill -9 (the page cache does) but not a power cut; one a later sync covered
+ * survives both, even when LevelDB switched logs in between.
+ */
+import { spawn } from 'node:child_process'
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { join, resolve } from 'node:path'
+import { afterAll, describe, expect, it } from 'vitest'
+import { STORE_OPTIONS, StorageSystem } from '../../lib/storage/storage-system.js'
+import { removeDir, tempDir } from '../helpers/daemon.js'
+import { PowerCutTracker, powercutEnv } from '../helpers/powercut.js'
+
+const CHILD = resolve(import.meta.dirname, '../helpers/powercut-child.mjs')
+const dirs: string[] = []
+afterAll(() => dirs.forEach(removeDir))
+
+function fresh(): { dir: string; work: string } {
+  const dir = tempDir('vvfs-powercut-')
+  dirs.push(dir)
+  return { dir, work: join(dir, 'work') }
+}
+
+/** Runs the child until it says ready, then SIGKILLs it and waits. */
+async function killedChild(mode: 'files' | 'store' | 'switch', work: string, env: NodeJS.ProcessEnv): Promise<void> {
+  const child = spawn(process.execPath, [CHILD, mode, work], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } })
+  let err = ''
+  child.stderr.on('data', (b) => (err += String(b)))
+  const exited = new Promise((r) => child.once('exit', r))
+  await new Promise<void>((ok, fail) => {
+    child.stdout.on('data', (b) => String(b).includes('ready') && ok())
+    child.once('exit', (code) => fail(new Error(`child exited with ${code} before it was ready: ${err}`)))
+  })
+  child.kill('SIGKILL')
+  await exited
+}
+
+const bytes = (path: string) => (existsSync(path) ? readFileSync(path, 'latin1') : null)
+
+describe('a power cut', () => {
+  it('leaves every file with exactly the bytes synced before it, whoever synced them', async () => {
+    const { dir, work } = fresh()
+    mkdirSync(work)
+    writeFileSync(join(work, 'existing'), 'E'.repeat(10))
+    writeFileSync(join(work, 'overwritten'), 'O'.repeat(30))
+    writeFileSync(join(work, 'replaced'), 'R'.repeat(20))
+    const tracker = new PowerCutTracker(work, join(dir, 'powercut.log'))
+    await killedChild('files', work, powercutEnv(tracker.log))
+    // Before the cut the page cache has it all.
+    expect(bytes(join(work, 'synced'))).toBe('a'.repeat(100) + 'b'.repeat(50))
+    // The deleted file and the one renamed over were logged as gone, so a new
+    // file on either inode does not inherit their synced sizes.
+    const log = readFileSync(tracker.log, 'utf8')
+    expect(log).toMatch(/^gone \d+ \d+ \S*\/gone$/m)
+    expect(log).toMatch(/^gone \d+ \d+ \S*\/replaced$/m)
+    const report = tracker.cut()
+    expect(bytes(join(work, 'synced')), 'fsync, then more').toBe('a'.repeat(100))
+    expect(bytes(join(work, 'never')), 'never synced').toBe('')
+    expect(bytes(join(work, 'async')), 'fdatasync on the libuv pool').toBe('d'.repeat(40))
+    expect(bytes(join(work, 'worker')), 'fsync in a worker thread').toBe('w'.repeat(33))
+    expect(bytes(join(work, 'replaced')), 'synced temp file renamed over').toBe('N'.repeat(25))
+    expect(bytes(join(work, 'replaced.tmp'))).toBeNull()
+    expect(bytes(join(work, 'existing')), 'durable at the start, appended to').toBe('E'.repeat(10))
+    expect(bytes(join(work, 'overwritten')), 'O_TRUNC and rewritten, not synced').toBe('')
+    expect(bytes(join(work, 'reused')), 'new file, maybe on a synced, deleted file’s inode').toBe('')
+    expect(report.droppedBytes).toBe(50 + 70 + 10 + 7 + 20 + 5 + 64)
+    // The cut is the new start: a second cut without new syncs drops nothing.
+    expect(tracker.cut().droppedBytes).toBe(0)
+  })
+
+  it('does not let a new file inherit the synced size of a gone file whose inode it reuses', () => {
+    const { dir, work } = fresh()
+    mkdirSync(work)
+    const tracker = new PowerCutTracker(work, join(dir, 'powercut.log'))
+    const file = join(work, 'reused')
+    writeFileSync(file, 'r'.repeat(64))
+    const st = statSync(file)
+    // What the interposer logs when a synced file is deleted and a new one gets its inode.
+    writeFileSync(tracker.log, `sync ${st.dev} ${st.ino} 64 ${join(work, 'old')}\ngone ${st.dev} ${st.ino} ${join(work, 'old')}\n`)
+    expect(tracker.cut().droppedBytes).toBe(64)
+    expect(bytes(file)).toBe('')
+  })
+
+  it('refuses what it does not model (sync(), syncfs(), O_SYNC) rather than getting it wrong', () => {
+    const { dir, work } = fresh()
+    const tracker = new PowerCutTracker(work, join(dir, 'powercut.log'))
+    writeFileSync(tracker.log, 'syncall\n')
+    expect(() => tracker.cut()).toThrow(/not modelled/)
+  })
+
+  for (const crash of ['kill -9', 'power cut'] as const) {
+    it(`on a LevelDB store: a logged write never synced is ${crash === 'kill -9' ? 'kept by a kill -9' : 'lost in a power cut'}, a synced one kept`, async () => {
+      const { dir } = fresh()
+      const store = join(dir, 's1')
+      const open = (create: boolean) => StorageSystem.open({ sid: 1, name: 's1', path: store, capacity: 64 * 1024 * 1024, create })
+      await (await open(true)).close()
+      const tracker = new PowerCutTracker(store, join(dir, 'powercut.log'))
+      await killedChild('store', store, powercutEnv(tracker.log))
+      if (crash === 'power cut') expect(tracker.cut().droppedBytes).toBeGreaterThan(4 * 4096)
+      const s = await open(false)
+      try {
+        const got = await s.readMany([0, 1, 2, 3, 4, 5, 6, 7])
+        for (let pca = 0; pca < 4; pca++) expect(got[pca]?.equals(Buffer.alloc(4096, pca + 1)), `synced chunk ${pca}`).toBe(true)
+        for (let pca = 4; pca < 8; pca++) {
+          if (crash === 'kill -9') expect(got[pca]?.equals(Buffer.alloc(4096, pca + 1)), `unsynced chunk ${pca}`).toBe(true)
+          else expect(got[pca], `unsynced chunk ${pca}`).toBeUndefined()
+        }
+      } finally {
+        await s.close()
+      }
+    })
+  }
+  it('on a LevelDB store: logged writes a later sync covered survive a power cut, even those in a log LevelDB switched away from (memtable full)', async () => {
+    const { dir } = fresh()
+    const store = join(dir, 's1')
+    const open = (create: boolean) => StorageSystem.open({ sid: 1, name: 's1', path: store, capacity: 1024 * 1024 * 1024, create })
+    await (await open(true)).close()
+    const tracker = new PowerCutTracker(store, join(dir, 'powercut.log'))
+    await killedChild('switch', store, powercutEnv(tracker.log))
+    const logs = readdirSync(store).filter((f) => f.endsWith('.log'))
+    expect(logs.length, 'LevelDB switched to a second log').toBeGreaterThanOrEqual(2)
+    tracker.cut()
+    const n = Math.ceil((STORE_OPTIONS.writeBufferSize / 4096) * 1.02)
+    const s = await open(false)
+    try {
+      const buf = Buffer.alloc(n * 4096)
+      await s.readRun(0, n, buf)
+      const lost = Array.from({ length: n }, (_, pca) => pca).filter((pca) => !buf.subarray(pca * 4096, (pca + 1) * 4096).equals(Buffer.alloc(4096, pca % 251)))
+      expect(lost.length, `chunks lost, first ${lost[0]}`).toBe(0)
+    } finally {
+      await s.close()
+    }
+  })
+})
