@@ -360,16 +360,6 @@ export const METHODS = {
     result: JobInfo,
     errors: ['JOB_NOT_FOUND', 'JOB_STATE'],
   }),
-  'relay.changes': method({
-    summary: 'The relay\'s versioned, checksummed records changed after a sequence number (for a standby relay).',
-    params: z.strictObject({ since: z.number().int().min(0).default(0), limit: z.number().int().min(1).max(100_000).default(10_000) }),
-    result: z.object({
-      records: z.array(z.object({ key: z.string(), seq: z.number(), value: z.string() })),
-      last: z.number(),
-      more: z.boolean(),
-    }),
-    errors: ['INVALID_ARGUMENT'],
-  }),
   'events.subscribe': method({
     summary: 'Sends events to this connection as `event` notifications (all types if none given).',
     params: z.strictObject({ types: z.array(EventType).optional() }),

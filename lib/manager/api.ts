@@ -41,7 +41,6 @@ export function managerHandlers(manager: Manager, socketPath: string): Handlers 
     'job.pause': async (p) => manager.jobs.pause(p.id),
     'job.resume': async (p) => manager.jobs.resume(p.id),
     'job.cancel': async (p) => manager.jobs.cancel(p.id),
-    'relay.changes': (p) => manager.relayChanges(p.since, p.limit),
     'events.subscribe': async (p, ctx) => {
       const types = p.types?.length ? p.types : EventType.options
       ctx.subscribe(types)

@@ -664,10 +664,6 @@ export class Manager implements HostView {
     })
   }
 
-  relayChanges(since: number, limit: number) {
-    return this.maps.changesSince(since, limit)
-  }
-
   consolidationPolicy(): ConsolidationPolicy {
     return { ...this.catalog.data.consolidation }
   }

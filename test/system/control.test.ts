@@ -88,6 +88,12 @@ describe('the control socket', () => {
     expect(r!.error!.code).toBe(-32601)
   })
 
+  it('answers relay.changes, the standby feed that had gaps and was removed, with METHOD_NOT_FOUND', async () => {
+    const [r] = await rawExchange('{"jsonrpc":"2.0","id":1,"method":"relay.changes","params":{"since":0}}\n')
+    expect(r!.error!.data.code).toBe('METHOD_NOT_FOUND')
+    expect(r!.error!.code).toBe(-32601)
+  })
+
   it('answers wrong types and unknown params with INVALID_ARGUMENT', async () => {
     const c = d.client
     expect(await codeOf(c.call('volume.create', { name: 'x', size: true } as never))).toBe('INVALID_ARGUMENT')
