@@ -11,7 +11,7 @@
  */
 import { z } from 'zod'
 import type { ErrorCode } from '../errors.js'
-import { MAX_SIZE, checkName, parseDuration, parseOffset, parseSize } from '../units.js'
+import { MAX_SIZE, checkExistingName, checkName, parseDuration, parseOffset, parseSize } from '../units.js'
 
 // ---- shared pieces
 
@@ -33,7 +33,10 @@ const NumberOrString = z.union([z.number(), z.string()])
 export const Size = parsed(NumberOrString, (v) => parseSize(v), 'INVALID_SIZE')
 /** An offset into a volume: a size, or 0. */
 export const Offset = parsed(NumberOrString, (v) => parseOffset(v), 'INVALID_SIZE')
-export const Name = parsed(z.string(), (v) => checkName(v), 'INVALID_NAME')
+/** The name of something to be created: never starting with a dot or a dash. */
+export const NewName = parsed(z.string(), (v) => checkName(v), 'INVALID_NAME')
+/** The name of something that exists (one starting with a dash, from an older state, included). */
+export const Name = parsed(z.string(), (v) => checkExistingName(v), 'INVALID_NAME')
 
 const Path = z.string().min(1).max(4096)
 const Bytes = z.number().int().min(0).max(MAX_SIZE)
@@ -199,7 +202,7 @@ export const METHODS = {
   }),
   'storage.add': method({
     summary: 'Adds a storage system: a new LevelDB store with a declared capacity (reserve: only for staged transfers).',
-    params: z.strictObject({ name: Name, capacity: Size, path: Path.optional(), reserve: z.boolean().optional() }),
+    params: z.strictObject({ name: NewName, capacity: Size, path: Path.optional(), reserve: z.boolean().optional() }),
     result: StorageInfo,
     errors: [...NAME_ERRORS, 'INVALID_SIZE', 'STORAGE_EXISTS', 'STORAGE_PATH_IN_USE', 'IO_ERROR'],
   }),
@@ -212,7 +215,7 @@ export const METHODS = {
   }),
   'host.add': method({
     summary: 'Adds a host: a FUSE mount that shows the volumes mapped to it.',
-    params: z.strictObject({ name: Name, mount: Path }),
+    params: z.strictObject({ name: NewName, mount: Path }),
     result: HostInfo,
     errors: [...NAME_ERRORS, 'HOST_EXISTS', 'INVALID_ARGUMENT', 'MOUNT_FAILED'],
   }),
@@ -225,7 +228,7 @@ export const METHODS = {
   }),
   'volume.create': method({
     summary: 'Creates a thin volume (no space is taken until written) and maps it to hosts (default: local).',
-    params: z.strictObject({ name: Name, size: Size, hosts: z.array(Name).max(64).optional() }),
+    params: z.strictObject({ name: NewName, size: Size, hosts: z.array(Name).max(64).optional() }),
     result: VolumeInfo,
     errors: [...NAME_ERRORS, 'INVALID_SIZE', 'VOLUME_EXISTS', 'HOST_NOT_FOUND'],
   }),
