@@ -211,6 +211,10 @@ export function buildCli(rawArgs: string[]) {
           const r = await call(argv, 'host.remove', { name: argv.name })
           print(argv, r, () => `removed host ${r.removed}`)
         })
+        .command('remount <name>', 'mount a host again after someone else unmounted it', (y) => y.positional('name', { type: 'string', demandOption: true }), async (argv) => {
+          const h = await call(argv, 'host.remount', { name: argv.name })
+          print(argv, h, () => `host ${h.name} is mounted at ${h.mount}`)
+        })
         .demandCommand(1),
     )
     .command('volume', 'volumes', (y) =>

@@ -154,6 +154,9 @@ export const EventType = z.enum([
   'storage.removed',
   'host.added',
   'host.removed',
+  /** A host's mount was detached by someone else (`umount`), or mounted again (`host.remount`). */
+  'host.unmounted',
+  'host.mounted',
   'pool.threshold',
   'pool.settings',
   'job.status',
@@ -225,6 +228,12 @@ export const METHODS = {
     params: ByName,
     result: z.object({ removed: z.string() }),
     errors: [...NAME_ERRORS, 'HOST_NOT_FOUND', 'HOST_BUSY'],
+  }),
+  'host.remount': method({
+    summary: 'Mounts a host again after someone else unmounted it (nothing to do if it is mounted).',
+    params: ByName,
+    result: HostInfo,
+    errors: [...NAME_ERRORS, 'HOST_NOT_FOUND', 'HOST_BUSY', 'MOUNT_FAILED'],
   }),
   'volume.create': method({
     summary: 'Creates a thin volume (no space is taken until written) and maps it to hosts (default: local).',

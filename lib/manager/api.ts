@@ -16,6 +16,7 @@ export function managerHandlers(manager: Manager, socketPath: string): Handlers 
     'host.add': (p) => manager.addHost(p),
     'host.list': async () => ({ hosts: manager.listHosts() }),
     'host.remove': (p) => manager.removeHost(p.name),
+    'host.remount': (p) => manager.remountHost(p.name),
     'volume.create': (p) => manager.createVolume(p),
     'volume.list': async () => ({ volumes: manager.listVolumes() }),
     'volume.show': async (p) => manager.showVolume(p.name),

@@ -224,7 +224,8 @@ export class Manager implements HostView {
   }
 
   private async mountHost(host: HostRecord): Promise<void> {
-    const mount = new HostMount(host.name, host.mount, this, this.log, this.opts.timeouts)
+    const lost = () => this.emit('host.unmounted', { name: host.name, mount: host.mount, external: true })
+    const mount = new HostMount(host.name, host.mount, this, this.log, this.opts.timeouts, lost)
     await mount.mount()
     this.mounts.set(host.name, mount)
   }
@@ -461,6 +462,31 @@ export class Manager implements HostView {
     })
   }
 
+  /**
+   * Mounts a host again after someone else unmounted it (nothing to do if it
+   * is mounted). Refused while files stay open on the detached mount (a loop
+   * device still attached to a volume file): they are served until closed.
+   */
+  remountHost(name: string): Promise<HostInfo> {
+    return this.serial(async () => {
+      const rec = this.catalog.data.hosts.find((h) => h.name === name)
+      if (!rec) throw new VvfsError('HOST_NOT_FOUND', `no host named ${name}`)
+      const old = this.mounts.get(name)
+      if (old?.mounted) return this.hostInfo(rec)
+      if (this.opts.mount === false) throw new VvfsError('NOT_SUPPORTED', 'this manager does not mount hosts')
+      if (old && old.openFiles > 0) {
+        throw new VvfsError('HOST_BUSY', `${old.openFiles} files are still open on host ${name}'s detached mount; close them (detach loop devices) first`)
+      }
+      await old?.unmount()
+      this.mounts.delete(name)
+      await this.mountHost(rec)
+      this.log.info({ event: 'host.remounted', name, mount: rec.mount }, 'host mounted again')
+      const info = this.hostInfo(rec)
+      this.emit('host.mounted', { host: info })
+      return info
+    })
+  }
+
   private hostInfo(h: HostRecord): HostInfo {
     return { name: h.name, mount: h.mount, mounted: this.mounts.get(h.name)?.mounted ?? false, volumes: this.volumes(h.name).map((v) => v.name) }
   }
@@ -617,7 +643,11 @@ export class Manager implements HostView {
       hosts: [...v.record.hosts],
       state: v.state,
       createdAt: v.record.createdAt,
-      files: v.record.hosts.map((h) => this.catalog.data.hosts.find((r) => r.name === h)).filter((h) => h !== undefined).map((h) => join(h.mount, v.name)),
+      // Only where the file is now: a host someone unmounted shows none.
+      files: v.record.hosts
+        .map((h) => this.catalog.data.hosts.find((r) => r.name === h))
+        .filter((h) => h !== undefined && this.mounts.get(h.name)?.mounted)
+        .map((h) => join(h!.mount, v.name)),
     }
   }
 
