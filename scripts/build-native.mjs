@@ -28,3 +28,8 @@ for (const pkg of ['fuse-native', 'classic-level']) {
     throw err
   }
 }
+
+// The control socket's peer-credential check (native/peercred: one N-API
+// function around getsockopt SO_PEERCRED, which Node lacks). The daemon
+// refuses to start without it.
+run(bin('node-gyp'), gypArgs, join(root, 'native', 'peercred'))

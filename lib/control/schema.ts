@@ -204,10 +204,10 @@ export const METHODS = {
     errors: [],
   }),
   'storage.add': method({
-    summary: 'Adds a storage system: a new LevelDB store with a declared capacity (reserve: only for staged transfers).',
+    summary: 'Adds a storage system: a new LevelDB store with a declared capacity of at most 16 TiB (reserve: only for staged transfers).',
     params: z.strictObject({ name: NewName, capacity: Size, path: Path.optional(), reserve: z.boolean().optional() }),
     result: StorageInfo,
-    errors: [...NAME_ERRORS, 'INVALID_SIZE', 'STORAGE_EXISTS', 'STORAGE_PATH_IN_USE', 'IO_ERROR'],
+    errors: [...NAME_ERRORS, 'INVALID_SIZE', 'CAPACITY_TOO_LARGE', 'STORAGE_EXISTS', 'STORAGE_PATH_IN_USE', 'IO_ERROR'],
   }),
   'storage.list': method({ summary: 'Lists storage systems with their free-space table.', params: Empty, result: z.object({ storage: z.array(StorageInfo) }), errors: [] }),
   'storage.remove': method({

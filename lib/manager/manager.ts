@@ -26,7 +26,8 @@ import { extentPrefix, parseExtentKey, ThinVolume } from '../relay/thin.js'
 import { Volume } from '../relay/volume.js'
 import { Pool } from '../storage/pool.js'
 import { StorageSystem } from '../storage/storage-system.js'
-import { checkName, parseSize } from '../units.js'
+import { checkName, formatSize, parseSize } from '../units.js'
+import { MAX_CAPACITY } from '../storage/free-space.js'
 import { Catalog, type HostRecord, type PoolSettings, type StorageRecord, type VolumeRecord } from './catalog.js'
 import { SpaceWatch } from './space-watch.js'
 import { reclaimVolume, type ReclaimResult } from './reclaim.js'
@@ -288,6 +289,9 @@ export class Manager implements HostView {
       const data = this.catalog.data
       if (data.storage.some((s) => s.name === p.name)) throw new VvfsError('STORAGE_EXISTS', `storage system ${p.name} already exists`)
       if (p.capacity < EXTENT_SIZE) throw new VvfsError('INVALID_SIZE', `capacity must be at least one extent (${EXTENT_SIZE} bytes)`)
+      if (p.capacity > MAX_CAPACITY) {
+        throw new VvfsError('CAPACITY_TOO_LARGE', `capacity ${formatSize(p.capacity)} is more than one storage system may have (${formatSize(MAX_CAPACITY)}); add several`)
+      }
       const path = resolve(p.path ?? join(this.stateDir, 'storage', p.name))
       const clash = data.storage.find((s) => s.path === path || path.startsWith(s.path + '/') || s.path.startsWith(path + '/'))
       if (clash) throw new VvfsError('STORAGE_PATH_IN_USE', `${path} overlaps storage system ${clash.name} at ${clash.path}`)
