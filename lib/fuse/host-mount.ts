@@ -95,8 +95,9 @@ export class HostMount {
   private drained: (() => void)[] = []
   /** The kernel's id of this FUSE connection (/sys/fs/fuse/connections/ID). */
   private connection: number | undefined
-  /** Where the mount shows in /proc/self/mountinfo: the resolved mount point. */
+  /** Where the mount shows in /proc/self/mountinfo: the resolved mount point and its device (major:minor). */
   private mountedPath = ''
+  private device = ''
   private watch: NodeJS.Timeout | undefined
   /** Detached by someone else (seen in mountinfo); the FUSE side may still serve open files. */
   private lost = false
@@ -140,6 +141,7 @@ export class HostMount {
       // Asynchronously: a synchronous stat would wait for this very thread to answer the kernel.
       const dev = (await stat(this.mountPoint)).dev
       this.connection = (dev & 0xff) | ((dev >> 12) & 0xfff00)
+      this.device = `${(dev >> 8) & 0xfff}:${this.connection}`
     } catch {
       this.connection = undefined
     }
@@ -158,7 +160,9 @@ export class HostMount {
     } catch {
       return
     }
-    if (!this.fuse || this.lost || mountPoints(info).has(this.mountedPath)) return
+    const mounts = mountsOf(info)
+    // Ours: this path on our device (not another file system mounted there since).
+    if (!this.fuse || this.lost || mounts.has(`${this.device} ${this.mountedPath}`) || (!this.device && mounts.has(` ${this.mountedPath}`))) return
     this.lost = true
     clearInterval(this.watch)
     this.log.warn({ event: 'host.lost', host: this.host, mount: this.mountPoint, openFiles: this.handles.size }, `host ${this.host}'s mount at ${this.mountPoint} was unmounted by someone else (vvfs host remount ${this.host} brings it back)`)
@@ -408,12 +412,18 @@ async function ensureFusectl(): Promise<void> {
   }
 }
 
-/** The mount points in a /proc/self/mountinfo text (field 5, octal escapes decoded). */
-function mountPoints(info: string): Set<string> {
+/**
+ * The mounts in a /proc/self/mountinfo text as "major:minor path" (fields 3
+ * and 5, octal escapes decoded), and as " path" for a lookup by path alone.
+ */
+function mountsOf(info: string): Set<string> {
   const out = new Set<string>()
   for (const line of info.split('\n')) {
-    const field = line.split(' ')[4]
-    if (field) out.add(field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8))))
+    const fields = line.split(' ')
+    if (fields.length < 5) continue
+    const path = fields[4]!.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)))
+    out.add(`${fields[2]} ${path}`)
+    out.add(` ${path}`)
   }
   return out
 }

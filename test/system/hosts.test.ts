@@ -84,4 +84,27 @@ describe('hosts', () => {
       watcher.close()
     }
   })
+
+  it('refuses host remount with HOST_BUSY while a file stays open on a lazily detached mount, and remounts once it is closed', async () => {
+    const { open } = await import('node:fs/promises')
+    const fh = await open(d.file('back'), 'r')
+    const local = async () => (await d.client.call('host.list', {})).hosts.find((h) => h.name === 'local')!
+    try {
+      sh('fusermount', ['-uz', d.mount])
+      const until = Date.now() + 5000
+      while ((await local()).mounted && Date.now() < until) await new Promise((r) => setTimeout(r, 100))
+      expect((await local()).mounted).toBe(false)
+      // The open file is still served through the detached mount.
+      const { bytesRead } = await fh.read(Buffer.alloc(4096), 0, 4096, 0)
+      expect(bytesRead).toBe(4096)
+      expect(await codeOf(d.client.call('host.remount', { name: 'local' }))).toBe('HOST_BUSY')
+    } finally {
+      await fh.close()
+    }
+    // The kernel sends release asynchronously after close.
+    const until = Date.now() + 5000
+    while ((await codeOf(d.client.call('host.remount', { name: 'local' }))) === 'HOST_BUSY' && Date.now() < until) await new Promise((r) => setTimeout(r, 100))
+    expect((await local()).mounted).toBe(true)
+    expect(readdirSync(d.mount)).toContain('back')
+  })
 })
