@@ -2,7 +2,8 @@
  * Sizes and names as users write them. Sizes are binary (`4G` = 4 GiB, as
  * lvcreate and rbd take them) and must be whole bytes in 1 … 2^53-1; names
  * are 1–64 of [A-Za-z0-9._-], not starting with a dot (so never `.`, `..`
- * or a path).
+ * or a path) nor a dash (so never an option to the CLI or to a tool a
+ * script passes the name to: `-rf`, `--state`).
  */
 import { VvfsError } from './errors.js'
 
@@ -59,14 +60,29 @@ export function parseOffset(input: unknown, what = 'offset'): number {
   return parseSize(input, what)
 }
 
-const NAME = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$/
+const NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/
+/** The rule before names starting with a dash were refused: such a name in an older state still reaches its object. */
+const EARLIER_NAME = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$/
 
+/** A name for something new. */
 export function checkName(name: unknown, what = 'name'): string {
-  if (typeof name !== 'string' || !NAME.test(name)) {
-    const shown = typeof name === 'string' ? JSON.stringify(name.length > 80 ? `${name.slice(0, 80)}…` : name) : String(name)
-    throw new VvfsError('INVALID_NAME', `${what} ${shown} is not valid: use 1–64 of A-Z a-z 0-9 . _ -, not starting with a dot`)
-  }
+  if (typeof name !== 'string' || !NAME.test(name)) throw invalidName(name, what)
   return name
+}
+
+/**
+ * A name that refers to something that exists: also one starting with a
+ * dash, as states made before that was refused may hold one (`-rf`) — it can
+ * still be shown, unmapped, drained and deleted, never created.
+ */
+export function checkExistingName(name: unknown, what = 'name'): string {
+  if (typeof name !== 'string' || !EARLIER_NAME.test(name)) throw invalidName(name, what)
+  return name
+}
+
+function invalidName(name: unknown, what: string): VvfsError {
+  const shown = typeof name === 'string' ? JSON.stringify(name.length > 80 ? `${name.slice(0, 80)}…` : name) : String(name)
+  return new VvfsError('INVALID_NAME', `${what} ${shown} is not valid: use 1–64 of A-Z a-z 0-9 . _ -, not starting with a dot or a dash`)
 }
 
 /** Durations like `30s`, `10m`, `2h`, `7d` (for retention windows and timeouts). */

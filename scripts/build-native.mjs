@@ -36,3 +36,7 @@ const powercut = join(root, 'native', 'powercut')
 console.log('vvfs: building native/powercut')
 mkdirSync(join(powercut, 'build'), { recursive: true })
 run('gcc', ['-shared', '-fPIC', '-O2', '-Wall', '-Wextra', '-Werror', '-o', join(powercut, 'build', 'powercut.so'), join(powercut, 'powercut.c'), '-ldl'], powercut)
+// The control socket's peer-credential check (native/peercred: one N-API
+// function around getsockopt SO_PEERCRED, which Node lacks). The daemon
+// refuses to start without it.
+run(bin('node-gyp'), gypArgs, join(root, 'native', 'peercred'))

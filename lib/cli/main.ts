@@ -95,8 +95,32 @@ function withCommon<T>(y: Argv<T>) {
     .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON' })
 }
 
-export function buildCli(args: string[]) {
+/**
+ * Operands after `--` (a name starting with a dash, from an older state:
+ * `vvfs volume delete -- -rf`). yargs re-parses positionals as options, so
+ * `-rf` would turn into two flags and the name go missing: each operand
+ * passes the parser as a placeholder (NUL cannot be in an argument) and is
+ * put back before the command runs.
+ */
+const OPERAND = '\u0000operand'
+
+function hideOperands(args: string[]): { args: string[]; restore: (argv: Record<string, unknown>) => void } {
+  const at = args.indexOf('--')
+  if (at < 0) return { args, restore: () => {} }
+  const operands = args.slice(at + 1)
+  const back = (v: unknown): unknown => (typeof v === 'string' && v.startsWith(OPERAND) ? operands[Number(v.slice(OPERAND.length))] : v)
+  return {
+    args: [...args.slice(0, at), ...operands.map((_, i) => `${OPERAND}${i}`)],
+    restore: (argv) => {
+      for (const [key, value] of Object.entries(argv)) argv[key] = Array.isArray(value) ? value.map(back) : back(value)
+    },
+  }
+}
+
+export function buildCli(rawArgs: string[]) {
+  const { args, restore } = hideOperands(rawArgs)
   const cli = withCommon(yargs(args))
+    .middleware(restore)
     .scriptName('vvfs')
     .usage('$0 <command>\n\nvvfs serves thin virtual volumes as files in a FUSE mount.')
     .command(
@@ -188,6 +212,10 @@ export function buildCli(args: string[]) {
         .command('remove <name>', 'remove a host', (y) => y.positional('name', { type: 'string', demandOption: true }), async (argv) => {
           const r = await call(argv, 'host.remove', { name: argv.name })
           print(argv, r, () => `removed host ${r.removed}`)
+        })
+        .command('remount <name>', 'mount a host again after someone else unmounted it', (y) => y.positional('name', { type: 'string', demandOption: true }), async (argv) => {
+          const h = await call(argv, 'host.remount', { name: argv.name })
+          print(argv, h, () => `host ${h.name} is mounted at ${h.mount}`)
         })
         .demandCommand(1),
     )
@@ -333,7 +361,8 @@ export function buildCli(args: string[]) {
     .wrap(Math.min(120, process.stdout.columns || 100))
     .fail((msg, err, y) => {
       if (err) throw err
-      process.stderr.write(`${y.help()}\n\nvvfs: ${msg}\n`)
+      const hint = /^Not enough non-option/.test(msg ?? '') && rawArgs.some((a) => a.startsWith('-')) ? ` (a name starting with '-' goes after '--': vvfs volume delete -- -rf)` : ''
+      process.stderr.write(`${y.help()}\n\nvvfs: ${msg}${hint}\n`)
       process.exit(2)
     })
   migrationCommands(cli, withClient, print)

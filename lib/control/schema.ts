@@ -12,7 +12,7 @@
 import { z } from 'zod'
 import type { ErrorCode } from '../errors.js'
 import { FAULT_EFFECTS, FAULT_OPS } from '../storage/fault-injector.js'
-import { MAX_SIZE, checkName, parseDuration, parseOffset, parseSize } from '../units.js'
+import { MAX_SIZE, checkExistingName, checkName, parseDuration, parseOffset, parseSize } from '../units.js'
 
 // ---- shared pieces
 
@@ -34,7 +34,10 @@ const NumberOrString = z.union([z.number(), z.string()])
 export const Size = parsed(NumberOrString, (v) => parseSize(v), 'INVALID_SIZE')
 /** An offset into a volume: a size, or 0. */
 export const Offset = parsed(NumberOrString, (v) => parseOffset(v), 'INVALID_SIZE')
-export const Name = parsed(z.string(), (v) => checkName(v), 'INVALID_NAME')
+/** The name of something to be created: never starting with a dot or a dash. */
+export const NewName = parsed(z.string(), (v) => checkName(v), 'INVALID_NAME')
+/** The name of something that exists (one starting with a dash, from an older state, included). */
+export const Name = parsed(z.string(), (v) => checkExistingName(v), 'INVALID_NAME')
 
 const Path = z.string().min(1).max(4096)
 const Bytes = z.number().int().min(0).max(MAX_SIZE)
@@ -168,6 +171,9 @@ export const EventType = z.enum([
   'storage.removed',
   'host.added',
   'host.removed',
+  /** A host's mount was detached by someone else (`umount`), or mounted again (`host.remount`). */
+  'host.unmounted',
+  'host.mounted',
   'pool.threshold',
   'pool.settings',
   'job.status',
@@ -216,10 +222,10 @@ export const METHODS = {
     errors: [],
   }),
   'storage.add': method({
-    summary: 'Adds a storage system: a new LevelDB store with a declared capacity (reserve: only for staged transfers).',
-    params: z.strictObject({ name: Name, capacity: Size, path: Path.optional(), reserve: z.boolean().optional() }),
+    summary: 'Adds a storage system: a new LevelDB store with a declared capacity of at most 16 TiB (reserve: only for staged transfers).',
+    params: z.strictObject({ name: NewName, capacity: Size, path: Path.optional(), reserve: z.boolean().optional() }),
     result: StorageInfo,
-    errors: [...NAME_ERRORS, 'INVALID_SIZE', 'STORAGE_EXISTS', 'STORAGE_PATH_IN_USE', 'IO_ERROR'],
+    errors: [...NAME_ERRORS, 'INVALID_SIZE', 'CAPACITY_TOO_LARGE', 'STORAGE_EXISTS', 'STORAGE_PATH_IN_USE', 'IO_ERROR'],
   }),
   'storage.list': method({ summary: 'Lists storage systems with their free-space table.', params: Empty, result: z.object({ storage: z.array(StorageInfo) }), errors: [] }),
   'storage.remove': method({
@@ -230,7 +236,7 @@ export const METHODS = {
   }),
   'host.add': method({
     summary: 'Adds a host: a FUSE mount that shows the volumes mapped to it.',
-    params: z.strictObject({ name: Name, mount: Path }),
+    params: z.strictObject({ name: NewName, mount: Path }),
     result: HostInfo,
     errors: [...NAME_ERRORS, 'HOST_EXISTS', 'INVALID_ARGUMENT', 'MOUNT_FAILED'],
   }),
@@ -241,9 +247,15 @@ export const METHODS = {
     result: z.object({ removed: z.string() }),
     errors: [...NAME_ERRORS, 'HOST_NOT_FOUND', 'HOST_BUSY'],
   }),
+  'host.remount': method({
+    summary: 'Mounts a host again after someone else unmounted it (nothing to do if it is mounted).',
+    params: ByName,
+    result: HostInfo,
+    errors: [...NAME_ERRORS, 'HOST_NOT_FOUND', 'HOST_BUSY', 'MOUNT_FAILED'],
+  }),
   'volume.create': method({
     summary: 'Creates a thin volume (no space is taken until written) and maps it to hosts (default: local).',
-    params: z.strictObject({ name: Name, size: Size, hosts: z.array(Name).max(64).optional() }),
+    params: z.strictObject({ name: NewName, size: Size, hosts: z.array(Name).max(64).optional() }),
     result: VolumeInfo,
     errors: [...NAME_ERRORS, 'INVALID_SIZE', 'VOLUME_EXISTS', 'HOST_NOT_FOUND'],
   }),
@@ -377,16 +389,6 @@ export const METHODS = {
     params: JobId,
     result: JobInfo,
     errors: ['JOB_NOT_FOUND', 'JOB_STATE'],
-  }),
-  'relay.changes': method({
-    summary: 'The relay\'s versioned, checksummed records changed after a sequence number (for a standby relay).',
-    params: z.strictObject({ since: z.number().int().min(0).default(0), limit: z.number().int().min(1).max(100_000).default(10_000) }),
-    result: z.object({
-      records: z.array(z.object({ key: z.string(), seq: z.number(), value: z.string() })),
-      last: z.number(),
-      more: z.boolean(),
-    }),
-    errors: ['INVALID_ARGUMENT'],
   }),
   'fault.add': method({
     summary: 'Injects I/O errors (EIO, ENOSPC) or delays into a storage system\'s reads, writes or syncs (daemon started with --allow-faults).',

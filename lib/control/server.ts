@@ -5,16 +5,61 @@
  * nothing, and no input can take the daemon down: a line over MAX_LINE is
  * answered LINE_TOO_LONG and skipped to its end, a client that stops reading
  * its events is dropped.
+ *
+ * Who may talk: only root and the daemon's own uid, checked on every
+ * connection with SO_PEERCRED (native/peercred) — the socket's mode is the
+ * first fence, the peer's credentials the second (a loosened mode or a
+ * socket reached through a bind mount does not let others in). Refused
+ * peers get PERMISSION_DENIED and are logged (`control.refused`). At most
+ * MAX_CONNECTIONS clients at once (TOO_MANY_CONNECTIONS) and MAX_IN_FLIGHT
+ * unanswered requests per connection (TOO_MANY_REQUESTS); a refusal is a
+ * coded reply, never a crash.
+ *
+ * Start: a socket file nobody answers on is a killed daemon's and is
+ * replaced; anything else at the path (a regular file, a directory) is never
+ * removed: start fails with SOCKET_PATH_IN_USE.
  */
 import { EventEmitter } from 'node:events'
-import { chmod, unlink } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { chmod, lstat, unlink } from 'node:fs/promises'
+import { createRequire } from 'node:module'
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
+import { dirname, join } from 'node:path'
 import { asVvfsError, isErrorCode, VvfsError, type ErrorCode } from '../errors.js'
 import type { Logger } from '../log.js'
 import { METHODS, isMethodName, rpcCode, type CallContext, type Handlers, type VvfsEvent } from './schema.js'
 
 export const MAX_LINE = 1024 * 1024
 const MAX_BUFFERED_OUT = 16 * 1024 * 1024
+/**
+ * Clients at once. The CLI holds one per command, `vvfs events` one each; 64
+ * is far above an administrator's scripts and bounds what clients can make
+ * the daemon hold (64 × (1 MiB line + 16 MiB unread output)).
+ */
+export const MAX_CONNECTIONS = 64
+/**
+ * Unanswered requests per connection (a batch counts each entry). The CLI
+ * and the tests have one at a time; a client pipelining more than this is
+ * told to wait for answers, so one connection cannot queue unbounded work
+ * behind the manager's single queue.
+ */
+export const MAX_IN_FLIGHT = 32
+
+interface PeerCred {
+  pid: number
+  uid: number
+  gid: number
+}
+
+/** The SO_PEERCRED addon, found from lib/ (tests) or dist/lib/ (the daemon). */
+function loadPeerCred(): (fd: number) => PeerCred {
+  for (let dir = import.meta.dirname; ; dir = dirname(dir)) {
+    const file = join(dir, 'native', 'peercred', 'build', 'Release', 'peercred.node')
+    if (existsSync(file)) return (createRequire(import.meta.url)(file) as { peerCred: (fd: number) => PeerCred }).peerCred
+    if (dirname(dir) === dir) break
+  }
+  throw new VvfsError('NOT_SUPPORTED', 'the peer-credential check native/peercred is not built (run node scripts/build-native.mjs)')
+}
 
 type Id = string | number | null
 
@@ -28,6 +73,8 @@ interface RpcResponse {
 export class ControlServer {
   private server: Server | null = null
   private readonly sockets = new Set<Socket>()
+  private readonly peerCred = loadPeerCred()
+  private readonly ownUid = process.getuid?.() ?? 0
 
   constructor(
     readonly socketPath: string,
@@ -62,8 +109,17 @@ export class ControlServer {
     await unlink(this.socketPath).catch(() => {})
   }
 
-  /** A socket file nobody answers on is left over from a killed daemon. */
+  /** A socket file nobody answers on is left over from a killed daemon; nothing else is removed. */
   private async removeStaleSocket(): Promise<void> {
+    const found = await lstat(this.socketPath).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return null
+      throw new VvfsError('IO_ERROR', `cannot look at ${this.socketPath}: ${err.message}`, { cause: err })
+    })
+    if (!found) return
+    if (!found.isSocket()) {
+      const what = found.isFile() ? 'a regular file' : found.isDirectory() ? 'a directory' : found.isSymbolicLink() ? 'a symbolic link' : 'not a socket'
+      throw new VvfsError('SOCKET_PATH_IN_USE', `${this.socketPath} is ${what}, not a socket: vvfs will not replace it (choose another --socket, or remove it)`)
+    }
     const alive = await new Promise<boolean>((resolve) => {
       const probe = createConnection(this.socketPath)
       probe.once('connect', () => {
@@ -76,8 +132,37 @@ export class ControlServer {
     await unlink(this.socketPath).catch(() => {})
   }
 
+  /** Turns away a connection with one coded reply. */
+  private refuse(socket: Socket, code: ErrorCode, message: string): void {
+    socket.on('error', () => socket.destroy())
+    socket.end(JSON.stringify(errorReply(null, code, message)) + '\n')
+    setTimeout(() => socket.destroy(), 1000).unref()
+  }
+
+  /** Root and the daemon's own uid; anyone else (or a peer that cannot be checked) is refused. */
+  private admitted(socket: Socket): boolean {
+    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd
+    let peer: PeerCred | undefined
+    try {
+      if (fd !== undefined && fd >= 0) peer = this.peerCred(fd)
+    } catch (err) {
+      this.log.warn({ event: 'control.refused', reason: 'no peer credentials', err: (err as Error).message }, 'refused a client whose credentials cannot be read')
+    }
+    if (peer && (peer.uid === 0 || peer.uid === this.ownUid)) return true
+    if (peer) this.log.warn({ event: 'control.refused', reason: 'uid', uid: peer.uid, gid: peer.gid, pid: peer.pid }, `refused a client of uid ${peer.uid}`)
+    this.refuse(socket, 'PERMISSION_DENIED', `only root and uid ${this.ownUid} may use the vvfs control socket`)
+    return false
+  }
+
   private accept(socket: Socket): void {
+    if (!this.admitted(socket)) return
+    if (this.sockets.size >= MAX_CONNECTIONS) {
+      this.log.warn({ event: 'control.refused', reason: 'connections', limit: MAX_CONNECTIONS }, 'refused a client: too many connections')
+      this.refuse(socket, 'TOO_MANY_CONNECTIONS', `the daemon serves at most ${MAX_CONNECTIONS} control connections at once; close some`)
+      return
+    }
     this.sockets.add(socket)
+    let inFlight = 0
     let parts: Buffer[] = []
     let length = 0
     let skipping = false
@@ -111,9 +196,24 @@ export class ControlServer {
     const onLine = (line: Buffer) => {
       const text = line.toString('utf8').trim()
       if (text.length === 0) return
-      void this.handleText(text, ctx).then((reply) => {
-        if (reply !== undefined) send(reply)
-      })
+      let message: unknown
+      try {
+        message = JSON.parse(text)
+      } catch (err) {
+        send(errorReply(null, 'PARSE_ERROR', `not valid JSON: ${(err as Error).message}`))
+        return
+      }
+      const requests = Array.isArray(message) ? Math.max(1, message.length) : 1
+      if (inFlight + requests > MAX_IN_FLIGHT) {
+        send(errorReply(idOf(message), 'TOO_MANY_REQUESTS', `at most ${MAX_IN_FLIGHT} requests may wait for answers on one connection; wait for some`))
+        return
+      }
+      inFlight += requests
+      void this.handleMessage(message, ctx)
+        .then((reply) => {
+          if (reply !== undefined) send(reply)
+        })
+        .finally(() => (inFlight -= requests))
     }
 
     socket.on('data', (data: Buffer) => {
@@ -142,13 +242,7 @@ export class ControlServer {
     })
   }
 
-  private async handleText(text: string, ctx: CallContext): Promise<unknown> {
-    let message: unknown
-    try {
-      message = JSON.parse(text)
-    } catch (err) {
-      return errorReply(null, 'PARSE_ERROR', `not valid JSON: ${(err as Error).message}`)
-    }
+  private async handleMessage(message: unknown, ctx: CallContext): Promise<unknown> {
     if (Array.isArray(message)) {
       if (message.length === 0) return errorReply(null, 'INVALID_REQUEST', 'empty batch')
       const replies = await Promise.all(message.map((m) => this.handle(m, ctx)))
@@ -192,6 +286,12 @@ export class ControlServer {
       return isNotification ? undefined : errorReply(id, e.code, e.message, e.details)
     }
   }
+}
+
+/** The id of a request, for a refusal the client can match. */
+function idOf(message: unknown): Id {
+  const id = message && typeof message === 'object' ? (message as { id?: unknown }).id : null
+  return typeof id === 'string' || typeof id === 'number' ? id : null
 }
 
 function errorReply(id: Id, code: ErrorCode, message: string, details?: Record<string, unknown>): RpcResponse {

@@ -26,7 +26,8 @@ import { extentPrefix, parseExtentKey, ThinVolume } from '../relay/thin.js'
 import { Volume } from '../relay/volume.js'
 import { Pool } from '../storage/pool.js'
 import { StorageSystem } from '../storage/storage-system.js'
-import { checkName, parseSize } from '../units.js'
+import { checkName, formatSize, parseSize } from '../units.js'
+import { MAX_CAPACITY } from '../storage/free-space.js'
 import { Catalog, type HostRecord, type PoolSettings, type StorageRecord, type VolumeRecord } from './catalog.js'
 import { SpaceWatch } from './space-watch.js'
 import { reclaimVolume, type ReclaimResult } from './reclaim.js'
@@ -238,7 +239,8 @@ export class Manager implements HostView {
   }
 
   private async mountHost(host: HostRecord): Promise<void> {
-    const mount = new HostMount(host.name, host.mount, this, this.log, this.opts.timeouts)
+    const lost = () => this.emit('host.unmounted', { name: host.name, mount: host.mount, external: true })
+    const mount = new HostMount(host.name, host.mount, this, this.log, this.opts.timeouts, lost)
     await mount.mount()
     this.mounts.set(host.name, mount)
   }
@@ -306,6 +308,9 @@ export class Manager implements HostView {
       const data = this.catalog.data
       if (data.storage.some((s) => s.name === p.name)) throw new VvfsError('STORAGE_EXISTS', `storage system ${p.name} already exists`)
       if (p.capacity < EXTENT_SIZE) throw new VvfsError('INVALID_SIZE', `capacity must be at least one extent (${EXTENT_SIZE} bytes)`)
+      if (p.capacity > MAX_CAPACITY) {
+        throw new VvfsError('CAPACITY_TOO_LARGE', `capacity ${formatSize(p.capacity)} is more than one storage system may have (${formatSize(MAX_CAPACITY)}); add several`)
+      }
       const path = resolve(p.path ?? join(this.stateDir, 'storage', p.name))
       const clash = data.storage.find((s) => s.path === path || path.startsWith(s.path + '/') || s.path.startsWith(path + '/'))
       if (clash) throw new VvfsError('STORAGE_PATH_IN_USE', `${path} overlaps storage system ${clash.name} at ${clash.path}`)
@@ -481,6 +486,31 @@ export class Manager implements HostView {
     })
   }
 
+  /**
+   * Mounts a host again after someone else unmounted it (nothing to do if it
+   * is mounted). Refused while files stay open on the detached mount (a loop
+   * device still attached to a volume file): they are served until closed.
+   */
+  remountHost(name: string): Promise<HostInfo> {
+    return this.serial(async () => {
+      const rec = this.catalog.data.hosts.find((h) => h.name === name)
+      if (!rec) throw new VvfsError('HOST_NOT_FOUND', `no host named ${name}`)
+      const old = this.mounts.get(name)
+      if (old?.mounted) return this.hostInfo(rec)
+      if (this.opts.mount === false) throw new VvfsError('NOT_SUPPORTED', 'this manager does not mount hosts')
+      if (old && old.openFiles > 0) {
+        throw new VvfsError('HOST_BUSY', `${old.openFiles} files are still open on host ${name}'s detached mount; close them (detach loop devices) first`)
+      }
+      await old?.unmount()
+      this.mounts.delete(name)
+      await this.mountHost(rec)
+      this.log.info({ event: 'host.remounted', name, mount: rec.mount }, 'host mounted again')
+      const info = this.hostInfo(rec)
+      this.emit('host.mounted', { host: info })
+      return info
+    })
+  }
+
   private hostInfo(h: HostRecord): HostInfo {
     return { name: h.name, mount: h.mount, mounted: this.mounts.get(h.name)?.mounted ?? false, volumes: this.volumes(h.name).map((v) => v.name) }
   }
@@ -637,7 +667,11 @@ export class Manager implements HostView {
       hosts: [...v.record.hosts],
       state: v.state,
       createdAt: v.record.createdAt,
-      files: v.record.hosts.map((h) => this.catalog.data.hosts.find((r) => r.name === h)).filter((h) => h !== undefined).map((h) => join(h.mount, v.name)),
+      // Only where the file is now: a host someone unmounted shows none.
+      files: v.record.hosts
+        .map((h) => this.catalog.data.hosts.find((r) => r.name === h))
+        .filter((h) => h !== undefined && this.mounts.get(h.name)?.mounted)
+        .map((h) => join(h!.mount, v.name)),
     }
   }
 
@@ -705,10 +739,6 @@ export class Manager implements HostView {
   private faultInjector(): FaultInjector {
     if (!this.faults) throw new VvfsError('FAULTS_DISABLED', 'fault injection is off: start the daemon with --allow-faults')
     return this.faults
-  }
-
-  relayChanges(since: number, limit: number) {
-    return this.maps.changesSince(since, limit)
   }
 
   consolidationPolicy(): ConsolidationPolicy {

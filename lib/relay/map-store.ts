@@ -26,9 +26,6 @@ import { WriteGenerations } from '../storage/write-generations.js'
 
 type Producer = () => Buffer | null
 
-/** Key spaces of versioned, checksummed records: extent maps, retained sources, copy and dirty bitmaps. */
-const RECORD_PREFIXES = [0x65 /* e */, 0x72 /* r */, 0x62 /* b */, 0x64 /* d */]
-
 interface Waiter {
   resolve: () => void
   reject: (err: unknown) => void
@@ -100,28 +97,6 @@ export class MapStore {
     const upper = Buffer.from(prefix)
     upper[upper.length - 1]!++
     for await (const entry of this.db.iterator({ gte: prefix, lt: upper })) yield entry as [Buffer, Buffer]
-  }
-
-  /**
-   * The relay's versioned records changed after `since` (the change sequence
-   * number), in key order: what a standby relay applies to stay in step
-   * (DESIGN.md, "A standby relay"). Each value carries its own checksum.
-   */
-  async changesSince(since: number, limit: number): Promise<{ records: { key: string; seq: number; value: string }[]; last: number; more: boolean }> {
-    const records: { key: string; seq: number; value: string }[] = []
-    let more = false
-    for (const prefix of RECORD_PREFIXES) {
-      for await (const [key, value] of this.scan(Buffer.from([prefix]))) {
-        const seq = prefix === 0x62 || prefix === 0x64 ? value.readUIntBE(1, 6) : value.readUIntBE(2, 6)
-        if (seq <= since) continue
-        if (records.length >= limit) {
-          more = true
-          break
-        }
-        records.push({ key: key.toString('hex'), seq, value: value.toString('base64') })
-      }
-    }
-    return { records, last: this.seq, more }
   }
 
   async deleteNow(keys: Buffer[]): Promise<void> {

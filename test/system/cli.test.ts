@@ -4,8 +4,11 @@
  * 2 for bad usage.
  */
 import { spawnSync } from 'node:child_process'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { cleanupAll, removeDir, startDaemon, VVFS, type DaemonHandle } from '../helpers/daemon.js'
+import { codeOf } from '../helpers/errors.js'
 
 let d: DaemonHandle
 beforeAll(async () => {
@@ -17,7 +20,9 @@ afterAll(async () => {
 })
 
 function vvfs(...args: string[]) {
-  const r = spawnSync(process.execPath, [VVFS, ...args, '--socket', d.socket], { encoding: 'utf8' })
+  // Options go before `--`: what follows it is operands.
+  const end = args.includes('--') ? args.indexOf('--') : args.length
+  const r = spawnSync(process.execPath, [VVFS, ...args.slice(0, end), '--socket', d.socket, ...args.slice(end)], { encoding: 'utf8' })
   return { code: r.status, out: r.stdout, err: r.stderr }
 }
 
@@ -76,5 +81,38 @@ describe('the vvfs CLI', () => {
     const r = spawnSync(process.execPath, [VVFS, 'status', '--socket', `${d.dir}/nobody.sock`], { encoding: 'utf8' })
     expect(r.status).toBe(1)
     expect(r.stderr).toMatch(/CONNECTION_FAILED/)
+  })
+
+  it('refuses names starting with a dash (-rf, --state) with INVALID_NAME, and the CLI says to put such a name after --', async () => {
+    expect(await codeOf(d.client.call('volume.create', { name: '-rf', size: '1M' }))).toBe('INVALID_NAME')
+    expect(await codeOf(d.client.call('storage.add', { name: '--state', capacity: '64M' }))).toBe('INVALID_NAME')
+    expect(await codeOf(d.client.call('host.add', { name: '-x', mount: `${d.dir}/x` }))).toBe('INVALID_NAME')
+    const created = vvfs('volume', 'create', '--size', '1M', '--', '-rf')
+    expect(created.code).toBe(1)
+    expect(created.err).toMatch(/INVALID_NAME: .*name "-rf" is not valid: .*not starting with a dot or a dash/)
+    const bare = vvfs('volume', 'delete', '-rf')
+    expect(bare.code).toBe(2)
+    expect(bare.err).toMatch(/a name starting with '-' goes after '--'/)
+    expect((await d.client.call('volume.list', {})).volumes.map((v) => v.name)).not.toContain('-rf')
+  })
+
+  it('takes a name after -- and still manages a volume named -rf that an older state holds', async () => {
+    expect(vvfs('volume', 'create', '--size', '1M', '--', 'plain').code).toBe(0)
+    expect(vvfs('volume', 'create', '--size', '1M', '--', 'older').code).toBe(0)
+    await d.stop()
+    // A state made before such names were refused: rename the volume in the catalog.
+    const path = join(d.state, 'catalog.json')
+    const catalog = JSON.parse(readFileSync(path, 'utf8')) as { volumes: { name: string }[] }
+    catalog.volumes.find((v) => v.name === 'older')!.name = '-rf'
+    writeFileSync(path, JSON.stringify(catalog))
+    await d.restart()
+    expect(vvfs('volume', 'list').out).toMatch(/^-rf\s/m)
+    const shown = vvfs('volume', 'show', '--json', '--', '-rf')
+    expect(shown.code).toBe(0)
+    expect(JSON.parse(shown.out).name).toBe('-rf')
+    expect(vvfs('volume', 'resize', '--size', '2M', '--', '-rf').out).toMatch(/volume -rf is now 2 MiB/)
+    expect(vvfs('volume', 'delete', '--', '-rf').out).toMatch(/deleted volume -rf/)
+    expect(vvfs('volume', 'delete', '--', 'plain').out).toMatch(/deleted volume plain/)
+    expect((await d.client.call('volume.list', {})).volumes.map((v) => v.name)).toEqual([])
   })
 })

@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { attachLoop, cleanupAll, detachLoop, mountExt4, removeDir, sh, startDaemon, umount, type DaemonHandle } from '../helpers/daemon.js'
+import { attachLoop, cleanupAll, detachLoop, isMounted, mountExt4, removeDir, sh, startDaemon, umount, type DaemonHandle } from '../helpers/daemon.js'
 import { sha } from '../helpers/files.js'
 
 let d: DaemonHandle
@@ -58,5 +58,49 @@ describe('stopping the daemon under a busy file system', () => {
       umount(at)
       detachLoop(dev2)
     }
+  })
+})
+
+/** SIGTERM; the exit code, or 'still running' if the daemon has not exited within `ms`. */
+async function stopWithin(daemon: DaemonHandle, ms: number): Promise<number | null | 'still running'> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<'still running'>((r) => (timer = setTimeout(() => r('still running'), ms)))
+  try {
+    return await Promise.race([daemon.stop(), late])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+describe('stopping the daemon after someone else unmounted its mount', () => {
+  const others: DaemonHandle[] = []
+  afterAll(() => others.forEach((o) => removeDir(o.dir)))
+
+  async function daemonWithVolume(): Promise<DaemonHandle> {
+    const o = await startDaemon()
+    others.push(o)
+    await o.client.call('storage.add', { name: 's1', capacity: '64M' })
+    await o.client.call('volume.create', { name: 'v', size: '4M' })
+    return o
+  }
+
+  it('exits 0 at once on SIGTERM after an administrator\'s umount (it used to hang until SIGKILL)', async () => {
+    const o = await daemonWithVolume()
+    sh('umount', [o.mount])
+    expect(isMounted(o.mount)).toBe(false)
+    const started = Date.now()
+    expect(await stopWithin(o, 10_000)).toBe(0)
+    expect(Date.now() - started).toBeLessThan(5000)
+    expect(o.log()).toMatch(/daemon\.closed/)
+  })
+
+  it('exits 0 on SIGTERM after a lazy unmount (fusermount -uz), also once it has noticed the mount is gone', async () => {
+    const o = await daemonWithVolume()
+    sh('fusermount', ['-uz', o.mount])
+    // Let the mount check (every second) see it first: the other path to the same stop.
+    const until = Date.now() + 5000
+    while ((await o.client.call('host.list', {})).hosts[0]!.mounted && Date.now() < until) await new Promise((r) => setTimeout(r, 100))
+    expect(o.log()).toMatch(/host\.lost/)
+    expect(await stopWithin(o, 10_000)).toBe(0)
   })
 })

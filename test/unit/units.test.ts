@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { VvfsError } from '../../lib/errors.js'
-import { checkName, formatSize, parseDuration, parseSize } from '../../lib/units.js'
+import { checkExistingName, checkName, formatSize, parseDuration, parseSize } from '../../lib/units.js'
 
 const code = (fn: () => unknown) => {
   try {
@@ -34,8 +34,15 @@ describe('sizes as users write them', () => {
 })
 
 describe('names', () => {
-  it('takes 1-64 of [A-Za-z0-9._-] not starting with a dot', () => {
-    for (const good of ['a', 'demo', 'vol-1.img', 'A_b', 'x'.repeat(64), '-a']) expect(checkName(good)).toBe(good)
+  it('takes 1-64 of [A-Za-z0-9._-] not starting with a dot or a dash', () => {
+    for (const good of ['a', 'demo', 'vol-1.img', 'A_b', '_x', 'x'.repeat(64)]) expect(checkName(good)).toBe(good)
+  })
+  it('refuses names starting with a dash (-rf, --state), which a CLI or a script would take for options', () => {
+    for (const bad of ['-a', '-rf', '--state', '-']) expect(code(() => checkName(bad)), bad).toBe('INVALID_NAME')
+  })
+  it('still finds an existing object named with a leading dash (states made before that was refused)', () => {
+    for (const old of ['-rf', '--state']) expect(checkExistingName(old)).toBe(old)
+    for (const bad of ['.x', '../x', '', 'a b']) expect(code(() => checkExistingName(bad)), bad).toBe('INVALID_NAME')
   })
   it('refuses paths, dots, empty and overlong names', () => {
     for (const bad of ['', '.', '..', '../x', 'a/b', '.hidden', 'x'.repeat(65), 'x'.repeat(300), 'a b', 'é', 'a\u0000', 7, null]) {
