@@ -69,7 +69,7 @@ function poolText(p: Result<'pool.status'>): string {
   )
 }
 
-function volumeText(v: Result<'volume.show'>): string {
+function volumeText(v: Result<'volume.show'>, perExtent: boolean): string {
   const head = fields([
     ['name', v.name],
     ['id', v.id],
@@ -82,9 +82,11 @@ function volumeText(v: Result<'volume.show'>): string {
     ['extents', v.extents],
   ])
   const by = v.allocatedBySystem.length ? '\n\n' + table(['STORAGE', 'ALLOCATED'], v.allocatedBySystem.map((s) => [s.storage, formatSize(s.allocated)])) : ''
-  const map = v.map.length
-    ? '\n\n' + table(['OFFSET', 'LENGTH', 'STORAGE'], v.map.map((r) => [formatSize(r.offset), formatSize(r.length), r.storage]))
-    : '\n\nno extent allocated (the volume reads as zeros)'
+  const map = !v.map.length
+    ? '\n\nno extent allocated (the volume reads as zeros)'
+    : perExtent && v.extentMap
+      ? '\n\n' + table(['EXTENT', 'OFFSET', 'STORAGE', 'KIND', 'SLOT/FRAGMENTS'], v.extentMap.map((e) => [e.extent, formatSize(e.offset), e.storage, e.kind, e.kind === 'whole' ? `slot ${e.slot}` : `${e.fragments} fragments`]))
+      : '\n\n' + table(['OFFSET', 'LENGTH', 'EXTENTS', 'STORAGE', 'KIND'], v.map.map((r) => [formatSize(r.offset), formatSize(r.length), r.extents, r.storage, r.kind]))
   return head + by + map
 }
 
@@ -208,10 +210,18 @@ export function buildCli(args: string[]) {
           const r = await call(argv, 'volume.list', {})
           print(argv, r.volumes, () => volumeRows(r.volumes))
         })
-        .command('show <name>', 'show a volume and its extent map', (y) => y.positional('name', { type: 'string', demandOption: true }), async (argv) => {
-          const v = await call(argv, 'volume.show', { name: argv.name })
-          print(argv, v, () => volumeText(v))
-        })
+        .command(
+          'show <name>',
+          'show a volume and its extent map (runs of consecutive extents on one storage system)',
+          (y) =>
+            y
+              .positional('name', { type: 'string', demandOption: true })
+              .option('extents', { type: 'boolean', default: false, describe: 'one row per extent instead of runs (--json has both)' }),
+          async (argv) => {
+            const v = await call(argv, 'volume.show', { name: argv.name, extents: argv.extents || argv.json })
+            print(argv, v, () => volumeText(v, argv.extents))
+          },
+        )
         .command(
           'resize <name>',
           'grow or shrink a volume',

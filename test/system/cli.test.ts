@@ -3,23 +3,10 @@
  * programs, exit status 1 with the error code when the daemon refuses,
  * 2 for bad usage.
  */
-import { spawnSync } from 'node:child_process'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { cleanupAll, removeDir, startDaemon, VVFS, type DaemonHandle } from '../helpers/daemon.js'
+import { describe, expect, it } from 'vitest'
+import { cliFor, daemonForFile } from '../helpers/cli.js'
 
-let d: DaemonHandle
-beforeAll(async () => {
-  d = await startDaemon()
-})
-afterAll(async () => {
-  await cleanupAll()
-  removeDir(d.dir)
-})
-
-function vvfs(...args: string[]) {
-  const r = spawnSync(process.execPath, [VVFS, ...args, '--socket', d.socket], { encoding: 'utf8' })
-  return { code: r.status, out: r.stdout, err: r.stderr }
-}
+const { daemon, vvfs } = daemonForFile()
 
 describe('the vvfs CLI', () => {
   it('adds storage systems and lists them as an aligned table', () => {
@@ -53,7 +40,7 @@ describe('the vvfs CLI', () => {
 
   it('resizes, maps and deletes', () => {
     expect(vvfs('volume', 'resize', 'web', '--size', '1G').out).toMatch(/1 GiB/)
-    expect(vvfs('host', 'add', 'h2', '--mount', `${d.dir}/h2`).code).toBe(0)
+    expect(vvfs('host', 'add', 'h2', '--mount', `${daemon().dir}/h2`).code).toBe(0)
     expect(vvfs('volume', 'map', 'web', '--host', 'h2').code).toBe(0)
     expect(vvfs('host', 'list').out).toMatch(/h2\s+\S+\s+yes\s+web/)
     expect(vvfs('volume', 'unmap', 'web', '--host', 'h2').code).toBe(0)
@@ -73,8 +60,8 @@ describe('the vvfs CLI', () => {
   it('exits 2 on bad usage, and 1 with CONNECTION_FAILED when no daemon answers', () => {
     expect(vvfs('volume', 'create').code).toBe(2)
     expect(vvfs('frobnicate').code).toBe(2)
-    const r = spawnSync(process.execPath, [VVFS, 'status', '--socket', `${d.dir}/nobody.sock`], { encoding: 'utf8' })
-    expect(r.status).toBe(1)
-    expect(r.stderr).toMatch(/CONNECTION_FAILED/)
+    const r = cliFor(() => `${daemon().dir}/nobody.sock`)('status')
+    expect(r.code).toBe(1)
+    expect(r.err).toMatch(/CONNECTION_FAILED/)
   })
 })
