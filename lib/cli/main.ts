@@ -13,6 +13,7 @@ import { LOG_LEVELS, type LogLevel } from '../log.js'
 import { formatSize, parseDuration } from '../units.js'
 import { fields, table } from './output.js'
 import { copyOptions, migrationCommands, startedJob } from './jobs.js'
+import { COMPLETION_KEY, namesToComplete } from './completion.js'
 
 interface Common {
   socket: string
@@ -335,6 +336,8 @@ export function buildCli(args: string[]) {
       const methods = Object.entries(METHODS).map(([name, m]) => ({ method: name, summary: m.summary, errors: m.errors }))
       print(argv, methods, () => table(['METHOD', 'SUMMARY', 'ERRORS'], methods.map((m) => [m.method, m.summary, m.errors.join(' ') || '-'])))
     })
+    // Commands and options complete here; names from the daemon in main(), before yargs (lib/cli/completion.ts).
+    .completion('completion', 'print a bash or zsh completion script (vvfs completion >> ~/.bashrc)')
     .demandCommand(1, 'name a command (vvfs --help lists them)')
     .strict()
     .recommendCommands()
@@ -348,10 +351,17 @@ export function buildCli(args: string[]) {
   return cli
 }
 
-const COMMANDS = new Set(['daemon', 'status', 'storage', 'host', 'volume', 'pool', 'events', 'protocol', 'migrate', 'job'])
+const COMMANDS = new Set(['daemon', 'status', 'storage', 'host', 'volume', 'pool', 'events', 'protocol', 'migrate', 'job', 'completion'])
 
 export async function main(args = hideBin(process.argv)): Promise<void> {
   const json = args.includes('--json')
+  if (args[0] === COMPLETION_KEY) {
+    const names = await namesToComplete(args.slice(1), DEFAULT_SOCKET)
+    if (names) {
+      process.stdout.write(names.map((n) => n + '\n').join(''))
+      return
+    }
+  }
   // yargs answers `vvfs typo --help` with the top-level help and status 0; a script should see the typo.
   if (args[0] && !args[0].startsWith('-') && !COMMANDS.has(args[0])) {
     process.stderr.write(`vvfs: unknown command ${JSON.stringify(args[0])} (vvfs --help lists them)\n`)
