@@ -14,6 +14,7 @@ import { formatSize, parseDuration } from '../units.js'
 import { fields, table } from './output.js'
 import { copyOptions, migrationCommands, startedJob } from './jobs.js'
 import { COMPLETION_KEY, namesToComplete } from './completion.js'
+import { watch, watchOptions } from './watch.js'
 
 interface Common {
   socket: string
@@ -298,7 +299,11 @@ export function buildCli(args: string[]) {
     )
     .command('pool', 'the pool of storage systems', (y) =>
       y
-        .command('status', 'free-space table, over-commitment and pressure settings', (y) => y, async (argv) => {
+        .command('status', 'free-space table, over-commitment and pressure settings', (y) => watchOptions(y), async (argv) => {
+          if (argv.watch) {
+            await withClient(argv, (c) => watch({ title: 'vvfs pool status', fetch: () => c.call('pool.status', {}), human: poolText, json: argv.json, interval: argv.interval }))
+            return
+          }
           const p = await call(argv, 'pool.status', {})
           print(argv, p, () => poolText(p))
         })
