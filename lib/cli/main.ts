@@ -9,7 +9,7 @@ import { hideBin } from 'yargs/helpers'
 import { ControlClient } from '../control/client.js'
 import { METHODS, type MethodName, type ParamsInput, type Result } from '../control/schema.js'
 import { asVvfsError } from '../errors.js'
-import { LOG_LEVELS, type LogLevel } from '../log.js'
+import { LOG_FORMATS, LOG_LEVELS, type LogLevel } from '../log.js'
 import { formatSize, parseDuration } from '../units.js'
 import { fields, table } from './output.js'
 import { copyOptions, migrationCommands, startedJob } from './jobs.js'
@@ -110,11 +110,12 @@ export function buildCli(args: string[]) {
           .option('state', { type: 'string', default: './.vvfs', describe: 'state directory' })
           .option('mount', { type: 'string', default: './mnt', describe: 'mount directory of the default host "local"' })
           .option('log-level', { choices: LOG_LEVELS, default: 'info' as LogLevel })
+          .option('log-format', { choices: LOG_FORMATS, describe: 'json, or pretty (one human line per event); default: pretty when stderr is a terminal' })
           .option('demo', { type: 'boolean', default: false, describe: 'on a new state: three 4 GiB storage systems and a 1 GiB volume "demo"' }),
       async (argv) => {
         const { runDaemon } = await import('../daemon.js')
         const socket = argv.socket === DEFAULT_SOCKET && !process.env.VVFS_SOCKET ? undefined : argv.socket
-        process.exitCode = await runDaemon({ state: argv.state, mount: argv.mount, socket, logLevel: argv['log-level'] as LogLevel, demo: argv.demo })
+        process.exitCode = await runDaemon({ state: argv.state, mount: argv.mount, socket, logLevel: argv['log-level'] as LogLevel, logFormat: argv['log-format'], demo: argv.demo })
       },
     )
     .command('status', 'daemon status', (y) => y, async (argv) => {

@@ -2,7 +2,7 @@
  * Runs the vvfs command (bin/vvfs, the built dist/) against a test daemon's
  * socket, the way a person or a script would: exit status, stdout, stderr.
  */
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { afterAll, beforeAll } from 'vitest'
 import { cleanupAll, removeDir, startDaemon, VVFS, type DaemonHandle } from './daemon.js'
 
@@ -32,4 +32,26 @@ export function daemonForFile(opts: Parameters<typeof startDaemon>[0] = {}) {
   })
   const daemon = () => d!
   return { daemon, vvfs: cliFor(() => daemon().socket) }
+}
+
+/** Runs `cmd`, collecting stdout, until `until(out)` holds; then `stop` and the exit status. */
+export async function runUntil(cmd: string, args: string[], until: (out: string) => boolean, stop: (p: ReturnType<typeof spawn>) => void, step?: (out: string) => Promise<void>) {
+  const p = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  p.stdout!.on('data', (b: Buffer) => (out += b.toString()))
+  p.stderr!.on('data', (b: Buffer) => (err += b.toString()))
+  const exited = new Promise<number | null>((resolve) => p.once('exit', (code, signal) => resolve(signal ? -1 : code)))
+  const deadline = Date.now() + 20_000
+  try {
+    while (!until(out)) {
+      if (Date.now() > deadline || p.exitCode !== null) throw new Error(`gave up waiting; exit ${p.exitCode}; stdout:\n${out}\nstderr:\n${err}`)
+      if (step) await step(out)
+      await new Promise((r) => setTimeout(r, 50))
+    }
+    stop(p)
+    return { code: await exited, out, err }
+  } finally {
+    if (p.exitCode === null) p.kill('SIGKILL')
+  }
 }

@@ -4,36 +4,13 @@
  * exits 0; on a pipe each refresh is printed plainly and shows what changed;
  * with --json one document per refresh.
  */
-import { spawn } from 'node:child_process'
 import { describe, expect, it } from 'vitest'
-import { daemonForFile } from '../helpers/cli.js'
+import { daemonForFile, runUntil } from '../helpers/cli.js'
 import { VVFS } from '../helpers/daemon.js'
 
 const { daemon } = daemonForFile({ extraArgs: ['--demo'] })
 
 const HOME = '\x1b[H'
-
-/** Runs `cmd`, collecting stdout, until `until(out)` holds; then `stop` and the exit status. */
-async function runUntil(cmd: string, args: string[], until: (out: string) => boolean, stop: (p: ReturnType<typeof spawn>) => void, step?: (out: string) => Promise<void>) {
-  const p = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] })
-  let out = ''
-  let err = ''
-  p.stdout!.on('data', (b: Buffer) => (out += b.toString()))
-  p.stderr!.on('data', (b: Buffer) => (err += b.toString()))
-  const exited = new Promise<number | null>((resolve) => p.once('exit', (code, signal) => resolve(signal ? -1 : code)))
-  const deadline = Date.now() + 20_000
-  try {
-    while (!until(out)) {
-      if (Date.now() > deadline || p.exitCode !== null) throw new Error(`gave up waiting; exit ${p.exitCode}; stdout:\n${out}\nstderr:\n${err}`)
-      if (step) await step(out)
-      await new Promise((r) => setTimeout(r, 50))
-    }
-    stop(p)
-    return { code: await exited, out, err }
-  } finally {
-    if (p.exitCode === null) p.kill('SIGKILL')
-  }
-}
 
 const frames = (out: string) => out.split(HOME).length - 1
 
