@@ -5,7 +5,7 @@
  * mirrored in the MapStore one record per extent. An extent with no entry
  * reads as zeros and holds no space.
  *
- * Allocation policy (README, "Thin provisioning"):
+ * Allocation policy (docs/how-it-works.md, "Thin provisioning"):
  *  - a write that brings at least WHOLE_AT non-zero chunks to an unallocated
  *    extent gets a whole slot (1 MiB) from the pool's placement policy;
  *  - smaller writes — the scattered metadata writes of mkfs — get one 4 KiB

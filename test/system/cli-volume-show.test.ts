@@ -5,7 +5,7 @@
  *
  * The 10,000-extent volume is written honestly through the FUSE file, but
  * cheaply: 128 KiB of a non-zero pattern at the start of each extent (the
- * smallest write that allocates a whole slot, README "Thin provisioning"),
+ * smallest write that allocates a whole slot, docs/how-it-works.md, "Thin provisioning"),
  * eight writes in flight. Three runs come from adding the storage systems one
  * after another: placement takes the one with the most free bytes.
  */
