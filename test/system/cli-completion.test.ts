@@ -42,12 +42,15 @@ describe('vvfs completion', () => {
     expect((await daemon().client.call('volume.list', {})).volumes.map((v) => v.name)).toEqual(['db', 'dbx', 'logs'])
   })
 
-  it('completes commands and options where no name is expected', () => {
+  it('completes commands and options where no name is expected, and runs no command', async () => {
     expect(complete(['']).list).toEqual(expect.arrayContaining(['volume', 'storage', 'host', 'job', 'completion']))
     expect(complete(['volume', '']).list).toEqual(expect.arrayContaining(['create', 'delete', 'show']))
     expect(complete(['volume', 'show', '--']).list).toEqual(expect.arrayContaining(['--json', '--extents']))
     // The second positional of map-of is an offset, not a name.
     expect(complete(['volume', 'map-of', 'db', '']).list).not.toContain('db')
+    // A TAB on a complete `volume create` line created nothing.
+    expect(complete(['volume', 'create', 'newvol', '--size', '1M', '']).code).toBe(0)
+    expect((await daemon().client.call('volume.list', {})).volumes.map((v) => v.name)).not.toContain('newvol')
   })
 
   it('completes nothing, silently, when the daemon is not running', () => {
