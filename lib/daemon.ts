@@ -5,7 +5,7 @@
 import { resolve, join } from 'node:path'
 import { EventEmitter } from 'node:events'
 import { ControlServer } from './control/server.js'
-import { createLogger, type LogLevel } from './log.js'
+import { createLogger, type LogFormat, type LogLevel } from './log.js'
 import { managerHandlers } from './manager/api.js'
 import { Manager } from './manager/manager.js'
 import type { MountTimeouts } from './fuse/host-mount.js'
@@ -16,6 +16,8 @@ export interface DaemonOptions {
   mount: string
   socket?: string
   logLevel: LogLevel
+  /** Default: pretty on a terminal, JSON otherwise (lib/log.ts). */
+  logFormat?: LogFormat
   /** Set up the demo pool and volume when the state directory is new (`make run`). */
   demo?: boolean
   timeouts?: MountTimeouts
@@ -30,7 +32,7 @@ export interface RunningDaemon {
 }
 
 export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
-  const log = createLogger(opts.logLevel)
+  const log = createLogger(opts.logLevel, opts.logFormat)
   const state = resolve(opts.state)
   const socketPath = resolve(opts.socket ?? join(state, 'control.sock'))
   log.info({ event: 'daemon.starting', version: VERSION, state, mount: resolve(opts.mount), socket: socketPath, allowFaults: opts.allowFaults === true }, 'vvfs daemon starting')
@@ -58,7 +60,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
 /** Runs in the foreground until a signal; returns the exit code. */
 export async function runDaemon(opts: DaemonOptions): Promise<number> {
   const running = await startDaemon(opts)
-  const log = createLogger(opts.logLevel)
+  const log = createLogger(opts.logLevel, opts.logFormat)
   return new Promise<number>((resolveExit) => {
     const onSignal = (signal: NodeJS.Signals) => {
       log.info({ event: 'daemon.signal', signal }, `received ${signal}`)

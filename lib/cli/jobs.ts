@@ -11,6 +11,7 @@ import type { JobInfo } from '../control/schema.js'
 import { VvfsError } from '../errors.js'
 import { formatSize } from '../units.js'
 import { fields, table } from './output.js'
+import { watch, watchOptions } from './watch.js'
 
 export interface Common {
   socket: string
@@ -166,7 +167,14 @@ export function migrationCommands<T>(y: Argv<T>, call: Call, print: Print) {
     )
     .command('job', 'long-running work (migrations, drains)', (y) =>
       y
-        .command('list', 'list jobs', (y) => y, async (argv) => {
+        .command('list', 'list jobs', (y) => watchOptions(y), async (argv) => {
+          const common = argv as unknown as Common
+          if (argv.watch) {
+            const human = (jobs: JobInfo[]) => (jobs.length ? jobRows(jobs) : 'no jobs')
+            const fetch = (c: ControlClient) => async () => (await c.call('job.list', {})).jobs
+            await call(common, (c) => watch({ title: 'vvfs job list', fetch: fetch(c), human, json: common.json, interval: argv.interval }))
+            return
+          }
           const r = await call(argv as unknown as Common, (c) => c.call('job.list', {}))
           print(argv as unknown as Common, r.jobs, () => jobRows(r.jobs))
         })

@@ -9,11 +9,13 @@ import { hideBin } from 'yargs/helpers'
 import { ControlClient } from '../control/client.js'
 import { METHODS, type MethodName, type ParamsInput, type Result } from '../control/schema.js'
 import { asVvfsError } from '../errors.js'
-import { LOG_LEVELS, type LogLevel } from '../log.js'
+import { LOG_FORMATS, LOG_LEVELS, type LogLevel } from '../log.js'
 import { formatSize, parseDuration } from '../units.js'
 import { fields, table } from './output.js'
 import { copyOptions, migrationCommands, startedJob } from './jobs.js'
+import { COMPLETION_KEY, namesToComplete } from './completion.js'
 import { faultCommands } from './faults.js'
+import { watch, watchOptions } from './watch.js'
 
 interface Common {
   socket: string
@@ -70,7 +72,7 @@ function poolText(p: Result<'pool.status'>): string {
   )
 }
 
-function volumeText(v: Result<'volume.show'>): string {
+function volumeText(v: Result<'volume.show'>, perExtent: boolean): string {
   const head = fields([
     ['name', v.name],
     ['id', v.id],
@@ -83,9 +85,11 @@ function volumeText(v: Result<'volume.show'>): string {
     ['extents', v.extents],
   ])
   const by = v.allocatedBySystem.length ? '\n\n' + table(['STORAGE', 'ALLOCATED'], v.allocatedBySystem.map((s) => [s.storage, formatSize(s.allocated)])) : ''
-  const map = v.map.length
-    ? '\n\n' + table(['OFFSET', 'LENGTH', 'STORAGE'], v.map.map((r) => [formatSize(r.offset), formatSize(r.length), r.storage]))
-    : '\n\nno extent allocated (the volume reads as zeros)'
+  const map = !v.map.length
+    ? '\n\nno extent allocated (the volume reads as zeros)'
+    : perExtent && v.extentMap
+      ? '\n\n' + table(['EXTENT', 'OFFSET', 'STORAGE', 'KIND', 'SLOT/FRAGMENTS'], v.extentMap.map((e) => [e.extent, formatSize(e.offset), e.storage, e.kind, e.kind === 'whole' ? `slot ${e.slot}` : `${e.fragments} fragments`]))
+      : '\n\n' + table(['OFFSET', 'LENGTH', 'EXTENTS', 'STORAGE', 'KIND'], v.map.map((r) => [formatSize(r.offset), formatSize(r.length), r.extents, r.storage, r.kind]))
   return head + by + map
 }
 
@@ -131,12 +135,13 @@ export function buildCli(rawArgs: string[]) {
           .option('state', { type: 'string', default: './.vvfs', describe: 'state directory' })
           .option('mount', { type: 'string', default: './mnt', describe: 'mount directory of the default host "local"' })
           .option('log-level', { choices: LOG_LEVELS, default: 'info' as LogLevel })
+          .option('log-format', { choices: LOG_FORMATS, describe: 'json, or pretty (one human line per event); default: pretty when stderr is a terminal' })
           .option('demo', { type: 'boolean', default: false, describe: 'on a new state: three 4 GiB storage systems and a 1 GiB volume "demo"' })
           .option('allow-faults', { type: 'boolean', default: false, describe: 'accept `vvfs fault …` (I/O-error injection, for tests)' }),
       async (argv) => {
         const { runDaemon } = await import('../daemon.js')
         const socket = argv.socket === DEFAULT_SOCKET && !process.env.VVFS_SOCKET ? undefined : argv.socket
-        process.exitCode = await runDaemon({ state: argv.state, mount: argv.mount, socket, logLevel: argv['log-level'] as LogLevel, demo: argv.demo, allowFaults: argv['allow-faults'] })
+        process.exitCode = await runDaemon({ state: argv.state, mount: argv.mount, socket, logLevel: argv['log-level'] as LogLevel, logFormat: argv['log-format'], demo: argv.demo, allowFaults: argv['allow-faults'] })
       },
     )
     .command('status', 'daemon status', (y) => y, async (argv) => {
@@ -238,10 +243,18 @@ export function buildCli(rawArgs: string[]) {
           const r = await call(argv, 'volume.list', {})
           print(argv, r.volumes, () => volumeRows(r.volumes))
         })
-        .command('show <name>', 'show a volume and its extent map', (y) => y.positional('name', { type: 'string', demandOption: true }), async (argv) => {
-          const v = await call(argv, 'volume.show', { name: argv.name })
-          print(argv, v, () => volumeText(v))
-        })
+        .command(
+          'show <name>',
+          'show a volume and its extent map (runs of consecutive extents on one storage system)',
+          (y) =>
+            y
+              .positional('name', { type: 'string', demandOption: true })
+              .option('extents', { type: 'boolean', default: false, describe: 'one row per extent instead of runs (--json has both)' }),
+          async (argv) => {
+            const v = await call(argv, 'volume.show', { name: argv.name, extents: argv.extents || argv.json })
+            print(argv, v, () => volumeText(v, argv.extents))
+          },
+        )
         .command(
           'resize <name>',
           'grow or shrink a volume',
@@ -317,7 +330,11 @@ export function buildCli(rawArgs: string[]) {
     )
     .command('pool', 'the pool of storage systems', (y) =>
       y
-        .command('status', 'free-space table, over-commitment and pressure settings', (y) => y, async (argv) => {
+        .command('status', 'free-space table, over-commitment and pressure settings', (y) => watchOptions(y), async (argv) => {
+          if (argv.watch) {
+            await withClient(argv, (c) => watch({ title: 'vvfs pool status', fetch: () => c.call('pool.status', {}), human: poolText, json: argv.json, interval: argv.interval }))
+            return
+          }
           const p = await call(argv, 'pool.status', {})
           print(argv, p, () => poolText(p))
         })
@@ -355,6 +372,8 @@ export function buildCli(rawArgs: string[]) {
       const methods = Object.entries(METHODS).map(([name, m]) => ({ method: name, summary: m.summary, errors: m.errors }))
       print(argv, methods, () => table(['METHOD', 'SUMMARY', 'ERRORS'], methods.map((m) => [m.method, m.summary, m.errors.join(' ') || '-'])))
     })
+    // Commands and options complete here; names from the daemon in main(), before yargs (lib/cli/completion.ts).
+    .completion('completion', 'print a bash or zsh completion script (vvfs completion >> ~/.bashrc)')
     .demandCommand(1, 'name a command (vvfs --help lists them)')
     .strict()
     .recommendCommands()
@@ -370,10 +389,17 @@ export function buildCli(rawArgs: string[]) {
   return cli
 }
 
-const COMMANDS = new Set(['daemon', 'status', 'storage', 'host', 'volume', 'pool', 'events', 'protocol', 'migrate', 'job', 'fault'])
+const COMMANDS = new Set(['daemon', 'status', 'storage', 'host', 'volume', 'pool', 'events', 'protocol', 'migrate', 'job', 'fault', 'completion'])
 
 export async function main(args = hideBin(process.argv)): Promise<void> {
   const json = args.includes('--json')
+  if (args[0] === COMPLETION_KEY) {
+    const names = await namesToComplete(args.slice(1), DEFAULT_SOCKET)
+    if (names) {
+      process.stdout.write(names.map((n) => n + '\n').join(''))
+      return
+    }
+  }
   // yargs answers `vvfs typo --help` with the top-level help and status 0; a script should see the typo.
   if (args[0] && !args[0].startsWith('-') && !COMMANDS.has(args[0])) {
     process.stderr.write(`vvfs: unknown command ${JSON.stringify(args[0])} (vvfs --help lists them)\n`)

@@ -76,16 +76,36 @@ export const VolumeInfo = z.object({
   files: z.array(z.string()),
 })
 
+/** Consecutive allocated extents on one storage system, of one kind (lib/manager/extent-runs.ts). */
 export const ExtentRun = z.object({
   offset: Bytes,
   length: Bytes,
+  extents: z.number(),
+  /** The storage system; for fragments, the systems holding them, joined by ','. */
   storage: z.string(),
+  /** whole: each extent is one slot; fragments: single-chunk fragments. */
+  kind: z.enum(['whole', 'fragments']),
+})
+
+/** One allocated extent. */
+export const ExtentPlacement = z.object({
+  extent: z.number(),
+  offset: Bytes,
+  kind: z.enum(['whole', 'fragments']),
+  storage: z.string(),
+  /** whole: the slot in its storage system. */
+  slot: z.number().optional(),
+  /** fragments: how many chunks have one. */
+  fragments: z.number().optional(),
 })
 
 export const VolumeDetail = VolumeInfo.extend({
   allocatedBySystem: z.array(z.object({ storage: z.string(), allocated: Bytes })),
   extents: z.number(),
+  /** The map as runs, in offset order. */
   map: z.array(ExtentRun),
+  /** Per allocated extent, when asked for with `extents: true`. */
+  extentMap: z.array(ExtentPlacement).optional(),
   open: z.record(z.string(), z.object({ readers: z.number(), writers: z.number() })),
 })
 
@@ -261,8 +281,8 @@ export const METHODS = {
   }),
   'volume.list': method({ summary: 'Lists volumes.', params: Empty, result: z.object({ volumes: z.array(VolumeInfo) }), errors: [] }),
   'volume.show': method({
-    summary: 'One volume: allocation per storage system and its extent map.',
-    params: ByName,
+    summary: 'One volume: allocation per storage system and its extent map as runs (with extents: true, per extent too).',
+    params: z.strictObject({ name: Name, extents: z.boolean().optional() }),
     result: VolumeDetail,
     errors: [...NAME_ERRORS, 'VOLUME_NOT_FOUND'],
   }),
@@ -461,6 +481,8 @@ export type StorageInfo = z.infer<typeof StorageInfo>
 export type HostInfo = z.infer<typeof HostInfo>
 export type VolumeInfo = z.infer<typeof VolumeInfo>
 export type VolumeDetail = z.infer<typeof VolumeDetail>
+export type ExtentRun = z.infer<typeof ExtentRun>
+export type ExtentPlacement = z.infer<typeof ExtentPlacement>
 export type PoolStatus = z.infer<typeof PoolStatus>
 export type JobInfo = z.infer<typeof JobInfo>
 export type FaultInfo = z.infer<typeof FaultInfo>

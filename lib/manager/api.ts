@@ -19,7 +19,7 @@ export function managerHandlers(manager: Manager, socketPath: string): Handlers 
     'host.remount': (p) => manager.remountHost(p.name),
     'volume.create': (p) => manager.createVolume(p),
     'volume.list': async () => ({ volumes: manager.listVolumes() }),
-    'volume.show': async (p) => manager.showVolume(p.name),
+    'volume.show': async (p) => manager.showVolume(p.name, p.extents),
     'volume.resize': (p) => manager.resizeVolume(p.name, p.size),
     'volume.delete': (p) => manager.deleteVolume(p.name),
     'volume.map': (p) => manager.mapVolume(p.name, p.host),

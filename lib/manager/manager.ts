@@ -32,6 +32,7 @@ import { Catalog, type HostRecord, type PoolSettings, type StorageRecord, type V
 import { SpaceWatch } from './space-watch.js'
 import { reclaimVolume, type ReclaimResult } from './reclaim.js'
 import { VolumeHandle } from './volume-handle.js'
+import { volumeMapView } from './extent-runs.js'
 import { JobManager, type JobInfo } from './jobs.js'
 import { MigrateLayer } from '../migration/layer.js'
 import { ReadAhead } from '../relay/readahead.js'
@@ -545,15 +546,11 @@ export class Manager implements HostView {
     return [...this.handles.values()].sort((a, b) => a.name.localeCompare(b.name)).map((v) => this.volumeInfo(v))
   }
 
-  showVolume(name: string): VolumeDetail {
+  showVolume(name: string, perExtent = false): VolumeDetail {
     const v = this.volumeNamed(name)
     const bySystem = [...v.thin.allocationBySystem()].map(([sid, allocated]) => ({ storage: this.systemName(sid), allocated }))
-    const map = v.thin.runs().map((r) => ({
-      offset: r.firstExtent * EXTENT_SIZE,
-      length: r.extents * EXTENT_SIZE,
-      storage: r.where === 'fragments' ? 'fragments' : this.systemName(r.where),
-    }))
-    return { ...this.volumeInfo(v), allocatedBySystem: bySystem, extents: v.thin.extentCount(), map, open: v.openCounts() }
+    const view = volumeMapView(v.thin.extentMap(), (sid) => this.systemName(sid), perExtent)
+    return { ...this.volumeInfo(v), allocatedBySystem: bySystem, extents: v.thin.extentCount(), map: view.runs, extentMap: view.extents, open: v.openCounts() }
   }
 
   async mapOf(name: string, offset: number) {

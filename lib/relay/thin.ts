@@ -5,7 +5,7 @@
  * mirrored in the MapStore one record per extent. An extent with no entry
  * reads as zeros and holds no space.
  *
- * Allocation policy (README, "Thin provisioning"):
+ * Allocation policy (docs/how-it-works.md, "Thin provisioning"):
  *  - a write that brings at least WHOLE_AT non-zero chunks to an unallocated
  *    extent gets a whole slot (1 MiB) from the pool's placement policy;
  *  - smaller writes — the scattered metadata writes of mkfs — get one 4 KiB
@@ -87,13 +87,6 @@ export interface ChunkLocation {
   pca?: number
   /** For an unallocated chunk of a fragmented extent: how many fragments the extent has. */
   fragments?: number
-}
-
-export interface MapRun {
-  firstExtent: number
-  extents: number
-  /** Storage system id, or 'fragments'. */
-  where: number | 'fragments'
 }
 
 interface WritePlan {
@@ -193,17 +186,9 @@ export class ThinVolume implements ChunkLayer {
     return out
   }
 
-  /** The map as runs of consecutive extents on the same storage system. */
-  runs(): MapRun[] {
-    const runs: MapRun[] = []
-    for (const extent of [...this.extents.keys()].sort((a, b) => a - b)) {
-      const entry = this.extents.get(extent)!
-      const where = entry.kind === 'whole' ? entry.sid : 'fragments'
-      const last = runs[runs.length - 1]
-      if (last && last.where === where && last.firstExtent + last.extents === extent) last.extents++
-      else runs.push({ firstExtent: extent, extents: 1, where })
-    }
-    return runs
+  /** The volume map, extent number → entry (read-only; lib/manager/extent-runs.ts reads it as runs). */
+  extentMap(): ReadonlyMap<number, ExtentEntry> {
+    return this.extents
   }
 
   extentCount(): number {

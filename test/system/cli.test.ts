@@ -3,28 +3,13 @@
  * programs, exit status 1 with the error code when the daemon refuses,
  * 2 for bad usage.
  */
-import { spawnSync } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { cleanupAll, removeDir, startDaemon, VVFS, type DaemonHandle } from '../helpers/daemon.js'
+import { describe, expect, it } from 'vitest'
 import { codeOf } from '../helpers/errors.js'
+import { cliFor, daemonForFile } from '../helpers/cli.js'
 
-let d: DaemonHandle
-beforeAll(async () => {
-  d = await startDaemon()
-})
-afterAll(async () => {
-  await cleanupAll()
-  removeDir(d.dir)
-})
-
-function vvfs(...args: string[]) {
-  // Options go before `--`: what follows it is operands.
-  const end = args.includes('--') ? args.indexOf('--') : args.length
-  const r = spawnSync(process.execPath, [VVFS, ...args.slice(0, end), '--socket', d.socket, ...args.slice(end)], { encoding: 'utf8' })
-  return { code: r.status, out: r.stdout, err: r.stderr }
-}
+const { daemon, vvfs } = daemonForFile()
 
 describe('the vvfs CLI', () => {
   it('adds storage systems and lists them as an aligned table', () => {
@@ -58,7 +43,7 @@ describe('the vvfs CLI', () => {
 
   it('resizes, maps and deletes', () => {
     expect(vvfs('volume', 'resize', 'web', '--size', '1G').out).toMatch(/1 GiB/)
-    expect(vvfs('host', 'add', 'h2', '--mount', `${d.dir}/h2`).code).toBe(0)
+    expect(vvfs('host', 'add', 'h2', '--mount', `${daemon().dir}/h2`).code).toBe(0)
     expect(vvfs('volume', 'map', 'web', '--host', 'h2').code).toBe(0)
     expect(vvfs('host', 'list').out).toMatch(/h2\s+\S+\s+yes\s+web/)
     expect(vvfs('volume', 'unmap', 'web', '--host', 'h2').code).toBe(0)
@@ -78,34 +63,34 @@ describe('the vvfs CLI', () => {
   it('exits 2 on bad usage, and 1 with CONNECTION_FAILED when no daemon answers', () => {
     expect(vvfs('volume', 'create').code).toBe(2)
     expect(vvfs('frobnicate').code).toBe(2)
-    const r = spawnSync(process.execPath, [VVFS, 'status', '--socket', `${d.dir}/nobody.sock`], { encoding: 'utf8' })
-    expect(r.status).toBe(1)
-    expect(r.stderr).toMatch(/CONNECTION_FAILED/)
+    const r = cliFor(() => `${daemon().dir}/nobody.sock`)('status')
+    expect(r.code).toBe(1)
+    expect(r.err).toMatch(/CONNECTION_FAILED/)
   })
 
   it('refuses names starting with a dash (-rf, --state) with INVALID_NAME, and the CLI says to put such a name after --', async () => {
-    expect(await codeOf(d.client.call('volume.create', { name: '-rf', size: '1M' }))).toBe('INVALID_NAME')
-    expect(await codeOf(d.client.call('storage.add', { name: '--state', capacity: '64M' }))).toBe('INVALID_NAME')
-    expect(await codeOf(d.client.call('host.add', { name: '-x', mount: `${d.dir}/x` }))).toBe('INVALID_NAME')
+    expect(await codeOf(daemon().client.call('volume.create', { name: '-rf', size: '1M' }))).toBe('INVALID_NAME')
+    expect(await codeOf(daemon().client.call('storage.add', { name: '--state', capacity: '64M' }))).toBe('INVALID_NAME')
+    expect(await codeOf(daemon().client.call('host.add', { name: '-x', mount: `${daemon().dir}/x` }))).toBe('INVALID_NAME')
     const created = vvfs('volume', 'create', '--size', '1M', '--', '-rf')
     expect(created.code).toBe(1)
     expect(created.err).toMatch(/INVALID_NAME: .*name "-rf" is not valid: .*not starting with a dot or a dash/)
     const bare = vvfs('volume', 'delete', '-rf')
     expect(bare.code).toBe(2)
     expect(bare.err).toMatch(/a name starting with '-' goes after '--'/)
-    expect((await d.client.call('volume.list', {})).volumes.map((v) => v.name)).not.toContain('-rf')
+    expect((await daemon().client.call('volume.list', {})).volumes.map((v) => v.name)).not.toContain('-rf')
   })
 
   it('takes a name after -- and still manages a volume named -rf that an older state holds', async () => {
     expect(vvfs('volume', 'create', '--size', '1M', '--', 'plain').code).toBe(0)
     expect(vvfs('volume', 'create', '--size', '1M', '--', 'older').code).toBe(0)
-    await d.stop()
+    await daemon().stop()
     // A state made before such names were refused: rename the volume in the catalog.
-    const path = join(d.state, 'catalog.json')
+    const path = join(daemon().state, 'catalog.json')
     const catalog = JSON.parse(readFileSync(path, 'utf8')) as { volumes: { name: string }[] }
     catalog.volumes.find((v) => v.name === 'older')!.name = '-rf'
     writeFileSync(path, JSON.stringify(catalog))
-    await d.restart()
+    await daemon().restart()
     expect(vvfs('volume', 'list').out).toMatch(/^-rf\s/m)
     const shown = vvfs('volume', 'show', '--json', '--', '-rf')
     expect(shown.code).toBe(0)
@@ -113,6 +98,6 @@ describe('the vvfs CLI', () => {
     expect(vvfs('volume', 'resize', '--size', '2M', '--', '-rf').out).toMatch(/volume -rf is now 2 MiB/)
     expect(vvfs('volume', 'delete', '--', '-rf').out).toMatch(/deleted volume -rf/)
     expect(vvfs('volume', 'delete', '--', 'plain').out).toMatch(/deleted volume plain/)
-    expect((await d.client.call('volume.list', {})).volumes.map((v) => v.name)).toEqual([])
+    expect((await daemon().client.call('volume.list', {})).volumes.map((v) => v.name)).toEqual([])
   })
 })

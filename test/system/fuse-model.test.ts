@@ -29,7 +29,7 @@ async function checkAllocation(name: string, model: VolumeModel): Promise<void> 
     const whole = new Set<number>()
     const frag = new Set<number>()
     for (const run of v.map) {
-      for (let e = run.offset / EXTENT_SIZE; e < (run.offset + run.length) / EXTENT_SIZE; e++) (run.storage === 'fragments' ? frag : whole).add(e)
+      for (let e = run.offset / EXTENT_SIZE; e < (run.offset + run.length) / EXTENT_SIZE; e++) (run.kind === 'fragments' ? frag : whole).add(e)
     }
     let expected = 0
     const problems: string[] = []
