@@ -270,8 +270,7 @@ export class WireClient extends EventEmitter {
     s.maxInFlight = limits.maxInFlight
     const every = Math.max(50, Math.floor(limits.idleTimeoutMs / 3))
     s.pingTimer = setInterval(() => {
-      this.ping().then(
-        (ms) => (this.rttMs = this.rttMs === null ? ms : 0.8 * this.rttMs + 0.2 * ms),
+      this.ping().catch(
         (err: VvfsError) => s.link.drop(new VvfsError('PEER_UNAVAILABLE', `server stopped answering: ${err.message}`)),
       )
     }, every)
@@ -289,7 +288,9 @@ export class WireClient extends EventEmitter {
       if (!p) return // its deadline passed already
       s.pings.delete(f.id)
       clearTimeout(p.timer)
-      p.resolve(performance.now() - p.sentAt)
+      const ms = performance.now() - p.sentAt
+      this.rttMs = this.rttMs === null ? ms : 0.8 * this.rttMs + 0.2 * ms
+      p.resolve(ms)
       return
     }
     if (f.kind !== FrameKind.REPLY && f.kind !== FrameKind.ERROR) throw new VvfsError('PEER_PROTOCOL', `unexpected frame kind ${f.kind} from the server`)
