@@ -186,10 +186,10 @@ export class WireClient extends EventEmitter {
     if (this.stateNow === 'closed') return
     if (this.retryTimer) clearTimeout(this.retryTimer)
     this.retryTimer = null
+    this.setState('closed') // first: the link's close below must not schedule a reconnect
     const closing = new VvfsError('SHUTTING_DOWN', 'the client is closed')
     this.session?.link.drop(closing)
     this.failQueued(closing)
-    this.setState('closed')
   }
 
   // --- connection ---------------------------------------------------------

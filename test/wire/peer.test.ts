@@ -329,6 +329,23 @@ describe('failures are answers, not hangs', () => {
     expect(client.state).toBe('ready')
   })
 
+  it('closing a client reports it closed, not down first, fails its requests and never reconnects', async () => {
+    const key = newKey()
+    const { port, held, server } = await startServer(key)
+    const { client, states, logs } = startClient(key, port)
+    await client.ready()
+    const onTheWire = codeOf(client.request(HOLD, Buffer.from('x')))
+    await until(() => held.length === 1, 2000, 'the request to arrive')
+    const before = states.length
+    await client.close()
+    expect(await onTheWire).toBe('PEER_UNAVAILABLE')
+    expect(await codeOf(client.request(ECHO, Buffer.from('x')))).toBe('SHUTTING_DOWN')
+    await new Promise((r) => setTimeout(r, 100))
+    expect(states.slice(before)).toEqual(['closed'])
+    expect(logs.events('wire.client.down')).toEqual([])
+    expect(server.stats.authenticated).toBe(0)
+  })
+
   it('answers PEER_UNAVAILABLE at the deadline when no server ever listens', async () => {
     const key = newKey()
     const { port, server } = await startServer(key)
