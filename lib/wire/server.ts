@@ -88,6 +88,18 @@ export interface WireServerOptions {
   limits?: Partial<ServerLimits>
 }
 
+/**
+ * Parses `--listen ADDR:PORT` (or a peer's address): `127.0.0.1:7000`,
+ * `[::1]:7000`, `storage-1.lan:7000`. The address is required — there is no
+ * "all interfaces" default; `0.0.0.0:7000` must be written out.
+ */
+export function parseHostPort(text: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(text.trim())
+  const port = m ? Number(m[3]) : NaN
+  if (!m || port > 65535) throw new VvfsError('INVALID_ARGUMENT', `'${text}' is not ADDR:PORT (e.g. 192.168.1.5:7000 or [fd00::5]:7000)`)
+  return { host: m[1] ?? m[2], port }
+}
+
 /** The READY body: the limits the client must respect. */
 export function encodeReady(l: ServerLimits): Buffer {
   const b = Buffer.alloc(10)

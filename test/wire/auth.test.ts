@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { FrameMac, loadPeerKey, newNonce, PeerKey, proofMatches, proofOf, type SessionContext } from '../../lib/wire/auth.js'
 import { encodeHeader, FrameKind } from '../../lib/wire/frame.js'
+import { parseHostPort } from '../../lib/wire/server.js'
 import { codeOf } from '../helpers/errors.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'vvfs-wire-'))
@@ -72,5 +73,16 @@ describe('the MAC of every frame', () => {
     otherId.writeUInt32BE(2, 12)
     expect(new FrameMac(key, 'client→server', c).verify(otherId, body, mac)).toBe(false)
     expect(new FrameMac(key, 'client→server', c).verify(header, body, null)).toBe(false)
+  })
+})
+
+describe('ADDR:PORT of --listen and of peers', () => {
+  it('takes an explicit address and port, and nothing less', () => {
+    expect(parseHostPort('127.0.0.1:7000')).toEqual({ host: '127.0.0.1', port: 7000 })
+    expect(parseHostPort('[fd00::5]:7000')).toEqual({ host: 'fd00::5', port: 7000 })
+    expect(parseHostPort('storage-1.lan:0')).toEqual({ host: 'storage-1.lan', port: 0 })
+    for (const bad of [':7000', '7000', '127.0.0.1', '127.0.0.1:70000', 'fd00::5:7000', '[fd00::5]', 'a b:1', '']) {
+      expect(() => parseHostPort(bad), bad).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
+    }
   })
 })
