@@ -312,7 +312,7 @@ describe('bad peers: each dropped with a logged reason while the good one is ser
       await new Promise((r) => setTimeout(r, 20))
     }
     await until(() => idle.every((p) => p.closed), 5000, 'every idle connection dropped')
-    expect(worst).toBeLessThan(1000) // ~5 ms unloaded; the bound leaves room for a shared 2-core machine
+    expect(worst).toBeLessThan(1000) // 60 ms measured at load 10 on 2 cores (the 200 connects land meanwhile); the default deadline is 5 s
     const codes = dropped().map((d) => d.code)
     expect(codes.filter((c) => c === 'PEER_BUSY').length).toBe(168) // over the cap of 32 pending handshakes: refused at once
     expect(codes.filter((c) => c === 'TIMEOUT').length).toBe(32) // the rest: at the handshake deadline
