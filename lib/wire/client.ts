@@ -156,8 +156,10 @@ export class WireClient extends EventEmitter {
   /** Sends one request; resolves with the reply body or rejects with a coded VvfsError (see the file comment). */
   request(type: number, body: Buffer, opts: { deadlineMs?: number } = {}): Promise<Buffer> {
     if (this.stateNow === 'closed') return Promise.reject(new VvfsError('SHUTTING_DOWN', 'the client is closed'))
-    const limit = this.session?.phase === 'ready' ? this.session.maxBodyBytes : DEFAULT_SERVER_LIMITS.maxBodyBytes
-    if (body.length > limit) return Promise.reject(new VvfsError('FRAME_TOO_LARGE', `request body of ${body.length} bytes exceeds the server's limit of ${limit}`))
+    // checked against the limit the server announced; before it did, when the request is sent (pump)
+    const s = this.session
+    if (s?.phase === 'ready' && body.length > s.maxBodyBytes)
+      return Promise.reject(new VvfsError('FRAME_TOO_LARGE', `request body of ${body.length} bytes exceeds the server's limit of ${s.maxBodyBytes}`))
     const deadlineMs = opts.deadlineMs ?? this.deadlineMs
     return new Promise<Buffer>((resolve, reject) => {
       const req: Request = { type, body, resolve, reject, id: null, expired: false, timer: setTimeout(() => this.expire(req, deadlineMs), deadlineMs) }

@@ -177,6 +177,19 @@ describe('authentication with the pre-shared key', () => {
     expect(dropped()[0]).toMatchObject({ code: 'PEER_AUTH_FAILED' })
   })
 
+  it('refuses a client asking for another service, or speaking no common version, with PEER_PROTOCOL', async () => {
+    const key = newKey()
+    const { port, dropped } = await startServer(key)
+    const { client } = startClient(key, port, { service: 'replication' })
+    expect(await codeOf(client.request(ECHO, Buffer.from('x')))).toBe('PEER_PROTOCOL')
+    expect(dropped()[0].reason).toMatch(/asks for service 'replication'; this is 'storage'/)
+    const future = await RawPeer.connect(port)
+    cleanups.push(() => future.destroy())
+    future.send({ kind: FrameKind.HELLO, body: Buffer.concat([Buffer.from([2, 3, 7]), Buffer.from('storage'), randomBytes(32)]) })
+    const answer = await future.nextFrame()
+    expect(JSON.parse(answer.body.toString())).toMatchObject({ code: 'PEER_PROTOCOL', message: expect.stringMatching(/no common protocol version/) })
+  })
+
   it('drops a connection whose frames are altered after the handshake (the MAC of every frame)', async () => {
     const key = newKey()
     const { port, dropped } = await startServer(key)
