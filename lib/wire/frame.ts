@@ -1,0 +1,219 @@
+/**
+ * The peer wire's frame codec: what bytes between two vvfs processes (a relay
+ * and a storage server, a primary and its replica) mean, and nothing else.
+ *
+ * A frame is a fixed 20-byte header, a body of `length` bytes, and, when the
+ * MAC flag is set, a 32-byte HMAC trailer (lib/wire/auth.ts computes and
+ * checks it; this file only carries it):
+ *
+ *   0 magic u32 'vvw1' | 4 format u8 | 5 kind u8 | 6 flags u16 | 8 type u16
+ *  10 reserved u16 (0) | 12 id u32  | 16 length u32 | 20 body | MAC (32)
+ *
+ * all big-endian. `kind` is the frame's role in the protocol (handshake,
+ * request, reply, …); `type` names the operation of a request (the feature
+ * that uses the wire owns its numbers); `id` matches a reply to its request.
+ *
+ * Concurrency: a FrameDecoder belongs to one socket; push() a chunk, then
+ * call next() until it returns null. Frames come out one at a time so the
+ * owner can change the decoder's limit between two frames (the handshake
+ * raises it once the peer is authenticated).
+ *
+ * Failure modes: a header that is not a frame of this format (magic, format,
+ * kind, reserved bits) throws PEER_PROTOCOL; a length over the current limit
+ * throws FRAME_TOO_LARGE as soon as the header is in — before any byte of the
+ * body is read, and no buffer is ever sized by a length field: the decoder
+ * holds only bytes it has received, and after the owner drained next() at
+ * most one incomplete frame (≤ header + limit + MAC). After an error the
+ * decoder is poisoned: every later call throws the same error.
+ */
+import { VvfsError } from '../errors.js'
+
+export const FRAME_MAGIC = 0x76767731 // 'vvw1'
+export const FRAME_FORMAT = 1
+export const HEADER_BYTES = 20
+export const MAC_BYTES = 32
+
+/** The MAC flag: a 32-byte HMAC trailer follows the body. No other flag is defined; a set unknown bit is a protocol error. */
+export const FLAG_MAC = 0x0001
+
+export const FrameKind = {
+  /** client → server: versions it speaks, the service it wants, its nonce. */
+  HELLO: 1,
+  /** server → client: the chosen version, the server's nonce, the server's proof. */
+  CHALLENGE: 2,
+  /** client → server: the client's proof. */
+  PROOF: 3,
+  /** server → client, first MAC'd frame: the server's limits. */
+  READY: 4,
+  REQUEST: 5,
+  REPLY: 6,
+  /** A coded error `{code, message}` (JSON): the answer to request `id`, or with id 0 the reason the sender drops the connection. */
+  ERROR: 7,
+  PING: 8,
+  PONG: 9,
+} as const
+export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind]
+const KIND_MAX = 9
+
+export interface Frame {
+  kind: FrameKind
+  flags: number
+  type: number
+  id: number
+  body: Buffer
+  /** The 20 header bytes as received (the MAC covers them). */
+  header: Buffer
+  /** The trailer, when the MAC flag is set. */
+  mac: Buffer | null
+}
+
+export interface OutgoingFrame {
+  kind: FrameKind
+  type?: number
+  id?: number
+  body?: Buffer
+}
+
+/** The header of a frame; the body and MAC trailer are written after it as they are (no copy). */
+export function encodeHeader(f: OutgoingFrame, withMac: boolean): Buffer {
+  const h = Buffer.alloc(HEADER_BYTES)
+  h.writeUInt32BE(FRAME_MAGIC, 0)
+  h.writeUInt8(FRAME_FORMAT, 4)
+  h.writeUInt8(f.kind, 5)
+  h.writeUInt16BE(withMac ? FLAG_MAC : 0, 6)
+  h.writeUInt16BE(f.type ?? 0, 8)
+  h.writeUInt32BE(f.id ?? 0, 12)
+  h.writeUInt32BE(f.body?.length ?? 0, 16)
+  return h
+}
+
+/** Chunks shorter than this are copied into a shared block rather than kept: a peer sending one byte per TCP segment must not make us hold a Buffer object (~100 bytes) per byte. */
+const SMALL_CHUNK = 4096
+const BLOCK_BYTES = 16 * 1024
+
+/** Incremental decoder over one socket's chunks; see the file comment. */
+export class FrameDecoder {
+  /** Received, not yet consumed: chunks[head..]. */
+  private chunks: Buffer[] = []
+  private head = 0
+  private bufferedBytes = 0
+  /** The block small chunks are copied into, and how much of it is used. */
+  private block: Buffer | null = null
+  private blockUsed = 0
+  private header: Buffer | null = null
+  private failure: VvfsError | null = null
+
+  /** @param maxBody the largest body accepted now (setMaxBody changes it between frames). */
+  constructor(private maxBody: number) {}
+
+  setMaxBody(bytes: number): void {
+    this.maxBody = bytes
+  }
+
+  /** Bytes received and not yet returned as a frame. */
+  get buffered(): number {
+    return this.bufferedBytes
+  }
+
+  push(chunk: Buffer): void {
+    if (this.failure) throw this.failure
+    if (chunk.length === 0) return
+    this.bufferedBytes += chunk.length
+    if (chunk.length >= SMALL_CHUNK) {
+      this.chunks.push(chunk)
+      return
+    }
+    if (!this.block || this.blockUsed + chunk.length > this.block.length) {
+      this.block = Buffer.allocUnsafeSlow(BLOCK_BYTES)
+      this.blockUsed = 0
+    }
+    const block = this.block
+    chunk.copy(block, this.blockUsed)
+    const last = this.head < this.chunks.length ? this.chunks[this.chunks.length - 1] : null
+    if (last && last.buffer === block.buffer && last.byteOffset + last.length === block.byteOffset + this.blockUsed) {
+      this.chunks[this.chunks.length - 1] = Buffer.from(block.buffer, last.byteOffset, last.length + chunk.length)
+    } else {
+      this.chunks.push(block.subarray(this.blockUsed, this.blockUsed + chunk.length))
+    }
+    this.blockUsed += chunk.length
+  }
+
+  /** The next complete frame, or null when more bytes are needed. */
+  next(): Frame | null {
+    if (this.failure) throw this.failure
+    try {
+      return this.decodeOne()
+    } catch (err) {
+      this.failure = err as VvfsError
+      this.chunks = []
+      this.head = 0
+      this.bufferedBytes = 0
+      this.block = null
+      throw err
+    }
+  }
+
+  private decodeOne(): Frame | null {
+    if (!this.header) {
+      if (this.bufferedBytes < HEADER_BYTES) return null
+      const header = Buffer.from(this.take(HEADER_BYTES)) // own copy: the MAC needs it after the chunk is gone
+      this.check(header)
+      this.header = header
+    }
+    const header = this.header
+    const flags = header.readUInt16BE(6)
+    const length = header.readUInt32BE(16)
+    const macBytes = flags & FLAG_MAC ? MAC_BYTES : 0
+    if (this.bufferedBytes < length + macBytes) return null
+    this.header = null
+    const body = this.take(length)
+    const mac = macBytes ? Buffer.from(this.take(macBytes)) : null
+    return { kind: header.readUInt8(5) as FrameKind, flags, type: header.readUInt16BE(8), id: header.readUInt32BE(12), body, header, mac }
+  }
+
+  private check(h: Buffer): void {
+    const magic = h.readUInt32BE(0)
+    if (magic !== FRAME_MAGIC) throw new VvfsError('PEER_PROTOCOL', `not a vvfs wire frame (magic 0x${magic.toString(16).padStart(8, '0')})`)
+    const format = h.readUInt8(4)
+    if (format !== FRAME_FORMAT) throw new VvfsError('PEER_PROTOCOL', `unknown frame format ${format} (this side speaks ${FRAME_FORMAT})`)
+    const kind = h.readUInt8(5)
+    if (kind < 1 || kind > KIND_MAX) throw new VvfsError('PEER_PROTOCOL', `unknown frame kind ${kind}`)
+    const flags = h.readUInt16BE(6)
+    if ((flags & ~FLAG_MAC) !== 0 || h.readUInt16BE(10) !== 0) throw new VvfsError('PEER_PROTOCOL', `reserved header bits set (flags 0x${flags.toString(16)})`)
+    const length = h.readUInt32BE(16)
+    if (length > this.maxBody)
+      throw new VvfsError('FRAME_TOO_LARGE', `frame body of ${length} bytes exceeds the limit of ${this.maxBody}`, { details: { length, limit: this.maxBody } })
+  }
+
+  /** Removes n buffered bytes (n ≤ buffered): a view into one chunk when they lie in one, else a copy of exactly n received bytes. */
+  private take(n: number): Buffer {
+    if (n === 0) return Buffer.alloc(0)
+    this.bufferedBytes -= n
+    const first = this.chunks[this.head]
+    let out: Buffer
+    if (first.length >= n) {
+      out = first.subarray(0, n)
+      if (first.length === n) this.head++
+      else this.chunks[this.head] = first.subarray(n)
+    } else {
+      out = Buffer.allocUnsafe(n)
+      let filled = 0
+      while (filled < n) {
+        const c = this.chunks[this.head]
+        const k = Math.min(c.length, n - filled)
+        c.copy(out, filled, 0, k)
+        filled += k
+        if (k === c.length) this.head++
+        else this.chunks[this.head] = c.subarray(k)
+      }
+    }
+    if (this.head === this.chunks.length) {
+      this.chunks = []
+      this.head = 0
+    } else if (this.head > 64 && this.head * 2 > this.chunks.length) {
+      this.chunks = this.chunks.slice(this.head)
+      this.head = 0
+    }
+    return out
+  }
+}
