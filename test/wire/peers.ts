@@ -36,7 +36,7 @@ export function capturedLog(): { log: Logger; lines: LogLine[]; events(event: st
       cb()
     },
   })
-  return { log: createLogger('debug', sink), lines, events: (event) => lines.filter((l) => l.event === event) }
+  return { log: createLogger('debug', 'json', sink), lines, events: (event) => lines.filter((l) => l.event === event) }
 }
 
 export async function until(cond: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
