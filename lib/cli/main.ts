@@ -110,7 +110,8 @@ const OPERAND = '\u0000operand'
 
 function hideOperands(args: string[]): { args: string[]; restore: (argv: Record<string, unknown>) => void } {
   const at = args.indexOf('--')
-  if (at < 0) return { args, restore: () => {} }
+  // While completing, a `--` is the word being completed, not the end of the options.
+  if (at < 0 || args[0] === COMPLETION_KEY) return { args, restore: () => {} }
   const operands = args.slice(at + 1)
   const back = (v: unknown): unknown => (typeof v === 'string' && v.startsWith(OPERAND) ? operands[Number(v.slice(OPERAND.length))] : v)
   return {
