@@ -147,7 +147,8 @@ export class ThinVolume implements ChunkLayer {
   private readonly recording = new Map<number, Promise<void>>()
   private readonly maintenance = new Map<number, Promise<void>>()
   /** Storage systems written (data, deletions, clears) since the last flush. */
-  private readonly written = new Set<StorageSystem>()
+  private readonly written = new Map<StorageSystem, number>()
+  private marks = 0
   private allocated = 0
   private closed = false
 
@@ -325,14 +326,12 @@ export class ThinVolume implements ChunkLayer {
    * failing system holds up the fsyncs of its own volumes, not every one.
    */
   async flush(): Promise<void> {
-    const systems = [...this.written]
-    this.written.clear()
-    try {
-      await Promise.all(systems.map((s) => s.sync()))
-    } catch (err) {
-      for (const s of systems) this.written.add(s)
-      throw err
-    }
+    // A system leaves the set only once a sync that began after its last
+    // write here has ended: a second flush meanwhile syncs it too (joining
+    // the running sync when that covers its writes), never skips it.
+    const marked = [...this.written]
+    await Promise.all(marked.map(([system]) => system.sync()))
+    for (const [system, mark] of marked) if (this.written.get(system) === mark) this.written.delete(system)
     await this.maps.sync()
   }
 
@@ -764,7 +763,7 @@ export class ThinVolume implements ChunkLayer {
 
   /** `system`, noted as written: the next flush syncs it. */
   private on(system: StorageSystem): StorageSystem {
-    this.written.add(system)
+    this.written.set(system, ++this.marks)
     return system
   }
 
