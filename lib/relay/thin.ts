@@ -148,6 +148,9 @@ export class ThinVolume implements ChunkLayer {
   private readonly maintenance = new Map<number, Promise<void>>()
   /** Storage systems written (data, deletions, clears) since the last flush. */
   private readonly written = new Map<StorageSystem, number>()
+  /** Released space whose releasing records the map store has not synced yet (freeOnceDurable). */
+  private readonly unfreed: (() => void)[] = []
+  private freeing: Promise<void> | null = null
   private marks = 0
   private allocated = 0
   private closed = false
@@ -339,12 +342,16 @@ export class ThinVolume implements ChunkLayer {
   async destroy(): Promise<void> {
     await this.truncate(0)
     await Promise.all([...this.maintenance.values()])
+    await this.freeing
     this.closed = true
   }
 
   /** Waits for scheduled background work (tests, shutdown). */
   async settle(): Promise<void> {
-    while (this.maintenance.size > 0) await Promise.all([...this.maintenance.values()])
+    while (this.maintenance.size > 0 || this.freeing) {
+      await Promise.all([...this.maintenance.values()])
+      await this.freeing
+    }
   }
 
   close(): void {
@@ -392,10 +399,10 @@ export class ThinVolume implements ChunkLayer {
   async discardEntry(entry: ExtentEntry): Promise<void> {
     if (entry.kind === 'whole') {
       await this.on(this.pool.get(entry.sid)).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
-      this.pool.releaseSlot(entry.sid, entry.slot)
+      this.freeOnceDurable([() => this.pool.releaseSlot(entry.sid, entry.slot)])
     } else {
       await this.writeGrouped([...entry.frags.values()].map((f) => ({ sid: f.sid, pca: f.pca, data: null })))
-      for (const f of entry.frags.values()) this.pool.releaseFragment(f.sid, f.pca)
+      this.freeOnceDurable([...entry.frags.values()].map((f) => () => this.pool.releaseFragment(f.sid, f.pca)))
     }
   }
 
@@ -631,7 +638,7 @@ export class ThinVolume implements ChunkLayer {
           this.onFailure({ what: 'rollback', extent, err })
           return
         }
-        for (const release of releases) release()
+        this.freeOnceDurable(releases)
       }),
     )
   }
@@ -651,7 +658,7 @@ export class ThinVolume implements ChunkLayer {
     const failed = new Set(extents.filter((_, i) => results[i]!.status === 'rejected'))
     for (const { extent, chunk, frag } of removed) {
       if (!failed.has(extent)) {
-        this.pool.releaseFragment(frag.sid, frag.pca)
+        this.freeOnceDurable([() => this.pool.releaseFragment(frag.sid, frag.pca)])
         continue
       }
       // The extent's record still names the fragment (its data is dropped:
@@ -736,7 +743,7 @@ export class ThinVolume implements ChunkLayer {
     // The fragments' data goes only once the record pointing away from them is durable.
     await this.maps.sync()
     await this.writeGrouped(old.map((f) => ({ sid: f.sid, pca: f.pca, data: null })))
-    for (const f of old) this.pool.releaseFragment(f.sid, f.pca)
+    this.freeOnceDurable(old.map((f) => () => this.pool.releaseFragment(f.sid, f.pca)))
   }
 
   /** Drops a whole extent's data (if asked), its record, then its slot. */
@@ -756,7 +763,38 @@ export class ThinVolume implements ChunkLayer {
       }
       throw err
     }
-    this.pool.releaseSlot(entry.sid, entry.slot)
+    this.freeOnceDurable([() => this.pool.releaseSlot(entry.sid, entry.slot)])
+  }
+
+  /**
+   * Returns released space to the pool once the map store has synced the
+   * records that released it. Handed out before, a new owner's data could
+   * become durable while the old owner's record was still the durable one:
+   * after a power cut the old extent read the new owner's data
+   * (migration-crash under a power cut: extent 6, released, then its slot
+   * reused by extent 14, read what the host wrote to extent 14).
+   */
+  private freeOnceDurable(releases: (() => void)[]): void {
+    this.unfreed.push(...releases)
+    this.freeing ??= this.freeUnfreed()
+  }
+
+  private async freeUnfreed(): Promise<void> {
+    try {
+      while (this.unfreed.length > 0) {
+        const batch = this.unfreed.splice(0)
+        try {
+          await this.maps.sync()
+        } catch (err) {
+          // Held until a restart rebuilds the free-space tables from the records.
+          this.onFailure({ what: 'release', extent: -1, err })
+          continue
+        }
+        for (const release of batch) release()
+      }
+    } finally {
+      this.freeing = null
+    }
   }
 
   // ---- helpers
