@@ -36,8 +36,6 @@ export interface DaemonHandle {
   powerCut(): Promise<CutReport>
   /** The crash this daemon is tested under: powerCut() in power-loss mode, else kill9(). */
   crash(): Promise<void>
-  /** Started with powerLoss: runs under the powercut interposer. */
-  readonly powerLoss: boolean
   restart(env?: NodeJS.ProcessEnv): Promise<void>
   /** Resolves when the daemon process exits (e.g. at an injected crash point). */
   exited(): Promise<number | null>
@@ -94,7 +92,6 @@ export async function startDaemon(opts: { dir?: string; extraArgs?: string[]; en
     socket,
     proc: null as unknown as ChildProcess,
     client: null as unknown as ControlClient,
-    powerLoss: tracker !== undefined,
     log: () => (existsSync(logPath) ? readFileSync(logPath, 'utf8') : ''),
     file: (volume, m = mount) => join(m, volume),
     async stop() {

@@ -56,14 +56,20 @@ describe('ext4 on a volume, through power cuts under the daemon', () => {
       // Meanwhile bulk O_DIRECT writes nobody fsyncs (the second round
       // overwrites the first's blocks in place) reach the daemon between the
       // writer's fsyncs: what the cut takes from the state directory.
-      const bulk = spawn('dd', ['if=/dev/urandom', `of=${join(at(), 'bulk')}`, 'bs=256k', 'count=256', 'oflag=direct', 'conv=notrunc'], { stdio: 'ignore' })
+      // 64 MiB over and over (dd alone may finish before the cut), until dd fails.
+      const dd = `dd if=/dev/urandom of=${join(at(), 'bulk')} bs=256k count=256 oflag=direct conv=notrunc`
+      const bulk = spawn('sh', ['-c', `while ${dd} 2>/dev/null; do :; done`], { stdio: 'ignore', detached: true })
       const exited = [writer, bulk].map((p) => new Promise((r) => p.once('exit', r)))
       await new Promise((r) => setTimeout(r, 2500 + Math.floor(Math.random() * 2000)))
       const cut = await d.powerCut()
       // The file system on the dead volume goes too: its writers, its mount
       // (lazily, if a writer still held files), its loop device.
       writer.kill('SIGKILL')
-      bulk.kill('SIGKILL')
+      try {
+        process.kill(-bulk.pid!, 'SIGKILL')
+      } catch {
+        // the loop already ended at dd's first failed write
+      }
       await Promise.all(exited)
       umount(at())
       detachLoop(dev)
