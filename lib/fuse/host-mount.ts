@@ -75,9 +75,10 @@ interface Handle {
 }
 
 /**
- * How often a mount checks that it is still in /proc/self/mountinfo. Reading
- * it costs ~50 µs for 30 mounts; an administrator's `umount` shows in
- * `host list` within a second.
+ * How often a mount checks that it is still in /proc/self/mountinfo. A check
+ * (async read and parse, 22 mounts) took 1.1 ms of wall time on the loaded
+ * test VM, most of it the thread pool's round trip; once a second is noise,
+ * and an administrator's `umount` shows in `host list` within a second.
  */
 const MOUNT_CHECK_MS = 1000
 
