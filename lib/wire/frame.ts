@@ -22,8 +22,10 @@
  * kind, reserved bits) throws PEER_PROTOCOL; a length over the current limit
  * throws FRAME_TOO_LARGE as soon as the header is in — before any byte of the
  * body is read, and no buffer is ever sized by a length field: the decoder
- * holds only bytes it has received, and after the owner drained next() at
- * most one incomplete frame (≤ header + limit + MAC). After an error the
+ * holds only bytes it has received (chunks under 4 KiB copied into 16 KiB
+ * blocks, so one byte per TCP segment costs no Buffer object per byte), and
+ * after the owner drained next() at most one incomplete frame (≤ header +
+ * limit + MAC). After an error the
  * decoder is poisoned: every later call throws the same error.
  */
 import { VvfsError } from '../errors.js'

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
-import { connect } from 'node:net'
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import { VvfsError } from '../../lib/errors.js'
 import { PeerKey } from '../../lib/wire/auth.js'
@@ -394,6 +394,21 @@ describe('failures are answers, not hangs', () => {
     expect(logs.events('wire.client.down')).toEqual([])
     await until(() => server.stats.authenticated === 0, 2000, 'the server to see the client go')
     expect(held[0].signal.aborted).toBe(true) // the handler learns its answer would go nowhere
+  })
+
+  it('gives up a server that accepts the connection but never answers the handshake, and says why', async () => {
+    const mute = createServer(() => {})
+    mute.listen({ host: '127.0.0.1', port: 0 })
+    await once(mute, 'listening')
+    cleanups.push(() => new Promise<void>((r) => mute.close(() => r())))
+    const sockets: Socket[] = []
+    mute.on('connection', (s) => sockets.push(s))
+    cleanups.push(() => sockets.forEach((s) => s.destroy()))
+    const { client, logs } = startClient(newKey(), (mute.address() as AddressInfo).port, { connectTimeoutMs: 200 })
+    let err: unknown
+    await client.request(ECHO, Buffer.from('x'), { deadlineMs: 600 }).catch((e: unknown) => (err = e))
+    expect(err).toMatchObject({ code: 'PEER_UNAVAILABLE', message: expect.stringMatching(/no completed handshake within 200 ms/) })
+    expect(logs.events('wire.client.down').length).toBeGreaterThanOrEqual(1)
   })
 
   it('answers PEER_UNAVAILABLE at the deadline when no server ever listens', async () => {
