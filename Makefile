@@ -2,13 +2,14 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-DEBIAN_PACKAGES := libfuse2 fuse attr e2fsprogs util-linux
+# chromium: the web view's browser tests (driven by playwright-core, which downloads no browser).
+DEBIAN_PACKAGES := libfuse2 fuse attr e2fsprogs util-linux chromium
 BENCH_PACKAGES := fio qemu-system-common qemu-utils
 
 .PHONY: help setup deps build run test lint typecheck bench clean
 
 help:
-	@echo "make run    - set up, then run the daemon in the foreground (state ./.vvfs, volumes in ./mnt)"
+	@echo "make run    - set up, then run the daemon in the foreground (state ./.vvfs, volumes in ./mnt, web view at http://$(VVFS_HTTP)/)"
 	@echo "make test   - set up, then run the whole test suite"
 	@echo "make bench  - set up, then run the benchmarks (installs fio and qemu-system-common)"
 
@@ -29,8 +30,12 @@ build: dist/.built
 
 setup: deps build
 
+# The web view of `make run` (loopback only; VVFS_HTTP=127.0.0.1:PORT to move it).
+VVFS_HTTP ?= 127.0.0.1:8620
+
 run: setup
-	node bin/vvfs daemon --state ./.vvfs --mount ./mnt --demo
+	@echo "vvfs web view: http://$(VVFS_HTTP)/"
+	node bin/vvfs daemon --state ./.vvfs --mount ./mnt --demo --http $(VVFS_HTTP)
 
 typecheck: node_modules/.installed
 	npx tsc -p tsconfig.json
