@@ -266,7 +266,7 @@ function cellBackground(c, tileExtents) {
 
 function renderMap(m) {
   const byCell = new Map(m.cells.map((c) => [c.i, c]))
-  const grid = h('div', { class: 'grid', 'data-volume': m.volume })
+  const grid = h('div', { class: m.tiles <= 256 ? 'grid big' : 'grid', 'data-volume': m.volume })
   const frag = document.createDocumentFragment()
   const systems = new Set()
   for (let i = 0; i < m.tiles; i++) {

@@ -20,8 +20,8 @@ const FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-ru
 export interface Browser {
   context: BrowserContext
   page: Page
-  /** Saves a full-page screenshot as test-artifacts/web/NAME.png and returns its path. */
-  screenshot(name: string): Promise<string>
+  /** Saves a screenshot (the full page, or one element) as test-artifacts/web/NAME.png and returns its path. */
+  screenshot(name: string, selector?: string): Promise<string>
   close(): Promise<void>
 }
 
@@ -38,10 +38,11 @@ export async function openBrowser(): Promise<Browser> {
   return {
     context,
     page,
-    async screenshot(name) {
+    async screenshot(name, selector) {
       mkdirSync(ARTIFACTS, { recursive: true })
       const path = join(ARTIFACTS, `${name}.png`)
-      await page.screenshot({ path, fullPage: true })
+      if (selector) await page.locator(selector).screenshot({ path })
+      else await page.screenshot({ path, fullPage: true })
       return path
     },
     async close() {

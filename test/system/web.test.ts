@@ -90,6 +90,7 @@ describe('web view in a browser', () => {
     const middle = await percent()
     expect(middle).toBeGreaterThan(first)
     await browser.screenshot('migration-running')
+    await browser.screenshot('migration-map', '#volume-detail')
     await page.waitForSelector(`${row}[data-status="concluded"]`, { timeout: 40_000 })
     expect(await percent()).toBe(100)
     expect((await d.client.call('job.show', { id: job.id })).result).toBe('completed')
@@ -102,7 +103,7 @@ describe('web view in a browser', () => {
 
     // The daemon restarts: the page reconnects, gets a fresh snapshot, and keeps following events.
     await d.restart()
-    await page.waitForSelector('body[data-snapshots="2"]', { timeout: 20_000 })
+    await waitUntil(page, "Number(document.body.dataset.snapshots) >= 2", 20_000)
     await page.waitForSelector('#conn[data-state="live"]')
     await d.client.call('volume.create', { name: 'delta', size: '16M' })
     await page.waitForSelector('tr[data-volume="delta"]', { timeout: 5000 })
