@@ -218,12 +218,10 @@ export class WebServer {
     if (this.streams.size >= MAX_STREAMS) return this.json(res, 503, { error: { code: 'BUSY', message: `${MAX_STREAMS} pages are connected already` } })
     res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'X-Accel-Buffering': 'no' })
     res.write('retry: 1000\n\n')
-    this.send(res, 'snapshot', this.view.snapshot())
-    if (this.streams.size === 0) {
-      // The first page: the change baseline starts now (the snapshot holds everything before).
-      this.view.changes()
-      this.startTimers()
-    }
+    // The first page: the change baseline starts with its snapshot.
+    const first = this.streams.size === 0
+    this.send(res, 'snapshot', this.view.snapshot(first))
+    if (first) this.startTimers()
     this.streams.add(res)
     const gone = () => {
       this.streams.delete(res)

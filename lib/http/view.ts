@@ -12,7 +12,14 @@
  *   must not poll the whole state.
  *
  * Read-only and synchronous: every call runs on the event loop between host
- * I/O callbacks, costs O(volumes + runs + slots) and changes nothing.
+ * I/O callbacks and changes nothing. A snapshot costs O(volumes + runs +
+ * slots) (~13 ms warm for 1,000 volumes); a tick first compares cheap
+ * signatures (sizes, allocated bytes, states, jobs: O(volumes)) and redraws a
+ * volume's strip or the pool's figures only when they moved, so an idle
+ * daemon with a fully written 1 TiB volume does not sort a million extents
+ * every second. (An extent moved without any allocated byte changing is
+ * seen when the volume's figures next change; jobs, which move extents, are
+ * always redrawn while active.)
  */
 import type { JobInfo, PoolStatus, StorageInfo, VolumeInfo, VvfsEvent } from '../control/schema.js'
 import { EXTENT_SIZE } from '../layout.js'
@@ -38,7 +45,8 @@ export interface SystemRow extends StorageInfo {
   strip: string
 }
 
-export interface VolumeRow extends VolumeInfo {
+/** What the page shows of a volume (no id, creation time or file paths: 1,000 rows stay small). */
+export interface VolumeRow extends Pick<VolumeInfo, 'name' | 'size' | 'allocated' | 'hosts' | 'state'> {
   /** Compact map: one character per tile, see extentStrip. */
   strip: string
   tileExtents: number
@@ -80,7 +88,8 @@ export interface Usage {
 
 export class WebView {
   private readonly recent: VvfsEvent[] = []
-  private lastVolumes = new Map<string, string>()
+  /** Per volume: the cheap signature and the row last sent (the tick's baseline). */
+  private lastVolumes = new Map<string, { cheap: string; row: VolumeRow }>()
   private lastPool = ''
 
   constructor(
@@ -99,17 +108,27 @@ export class WebView {
     return this.manager.pool.list().map((s) => s.name)
   }
 
-  snapshot(): Snapshot {
+  /** The whole page's data; `baseline`: also the start of changes() (the first page to connect). */
+  snapshot(baseline = false): Snapshot {
     const legend = this.legend()
     const { systems, ...pool } = this.manager.poolStatus()
-    const volumes = this.volumeRows(legend)
-    const rows = this.systemRows(systems)
+    const volumes: VolumeRow[] = []
+    const next = new Map<string, { cheap: string; row: VolumeRow }>()
+    for (const info of this.manager.listVolumes()) {
+      const row = this.volumeRow(info, legend)
+      volumes.push(row)
+      next.set(info.name, { cheap: this.cheapSignature(info, legend), row })
+    }
+    if (baseline) {
+      this.lastVolumes = next
+      this.lastPool = this.poolSignature()
+    }
     return {
       version: this.version,
       time: new Date().toISOString(),
       legend,
       pool,
-      systems: rows,
+      systems: this.systemRows(systems),
       volumes,
       hosts: this.manager.listHosts().map((h) => ({ name: h.name, mount: h.mount, mounted: h.mounted, volumes: h.volumes.length })),
       jobs: this.manager.jobs.list().reverse(),
@@ -119,22 +138,48 @@ export class WebView {
   }
 
   /**
-   * What changed since the last call; null when nothing did. The baseline is
-   * the broadcaster's alone (a page's snapshot does not move it): a page that
-   * connected in between may get a change again, which is harmless.
+   * What changed since the last call (or the baseline snapshot); null when
+   * nothing did. Later pages' snapshots do not move the baseline: a page that
+   * connected in between may get a change it has already, which is harmless.
    */
   changes(): Usage | null {
     const legend = this.legend()
-    const volumes = this.volumeRows(legend)
-    const changed = volumes.filter((v) => this.lastVolumes.get(v.name) !== rowSignature(v))
-    this.lastVolumes = new Map(volumes.map((v) => [v.name, rowSignature(v)]))
-    const { systems, ...pool } = this.manager.poolStatus()
-    const rows = this.systemRows(systems)
-    const poolSig = JSON.stringify([pool, rows])
+    const changed: VolumeRow[] = []
+    const next = new Map<string, { cheap: string; row: VolumeRow }>()
+    for (const info of this.manager.listVolumes()) {
+      const cheap = this.cheapSignature(info, legend)
+      const last = this.lastVolumes.get(info.name)
+      if (last && last.cheap === cheap && !cheap.endsWith('|-')) {
+        next.set(info.name, last)
+        continue
+      }
+      const row = this.volumeRow(info, legend)
+      next.set(info.name, { cheap, row })
+      if (!last || rowSignature(last.row) !== rowSignature(row)) changed.push(row)
+    }
+    this.lastVolumes = next
+    const poolSig = this.poolSignature()
     const poolChanged = poolSig !== this.lastPool
     this.lastPool = poolSig
     if (!changed.length && !poolChanged) return null
-    return { volumes: changed, ...(poolChanged ? { pool, systems: rows, legend } : {}) }
+    if (!poolChanged) return { volumes: changed }
+    const { systems, ...pool } = this.manager.poolStatus()
+    return { volumes: changed, pool, systems: this.systemRows(systems), legend }
+  }
+
+  /** What a volume's row depends on, in O(1); ends in '|-' while a job moves the volume (its extents move, its figures need not). */
+  private cheapSignature(info: VolumeInfo, legend: string[]): string {
+    const v = this.manager.volumeNamed(info.name)
+    const job = this.manager.jobs.activeJobOf(v.record.no)
+    return `${info.size}|${info.allocated}|${v.thin.extentCount()}|${info.state}|${info.hosts.join(',')}|${legend.join('/')}|${job ? '-' : ''}`
+  }
+
+  /** What the pool's figures depend on, in O(systems + volumes). */
+  private poolSignature(): string {
+    const systems = this.manager.pool.list().map((s) => `${s.name}:${s.table.allocated}:${s.table.capacity}:${s.reserve}:${s.draining}`)
+    let volumeBytes = 0
+    for (const v of this.manager.listVolumes()) volumeBytes += v.size
+    return JSON.stringify([systems, volumeBytes, this.manager.settings, this.manager.spaceWatch.queued, this.manager.jobs.heldBytes()])
   }
 
   volumeMap(name: string, maxTiles: number): VolumeMap {
@@ -146,14 +191,17 @@ export class WebView {
   }
 
   private volumeRows(legend: string[]): VolumeRow[] {
-    return this.manager.listVolumes().map((info) => {
-      const v = this.manager.volumeNamed(info.name)
-      const tiles = this.tiles(v, STRIP_TILES, false)
-      const systems = new Set<string>()
-      for (const c of tiles.cells) for (const s of Object.keys(c.by)) systems.add(s)
-      const job = this.manager.jobs.activeJobOf(v.record.no)
-      return { ...info, strip: extentStrip(tiles, legend), tileExtents: tiles.tileExtents, systems: [...systems].sort(), ...(job ? { job: job.id } : {}) }
-    })
+    return this.manager.listVolumes().map((info) => this.volumeRow(info, legend))
+  }
+
+  private volumeRow(info: VolumeInfo, legend: string[]): VolumeRow {
+    const v = this.manager.volumeNamed(info.name)
+    const tiles = this.tiles(v, STRIP_TILES, false)
+    const systems = new Set<string>()
+    for (const c of tiles.cells) for (const s of Object.keys(c.by)) systems.add(s)
+    const job = this.manager.jobs.activeJobOf(v.record.no)
+    const { name, size, allocated, hosts, state } = info
+    return { name, size, allocated, hosts, state, strip: extentStrip(tiles, legend), tileExtents: tiles.tileExtents, systems: [...systems].sort(), ...(job ? { job: job.id } : {}) }
   }
 
   private tiles(v: VolumeHandle, maxTiles: number, marks: boolean): ExtentTiles {
