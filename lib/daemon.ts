@@ -45,16 +45,18 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   else if (httpToken !== undefined) throw new VvfsError('INVALID_ARGUMENT', '--http-token is the web view\'s token: give --http HOST:PORT too')
   log.info({ event: 'daemon.starting', version: VERSION, state, mount: resolve(opts.mount), socket: socketPath }, 'vvfs daemon starting')
   const manager = await Manager.open({ stateDir: state, mountDir: opts.mount, log, timeouts: opts.timeouts })
+  // Before the control socket: a client that reaches the daemon finds its web view up too.
+  const web = httpAddress ? await startWebView(manager, httpAddress, httpToken, log) : undefined
   let server: ControlServer
   try {
     if (opts.demo && manager.isNew) await manager.bootstrapDemo()
     server = new ControlServer(socketPath, managerHandlers(manager, socketPath), manager.events as EventEmitter, log)
     await server.listen()
   } catch (err) {
+    await web?.close()
     await manager.close()
     throw err
   }
-  const web = httpAddress ? await startWebView(manager, httpAddress, httpToken, log, () => server.close()) : undefined
   let stopping: Promise<void> | null = null
   const stop = () =>
     (stopping ??= (async () => {
@@ -67,14 +69,13 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   return { manager, server, web, stop }
 }
 
-/** Serves the web view; if it cannot (the port is taken), closes what was opened and throws. */
-async function startWebView(manager: Manager, address: HttpAddress, token: string | undefined, log: Logger, closeControl: () => Promise<void>): Promise<WebServer> {
+/** Serves the web view; if it cannot (the port is taken), closes the manager and throws. */
+async function startWebView(manager: Manager, address: HttpAddress, token: string | undefined, log: Logger): Promise<WebServer> {
   try {
     const web = new WebServer(manager, address, token, log, VERSION)
     await web.listen()
     return web
   } catch (err) {
-    await closeControl()
     await manager.close()
     throw err
   }

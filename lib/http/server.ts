@@ -190,7 +190,7 @@ export class WebServer {
       if (m) {
         const tiles = Number(url.searchParams.get('tiles') ?? 1024)
         if (!Number.isInteger(tiles) || tiles < 1) throw new VvfsError('INVALID_ARGUMENT', 'tiles must be a positive integer')
-        return this.json(res, 200, this.view.volumeMap(decodeURIComponent(m[1]!), tiles))
+        return this.json(res, 200, this.view.volumeMap(decodeName(m[1]!), tiles))
       }
       this.json(res, 404, { error: { code: 'NOT_FOUND', message: `no page ${path}` } })
     } catch (err) {
@@ -267,6 +267,14 @@ export class WebServer {
       return
     }
     res.write(typeof body === 'string' ? body : `event: ${type}\ndata: ${JSON.stringify(body)}\n\n`)
+  }
+}
+
+function decodeName(encoded: string): string {
+  try {
+    return decodeURIComponent(encoded)
+  } catch {
+    throw new VvfsError('INVALID_NAME', `${JSON.stringify(encoded)} is not a URL-encoded volume name`)
   }
 }
 

@@ -7,7 +7,8 @@
  */
 import { spawnSync } from 'node:child_process'
 import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs'
-import { request } from 'node:http'
+import { createServer, request } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { cleanupAll, removeDir, startDaemon, tempDir, VVFS } from '../helpers/daemon.js'
@@ -76,6 +77,11 @@ describe('web view access', () => {
     // Read-only: no method but GET and HEAD.
     expect((await get(port, '/api/state', {}, 'POST')).status).toBe(405)
     expect((await get(port, '/api/state', {}, 'DELETE')).status).toBe(405)
+    // Bad input is a 4xx with a code, never a failure of the daemon.
+    expect((await get(port, '/api/volume/%E0%A4%A/map')).status).toBe(400)
+    expect((await get(port, '/api/volume/nobody/map')).status).toBe(404)
+    expect((await get(port, '/api/volume/nobody/map?tiles=0')).status).toBe(400)
+    expect((await get(port, '/api/state')).status).toBe(200)
     await served.stop()
   })
 
@@ -89,6 +95,23 @@ describe('web view access', () => {
       // Refused before anything was opened: no state directory was made.
       expect(readdirSync(dir)).toEqual([])
     } finally {
+      removeDir(dir)
+    }
+  })
+
+  it('refuses to start, and leaves no mount, when the port is taken', async () => {
+    const dir = tempDir()
+    const taken = createServer()
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', () => r()))
+    try {
+      const port = (taken.address() as AddressInfo).port
+      const mount = join(dir, 'mnt')
+      const r = spawnSync(process.execPath, [VVFS, 'daemon', '--state', join(dir, 'state'), '--mount', mount, '--http', `127.0.0.1:${port}`], { encoding: 'utf8', timeout: 30_000 })
+      expect(r.status).toBe(1)
+      expect(r.stderr).toContain('IO_ERROR')
+      expect(readFileSync('/proc/mounts', 'utf8')).not.toContain(mount)
+    } finally {
+      await new Promise((r) => taken.close(r))
       removeDir(dir)
     }
   })

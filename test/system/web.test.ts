@@ -99,6 +99,10 @@ describe('web view in a browser', () => {
     const want = JSON.stringify(after.cells.map((c) => c.systems))
     await waitUntil(page, `JSON.stringify([...document.querySelectorAll('#volume-detail .grid .cell')].map((c) => c.getAttribute('data-systems') ?? '')) === ${JSON.stringify(want)}`, 10_000)
     expect(after.show.allocatedBySystem.filter((s) => s.storage !== 'ss1').reduce((a, s) => a + s.allocated, 0)).toBeLessThanOrEqual(4096)
+    // The list's strip follows too, though the volume's allocated bytes did not change (a `usage` event).
+    const onSystems = [...new Set(after.show.map.map((r) => r.storage).filter((n) => n !== 'fragments'))].sort().join(' ')
+    expect(onSystems).toBe('ss1')
+    await waitUntil(page, `document.querySelector('tr[data-volume="alpha"]').getAttribute('data-systems') === 'ss1'`, 5000)
     expect(await page.evaluate('window.sameDocument')).toBe(true)
 
     // The daemon restarts: the page reconnects, gets a fresh snapshot, and keeps following events.
