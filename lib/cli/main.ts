@@ -107,7 +107,7 @@ export function buildCli(args: string[]) {
           .option('mount', { type: 'string', default: './mnt', describe: 'mount directory of the default host "local"' })
           .option('log-level', { choices: LOG_LEVELS, default: 'info' as LogLevel })
           .option('demo', { type: 'boolean', default: false, describe: 'on a new state: three 4 GiB storage systems and a 1 GiB volume "demo"' })
-          .option('http', { type: 'string', describe: 'serve the read-only web view at HOST:PORT (e.g. 127.0.0.1:8620; off unless given)' })
+          .option('http', { type: 'string', describe: 'serve the read-only web view at HOST:PORT, or PORT on 127.0.0.1 (off unless given)' })
           .option('http-token', { type: 'string', describe: 'file holding the token every web view request must carry (required when --http is not loopback)' }),
       async (argv) => {
         const { runDaemon } = await import('../daemon.js')

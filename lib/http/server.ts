@@ -46,12 +46,13 @@ export interface HttpAddress {
   port: number
 }
 
-/** Parses `HOST:PORT` (`[::1]:PORT` for IPv6; port 0 picks a free one). */
+/** Parses `HOST:PORT` (`[::1]:PORT` for IPv6), or a bare `PORT` on 127.0.0.1; port 0 picks a free one. */
 export function parseHttpAddress(value: string): HttpAddress {
-  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value.trim())
+  const text = value.trim()
+  const m = /^(?:(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):)?(\d{1,5})$/.exec(text)
   const port = m ? Number(m[3]) : NaN
-  if (!m || port > 65535) throw new VvfsError('INVALID_ARGUMENT', `--http wants HOST:PORT (e.g. 127.0.0.1:8620), not ${JSON.stringify(value)}`)
-  return { host: (m[1] ?? m[2])!, port }
+  if (!m || port > 65535) throw new VvfsError('INVALID_ARGUMENT', `--http wants HOST:PORT or PORT (e.g. 127.0.0.1:8620), not ${JSON.stringify(value)}`)
+  return { host: m[1] ?? m[2] ?? '127.0.0.1', port }
 }
 
 export function isLoopback(host: string): boolean {
