@@ -2,13 +2,14 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-DEBIAN_PACKAGES := libfuse2 fuse attr e2fsprogs util-linux
+# chromium: the web view's browser tests (driven by playwright-core, which downloads no browser).
+DEBIAN_PACKAGES := libfuse2 fuse attr e2fsprogs util-linux chromium
 BENCH_PACKAGES := fio qemu-system-common qemu-utils
 
 .PHONY: help setup deps build run test lint typecheck bench clean
 
 help:
-	@echo "make run    - set up, then run the daemon in the foreground (state ./.vvfs, volumes in ./mnt)"
+	@echo "make run    - set up, then run the daemon in the foreground (state ./.vvfs, volumes in ./mnt, web view at http://$(VVFS_HTTP)/)"
 	@echo "make test   - set up, then run the whole test suite"
 	@echo "make bench  - set up, then run the benchmarks (installs fio and qemu-system-common)"
 
@@ -17,7 +18,7 @@ deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
-node_modules/.installed: package.json package-lock.json patches/*.patch scripts/build-native.mjs native/powercut/powercut.c
+node_modules/.installed: package.json package-lock.json patches/*.patch scripts/build-native.mjs native/powercut/powercut.c native/peercred/peercred.c native/peercred/binding.gyp
 	npm ci --no-audit --no-fund
 	@touch $@
 
@@ -29,8 +30,12 @@ build: dist/.built
 
 setup: deps build
 
+# The web view of `make run` (loopback only; VVFS_HTTP=127.0.0.1:PORT to move it).
+VVFS_HTTP ?= 127.0.0.1:8620
+
 run: setup
-	node bin/vvfs daemon --state ./.vvfs --mount ./mnt --demo
+	@echo "vvfs web view: http://$(VVFS_HTTP)/"
+	node bin/vvfs daemon --state ./.vvfs --mount ./mnt --demo --http $(VVFS_HTTP)
 
 typecheck: node_modules/.installed
 	npx tsc -p tsconfig.json

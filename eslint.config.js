@@ -15,4 +15,12 @@ export default tseslint.config(
     files: ['bin/**', 'scripts/**', '**/*.mjs'],
     languageOptions: { globals: { process: 'readonly', console: 'readonly', Buffer: 'readonly' } },
   },
+  {
+    // The web view's page script runs in the browser.
+    files: ['web/**/*.js'],
+    languageOptions: {
+      sourceType: 'script',
+      globals: Object.fromEntries(['document', 'location', 'window', 'console', 'fetch', 'EventSource', 'URL', 'URLSearchParams', 'Node', 'performance', 'setTimeout', 'clearTimeout'].map((g) => [g, 'readonly'])),
+    },
+  },
 )

@@ -5,11 +5,13 @@
 import { resolve, join } from 'node:path'
 import { EventEmitter } from 'node:events'
 import { ControlServer } from './control/server.js'
-import { createLogger, type LogFormat, type LogLevel } from './log.js'
+import { createLogger, type LogFormat, type Logger, type LogLevel } from './log.js'
 import { managerHandlers } from './manager/api.js'
 import { Manager } from './manager/manager.js'
 import type { MountTimeouts } from './fuse/host-mount.js'
 import { VERSION } from './version.js'
+import { VvfsError } from './errors.js'
+import { checkHttpAccess, parseHttpAddress, readToken, WebServer, type HttpAddress } from './http/server.js'
 
 export interface DaemonOptions {
   state: string
@@ -23,11 +25,16 @@ export interface DaemonOptions {
   timeouts?: MountTimeouts
   /** Accept `vvfs fault …` (I/O-error injection, for tests). */
   allowFaults?: boolean
+  /** Serve the read-only web view at HOST:PORT (off when absent). */
+  http?: string
+  /** File holding the token every web view request must carry (required off loopback). */
+  httpToken?: string
 }
 
 export interface RunningDaemon {
   manager: Manager
   server: ControlServer
+  web?: WebServer
   stop(): Promise<void>
 }
 
@@ -35,14 +42,22 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const log = createLogger(opts.logLevel, opts.logFormat)
   const state = resolve(opts.state)
   const socketPath = resolve(opts.socket ?? join(state, 'control.sock'))
+  // The web view's address and token are checked before anything is opened.
+  const httpAddress = opts.http === undefined ? undefined : parseHttpAddress(opts.http)
+  const httpToken = opts.httpToken === undefined ? undefined : await readToken(opts.httpToken)
+  if (httpAddress) checkHttpAccess(httpAddress, httpToken)
+  else if (httpToken !== undefined) throw new VvfsError('INVALID_ARGUMENT', '--http-token is the web view\'s token: give --http HOST:PORT too')
   log.info({ event: 'daemon.starting', version: VERSION, state, mount: resolve(opts.mount), socket: socketPath, allowFaults: opts.allowFaults === true }, 'vvfs daemon starting')
   const manager = await Manager.open({ stateDir: state, mountDir: opts.mount, log, timeouts: opts.timeouts, allowFaults: opts.allowFaults })
+  // Before the control socket: a client that reaches the daemon finds its web view up too.
+  const web = httpAddress ? await startWebView(manager, httpAddress, httpToken, log) : undefined
   let server: ControlServer
   try {
     if (opts.demo && manager.isNew) await manager.bootstrapDemo()
     server = new ControlServer(socketPath, managerHandlers(manager, socketPath), manager.events as EventEmitter, log)
     await server.listen()
   } catch (err) {
+    await web?.close()
     await manager.close()
     throw err
   }
@@ -50,11 +65,24 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const stop = () =>
     (stopping ??= (async () => {
       log.info({ event: 'daemon.stopping' }, 'stopping')
+      await web?.close()
       await server.close()
       await manager.close()
     })())
   log.info({ event: 'daemon.ready', pid: process.pid }, 'vvfs daemon ready')
-  return { manager, server, stop }
+  return { manager, server, web, stop }
+}
+
+/** Serves the web view; if it cannot (the port is taken), closes the manager and throws. */
+async function startWebView(manager: Manager, address: HttpAddress, token: string | undefined, log: Logger): Promise<WebServer> {
+  try {
+    const web = new WebServer(manager, address, token, log, VERSION)
+    await web.listen()
+    return web
+  } catch (err) {
+    await manager.close()
+    throw err
+  }
 }
 
 /** Runs in the foreground until a signal; returns the exit code. */

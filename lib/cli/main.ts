@@ -138,11 +138,23 @@ export function buildCli(rawArgs: string[]) {
           .option('log-level', { choices: LOG_LEVELS, default: 'info' as LogLevel })
           .option('log-format', { choices: LOG_FORMATS, describe: 'json, or pretty (one human line per event); default: pretty when stderr is a terminal' })
           .option('demo', { type: 'boolean', default: false, describe: 'on a new state: three 4 GiB storage systems and a 1 GiB volume "demo"' })
-          .option('allow-faults', { type: 'boolean', default: false, describe: 'accept `vvfs fault …` (I/O-error injection, for tests)' }),
+          .option('allow-faults', { type: 'boolean', default: false, describe: 'accept `vvfs fault …` (I/O-error injection, for tests)' })
+          .option('http', { type: 'string', describe: 'serve the read-only web view at HOST:PORT, or PORT on 127.0.0.1 (off unless given)' })
+          .option('http-token', { type: 'string', describe: 'file holding the token every web view request must carry (required when --http is not loopback)' }),
       async (argv) => {
         const { runDaemon } = await import('../daemon.js')
         const socket = argv.socket === DEFAULT_SOCKET && !process.env.VVFS_SOCKET ? undefined : argv.socket
-        process.exitCode = await runDaemon({ state: argv.state, mount: argv.mount, socket, logLevel: argv['log-level'] as LogLevel, logFormat: argv['log-format'], demo: argv.demo, allowFaults: argv['allow-faults'] })
+        process.exitCode = await runDaemon({
+          state: argv.state,
+          mount: argv.mount,
+          socket,
+          logLevel: argv['log-level'] as LogLevel,
+          logFormat: argv['log-format'],
+          demo: argv.demo,
+          allowFaults: argv['allow-faults'],
+          http: argv.http,
+          httpToken: argv['http-token'],
+        })
       },
     )
     .command('status', 'daemon status', (y) => y, async (argv) => {

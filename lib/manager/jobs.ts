@@ -131,6 +131,13 @@ export class JobManager {
     return [...this.runners.values()].map((r) => r.job).find((j) => j.volNos.includes(volNo) && j.status !== 'concluded')
   }
 
+  /** Extent indexes of a volume whose migration source a job still retains (the web view marks them). */
+  retainedExtents(volNo: number): number[] {
+    const out: number[] = []
+    for (const r of this.runners.values()) out.push(...r.retained.volume(volNo).keys())
+    return out
+  }
+
   /** Bytes held by jobs (retained sources): allocated, not free, referenced by no volume map. */
   heldBytes(): number {
     let bytes = 0

@@ -89,6 +89,13 @@ export interface ChunkLocation {
   fragments?: number
 }
 
+export interface MapRun {
+  firstExtent: number
+  extents: number
+  /** Storage system id, or 'fragments'. */
+  where: number | 'fragments'
+}
+
 interface WritePlan {
   writes: Map<StorageSystem, ChunkWrite[]>
   /** Slot clears that must finish before data is written. */
@@ -193,6 +200,19 @@ export class ThinVolume implements ChunkLayer {
   /** The volume map, extent number → entry (read-only; lib/manager/extent-runs.ts reads it as runs). */
   extentMap(): ReadonlyMap<number, ExtentEntry> {
     return this.extents
+  }
+
+  /** Consecutive extents on one storage system (or of fragments) as runs, in offset order (the web view's tiles). */
+  runs(): MapRun[] {
+    const runs: MapRun[] = []
+    for (const extent of [...this.extents.keys()].sort((a, b) => a - b)) {
+      const entry = this.extents.get(extent)!
+      const where = entry.kind === 'whole' ? entry.sid : 'fragments'
+      const last = runs[runs.length - 1]
+      if (last && last.where === where && last.firstExtent + last.extents === extent) last.extents++
+      else runs.push({ firstExtent: extent, extents: 1, where })
+    }
+    return runs
   }
 
   extentCount(): number {
