@@ -38,7 +38,7 @@ async function expectedCells(d: DaemonHandle, name: string) {
   const cells = Array.from({ length: Math.ceil(show.size / EXTENT_SIZE) }, (_, tile) => ({ tile, systems: '', frag: false }))
   for (const run of show.map) {
     for (let e = run.offset / EXTENT_SIZE; e < (run.offset + run.length) / EXTENT_SIZE; e++) {
-      cells[e] = run.storage === 'fragments' ? { tile: e, systems: '', frag: true } : { tile: e, systems: run.storage, frag: false }
+      cells[e] = run.kind === 'fragments' ? { tile: e, systems: '', frag: true } : { tile: e, systems: run.storage, frag: false }
     }
   }
   return { show, cells }
@@ -74,7 +74,7 @@ describe('web view in a browser', () => {
     await page.click('tr[data-volume="alpha"]')
     await page.waitForSelector('#volume-detail .grid .cell')
     const before = await expectedCells(d, 'alpha')
-    expect(new Set(before.show.map.map((r) => r.storage))).toEqual(new Set(['ss1', 'ss2', 'ss3', 'fragments']))
+    expect(new Set(before.show.map.map((r) => (r.kind === 'fragments' ? 'fragments' : r.storage)))).toEqual(new Set(['ss1', 'ss2', 'ss3', 'fragments']))
     expect((await mapCells(page)).map(({ tile, systems, frag }) => ({ tile, systems, frag }))).toEqual(before.cells)
     expect(await page.getAttribute('tr[data-volume="alpha"]', 'data-systems')).toBe('ss1 ss2 ss3')
     await browser.screenshot('volume-map')
@@ -100,7 +100,7 @@ describe('web view in a browser', () => {
     await waitUntil(page, `JSON.stringify([...document.querySelectorAll('#volume-detail .grid .cell')].map((c) => c.getAttribute('data-systems') ?? '')) === ${JSON.stringify(want)}`, 10_000)
     expect(after.show.allocatedBySystem.filter((s) => s.storage !== 'ss1').reduce((a, s) => a + s.allocated, 0)).toBeLessThanOrEqual(4096)
     // The list's strip follows too, though the volume's allocated bytes did not change (a `usage` event).
-    const onSystems = [...new Set(after.show.map.map((r) => r.storage).filter((n) => n !== 'fragments'))].sort().join(' ')
+    const onSystems = [...new Set(after.show.map.filter((r) => r.kind !== 'fragments').map((r) => r.storage))].sort().join(' ')
     expect(onSystems).toBe('ss1')
     await waitUntil(page, `document.querySelector('tr[data-volume="alpha"]').getAttribute('data-systems') === 'ss1'`, 5000)
     expect(await page.evaluate('window.sameDocument')).toBe(true)
