@@ -43,7 +43,7 @@ import type { Pool } from '../storage/pool.js'
 import type { ChunkWrite, StorageSystem } from '../storage/storage-system.js'
 import type { ChunkLayer } from './chunk-layer.js'
 import { encodeExtentRecord, type ExtentEntry, type Fragment, type FragmentedExtent, type WholeExtent } from './extent-entry.js'
-import type { MapStore } from './map-store.js'
+import type { MapPut, MapStore } from './map-store.js'
 import type { RangeLock } from './range-lock.js'
 
 /** Non-zero chunks (128 KiB) that bring a whole slot with them. */
@@ -386,7 +386,7 @@ export class ThinVolume implements ChunkLayer {
     if (this.extents.get(extent) !== expected) throw new VvfsError('INTERNAL', `extent ${extent} changed during its switch`)
     this.extents.set(extent, next)
     this.allocated += entryBytes(next) - entryBytes(expected)
-    await this.maps.putMany([{ key: extentKey(this.volNo, extent), produce: () => this.recordOf(extent) }, ...extra])
+    await this.maps.putMany([this.record(extent), ...extra])
   }
 
   /** Drops the data of an entry no map references any more, then frees its space. */
@@ -711,8 +711,9 @@ export class ThinVolume implements ChunkLayer {
       const chunks = [...entry.frags.keys()]
       await this.readFragments(entry, 0, EXTENT_CHUNKS, buf, 0)
       await placement.system.write(chunks.map((c) => ({ pca: whole.slot * EXTENT_CHUNKS + c, data: buf.subarray(c * CHUNK_SIZE, (c + 1) * CHUNK_SIZE) })))
-      // Durable before the record that points at it: the map store may make
-      // that record durable by itself (a memtable flush) before any fsync.
+      // Durable before the record that points at it (the MapStore would
+      // sync it before the batch too; syncing here first means a failed
+      // sync only frees the slot, with no record written either way).
       await placement.system.syncLogged()
     } catch (err) {
       this.pool.releaseSlot(whole.sid, whole.slot)
@@ -769,7 +770,25 @@ export class ThinVolume implements ChunkLayer {
   }
 
   private persist(extent: number): Promise<void> {
-    return this.maps.put(extentKey(this.volNo, extent), () => this.recordOf(extent))
+    return this.maps.putMany([this.record(extent)])
+  }
+
+  /**
+   * The extent's record as the MapStore writes it: its value and the storage
+   * systems it points at, read when the batch is built; the MapStore makes
+   * their logged writes durable first (the power-loss order).
+   */
+  private record(extent: number): MapPut {
+    return { key: extentKey(this.volNo, extent), produce: () => this.recordOf(extent), dependsOn: () => this.systemsOf(extent) }
+  }
+
+  private systemsOf(extent: number): StorageSystem[] {
+    const entry = this.extents.get(extent)
+    if (!entry) return []
+    if (entry.kind === 'whole') return [this.pool.get(entry.sid)]
+    const sids = new Set<number>()
+    for (const f of entry.frags.values()) sids.add(f.sid)
+    return [...sids].map((sid) => this.pool.get(sid))
   }
 
   private recordOf(extent: number): Buffer | null {
