@@ -20,6 +20,14 @@
  * after its data. A release drops data, then the record, then the space. So
  * after kill -9 every record points at data that is its own or at nothing,
  * and data not referenced by a record is overwritten or cleared before reuse.
+ * Under power loss the same holds because every record names the storage
+ * systems it points at (record()) and the MapStore makes their logged writes
+ * durable before it writes the record: the clear, the fragment's data, and
+ * the deletions an earlier owner made before freeing the space (a log sync
+ * covers every logged write before it). A release's record needs nothing:
+ * the next owner's record covers the deletion. Unlogged bulk data over whole
+ * slots is not waited for: losing it shows the slot's own earlier data or
+ * its durable clear.
  *
  * Failure (a storage system's write or the MapStore's record fails): the map
  * in memory is made equal to what is on disk again before the write returns
