@@ -36,6 +36,14 @@ class OrderLedger {
   private readonly readAt = new Map<string, Map<number, number>>()
   readonly early: string[] = []
   records = 0
+  /** Map-store batches written, and how many of them a finished sync write covers. */
+  private batches = 0
+  private batchesSynced = 0
+  /** Per record key: the batch that wrote its latest record; per address (whole slot or fragment): the key whose record named it last. */
+  private readonly keyWrittenIn = new Map<string, number>()
+  private readonly namedBy = new Map<string, string>()
+  readonly freedEarly: string[] = []
+  freed = 0
 
   constructor(stack: Stack) {
     for (const s of stack.pool.list()) {
@@ -64,10 +72,36 @@ class OrderLedger {
       )
     const db = (stack.maps as unknown as { db: { batch(ops: Op[]): Promise<void> } }).db
     const batch = db.batch.bind(db)
-    db.batch = (ops: Op[]) => {
+    db.batch = async (ops: Op[]) => {
+      const n = ++this.batches
       for (const op of ops) if (op.type === 'put' && op.key[0] === 0x65) this.check(op.key, decodeExtentRecord(op.value!).entry)
-      return batch(ops)
+      await batch(ops)
+      for (const op of ops) if (op.key[0] === 0x65) this.keyWrittenIn.set(op.key.toString('hex'), n)
     }
+    watchSyncWrites(
+      db,
+      () => this.batches,
+      (covered) => (this.batchesSynced = Math.max(this.batchesSynced, covered)),
+    )
+    const releaseSlot = stack.pool.releaseSlot.bind(stack.pool)
+    stack.pool.releaseSlot = (sid, slot) => {
+      this.freeing(`w${sid}:${slot}`)
+      releaseSlot(sid, slot)
+    }
+    const releaseFragment = stack.pool.releaseFragment.bind(stack.pool)
+    stack.pool.releaseFragment = (sid, pca) => {
+      this.freeing(`f${sid}:${pca}`)
+      releaseFragment(sid, pca)
+    }
+  }
+
+  /** Space is freed: the record that stopped naming it must be durable. */
+  private freeing(address: string): void {
+    const key = this.namedBy.get(address)
+    if (key === undefined) return
+    this.freed++
+    const writtenIn = this.keyWrittenIn.get(key) ?? 0
+    if (writtenIn > this.batchesSynced) this.freedEarly.push(`${address} freed while record ${key} (batch ${writtenIn}) was not durable (${this.batchesSynced} synced)`)
   }
 
   private wrote(sid: number): void {
@@ -77,6 +111,8 @@ class OrderLedger {
   private check(key: Buffer, entry: ExtentEntry | null): void {
     if (!entry) return
     this.records++
+    if (entry.kind === 'whole') this.namedBy.set(`w${entry.sid}:${entry.slot}`, key.toString('hex'))
+    else for (const f of entry.frags.values()) this.namedBy.set(`f${f.sid}:${f.pca}`, key.toString('hex'))
     const sids = entry.kind === 'whole' ? [entry.sid] : [...entry.frags.values()].map((f) => f.sid)
     for (const sid of new Set(sids)) {
       const ended = this.readAt.get(key.toString('hex'))?.get(sid) ?? 0
@@ -145,6 +181,28 @@ describe('a record becomes durable only after the logged writes it depends on', 
       expect(stack.thin.locate(3 * EXTENT_CHUNKS)).toMatchObject({ kind: 'fragment', sid: dropped.sid, pca: dropped.pca })
       expect(ledger.records).toBeGreaterThan(2)
       expect(ledger.early).toEqual([])
+    } finally {
+      await stack.close()
+    }
+  })
+
+  it('released space could get a new owner while the record that named it was not durable: a slot or fragment is freed only once the record that stopped naming it is durable', async () => {
+    const stack = await stackIn('vvfs-order-free-', 1)
+    try {
+      const ledger = new OrderLedger(stack)
+      const v = stack.thin
+      // A whole slot released by a discard, one emptied by zeros (released in
+      // the background), and fragments dropped by zeros.
+      await v.write(0, pattern(0xc1, EXTENT_CHUNKS))
+      await v.discard(0, EXTENT_CHUNKS)
+      await v.write(EXTENT_CHUNKS, pattern(0xc2, EXTENT_CHUNKS))
+      await v.write(EXTENT_CHUNKS, Buffer.alloc(EXTENT_SIZE))
+      await v.settle()
+      await v.write(2 * EXTENT_CHUNKS, pattern(0xc3, 4))
+      await v.write(2 * EXTENT_CHUNKS, Buffer.alloc(4 * CHUNK_SIZE))
+      expect(v.extentCount()).toBe(0)
+      expect(ledger.freed).toBe(2 + 4)
+      expect(ledger.freedEarly).toEqual([])
     } finally {
       await stack.close()
     }
