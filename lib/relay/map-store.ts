@@ -27,7 +27,11 @@
  * before it, so this also covers the clear of a slot and the deletions made
  * before its space was freed by an earlier owner. Unlogged bulk writes are
  * not waited for: losing them shows the slot's own earlier data or its
- * durable clear (ThinVolume's WritePlan.inPlace).
+ * durable clear (ThinVolume's WritePlan.inPlace). Before the batch, not just
+ * before a sync of this store: the kernel writes unsynced log pages back on
+ * its own, in any order across files. A dependency's failed sync fails the
+ * whole batch (none of its records is written). Cost and the measurements:
+ * DESIGN.md, "Persistence and crash safety".
  *
  * Opening it takes LevelDB's lock: a second daemon on the same state
  * directory fails here, before it touches anything else.
