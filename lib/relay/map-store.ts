@@ -12,19 +12,44 @@
  * Durability: batches are logged but not synced; sync() syncs the log and
  * covers every batch that had completed when it began, waiting for a running
  * sync that covers the caller's batches rather than returning early
- * (WriteGenerations). Records must only point at data already durable on its
- * storage system: LevelDB can make a batch durable by itself (a memtable
- * flush writes a synced table), so the writers of records sync data first
- * (a migration's copy, a promotion), not merely before the next sync here.
+ * (WriteGenerations).
+ *
+ * Power-loss order (issue 11), enforced here for every record: a record that
+ * points at data becomes durable only after the logged writes it depends on
+ * are durable. A batch can become durable without any sync of ours (another
+ * volume's fsync syncs this store, a memtable switch syncs the old log, a
+ * table is written), so the rule holds for every batch, not only before
+ * sync(): a put names the storage systems its record points at
+ * (`dependsOn`, read when the batch is built, like the value), and before
+ * the batch is written each of them with a logged write not yet durable is
+ * synced (DataLog.syncLogged, one sync per system per batch; none when its
+ * logged writes are durable already). A log sync covers every logged write
+ * before it, so this also covers the clear of a slot and the deletions made
+ * before its space was freed by an earlier owner. Unlogged bulk writes are
+ * not waited for: losing them shows the slot's own earlier data or its
+ * durable clear (ThinVolume's WritePlan.inPlace). Before the batch, not just
+ * before a sync of this store: the kernel writes unsynced log pages back on
+ * its own, in any order across files. A dependency's failed sync fails the
+ * whole batch (none of its records is written). Cost and the measurements:
+ * DESIGN.md, "Persistence and crash safety".
  *
  * Opening it takes LevelDB's lock: a second daemon on the same state
  * directory fails here, before it touches anything else.
  */
 import { ClassicLevel } from 'classic-level'
 import { VvfsError } from '../errors.js'
+import type { DataLog } from '../storage/storage-system.js'
 import { WriteGenerations } from '../storage/write-generations.js'
 
 type Producer = () => Buffer | null
+/** The stores whose logged writes the record points at (read with the value). */
+type Dependencies = () => Iterable<DataLog>
+
+export interface MapPut {
+  key: Buffer
+  produce: Producer
+  dependsOn?: Dependencies
+}
 
 interface Waiter {
   resolve: () => void
@@ -32,7 +57,7 @@ interface Waiter {
 }
 
 export class MapStore {
-  private pending = new Map<string, { key: Buffer; value: Producer }>()
+  private pending = new Map<string, MapPut>()
   private waiters: Waiter[] = []
   private flushing = false
   private scheduled = false
@@ -64,9 +89,9 @@ export class MapStore {
     if (seq > this.seq) this.seq = seq
   }
 
-  /** Writes the value `produce()` returns at flush time (null deletes). */
-  put(key: Buffer, produce: Producer): Promise<void> {
-    return this.putMany([{ key, produce }])
+  /** Writes the value `produce()` returns at flush time (null deletes), once `dependsOn()`'s logged writes are durable. */
+  put(key: Buffer, produce: Producer, dependsOn?: Dependencies): Promise<void> {
+    return this.putMany([{ key, produce, dependsOn }])
   }
 
   /**
@@ -75,8 +100,8 @@ export class MapStore {
    * bitmap page). Puts made in the same tick share a batch: the flush starts
    * on the next microtask.
    */
-  putMany(items: { key: Buffer; produce: Producer }[]): Promise<void> {
-    for (const { key, produce } of items) this.pending.set(key.toString('latin1'), { key, value: produce })
+  putMany(items: MapPut[]): Promise<void> {
+    for (const item of items) this.pending.set(item.key.toString('latin1'), item)
     return new Promise<void>((resolve, reject) => {
       this.waiters.push({ resolve, reject })
       if (!this.flushing && !this.scheduled) {
@@ -138,17 +163,20 @@ export class MapStore {
         const waiters = this.waiters
         this.pending = new Map()
         this.waiters = []
-        const ops = [...batch.values()].map(({ key, value }) => {
-          const v = value()
+        const dependencies = new Set<DataLog>()
+        const ops = [...batch.values()].map(({ key, produce, dependsOn }) => {
+          const v = produce()
+          if (dependsOn) for (const d of dependsOn()) dependencies.add(d)
           return v === null ? { type: 'del' as const, key } : { type: 'put' as const, key, value: v }
         })
         try {
+          await this.syncDependencies(dependencies)
           await this.db.batch(ops)
           this.writes.complete()
           for (const w of waiters) w.resolve()
         } catch (err) {
           this.writes.complete()
-          const wrapped = new VvfsError('IO_ERROR', `volume map write failed: ${(err as Error).message}`, { cause: err })
+          const wrapped = err instanceof VvfsError ? err : new VvfsError('IO_ERROR', `volume map write failed: ${(err as Error).message}`, { cause: err })
           for (const w of waiters) w.reject(wrapped)
         }
       }
@@ -156,5 +184,12 @@ export class MapStore {
     } finally {
       this.flushing = false
     }
+  }
+
+  /** The power-loss order: the logged writes a batch's records depend on are durable before it is written. */
+  private async syncDependencies(dependencies: Set<DataLog>): Promise<void> {
+    const syncs: Promise<void>[] = []
+    for (const d of dependencies) if (d.loggedPending) syncs.push(d.syncLogged())
+    if (syncs.length) await Promise.all(syncs)
   }
 }

@@ -20,6 +20,16 @@
  * after its data. A release drops data, then the record, then the space. So
  * after kill -9 every record points at data that is its own or at nothing,
  * and data not referenced by a record is overwritten or cleared before reuse.
+ * Under power loss the same holds because every record names the storage
+ * systems it points at (record()) and the MapStore makes their logged writes
+ * durable before it writes the record: the clear, the fragment's data, and
+ * the deletions an earlier owner made before freeing the space (a log sync
+ * covers every logged write before it). A release's record needs nothing:
+ * the next owner's record covers the deletion. Unlogged bulk data over whole
+ * slots is not waited for: losing it shows the slot's own earlier data or
+ * its durable clear. The other way round, released space is freed (can get
+ * a new owner) only once the release's record is durable
+ * (freeOnceReleased), so no durable old record names a new owner's data.
  *
  * Failure (a storage system's write or the MapStore's record fails): the map
  * in memory is made equal to what is on disk again before the write returns
@@ -43,7 +53,7 @@ import type { Pool } from '../storage/pool.js'
 import type { ChunkWrite, StorageSystem } from '../storage/storage-system.js'
 import type { ChunkLayer } from './chunk-layer.js'
 import { encodeExtentRecord, type ExtentEntry, type Fragment, type FragmentedExtent, type WholeExtent } from './extent-entry.js'
-import type { MapStore } from './map-store.js'
+import type { MapPut, MapStore } from './map-store.js'
 import type { RangeLock } from './range-lock.js'
 
 /** Non-zero chunks (128 KiB) that bring a whole slot with them. */
@@ -155,9 +165,6 @@ export class ThinVolume implements ChunkLayer {
   private readonly maintenance = new Map<number, Promise<void>>()
   /** Storage systems written (data, deletions, clears) since the last flush. */
   private readonly written = new Map<StorageSystem, number>()
-  /** Released space whose releasing records the map store has not synced yet (freeOnceDurable). */
-  private readonly unfreed: (() => void)[] = []
-  private freeing: Promise<void> | null = null
   private marks = 0
   private allocated = 0
   private closed = false
@@ -362,16 +369,12 @@ export class ThinVolume implements ChunkLayer {
   async destroy(): Promise<void> {
     await this.truncate(0)
     await Promise.all([...this.maintenance.values()])
-    await this.freeing
     this.closed = true
   }
 
   /** Waits for scheduled background work (tests, shutdown). */
   async settle(): Promise<void> {
-    while (this.maintenance.size > 0 || this.freeing) {
-      await Promise.all([...this.maintenance.values()])
-      await this.freeing
-    }
+    while (this.maintenance.size > 0) await Promise.all([...this.maintenance.values()])
   }
 
   close(): void {
@@ -412,17 +415,17 @@ export class ThinVolume implements ChunkLayer {
     if (this.extents.get(extent) !== expected) throw new VvfsError('INTERNAL', `extent ${extent} changed during its switch`)
     this.extents.set(extent, next)
     this.allocated += entryBytes(next) - entryBytes(expected)
-    await this.maps.putMany([{ key: extentKey(this.volNo, extent), produce: () => this.recordOf(extent) }, ...extra])
+    await this.maps.putMany([this.record(extent), ...extra])
   }
 
   /** Drops the data of an entry no map references any more, then frees its space. */
   async discardEntry(entry: ExtentEntry): Promise<void> {
     if (entry.kind === 'whole') {
       await this.on(this.pool.get(entry.sid)).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
-      this.freeOnceDurable([() => this.pool.releaseSlot(entry.sid, entry.slot)])
+      this.pool.releaseSlot(entry.sid, entry.slot)
     } else {
       await this.writeGrouped([...entry.frags.values()].map((f) => ({ sid: f.sid, pca: f.pca, data: null })))
-      this.freeOnceDurable([...entry.frags.values()].map((f) => () => this.pool.releaseFragment(f.sid, f.pca)))
+      for (const f of entry.frags.values()) this.pool.releaseFragment(f.sid, f.pca)
     }
   }
 
@@ -622,9 +625,9 @@ export class ThinVolume implements ChunkLayer {
   /**
    * After a failed write: takes back what the write allocated whose record it
    * did not see written, writes those extents' records again, then frees the
-   * space. If that record fails too the space stays held (free-space tables
-   * are rebuilt from the records at start), so it is never handed out while a
-   * record on disk may still name it.
+   * space once they are durable (freeOnceReleased). If that record fails too
+   * the space stays held (free-space tables are rebuilt from the records at
+   * start), so it is never handed out while a record on disk may still name it.
    */
   private async rollBack(plan: WritePlan): Promise<void> {
     const freed = new Map<number, (() => void)[]>()
@@ -654,11 +657,12 @@ export class ThinVolume implements ChunkLayer {
       [...freed].map(async ([extent, releases]) => {
         try {
           await this.persist(extent)
+          await this.maps.sync()
         } catch (err) {
           this.onFailure({ what: 'rollback', extent, err })
           return
         }
-        this.freeOnceDurable(releases)
+        for (const release of releases) release()
       }),
     )
   }
@@ -676,9 +680,10 @@ export class ThinVolume implements ChunkLayer {
     const extents = [...new Set(removed.map((r) => r.extent))]
     const results = await Promise.allSettled(extents.map((e) => this.persist(e)))
     const failed = new Set(extents.filter((_, i) => results[i]!.status === 'rejected'))
+    const freeing: Fragment[] = []
     for (const { extent, chunk, frag } of removed) {
       if (!failed.has(extent)) {
-        this.freeOnceDurable([() => this.pool.releaseFragment(frag.sid, frag.pca)])
+        freeing.push(frag)
         continue
       }
       // The extent's record still names the fragment (its data is dropped:
@@ -689,6 +694,7 @@ export class ThinVolume implements ChunkLayer {
       entry.frags.set(chunk, frag)
       this.allocated += CHUNK_SIZE
     }
+    if (freeing.length) await this.freeOnceReleased(() => freeing.forEach((f) => this.pool.releaseFragment(f.sid, f.pca)))
     const failure = results.find((r) => r.status === 'rejected')
     if (failure) throw failure.reason
   }
@@ -737,8 +743,9 @@ export class ThinVolume implements ChunkLayer {
       const chunks = [...entry.frags.keys()]
       await this.readFragments(entry, 0, EXTENT_CHUNKS, buf, 0)
       await placement.system.write(chunks.map((c) => ({ pca: whole.slot * EXTENT_CHUNKS + c, data: buf.subarray(c * CHUNK_SIZE, (c + 1) * CHUNK_SIZE) })))
-      // Durable before the record that points at it: the map store may make
-      // that record durable by itself (a memtable flush) before any fsync.
+      // Durable before the record that points at it (the MapStore would
+      // sync it before the batch too; syncing here first means a failed
+      // sync only frees the slot, with no record written either way).
       await placement.system.syncLogged()
     } catch (err) {
       this.pool.releaseSlot(whole.sid, whole.slot)
@@ -763,7 +770,7 @@ export class ThinVolume implements ChunkLayer {
     // The fragments' data goes only once the record pointing away from them is durable.
     await this.maps.sync()
     await this.writeGrouped(old.map((f) => ({ sid: f.sid, pca: f.pca, data: null })))
-    this.freeOnceDurable(old.map((f) => () => this.pool.releaseFragment(f.sid, f.pca)))
+    for (const f of old) this.pool.releaseFragment(f.sid, f.pca)
   }
 
   /** Drops a whole extent's data (if asked), its record, then its slot. */
@@ -783,38 +790,24 @@ export class ThinVolume implements ChunkLayer {
       }
       throw err
     }
-    this.freeOnceDurable([() => this.pool.releaseSlot(entry.sid, entry.slot)])
+    await this.freeOnceReleased(() => this.pool.releaseSlot(entry.sid, entry.slot))
   }
 
   /**
-   * Returns released space to the pool once the map store has synced the
-   * records that released it. Handed out before, a new owner's data could
-   * become durable while the old owner's record was still the durable one:
-   * after a power cut the old extent read the new owner's data
-   * (migration-crash under a power cut: extent 6, released, then its slot
-   * reused by extent 14, read what the host wrote to extent 14).
+   * Frees space once the records that stopped pointing at it are durable (a
+   * map-store sync after them). Freed at once, a new owner's data could
+   * become durable (its own fsync syncs its storage system before the map
+   * store; a background sync flushes a memtable; its record's dependency
+   * sync) while the old record, not yet replaced on disk, still named the
+   * space: after a power cut the old owner read the new owner's data
+   * (test/system/migration-crash.test.ts, "never fsynced ... power cut": an
+   * extent emptied by zeros showed another extent's data). If the sync fails
+   * the space stays held (the free-space tables are rebuilt from the records
+   * at start) and the error goes to the caller.
    */
-  private freeOnceDurable(releases: (() => void)[]): void {
-    this.unfreed.push(...releases)
-    this.freeing ??= this.freeUnfreed()
-  }
-
-  private async freeUnfreed(): Promise<void> {
-    try {
-      while (this.unfreed.length > 0) {
-        const batch = this.unfreed.splice(0)
-        try {
-          await this.maps.sync()
-        } catch (err) {
-          // Held until a restart rebuilds the free-space tables from the records.
-          this.onFailure({ what: 'release', extent: -1, err })
-          continue
-        }
-        for (const release of batch) release()
-      }
-    } finally {
-      this.freeing = null
-    }
+  private async freeOnceReleased(free: () => void): Promise<void> {
+    await this.maps.sync()
+    free()
   }
 
   // ---- helpers
@@ -826,7 +819,25 @@ export class ThinVolume implements ChunkLayer {
   }
 
   private persist(extent: number): Promise<void> {
-    return this.maps.put(extentKey(this.volNo, extent), () => this.recordOf(extent))
+    return this.maps.putMany([this.record(extent)])
+  }
+
+  /**
+   * The extent's record as the MapStore writes it: its value and the storage
+   * systems it points at, read when the batch is built; the MapStore makes
+   * their logged writes durable first (the power-loss order).
+   */
+  private record(extent: number): MapPut {
+    return { key: extentKey(this.volNo, extent), produce: () => this.recordOf(extent), dependsOn: () => this.systemsOf(extent) }
+  }
+
+  private systemsOf(extent: number): StorageSystem[] {
+    const entry = this.extents.get(extent)
+    if (!entry) return []
+    if (entry.kind === 'whole') return [this.pool.get(entry.sid)]
+    const sids = new Set<number>()
+    for (const f of entry.frags.values()) sids.add(f.sid)
+    return [...sids].map((sid) => this.pool.get(sid))
   }
 
   private recordOf(extent: number): Buffer | null {

@@ -21,6 +21,11 @@
  * completed (WriteGenerations); a logged write is durable once a sync write
  * after it has synced the log (patches/: classic-level also syncs the old
  * log at a memtable switch), an unlogged one once its memtable is a table.
+ * Logged writes are also counted on their own (`logged`): a map record
+ * depends on them (a slot's clear, a fragment's data, a deletion before the
+ * space was freed), and the MapStore syncs them (syncLogged) before it writes
+ * such a record — never the unlogged bulk data, whose loss leaves the slot's
+ * own earlier data or its clear (DataLog, lib/relay/map-store.ts).
  *
  * Injected faults (lib/storage/fault-injector.ts, `vvfs fault`): each
  * operation first passes `faults`, the system's gate, when it has one.
@@ -113,13 +118,25 @@ export interface StorageIdentity {
   chunkSize: number
 }
 
+/**
+ * What a map record can depend on: a store whose logged writes (a slot's
+ * clear, a fragment's data, the deletions before space was freed) must be
+ * durable before the record may be (MapStore). A StorageSystem.
+ */
+export interface DataLog {
+  /** Whether a logged write has completed that no sync has made durable yet. */
+  readonly loggedPending: boolean
+  /** Makes every logged write completed before the call durable. */
+  syncLogged(): Promise<void>
+}
+
 export interface ChunkWrite {
   pca: number
   /** A chunk of data, or null to drop the chunk (it reads as zeros). */
   data: Buffer | null
 }
 
-export class StorageSystem {
+export class StorageSystem implements DataLog {
   readonly table: FreeSpaceTable
   /** Reserve systems (for staged transfers) and draining ones take no new allocations unless asked by name. */
   reserve = false
@@ -127,6 +144,8 @@ export class StorageSystem {
   /** Injected faults (`--allow-faults`); null: none, and no check. */
   faults: FaultGate | null = null
   private readonly writes = new WriteGenerations()
+  /** The logged writes only: what syncLogged covers (a sync() covers them too). */
+  private readonly logged = new WriteGenerations()
   /** The generation of the newest unlogged write (until a sync covers it, it lives only in a memtable). */
   private lastUnlogged = 0
   /** When the oldest unlogged write no sync has covered completed (0: none). */
@@ -262,6 +281,11 @@ export class StorageSystem {
     this.wrote(opts.unlogged === true)
   }
 
+  /** Whether a logged write has completed that no sync has made durable yet (a power cut would lose it). */
+  get loggedPending(): boolean {
+    return this.logged.pending
+  }
+
   /** Whether unlogged writes no sync has covered yet sit in a memtable (a kill -9 would lose them). */
   get holdsUnsyncedUnlogged(): boolean {
     return this.lastUnlogged > this.writes.durable
@@ -309,6 +333,7 @@ export class StorageSystem {
       // An injected sync fault fails this sync only: its writes stay pending.
       if (this.faults) await this.faults.check('sync')
       const flush = this.lastUnlogged > this.writes.durable
+      const logged = this.logged.newest
       try {
         // Only the memtable: a compaction of a range (which used to do the
         // same) first waited for any compaction already running, seconds
@@ -318,6 +343,7 @@ export class StorageSystem {
       } catch (err) {
         throw new VvfsError('IO_ERROR', `storage system ${this.name}: sync failed: ${(err as Error).message}`, { cause: err })
       }
+      this.logged.noteDurable(logged)
       if (this.lastUnlogged <= covers) this.unloggedAt = 0
     })
   }
@@ -331,15 +357,19 @@ export class StorageSystem {
    * written unlogged data there since the last sync — once per extent copied
    * while a host wrote to the destination, which slowed the jobs of
    * test/system/migration.test.ts until the host filled its file system.
+   * Group-committed like sync() (WriteGenerations): nothing to do when every
+   * logged write is durable, one sync write for all callers it covers.
    */
   async syncLogged(): Promise<void> {
     this.checkOpen()
-    if (this.faults) await this.faults.check('sync')
-    try {
-      await this.db.put(SYNC_KEY, Buffer.from(String(Date.now())), { sync: true })
-    } catch (err) {
-      throw new VvfsError('IO_ERROR', `storage system ${this.name}: sync failed: ${(err as Error).message}`, { cause: err })
-    }
+    await this.logged.sync(async () => {
+      if (this.faults) await this.faults.check('sync')
+      try {
+        await this.db.put(SYNC_KEY, Buffer.from(String(Date.now())), { sync: true })
+      } catch (err) {
+        throw new VvfsError('IO_ERROR', `storage system ${this.name}: sync failed: ${(err as Error).message}`, { cause: err })
+      }
+    })
   }
 
   /**
@@ -378,7 +408,10 @@ export class StorageSystem {
 
   private wrote(unlogged: boolean): void {
     const gen = this.writes.complete()
-    if (!unlogged) return
+    if (!unlogged) {
+      this.logged.complete()
+      return
+    }
     this.lastUnlogged = gen
     if (this.unloggedAt === 0) this.unloggedAt = Date.now()
   }

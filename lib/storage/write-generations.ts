@@ -39,6 +39,15 @@ export class WriteGenerations {
     return this.durableUpTo
   }
 
+  /**
+   * A sync run outside `sync` (one that also syncs these writes, e.g. a
+   * storage system's full sync covering its logged writes) made every write
+   * up to `upTo` durable.
+   */
+  noteDurable(upTo: number): void {
+    if (upTo > this.durableUpTo) this.durableUpTo = upTo
+  }
+
   /** Whether a completed write is not yet covered by a finished sync. */
   get pending(): boolean {
     return this.completed > this.durableUpTo

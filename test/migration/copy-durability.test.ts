@@ -18,6 +18,7 @@ import { removeDir, tempDir } from '../helpers/daemon.js'
 import { openManager, withSystems } from '../helpers/manager.js'
 import { payload, range, rng, VolumeModel } from '../helpers/model.js'
 import { openStack } from '../helpers/stack.js'
+import { watchSyncWrites } from '../helpers/sync-writes.js'
 
 const MiB = 1024 * 1024
 let m: Manager | undefined
@@ -29,7 +30,6 @@ afterEach(async () => {
   dirs.splice(0).forEach(removeDir)
 })
 
-type SyncingStore = { put(k: Buffer, v: Buffer, o?: { sync?: boolean }): Promise<void> }
 
 /** Per storage system: writes ended into it, and how many of those a finished sync write covers. */
 class SyncLedger {
@@ -39,14 +39,11 @@ class SyncLedger {
   checked = 0
 
   watch(system: StorageSystem): void {
-    const db = system.store as unknown as SyncingStore
-    const put = db.put.bind(db)
-    db.put = async (k, v, o) => {
-      if (!o?.sync) return put(k, v, o)
-      const covers = this.ended.get(system.sid) ?? 0
-      await put(k, v, o)
-      this.synced.set(system.sid, Math.max(covers, this.synced.get(system.sid) ?? 0))
-    }
+    watchSyncWrites(
+      system.store,
+      () => this.ended.get(system.sid) ?? 0,
+      (covered) => this.synced.set(system.sid, Math.max(covered, this.synced.get(system.sid) ?? 0)),
+    )
   }
 
   wrote(sid: number): void {
@@ -71,15 +68,13 @@ interface DropLedger {
   early: string[]
 }
 
-function watchDrops(maps: SyncingStore): DropLedger {
+function watchDrops(maps: unknown): DropLedger {
   const ledger: DropLedger = { written: 0, synced: 0, drops: 0, early: [] }
-  const put = maps.put.bind(maps)
-  maps.put = async (k, v, o) => {
-    if (!o?.sync) return put(k, v, o)
-    const covers = ledger.written
-    await put(k, v, o)
-    ledger.synced = Math.max(ledger.synced, covers)
-  }
+  watchSyncWrites(
+    maps,
+    () => ledger.written,
+    (covered) => (ledger.synced = Math.max(ledger.synced, covered)),
+  )
   const switchExtent = ThinVolume.prototype.switchExtent
   vi.spyOn(ThinVolume.prototype, 'switchExtent').mockImplementation(async function (this: ThinVolume, extent, expected, next, extra) {
     await switchExtent.call(this, extent, expected, next, extra)
@@ -181,7 +176,7 @@ describe('copies are durable before the records that point at them', () => {
     const job = await m.migrate({ volume: 'v', to: 's1', keep: 60_000 })
     for (let i = 0; i < 200 && m.jobs.show(job.id).status !== 'ready'; i++) await new Promise((r) => setTimeout(r, 50))
     expect(m.jobs.show(job.id).status).toBe('ready')
-    const ledger = watchDrops((m as unknown as { maps: { db: SyncingStore } }).maps.db)
+    const ledger = watchDrops((m as unknown as { maps: { db: unknown } }).maps.db)
     m.jobs.rollback(job.id)
     expect((await m.jobs.settled(job.id)).result).toBe('rolled-back')
     expect(ledger.drops).toBeGreaterThan(4)
