@@ -85,13 +85,18 @@ async function startWebView(manager: Manager, address: HttpAddress, token: strin
   }
 }
 
-/** Runs in the foreground until a signal; returns the exit code. */
+/**
+ * Runs in the foreground until a signal; returns the exit code. The signal
+ * handlers are in place before the daemon starts: a SIGTERM that arrives
+ * while it starts (a test or a service manager stopping it right after its
+ * socket answers) stops it cleanly once started, instead of killing it.
+ */
 export async function runDaemon(opts: DaemonOptions): Promise<number> {
-  const running = await startDaemon(opts)
   const log = createLogger(opts.logLevel, opts.logFormat)
-  return new Promise<number>((resolveExit) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      log.info({ event: 'daemon.signal', signal }, `received ${signal}`)
+  let signalled: NodeJS.Signals | null = null
+  let onStarted: ((running: RunningDaemon) => void) | null = null
+  const exit = new Promise<number>((resolveExit) => {
+    const stop = (running: RunningDaemon) =>
       running.stop().then(
         () => resolveExit(0),
         (err) => {
@@ -99,9 +104,21 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
           resolveExit(1)
         },
       )
+    let started: RunningDaemon | null = null
+    onStarted = (running) => {
+      started = running
+      if (signalled) void stop(running)
+    }
+    const onSignal = (signal: NodeJS.Signals) => {
+      log.info({ event: 'daemon.signal', signal }, `received ${signal}`)
+      signalled = signal
+      if (started) void stop(started)
     }
     process.once('SIGINT', onSignal)
     process.once('SIGTERM', onSignal)
-    process.on('unhandledRejection', (err) => log.error({ event: 'daemon.unhandled', err: String((err as Error)?.stack ?? err) }, 'unhandled rejection'))
   })
+  process.on('unhandledRejection', (err) => log.error({ event: 'daemon.unhandled', err: String((err as Error)?.stack ?? err) }, 'unhandled rejection'))
+  const running = await startDaemon(opts)
+  onStarted!(running)
+  return exit
 }

@@ -7,10 +7,10 @@
  */
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { attachLoop, cleanupAll, detachLoop, isMounted, mountExt4, removeDir, sh, startDaemon, umount, type DaemonHandle } from '../helpers/daemon.js'
+import { attachLoop, cleanupAll, detachLoop, isMounted, mountExt4, removeDir, sh, spawnDaemon, startDaemon, tempDir, umount, unmountUnder, type DaemonHandle } from '../helpers/daemon.js'
 import { sha } from '../helpers/files.js'
 
 let d: DaemonHandle
@@ -102,5 +102,25 @@ describe('stopping the daemon after someone else unmounted its mount', () => {
     while ((await o.client.call('host.list', {})).hosts[0]!.mounted && Date.now() < until) await new Promise((r) => setTimeout(r, 100))
     expect(o.log()).toMatch(/host\.lost/)
     expect(await stopWithin(o, 10_000)).toBe(0)
+  })
+})
+
+describe('a SIGTERM while the daemon starts', () => {
+  it('stops it cleanly once started (exit 0, stores closed), instead of killing it', async () => {
+    const dir = tempDir()
+    const logPath = join(dir, 'daemon.log')
+    const proc = spawnDaemon(['--state', join(dir, 'state'), '--mount', join(dir, 'mnt'), '--demo'], logPath)
+    try {
+      const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)))
+      // daemon.starting is logged before the state is opened: the signal lands mid-start.
+      for (let i = 0; i < 200 && !(existsSync(logPath) && readFileSync(logPath, 'utf8').includes('daemon.starting')); i++) await new Promise((r) => setTimeout(r, 10))
+      proc.kill('SIGTERM')
+      expect(await exited).toBe(0)
+      expect(readFileSync(logPath, 'utf8')).toContain('daemon.stopping')
+    } finally {
+      if (proc.exitCode === null) proc.kill('SIGKILL')
+      unmountUnder(dir)
+      removeDir(dir)
+    }
   })
 })
