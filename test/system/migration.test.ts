@@ -110,6 +110,9 @@ async function everythingIntact(): Promise<void> {
   await allocationConsistent()
 }
 
+/** Trees of new files kept (and verified) per job; later writes rewrite one directory. */
+const TREES_PER_JOB = 16
+
 describe('migration while hosts write', () => {
   const plan: [string, string][] = [
     ['direct', 's1'],
@@ -124,7 +127,10 @@ describe('migration while hosts write', () => {
       let step = 0
       const during = async () => {
         const dir = join(fsDir(), `round${round}-${step++}`)
-        trees.push([dir, writeTree(dir, { files: 6, maxSize: 256 * 1024 })])
+        // New files for the first rounds of writing only, then rewrites: the
+        // 128 MiB file system must not fill however long a job runs.
+        if (step <= TREES_PER_JOB) trees.push([dir, writeTree(dir, { files: 6, maxSize: 256 * 1024 })])
+        else writeTree(join(fsDir(), `round${round}-rewrite`), { files: 6, maxSize: 256 * 1024 })
         const [someDir, someTree] = trees[step % trees.length]!
         expect(verifyTree(someDir, someTree)).toEqual([])
         rawRound(round * 1000 + step, 30)
@@ -186,7 +192,8 @@ describe('migration while hosts write', () => {
     }
     for (let i = 0; i < 600 && !(await settled()); i++) {
       const dir = join(fsDir(), `consolidate-${step++}`)
-      trees.push([dir, writeTree(dir, { files: 3, maxSize: 128 * 1024 })])
+      if (step <= 4 * TREES_PER_JOB) trees.push([dir, writeTree(dir, { files: 3, maxSize: 128 * 1024 })])
+      else writeTree(join(fsDir(), 'consolidate-rewrite'), { files: 3, maxSize: 128 * 1024 })
       rawRound(5000 + step, 20)
       await new Promise((r) => setTimeout(r, 50))
     }
