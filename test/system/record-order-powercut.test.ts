@@ -40,7 +40,17 @@ describe('a power cut after another volume’s fsync', () => {
     for (let i = 0; i < WRITES; i++) await b.write(chunkOf('B', i), 0, CHUNK, i * EXTENT)
     await b.sync()
     await b.close()
-    await d.client.call('volume.delete', { name: 'b' })
+    // The kernel sends the file's release after close() returns: until the
+    // daemon has it, the volume is still open (VOLUME_BUSY).
+    for (let tries = 0; ; tries++) {
+      try {
+        await d.client.call('volume.delete', { name: 'b' })
+        break
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'VOLUME_BUSY' || tries >= 100) throw err
+        await new Promise((r) => setTimeout(r, 50))
+      }
+    }
 
     // A writes into the freed space and keeps its file open (a close would sync).
     const a: FileHandle = await open(d.file('a'), 'r+')
