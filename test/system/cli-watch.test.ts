@@ -16,7 +16,9 @@ const frames = (out: string) => out.split(HOME).length - 1
 
 describe('vvfs … --watch', () => {
   it('redraws pool status in place on a terminal, and Ctrl-C exits 0', async () => {
-    const line = `${process.execPath} ${VVFS} pool status --watch --interval 200ms --socket ${daemon().socket}`
+    // `exec`: script(1) runs the line with $SHELL -c, or /bin/sh when SHELL is unset
+    // (CI); dash would stay the parent, take the Ctrl-C itself and exit 130.
+    const line = `exec ${process.execPath} ${VVFS} pool status --watch --interval 200ms --socket ${daemon().socket}`
     const r = await runUntil('script', ['-qfec', line, '/dev/null'], (out) => frames(out) >= 3, (p) => p.stdin!.write('\x03'))
     expect(r.code).toBe(0)
     expect(r.out.startsWith('\x1b[2J')).toBe(true)
