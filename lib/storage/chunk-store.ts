@@ -1,0 +1,86 @@
+/**
+ * ChunkStore: the one interface of a storage system's store — what keeps
+ * chunks by address and nothing else (s3backer's block store, nbdkit's
+ * plugin). Implementations: the LevelDB store (level-store.ts, today's
+ * fast paths behind capabilities), an in-memory store (memory-store.ts, for
+ * tests), the fault-injecting wrapper (faulty-store.ts), and a store on a
+ * storage server reached over the peer wire (remote/).
+ *
+ * Addresses are chunk addresses (pca: slot * EXTENT_CHUNKS + position);
+ * every value is one CHUNK_SIZE chunk. A chunk never written, or deleted,
+ * reads as zeros and is not listed by `stored`.
+ *
+ * Never in a store: space accounting, placement, volumes, or the durability
+ * bookkeeping of who wrote what since which sync (StorageSystem keeps the
+ * FreeSpaceTable, the placement flags and WriteGenerations over a store).
+ *
+ * Durability: `apply` returns once the batch is visible to reads; a logged
+ * batch is durable after a later `sync({})` (or at once with `sync: true`),
+ * an unlogged one only after `sync({ flushUnlogged: true })`. A store with
+ * `capabilities.unlogged` false treats every batch as logged.
+ *
+ * Fencing: every mutating call may carry `token`; a store with
+ * `capabilities.fencing` refuses a token lower than the highest it has seen
+ * (code FENCED) and stores nothing of that call. Local stores ignore it.
+ *
+ * Errors are VvfsErrors: IO_ERROR for a failed read/write/sync,
+ * STORAGE_FULL for ENOSPC, FENCED, TIMEOUT (remote), SHUTTING_DOWN after close.
+ */
+
+export interface StoreIdentity {
+  /** The storage system id the store was created for (a store refuses to open as another). */
+  sid: number
+  name: string
+  format: number
+  chunkSize: number
+}
+
+export interface ChunkStoreCapabilities {
+  /** `readOneSync` answers from memory or the page cache on the calling thread (LevelDB getSync). */
+  readonly syncRead: boolean
+  /** Batches may skip the log (`unlogged`): durable only at a flushing sync. */
+  readonly unlogged: boolean
+  /** A directory a worker thread may open itself (classic-level multithreading) to copy chunks off the main thread; null: none. */
+  readonly localPath: string | null
+  /** Mutations carry and check a fencing token. */
+  readonly fencing: boolean
+  /** Where the store lives, for `storage list`: 'local', 'memory', or 'ADDR:PORT'. */
+  readonly location: string
+}
+
+/** One chunk of a batch: data to store, or null to delete (reads as zeros). */
+export interface ChunkWrite {
+  pca: number
+  data: Buffer | null
+}
+
+export interface ChunkBatch {
+  /** Puts and deletes, applied in order (a later one for the same pca wins). */
+  writes?: ChunkWrite[]
+  /** Whole ranges dropped, before `writes`. */
+  clears?: { first: number; count: number }[]
+  /** Skip the log (a store without the capability logs anyway). */
+  unlogged?: boolean
+  /** Durable before it returns. */
+  sync?: boolean
+  /** Fencing token of the caller. */
+  token?: number
+}
+
+export interface ChunkStore {
+  readonly identity: StoreIdentity
+  readonly capabilities: ChunkStoreCapabilities
+  /** Fills `into` from `offset` with chunks [first, first + count): zeros where none is stored. */
+  readRun(first: number, count: number, into: Buffer, offset?: number): Promise<void>
+  /** One chunk, synchronously (only when capabilities.syncRead). */
+  readOneSync?(pca: number, into: Buffer, offset: number): void
+  /** Scattered chunks; undefined where none is stored. */
+  readMany(pcas: number[]): Promise<(Buffer | undefined)[]>
+  /** Applies the batch atomically: all of it or none of it. */
+  apply(batch: ChunkBatch): Promise<void>
+  /** Addresses of stored chunks in [first, first + count), ascending, at most `limit`. */
+  stored(first: number, count: number, limit?: number): Promise<number[]>
+  /** Makes every logged batch completed before the call durable; with flushUnlogged also the unlogged ones. */
+  sync(opts?: { flushUnlogged?: boolean; token?: number }): Promise<void>
+  close(): Promise<void>
+}
