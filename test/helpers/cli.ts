@@ -36,6 +36,16 @@ export function daemonForFile(opts: Parameters<typeof startDaemon>[0] = {}) {
   return { daemon, vvfs: cliFor(() => daemon().socket) }
 }
 
+/**
+ * `script(1)` arguments that run `line` on a pseudo-terminal. script runs it
+ * with `$SHELL -c`, or /bin/sh when SHELL is unset (CI): `exec` makes the
+ * command the terminal's foreground process itself, or dash would stay its
+ * parent, take a Ctrl-C and exit 130.
+ */
+export function onTerminal(line: string): [string, string[]] {
+  return ['script', ['-qfec', `exec ${line}`, '/dev/null']]
+}
+
 /** Runs `cmd`, collecting stdout, until `until(out)` holds; then `stop` and the exit status. */
 export async function runUntil(cmd: string, args: string[], until: (out: string) => boolean, stop: (p: ReturnType<typeof spawn>) => void, step?: (out: string) => Promise<void>) {
   const p = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] })

@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { runUntil } from '../helpers/cli.js'
+import { onTerminal, runUntil } from '../helpers/cli.js'
 import { cleanupAll, removeDir, startDaemon, tempDir, unmountUnder, VVFS } from '../helpers/daemon.js'
 
 const dirs: string[] = []
@@ -27,7 +27,7 @@ async function daemonOnTerminal(extra: string[]): Promise<string> {
   dirs.push(dir)
   const line = [process.execPath, VVFS, 'daemon', '--state', join(dir, 'state'), '--mount', join(dir, 'mnt'), '--demo', ...extra].join(' ')
   try {
-    const r = await runUntil('script', ['-qfec', line, '/dev/null'], (out) => /daemon ready/.test(out), (p) => p.stdin!.write('\x03'))
+    const r = await runUntil(...onTerminal(line), (out) => /daemon ready/.test(out), (p) => p.stdin!.write('\x03'))
     expect(r.code).toBe(0)
     return r.out
   } finally {

@@ -5,7 +5,7 @@
  * with --json one document per refresh.
  */
 import { describe, expect, it } from 'vitest'
-import { daemonForFile, runUntil } from '../helpers/cli.js'
+import { daemonForFile, onTerminal, runUntil } from '../helpers/cli.js'
 import { VVFS } from '../helpers/daemon.js'
 
 const { daemon } = daemonForFile({ extraArgs: ['--demo'] })
@@ -16,10 +16,8 @@ const frames = (out: string) => out.split(HOME).length - 1
 
 describe('vvfs … --watch', () => {
   it('redraws pool status in place on a terminal, and Ctrl-C exits 0', async () => {
-    // `exec`: script(1) runs the line with $SHELL -c, or /bin/sh when SHELL is unset
-    // (CI); dash would stay the parent, take the Ctrl-C itself and exit 130.
-    const line = `exec ${process.execPath} ${VVFS} pool status --watch --interval 200ms --socket ${daemon().socket}`
-    const r = await runUntil('script', ['-qfec', line, '/dev/null'], (out) => frames(out) >= 3, (p) => p.stdin!.write('\x03'))
+    const line = `${process.execPath} ${VVFS} pool status --watch --interval 200ms --socket ${daemon().socket}`
+    const r = await runUntil(...onTerminal(line), (out) => frames(out) >= 3, (p) => p.stdin!.write('\x03'))
     expect(r.code).toBe(0)
     expect(r.out.startsWith('\x1b[2J')).toBe(true)
     // Every frame starts at the top left, says what it shows, and clears what the last one left.
