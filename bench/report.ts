@@ -7,7 +7,7 @@
  * from different runs — every ratio is to the null-FUSE figure of the same
  * job in the same run, and a missing ceiling gives no ratio, not a guess.
  */
-import { JOBS, type JobName, type JobResult } from './fio.js'
+import { EXT4_JOBS, JOBS, type JobName, type JobResult } from './fio.js'
 import type { MigrationResult } from './migration.js'
 
 export type SystemId = 'null' | 'vvfs' | 'qcow2' | 'plain'
@@ -63,7 +63,18 @@ export interface Ext4Run {
   mbps?: number
   seconds?: number
   mkfsSeconds?: number
+  /** The fio jobs on a file inside the ext4 (EXT4_JOBS). */
+  fio?: Partial<Record<JobName, JobResult>>
+  smallFiles?: { files: number; seconds: number }
+  smallFilesError?: string
+  /** CPU the serving process used over the whole ext4 run (dd, fio, small files). */
+  serverCpuSeconds?: number
 }
+
+/** Issue 17: vvfs as a share of qcow2 over qemu-storage-daemon, ext4 on a loop device, same job, same run. */
+export const EXT4_TARGET_VS_QCOW2 = 1.0
+/** Issue 17: daemon CPU-seconds per GiB of sequential writes (from ~3.5). */
+export const SEQWRITE_CPU_PER_GIB_TARGET = 2.0
 
 export interface MkfsSpace {
   vvfs?: {
@@ -204,9 +215,67 @@ function ext4Grid(results: Results): Grid {
   }
 }
 
+/** What a user waits for on ext4 over each system, and vvfs against qcow2 (higher is better; for the small files, qcow2's time over ours). */
+function ext4WorkloadGrid(results: Results): Grid {
+  const vs = (mine: number | undefined, theirs: number | undefined) => (mine && theirs ? (mine / theirs).toFixed(2) : '-')
+  const figure = (e: Ext4Run | undefined, job: (typeof EXT4_JOBS)[number]) => {
+    const r = e?.fio?.[job.name]
+    return r?.ok ? r[job.metric] : undefined
+  }
+  const vvfs = results.ext4.find((e) => e.system === 'vvfs' && e.status === 'ok')
+  const qcow2 = results.ext4.find((e) => e.system === 'qcow2' && e.status === 'ok')
+  const plain = results.ext4.find((e) => e.system === 'plain' && e.status === 'ok')
+  const cell = (e: Ext4Run | undefined, job: (typeof EXT4_JOBS)[number]) => {
+    const f = figure(e, job)
+    return f === undefined ? '-' : job.metric === 'mbps' ? mbps(f) : String(Math.round(f))
+  }
+  const verdict = (x: number | undefined, y: number | undefined) => (x && y ? (x / y >= EXT4_TARGET_VS_QCOW2 ? 'PASS' : 'FAIL') : 'n/a')
+  const rows = EXT4_JOBS.map((job) => [
+    `${job.label} (${job.metric === 'mbps' ? 'MB/s' : 'IOPS'})`,
+    cell(vvfs, job),
+    cell(qcow2, job),
+    cell(plain, job),
+    vs(figure(vvfs, job), figure(qcow2, job)),
+    verdict(figure(vvfs, job), figure(qcow2, job)),
+  ])
+  const sf = (e: Ext4Run | undefined) => e?.smallFiles?.seconds
+  const ours = sf(vvfs)
+  const theirs = sf(qcow2)
+  rows.push([
+    `unpack ${vvfs?.smallFiles?.files ?? qcow2?.smallFiles?.files ?? ''} small files + sync (s)`,
+    ours?.toFixed(2) ?? '-',
+    theirs?.toFixed(2) ?? '-',
+    sf(plain)?.toFixed(2) ?? '-',
+    vs(theirs, ours),
+    verdict(theirs, ours),
+  ])
+  return { head: ['ext4 on a loop device, same run', 'vvfs', 'qcow2', 'plain file', 'vvfs / qcow2', `>= ${EXT4_TARGET_VS_QCOW2.toFixed(1)}`], rows, right: new Set([1, 2, 3, 4]) }
+}
+
+/** Daemon CPU-seconds per GiB written (sequential) and per 100k random writes, from the fio section. */
+function cpuPerWork(results: Results): string[] {
+  const v = results.fio.find((s) => s.id === 'vvfs')
+  const cpuOf = (job: JobName) => {
+    const r = v?.jobs[job]
+    const pct = v?.cpuPercent?.[job]
+    return r?.ok && pct !== undefined ? (pct / 100) * (r.runtimeMs / 1000) : undefined
+  }
+  const out: string[] = []
+  const seq = v?.jobs.seqwrite
+  const seqCpu = cpuOf('seqwrite')
+  if (seq?.ok && seqCpu !== undefined && seq.ioBytes > 0) {
+    const perGiB = seqCpu / (seq.ioBytes / 1024 ** 3)
+    out.push(`vvfs daemon CPU per GiB of sequential writes: ${perGiB.toFixed(2)} CPU-s (target <= ${SEQWRITE_CPU_PER_GIB_TARGET.toFixed(1)}: ${perGiB <= SEQWRITE_CPU_PER_GIB_TARGET ? 'PASS' : 'FAIL'})`)
+  }
+  const rnd = v?.jobs.randwrite
+  const rndCpu = cpuOf('randwrite')
+  if (rnd?.ok && rndCpu !== undefined && rnd.ioBytes > 0) out.push(`vvfs daemon CPU per 100k random 4 KiB writes: ${(rndCpu / (rnd.ioBytes / 4096 / 100_000)).toFixed(2)} CPU-s`)
+  return out
+}
+
 /** The lines after the tables: memory, space, mkfs, migration. */
 function facts(results: Results): string[] {
-  const out: string[] = []
+  const out: string[] = [...cpuPerWork(results)]
   const d = results.daemon
   out.push(`vvfs daemon peak RSS (VmHWM, pid ${d.pid}): ${bytes(d.peakRssBytes)}` + (d.peakRssAfterFio ? ` (after the fio jobs: ${bytes(d.peakRssAfterFio)})` : '') + `; RSS at the end ${bytes(d.rssBytes)}`)
   if (d.rssAfterJob) out.push(`  RSS after each fio job: ${JOBS.filter((j) => d.rssAfterJob![j.name] !== undefined).map((j) => `${j.name} ${bytes(d.rssAfterJob![j.name]!)}`).join(', ')}`)
@@ -273,7 +342,7 @@ function header(results: Results): string {
 export function renderText(results: Results): string {
   const parts = [header(results)]
   if (results.fio.length) parts.push(text(fioGrid(results)), text(targetGrid(results)))
-  if (results.ext4.length) parts.push(text(ext4Grid(results)))
+  if (results.ext4.length) parts.push(text(ext4Grid(results)), text(ext4WorkloadGrid(results)))
   parts.push(facts(results).join('\n'))
   return parts.join('\n\n') + '\n'
 }
@@ -281,7 +350,7 @@ export function renderText(results: Results): string {
 export function renderMarkdown(results: Results): string {
   const parts = ['# vvfs bench results', header(results)]
   if (results.fio.length) parts.push('## fio', markdown(fioGrid(results)), '## Targets', markdown(targetGrid(results)))
-  if (results.ext4.length) parts.push('## ext4 over a loop device', markdown(ext4Grid(results)))
+  if (results.ext4.length) parts.push('## ext4 over a loop device', markdown(ext4Grid(results)), markdown(ext4WorkloadGrid(results)))
   parts.push('## Memory, space, mkfs, migration', facts(results).map((l) => (l.startsWith('  ') ? `  - ${l.trim()}` : `- ${l}`)).join('\n'))
   return parts.join('\n\n') + '\n'
 }

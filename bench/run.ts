@@ -24,7 +24,7 @@ import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { failed, JOBS, runJob } from './fio.js'
-import { DD_BYTES, ddOnExt4, mkfsOnLoop, prepareDdSource } from './ext4.js'
+import { DD_BYTES, ddOnExt4, mkfsOnLoop, prepareDdSource, prepareSmallFiles, SMALL_FILES } from './ext4.js'
 import { migrationBench } from './migration.js'
 import { detachLoop, du, duSettled, fusermountUz, isFuseMountAt, loopsUnder, mountsUnder, unmount } from './mounts.js'
 import { MOUNT_OPTIONS } from './null-fuse.js'
@@ -215,16 +215,18 @@ async function fioSection(cfg: Config, dir: string, vvfs: Vvfs, cleanup: Cleanup
   }
 }
 
-async function ext4Section(dir: string, vvfs: Vvfs, cleanup: Cleanup, results: Results): Promise<void> {
-  say(`ext4: preparing ${bytes(DD_BYTES)} of random data to copy`)
+async function ext4Section(cfg: Config, dir: string, vvfs: Vvfs, cleanup: Cleanup, results: Results): Promise<void> {
+  say(`ext4: preparing ${bytes(DD_BYTES)} of random data to copy and a tar of ${SMALL_FILES} small files`)
   const src = await prepareDdSource(dir, cleanup)
+  const smallFiles = await prepareSmallFiles(dir, cleanup)
+  await mkdir(join(OUT, 'fio'), { recursive: true })
   const targets: { id: SystemId; label: string; start: () => Promise<Served> }[] = [
     {
       id: 'vvfs',
       label: 'vvfs 4 GiB thin volume',
       start: async () => {
         await vvfs.cli(['volume', 'create', 'ext4', '--size', '4G'])
-        return { file: join(vvfs.mountDir, 'ext4'), check: async () => {}, stop: async () => {} }
+        return { file: join(vvfs.mountDir, 'ext4'), check: async () => {}, stop: async () => {}, pid: vvfs.pid }
       },
     },
     { id: 'qcow2', label: 'qemu-storage-daemon qcow2 4 GiB', start: () => startQcow2(dir, cleanup) },
@@ -242,7 +244,7 @@ async function ext4Section(dir: string, vvfs: Vvfs, cleanup: Cleanup, results: R
   for (const t of targets) {
     const row: Ext4Run = { system: t.id, label: t.label, status: 'ok' }
     results.ext4.push(row)
-    say(`ext4: ${t.label}: mkfs.ext4, mount, dd ${bytes(DD_BYTES)} conv=fsync`)
+    say(`ext4: ${t.label}: mkfs.ext4, mount, dd ${bytes(DD_BYTES)} conv=fsync, fio on a file in it, unpack ${SMALL_FILES} files + sync`)
     let served: Served
     try {
       served = await t.start()
@@ -255,9 +257,17 @@ async function ext4Section(dir: string, vvfs: Vvfs, cleanup: Cleanup, results: R
       continue
     }
     try {
-      const r = await ddOnExt4(served.file, src, join(dir, `ext4-mnt-${t.id}`), cleanup)
-      Object.assign(row, { mbps: r.mbps, seconds: r.seconds, mkfsSeconds: r.mkfsSeconds })
-      say(`ext4: ${t.label}: ${r.mbps.toFixed(1)} MB/s (${r.seconds.toFixed(2)} s; mkfs ${r.mkfsSeconds.toFixed(1)} s)`)
+      const cpu0 = served.pid ? await cpuSeconds(served.pid) : undefined
+      const r = await ddOnExt4(served.file, src, join(dir, `ext4-mnt-${t.id}`), cleanup, {
+        seconds: cfg.seconds,
+        fioReport: (job) => join(OUT, 'fio', `ext4-${t.id}-${job}.json`),
+        smallFiles,
+      })
+      if (served.pid && cpu0 !== undefined) row.serverCpuSeconds = (await cpuSeconds(served.pid)) - cpu0
+      Object.assign(row, { mbps: r.mbps, seconds: r.seconds, mkfsSeconds: r.mkfsSeconds, fio: r.fio, smallFiles: r.smallFiles, smallFilesError: r.smallFilesError })
+      say(`ext4: ${t.label}: dd ${r.mbps.toFixed(1)} MB/s (${r.seconds.toFixed(2)} s; mkfs ${r.mkfsSeconds.toFixed(1)} s)`)
+      for (const [job, f] of Object.entries(r.fio)) say(`ext4: ${t.label}: fio ${job}: ${f.ok ? `${f.mbps.toFixed(1)} MB/s, ${Math.round(f.iops)} IOPS` : `FAILED: ${f.error}`}`)
+      say(`ext4: ${t.label}: ${r.smallFiles ? `${SMALL_FILES} small files unpacked and synced in ${r.smallFiles.seconds.toFixed(2)} s` : `small files FAILED: ${r.smallFilesError}`}`)
     } catch (err) {
       if (err instanceof Aborted) throw err
       row.status = 'failed'
@@ -373,7 +383,7 @@ async function main(): Promise<number> {
     const sections: [Section, () => Promise<void>][] = [
       ['mkfs', () => mkfsSection(dir, vvfs!, cleanup, results)],
       ['fio', () => fioSection(cfg, dir, vvfs!, cleanup, results)],
-      ['ext4', () => ext4Section(dir, vvfs!, cleanup, results)],
+      ['ext4', () => ext4Section(cfg, dir, vvfs!, cleanup, results)],
       [
         'migration',
         async () => {
