@@ -133,7 +133,7 @@ export class StorageSystem implements DataLog {
    */
   async readRun(firstPca: number, count: number, into: Buffer, offset = 0): Promise<void> {
     const store = this.store
-    if (count === 1 && store.readOneSync) return store.readOneSync(firstPca, into, offset)
+    if (count === 1 && store.capabilities.syncRead && store.readOneSync) return store.readOneSync(firstPca, into, offset)
     return store.readRun(firstPca, count, into, offset)
   }
 
