@@ -195,7 +195,7 @@ describe('fault injection', () => {
   })
 
   it('a migration copy error pauses the job with the volume whole; it completes after fault clear and job resume', async () => {
-    // The copy runs in the worker thread; its writes at s2 fail.
+    // With a rule armed on s2 the copy runs on the main thread, through s2’s fault gate: its writes fail.
     const rule = await d.client.call('fault.add', { storage: 's2', op: 'write', error: 'EIO' })
     const job = await d.client.call('migrate.start', { volume: 'm', to: 's2' })
     const stopped = await jobUntil(job.id, (j) => j.status === 'paused' || j.status === 'concluded')
