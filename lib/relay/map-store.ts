@@ -28,7 +28,7 @@
  * before it, so this also covers the clear of a slot and the deletions made
  * before its space was freed by an earlier owner. Unlogged bulk writes are
  * not waited for: losing them shows the slot's own earlier data or its
- * durable clear (ThinVolume's WritePlan.inPlace). Before the batch, not just
+ * durable clear (ThinLayer's WritePlan.inPlace). Before the batch, not just
  * before a sync of this store: the kernel writes unsynced log pages back on
  * its own, in any order across files. A dependency's failed sync fails the
  * whole batch (none of its records is written). Cost and the measurements:

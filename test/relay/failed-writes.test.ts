@@ -54,7 +54,7 @@ describe('a failed write leaves the map in memory equal to the map on disk', () 
     await expect(stack.volume.flush()).rejects.toMatchObject({ code: 'STORAGE_FULL' })
     expect(injected).toHaveLength(1)
     expect(stack.map.locate(0).kind).toBe('unallocated')
-    // The space returns once the records that released it are durable (ThinVolume.freeOnceDurable).
+    // The space returns once the records that released it are durable (ThinLayer.freeOnceReleased).
     await stack.thin.settle()
     expect(stack.pool.totals().allocated).toBe(0)
     // The space problem is gone: the rewrite must persist its fragment and record.
@@ -70,7 +70,7 @@ describe('a failed write leaves the map in memory equal to the map on disk', () 
     const data = Buffer.alloc(EXTENT_SIZE, 0x3c)
     await expect(stack.volume.write(EXTENT_SIZE, data).then(() => stack.volume.flush())).rejects.toMatchObject({ code: 'IO_ERROR' })
     expect(stack.map.locate(EXTENT_SIZE / CHUNK_SIZE).kind).toBe('unallocated')
-    // The space returns once the records that released it are durable (ThinVolume.freeOnceDurable).
+    // The space returns once the records that released it are durable (ThinLayer.freeOnceReleased).
     await stack.thin.settle()
     expect(stack.pool.totals().allocated).toBe(0)
     const reopened = await rewriteAndRestart(stack, opts, EXTENT_SIZE, data)
