@@ -47,6 +47,12 @@ export function entrySystems(entry: ExtentEntry): Set<number> {
   return sids
 }
 
+/** Calls fn with the bytes of pool space an entry holds on each storage system (once per fragment). */
+export function forEachSpace(entry: ExtentEntry, fn: (sid: number, bytes: number) => void): void {
+  if (entry.kind === 'whole') fn(entry.sid, EXTENT_SIZE)
+  else for (const f of entry.frags.values()) fn(f.sid, CHUNK_SIZE)
+}
+
 /** Whether two entries hold the same chunks of an extent (so one can be copied onto the other). */
 export function sameShape(a: ExtentEntry, b: ExtentEntry): boolean {
   if (a.kind === 'whole' || b.kind === 'whole') return a.kind === b.kind

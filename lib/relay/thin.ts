@@ -25,7 +25,7 @@
  * after kill -9 every record points at data that is its own or at nothing,
  * and data not referenced by a record is overwritten or cleared before reuse.
  * Under power loss the same holds because every record names the storage
- * systems it points at (record()) and the MapStore makes their logged writes
+ * systems it points at (VolumeMap.record()) and the MapStore makes their logged writes
  * durable before it writes the record: the clear, the fragment's data, and
  * the deletions an earlier owner made before freeing the space (a log sync
  * covers every logged write before it). A release's record needs nothing:
@@ -49,7 +49,13 @@
  *
  * Concurrency: host I/O arrives holding the volume's chunk locks. Work that
  * needs a whole extent (release, promotion) is scheduled and runs under the
- * extent's exclusive lock, never inside a host write.
+ * extent's exclusive lock, never inside a host write; so do the extent
+ * operations (ExtentOps.lock waits for settled() too).
+ *
+ * A write (ChunkLayer's Write) is *accepted* once planned — its space is
+ * allocated, so POOL_FULL (after the space policy's wait) refuses it before
+ * acceptance and only an I/O error can fail it after — and *stored* once its
+ * data and records are written.
  */
 import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE, isZeroChunk } from '../layout.js'

@@ -20,10 +20,10 @@
  * extent's lock where DESIGN.md says so. Failure modes: persist() rejects
  * with the MapStore's error; the caller puts the map back as it was.
  */
-import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
+import { CHUNK_SIZE, EXTENT_CHUNKS } from '../layout.js'
 import type { Pool } from '../storage/pool.js'
 import type { StorageSystem } from '../storage/storage-system.js'
-import { entryBytes, entrySystems, markSpace, type ExtentEntry, type Fragment, type FragmentedExtent } from './extent-entry.js'
+import { entryBytes, entrySystems, forEachSpace, markSpace, type ExtentEntry, type Fragment, type FragmentedExtent } from './extent-entry.js'
 import { decodeExtentRecord, encodeExtentRecord, extentKey, extentPrefix, parseExtentKey } from './key-space.js'
 import type { MapPut, MapStore } from './map-store.js'
 
@@ -121,10 +121,7 @@ export class VolumeMap {
   allocationBySystem(): Map<number, number> {
     const out = new Map<number, number>()
     const add = (sid: number, bytes: number) => out.set(sid, (out.get(sid) ?? 0) + bytes)
-    for (const entry of this.extents.values()) {
-      if (entry.kind === 'whole') add(entry.sid, EXTENT_SIZE)
-      else for (const f of entry.frags.values()) add(f.sid, CHUNK_SIZE)
-    }
+    for (const entry of this.extents.values()) forEachSpace(entry, add)
     return out
   }
 
