@@ -54,6 +54,7 @@ export const ERROR_CODES = [
   'PEER_UNAVAILABLE',
   'PEER_BUSY',
   'FRAME_TOO_LARGE',
+  'FENCED',
   'INTERNAL',
 ] as const
 
