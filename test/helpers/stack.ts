@@ -3,7 +3,7 @@
  * one Manager.makeHandle uses) over storage systems in a temp directory,
  * without FUSE — that can be closed and reopened to check what survives.
  * Where the storage systems come from is one parameter (`systemsFrom`): the
- * LevelDB ones by default; the in-memory store slots in there.
+ * LevelDB stores by default, or the in-memory ones (memorySystems).
  */
 import { join } from 'node:path'
 import { EXTENT_SIZE } from '../../lib/layout.js'
@@ -13,7 +13,9 @@ import { buildVolumeStack, type VolumeStack } from '../../lib/relay/stack.js'
 import type { SpacePolicy, ThinLayer } from '../../lib/relay/thin.js'
 import type { Volume } from '../../lib/relay/volume.js'
 import { readVolumeMaps, type VolumeMap } from '../../lib/relay/volume-map.js'
+import { VvfsError } from '../../lib/errors.js'
 import { InlineChunkMover } from '../../lib/storage/chunk-mover.js'
+import { MemoryChunkStore } from '../../lib/storage/memory-store.js'
 import { Pool } from '../../lib/storage/pool.js'
 import { StorageSystem } from '../../lib/storage/storage-system.js'
 
@@ -22,6 +24,19 @@ export type SystemFactory = (opts: { sid: number; name: string; dir: string; cap
 
 /** LevelDB stores under the stack's directory (what the daemon uses). */
 export const levelSystems: SystemFactory = (o) => StorageSystem.open({ sid: o.sid, name: o.name, path: join(o.dir, o.name), capacity: o.capacity, create: o.create })
+
+/** What each in-memory store held when its stack closed, by directory and name (what a reopen finds). */
+const memoryMedia = new Map<string, MemoryChunkStore>()
+
+/** In-memory stores (lib/storage/memory-store.ts); a reopen finds what the last handle left, as with LevelDB. */
+export const memorySystems: SystemFactory = async (o) => {
+  const key = join(o.dir, o.name)
+  const earlier = memoryMedia.get(key)
+  if (!o.create && !earlier) throw new VvfsError('STATE_CORRUPT', `no memory store ${o.name} under ${o.dir}`)
+  const store = o.create || !earlier ? MemoryChunkStore.create({ sid: o.sid, name: o.name }) : earlier.reopen()
+  memoryMedia.set(key, store)
+  return StorageSystem.over(store, { capacity: o.capacity })
+}
 
 export interface Stack {
   pool: Pool

@@ -15,13 +15,16 @@ import type { CopyMode, JobRecord } from '../../lib/migration/job.js'
 import { MigrationRunner } from '../../lib/migration/runner.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
 import { payload, range, rng, VolumeModel } from '../helpers/model.js'
-import { levelSystems, openStack, type Stack, type SystemFactory } from '../helpers/stack.js'
+import { levelSystems, memorySystems, openStack, type Stack, type SystemFactory } from '../helpers/stack.js'
 import { debugfs, mkfs, patternFile } from '../reclaim/images.js'
 
 const MiB = 1024 * 1024
 
 /** Every kind of storage system the stacks are built over. */
-const STORES: [string, SystemFactory][] = [['LevelDB', levelSystems]]
+const STORES: [string, SystemFactory][] = [
+  ['LevelDB', levelSystems],
+  ['in-memory', memorySystems],
+]
 
 const dirs: string[] = []
 const stacks: Stack[] = []

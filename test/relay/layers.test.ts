@@ -7,11 +7,11 @@ import { CopyBitmap } from '../../lib/migration/bitmap.js'
 import { RetainedSources } from '../../lib/migration/retained.js'
 import type { ChunkLayer } from '../../lib/relay/chunk-layer.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
-import { levelSystems, openStack, type Stack, type SystemFactory } from '../helpers/stack.js'
+import { memorySystems, openStack, type Stack, type SystemFactory } from '../helpers/stack.js'
 import { layerSuite, type LayerFactory } from './layer.suite.js'
 
-/** Where the stacks' storage systems come from. */
-const systemsFrom: SystemFactory = levelSystems
+/** Where the stacks' storage systems come from: in memory (the layers' logic, not LevelDB's, is under test). */
+const systemsFrom: SystemFactory = memorySystems
 
 function over(pick: (s: Stack) => Promise<ChunkLayer> | ChunkLayer): LayerFactory {
   return async ({ extents, capacity }) => {
