@@ -1,13 +1,13 @@
 /**
  * Extent tiles: a volume's extent map aggregated into at most N tiles, so the
  * web view draws a 16 TiB volume (16 Mi extents) in a few hundred cells and
- * never sends a cell per extent. Works from the map's runs (ThinVolume.runs:
+ * never sends a cell per extent. Works from the map's runs (VolumeMap.runs:
  * consecutive extents on one storage system), so the cost is O(runs + tiles),
  * not O(extents). Also the storage systems' free-space strips.
  *
  * Pure functions over values: no I/O, no state, nothing to crash.
  */
-import type { MapRun } from '../relay/thin.js'
+import type { MapRun } from '../relay/volume-map.js'
 
 /** One tile that holds at least one allocated extent (tiles with none are left out). */
 export interface ExtentTile {

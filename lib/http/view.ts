@@ -171,7 +171,7 @@ export class WebView {
   private cheapSignature(info: VolumeInfo, legend: string[]): string {
     const v = this.manager.volumeNamed(info.name)
     const job = this.manager.jobs.activeJobOf(v.record.no)
-    return `${info.size}|${info.allocated}|${v.thin.extentCount()}|${info.state}|${info.hosts.join(',')}|${legend.join('/')}|${job ? '-' : ''}`
+    return `${info.size}|${info.allocated}|${v.map.extentCount()}|${info.state}|${info.hosts.join(',')}|${legend.join('/')}|${job ? '-' : ''}`
   }
 
   /** What the pool's figures depend on, in O(systems + volumes). */
@@ -211,7 +211,7 @@ export class WebView {
     return extentTiles(
       {
         extents: Math.ceil(v.size / EXTENT_SIZE),
-        runs: v.thin.runs(),
+        runs: v.map.runs(),
         systemName: (sid) => (pool.has(sid) ? pool.get(sid).name : `#${sid}`),
         retained: marks ? this.manager.jobs.retainedExtents(v.record.no) : undefined,
         pending: moving

@@ -11,14 +11,13 @@
 import { VvfsError } from '../errors.js'
 import { EXTENT_CHUNKS } from '../layout.js'
 import type { Logger } from '../log.js'
-import { bitmapPrefix } from '../migration/bitmap.js'
 import { isActive, type CopyMode, type JobKind, type JobRecord, type JobStatus } from '../migration/job.js'
 import { planConsolidation, type Plan, type PlannerSystem, type PlannerVolume } from '../migration/planner.js'
-import { retainedPrefix } from '../migration/retained.js'
-import { entryBytes, MigrationRunner, type MovableVolume } from '../migration/runner.js'
-import { decodeExtentRecord, type ExtentEntry } from '../relay/extent-entry.js'
+import { MigrationRunner, type MovableVolume } from '../migration/runner.js'
+import { entryBytes, type ExtentEntry } from '../relay/extent-entry.js'
+import type { PlacementRule } from '../relay/extent-ops.js'
+import { decodeExtentRecord, isRetainedKey, jobNoOfKey, jobOwnedPrefixes, parseRetainedKey } from '../relay/key-space.js'
 import type { MapStore } from '../relay/map-store.js'
-import type { PlacementRule } from '../relay/thin.js'
 import type { ChunkMover } from '../storage/chunk-mover.js'
 import type { Pool } from '../storage/pool.js'
 import type { Catalog } from './catalog.js'
@@ -85,16 +84,16 @@ export class JobManager {
     }
     // Records of jobs that are gone: retained sources whose release was cut short, bitmaps.
     const live = new Set(this.runners.keys())
-    for (const prefix of [retainedPrefix(), bitmapPrefix('copy', 0).subarray(0, 1), bitmapPrefix('dirty', 0).subarray(0, 1)]) {
+    for (const prefix of jobOwnedPrefixes()) {
       const stale: Buffer[] = []
       for await (const [key, value] of this.h.maps.scan(prefix)) {
-        if (live.has(key.readUInt32BE(1))) continue
-        if (prefix[0] === retainedPrefix()[0]) {
-          const v = this.h.movable(key.readUInt32BE(5))
+        if (live.has(jobNoOfKey(key))) continue
+        if (isRetainedKey(key)) {
+          const v = this.h.movable(parseRetainedKey(key).volNo)
           const { entry } = decodeExtentRecord(value)
           if (v && entry && this.isFree(entry)) {
-            v.thin.adoptHeld(entry)
-            await v.thin.discardEntry(entry)
+            v.extents.holdSpace(entry)
+            await v.extents.discardEntry(entry)
           }
         }
         stale.push(key)
@@ -155,7 +154,7 @@ export class JobManager {
     if (dest.draining) throw new VvfsError('INVALID_ARGUMENT', `${p.to} is being drained`)
     this.checkIdle(volNo, p.volume)
     const v = this.h.movable(volNo)!
-    const bySystem = v.thin.allocationBySystem()
+    const bySystem = v.extents.allocationBySystem()
     const sources = [...bySystem.keys()]
     const toMove = [...bySystem].filter(([sid]) => sid !== toSid).reduce((a, [, b]) => a + b, 0)
     if (toMove > dest.table.free) {
@@ -171,7 +170,7 @@ export class JobManager {
     const volNos: number[] = []
     for (let volNo = 1; volNo < this.h.catalog.data.nextVolumeNo; volNo++) {
       const v = this.h.movable(volNo)
-      if (v && v.thin.allocationBySystem().has(fromSid)) {
+      if (v && v.extents.allocationBySystem().has(fromSid)) {
         this.checkIdle(volNo, v.name)
         volNos.push(volNo)
       }
@@ -294,11 +293,11 @@ export class JobManager {
     for (let volNo = 1; volNo < data.nextVolumeNo; volNo++) {
       const v = this.h.movable(volNo)
       if (!v) continue
-      for (const e of v.thin.extentIndexes()) {
-        const entry = v.thin.entry(e)!
+      for (const e of v.extents.extentIndexes()) {
+        const entry = v.extents.entry(e)!
         if (entry.kind === 'whole' && !held.has(`${entry.sid}:${entry.slot}`)) bySid.get(entry.sid)!.owners[entry.slot] = volNo
       }
-      volumes.push({ volNo, name: v.name, bySystem: v.thin.allocationBySystem(), busy: this.activeJobOf(volNo) !== undefined })
+      volumes.push({ volNo, name: v.name, bySystem: v.extents.allocationBySystem(), busy: this.activeJobOf(volNo) !== undefined })
     }
     return planConsolidation(systems, volumes, data.consolidation)
   }

@@ -19,11 +19,10 @@ import { HostMount, type HostView, type MountTimeouts } from '../fuse/host-mount
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
 import type { Logger } from '../log.js'
 import type { ExtentEntry } from '../relay/extent-entry.js'
-import { decodeExtentRecord } from '../relay/extent-entry.js'
+import { extentPrefix } from '../relay/key-space.js'
 import { MapStore } from '../relay/map-store.js'
-import { RangeLock } from '../relay/range-lock.js'
-import { extentPrefix, parseExtentKey, ThinVolume } from '../relay/thin.js'
-import { Volume } from '../relay/volume.js'
+import { buildVolumeStack } from '../relay/stack.js'
+import { readVolumeMaps } from '../relay/volume-map.js'
 import { Pool } from '../storage/pool.js'
 import { StorageSystem } from '../storage/storage-system.js'
 import { checkName, formatSize, parseSize } from '../units.js'
@@ -34,8 +33,6 @@ import { reclaimVolume, type ReclaimResult } from './reclaim.js'
 import { VolumeHandle } from './volume-handle.js'
 import { volumeMapView } from './extent-runs.js'
 import { JobManager, type JobInfo } from './jobs.js'
-import { MigrateLayer } from '../migration/layer.js'
-import { ReadAhead } from '../relay/readahead.js'
 import { readCache } from '../fuse/read-cache.js'
 import type { CopyMode } from '../migration/job.js'
 import type { ConsolidationPolicy } from '../migration/planner.js'
@@ -128,7 +125,7 @@ export class Manager implements HostView {
 
   private byNo(volNo: number) {
     for (const h of this.handles.values()) {
-      if (h.record.no === volNo) return { volNo, name: h.name, thin: h.thin, locks: h.volume.locks, layer: h.layer }
+      if (h.record.no === volNo) return { volNo, name: h.name, extents: h.extents, layer: h.layer }
     }
     return undefined
   }
@@ -180,26 +177,12 @@ export class Manager implements HostView {
     const byNo = new Map<number, VolumeRecord>()
     for (const rec of data.volumes) byNo.set(rec.no, rec)
 
-    // Read every map record; adopt those of live volumes, keep the rest to clean.
-    const found = new Map<number, Map<number, ExtentEntry>>()
-    const stray: { key: Buffer; entry: ExtentEntry | null }[] = []
-    for await (const [key, value] of this.maps.scan(extentPrefix())) {
-      const { volNo, extent } = parseExtentKey(key)
-      const { seq, entry } = decodeExtentRecord(value)
-      this.maps.noteSeq(seq)
+    // Read every map record; live volumes' stacks adopt theirs, the rest are cleaned.
+    const { entries, stray } = await readVolumeMaps(this.maps, (volNo, extent) => {
       const rec = byNo.get(volNo)
-      if (!rec || rec.state !== 'ready' || extent * EXTENT_SIZE >= rec.size) stray.push({ key, entry })
-      else if (entry) {
-        let m = found.get(volNo)
-        if (!m) found.set(volNo, (m = new Map()))
-        m.set(extent, entry)
-      }
-    }
-    for (const rec of data.volumes.filter((v) => v.state === 'ready')) {
-      const handle = this.makeHandle(rec)
-      for (const [extent, entry] of found.get(rec.no) ?? []) handle.thin.adopt(extent, entry)
-      this.handles.set(rec.name, handle)
-    }
+      return rec !== undefined && rec.state === 'ready' && extent * EXTENT_SIZE < rec.size
+    })
+    for (const rec of data.volumes.filter((v) => v.state === 'ready')) this.handles.set(rec.name, this.makeHandle(rec, entries.get(rec.no)))
     // Space held by migration jobs is marked before stray records are cleaned.
     await this.jobs.restore()
     await this.cleanStray(stray)
@@ -383,7 +366,7 @@ export class Manager implements HostView {
   }
 
   private volumesOn(sid: number): string[] {
-    return [...this.handles.values()].filter((v) => v.thin.allocationBySystem().has(sid)).map((v) => v.name)
+    return [...this.handles.values()].filter((v) => v.map.allocationBySystem().has(sid)).map((v) => v.name)
   }
 
   private systemName(sid: number): string {
@@ -400,7 +383,7 @@ export class Manager implements HostView {
     const systems = this.pool.list().map((system) => {
       const f = system.table.figures()
       if (f.largestFreeRun > largest) largest = f.largestFreeRun
-      const sizeHere = [...this.handles.values()].reduce((sum, v) => sum + (v.thin.allocationBySystem().has(system.sid) ? v.size : 0), 0)
+      const sizeHere = [...this.handles.values()].reduce((sum, v) => sum + (v.map.allocationBySystem().has(system.sid) ? v.size : 0), 0)
       return {
         name: system.name,
         capacity: f.capacity,
@@ -548,16 +531,16 @@ export class Manager implements HostView {
 
   showVolume(name: string, perExtent = false): VolumeDetail {
     const v = this.volumeNamed(name)
-    const bySystem = [...v.thin.allocationBySystem()].map(([sid, allocated]) => ({ storage: this.systemName(sid), allocated }))
-    const view = volumeMapView(v.thin.extentMap(), (sid) => this.systemName(sid), perExtent)
-    return { ...this.volumeInfo(v), allocatedBySystem: bySystem, extents: v.thin.extentCount(), map: view.runs, extentMap: view.extents, open: v.openCounts() }
+    const bySystem = [...v.map.allocationBySystem()].map(([sid, allocated]) => ({ storage: this.systemName(sid), allocated }))
+    const view = volumeMapView(v.map.extentMap(), (sid) => this.systemName(sid), perExtent)
+    return { ...this.volumeInfo(v), allocatedBySystem: bySystem, extents: v.map.extentCount(), map: view.runs, extentMap: view.extents, open: v.openCounts() }
   }
 
   async mapOf(name: string, offset: number) {
     const v = this.volumeNamed(name)
     if (offset >= v.size) throw new VvfsError('OUT_OF_RANGE', `offset ${offset} is past the end of volume ${name} (${v.size} bytes)`)
-    const loc = v.thin.locate(Math.floor(offset / CHUNK_SIZE))
-    const stored = loc.sid !== undefined && loc.pca !== undefined ? await v.thin.isStored(loc.sid, loc.pca) : false
+    const loc = v.map.locate(Math.floor(offset / CHUNK_SIZE))
+    const stored = loc.sid !== undefined && loc.pca !== undefined ? await v.map.isStored(loc.sid, loc.pca) : false
     return {
       volume: name,
       offset,
@@ -750,22 +733,28 @@ export class Manager implements HostView {
 
   // ---- helpers
 
-  private makeHandle(rec: VolumeRecord): VolumeHandle {
-    const locks = new RangeLock()
-    const thin = new ThinVolume(rec.no, this.pool, this.maps, locks, this.spaceWatch)
-    thin.placement = () => {
-      const rule = this.jobs.placementFor(rec.no)
-      if (rule.only !== undefined || rule.exclude) return rule
-      return rec.home !== undefined && this.pool.has(rec.home) ? { prefer: rec.home } : {}
-    }
-    thin.onFailure = (f) => {
-      const e = asVvfsError(f.err)
-      this.log.error({ event: `volume.${f.what}_failed`, volume: rec.name, extent: f.extent, code: e.code, err: e.message }, `volume ${rec.name}: ${f.what} failed at extent ${f.extent}`)
-    }
-    const layer = new MigrateLayer(thin, rec.no)
-    const ahead: ReadAhead = new ReadAhead(layer, locks, (): number => Math.ceil(volume.size / CHUNK_SIZE), readCache.mirror(rec.no))
-    const volume: Volume = new Volume(ahead, rec.size, locks)
-    return new VolumeHandle(rec, thin, layer, volume, {
+  /** A live volume: its stack (lib/relay/stack.ts) over the entries found at start, if any. */
+  private makeHandle(rec: VolumeRecord, entries?: Map<number, ExtentEntry>): VolumeHandle {
+    const stack = buildVolumeStack({
+      volNo: rec.no,
+      size: rec.size,
+      pool: this.pool,
+      maps: this.maps,
+      entries: entries?.entries(),
+      space: this.spaceWatch,
+      mover: this.mover,
+      readAhead: { mirror: readCache.mirror(rec.no) },
+      placement: () => {
+        const rule = this.jobs.placementFor(rec.no)
+        if (rule.only !== undefined || rule.exclude) return rule
+        return rec.home !== undefined && this.pool.has(rec.home) ? { prefer: rec.home } : {}
+      },
+      onFailure: (f) => {
+        const e = asVvfsError(f.err)
+        this.log.error({ event: `volume.${f.what}_failed`, volume: rec.name, extent: f.extent, code: e.code, err: e.message }, `volume ${rec.name}: ${f.what} failed at extent ${f.extent}`)
+      },
+    })
+    return new VolumeHandle(rec, stack, {
       hostIo: () => {
         this.hostOps++
       },

@@ -33,7 +33,10 @@ export interface ReclaimResult {
   journal: Ext4FreeSpace['journal']
 }
 
-export async function reclaimVolume(v: VolumeHandle, opts: { dryRun: boolean; force: boolean }): Promise<ReclaimResult> {
+/** What reclaim uses of a volume: its byte face, its open state and its extent operations. */
+export type ReclaimableVolume = Pick<VolumeHandle, 'name' | 'size' | 'allocatedBytes' | 'isOpenForWrite' | 'openCounts' | 'blockWriters' | 'read' | 'discard' | 'extents'>
+
+export async function reclaimVolume(v: ReclaimableVolume, opts: { dryRun: boolean; force: boolean }): Promise<ReclaimResult> {
   if (v.isOpenForWrite() && !opts.force) {
     throw new VvfsError(
       'VOLUME_BUSY',
@@ -58,17 +61,17 @@ export async function reclaimVolume(v: VolumeHandle, opts: { dryRun: boolean; fo
     let droppedBytes = 0
     if (opts.dryRun) {
       for (const r of ranges) {
-        const w = await v.thin.wouldRelease(r.first, r.end - r.first)
+        const w = await v.extents.wouldRelease(r.first, r.end - r.first)
         releasedBytes += w.allocation
         droppedBytes += w.chunks * CHUNK_SIZE
       }
     } else {
       const before = v.allocatedBytes
       for (const r of ranges) {
-        droppedBytes += (await v.thin.wouldRelease(r.first, r.end - r.first)).chunks * CHUNK_SIZE
+        droppedBytes += (await v.extents.wouldRelease(r.first, r.end - r.first)).chunks * CHUNK_SIZE
         await v.discard(r.first * CHUNK_SIZE, (r.end - r.first) * CHUNK_SIZE)
       }
-      await v.thin.settle()
+      await v.extents.settle()
       releasedBytes = before - v.allocatedBytes
     }
     return {

@@ -9,8 +9,11 @@
  */
 import { VvfsError } from '../errors.js'
 import type { ServedVolume } from '../fuse/host-mount.js'
+import type { ExtentOps } from '../relay/extent-ops.js'
+import type { VolumeStack } from '../relay/stack.js'
+import type { ThinLayer } from '../relay/thin.js'
 import type { ErrorCursor, Volume } from '../relay/volume.js'
-import type { ThinVolume } from '../relay/thin.js'
+import type { VolumeMap } from '../relay/volume-map.js'
 import type { MigrateLayer } from '../migration/layer.js'
 import { MAX_SIZE } from '../units.js'
 import type { VolumeRecord } from './catalog.js'
@@ -31,13 +34,22 @@ export class VolumeHandle implements ServedVolume {
   private writersBlocked: string | null = null
   modifiedAt: Date
 
+  readonly map: VolumeMap
+  readonly thin: ThinLayer
+  readonly extents: ExtentOps
+  readonly layer: MigrateLayer
+  readonly volume: Volume
+
   constructor(
     readonly record: VolumeRecord,
-    readonly thin: ThinVolume,
-    readonly layer: MigrateLayer,
-    readonly volume: Volume,
+    stack: VolumeStack,
     private readonly hooks: VolumeHooks,
   ) {
+    this.map = stack.map
+    this.thin = stack.thin
+    this.extents = stack.extents
+    this.layer = stack.migrate
+    this.volume = stack.volume
     this.modifiedAt = new Date(record.createdAt)
   }
 
@@ -51,7 +63,7 @@ export class VolumeHandle implements ServedVolume {
     return this.volume.size
   }
   get allocatedBytes(): number {
-    return this.thin.allocatedBytes
+    return this.map.allocatedBytes
   }
   get createdAt(): Date {
     return new Date(this.record.createdAt)

@@ -5,33 +5,17 @@
  * bits, each a versioned, checksummed record, written as the bits change:
  * a job resumes after kill -9 from its bitmap without recopying what is done.
  */
-import { crc32 } from 'node:zlib'
-import { VvfsError } from '../errors.js'
-import type { MapStore } from '../relay/map-store.js'
-
-const PAGE_BITS = 4096
-const PAGE_BYTES = PAGE_BITS / 8
-const FORMAT = 1
-
-export type BitmapKind = 'copy' | 'dirty'
-const PREFIX: Record<BitmapKind, number> = { copy: 0x62 /* b */, dirty: 0x64 /* d */ }
-
-export function bitmapPrefix(kind: BitmapKind, jobNo: number): Buffer {
-  const key = Buffer.alloc(5)
-  key[0] = PREFIX[kind]
-  key.writeUInt32BE(jobNo, 1)
-  return key
-}
-
-function pageKey(kind: BitmapKind, jobNo: number, volNo: number, phase: number, page: number): Buffer {
-  const key = Buffer.alloc(14)
-  key[0] = PREFIX[kind]
-  key.writeUInt32BE(jobNo, 1)
-  key.writeUInt32BE(volNo, 5)
-  key[9] = phase
-  key.writeUInt32BE(page, 10)
-  return key
-}
+import {
+  bitmapPageKey as pageKey,
+  bitmapPrefix,
+  decodeBitmapPage,
+  encodeBitmapPage,
+  PAGE_BITS,
+  PAGE_BYTES,
+  parseBitmapPageKey,
+  type BitmapKind,
+} from '../relay/key-space.js'
+import type { MapPut, MapStore } from '../relay/map-store.js'
 
 export class CopyBitmap {
   private readonly pages = new Map<number, Buffer>()
@@ -47,15 +31,10 @@ export class CopyBitmap {
 
   static async load(maps: MapStore, kind: BitmapKind, jobNo: number, volNo: number, phase = 0): Promise<CopyBitmap> {
     const bm = new CopyBitmap(maps, kind, jobNo, volNo, phase)
-    const prefix = pageKey(kind, jobNo, volNo, phase, 0).subarray(0, 10)
-    for await (const [key, value] of maps.scan(prefix)) {
-      const end = value.length - 4
-      if (value.length !== 1 + 6 + PAGE_BYTES + 4 || value[0] !== FORMAT || crc32(value.subarray(0, end)) !== value.readUInt32BE(end)) {
-        throw new VvfsError('STATE_CORRUPT', `${kind} bitmap page of job ${jobNo} is corrupt`)
-      }
-      maps.noteSeq(value.readUIntBE(1, 6))
-      const bits = Buffer.from(value.subarray(7, 7 + PAGE_BYTES))
-      bm.pages.set(key.readUInt32BE(10), bits)
+    for await (const [key, value] of maps.scan(bitmapPrefix(kind, jobNo, volNo, phase))) {
+      const { seq, bits } = decodeBitmapPage(value, `${kind} bitmap page of job ${jobNo}`)
+      maps.noteSeq(seq)
+      bm.pages.set(parseBitmapPageKey(key).page, bits)
       for (const byte of bits) bm.ones += popcount(byte)
     }
     return bm
@@ -79,7 +58,7 @@ export class CopyBitmap {
   }
 
   /** Sets the bit and returns its page's record write, for a batch of the caller's (a migration's switch). */
-  mark(index: number): { key: Buffer; produce: () => Buffer } {
+  mark(index: number): MapPut {
     const p = Math.floor(index / PAGE_BITS)
     let page = this.pages.get(p)
     if (!page) this.pages.set(p, (page = Buffer.alloc(PAGE_BYTES)))
@@ -100,13 +79,7 @@ export class CopyBitmap {
   }
 
   private encode(p: number): Buffer {
-    const page = this.pages.get(p)!
-    const buf = Buffer.alloc(1 + 6 + PAGE_BYTES + 4)
-    buf[0] = FORMAT
-    buf.writeUIntBE(this.maps.nextSeq(), 1, 6)
-    page.copy(buf, 7)
-    buf.writeUInt32BE(crc32(buf.subarray(0, 7 + PAGE_BYTES)), 7 + PAGE_BYTES)
-    return buf
+    return encodeBitmapPage(this.maps.nextSeq(), this.pages.get(p)!)
   }
 }
 

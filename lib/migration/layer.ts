@@ -12,7 +12,7 @@
  * that one copy.
  */
 import { CHUNK_SIZE, EXTENT_CHUNKS } from '../layout.js'
-import type { ChunkLayer } from '../relay/chunk-layer.js'
+import { writeAfter, type ChunkLayer, type Write } from '../relay/chunk-layer.js'
 import type { CopyBitmap } from './bitmap.js'
 import type { RetainedSources } from './retained.js'
 
@@ -33,9 +33,10 @@ export class MigrateLayer implements ChunkLayer {
     return this.lower.read(first, count, into)
   }
 
-  async write(first: number, data: Buffer, accepted?: () => void): Promise<void> {
-    if (this.tracking) await this.markDirty(first, data.length / CHUNK_SIZE)
-    return this.lower.write(first, data, accepted)
+  write(first: number, data: Buffer): Write {
+    if (!this.tracking) return this.lower.write(first, data)
+    // The dirty mark is durable before the write is even accepted.
+    return writeAfter(this.markDirty(first, data.length / CHUNK_SIZE), () => this.lower.write(first, data))
   }
 
   async discard(first: number, count: number): Promise<void> {

@@ -6,27 +6,9 @@
  * MapStore, written in the same batch as the switch that makes it needed.
  * Their space stays allocated (not free) while they are held.
  */
-import { decodeExtentRecord, encodeExtentRecord, type ExtentEntry } from '../relay/extent-entry.js'
-import type { MapStore } from '../relay/map-store.js'
-
-const PREFIX = 0x72 // 'r'
-
-export function retainedPrefix(jobNo?: number): Buffer {
-  if (jobNo === undefined) return Buffer.from([PREFIX])
-  const key = Buffer.alloc(5)
-  key[0] = PREFIX
-  key.writeUInt32BE(jobNo, 1)
-  return key
-}
-
-function key(jobNo: number, volNo: number, extent: number): Buffer {
-  const k = Buffer.alloc(15)
-  k[0] = PREFIX
-  k.writeUInt32BE(jobNo, 1)
-  k.writeUInt32BE(volNo, 5)
-  k.writeUIntBE(extent, 9, 6)
-  return k
-}
+import type { ExtentEntry } from '../relay/extent-entry.js'
+import { decodeExtentRecord, encodeExtentRecord, parseRetainedKey, retainedKey as key, retainedPrefix } from '../relay/key-space.js'
+import type { MapPut, MapStore } from '../relay/map-store.js'
 
 export class RetainedSources {
   private readonly byVolume = new Map<number, Map<number, ExtentEntry>>()
@@ -42,7 +24,8 @@ export class RetainedSources {
     for await (const [k, v] of maps.scan(retainedPrefix(jobNo))) {
       const { seq, entry } = decodeExtentRecord(v)
       maps.noteSeq(seq)
-      if (entry) r.remember(k.readUInt32BE(5), k.readUIntBE(9, 6), entry)
+      const { volNo, extent } = parseRetainedKey(k)
+      if (entry) r.remember(volNo, extent, entry)
     }
     return r
   }
@@ -70,13 +53,13 @@ export class RetainedSources {
   }
 
   /** Holds `entry` and returns its record write, for the switch's batch. */
-  hold(volNo: number, extent: number, entry: ExtentEntry): { key: Buffer; produce: () => Buffer | null } {
+  hold(volNo: number, extent: number, entry: ExtentEntry): MapPut {
     this.remember(volNo, extent, entry)
     return { key: key(this.jobNo, volNo, extent), produce: () => (this.has(volNo, extent) ? encodeExtentRecord(this.maps.nextSeq(), this.get(volNo, extent)!) : null) }
   }
 
   /** Lets go of an extent and returns the record's deletion, for a batch. */
-  drop(volNo: number, extent: number): { key: Buffer; produce: () => Buffer | null } {
+  drop(volNo: number, extent: number): MapPut {
     this.byVolume.get(volNo)?.delete(extent)
     return { key: key(this.jobNo, volNo, extent), produce: () => null }
   }

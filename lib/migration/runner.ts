@@ -49,31 +49,28 @@
  */
 import { asVvfsError, VvfsError } from '../errors.js'
 import { crashPoint } from '../crash-points.js'
-import { EXTENT_CHUNKS, EXTENT_SIZE, CHUNK_SIZE } from '../layout.js'
 import type { Logger } from '../log.js'
-import type { ExtentEntry } from '../relay/extent-entry.js'
+import { entryBytes, entrySystems, sameShape, type ExtentEntry } from '../relay/extent-entry.js'
+import type { ExtentOps, PlacementRule } from '../relay/extent-ops.js'
+import { decodeProgress, encodeProgress, progressKey } from '../relay/key-space.js'
 import type { MapStore } from '../relay/map-store.js'
-import type { RangeLock } from '../relay/range-lock.js'
-import type { PlacementRule, ThinVolume } from '../relay/thin.js'
-import type { ChunkMover } from '../storage/chunk-mover.js'
 import type { Pool } from '../storage/pool.js'
 import { CopyBitmap } from './bitmap.js'
 import type { JobRecord, JobResult, JobStatus } from './job.js'
 import type { MigrateLayer } from './layer.js'
 import { RetainedSources } from './retained.js'
 
+/** A volume as a job sees it: its extent operations and the layer that keeps its dirty bits. */
 export interface MovableVolume {
   volNo: number
   name: string
-  thin: ThinVolume
-  locks: RangeLock
+  extents: ExtentOps
   layer: MigrateLayer
 }
 
 export interface RunnerDeps {
   pool: Pool
   maps: MapStore
-  mover: ChunkMover
   volume(volNo: number): MovableVolume | undefined
   /** Persists the job record (the catalog) after a status change. */
   save(job: JobRecord): Promise<void>
@@ -93,30 +90,6 @@ export interface RunnerDeps {
  * under that load at 117–121 vs 124–127 MB/s.
  */
 const HOST_SHARE = 5
-
-const PROGRESS_PREFIX = 0x70 // 'p'
-
-function progressKey(jobNo: number): Buffer {
-  const k = Buffer.alloc(5)
-  k[0] = PROGRESS_PREFIX
-  k.writeUInt32BE(jobNo, 1)
-  return k
-}
-
-export function entryBytes(entry: ExtentEntry): number {
-  return entry.kind === 'whole' ? EXTENT_SIZE : entry.frags.size * CHUNK_SIZE
-}
-
-function systemsOf(entry: ExtentEntry): Set<number> {
-  return entry.kind === 'whole' ? new Set([entry.sid]) : new Set([...entry.frags.values()].map((f) => f.sid))
-}
-
-function sameShape(a: ExtentEntry, b: ExtentEntry): boolean {
-  if (a.kind === 'whole' || b.kind === 'whole') return a.kind === b.kind
-  if (a.frags.size !== b.frags.size) return false
-  for (const c of a.frags.keys()) if (!b.frags.has(c)) return false
-  return true
-}
 
 export class MigrationRunner {
   private pauseRequested = false
@@ -142,7 +115,7 @@ export class MigrationRunner {
     const runner = new MigrationRunner(job, deps, retained)
     const saved = await deps.maps.get(progressKey(job.id))
     if (saved) {
-      const p = JSON.parse(saved.toString()) as { current: number; total: number; phase: number }
+      const p = decodeProgress(saved)
       job.current = Math.max(job.current, p.current)
       job.total = Math.max(job.total, p.total)
       job.phase = Math.max(job.phase, p.phase)
@@ -158,7 +131,7 @@ export class MigrationRunner {
 
   /** Space held by retained sources, marked used at start (before any allocation). */
   adoptHeld(): void {
-    for (const [volNo, , entry] of this.retained.all()) this.deps.volume(volNo)?.thin.adoptHeld(entry)
+    for (const [volNo, , entry] of this.retained.all()) this.deps.volume(volNo)?.extents.holdSpace(entry)
   }
 
   start(): void {
@@ -241,7 +214,7 @@ export class MigrationRunner {
           const v = this.deps.volume(volNo)
           if (!v) continue
           const there = await this.bitmap(volNo, 0)
-          for (const e of v.thin.extentIndexes()) if (this.isFinal(v.thin.entry(e)!)) await there.set(e)
+          for (const e of v.extents.extentIndexes()) if (this.isFinal(v.extents.entry(e)!)) await there.set(e)
         }
       }
       job.total = this.remainingBytes() * job.phases
@@ -259,7 +232,7 @@ export class MigrationRunner {
         const v = this.deps.volume(volNo)
         if (!v) continue
         const bitmap = await this.bitmap(volNo, phase)
-        for (const e of v.thin.extentIndexes()) {
+        for (const e of v.extents.extentIndexes()) {
           if (bitmap.has(e)) continue
           let bytes: number | undefined
           let ops = 0
@@ -286,8 +259,8 @@ export class MigrationRunner {
     for (const volNo of this.job.volNos) {
       const v = this.deps.volume(volNo)
       if (!v) continue
-      for (const e of v.thin.extentIndexes()) {
-        const entry = v.thin.entry(e)!
+      for (const e of v.extents.extentIndexes()) {
+        const entry = v.extents.entry(e)!
         if (!this.isFinal(entry)) bytes += entryBytes(entry)
       }
     }
@@ -295,21 +268,20 @@ export class MigrationRunner {
   }
 
   private async moveExtent(v: MovableVolume, e: number, phase: number, bitmap: CopyBitmap): Promise<number> {
-    const release = await v.locks.acquire(e * EXTENT_CHUNKS, (e + 1) * EXTENT_CHUNKS, 'exclusive')
+    const release = await v.extents.lock(e)
     try {
-      await v.thin.settled(e)
-      const cur = v.thin.entry(e)
+      const cur = v.extents.entry(e)
       if (!cur || this.isDoneIn(v.volNo, e, cur, phase)) {
         await this.markCopied(bitmap, e, 0)
         return 0
       }
-      const next = v.thin.allocateLike(cur, this.placementFor(phase, cur))
+      const next = v.extents.allocateLike(cur, this.placementFor(phase, cur))
       if (!next) throw new VvfsError('POOL_FULL', `no room for extent ${e} of volume ${v.name} at the ${phase < this.job.phases ? 'intermediate' : 'destination'} storage`)
       let bytes: number
       try {
-        bytes = await this.copyDurably(cur, next)
+        bytes = await this.copyDurably(v, cur, next)
       } catch (err) {
-        v.thin.forgetEntry(next)
+        v.extents.forget(next)
         throw err
       }
       crashPoint('migration.copy')
@@ -318,8 +290,8 @@ export class MigrationRunner {
       // The source may lose what the copy read (unlogged writes) to a kill -9:
       // a rollback must then copy the extent back rather than switch back.
       const dirty = this.dirty.get(v.volNo)
-      if (firstMove && dirty && [...systemsOf(cur)].some((sid) => this.deps.pool.get(sid).holdsUnsyncedUnlogged)) extra.push(dirty.mark(e))
-      await v.thin.switchExtent(e, cur, next, extra)
+      if (firstMove && dirty && [...entrySystems(cur)].some((sid) => this.deps.pool.get(sid).holdsUnsyncedUnlogged)) extra.push(dirty.mark(e))
+      await v.extents.switchExtent(e, cur, next, extra)
       crashPoint('migration.switch')
       await this.markCopied(bitmap, e, entryBytes(cur))
       crashPoint('migration.bitmap')
@@ -368,7 +340,7 @@ export class MigrationRunner {
     let n = 0
     for (const [volNo, e, entry] of [...this.retained.all()]) {
       const v = this.deps.volume(volNo)
-      if (v) await v.thin.discardEntry(entry)
+      if (v) await v.extents.discardEntry(entry)
       await this.deps.maps.putMany([this.retained.drop(volNo, e)])
       if (++n === 1) crashPoint('migration.release')
     }
@@ -397,8 +369,8 @@ export class MigrationRunner {
       // Extents created during the job live at the destination: bring them to the source too.
       if (v && job.toSid !== undefined) {
         const there = await this.bitmap(volNo, 0)
-        for (const e of v.thin.extentIndexes()) {
-          const cur = v.thin.entry(e)
+        for (const e of v.extents.extentIndexes()) {
+          const cur = v.extents.entry(e)
           if (cur && !there.has(e) && !this.onSources(cur)) await this.moveToSource(v, e)
         }
       }
@@ -408,13 +380,12 @@ export class MigrationRunner {
   }
 
   private async returnExtent(v: MovableVolume, e: number, src: ExtentEntry, dirty: CopyBitmap | undefined): Promise<void> {
-    const release = await v.locks.acquire(e * EXTENT_CHUNKS, (e + 1) * EXTENT_CHUNKS, 'exclusive')
+    const release = await v.extents.lock(e)
     try {
-      await v.thin.settled(e)
-      const cur = v.thin.entry(e)
+      const cur = v.extents.entry(e)
       if (!cur) {
         // The host discarded the extent since: so does the source.
-        await v.thin.discardEntry(src)
+        await v.extents.discardEntry(src)
         await this.deps.maps.putMany([this.retained.drop(v.volNo, e)])
         return
       }
@@ -425,34 +396,33 @@ export class MigrationRunner {
       let target = src
       let fresh = false
       if (!sameShape(cur, src)) {
-        const sid = [...systemsOf(src)][0]!
-        const alloc = v.thin.allocateLike(cur, { only: sid })
+        const sid = [...entrySystems(src)][0]!
+        const alloc = v.extents.allocateLike(cur, { only: sid })
         if (!alloc) throw new VvfsError('POOL_FULL', `no room to return extent ${e} of volume ${v.name} to its source`)
-        await this.copyDurably(cur, alloc)
+        await this.copyDurably(v, cur, alloc)
         target = alloc
         fresh = true
       } else if (dirty?.has(e) ?? true) {
-        await this.copyDurably(cur, src)
+        await this.copyDurably(v, cur, src)
       }
-      await v.thin.switchExtent(e, cur, target, [this.retained.drop(v.volNo, e)])
+      await v.extents.switchExtent(e, cur, target, [this.retained.drop(v.volNo, e)])
       await this.dropAfterSwitch(v, cur)
-      if (fresh) await v.thin.discardEntry(src)
+      if (fresh) await v.extents.discardEntry(src)
     } finally {
       release()
     }
   }
 
   private async moveToSource(v: MovableVolume, e: number): Promise<void> {
-    const release = await v.locks.acquire(e * EXTENT_CHUNKS, (e + 1) * EXTENT_CHUNKS, 'exclusive')
+    const release = await v.extents.lock(e)
     try {
-      await v.thin.settled(e)
-      const cur = v.thin.entry(e)
+      const cur = v.extents.entry(e)
       if (!cur || this.onSources(cur)) return
       const target = this.mostFree(this.job.sourceSids)
-      const next = target === undefined ? undefined : v.thin.allocateLike(cur, { only: target })
+      const next = target === undefined ? undefined : v.extents.allocateLike(cur, { only: target })
       if (!next) throw new VvfsError('POOL_FULL', `no room to return extent ${e} of volume ${v.name} to its source systems`)
-      await this.copyDurably(cur, next)
-      await v.thin.switchExtent(e, cur, next)
+      await this.copyDurably(v, cur, next)
+      await v.extents.switchExtent(e, cur, next)
       await this.dropAfterSwitch(v, cur)
     } finally {
       release()
@@ -488,7 +458,7 @@ export class MigrationRunner {
   }
 
   private isFinal(entry: ExtentEntry): boolean {
-    const sids = systemsOf(entry)
+    const sids = entrySystems(entry)
     const job = this.job
     if (job.kind === 'drain') {
       const staging = this.stagingSid
@@ -512,7 +482,7 @@ export class MigrationRunner {
         return { only: r }
       }
       // free: unused space of any storage system but the extent's own and the destination.
-      const exclude = systemsOf(entry)
+      const exclude = entrySystems(entry)
       if (job.toSid !== undefined) exclude.add(job.toSid)
       if (job.fromSid !== undefined) exclude.add(job.fromSid)
       return { exclude }
@@ -523,7 +493,7 @@ export class MigrationRunner {
 
   private onSources(entry: ExtentEntry): boolean {
     const src = new Set(this.job.sourceSids)
-    return [...systemsOf(entry)].every((s) => src.has(s) && s !== this.job.toSid)
+    return [...entrySystems(entry)].every((s) => src.has(s) && s !== this.job.toSid)
   }
 
   private mostFree(sids: number[]): number | undefined {
@@ -543,63 +513,19 @@ export class MigrationRunner {
   // ---- mechanics
 
   /**
-   * Copies and syncs the copy on its storage systems: a switch record may
-   * point at it only once it is durable there (issue 11: a 32 MiB migration
-   * and a host fsync left the destination's log unsynced, every extent zeros
-   * after a power cut). Copies are logged, so a log sync does it, without
-   * flushing the hosts' unlogged writes. Unlogged copies (issue 17) would
-   * need sync() instead — one per group of extents, before their switches
-   * (the mover reports their writes to it).
+   * Copies and syncs the copy on its storage systems (ExtentOps.copy): a
+   * switch record may point at it only once it is durable there. Unlogged
+   * copies (issue 17) would need sync() instead — one per group of extents,
+   * before their switches (the mover reports their writes to it).
    */
-  private async copyDurably(from: ExtentEntry, to: ExtentEntry): Promise<number> {
-    const bytes = await this.copy(from, to)
-    await Promise.all([...systemsOf(to)].map((sid) => this.deps.pool.get(sid).syncLogged()))
-    return bytes
+  private copyDurably(v: MovableVolume, from: ExtentEntry, to: ExtentEntry): Promise<number> {
+    return v.extents.copy(from, to, this.job.mode === 'memory' ? 'whole' : 'stream')
   }
 
   /** Drops the data of an entry a switch moved the map away from, once that switch is durable. */
   private async dropAfterSwitch(v: MovableVolume, entry: ExtentEntry): Promise<void> {
     await this.deps.maps.sync()
-    await v.thin.discardEntry(entry)
-  }
-
-  private async copy(from: ExtentEntry, to: ExtentEntry): Promise<number> {
-    const style = this.job.mode === 'memory' ? 'whole' : 'stream'
-    if (from.kind === 'whole' && to.kind === 'whole') {
-      const src = Array.from({ length: EXTENT_CHUNKS }, (_, i) => from.slot * EXTENT_CHUNKS + i)
-      const dst = Array.from({ length: EXTENT_CHUNKS }, (_, i) => to.slot * EXTENT_CHUNKS + i)
-      return this.deps.mover.copy({ fromSid: from.sid, fromPcas: src, toSid: to.sid, toPcas: dst, style })
-    }
-    if (from.kind === 'fragments' && to.kind === 'fragments') {
-      const groups = new Map<string, { fromSid: number; toSid: number; fromPcas: number[]; toPcas: number[] }>()
-      for (const [chunk, f] of from.frags) {
-        const t = to.frags.get(chunk)
-        if (!t) throw new VvfsError('INTERNAL', 'fragment shapes differ')
-        const k = `${f.sid}>${t.sid}`
-        let g = groups.get(k)
-        if (!g) groups.set(k, (g = { fromSid: f.sid, toSid: t.sid, fromPcas: [], toPcas: [] }))
-        g.fromPcas.push(f.pca)
-        g.toPcas.push(t.pca)
-      }
-      let bytes = 0
-      for (const g of groups.values()) bytes += await this.deps.mover.copy({ ...g, style })
-      return bytes
-    }
-    if (from.kind === 'fragments' && to.kind === 'whole') {
-      const chunks = [...from.frags.keys()]
-      const bySid = new Map<number, { fromPcas: number[]; toPcas: number[] }>()
-      for (const c of chunks) {
-        const f = from.frags.get(c)!
-        let g = bySid.get(f.sid)
-        if (!g) bySid.set(f.sid, (g = { fromPcas: [], toPcas: [] }))
-        g.fromPcas.push(f.pca)
-        g.toPcas.push(to.slot * EXTENT_CHUNKS + c)
-      }
-      let bytes = 0
-      for (const [sid, g] of bySid) bytes += await this.deps.mover.copy({ fromSid: sid, toSid: to.sid, ...g, style })
-      return bytes
-    }
-    throw new VvfsError('INTERNAL', `cannot copy a ${from.kind} extent into a ${to.kind} one`)
+    await v.extents.discardEntry(entry)
   }
 
   private async bitmap(volNo: number, phase: number): Promise<CopyBitmap> {
@@ -619,7 +545,7 @@ export class MigrationRunner {
 
   private saveProgress(): Promise<void> {
     const { current, total, phase } = this.job
-    return this.deps.maps.put(progressKey(this.job.id), () => Buffer.from(JSON.stringify({ current, total, phase })))
+    return this.deps.maps.put(progressKey(this.job.id), () => encodeProgress({ current, total, phase }))
   }
 
   /** A storage failure pauses the job (the extent is retried at resume); anything else fails it. */

@@ -1,17 +1,19 @@
 /**
  * ExtentEntry: one line of a volume map — where the data of one volume extent
- * lives — and its record form. A record is versioned (the global change
- * sequence number) and checksummed, so that the map can be shipped to and
- * verified by another relay (DESIGN.md, "standby relay").
+ * lives — and the one place that tells its two shapes apart for everyone
+ * else (size, systems, chunk addresses, space in the free-space tables).
+ * Its record form is in key-space.ts.
  *
  *   whole:     the extent is one slot of one storage system
  *   fragments: some of its chunks each have a single-chunk fragment, possibly
  *              on different systems (the small allocations of claim 7/16)
- *   released:  (a record with no entry) the extent holds nothing any more —
- *              kept as a versioned record so a standby relay learns of it
+ *   (released: a record with no entry — the extent holds nothing any more)
+ *
+ * Concurrency: pure functions over an entry; the space functions change the
+ * pool's free-space tables synchronously. Failure modes: none.
  */
-import { crc32 } from 'node:zlib'
-import { VvfsError } from '../errors.js'
+import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
+import type { Pool } from '../storage/pool.js'
 
 export interface Fragment {
   sid: number
@@ -32,64 +34,53 @@ export interface FragmentedExtent {
 
 export type ExtentEntry = WholeExtent | FragmentedExtent
 
-const FORMAT = 1
-const KIND_WHOLE = 1
-const KIND_FRAGMENTS = 2
-const KIND_RELEASED = 3
-
-export interface ExtentRecord {
-  seq: number
-  /** null: the extent was released. */
-  entry: ExtentEntry | null
+/** Bytes of pool space an entry holds. */
+export function entryBytes(entry: ExtentEntry): number {
+  return entry.kind === 'whole' ? EXTENT_SIZE : entry.frags.size * CHUNK_SIZE
 }
 
-export function encodeExtentRecord(seq: number, entry: ExtentEntry | null): Buffer {
-  const body = entry === null ? 0 : entry.kind === 'whole' ? 6 : 2 + entry.frags.size * 9
-  const buf = Buffer.alloc(2 + 8 + body + 4)
-  buf[0] = FORMAT
-  buf[1] = entry === null ? KIND_RELEASED : entry.kind === 'whole' ? KIND_WHOLE : KIND_FRAGMENTS
-  buf.writeUIntBE(seq, 2, 6)
-  let o = 10
-  if (entry === null) {
-    // no body
-  } else if (entry.kind === 'whole') {
-    buf.writeUInt16BE(entry.sid, o)
-    buf.writeUInt32BE(entry.slot, o + 2)
-    o += 6
-  } else {
-    buf.writeUInt16BE(entry.frags.size, o)
-    o += 2
-    for (const [chunk, f] of entry.frags) {
-      buf[o] = chunk
-      buf.writeUInt16BE(f.sid, o + 1)
-      buf.writeUIntBE(f.pca, o + 3, 6)
-      o += 9
-    }
-  }
-  buf.writeUInt32BE(crc32(buf.subarray(0, o)), o)
-  return buf
+/** The storage systems an entry's data is on. */
+export function entrySystems(entry: ExtentEntry): Set<number> {
+  if (entry.kind === 'whole') return new Set([entry.sid])
+  const sids = new Set<number>()
+  for (const f of entry.frags.values()) sids.add(f.sid)
+  return sids
 }
 
-export function decodeExtentRecord(buf: Buffer): ExtentRecord {
-  const corrupt = (why: string) => new VvfsError('STATE_CORRUPT', `volume map record is corrupt: ${why}`)
-  if (buf.length < 14) throw corrupt('too short')
-  const end = buf.length - 4
-  if (crc32(buf.subarray(0, end)) !== buf.readUInt32BE(end)) throw corrupt('checksum mismatch')
-  if (buf[0] !== FORMAT) throw corrupt(`unknown format ${buf[0]}`)
-  const seq = buf.readUIntBE(2, 6)
-  if (buf[1] === KIND_RELEASED) {
-    if (end !== 10) throw corrupt('a released record has a body')
-    return { seq, entry: null }
+/** Calls fn with the bytes of pool space an entry holds on each storage system (once per fragment). */
+export function forEachSpace(entry: ExtentEntry, fn: (sid: number, bytes: number) => void): void {
+  if (entry.kind === 'whole') fn(entry.sid, EXTENT_SIZE)
+  else for (const f of entry.frags.values()) fn(f.sid, CHUNK_SIZE)
+}
+
+/** Whether two entries hold the same chunks of an extent (so one can be copied onto the other). */
+export function sameShape(a: ExtentEntry, b: ExtentEntry): boolean {
+  if (a.kind === 'whole' || b.kind === 'whole') return a.kind === b.kind
+  if (a.frags.size !== b.frags.size) return false
+  for (const c of a.frags.keys()) if (!b.frags.has(c)) return false
+  return true
+}
+
+/** An entry's chunk addresses per storage system (a whole slot: all its chunks). */
+export function entryChunks(entry: ExtentEntry): Map<number, number[]> {
+  if (entry.kind === 'whole') return new Map([[entry.sid, Array.from({ length: EXTENT_CHUNKS }, (_, i) => entry.slot * EXTENT_CHUNKS + i)]])
+  const out = new Map<number, number[]>()
+  for (const f of entry.frags.values()) {
+    const list = out.get(f.sid)
+    if (list) list.push(f.pca)
+    else out.set(f.sid, [f.pca])
   }
-  if (buf[1] === KIND_WHOLE) {
-    return { seq, entry: { kind: 'whole', sid: buf.readUInt16BE(10), slot: buf.readUInt32BE(12) } }
-  }
-  if (buf[1] !== KIND_FRAGMENTS) throw corrupt(`unknown kind ${buf[1]}`)
-  const n = buf.readUInt16BE(10)
-  if (12 + n * 9 !== end) throw corrupt('length does not match fragment count')
-  const frags = new Map<number, Fragment>()
-  for (let i = 0, o = 12; i < n; i++, o += 9) {
-    frags.set(buf[o]!, { sid: buf.readUInt16BE(o + 1), pca: buf.readUIntBE(o + 3, 6) })
-  }
-  return { seq, entry: { kind: 'fragments', frags } }
+  return out
+}
+
+/** Marks an entry's space used in the free-space tables (an entry found at start). */
+export function markSpace(pool: Pool, entry: ExtentEntry): void {
+  if (entry.kind === 'whole') pool.get(entry.sid).table.markWhole(entry.slot)
+  else for (const f of entry.frags.values()) pool.get(f.sid).table.markFragment(f.pca)
+}
+
+/** Gives an entry's space back to the free-space tables. */
+export function releaseSpace(pool: Pool, entry: ExtentEntry): void {
+  if (entry.kind === 'whole') pool.releaseSlot(entry.sid, entry.slot)
+  else for (const f of entry.frags.values()) pool.releaseFragment(f.sid, f.pca)
 }

@@ -1,7 +1,8 @@
 /**
  * MapStore: the relay's own LevelDB (STATE/maps) — the persisted volume maps
  * (one record per volume extent) and the relay's other per-extent state
- * (migration bitmaps). The relay is its only writer.
+ * (migration bitmaps); every key and record format is in key-space.ts. The
+ * relay is its only writer.
  *
  * Writes are group-committed: `put` marks a key dirty and resolves once a
  * batch holding its latest value is written; one batch is in flight at a
@@ -27,7 +28,7 @@
  * before it, so this also covers the clear of a slot and the deletions made
  * before its space was freed by an earlier owner. Unlogged bulk writes are
  * not waited for: losing them shows the slot's own earlier data or its
- * durable clear (ThinVolume's WritePlan.inPlace). Before the batch, not just
+ * durable clear (ThinLayer's WritePlan.inPlace). Before the batch, not just
  * before a sync of this store: the kernel writes unsynced log pages back on
  * its own, in any order across files. A dependency's failed sync fails the
  * whole batch (none of its records is written). Cost and the measurements:
@@ -40,6 +41,7 @@ import { ClassicLevel } from 'classic-level'
 import { VvfsError } from '../errors.js'
 import type { DataLog } from '../storage/storage-system.js'
 import { WriteGenerations } from '../storage/write-generations.js'
+import { SYNC_KEY } from './key-space.js'
 
 type Producer = () => Buffer | null
 /** The stores whose logged writes the record points at (read with the value). */
@@ -138,7 +140,7 @@ export class MapStore {
     while (this.flushing || this.pending.size > 0) await this.flush()
     await this.writes.sync(async () => {
       try {
-        await this.db.put(Buffer.from('m/sync'), Buffer.from(String(Date.now())), { sync: true })
+        await this.db.put(SYNC_KEY, Buffer.from(String(Date.now())), { sync: true })
       } catch (err) {
         throw new VvfsError('IO_ERROR', `volume map sync failed: ${(err as Error).message}`, { cause: err })
       }

@@ -28,7 +28,7 @@
  * end inside a chunk, and a mirror would serve past the end of the volume).
  */
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
-import type { ChunkLayer } from './chunk-layer.js'
+import type { ChunkLayer, Write } from './chunk-layer.js'
 import type { RangeLock } from './range-lock.js'
 
 /** Extents fetched ahead of a sequential reader. */
@@ -97,9 +97,9 @@ export class ReadAhead implements ChunkLayer {
     this.follow(first, count)
   }
 
-  write(first: number, data: Buffer, accepted?: () => void): Promise<void> {
+  write(first: number, data: Buffer): Write {
     this.drop(first, data.length / CHUNK_SIZE)
-    return this.lower.write(first, data, accepted)
+    return this.lower.write(first, data)
   }
 
   discard(first: number, count: number): Promise<void> {

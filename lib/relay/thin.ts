@@ -1,9 +1,13 @@
 /**
- * ThinVolume: the thin-provisioning layer — the volume map of one volume.
+ * ThinLayer: the thin-provisioning layer of one volume — allocation on
+ * write, zero detection, release and promotion — over its VolumeMap
+ * (volume-map.ts: the entries and their records). The extent operations a
+ * migration drives (extent-ops.ts) work on the same map under the extent's
+ * lock and ask this layer only whether an extent's preparation has settled.
  *
- * State: extent index → ExtentEntry (whole slot, or single-chunk fragments),
- * mirrored in the MapStore one record per extent. An extent with no entry
- * reads as zeros and holds no space.
+ * State: the map's entries (whole slot, or single-chunk fragments); here,
+ * the preparations of new slots (clear, then first record), the scheduled
+ * maintenance, and the storage systems written since the last flush.
  *
  * Allocation policy (docs/how-it-works.md, "Thin provisioning"):
  *  - a write that brings at least WHOLE_AT non-zero chunks to an unallocated
@@ -21,7 +25,7 @@
  * after kill -9 every record points at data that is its own or at nothing,
  * and data not referenced by a record is overwritten or cleared before reuse.
  * Under power loss the same holds because every record names the storage
- * systems it points at (record()) and the MapStore makes their logged writes
+ * systems it points at (VolumeMap.record()) and the MapStore makes their logged writes
  * durable before it writes the record: the clear, the fragment's data, and
  * the deletions an earlier owner made before freeing the space (a log sync
  * covers every logged write before it). A release's record needs nothing:
@@ -45,65 +49,34 @@
  *
  * Concurrency: host I/O arrives holding the volume's chunk locks. Work that
  * needs a whole extent (release, promotion) is scheduled and runs under the
- * extent's exclusive lock, never inside a host write.
+ * extent's exclusive lock, never inside a host write; so do the extent
+ * operations (ExtentOps.lock waits for settled() too).
+ *
+ * A write (ChunkLayer's Write) is *accepted* once planned — its space is
+ * allocated, so POOL_FULL (after the space policy's wait) refuses it before
+ * acceptance and only an I/O error can fail it after — and *stored* once its
+ * data and records are written.
  */
 import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE, isZeroChunk } from '../layout.js'
 import type { Pool } from '../storage/pool.js'
 import type { ChunkWrite, StorageSystem } from '../storage/storage-system.js'
-import type { ChunkLayer } from './chunk-layer.js'
-import { encodeExtentRecord, type ExtentEntry, type Fragment, type FragmentedExtent, type WholeExtent } from './extent-entry.js'
-import type { MapPut, MapStore } from './map-store.js'
+import { acceptance, type Acceptance, type ChunkLayer, type Write } from './chunk-layer.js'
+import type { Fragment, FragmentedExtent, WholeExtent } from './extent-entry.js'
+import type { PlacementRule } from './extent-ops.js'
+import type { MapStore } from './map-store.js'
 import type { RangeLock } from './range-lock.js'
+import type { VolumeMap } from './volume-map.js'
 
 /** Non-zero chunks (128 KiB) that bring a whole slot with them. */
 export const WHOLE_AT = (128 * 1024) / CHUNK_SIZE
 /** Fragments (256 KiB) at which an extent is promoted to a whole slot. */
 export const PROMOTE_AT = (256 * 1024) / CHUNK_SIZE
 
-const EXTENT_PREFIX = 0x65 // 'e'
-
-export function extentKey(volNo: number, extent: number): Buffer {
-  const key = Buffer.allocUnsafe(11)
-  key[0] = EXTENT_PREFIX
-  key.writeUInt32BE(volNo, 1)
-  key.writeUIntBE(extent, 5, 6)
-  return key
-}
-
-export function extentPrefix(volNo?: number): Buffer {
-  if (volNo === undefined) return Buffer.from([EXTENT_PREFIX])
-  const key = Buffer.allocUnsafe(5)
-  key[0] = EXTENT_PREFIX
-  key.writeUInt32BE(volNo, 1)
-  return key
-}
-
-export function parseExtentKey(key: Buffer): { volNo: number; extent: number } {
-  return { volNo: key.readUInt32BE(1), extent: key.readUIntBE(5, 6) }
-}
-
 /** What a full pool does to a writer: give up, or wait for space. */
 export interface SpacePolicy {
   /** Resolves true when the write should be retried, false to fail it. */
   waitForSpace(): Promise<boolean>
-}
-
-export interface ChunkLocation {
-  extent: number
-  kind: 'unallocated' | 'whole' | 'fragment'
-  sid?: number
-  slot?: number
-  pca?: number
-  /** For an unallocated chunk of a fragmented extent: how many fragments the extent has. */
-  fragments?: number
-}
-
-export interface MapRun {
-  firstExtent: number
-  extents: number
-  /** Storage system id, or 'fragments'. */
-  where: number | 'fragments'
 }
 
 interface WritePlan {
@@ -144,19 +117,10 @@ export interface ThinFailure {
   err: unknown
 }
 
-/** Where new allocations of this volume may go (a migration pins them to its destination). */
-export interface PlacementRule {
-  only?: number
-  exclude?: ReadonlySet<number>
-  /** Tried first (a volume's home system after a migration), then the usual policy. */
-  prefer?: number
-}
-
-export class ThinVolume implements ChunkLayer {
-  private readonly extents = new Map<number, ExtentEntry>()
-  /** Set by the manager: draining and reserve systems, a migration's destination. */
+export class ThinLayer implements ChunkLayer {
+  /** Set by the stack's owner: draining and reserve systems, a migration's destination. */
   placement: () => PlacementRule = () => ({})
-  /** Set by the manager: where failures are reported. */
+  /** Set by the stack's owner: where failures are reported. */
   onFailure: (failure: ThinFailure) => void = () => {}
   /** Whole extents whose slot is still being cleared. */
   private readonly clearing = new Map<number, Promise<void>>()
@@ -166,115 +130,20 @@ export class ThinVolume implements ChunkLayer {
   /** Storage systems written (data, deletions, clears) since the last flush. */
   private readonly written = new Map<StorageSystem, number>()
   private marks = 0
-  private allocated = 0
   private closed = false
 
   constructor(
-    readonly volNo: number,
+    readonly map: VolumeMap,
     private readonly pool: Pool,
     private readonly maps: MapStore,
     private readonly locks: RangeLock,
     private readonly space: SpacePolicy = { waitForSpace: async () => false },
   ) {}
 
-  /** Takes an entry found in the MapStore at start and marks its space used. */
-  adopt(extent: number, entry: ExtentEntry): void {
-    if (entry.kind === 'whole') this.pool.get(entry.sid).table.markWhole(entry.slot)
-    else for (const f of entry.frags.values()) this.pool.get(f.sid).table.markFragment(f.pca)
-    this.extents.set(extent, entry)
-    this.allocated += entryBytes(entry)
-  }
-
-  get allocatedBytes(): number {
-    return this.allocated
-  }
-
-  entry(extent: number): ExtentEntry | undefined {
-    return this.extents.get(extent)
-  }
-
-  /** Allocated bytes per storage system id. */
-  allocationBySystem(): Map<number, number> {
-    const out = new Map<number, number>()
-    const add = (sid: number, bytes: number) => out.set(sid, (out.get(sid) ?? 0) + bytes)
-    for (const entry of this.extents.values()) {
-      if (entry.kind === 'whole') add(entry.sid, EXTENT_SIZE)
-      else for (const f of entry.frags.values()) add(f.sid, CHUNK_SIZE)
-    }
-    return out
-  }
-
-  /** The volume map, extent number → entry (read-only; lib/manager/extent-runs.ts reads it as runs). */
-  extentMap(): ReadonlyMap<number, ExtentEntry> {
-    return this.extents
-  }
-
-  /** Consecutive extents on one storage system (or of fragments) as runs, in offset order (the web view's tiles). */
-  runs(): MapRun[] {
-    const runs: MapRun[] = []
-    for (const extent of [...this.extents.keys()].sort((a, b) => a - b)) {
-      const entry = this.extents.get(extent)!
-      const where = entry.kind === 'whole' ? entry.sid : 'fragments'
-      const last = runs[runs.length - 1]
-      if (last && last.where === where && last.firstExtent + last.extents === extent) last.extents++
-      else runs.push({ firstExtent: extent, extents: 1, where })
-    }
-    return runs
-  }
-
-  extentCount(): number {
-    return this.extents.size
-  }
-
-  /** Where one chunk of the volume lives. */
-  locate(chunk: number): ChunkLocation {
-    const extent = Math.floor(chunk / EXTENT_CHUNKS)
-    const inExtent = chunk - extent * EXTENT_CHUNKS
-    const entry = this.extents.get(extent)
-    if (!entry) return { extent, kind: 'unallocated' }
-    if (entry.kind === 'whole') return { extent, kind: 'whole', sid: entry.sid, slot: entry.slot, pca: entry.slot * EXTENT_CHUNKS + inExtent }
-    const frag = entry.frags.get(inExtent)
-    return frag ? { extent, kind: 'fragment', sid: frag.sid, pca: frag.pca } : { extent, kind: 'unallocated', fragments: entry.frags.size }
-  }
-
-  /**
-   * What discarding chunks [first, first + count) would free: allocation
-   * (whole extents left empty, fragments) and stored chunks (a dry run).
-   */
-  async wouldRelease(first: number, count: number): Promise<{ allocation: number; chunks: number }> {
-    const out = { allocation: 0, chunks: 0 }
-    const pieces: [number, number, number][] = []
-    forEachExtent(first, count, (extent, inExtent, n) => pieces.push([extent, inExtent, n]))
-    for (const [extent, inExtent, n] of pieces) {
-      const entry = this.extents.get(extent)
-      if (!entry) continue
-      if (entry.kind === 'fragments') {
-        for (const c of entry.frags.keys()) {
-          if (c >= inExtent && c < inExtent + n) {
-            out.allocation += CHUNK_SIZE
-            out.chunks++
-          }
-        }
-        continue
-      }
-      const base = entry.slot * EXTENT_CHUNKS
-      const stored = await this.pool.get(entry.sid).storedChunks(base, EXTENT_CHUNKS)
-      const inside = stored.filter((p) => p >= base + inExtent && p < base + inExtent + n).length
-      out.chunks += inside
-      if (inside === stored.length) out.allocation += EXTENT_SIZE
-    }
-    return out
-  }
-
-  /** Whether the chunk at `pca` of system `sid` holds data (for map-of). */
-  async isStored(sid: number, pca: number): Promise<boolean> {
-    return this.pool.get(sid).hasData(pca, 1)
-  }
-
   async read(first: number, count: number, into: Buffer): Promise<void> {
     const reads: Promise<void>[] = []
     forEachExtent(first, count, (extent, inExtent, n, offset) => {
-      const entry = this.extents.get(extent)
+      const entry = this.map.get(extent)
       if (!entry) into.fill(0, offset, offset + n * CHUNK_SIZE)
       else if (entry.kind === 'whole') reads.push(this.readWhole(extent, entry, inExtent, n, into, offset))
       else reads.push(this.readFragments(entry, inExtent, n, into, offset))
@@ -283,25 +152,36 @@ export class ThinVolume implements ChunkLayer {
     await Promise.all(reads)
   }
 
-  async write(first: number, data: Buffer, accepted?: () => void): Promise<void> {
-    this.checkOpen()
+  write(first: number, data: Buffer): Write {
+    const acceptor = acceptance()
+    return { accepted: acceptor.accepted, stored: this.store(first, data, acceptor) }
+  }
+
+  /** Plans the write (waiting for space if the policy says so), accepts it, then stores data and records. */
+  private async store(first: number, data: Buffer, acceptor: Acceptance): Promise<void> {
     const count = data.length / CHUNK_SIZE
     let plan: WritePlan
-    for (;;) {
-      try {
-        plan = this.plan(first, count, data)
-        break
-      } catch (err) {
-        if (!(err instanceof VvfsError && err.code === 'POOL_FULL') || !(await this.space.waitForSpace())) throw err
+    try {
+      this.checkOpen()
+      for (;;) {
+        try {
+          plan = this.plan(first, count, data)
+          break
+        } catch (err) {
+          if (!(err instanceof VvfsError && err.code === 'POOL_FULL') || !(await this.space.waitForSpace())) throw err
+        }
       }
+    } catch (err) {
+      acceptor.refuse(err)
+      throw err
     }
-    accepted?.()
+    acceptor.accept()
     let stored: Promise<void>[] = []
     try {
       if (plan.ready.length) await Promise.all(plan.ready)
-      stored = [...plan.writes].map(([system, chunks]) => this.on(system).write(chunks, { unlogged: plan.inPlace }))
+      stored = [...plan.writes].map(([system, chunks]) => this.noteWritten(system).write(chunks, { unlogged: plan.inPlace }))
       await Promise.all(stored)
-      for (const extent of plan.fragmentsAdded) plan.durable.push(this.persist(extent).then(() => void plan.recorded.add(extent)))
+      for (const extent of plan.fragmentsAdded) plan.durable.push(this.map.persist(extent).then(() => void plan.recorded.add(extent)))
       if (plan.fragmentsDropped.length) plan.durable.push(this.dropFragments(plan.fragmentsDropped))
       if (plan.durable.length) await Promise.all(plan.durable)
     } catch (err) {
@@ -319,14 +199,14 @@ export class ThinVolume implements ChunkLayer {
     const work: Promise<void>[] = []
     const dropped: { extent: number; chunk: number; frag: Fragment }[] = []
     forEachExtent(first, count, (extent, inExtent, n) => {
-      const entry = this.extents.get(extent)
+      const entry = this.map.get(extent)
       if (!entry) return
       if (entry.kind === 'whole') {
         if (n === EXTENT_CHUNKS) work.push(this.releaseWhole(extent, entry, true))
         else {
           const system = this.pool.get(entry.sid)
           const base = entry.slot * EXTENT_CHUNKS
-          work.push(this.afterReady(extent).then(() => this.on(system).clearRange(base + inExtent, n)).then(() => this.schedule(extent)))
+          work.push(this.afterReady(extent).then(() => this.noteWritten(system).clearRange(base + inExtent, n)).then(() => this.schedule(extent)))
         }
       } else {
         for (let c = inExtent; c < inExtent + n; c++) {
@@ -343,7 +223,7 @@ export class ThinVolume implements ChunkLayer {
 
   async truncate(chunkCount: number): Promise<void> {
     const firstExtent = Math.floor(chunkCount / EXTENT_CHUNKS)
-    const past = [...this.extents.keys()].filter((e) => e >= firstExtent).sort((a, b) => a - b)
+    const past = this.map.extentIndexes().filter((e) => e >= firstExtent)
     for (const extent of past) {
       const start = Math.max(extent * EXTENT_CHUNKS, chunkCount)
       await this.discard(start, (extent + 1) * EXTENT_CHUNKS - start)
@@ -381,70 +261,7 @@ export class ThinVolume implements ChunkLayer {
     this.closed = true
   }
 
-  // ---- for migrations (called under the extent's exclusive lock)
-
-  /**
-   * Allocates space shaped like `entry` (a whole slot, or one fragment per
-   * fragment) by `rule`; in memory only until a switch references it.
-   * Undefined when the pool cannot hold it.
-   */
-  allocateLike(entry: ExtentEntry, rule: PlacementRule): ExtentEntry | undefined {
-    if (entry.kind === 'whole') {
-      const p = this.pool.allocateSlot(rule)
-      return p && { kind: 'whole', sid: p.system.sid, slot: p.address }
-    }
-    const frags = new Map<number, Fragment>()
-    for (const chunk of entry.frags.keys()) {
-      const p = this.pool.allocateFragment(rule)
-      if (!p) {
-        for (const f of frags.values()) this.pool.releaseFragment(f.sid, f.pca)
-        return undefined
-      }
-      frags.set(chunk, { sid: p.system.sid, pca: p.address })
-    }
-    return { kind: 'fragments', frags }
-  }
-
-  /**
-   * Points extent `extent` at `next` if it still points at `expected`, and
-   * writes the record together with `extra` records (one MapStore batch), so
-   * a crash leaves either the old map and extras or the new ones. The old
-   * entry's space is not released: the caller owns it now.
-   */
-  async switchExtent(extent: number, expected: ExtentEntry, next: ExtentEntry, extra: { key: Buffer; produce: () => Buffer | null }[] = []): Promise<void> {
-    if (this.extents.get(extent) !== expected) throw new VvfsError('INTERNAL', `extent ${extent} changed during its switch`)
-    this.extents.set(extent, next)
-    this.allocated += entryBytes(next) - entryBytes(expected)
-    await this.maps.putMany([this.record(extent), ...extra])
-  }
-
-  /** Drops the data of an entry no map references any more, then frees its space. */
-  async discardEntry(entry: ExtentEntry): Promise<void> {
-    if (entry.kind === 'whole') {
-      await this.on(this.pool.get(entry.sid)).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
-      this.pool.releaseSlot(entry.sid, entry.slot)
-    } else {
-      await this.writeGrouped([...entry.frags.values()].map((f) => ({ sid: f.sid, pca: f.pca, data: null })))
-      for (const f of entry.frags.values()) this.pool.releaseFragment(f.sid, f.pca)
-    }
-  }
-
-  /** Frees space allocated by allocateLike that was never switched in (its data is dropped on reuse). */
-  forgetEntry(entry: ExtentEntry): void {
-    if (entry.kind === 'whole') this.pool.releaseSlot(entry.sid, entry.slot)
-    else for (const f of entry.frags.values()) this.pool.releaseFragment(f.sid, f.pca)
-  }
-
-  /** Marks the space of an entry held outside the map (a migration's retained source) at start. */
-  adoptHeld(entry: ExtentEntry): void {
-    if (entry.kind === 'whole') this.pool.get(entry.sid).table.markWhole(entry.slot)
-    else for (const f of entry.frags.values()) this.pool.get(f.sid).table.markFragment(f.pca)
-  }
-
-  /** Every allocated extent index, ascending. */
-  extentIndexes(): number[] {
-    return [...this.extents.keys()].sort((a, b) => a - b)
-  }
+  // ---- for the extent operations (extent-ops.ts)
 
   /** Waits until a newly allocated extent's slot is cleared and recorded (never for maintenance, which needs the lock the caller holds). */
   async settled(extent: number): Promise<void> {
@@ -511,7 +328,7 @@ export class ThinVolume implements ChunkLayer {
   }
 
   private planExtent(plan: WritePlan, undo: (() => void)[], extent: number, inExtent: number, n: number, data: Buffer, offset: number): void {
-    let entry = this.extents.get(extent)
+    let entry = this.map.get(extent)
     const zero: boolean[] = new Array(n)
     let nonZero = 0
     for (let c = 0; c < n; c++) {
@@ -523,8 +340,8 @@ export class ThinVolume implements ChunkLayer {
       if (nonZero >= WHOLE_AT) entry = this.allocateWhole(plan, undo, extent)
       if (!entry) {
         entry = { kind: 'fragments', frags: new Map() }
-        this.extents.set(extent, entry)
-        undo.push(() => this.extents.delete(extent))
+        this.map.set(extent, entry)
+        undo.push(() => this.map.delete(extent))
       }
     }
     if (entry.kind === 'whole') {
@@ -561,12 +378,10 @@ export class ThinVolume implements ChunkLayer {
         const placement = this.pool.allocateFragment(this.placement())
         if (!placement) throw this.poolFull()
         frag = { sid: placement.system.sid, pca: placement.address }
-        frags.set(chunk, frag)
-        this.allocated += CHUNK_SIZE
+        this.map.addFragment(entry, chunk, frag)
         const added = frag
         undo.push(() => {
-          frags.delete(chunk)
-          this.allocated -= CHUNK_SIZE
+          this.map.removeFragment(extent, chunk, added)
           this.pool.releaseFragment(added.sid, added.pca)
         })
         plan.fragmentsAdded.add(extent)
@@ -581,11 +396,9 @@ export class ThinVolume implements ChunkLayer {
     const placement = this.pool.allocateSlot(this.placement())
     if (!placement) return undefined
     const entry: WholeExtent = { kind: 'whole', sid: placement.system.sid, slot: placement.address }
-    this.extents.set(extent, entry)
-    this.allocated += EXTENT_SIZE
+    this.map.set(extent, entry)
     undo.push(() => {
-      this.extents.delete(extent)
-      this.allocated -= EXTENT_SIZE
+      this.map.delete(extent)
       this.pool.releaseSlot(entry.sid, entry.slot)
     })
     plan.newWhole.push({ extent, system: placement.system, entry, recorded: false })
@@ -599,8 +412,8 @@ export class ThinVolume implements ChunkLayer {
    */
   private prepareWhole(plan: WritePlan, w: NewWhole): void {
     const extent = w.extent
-    const clearing = this.on(w.system).clearSlot(w.entry.slot)
-    const recording = clearing.then(() => this.persist(extent))
+    const clearing = this.noteWritten(w.system).clearSlot(w.entry.slot)
+    const recording = clearing.then(() => this.map.persist(extent))
     this.clearing.set(extent, clearing)
     this.recording.set(extent, recording)
     w.prepared = { clearing, recording }
@@ -639,24 +452,18 @@ export class ThinVolume implements ChunkLayer {
     for (const w of plan.newWhole) {
       if (w.recorded) continue
       if (w.prepared) this.forgetPreparation(w.extent, w.prepared.clearing, w.prepared.recording)
-      if (this.extents.get(w.extent) !== w.entry) continue
-      this.extents.delete(w.extent)
-      this.allocated -= EXTENT_SIZE
+      if (this.map.get(w.extent) !== w.entry) continue
+      this.map.delete(w.extent)
       free(w.extent, () => this.pool.releaseSlot(w.entry.sid, w.entry.slot))
     }
     for (const { extent, chunk, frag } of plan.added) {
-      if (plan.recorded.has(extent)) continue
-      const entry = this.extents.get(extent)
-      if (entry?.kind !== 'fragments' || entry.frags.get(chunk) !== frag) continue
-      entry.frags.delete(chunk)
-      this.allocated -= CHUNK_SIZE
-      if (entry.frags.size === 0) this.extents.delete(extent)
+      if (plan.recorded.has(extent) || !this.map.removeFragment(extent, chunk, frag)) continue
       free(extent, () => this.pool.releaseFragment(frag.sid, frag.pca))
     }
     await Promise.all(
       [...freed].map(async ([extent, releases]) => {
         try {
-          await this.persist(extent)
+          await this.map.persist(extent)
           await this.maps.sync()
         } catch (err) {
           this.onFailure({ what: 'rollback', extent, err })
@@ -669,16 +476,9 @@ export class ThinVolume implements ChunkLayer {
 
   /** Forgets dropped fragments (their data is already gone) and frees them. */
   private async dropFragments(dropped: { extent: number; chunk: number; frag: Fragment }[]): Promise<void> {
-    const removed = dropped.filter(({ extent, chunk, frag }) => {
-      const entry = this.extents.get(extent)
-      if (entry?.kind !== 'fragments' || entry.frags.get(chunk) !== frag) return false
-      entry.frags.delete(chunk)
-      this.allocated -= CHUNK_SIZE
-      if (entry.frags.size === 0) this.extents.delete(extent)
-      return true
-    })
+    const removed = dropped.filter(({ extent, chunk, frag }) => this.map.removeFragment(extent, chunk, frag))
     const extents = [...new Set(removed.map((r) => r.extent))]
-    const results = await Promise.allSettled(extents.map((e) => this.persist(e)))
+    const results = await Promise.allSettled(extents.map((e) => this.map.persist(e)))
     const failed = new Set(extents.filter((_, i) => results[i]!.status === 'rejected'))
     const freeing: Fragment[] = []
     for (const { extent, chunk, frag } of removed) {
@@ -688,11 +488,10 @@ export class ThinVolume implements ChunkLayer {
       }
       // The extent's record still names the fragment (its data is dropped:
       // it reads as zeros either way): so does the map again.
-      let entry = this.extents.get(extent)
-      if (!entry) this.extents.set(extent, (entry = { kind: 'fragments', frags: new Map() }))
+      let entry = this.map.get(extent)
+      if (!entry) this.map.set(extent, (entry = { kind: 'fragments', frags: new Map() }))
       if (entry.kind !== 'fragments' || entry.frags.has(chunk)) continue
-      entry.frags.set(chunk, frag)
-      this.allocated += CHUNK_SIZE
+      this.map.addFragment(entry, chunk, frag)
     }
     if (freeing.length) await this.freeOnceReleased(() => freeing.forEach((f) => this.pool.releaseFragment(f.sid, f.pca)))
     const failure = results.find((r) => r.status === 'rejected')
@@ -707,7 +506,7 @@ export class ThinVolume implements ChunkLayer {
     const run = Promise.resolve()
       .then(() =>
         this.locks.with(extent * EXTENT_CHUNKS, (extent + 1) * EXTENT_CHUNKS, 'exclusive', () => {
-          if (this.extents.get(extent)?.kind === 'fragments') what = 'promote'
+          if (this.map.get(extent)?.kind === 'fragments') what = 'promote'
           return this.maintain(extent)
         }),
       )
@@ -721,7 +520,7 @@ export class ThinVolume implements ChunkLayer {
   }
 
   private async maintain(extent: number): Promise<void> {
-    const entry = this.extents.get(extent)
+    const entry = this.map.get(extent)
     if (!entry || this.closed) return
     if (entry.kind === 'whole') {
       await this.afterReady(extent)
@@ -738,7 +537,7 @@ export class ThinVolume implements ChunkLayer {
     if (!placement) return
     const whole: WholeExtent = { kind: 'whole', sid: placement.system.sid, slot: placement.address }
     try {
-      await this.on(placement.system).clearSlot(whole.slot)
+      await this.noteWritten(placement.system).clearSlot(whole.slot)
       const buf = Buffer.allocUnsafe(EXTENT_SIZE)
       const chunks = [...entry.frags.keys()]
       await this.readFragments(entry, 0, EXTENT_CHUNKS, buf, 0)
@@ -752,16 +551,14 @@ export class ThinVolume implements ChunkLayer {
       throw err
     }
     const old = [...entry.frags.values()]
-    this.extents.set(extent, whole)
-    this.allocated += EXTENT_SIZE - old.length * CHUNK_SIZE
+    this.map.set(extent, whole)
     try {
-      await this.persist(extent)
+      await this.map.persist(extent)
     } catch (err) {
       // The record still names the fragments: so does the map again, and the
       // slot is freed once a record says so (it stays held otherwise).
-      this.extents.set(extent, entry)
-      this.allocated -= EXTENT_SIZE - old.length * CHUNK_SIZE
-      await this.persist(extent).then(
+      this.map.set(extent, entry)
+      await this.map.persist(extent).then(
         () => this.pool.releaseSlot(whole.sid, whole.slot),
         () => {},
       )
@@ -776,18 +573,14 @@ export class ThinVolume implements ChunkLayer {
   /** Drops a whole extent's data (if asked), its record, then its slot. */
   private async releaseWhole(extent: number, entry: WholeExtent, clear: boolean): Promise<void> {
     await this.afterReady(extent)
-    if (clear) await this.on(this.pool.get(entry.sid)).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
-    if (this.extents.get(extent) !== entry) return
-    this.extents.delete(extent)
-    this.allocated -= EXTENT_SIZE
+    if (clear) await this.noteWritten(this.pool.get(entry.sid)).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
+    if (this.map.get(extent) !== entry) return
+    this.map.delete(extent)
     try {
-      await this.persist(extent)
+      await this.map.persist(extent)
     } catch (err) {
       // The record still names the (cleared) slot: so does the map again.
-      if (!this.extents.has(extent)) {
-        this.extents.set(extent, entry)
-        this.allocated += EXTENT_SIZE
-      }
+      if (!this.map.has(extent)) this.map.set(extent, entry)
       throw err
     }
     await this.freeOnceReleased(() => this.pool.releaseSlot(entry.sid, entry.slot))
@@ -813,37 +606,9 @@ export class ThinVolume implements ChunkLayer {
   // ---- helpers
 
   /** `system`, noted as written: the next flush syncs it. */
-  private on(system: StorageSystem): StorageSystem {
+  noteWritten(system: StorageSystem): StorageSystem {
     this.written.set(system, ++this.marks)
     return system
-  }
-
-  private persist(extent: number): Promise<void> {
-    return this.maps.putMany([this.record(extent)])
-  }
-
-  /**
-   * The extent's record as the MapStore writes it: its value and the storage
-   * systems it points at, read when the batch is built; the MapStore makes
-   * their logged writes durable first (the power-loss order).
-   */
-  private record(extent: number): MapPut {
-    return { key: extentKey(this.volNo, extent), produce: () => this.recordOf(extent), dependsOn: () => this.systemsOf(extent) }
-  }
-
-  private systemsOf(extent: number): StorageSystem[] {
-    const entry = this.extents.get(extent)
-    if (!entry) return []
-    if (entry.kind === 'whole') return [this.pool.get(entry.sid)]
-    const sids = new Set<number>()
-    for (const f of entry.frags.values()) sids.add(f.sid)
-    return [...sids].map((sid) => this.pool.get(sid))
-  }
-
-  private recordOf(extent: number): Buffer | null {
-    const entry = this.extents.get(extent)
-    // A release is written as a record too (not a deletion): a standby relay sees it.
-    return encodeExtentRecord(this.maps.nextSeq(), entry ?? null)
   }
 
   private async afterReady(extent: number): Promise<void> {
@@ -858,7 +623,7 @@ export class ThinVolume implements ChunkLayer {
       if (!list) bySystem.set(c.sid, (list = []))
       list.push({ pca: c.pca, data: c.data })
     }
-    await Promise.all([...bySystem].map(([sid, list]) => this.on(this.pool.get(sid)).write(list)))
+    await Promise.all([...bySystem].map(([sid, list]) => this.noteWritten(this.pool.get(sid)).write(list)))
   }
 
   private poolFull(): VvfsError {
@@ -869,10 +634,6 @@ export class ThinVolume implements ChunkLayer {
   private checkOpen(): void {
     if (this.closed) throw new VvfsError('SHUTTING_DOWN', 'the volume is closed')
   }
-}
-
-function entryBytes(entry: ExtentEntry): number {
-  return entry.kind === 'whole' ? EXTENT_SIZE : entry.frags.size * CHUNK_SIZE
 }
 
 function writesFor(plan: WritePlan, system: StorageSystem): ChunkWrite[] {

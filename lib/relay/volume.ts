@@ -110,7 +110,7 @@ export class Volume {
     }
     if (this.behindBytes + chunks.length > this.writeBehind) {
       try {
-        await this.lower.write(first, chunks)
+        await this.lower.write(first, chunks).stored
       } finally {
         release()
       }
@@ -126,22 +126,22 @@ export class Volume {
     // copy, in a reused buffer when it fits one.
     const pooled = lent && chunks.length <= HOST_WRITE ? (this.spare.pop() ?? Buffer.allocUnsafe(HOST_WRITE)) : null
     const own = pooled ? pooled.subarray(0, chunks.copy(pooled)) : lent ? Buffer.from(chunks) : chunks
-    let accepted = false
-    let answer!: () => void
-    const answered = new Promise<void>((resolve) => (answer = resolve))
     this.behindBytes += own.length
-    const work: Promise<void> = this.lower
-      .write(first, own, () => {
-        accepted = true
-        answer()
-      })
+    const write = this.lower.write(first, own)
+    const work: Promise<void> = write.stored
       .then(
         () => undefined,
-        (err: unknown) => {
-          if (!accepted) throw err
-          this.failures++
-          this.lastFailure = err
-        },
+        // Refused before acceptance: the writer's error; after: a failed write-back.
+        (err: unknown) =>
+          write.accepted.then(
+            () => {
+              this.failures++
+              this.lastFailure = err
+            },
+            () => {
+              throw err
+            },
+          ),
       )
       .finally(() => {
         this.behind.delete(stored)
@@ -156,7 +156,7 @@ export class Volume {
       () => undefined,
     )
     this.behind.add(stored)
-    return Promise.race([answered, work])
+    return Promise.race([write.accepted, work])
   }
 
   /** A cursor for a new open file description: it learns of failures from now on. */
@@ -234,7 +234,7 @@ export class Volume {
     const buf = Buffer.allocUnsafe(CHUNK_SIZE)
     await this.lower.read(chunk, 1, buf)
     buf.fill(0, from - chunk * CHUNK_SIZE, to - chunk * CHUNK_SIZE)
-    await this.lower.write(chunk, buf)
+    await this.lower.write(chunk, buf).stored
   }
 
   /** The write as whole chunks: the data itself when aligned, else patched over the old chunks. */

@@ -7,7 +7,7 @@
  */
 import { expect } from 'vitest'
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE, ZERO_CHUNK } from '../../lib/layout.js'
-import type { ThinVolume } from '../../lib/relay/thin.js'
+import type { VolumeMap } from '../../lib/relay/volume-map.js'
 
 export class VolumeModel {
   data: Buffer
@@ -53,13 +53,13 @@ export class VolumeModel {
     return n
   }
 
-  /** Checks the thin map against the content (call after volume.drain() and thin.settle()). */
-  checkAllocation(thin: ThinVolume): void {
+  /** Checks the volume map against the content (call after volume.drain() and thin.settle()). */
+  checkAllocation(map: VolumeMap): void {
     const extents = Math.ceil(this.data.length / EXTENT_SIZE)
     let expected = 0
     for (let e = 0; e < extents + 2; e++) {
       const n = e < extents ? this.nonZeroChunks(e) : 0
-      const entry = thin.entry(e)
+      const entry = map.get(e)
       if (n === 0) {
         expect(entry, `extent ${e} holds no data but is allocated`).toBeUndefined()
         continue
@@ -70,7 +70,7 @@ export class VolumeModel {
         expected += n * CHUNK_SIZE
       } else expected += EXTENT_SIZE
     }
-    expect(thin.allocatedBytes).toBe(expected)
+    expect(map.allocatedBytes).toBe(expected)
   }
 }
 

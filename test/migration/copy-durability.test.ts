@@ -11,7 +11,8 @@ import { afterEach, describe, expect, it, vi } from 'vitest'
 import { CHUNK_SIZE } from '../../lib/layout.js'
 import type { Manager } from '../../lib/manager/manager.js'
 import type { ExtentEntry } from '../../lib/relay/extent-entry.js'
-import { PROMOTE_AT, ThinVolume } from '../../lib/relay/thin.js'
+import { VolumeExtents } from '../../lib/relay/extent-ops.js'
+import { PROMOTE_AT } from '../../lib/relay/thin.js'
 import { InlineChunkMover } from '../../lib/storage/chunk-mover.js'
 import type { StorageSystem } from '../../lib/storage/storage-system.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
@@ -75,13 +76,13 @@ function watchDrops(maps: unknown): DropLedger {
     () => ledger.written,
     (covered) => (ledger.synced = Math.max(ledger.synced, covered)),
   )
-  const switchExtent = ThinVolume.prototype.switchExtent
-  vi.spyOn(ThinVolume.prototype, 'switchExtent').mockImplementation(async function (this: ThinVolume, extent, expected, next, extra) {
+  const switchExtent = VolumeExtents.prototype.switchExtent
+  vi.spyOn(VolumeExtents.prototype, 'switchExtent').mockImplementation(async function (this: VolumeExtents, extent, expected, next, extra) {
     await switchExtent.call(this, extent, expected, next, extra)
     ledger.written++
   })
-  const discardEntry = ThinVolume.prototype.discardEntry
-  vi.spyOn(ThinVolume.prototype, 'discardEntry').mockImplementation(function (this: ThinVolume, entry) {
+  const discardEntry = VolumeExtents.prototype.discardEntry
+  vi.spyOn(VolumeExtents.prototype, 'discardEntry').mockImplementation(function (this: VolumeExtents, entry) {
     ledger.drops++
     if (ledger.written > ledger.synced) ledger.early.push(`a drop after ${ledger.written} switches, ${ledger.synced} synced`)
     return discardEntry.call(this, entry)
@@ -99,8 +100,8 @@ function watchMigrations(ledger: SyncLedger): void {
       ledger.wrote(req.toSid)
     }
   })
-  const switchExtent = ThinVolume.prototype.switchExtent
-  vi.spyOn(ThinVolume.prototype, 'switchExtent').mockImplementation(function (this: ThinVolume, extent, expected, next, extra) {
+  const switchExtent = VolumeExtents.prototype.switchExtent
+  vi.spyOn(VolumeExtents.prototype, 'switchExtent').mockImplementation(function (this: VolumeExtents, extent, expected, next, extra) {
     ledger.check(`the switch of extent ${extent}`, next)
     return switchExtent.call(this, extent, expected, next, extra)
   })
@@ -196,7 +197,7 @@ describe('copies are durable before the records that point at them', () => {
       }
       const putMany = stack.maps.putMany.bind(stack.maps)
       stack.maps.putMany = (items) => {
-        const entry = stack.thin.entry(0)
+        const entry = stack.map.get(0)
         if (entry?.kind === 'whole') ledger.check('the promotion of extent 0', entry)
         return putMany(items)
       }
@@ -204,7 +205,7 @@ describe('copies are durable before the records that point at them', () => {
       for (let c = 0; c < PROMOTE_AT; c++) await stack.volume.write(c * 3 * CHUNK_SIZE, Buffer.alloc(CHUNK_SIZE, c + 1))
       await stack.volume.drain()
       await stack.thin.settle()
-      expect(stack.thin.entry(0)?.kind).toBe('whole')
+      expect(stack.map.get(0)?.kind).toBe('whole')
       expect(ledger.checked).toBeGreaterThan(0)
       expect(ledger.unsynced).toEqual([])
     } finally {

@@ -63,8 +63,8 @@ async function run(seed: number, ops: number) {
     if (i % 100 === 99 || op === 'reopen') {
       await stack.volume.drain()
       await stack.thin.settle()
-      model.checkAllocation(stack.thin)
-      expect(stack.pool.totals().allocated).toBe(stack.thin.allocatedBytes)
+      model.checkAllocation(stack.map)
+      expect(stack.pool.totals().allocated).toBe(stack.map.allocatedBytes)
     }
   }
   // Whole-volume comparison at the end, then once more after a reopen.
@@ -74,14 +74,14 @@ async function run(seed: number, ops: number) {
     expect(all.equals(model.data)).toBe(true)
     await s.volume.drain()
     await s.thin.settle()
-    model.checkAllocation(s.thin)
+    model.checkAllocation(s.map)
   }
   await check(stack)
   await stack.volume.flush()
   await stack.close()
   stack = await openStack({ ...opts, size: model.size }, false)
   await check(stack)
-  expect(stack.pool.totals().allocated).toBe(stack.thin.allocatedBytes)
+  expect(stack.pool.totals().allocated).toBe(stack.map.allocatedBytes)
   await stack.close()
   return counts
 }
@@ -113,10 +113,10 @@ describe('the relay against an in-memory model', () => {
     dirs.push(dir)
     const stack = await openStack({ dir, systems: 2, capacity: 8 * EXTENT_SIZE, size: 4 * EXTENT_SIZE }, true)
     await stack.volume.write(100, Buffer.from('superblock'))
-    expect(stack.thin.entry(0)?.kind).toBe('fragments')
-    expect(stack.thin.allocatedBytes).toBe(CHUNK_SIZE)
+    expect(stack.map.get(0)?.kind).toBe('fragments')
+    expect(stack.map.allocatedBytes).toBe(CHUNK_SIZE)
     await stack.volume.write(EXTENT_SIZE, Buffer.alloc(128 * 1024, 1))
-    expect(stack.thin.entry(1)?.kind).toBe('whole')
+    expect(stack.map.get(1)?.kind).toBe('whole')
     await stack.close()
   })
 

@@ -157,11 +157,13 @@ describe('read-ahead', () => {
         await new Promise((res) => setImmediate(res))
         stored.copy(into, 0, first * CHUNK_SIZE, (first + count) * CHUNK_SIZE)
       },
-      write: async (first, data, accepted) => {
+      write: (first, data) => {
         changing(first, data.length / CHUNK_SIZE, 'a write')
-        accepted?.()
-        await new Promise((res) => setImmediate(res))
-        data.copy(stored, first * CHUNK_SIZE)
+        const stores = async () => {
+          await new Promise((res) => setImmediate(res))
+          data.copy(stored, first * CHUNK_SIZE)
+        }
+        return { accepted: Promise.resolve(), stored: stores() }
       },
       discard: async (first, count) => {
         changing(first, count, 'a discard')

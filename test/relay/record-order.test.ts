@@ -14,9 +14,9 @@
  */
 import { afterAll, describe, expect, it } from 'vitest'
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../../lib/layout.js'
-import { decodeExtentRecord, type ExtentEntry } from '../../lib/relay/extent-entry.js'
-import { RangeLock } from '../../lib/relay/range-lock.js'
-import { ThinVolume } from '../../lib/relay/thin.js'
+import type { ExtentEntry } from '../../lib/relay/extent-entry.js'
+import { decodeExtentRecord, isExtentKey } from '../../lib/relay/key-space.js'
+import { buildVolumeStack } from '../../lib/relay/stack.js'
 import { BULK_CHUNKS } from '../../lib/storage/storage-system.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
 import { rng } from '../helpers/model.js'
@@ -74,9 +74,9 @@ class OrderLedger {
     const batch = db.batch.bind(db)
     db.batch = async (ops: Op[]) => {
       const n = ++this.batches
-      for (const op of ops) if (op.type === 'put' && op.key[0] === 0x65) this.check(op.key, decodeExtentRecord(op.value!).entry)
+      for (const op of ops) if (op.type === 'put' && isExtentKey(op.key)) this.check(op.key, decodeExtentRecord(op.value!).entry)
       await batch(ops)
-      for (const op of ops) if (op.key[0] === 0x65) this.keyWrittenIn.set(op.key.toString('hex'), n)
+      for (const op of ops) if (isExtentKey(op.key)) this.keyWrittenIn.set(op.key.toString('hex'), n)
     }
     watchSyncWrites(
       db,
@@ -145,9 +145,9 @@ describe('a record becomes durable only after the logged writes it depends on', 
       // each one allocates a fragment (one record per extent and batch).
       const chunks = 8 * EXTENT_CHUNKS
       for (let round = 0; round < 20; round++) {
-        await Promise.all(Array.from({ length: 4 }, () => stack.thin.write(r.int(0, chunks - 1), pattern(round + 1, 1))))
+        await Promise.all(Array.from({ length: 4 }, () => stack.thin.write(r.int(0, chunks - 1), pattern(round + 1, 1)).stored))
       }
-      expect(stack.thin.extentCount()).toBeGreaterThan(4)
+      expect(stack.map.extentCount()).toBeGreaterThan(4)
       expect(ledger.records).toBeGreaterThan(20)
       expect(ledger.early).toEqual([])
     } finally {
@@ -161,24 +161,24 @@ describe('a record becomes durable only after the logged writes it depends on', 
       const ledger = new OrderLedger(stack)
       // Volume 2 fills extent 0 with a whole slot, then is deleted: its
       // release clears the slot (a logged clear) and frees it.
-      const other = new ThinVolume(2, stack.pool, stack.maps, new RangeLock())
-      await other.write(0, pattern(0xb2, EXTENT_CHUNKS))
-      const released = other.entry(0)
+      const { thin: other, map: otherMap } = buildVolumeStack({ volNo: 2, size: 8 * EXTENT_SIZE, pool: stack.pool, maps: stack.maps })
+      await other.write(0, pattern(0xb2, EXTENT_CHUNKS)).stored
+      const released = otherMap.get(0)
       expect(released?.kind).toBe('whole')
       await other.truncate(0)
       await other.settle()
-      expect(other.entry(0)).toBeUndefined()
+      expect(otherMap.get(0)).toBeUndefined()
       // Volume 1 gets the same slot for a small write (a new whole slot:
       // the slot looks empty now, so it is not cleared again).
-      await stack.thin.write(0, pattern(0xa1, EXTENT_CHUNKS / 4))
-      expect(stack.thin.entry(0)).toEqual(released)
+      await stack.thin.write(0, pattern(0xa1, EXTENT_CHUNKS / 4)).stored
+      expect(stack.map.get(0)).toEqual(released)
       // And a fragment over a chunk another volume dropped and freed.
-      await other.write(EXTENT_CHUNKS, pattern(0xb2, 1))
-      const dropped = other.locate(EXTENT_CHUNKS)
+      await other.write(EXTENT_CHUNKS, pattern(0xb2, 1)).stored
+      const dropped = otherMap.locate(EXTENT_CHUNKS)
       expect(dropped.kind).toBe('fragment')
-      await other.write(EXTENT_CHUNKS, Buffer.alloc(CHUNK_SIZE))
-      await stack.thin.write(3 * EXTENT_CHUNKS, pattern(0xa1, 1))
-      expect(stack.thin.locate(3 * EXTENT_CHUNKS)).toMatchObject({ kind: 'fragment', sid: dropped.sid, pca: dropped.pca })
+      await other.write(EXTENT_CHUNKS, Buffer.alloc(CHUNK_SIZE)).stored
+      await stack.thin.write(3 * EXTENT_CHUNKS, pattern(0xa1, 1)).stored
+      expect(stack.map.locate(3 * EXTENT_CHUNKS)).toMatchObject({ kind: 'fragment', sid: dropped.sid, pca: dropped.pca })
       expect(ledger.records).toBeGreaterThan(2)
       expect(ledger.early).toEqual([])
     } finally {
@@ -193,14 +193,14 @@ describe('a record becomes durable only after the logged writes it depends on', 
       const v = stack.thin
       // A whole slot released by a discard, one emptied by zeros (released in
       // the background), and fragments dropped by zeros.
-      await v.write(0, pattern(0xc1, EXTENT_CHUNKS))
+      await v.write(0, pattern(0xc1, EXTENT_CHUNKS)).stored
       await v.discard(0, EXTENT_CHUNKS)
-      await v.write(EXTENT_CHUNKS, pattern(0xc2, EXTENT_CHUNKS))
-      await v.write(EXTENT_CHUNKS, Buffer.alloc(EXTENT_SIZE))
+      await v.write(EXTENT_CHUNKS, pattern(0xc2, EXTENT_CHUNKS)).stored
+      await v.write(EXTENT_CHUNKS, Buffer.alloc(EXTENT_SIZE)).stored
       await v.settle()
-      await v.write(2 * EXTENT_CHUNKS, pattern(0xc3, 4))
-      await v.write(2 * EXTENT_CHUNKS, Buffer.alloc(4 * CHUNK_SIZE))
-      expect(v.extentCount()).toBe(0)
+      await v.write(2 * EXTENT_CHUNKS, pattern(0xc3, 4)).stored
+      await v.write(2 * EXTENT_CHUNKS, Buffer.alloc(4 * CHUNK_SIZE)).stored
+      expect(stack.map.extentCount()).toBe(0)
       expect(ledger.freed).toBe(2 + 4)
       expect(ledger.freedEarly).toEqual([])
     } finally {

@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest'
 import { VvfsError } from '../../lib/errors.js'
 import { CHUNK_SIZE } from '../../lib/layout.js'
-import type { ChunkLayer } from '../../lib/relay/chunk-layer.js'
+import { acceptance, type Acceptance, type ChunkLayer, type Write } from '../../lib/relay/chunk-layer.js'
 import { Volume } from '../../lib/relay/volume.js'
 
 /** A chunk store whose writes are accepted at once and stored when the gate opens (or fail, if told). */
@@ -34,12 +34,18 @@ class GatedStore implements ChunkLayer {
     }
   }
 
-  async write(first: number, data: Buffer, accepted?: () => void): Promise<void> {
+  write(first: number, data: Buffer): Write {
+    const acceptor = acceptance()
+    return { accepted: acceptor.accepted, stored: this.store(first, data, acceptor) }
+  }
+
+  private async store(first: number, data: Buffer, acceptor: Acceptance): Promise<void> {
     if (this.failBeforeAccept) {
       await this.gate
+      acceptor.refuse(this.failBeforeAccept)
       throw this.failBeforeAccept
     }
-    accepted?.()
+    acceptor.accept()
     // Keep only the caller's buffer until the gate opens, as LevelDB's batch would not.
     const held = data
     await this.gate

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest'
-import { decodeExtentRecord, encodeExtentRecord, type ExtentEntry } from '../../lib/relay/extent-entry.js'
+import type { ExtentEntry } from '../../lib/relay/extent-entry.js'
+import { decodeExtentRecord, encodeExtentRecord } from '../../lib/relay/key-space.js'
 
 describe('volume map records', () => {
   it('round-trip whole and fragmented extents with their version', () => {

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest'
 import { extentStrip, extentTiles, freeSpaceStrip } from '../../lib/http/extent-tiles.js'
-import type { MapRun } from '../../lib/relay/thin.js'
+import type { MapRun } from '../../lib/relay/volume-map.js'
 
 const names = (sid: number) => `ss${sid}`
 
