@@ -10,7 +10,7 @@ import { ControlClient } from '../control/client.js'
 import { METHODS, type MethodName, type ParamsInput, type Result } from '../control/schema.js'
 import { asVvfsError } from '../errors.js'
 import { LOG_FORMATS, LOG_LEVELS, type LogLevel } from '../log.js'
-import { formatSize, parseDuration } from '../units.js'
+import { formatSize, parseDuration, parseSize } from '../units.js'
 import { fields, table } from './output.js'
 import { copyOptions, migrationCommands, startedJob } from './jobs.js'
 import { COMPLETION_KEY, namesToComplete } from './completion.js'
@@ -202,6 +202,31 @@ export function buildCli(rawArgs: string[]) {
           const s = await call(argv, 'storage.undrain', { name: argv.name })
           print(argv, s, () => `storage system ${s.name} takes new allocations again`)
         })
+        // ---- issue 14 (remote storage): the storage server runs in this process, not through the daemon
+        .command(
+          'serve',
+          'run a storage server: one storage system served over TCP to relays holding the peer key (foreground; SIGTERM stops it)',
+          (y) =>
+            y
+              .option('dir', { type: 'string', demandOption: true, describe: 'directory of the served storage system (created if new)' })
+              .option('listen', { type: 'string', demandOption: true, describe: 'ADDR:PORT to listen on (no default address)' })
+              .option('peer-key', { type: 'string', demandOption: true, describe: 'file with the pre-shared key (mode 0600, at least 32 bytes)' })
+              .option('capacity', { type: 'string', describe: 'most bytes this server holds (e.g. 100G; default: no limit)' })
+              .option('log-level', { choices: LOG_LEVELS, default: 'info' as LogLevel })
+              .option('log-format', { choices: LOG_FORMATS }),
+          async (argv) => {
+            const { runStorageServer } = await import('../storage/remote/serve.js')
+            process.exitCode = await runStorageServer({
+              dir: argv.dir,
+              listen: argv.listen,
+              peerKey: argv['peer-key'],
+              capacity: argv.capacity === undefined ? undefined : parseSize(argv.capacity, 'capacity'),
+              logLevel: argv['log-level'] as LogLevel,
+              logFormat: argv['log-format'],
+            })
+          },
+        )
+        // ---- end issue 14
         .command('list', 'list storage systems', (y) => y, async (argv) => {
           const r = await call(argv, 'storage.list', {})
           print(argv, r.storage, () => storageRows(r.storage))
