@@ -5,7 +5,9 @@
  * RemoteChunkStore on it. Everything made here is undone by `cleanup()`,
  * which each test file calls in afterEach (also after a failure).
  */
+import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -15,6 +17,7 @@ import type { ServerLimits } from '../../lib/wire/server.js'
 import { RemoteChunkStore, type RemoteStoreOptions } from '../../lib/storage/remote/client.js'
 import { InterimLevelStore } from '../../lib/storage/remote/interim-level-store.js'
 import { StorageServer } from '../../lib/storage/remote/server.js'
+import { VVFS } from '../helpers/daemon.js'
 import { capturedLog } from '../wire/peers.js'
 
 const undo: (() => Promise<unknown>)[] = []
@@ -83,4 +86,51 @@ export function chunkOf(seed: number): Buffer {
   const b = Buffer.alloc(4096)
   for (let i = 0; i < b.length; i += 4) b.writeUInt32LE((seed * 2654435761 + i) >>> 0, i)
   return b
+}
+
+/** A port free on 127.0.0.1 now (for a server that must come back on the same port). */
+export async function freePort(): Promise<number> {
+  const { createServer } = await import('node:net')
+  const s = createServer()
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
+  const port = (s.address() as { port: number }).port
+  await new Promise((r) => s.close(r))
+  return port
+}
+
+export interface ServerProcess {
+  proc: ChildProcess
+  log(): string
+  /** Resolves with the exit code (null if killed by a signal) when it exits. */
+  exited: Promise<number | null>
+}
+
+/** `vvfs storage serve` as its own process (the built dist/), ready when it logged storage.serving. */
+export async function spawnServer(opts: { dir: string; port: number; keyFile: string; capacity?: string }): Promise<ServerProcess> {
+  const logPath = join(opts.dir + '.log')
+  const fd = openSync(logPath, 'a')
+  const args = ['storage', 'serve', '--dir', opts.dir, '--listen', `127.0.0.1:${opts.port}`, '--peer-key', opts.keyFile, '--log-format', 'json']
+  if (opts.capacity) args.push('--capacity', opts.capacity)
+  let proc: ChildProcess
+  try {
+    proc = spawn(process.execPath, [VVFS, ...args], { stdio: ['ignore', fd, fd] })
+  } finally {
+    closeSync(fd)
+  }
+  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)))
+  undo.push(async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGKILL')
+      await exited
+    }
+    await rm(logPath, { force: true })
+  })
+  const log = () => (existsSync(logPath) ? readFileSync(logPath, 'utf8') : '')
+  const end = Date.now() + 15_000
+  while (!log().includes('"storage.serving"')) {
+    if (proc.exitCode !== null) throw new Error(`storage server exited with ${proc.exitCode}:\n${log()}`)
+    if (Date.now() > end) throw new Error(`storage server not ready in 15 s:\n${log()}`)
+    await new Promise((r) => setTimeout(r, 25))
+  }
+  return { proc, log, exited }
 }

@@ -233,7 +233,7 @@ export class RemoteChunkStore implements ChunkStore {
   private async check(end: number): Promise<IdentityReply> {
     if (this.client.state !== 'ready') {
       // One wait for the connection, shared by every call (each keeps its own deadline).
-      this.connecting ??= this.client.ready(this.deadlineMs).finally(() => (this.connecting = null))
+      this.connecting ??= this.untilReady().finally(() => (this.connecting = null))
       await withDeadline(this.connecting, end, () => new VvfsError('TIMEOUT', `not connected to ${this.capabilities.location} within the deadline`))
     }
     const session = this.client.sessionId as string
@@ -257,6 +257,30 @@ export class RemoteChunkStore implements ChunkStore {
     }
     const { done } = this.checking
     return await withDeadline(done, end, () => new VvfsError('TIMEOUT', `no IDENTITY answer from ${this.capabilities.location} within the deadline`))
+  }
+
+  /**
+   * Resolves when the client is ready; fails at once when a connection
+   * attempt ended in a way retrying will not fix (a wrong key, an
+   * incompatible server), else after the deadline.
+   */
+  private untilReady(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const done = (err?: VvfsError) => {
+        clearTimeout(timer)
+        this.client.off('state', onState)
+        if (err) reject(err)
+        else resolve()
+      }
+      const onState = (state: ClientState, err?: VvfsError) => {
+        if (state === 'ready') done()
+        else if (state === 'closed') done(new VvfsError('SHUTTING_DOWN', `remote storage ${this.opts.name} is closed`))
+        else if (err && (err.code === 'PEER_AUTH_FAILED' || err.code === 'PEER_PROTOCOL')) done(err)
+      }
+      const timer = setTimeout(() => done(new VvfsError('PEER_UNAVAILABLE', `not connected within ${this.deadlineMs} ms${this.lastError ? `: ${this.lastError}` : ''}`)), this.deadlineMs)
+      this.client.on('state', onState)
+      if (this.client.state === 'ready') done()
+    })
   }
 
   private asStoreError(err: unknown): VvfsError {
