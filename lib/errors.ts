@@ -54,7 +54,6 @@ export const ERROR_CODES = [
   'PEER_UNAVAILABLE',
   'PEER_BUSY',
   'FRAME_TOO_LARGE',
-  /** A mutation carrying a fencing token lower than one the storage server has seen (issue 14). */
   'FENCED',
   'INTERNAL',
 ] as const

@@ -24,8 +24,12 @@
  * (code FENCED) and stores nothing of that call. Local stores ignore it.
  *
  * Errors are VvfsErrors: IO_ERROR for a failed read/write/sync,
- * STORAGE_FULL for ENOSPC, FENCED, TIMEOUT (remote), SHUTTING_DOWN after close.
+ * STORAGE_FULL for ENOSPC, FENCED, TIMEOUT (remote), SHUTTING_DOWN after close,
+ * INVALID_ARGUMENT for a bad address or a value that is not one chunk
+ * (checkRead, checkBatch: every store makes the same checks).
  */
+import { VvfsError } from '../errors.js'
+import { CHUNK_SIZE } from '../layout.js'
 
 export interface StoreIdentity {
   /** The storage system id the store was created for (a store refuses to open as another). */
@@ -83,4 +87,32 @@ export interface ChunkStore {
   /** Makes every logged batch completed before the call durable; with flushUnlogged also the unlogged ones. */
   sync(opts?: { flushUnlogged?: boolean; token?: number }): Promise<void>
   close(): Promise<void>
+}
+
+/** Chunk addresses fit in 6 bytes (the LevelDB store's keys; the wire's). */
+export const MAX_PCA = 2 ** 48
+
+function checkAddress(pca: number, what: string): void {
+  if (!Number.isSafeInteger(pca) || pca < 0 || pca >= MAX_PCA) throw new VvfsError('INVALID_ARGUMENT', `${what}: ${pca} is not a chunk address`)
+}
+
+/** The checks every store makes of a read: INVALID_ARGUMENT for a bad address, count or a buffer too small. */
+export function checkRead(first: number, count: number, into: Buffer, offset: number): void {
+  checkAddress(first, 'read')
+  if (!Number.isSafeInteger(count) || count < 0 || first + count > MAX_PCA) throw new VvfsError('INVALID_ARGUMENT', `read: ${count} is not a chunk count`)
+  if (!Number.isSafeInteger(offset) || offset < 0 || offset + count * CHUNK_SIZE > into.length) {
+    throw new VvfsError('INVALID_ARGUMENT', `read: ${count} chunks do not fit at ${offset} in a buffer of ${into.length} bytes`)
+  }
+}
+
+/** The checks every store makes of a batch before it applies any of it: INVALID_ARGUMENT for a bad address or a value not one chunk. */
+export function checkBatch(batch: ChunkBatch): void {
+  for (const c of batch.clears ?? []) {
+    checkAddress(c.first, 'clear')
+    if (!Number.isSafeInteger(c.count) || c.count < 0 || c.first + c.count > MAX_PCA) throw new VvfsError('INVALID_ARGUMENT', `clear: ${c.count} is not a chunk count`)
+  }
+  for (const w of batch.writes ?? []) {
+    checkAddress(w.pca, 'write')
+    if (w.data !== null && w.data.length !== CHUNK_SIZE) throw new VvfsError('INVALID_ARGUMENT', `write: chunk ${w.pca} has ${w.data.length} bytes, not ${CHUNK_SIZE}`)
+  }
 }

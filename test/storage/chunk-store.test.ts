@@ -1,0 +1,54 @@
+/**
+ * The ChunkStore conformance suite (chunk-store.suite.ts) run against every
+ * local implementation: the LevelDB store, the in-memory store (with and
+ * without its synchronous read, and fenced), and the fault wrapper with no
+ * fault armed around each of them.
+ */
+import { join } from 'node:path'
+import type { ChunkStore } from '../../lib/storage/chunk-store.js'
+import { LevelChunkStore } from '../../lib/storage/level-store.js'
+import { MemoryChunkStore, type MemoryStoreOptions } from '../../lib/storage/memory-store.js'
+import { removeDir, tempDir } from '../helpers/daemon.js'
+import { chunkStoreSuite, type StoreUnderTest } from './chunk-store.suite.js'
+
+async function levelStore({ sid, name }: { sid: number; name: string }): Promise<StoreUnderTest> {
+  const dir = tempDir('vvfs-chunkstore-')
+  const path = join(dir, name)
+  let open: ChunkStore = await LevelChunkStore.open({ sid, name, path, create: true })
+  return {
+    store: open,
+    reopen: async () => (open = await LevelChunkStore.open({ sid, name, path, create: false })),
+    cleanup: async () => {
+      await open.close()
+      removeDir(dir)
+    },
+  }
+}
+
+function memoryStore(extra: Partial<MemoryStoreOptions> = {}) {
+  return async ({ sid, name }: { sid: number; name: string }): Promise<StoreUnderTest> => {
+    let open = MemoryChunkStore.create({ sid, name, ...extra })
+    const again = (lose: (s: MemoryChunkStore) => void) => async () => {
+      lose(open)
+      return (open = open.reopen())
+    }
+    return {
+      store: open,
+      reopen: again(() => {}),
+      crash: again((s) => s.crash()),
+      powerCut: again((s) => s.powerCut()),
+      cleanup: () => open.close(),
+    }
+  }
+}
+
+chunkStoreSuite('LevelDB', levelStore, { syncRead: true, unlogged: true, fencing: false, reopen: true })
+chunkStoreSuite('memory', memoryStore(), { syncRead: true, unlogged: true, fencing: false, reopen: true, crash: true, powerCut: true })
+chunkStoreSuite('memory, fenced, without a synchronous read', memoryStore({ fencing: true, syncRead: false }), {
+  syncRead: false,
+  unlogged: true,
+  fencing: true,
+  reopen: true,
+  crash: true,
+  powerCut: true,
+})
