@@ -19,7 +19,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { dataKey, STORE_OPTIONS, writeChunkRun } from '../lib/storage/storage-system.js'
+import { dataKey, STORE_OPTIONS, writeChunkRun } from '../lib/storage/level-store.js'
 
 const CHUNK = 4096
 const REGION = 256 * 1024 * 1024

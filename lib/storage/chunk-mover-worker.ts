@@ -1,20 +1,24 @@
 /**
- * The migration worker thread: opens storage systems' stores by path (with
- * `multithreading: true`, as the main thread does) and runs chunk copies.
- * Messages: {type:'open', sid, path} | {type:'copy', id, req} |
+ * The migration worker thread: opens local storage systems' LevelDB stores
+ * by path (LevelChunkStore, with `multithreading: true` as on the main
+ * thread, and the same identity check) and runs chunk copies between them.
+ * Messages: {type:'open', sid, name, path} | {type:'copy', id, req} |
  * {type:'close', sid, id} | {type:'exit'}. Replies: {id, bytes} | {id, error}.
  */
 import { parentPort } from 'node:worker_threads'
-import { ClassicLevel } from 'classic-level'
 import { asVvfsError } from '../errors.js'
 import { copyChunks, type CopyRequest } from './chunk-copy.js'
-import { STORE_OPTIONS } from './storage-system.js'
+import { LevelChunkStore } from './level-store.js'
 
-type Message = { type: 'open'; sid: number; path: string } | { type: 'copy'; id: number; req: CopyRequest } | { type: 'close'; sid: number; id: number } | { type: 'exit' }
+type Message =
+  | { type: 'open'; sid: number; name: string; path: string }
+  | { type: 'copy'; id: number; req: CopyRequest }
+  | { type: 'close'; sid: number; id: number }
+  | { type: 'exit' }
 
-const stores = new Map<number, Promise<ClassicLevel<Buffer, Buffer>>>()
+const stores = new Map<number, Promise<LevelChunkStore>>()
 
-function store(sid: number): Promise<ClassicLevel<Buffer, Buffer>> {
+function store(sid: number): Promise<LevelChunkStore> {
   const s = stores.get(sid)
   if (!s) throw new Error(`storage system ${sid} is not open in the worker`)
   return s
@@ -23,11 +27,10 @@ function store(sid: number): Promise<ClassicLevel<Buffer, Buffer>> {
 parentPort!.on('message', (msg: Message) => {
   switch (msg.type) {
     case 'open': {
-      const db = new ClassicLevel<Buffer, Buffer>(msg.path, { keyEncoding: 'buffer', valueEncoding: 'buffer', multithreading: true, createIfMissing: false, ...STORE_OPTIONS } as never)
-      stores.set(
-        msg.sid,
-        db.open().then(() => db),
-      )
+      const opened = LevelChunkStore.open({ sid: msg.sid, name: msg.name, path: msg.path, create: false })
+      // A failed open is reported by the copies that wait for it.
+      opened.catch(() => {})
+      stores.set(msg.sid, opened)
       break
     }
     case 'copy': {

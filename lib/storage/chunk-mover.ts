@@ -1,29 +1,33 @@
 /**
- * ChunkMover: runs chunk copies between storage systems in a worker thread
- * (worker_threads), so a migration's copy loop does not compete with host
- * I/O for the main thread. The worker opens the same LevelDB locations
- * (classic-level's `multithreading: true`, as the main thread does).
+ * ChunkMover: runs chunk copies between storage systems. `InlineChunkMover`
+ * copies on the calling thread through the ChunkStore interface (readRun or
+ * readMany, then apply), between any two stores. `WorkerChunkMover` copies
+ * in a worker thread (worker_threads), so a migration's copy loop does not
+ * compete with host I/O for the main thread, when both stores have a local
+ * path the worker can open itself (classic-level's `multithreading: true`,
+ * as the main thread does); otherwise (a memory or remote store, or a
+ * system with a fault rule armed, whose FaultyStore offers no local path)
+ * it copies inline.
  *
  * Errors cross the thread boundary as {code, message} and become VvfsErrors
- * again here. `InlineChunkMover` does the same work on the calling thread,
- * for in-process tests and as the fallback when no worker can start.
+ * again here. The inline mover is also the whole mover for in-process tests
+ * and when no worker can start.
  *
  * Durability: a copy's writes are logged, not synced; once a copy has ended
  * (or failed) the mover reports them to the destination's StorageSystem
  * (wroteElsewhere), so its next sync covers them. The caller syncs the
  * destination before any record points at the copy (MigrationRunner).
  *
- * Injected faults (lib/storage/fault-injector.ts) are checked here, on the
- * main thread, once per copy request: the source system's read gate, then
- * the destination's write gate. A failed check fails the copy before the
- * worker touches either store.
+ * Injected faults (lib/storage/fault-injector.ts): an inline copy goes
+ * through each system's FaultyStore, so each batch read checks the source's
+ * read gate and each batch written the destination's write gate; the worker
+ * never copies for a system with rules armed.
  */
 import { Worker } from 'node:worker_threads'
 import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { fromWire, VvfsError, type WireError } from '../errors.js'
 import { copyChunks, type CopyRequest } from './chunk-copy.js'
-import { checkCopy } from './fault-injector.js'
 import type { StorageSystem } from './storage-system.js'
 
 export interface ChunkMover {
@@ -38,8 +42,7 @@ export class InlineChunkMover implements ChunkMover {
 
   async copy(req: CopyRequest): Promise<number> {
     const to = this.system(req.toSid)
-    await checkCopy(this.system(req.fromSid), to)
-    return copyChunks(this.system(req.fromSid).store, to.store, req.fromPcas, req.toPcas, req.style).finally(() => to.wroteElsewhere())
+    return copyChunks(this.system(req.fromSid).chunkStore, to.chunkStore, req.fromPcas, req.toPcas, req.style).finally(() => to.wroteElsewhere())
   }
 
   async forget(): Promise<void> {}
@@ -56,6 +59,7 @@ export class WorkerChunkMover implements ChunkMover {
   private readonly worker: Worker
   private readonly pending = new Map<number, Pending>()
   private readonly opened = new Set<number>()
+  private readonly inline: InlineChunkMover
   private nextId = 1
   private failed: VvfsError | null = null
 
@@ -63,6 +67,7 @@ export class WorkerChunkMover implements ChunkMover {
     file: string,
     private readonly system: (sid: number) => StorageSystem,
   ) {
+    this.inline = new InlineChunkMover(system)
     this.worker = new Worker(file)
     this.worker.on('message', (msg: { id: number; bytes?: number; error?: WireError }) => {
       const p = this.pending.get(msg.id)
@@ -83,17 +88,18 @@ export class WorkerChunkMover implements ChunkMover {
   }
 
   async copy(req: CopyRequest): Promise<number> {
-    await checkCopy(this.system(req.fromSid), this.system(req.toSid))
+    const from = this.system(req.fromSid)
+    const to = this.system(req.toSid)
+    const paths = [from.chunkStore.capabilities.localPath, to.chunkStore.capabilities.localPath]
+    if (paths[0] === null || paths[1] === null) return this.inline.copy(req)
     if (this.failed) throw this.failed
-    for (const sid of [req.fromSid, req.toSid]) {
-      if (!this.opened.has(sid)) {
-        const s = this.system(sid)
-        this.worker.postMessage({ type: 'open', sid, path: s.path })
-        this.opened.add(sid)
+    for (const [i, s] of [from, to].entries()) {
+      if (!this.opened.has(s.sid)) {
+        this.worker.postMessage({ type: 'open', sid: s.sid, name: s.name, path: paths[i] })
+        this.opened.add(s.sid)
       }
     }
     const id = this.nextId++
-    const to = this.system(req.toSid)
     return new Promise<number>((resolve, reject) => {
       this.pending.set(id, { resolve, reject })
       this.worker.postMessage({ type: 'copy', id, req })

@@ -15,12 +15,12 @@
  * (logged and evented by the manager).
  *
  * Shape: `StorageFaults` is the gate of one storage system — the check its
- * operations make at entry (StorageSystem calls it first thing in each
- * method; the migration mover calls it for a copy's source read and
- * destination write, per copy request, since its worker opens the stores by
- * path). When storage systems become a `ChunkStore` interface, the gate
- * becomes a decorator implementing it: each method checks, then delegates.
- * A system with no rule has no gate (`faults` null): nothing on the fast path.
+ * store's calls make at entry. Setting a target's `faults` to a gate wraps
+ * the system's ChunkStore in a FaultyStore (faulty-store.ts: each method
+ * checks, then delegates), setting it back to null unwraps it: a system
+ * with no rule has no gate and nothing on its fast path. Migration copies
+ * of a system with a gate run on the main thread, through the wrapper, so a
+ * copy's every batch read and written is checked (chunk-mover.ts).
  *
  * Concurrency: all on the main thread; a check runs synchronously up to its
  * delay, so rule counters are updated in the order operations start.
@@ -82,7 +82,7 @@ export interface FaultGate {
   check(op: StorageOp): Promise<void>
 }
 
-/** What the injector needs of a storage system: its name and the slot for its gate. */
+/** What the injector needs of a storage system: its name and the slot for its gate (a StorageSystem wraps its store while it holds one). */
 export interface FaultTarget {
   readonly sid: number
   readonly name: string
@@ -208,10 +208,4 @@ export class FaultInjector {
     this.gates.delete(sid)
     if (entry.target.faults === entry.gate) entry.target.faults = null
   }
-}
-
-/** The faults of a migration copy: its read at the source, its write at the destination. */
-export async function checkCopy(from: FaultTarget, to: FaultTarget): Promise<void> {
-  if (from.faults) await from.faults.check('read')
-  if (to.faults) await to.faults.check('write')
 }

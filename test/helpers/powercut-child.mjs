@@ -66,7 +66,8 @@ if (mode === 'files') {
   await system.write(chunks(0), { sync: true })
   await system.write(chunks(4))
 } else if (mode === 'switch') {
-  const { StorageSystem, STORE_OPTIONS } = await import('../../dist/lib/storage/storage-system.js')
+  const { StorageSystem } = await import('../../dist/lib/storage/storage-system.js')
+  const { STORE_OPTIONS } = await import('../../dist/lib/storage/level-store.js')
   const system = await StorageSystem.open({ sid: 1, name: 's1', path: dir, capacity: 1024 * 1024 * 1024, create: false })
   // A memtable holds writeBufferSize bytes of entries (4 KiB value + key + ~20 bytes each): go
   // 2% past it, so the switch comes shortly before the sync and its table is still being written.

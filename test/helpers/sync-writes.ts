@@ -16,3 +16,19 @@ export function watchSyncWrites(store: unknown, covers: () => number, synced: (c
     synced(covered)
   }
 }
+
+type SyncingChunkStore = { sync(opts?: { flushUnlogged?: boolean; token?: number }): Promise<void> }
+
+/**
+ * The same watch on a storage system's store (StorageSystem.chunkStore): a
+ * ChunkStore's sync is what makes its logged writes survive a power cut.
+ */
+export function watchStoreSyncs(system: { readonly chunkStore: unknown }, covers: () => number, synced: (covered: number) => void): void {
+  const store = system.chunkStore as SyncingChunkStore
+  const sync = store.sync.bind(store)
+  store.sync = async (opts) => {
+    const covered = covers()
+    await sync(opts)
+    synced(covered)
+  }
+}

@@ -18,7 +18,7 @@ import { removeDir, tempDir } from '../helpers/daemon.js'
 import { openManager, withSystems } from '../helpers/manager.js'
 import { payload, range, rng, VolumeModel } from '../helpers/model.js'
 import { openStack } from '../helpers/stack.js'
-import { watchSyncWrites } from '../helpers/sync-writes.js'
+import { watchStoreSyncs, watchSyncWrites } from '../helpers/sync-writes.js'
 
 const MiB = 1024 * 1024
 let m: Manager | undefined
@@ -39,8 +39,8 @@ class SyncLedger {
   checked = 0
 
   watch(system: StorageSystem): void {
-    watchSyncWrites(
-      system.store,
+    watchStoreSyncs(
+      system,
       () => this.ended.get(system.sid) ?? 0,
       (covered) => this.synced.set(system.sid, Math.max(covered, this.synced.get(system.sid) ?? 0)),
     )

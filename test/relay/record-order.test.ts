@@ -21,7 +21,7 @@ import { BULK_CHUNKS } from '../../lib/storage/storage-system.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
 import { rng } from '../helpers/model.js'
 import { openStack, type Stack } from '../helpers/stack.js'
-import { watchSyncWrites } from '../helpers/sync-writes.js'
+import { watchStoreSyncs, watchSyncWrites } from '../helpers/sync-writes.js'
 
 const dirs: string[] = []
 afterAll(() => dirs.forEach(removeDir))
@@ -47,8 +47,8 @@ class OrderLedger {
 
   constructor(stack: Stack) {
     for (const s of stack.pool.list()) {
-      watchSyncWrites(
-        s.store,
+      watchStoreSyncs(
+        s,
         () => this.ended.get(s.sid) ?? 0,
         (covered) => this.synced.set(s.sid, Math.max(covered, this.synced.get(s.sid) ?? 0)),
       )

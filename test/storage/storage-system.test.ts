@@ -126,20 +126,20 @@ describe('which writes a sync covers', () => {
     const dir = await fresh()
     const s = await StorageSystem.open({ sid: 1, name: 's1', path: dir, capacity: 64 * 1024 * 1024, create: false })
     try {
-      // The thread-pool hand-off, made long: the write reaches LevelDB only when let in.
-      const db = s.store as unknown as { batchChunks(...args: unknown[]): Promise<void>; put(k: Buffer, v: Buffer, o?: { sync?: boolean }): Promise<void> }
-      const batchChunks = db.batchChunks.bind(db)
+      // The thread-pool hand-off, made long: the write reaches the store only when let in.
+      const store = s.chunkStore
+      const apply = store.apply.bind(store)
       let letIn!: () => void
       const gate = new Promise<void>((resolve) => (letIn = resolve))
-      db.batchChunks = async (...args: unknown[]) => {
+      store.apply = async (batch) => {
         await gate
-        return batchChunks(...args)
+        return apply(batch)
       }
       const events: string[] = []
-      const put = db.put.bind(db)
-      db.put = async (k, v, o) => {
-        if (o?.sync) events.push('sync write')
-        return put(k, v, o)
+      const sync = store.sync.bind(store)
+      store.sync = async (opts) => {
+        events.push('sync write')
+        return sync(opts)
       }
       const data = Buffer.alloc(4 * CHUNK_SIZE, 5)
       const write = s.write(Array.from({ length: 4 }, (_, i) => ({ pca: i, data: data.subarray(i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE) })))
