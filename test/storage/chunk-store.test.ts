@@ -6,6 +6,8 @@
  */
 import { join } from 'node:path'
 import type { ChunkStore } from '../../lib/storage/chunk-store.js'
+import { FaultInjector, type FaultGate } from '../../lib/storage/fault-injector.js'
+import { FaultyStore } from '../../lib/storage/faulty-store.js'
 import { LevelChunkStore } from '../../lib/storage/level-store.js'
 import { MemoryChunkStore, type MemoryStoreOptions } from '../../lib/storage/memory-store.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
@@ -42,9 +44,37 @@ function memoryStore(extra: Partial<MemoryStoreOptions> = {}) {
   }
 }
 
+/**
+ * `factory`'s stores behind the fault gate of a storage system whose every
+ * rule was cleared (a real gate, not a stand-in): the wrapper with no fault
+ * armed. Reopened stores go behind the same gate.
+ */
+function behindClearedGate(factory: (opts: { sid: number; name: string }) => Promise<StoreUnderTest>) {
+  return async (opts: { sid: number; name: string }): Promise<StoreUnderTest> => {
+    const injector = new FaultInjector(() => {})
+    const target: { sid: number; name: string; faults: FaultGate | null } = { ...opts, faults: null }
+    const rule = injector.add(target, { op: 'any', error: 'EIO' })
+    const gate = target.faults!
+    injector.clear(rule.id)
+    const inner = await factory(opts)
+    const wrap = (hook?: () => Promise<ChunkStore>) => hook && (async () => new FaultyStore(await hook(), gate))
+    return { store: new FaultyStore(inner.store, gate), reopen: wrap(inner.reopen), crash: wrap(inner.crash), powerCut: wrap(inner.powerCut), cleanup: inner.cleanup }
+  }
+}
+
 chunkStoreSuite('LevelDB', levelStore, { syncRead: true, unlogged: true, fencing: false, reopen: true })
 chunkStoreSuite('memory', memoryStore(), { syncRead: true, unlogged: true, fencing: false, reopen: true, crash: true, powerCut: true })
 chunkStoreSuite('memory, fenced, without a synchronous read', memoryStore({ fencing: true, syncRead: false }), {
+  syncRead: false,
+  unlogged: true,
+  fencing: true,
+  reopen: true,
+  crash: true,
+  powerCut: true,
+})
+// The wrapper offers no synchronous read (a check may delay) whatever the store under it does.
+chunkStoreSuite('fault wrapper with no fault armed, over LevelDB', behindClearedGate(levelStore), { syncRead: false, unlogged: true, fencing: false, reopen: true })
+chunkStoreSuite('fault wrapper with no fault armed, over memory (fenced)', behindClearedGate(memoryStore({ fencing: true })), {
   syncRead: false,
   unlogged: true,
   fencing: true,
