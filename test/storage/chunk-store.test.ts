@@ -62,23 +62,13 @@ function behindClearedGate(factory: (opts: { sid: number; name: string }) => Pro
   }
 }
 
-chunkStoreSuite('LevelDB', levelStore, { syncRead: true, unlogged: true, fencing: false, reopen: true })
-chunkStoreSuite('memory', memoryStore(), { syncRead: true, unlogged: true, fencing: false, reopen: true, crash: true, powerCut: true })
-chunkStoreSuite('memory, fenced, without a synchronous read', memoryStore({ fencing: true, syncRead: false }), {
-  syncRead: false,
-  unlogged: true,
-  fencing: true,
-  reopen: true,
-  crash: true,
-  powerCut: true,
-})
+const level = { syncRead: true, unlogged: true, fencing: false, reopen: true }
+const memory = { ...level, crash: true, powerCut: true }
 // The wrapper offers no synchronous read (a check may delay) whatever the store under it does.
-chunkStoreSuite('fault wrapper with no fault armed, over LevelDB', behindClearedGate(levelStore), { syncRead: false, unlogged: true, fencing: false, reopen: true })
-chunkStoreSuite('fault wrapper with no fault armed, over memory (fenced)', behindClearedGate(memoryStore({ fencing: true })), {
-  syncRead: false,
-  unlogged: true,
-  fencing: true,
-  reopen: true,
-  crash: true,
-  powerCut: true,
-})
+const fencedWithoutSyncRead = { ...memory, fencing: true, syncRead: false }
+
+chunkStoreSuite('LevelDB', levelStore, level)
+chunkStoreSuite('memory', memoryStore(), memory)
+chunkStoreSuite('memory, fenced, without a synchronous read', memoryStore({ fencing: true, syncRead: false }), fencedWithoutSyncRead)
+chunkStoreSuite('fault wrapper with no fault armed, over LevelDB', behindClearedGate(levelStore), { ...level, syncRead: false })
+chunkStoreSuite('fault wrapper with no fault armed, over memory (fenced)', behindClearedGate(memoryStore({ fencing: true })), fencedWithoutSyncRead)
