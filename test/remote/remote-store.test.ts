@@ -2,14 +2,37 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { CHUNK_SIZE } from '../../lib/layout.js'
 import { RemoteChunkStore } from '../../lib/storage/remote/client.js'
 import { chunkOf, cleanup, newKey, openStore, startServer } from './servers.js'
-import { storeChecks } from './store-checks.js'
+import { chunkStoreSuite } from '../storage/chunk-store.suite.js'
 
 afterEach(cleanup)
 
-storeChecks('a remote store on a storage server on loopback', async () => {
-  const { key } = await newKey()
-  const { port } = await startServer(key)
-  return openStore(key, port)
+/** The ChunkStore conformance suite against a remote store: a storage server (LevelDB) on loopback, claimed as the suite's storage system. */
+chunkStoreSuite(
+  'remote store on a storage server on loopback',
+  async ({ sid, name }) => {
+    const { key } = await newKey()
+    const { port } = await startServer(key)
+    const open = () => openStore(key, port, { sid, name })
+    return { store: open(), reopen: async () => open(), cleanup: async () => {} }
+  },
+  { syncRead: false, unlogged: true, fencing: true, reopen: true },
+)
+
+describe('a remote store reads and lists more than one request holds', () => {
+  it('a run of 600 chunks and 600 scattered ones come back in order', async () => {
+    const { key } = await newKey()
+    const { port } = await startServer(key)
+    const store = openStore(key, port)
+    const count = 600
+    const writes = Array.from({ length: count }, (_, i) => ({ pca: 5000 + i, data: chunkOf(5000 + i) }))
+    for (let i = 0; i < count; i += 200) await store.apply({ writes: writes.slice(i, i + 200) })
+    const into = Buffer.alloc(count * CHUNK_SIZE)
+    await store.readRun(5000, count, into)
+    for (let i = 0; i < count; i++) expect(into.subarray(i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE).equals(chunkOf(5000 + i)), `chunk ${i}`).toBe(true)
+    const many = await store.readMany(writes.map((w) => w.pca).reverse())
+    expect(many.every((c, i) => c?.equals(chunkOf(5000 + count - 1 - i)))).toBe(true)
+    expect((await store.stored(0, 1e6)).length).toBe(count)
+  })
 })
 
 describe('a remote store', () => {

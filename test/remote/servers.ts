@@ -15,7 +15,7 @@ import { createLogger } from '../../lib/log.js'
 import { PeerKey } from '../../lib/wire/auth.js'
 import type { ServerLimits } from '../../lib/wire/server.js'
 import { RemoteChunkStore, type RemoteStoreOptions } from '../../lib/storage/remote/client.js'
-import { InterimLevelStore } from '../../lib/storage/remote/interim-level-store.js'
+import { LevelChunkStore } from '../../lib/storage/level-store.js'
 import { StorageServer } from '../../lib/storage/remote/server.js'
 import { VVFS } from '../helpers/daemon.js'
 import { capturedLog } from '../wire/peers.js'
@@ -60,7 +60,7 @@ export async function startServer(key: PeerKey, opts: { dir?: string; port?: num
     log: logs.log,
     capacity: opts.capacity,
     limits: opts.limits,
-    openStore: (o) => InterimLevelStore.open(o),
+    openStore: (o) => LevelChunkStore.open(o),
   })
   const { port } = await server.start()
   let stopped = false

@@ -35,7 +35,7 @@ import { CHUNK_SIZE } from '../../layout.js'
 import type { Logger } from '../../log.js'
 import type { PeerKey } from '../../wire/auth.js'
 import { WireClient, type ClientState } from '../../wire/client.js'
-import type { ChunkBatch, ChunkStore, ChunkStoreCapabilities, StoreIdentity } from '../chunk-store.js'
+import { checkBatch, checkRead, type ChunkBatch, type ChunkStore, type ChunkStoreCapabilities, type StoreIdentity } from '../chunk-store.js'
 import {
   decodeAddresses,
   decodeChunkSet,
@@ -86,6 +86,9 @@ export interface RemoteLinkStatus {
   /** The last connection failure's message while not ready. */
   lastError: string | null
 }
+
+/** A buffer the address check of readMany reads against (never written). */
+const ONE_CHUNK = Buffer.alloc(CHUNK_SIZE)
 
 const PASS_THROUGH = new Set(['FENCED', 'STORAGE_FULL', 'STORAGE_PATH_IN_USE', 'STATE_CORRUPT', 'SHUTTING_DOWN', 'INVALID_ARGUMENT', 'OUT_OF_RANGE'])
 
@@ -155,6 +158,8 @@ export class RemoteChunkStore implements ChunkStore {
   }
 
   async readRun(first: number, count: number, into: Buffer, offset = 0): Promise<void> {
+    this.checkOpen()
+    checkRead(first, count, into, offset)
     const end = Date.now() + this.deadlineMs
     const parts: Promise<void>[] = []
     for (let done = 0; done < count; done += MAX_READ_CHUNKS) {
@@ -166,6 +171,8 @@ export class RemoteChunkStore implements ChunkStore {
   }
 
   async readMany(pcas: number[]): Promise<(Buffer | undefined)[]> {
+    this.checkOpen()
+    for (const p of pcas) checkRead(p, 1, ONE_CHUNK, 0)
     const end = Date.now() + this.deadlineMs
     const parts: Promise<(Buffer | undefined)[]>[] = []
     for (let i = 0; i < pcas.length; i += MAX_READ_CHUNKS) {
@@ -177,6 +184,8 @@ export class RemoteChunkStore implements ChunkStore {
   }
 
   async apply(batch: ChunkBatch): Promise<void> {
+    this.checkOpen()
+    checkBatch(batch)
     if ((batch.writes?.length ?? 0) === 0 && (batch.clears?.length ?? 0) === 0 && !batch.sync) return
     const body = encodeApply(batch, batch.token ?? this.epoch)
     if (body.length > STORAGE_MAX_BODY)
@@ -217,6 +226,10 @@ export class RemoteChunkStore implements ChunkStore {
   }
 
   // ---- requests
+
+  private checkOpen(): void {
+    if (this.closed) throw new VvfsError('SHUTTING_DOWN', `remote storage ${this.opts.name} is closed`)
+  }
 
   /** One request after the session's IDENTITY check, within the deadline `end`; errors as the file comment says. */
   private async call(op: Op, body: Buffer, end: number): Promise<Buffer> {

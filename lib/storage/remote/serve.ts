@@ -15,7 +15,7 @@ import { asVvfsError } from '../../errors.js'
 import { createLogger, type LogFormat, type LogLevel } from '../../log.js'
 import { loadPeerKey } from '../../wire/auth.js'
 import { parseHostPort } from '../../wire/server.js'
-import { InterimLevelStore } from './interim-level-store.js'
+import { LevelChunkStore } from '../level-store.js'
 import { StorageServer, type StoreOpener } from './server.js'
 
 export interface ServeOptions {
@@ -28,8 +28,8 @@ export interface ServeOptions {
   logFormat?: LogFormat
 }
 
-/** The store the server keeps chunks in: the daemon's LevelDB store code (TEMPORARY adapter until level-store.ts lands). */
-const openStore: StoreOpener = (o) => InterimLevelStore.open(o)
+/** The store the server keeps chunks in: the daemon's own LevelDB store code. */
+const openStore: StoreOpener = (o) => LevelChunkStore.open(o)
 
 export async function runStorageServer(opts: ServeOptions): Promise<number> {
   const log = createLogger(opts.logLevel ?? 'info', opts.logFormat)
