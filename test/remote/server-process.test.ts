@@ -74,4 +74,31 @@ describe('vvfs storage serve, a process of its own', { timeout: 40_000 }, () => 
       expect(match !== undefined || (floor === 0 && got === undefined), `chunk ${pca}: acknowledged version ${floor}`).toBe(true)
     })
   })
+
+  it('a server killed (kill -9) and restarted within the deadline costs the caller nothing: calls lost with the connection are sent again', async () => {
+    const { key, file } = await newKey()
+    const dir = `${await tempDir()}/server`
+    const port = await freePort()
+    const first = await spawnServer({ dir, port, keyFile: file })
+    const store = openStore(key, port, { deadlineMs: 8000 })
+    await store.readMany([0])
+    let written = 0
+    let stop = false
+    const writes = (async () => {
+      for (let v = 1; !stop; v++) {
+        await store.apply({ writes: [{ pca: v % 512, data: chunkOf(v) }], sync: true })
+        written = v
+      }
+    })()
+    while (written < 50) await new Promise((r) => setTimeout(r, 5))
+    first.proc.kill('SIGKILL')
+    await first.exited
+    const before = written
+    await spawnServer({ dir, port, keyFile: file })
+    while (written < before + 50) await new Promise((r) => setTimeout(r, 5))
+    stop = true
+    await writes // no call failed
+    const last = written
+    expect((await store.readMany([last % 512]))[0]?.equals(chunkOf(last))).toBe(true)
+  })
 })

@@ -73,7 +73,7 @@ export async function startServer(key: PeerKey, opts: { dir?: string; port?: num
   return { server, port, dir, logs, stop }
 }
 
-const quiet = createLogger('silent')
+const quiet = createLogger(process.env.VVFS_TEST_LOG ? 'debug' : 'silent')
 
 /** A remote store on `port`, claiming the server as storage system `sid` unless told otherwise. */
 export function openStore(key: PeerKey, port: number, opts: Partial<RemoteStoreOptions> = {}): RemoteChunkStore {

@@ -25,9 +25,14 @@
  * A server that does not answer in time, a lost connection, an unreachable
  * or misbehaving server are IO_ERROR (details.cause: TIMEOUT,
  * PEER_UNAVAILABLE, …): to the host that is EIO, as a disk that times out.
- * A write that timed out may or may not have been applied (the WireClient
- * never retries); its caller treats it as a failed write (reported at the
- * next fsync). The server's own answers keep their codes (FENCED,
+ * A request lost with its connection (the server was killed or
+ * restarted) is sent again once a new session passed its IDENTITY check, as
+ * long as the call's deadline allows: every operation of the protocol is
+ * idempotent — a batch sets chunks to given contents (the relay's locks
+ * keep a second writer of the same chunks from coming between), a sync
+ * only syncs — so a server restarted within the deadline costs the host
+ * nothing. A write that timed out may or may not have been applied; its
+ * caller treats it as a failed write (reported at the next fsync). The server's own answers keep their codes (FENCED,
  * STORAGE_FULL, STORAGE_PATH_IN_USE, …). After close(): SHUTTING_DOWN.
  */
 import { VvfsError } from '../../errors.js'
@@ -60,6 +65,9 @@ import {
 
 /** 5 s: a loaded LevelDB sync on this VM takes up to ~1 s (StorageSystem.sync's memtable flush), so five times that before a host sees EIO. */
 export const DEFAULT_REMOTE_DEADLINE_MS = 5000
+
+/** Reconnect attempts 50 ms apart doubling to 1 s: a restarted server is found within a second, well inside a request's deadline, and an attempt a second costs nothing. */
+const DEFAULT_BACKOFF = { initialMs: 50, maxMs: 1000 }
 
 export interface RemoteStoreOptions {
   host: string
@@ -122,7 +130,7 @@ export class RemoteChunkStore implements ChunkStore {
       deadlineMs: this.deadlineMs,
       connectTimeoutMs: Math.min(3000, this.deadlineMs),
       maxBodyBytes: STORAGE_MAX_BODY,
-      backoff: opts.backoff,
+      backoff: opts.backoff ?? DEFAULT_BACKOFF,
     })
     this.client.on('state', (state: ClientState, err?: VvfsError) => {
       if (state !== 'ready') this.checkedSession = null
@@ -234,11 +242,15 @@ export class RemoteChunkStore implements ChunkStore {
   /** One request after the session's IDENTITY check, within the deadline `end`; errors as the file comment says. */
   private async call(op: Op, body: Buffer, end: number): Promise<Buffer> {
     if (this.closed) throw new VvfsError('SHUTTING_DOWN', `remote storage ${this.opts.name} is closed`)
-    try {
-      if (this.checkedSession === null || this.checkedSession !== this.client.sessionId) await this.check(end)
-      return await this.client.request(op, body, { deadlineMs: Math.max(1, end - Date.now()) })
-    } catch (err) {
-      throw this.asStoreError(err)
+    for (;;) {
+      try {
+        if (this.checkedSession === null || this.checkedSession !== this.client.sessionId) await this.check(end)
+        return await this.client.request(op, body, { deadlineMs: Math.max(1, end - Date.now()) })
+      } catch (err) {
+        // Lost with the connection: sent again on the next one while the deadline allows (see the file comment: every operation is idempotent).
+        if (err instanceof VvfsError && err.code === 'PEER_UNAVAILABLE' && err.details?.sent === true && !this.closed && Date.now() < end) continue
+        throw this.asStoreError(err)
+      }
     }
   }
 
@@ -247,7 +259,9 @@ export class RemoteChunkStore implements ChunkStore {
     if (this.client.state !== 'ready') {
       // One wait for the connection, shared by every call (each keeps its own deadline).
       this.connecting ??= this.untilReady().finally(() => (this.connecting = null))
-      await withDeadline(this.connecting, end, () => new VvfsError('TIMEOUT', `not connected to ${this.capabilities.location} within the deadline`))
+      await withDeadline(this.connecting, end, () =>
+        new VvfsError('PEER_UNAVAILABLE', `not connected to ${this.capabilities.location} within the deadline${this.lastError ? `: ${this.lastError}` : ''}`),
+      )
     }
     const session = this.client.sessionId as string
     if (this.checking?.session !== session) {
@@ -261,6 +275,8 @@ export class RemoteChunkStore implements ChunkStore {
             throw new VvfsError('STORAGE_PATH_IN_USE', `${this.capabilities.location} holds storage system ${reply.identity.name} (id ${reply.identity.sid}), not ${this.opts.name}`)
           this.lastReply = reply
           if (this.client.sessionId === session) this.checkedSession = session
+          // A first round trip now, for `storage list` (the WireClient's own pings come every third of the idle timeout).
+          this.client.ping().catch(() => {})
           return reply
         })
       this.checking = { session, done }
@@ -275,24 +291,20 @@ export class RemoteChunkStore implements ChunkStore {
   /**
    * Resolves when the client is ready; fails at once when a connection
    * attempt ended in a way retrying will not fix (a wrong key, an
-   * incompatible server), else after the deadline.
+   * incompatible server). No timer of its own: one wait is shared by every
+   * call, each under its own deadline (check).
    */
   private untilReady(): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      const done = (err?: VvfsError) => {
-        clearTimeout(timer)
-        this.client.off('state', onState)
-        if (err) reject(err)
-        else resolve()
-      }
       const onState = (state: ClientState, err?: VvfsError) => {
-        if (state === 'ready') done()
-        else if (state === 'closed') done(new VvfsError('SHUTTING_DOWN', `remote storage ${this.opts.name} is closed`))
-        else if (err && (err.code === 'PEER_AUTH_FAILED' || err.code === 'PEER_PROTOCOL')) done(err)
+        if (state === 'ready') resolve()
+        else if (state === 'closed') reject(new VvfsError('SHUTTING_DOWN', `remote storage ${this.opts.name} is closed`))
+        else if (err && (err.code === 'PEER_AUTH_FAILED' || err.code === 'PEER_PROTOCOL')) reject(err)
+        else return
+        this.client.off('state', onState)
       }
-      const timer = setTimeout(() => done(new VvfsError('PEER_UNAVAILABLE', `not connected within ${this.deadlineMs} ms${this.lastError ? `: ${this.lastError}` : ''}`)), this.deadlineMs)
       this.client.on('state', onState)
-      if (this.client.state === 'ready') done()
+      if (this.client.state === 'ready') onState('ready')
     })
   }
 

@@ -217,7 +217,10 @@ export class StorageServer {
     await this.persisting.catch(() => {})
     const store = this.store
     this.store = null
-    if (store) await store.close()
+    if (store) {
+      // Unlogged batches live only in the store's memory until a flushing sync: a clean stop keeps them (a kill -9 may not).
+      await store.sync({ flushUnlogged: true }).finally(() => store.close())
+    }
     this.log.info({ event: 'storage.server_closed', dir: this.opts.dir }, 'storage server closed')
   }
 
