@@ -261,7 +261,7 @@ export const METHODS = {
       peerKey: Path.optional(),
     }),
     result: StorageInfo,
-    errors: [...NAME_ERRORS, 'INVALID_SIZE', 'CAPACITY_TOO_LARGE', 'STORAGE_EXISTS', 'STORAGE_PATH_IN_USE', 'IO_ERROR', 'INVALID_ARGUMENT', 'STATE_CORRUPT'],
+    errors: [...NAME_ERRORS, 'INVALID_SIZE', 'CAPACITY_TOO_LARGE', 'STORAGE_EXISTS', 'STORAGE_PATH_IN_USE', 'IO_ERROR', 'INVALID_ARGUMENT', 'STATE_CORRUPT', 'PEER_AUTH_FAILED', 'PEER_UNAVAILABLE', 'PEER_PROTOCOL'],
   }),
   // issue 14
   'storage.fence': method({

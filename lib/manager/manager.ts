@@ -328,23 +328,28 @@ export class Manager implements HostView {
       const clash = data.storage.find((s) => s.path === path || path.startsWith(s.path + '/') || s.path.startsWith(path + '/'))
       if (clash) throw new VvfsError('STORAGE_PATH_IN_USE', `${path} overlaps storage system ${clash.name} at ${clash.path}`)
       const rec: StorageRecord = { sid: data.nextSid, name: p.name, path, capacity: p.capacity, createdAt: new Date().toISOString(), ...(p.reserve ? { reserve: true } : {}) }
-      const system = await StorageSystem.open({ ...rec, create: true })
-      system.reserve = p.reserve ?? false
-      data.nextSid++
-      data.storage.push(rec)
-      try {
-        await this.catalog.save()
-      } catch (err) {
-        data.storage.pop()
-        await system.close()
-        throw err
-      }
-      this.pool.add(system)
-      this.log.info({ event: 'storage.added', name: rec.name, capacity: rec.capacity, path }, 'storage system added')
-      const info = this.storageInfo(system)
-      this.emit('storage.added', { storage: info })
-      return info
+      return this.recordNewStorage(rec, await StorageSystem.open({ ...rec, create: true }))
     })
+  }
+
+  /** Records a storage system just opened (closing it if that fails) and puts it in the pool. */
+  private async recordNewStorage(rec: StorageRecord, system: StorageSystem): Promise<StorageInfo> {
+    const data = this.catalog.data
+    system.reserve = rec.reserve ?? false
+    data.nextSid++
+    data.storage.push(rec)
+    try {
+      await this.catalog.save()
+    } catch (err) {
+      data.storage.pop()
+      await system.close().catch(() => {})
+      throw err
+    }
+    this.pool.add(system)
+    this.log.info({ event: 'storage.added', name: rec.name, capacity: rec.capacity, path: rec.path }, 'storage system added')
+    const info = this.storageInfo(system)
+    this.emit('storage.added', { storage: info })
+    return info
   }
 
   listStorage(): StorageInfo[] {
@@ -392,21 +397,7 @@ export class Manager implements HostView {
       throw new VvfsError('INVALID_SIZE', `capacity ${formatSize(capacity)} is not between one extent and ${formatSize(MAX_CAPACITY)}`)
     }
     const rec: StorageRecord = { sid: data.nextSid, name: p.name, path: p.remote, capacity, createdAt: new Date().toISOString(), remote: { ...remote, epoch }, ...(p.reserve ? { reserve: true } : {}) }
-    system.reserve = p.reserve ?? false
-    data.nextSid++
-    data.storage.push(rec)
-    try {
-      await this.catalog.save()
-    } catch (err) {
-      data.storage.pop()
-      await system.close().catch(() => {})
-      throw err
-    }
-    this.pool.add(system)
-    this.log.info({ event: 'storage.added', name: rec.name, capacity, remote: p.remote }, 'remote storage system added')
-    const info = this.storageInfo(system)
-    this.emit('storage.added', { storage: info })
-    return info
+    return this.recordNewStorage(rec, system)
   }
 
   /** `storage fence`: the daemon's epoch for the system is recorded first, then the server's fence raised to it. */

@@ -143,16 +143,28 @@ export class RemoteChunkStore implements ChunkStore {
 
   /**
    * Opens the store and waits until the server answered IDENTITY (for `storage
-   * add --remote`: a wrong key, address or server is an error now, not later).
+   * add --remote`: a wrong key, address or server is an error now, not later,
+   * with the wire's own code: PEER_AUTH_FAILED, PEER_UNAVAILABLE, …).
    */
   static async connect(opts: RemoteStoreOptions): Promise<{ store: RemoteChunkStore; server: IdentityReply }> {
     const store = new RemoteChunkStore(opts)
+    // The first failed attempt is the answer (nothing listening, a refused key): no waiting for reconnects.
+    let onState: ((state: ClientState, err?: VvfsError) => void) | null = null
+    const firstFailure = new Promise<never>((_, reject) => {
+      onState = (state, err) => {
+        if (state === 'down' && err) reject(err)
+      }
+      store.client.on('state', onState)
+    })
     try {
-      const server = await store.check(Date.now() + store.deadlineMs)
+      const server = await Promise.race([store.check(Date.now() + store.deadlineMs), firstFailure])
       return { store, server }
     } catch (err) {
       await store.close()
       throw err
+    } finally {
+      firstFailure.catch(() => {})
+      if (onState) store.client.off('state', onState)
     }
   }
 
