@@ -84,20 +84,22 @@ describe('vvfs storage serve, a process of its own', { timeout: 40_000 }, () => 
     await store.readMany([0])
     let written = 0
     let stop = false
+    let failed: unknown = null
     const writes = (async () => {
       for (let v = 1; !stop; v++) {
         await store.apply({ writes: [{ pca: v % 512, data: chunkOf(v) }], sync: true })
         written = v
       }
-    })()
+    })().catch((err: unknown) => (failed = err))
     while (written < 50) await new Promise((r) => setTimeout(r, 5))
     first.proc.kill('SIGKILL')
     await first.exited
     const before = written
     await spawnServer({ dir, port, keyFile: file })
-    while (written < before + 50) await new Promise((r) => setTimeout(r, 5))
+    while (written < before + 50 && failed === null) await new Promise((r) => setTimeout(r, 5))
     stop = true
-    await writes // no call failed
+    await writes
+    expect(failed).toBeNull() // no call failed
     const last = written
     expect((await store.readMany([last % 512]))[0]?.equals(chunkOf(last))).toBe(true)
   })
