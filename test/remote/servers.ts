@@ -106,14 +106,20 @@ export interface ServerProcess {
 }
 
 /** `vvfs storage serve` as its own process (the built dist/), ready when it logged storage.serving. */
-export async function spawnServer(opts: { dir: string; port: number; keyFile: string; capacity?: string }): Promise<ServerProcess> {
+export function spawnServer(opts: { dir: string; port: number; keyFile: string; capacity?: string }): Promise<ServerProcess> {
+  return spawnServerIn(null, { ...opts, host: '127.0.0.1' })
+}
+
+/** The same, in network namespace `ns` (null: this one), listening on `host`. */
+export async function spawnServerIn(ns: string | null, opts: { dir: string; host: string; port: number; keyFile: string; capacity?: string }): Promise<ServerProcess> {
   const logPath = join(opts.dir + '.log')
   const fd = openSync(logPath, 'a')
-  const args = ['storage', 'serve', '--dir', opts.dir, '--listen', `127.0.0.1:${opts.port}`, '--peer-key', opts.keyFile, '--log-format', 'json']
+  const args = ['storage', 'serve', '--dir', opts.dir, '--listen', `${opts.host}:${opts.port}`, '--peer-key', opts.keyFile, '--log-format', 'json']
   if (opts.capacity) args.push('--capacity', opts.capacity)
+  const command = ns ? ['ip', ['netns', 'exec', ns, process.execPath, VVFS, ...args]] as const : [process.execPath, [VVFS, ...args]] as const
   let proc: ChildProcess
   try {
-    proc = spawn(process.execPath, [VVFS, ...args], { stdio: ['ignore', fd, fd] })
+    proc = spawn(command[0], [...command[1]], { stdio: ['ignore', fd, fd] })
   } finally {
     closeSync(fd)
   }
