@@ -4,13 +4,14 @@
  * result as a table (or as JSON with --json). Exit status: 0 done, 1 the
  * daemon refused or failed (the error's code is printed), 2 bad usage.
  */
+import { resolve as resolvePath } from 'node:path'
 import yargs, { type Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { ControlClient } from '../control/client.js'
 import { METHODS, type MethodName, type ParamsInput, type Result } from '../control/schema.js'
 import { asVvfsError } from '../errors.js'
 import { LOG_FORMATS, LOG_LEVELS, type LogLevel } from '../log.js'
-import { formatSize, parseDuration } from '../units.js'
+import { formatSize, parseDuration, parseSize } from '../units.js'
 import { fields, table } from './output.js'
 import { copyOptions, migrationCommands, startedJob } from './jobs.js'
 import { COMPLETION_KEY, namesToComplete } from './completion.js'
@@ -52,8 +53,8 @@ function volumeRows(volumes: Result<'volume.list'>['volumes']) {
 
 function storageRows(storage: Result<'storage.list'>['storage']) {
   return table(
-    ['NAME', 'ROLE', 'CAPACITY', 'ALLOCATED', 'FREE', 'USE%', 'LARGEST-FREE-RUN', 'VOLUMES', 'PATH'],
-    storage.map((s) => [s.name, s.role, formatSize(s.capacity), formatSize(s.allocated), formatSize(s.free), pct(s.usedPercent), formatSize(s.largestFreeRun), s.volumes.join(',') || '-', s.path]),
+    ['NAME', 'ROLE', 'CAPACITY', 'ALLOCATED', 'FREE', 'USE%', 'LARGEST-FREE-RUN', 'VOLUMES', 'PATH', 'LINK', 'RTT'],
+    storage.map((s) => [s.name, s.role, formatSize(s.capacity), formatSize(s.allocated), formatSize(s.free), pct(s.usedPercent), formatSize(s.largestFreeRun), s.volumes.join(',') || '-', s.path, s.connection, s.rttMs === null ? '-' : `${s.rttMs.toFixed(2)} ms`]),
   )
 }
 
@@ -182,11 +183,15 @@ export function buildCli(rawArgs: string[]) {
           (y) =>
             y
               .positional('name', { type: 'string', demandOption: true })
-              .option('capacity', { type: 'string', demandOption: true, describe: 'e.g. 4G' })
+              .option('capacity', { type: 'string', describe: 'e.g. 4G (required for a local system; a remote one defaults to the server\'s --capacity)' })
               .option('path', { type: 'string', describe: 'LevelDB directory (default STATE/storage/NAME)' })
-              .option('reserve', { type: 'boolean', describe: 'designate it for staged transfers only (migrate --mode staged)' }),
+              .option('reserve', { type: 'boolean', describe: 'designate it for staged transfers only (migrate --mode staged)' })
+              // issue 14
+              .option('remote', { type: 'string', describe: 'ADDR:PORT of a storage server (vvfs storage serve) to add instead of a local store' })
+              .option('peer-key', { type: 'string', describe: 'file with the storage server\'s pre-shared key (with --remote)' }),
           async (argv) => {
-            const s = await call(argv, 'storage.add', { name: argv.name, capacity: argv.capacity, path: argv.path, reserve: argv.reserve })
+            const peerKey = argv['peer-key'] === undefined ? undefined : resolvePath(argv['peer-key'])
+            const s = await call(argv, 'storage.add', { name: argv.name, capacity: argv.capacity, path: argv.path, reserve: argv.reserve, remote: argv.remote, peerKey })
             print(argv, s, () => `added ${s.role === 'reserve' ? 'reserve ' : ''}storage system ${s.name}: ${formatSize(s.capacity)} at ${s.path}`)
           },
         )
@@ -202,6 +207,41 @@ export function buildCli(rawArgs: string[]) {
           const s = await call(argv, 'storage.undrain', { name: argv.name })
           print(argv, s, () => `storage system ${s.name} takes new allocations again`)
         })
+        // ---- issue 14 (remote storage)
+        .command(
+          'fence <name>',
+          'raise a storage server\'s fencing token: requests with a lower epoch are refused from then on',
+          (y) => y.positional('name', { type: 'string', demandOption: true }).option('epoch', { type: 'number', demandOption: true, describe: 'the new token' }),
+          async (argv) => {
+            const s = await call(argv, 'storage.fence', { name: argv.name, epoch: argv.epoch })
+            print(argv, s, () => `storage system ${s.name} at ${s.location}: fence ${s.fence}`)
+          },
+        )
+        // the storage server runs in this process, not through the daemon
+        .command(
+          'serve',
+          'run a storage server: one storage system served over TCP to relays holding the peer key (foreground; SIGTERM stops it)',
+          (y) =>
+            y
+              .option('dir', { type: 'string', demandOption: true, describe: 'directory of the served storage system (created if new)' })
+              .option('listen', { type: 'string', demandOption: true, describe: 'ADDR:PORT to listen on (no default address)' })
+              .option('peer-key', { type: 'string', demandOption: true, describe: 'file with the pre-shared key (mode 0600, at least 32 bytes)' })
+              .option('capacity', { type: 'string', describe: 'most bytes this server holds (e.g. 100G; default: no limit)' })
+              .option('log-level', { choices: LOG_LEVELS, default: 'info' as LogLevel })
+              .option('log-format', { choices: LOG_FORMATS }),
+          async (argv) => {
+            const { runStorageServer } = await import('../storage/remote/serve.js')
+            process.exitCode = await runStorageServer({
+              dir: argv.dir,
+              listen: argv.listen,
+              peerKey: argv['peer-key'],
+              capacity: argv.capacity === undefined ? undefined : parseSize(argv.capacity, 'capacity'),
+              logLevel: argv['log-level'] as LogLevel,
+              logFormat: argv['log-format'],
+            })
+          },
+        )
+        // ---- end issue 14
         .command('list', 'list storage systems', (y) => y, async (argv) => {
           const r = await call(argv, 'storage.list', {})
           print(argv, r.storage, () => storageRows(r.storage))

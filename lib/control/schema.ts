@@ -46,6 +46,14 @@ export const StorageInfo = z.object({
   name: z.string(),
   id: z.number(),
   path: z.string(),
+  /** Issue 14: 'local', or the storage server's ADDR:PORT. */
+  location: z.string(),
+  /** Issue 14: 'local', or the link to the storage server: connecting, ready, down, closed. */
+  connection: z.enum(['local', 'connecting', 'ready', 'down', 'closed']),
+  /** Issue 14: smoothed round trip to the storage server in ms (null: local, or no answer yet). */
+  rttMs: z.number().nullable(),
+  /** Issue 14: the fencing token this daemon's mutations carry (null: local). */
+  epoch: z.number().nullable(),
   /** normal; reserve (for staged transfers); draining (takes no new allocations). */
   role: z.enum(['normal', 'reserve', 'draining']),
   capacity: Bytes,
@@ -242,10 +250,25 @@ export const METHODS = {
     errors: [],
   }),
   'storage.add': method({
-    summary: 'Adds a storage system: a new LevelDB store with a declared capacity of at most 16 TiB (reserve: only for staged transfers).',
-    params: z.strictObject({ name: NewName, capacity: Size, path: Path.optional(), reserve: z.boolean().optional() }),
+    summary:
+      'Adds a storage system: a new LevelDB store with a declared capacity of at most 16 TiB (reserve: only for staged transfers), or (remote: ADDR:PORT, peerKey: FILE) a storage server, claimed for this system; its capacity defaults to the server\'s.',
+    params: z.strictObject({
+      name: NewName,
+      capacity: Size.optional(),
+      path: Path.optional(),
+      reserve: z.boolean().optional(),
+      remote: z.string().min(1).max(300).optional(),
+      peerKey: Path.optional(),
+    }),
     result: StorageInfo,
-    errors: [...NAME_ERRORS, 'INVALID_SIZE', 'CAPACITY_TOO_LARGE', 'STORAGE_EXISTS', 'STORAGE_PATH_IN_USE', 'IO_ERROR'],
+    errors: [...NAME_ERRORS, 'INVALID_SIZE', 'CAPACITY_TOO_LARGE', 'STORAGE_EXISTS', 'STORAGE_PATH_IN_USE', 'IO_ERROR', 'INVALID_ARGUMENT', 'STATE_CORRUPT', 'PEER_AUTH_FAILED', 'PEER_UNAVAILABLE', 'PEER_PROTOCOL'],
+  }),
+  // issue 14
+  'storage.fence': method({
+    summary: 'Raises a storage server\'s fencing token to epoch (persisted there before it answers): mutations with a lower token are refused from then on; this daemon\'s carry epoch.',
+    params: z.strictObject({ name: Name, epoch: z.number().int().min(0).max(2 ** 48 - 1) }),
+    result: StorageInfo.extend({ fence: z.number() }),
+    errors: [...NAME_ERRORS, 'STORAGE_NOT_FOUND', 'NOT_SUPPORTED', 'FENCED', 'IO_ERROR'],
   }),
   'storage.list': method({ summary: 'Lists storage systems with their free-space table.', params: Empty, result: z.object({ storage: z.array(StorageInfo) }), errors: [] }),
   'storage.remove': method({

@@ -13,6 +13,7 @@ export function managerHandlers(manager: Manager, socketPath: string): Handlers 
     'storage.add': (p) => manager.addStorage(p),
     'storage.list': async () => ({ storage: manager.listStorage() }),
     'storage.remove': (p) => manager.removeStorage(p.name),
+    'storage.fence': (p) => manager.fenceStorage(p), // issue 14
     'host.add': (p) => manager.addHost(p),
     'host.list': async () => ({ hosts: manager.listHosts() }),
     'host.remove': (p) => manager.removeHost(p.name),

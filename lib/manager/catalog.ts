@@ -9,6 +9,7 @@
  *
  * Owns: STATE/catalog.json. Never: holds volume maps (the relay's MapStore).
  */
+import type { RemoteRecord } from '../storage/remote/systems.js'
 import { open, readFile, rename } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { VvfsError } from '../errors.js'
@@ -25,6 +26,8 @@ export interface StorageRecord {
   reserve?: boolean
   /** Being (or drained): takes no new allocations. */
   draining?: boolean
+  /** Issue 14: a storage system on a storage server (`path` is then its ADDR:PORT). */
+  remote?: RemoteRecord
 }
 
 export interface HostRecord {

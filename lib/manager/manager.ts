@@ -38,6 +38,8 @@ import type { CopyMode } from '../migration/job.js'
 import type { ConsolidationPolicy } from '../migration/planner.js'
 import { WorkerChunkMover, type ChunkMover } from '../storage/chunk-mover.js'
 import { FaultInjector, type FaultSpec } from '../storage/fault-injector.js'
+// issue 14: storage systems on storage servers
+import { addRemoteSystem, fenceRemoteSystem, openRemoteSystem, remoteEpoch, remoteLink } from '../storage/remote/systems.js'
 
 export const DEFAULT_HOST = 'local'
 
@@ -147,7 +149,9 @@ export class Manager implements HostView {
       const catalog = await Catalog.load(stateDir)
       const pool = new Pool()
       for (const rec of catalog.data.storage) {
-        const system = await StorageSystem.open({ sid: rec.sid, name: rec.name, path: rec.path, capacity: rec.capacity, create: false })
+        const system = rec.remote // issue 14
+          ? await openRemoteSystem({ ...rec, remote: rec.remote }, opts.log)
+          : await StorageSystem.open({ sid: rec.sid, name: rec.name, path: rec.path, capacity: rec.capacity, create: false })
         system.reserve = rec.reserve ?? false
         system.draining = rec.draining ?? false
         pool.add(system)
@@ -249,7 +253,13 @@ export class Manager implements HostView {
       handle.thin.close()
     }
     await this.mover.close()
-    for (const system of this.pool.list()) await system.close()
+    for (const system of this.pool.list()) {
+      // A remote system whose server is down cannot sync: that must not keep the others from closing (issue 14).
+      await system.close().catch((err: unknown) => {
+        const e = asVvfsError(err)
+        this.log.error({ event: 'storage.close_failed', storage: system.name, code: e.code, err: e.message }, 'storage system did not close cleanly')
+      })
+    }
     await this.maps.close()
     this.log.info({ event: 'daemon.closed' }, 'state closed')
   }
@@ -287,10 +297,12 @@ export class Manager implements HostView {
 
   // ---- storage systems
 
-  addStorage(p: { name: string; capacity: number; path?: string; reserve?: boolean }): Promise<StorageInfo> {
+  addStorage(p: { name: string; capacity?: number; path?: string; reserve?: boolean; remote?: string; peerKey?: string }): Promise<StorageInfo> {
     return this.serial(async () => {
       const data = this.catalog.data
       if (data.storage.some((s) => s.name === p.name)) throw new VvfsError('STORAGE_EXISTS', `storage system ${p.name} already exists`)
+      if (p.remote !== undefined) return this.addRemoteStorage({ ...p, remote: p.remote }) // issue 14
+      if (p.capacity === undefined) throw new VvfsError('INVALID_SIZE', 'a local storage system needs --capacity')
       if (p.capacity < EXTENT_SIZE) throw new VvfsError('INVALID_SIZE', `capacity must be at least one extent (${EXTENT_SIZE} bytes)`)
       if (p.capacity > MAX_CAPACITY) {
         throw new VvfsError('CAPACITY_TOO_LARGE', `capacity ${formatSize(p.capacity)} is more than one storage system may have (${formatSize(MAX_CAPACITY)}); add several`)
@@ -299,23 +311,28 @@ export class Manager implements HostView {
       const clash = data.storage.find((s) => s.path === path || path.startsWith(s.path + '/') || s.path.startsWith(path + '/'))
       if (clash) throw new VvfsError('STORAGE_PATH_IN_USE', `${path} overlaps storage system ${clash.name} at ${clash.path}`)
       const rec: StorageRecord = { sid: data.nextSid, name: p.name, path, capacity: p.capacity, createdAt: new Date().toISOString(), ...(p.reserve ? { reserve: true } : {}) }
-      const system = await StorageSystem.open({ ...rec, create: true })
-      system.reserve = p.reserve ?? false
-      data.nextSid++
-      data.storage.push(rec)
-      try {
-        await this.catalog.save()
-      } catch (err) {
-        data.storage.pop()
-        await system.close()
-        throw err
-      }
-      this.pool.add(system)
-      this.log.info({ event: 'storage.added', name: rec.name, capacity: rec.capacity, path }, 'storage system added')
-      const info = this.storageInfo(system)
-      this.emit('storage.added', { storage: info })
-      return info
+      return this.recordNewStorage(rec, await StorageSystem.open({ ...rec, create: true }))
     })
+  }
+
+  /** Records a storage system just opened (closing it if that fails) and puts it in the pool. */
+  private async recordNewStorage(rec: StorageRecord, system: StorageSystem): Promise<StorageInfo> {
+    const data = this.catalog.data
+    system.reserve = rec.reserve ?? false
+    data.nextSid++
+    data.storage.push(rec)
+    try {
+      await this.catalog.save()
+    } catch (err) {
+      data.storage.pop()
+      await system.close().catch(() => {})
+      throw err
+    }
+    this.pool.add(system)
+    this.log.info({ event: 'storage.added', name: rec.name, capacity: rec.capacity, path: rec.path }, 'storage system added')
+    const info = this.storageInfo(system)
+    this.emit('storage.added', { storage: info })
+    return info
   }
 
   listStorage(): StorageInfo[] {
@@ -340,19 +357,61 @@ export class Manager implements HostView {
       await system.close()
       data.storage = data.storage.filter((s) => s !== rec)
       await this.catalog.save()
-      await rm(rec.path, { recursive: true, force: true })
+      if (!rec.remote) await rm(rec.path, { recursive: true, force: true }) // a server keeps its data (issue 14)
       this.log.info({ event: 'storage.removed', name }, 'storage system removed')
       this.emit('storage.removed', { name })
       return { removed: name }
     })
   }
 
+  // ---- issue 14: storage systems on storage servers
+
+  /** `storage add --remote`: connects and claims the server before anything is recorded; its capacity is the server's unless given. */
+  private async addRemoteStorage(p: { name: string; capacity?: number; reserve?: boolean; remote: string; peerKey?: string }): Promise<StorageInfo> {
+    const data = this.catalog.data
+    if (!p.peerKey) throw new VvfsError('INVALID_ARGUMENT', 'a remote storage system needs --peer-key')
+    const clash = data.storage.find((s) => s.remote?.address === p.remote)
+    if (clash) throw new VvfsError('STORAGE_PATH_IN_USE', `${p.remote} is storage system ${clash.name} already`)
+    if (p.capacity !== undefined && p.capacity > MAX_CAPACITY) throw new VvfsError('CAPACITY_TOO_LARGE', `capacity ${formatSize(p.capacity)} is more than one storage system may have`)
+    const remote = { address: p.remote, peerKey: resolve(p.peerKey), epoch: 0 }
+    const { system, capacity, epoch } = await addRemoteSystem({ sid: data.nextSid, name: p.name, capacity: p.capacity, remote }, this.log)
+    if (capacity < EXTENT_SIZE || capacity > MAX_CAPACITY) {
+      await system.close().catch(() => {})
+      throw new VvfsError('INVALID_SIZE', `capacity ${formatSize(capacity)} is not between one extent and ${formatSize(MAX_CAPACITY)}`)
+    }
+    const rec: StorageRecord = { sid: data.nextSid, name: p.name, path: p.remote, capacity, createdAt: new Date().toISOString(), remote: { ...remote, epoch }, ...(p.reserve ? { reserve: true } : {}) }
+    return this.recordNewStorage(rec, system)
+  }
+
+  /** `storage fence`: the daemon's epoch for the system is recorded first, then the server's fence raised to it. */
+  fenceStorage(p: { name: string; epoch: number }): Promise<StorageInfo & { fence: number }> {
+    return this.serial(async () => {
+      const rec = this.storageRecord(p.name)
+      const system = this.pool.get(rec.sid)
+      if (!rec.remote) throw new VvfsError('NOT_SUPPORTED', `storage system ${p.name} is local: only a storage server keeps a fence`)
+      if (p.epoch > rec.remote.epoch) {
+        rec.remote.epoch = p.epoch
+        await this.catalog.save()
+      }
+      const fence = await fenceRemoteSystem(system, p.epoch)
+      this.log.info({ event: 'storage.fenced', name: p.name, epoch: p.epoch, fence }, 'storage system fenced')
+      return { ...this.storageInfo(system), fence }
+    })
+  }
+
+  // ---- end issue 14
+
   private storageInfo(system: StorageSystem): StorageInfo {
     const f = system.table.figures()
+    const link = remoteLink(system) // issue 14
     return {
       name: system.name,
       id: system.sid,
       path: system.path,
+      location: link ? link.location : 'local',
+      connection: link ? link.state : 'local',
+      rttMs: link?.rttMs === null || !link ? null : Math.round(link.rttMs * 1000) / 1000,
+      epoch: remoteEpoch(system),
       role: system.reserve ? 'reserve' : system.draining ? 'draining' : 'normal',
       capacity: f.capacity,
       allocated: f.allocated,

@@ -1,0 +1,180 @@
+/**
+ * Remote storage systems in a real daemon (built dist/, FUSE, loop
+ * devices): two `vvfs storage serve` processes on loopback beside a local
+ * system. Added with `storage add --remote`, listed with their link, used
+ * by placement and migration like a local one, reconnected at a restart,
+ * fenced through the daemon, and a server killed mid-write under ext4.
+ */
+import { spawn } from 'node:child_process'
+import { closeSync, openSync, readdirSync, readFileSync, readSync, writeSync } from 'node:fs'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { JobInfo } from '../../lib/control/schema.js'
+import { attachLoop, cleanupAll, fsck, mountExt4, removeDir, sh, startDaemon, umount, type DaemonHandle } from '../helpers/daemon.js'
+import { sha, verifyTree, writeTree } from '../helpers/files.js'
+import { payload, range, rng, VolumeModel } from '../helpers/model.js'
+import { chunkOf, cleanup, freePort, newKey, openStore, spawnServer, tempDir, type ServerProcess } from './servers.js'
+import { codeOf } from '../helpers/errors.js'
+
+const MiB = 1024 * 1024
+let d: DaemonHandle
+let key: Awaited<ReturnType<typeof newKey>>
+const servers: Record<string, { dir: string; port: number; proc: ServerProcess }> = {}
+
+async function serve(name: string, port?: number): Promise<void> {
+  const prev = servers[name]
+  const dir = prev?.dir ?? `${await tempDir()}/${name}`
+  const p = port ?? prev?.port ?? (await freePort())
+  servers[name] = { dir, port: p, proc: await spawnServer({ dir, port: p, keyFile: key.file, capacity: '128M' }) }
+}
+
+beforeAll(async () => {
+  key = await newKey()
+  await serve('far1')
+  await serve('far2')
+  d = await startDaemon()
+  await d.client.call('storage.add', { name: 'near', capacity: '128M' })
+  for (const name of ['far1', 'far2']) await d.client.call('storage.add', { name, remote: `127.0.0.1:${servers[name]!.port}`, peerKey: key.file })
+}, 60_000)
+
+afterAll(async () => {
+  await cleanupAll()
+  if (d) removeDir(d.dir)
+  await cleanup()
+})
+
+async function placement(name: string): Promise<string[]> {
+  return (await d.client.call('volume.show', { name })).allocatedBySystem.map((s) => s.storage).sort()
+}
+
+async function waitJob(id: number, during: () => void): Promise<JobInfo> {
+  for (;;) {
+    const j = await d.client.call('job.show', { id })
+    if (j.status === 'concluded') return j
+    during()
+    // Room between rounds: a migration steps back while hosts do I/O.
+    await new Promise((r) => setTimeout(r, 150))
+  }
+}
+
+describe('remote storage systems in the daemon', { timeout: 60_000 }, () => {
+  it('storage add --remote claims a server (capacity: the server’s); storage list shows where each system lives, its link and round trip', async () => {
+    let list = (await d.client.call('storage.list', {})).storage
+    for (let i = 0; i < 100 && list.some((s) => s.location !== 'local' && s.rttMs === null); i++) {
+      await new Promise((r) => setTimeout(r, 50))
+      list = (await d.client.call('storage.list', {})).storage
+    }
+    const by = Object.fromEntries(list.map((s) => [s.name, s]))
+    expect(by.near).toMatchObject({ location: 'local', connection: 'local', rttMs: null, epoch: null })
+    expect(by.far1).toMatchObject({ location: `127.0.0.1:${servers.far1!.port}`, connection: 'ready', capacity: 128 * MiB, epoch: 0 })
+    expect(by.far1!.rttMs).toBeGreaterThan(0)
+    const text = sh(process.execPath, [join(import.meta.dirname, '../../bin/vvfs'), '--socket', d.socket, 'storage', 'list'])
+    expect(text).toMatch(/far2 .*127\.0\.0\.1:\d+ +ready +\d+\.\d\d ms/)
+    // The same server twice, a wrong key, nothing listening: refused, nothing recorded.
+    expect(await codeOf(d.client.call('storage.add', { name: 'again', remote: `127.0.0.1:${servers.far1!.port}`, peerKey: key.file }))).toBe('STORAGE_PATH_IN_USE')
+    const wrong = await newKey()
+    await serve('spare')
+    expect(await codeOf(d.client.call('storage.add', { name: 'spare', remote: `127.0.0.1:${servers.spare!.port}`, peerKey: wrong.file }))).toBe('PEER_AUTH_FAILED')
+    expect(await codeOf(d.client.call('storage.add', { name: 'nobody', remote: `127.0.0.1:${await freePort()}`, peerKey: key.file }))).toBe('PEER_UNAVAILABLE')
+    expect((await d.client.call('storage.list', {})).storage.map((s) => s.name).sort()).toEqual(['far1', 'far2', 'near'])
+  })
+
+  it('migrates a volume from the local system to a remote one and back under a verified writer: no wrong byte', async () => {
+    await d.client.call('volume.create', { name: 'raw', size: '16M' })
+    const model = new VolumeModel(16 * MiB)
+    const r = rng(14)
+    const fd = openSync(d.file('raw'), 'r+')
+    try {
+      for (let off = 0; off < model.size; off += 512 * 1024) {
+        const data = payload(r, 512 * 1024)
+        writeSync(fd, data, 0, data.length, off)
+        model.write(off, data)
+      }
+      let rounds = 0
+      const round = () => {
+        rounds++
+        for (let i = 0; i < 10; i++) {
+          const [offset, len] = range(r, model.size, 128 * 1024)
+          if (r.next() < 0.5) {
+            const data = payload(r, len)
+            writeSync(fd, data, 0, len, offset)
+            model.write(offset, data)
+          } else {
+            const buf = Buffer.alloc(len)
+            readSync(fd, buf, 0, len, offset)
+            if (!buf.equals(model.read(offset, len))) throw new Error(`read of ${len} at ${offset} differs during migration`)
+          }
+        }
+      }
+      for (const to of ['far1', 'near']) {
+        const job = await d.client.call('migrate.start', { volume: 'raw', to, rate: '48M' })
+        const done = await waitJob(job.id, round)
+        expect(done.result).toBe('completed')
+        expect(await placement('raw')).toEqual([to])
+      }
+      expect(rounds).toBeGreaterThan(2)
+      const all = Buffer.alloc(model.size)
+      readSync(fd, all, 0, model.size, 0)
+      expect(all.equals(model.data)).toBe(true)
+    } finally {
+      closeSync(fd)
+    }
+    await d.client.call('volume.delete', { name: 'raw' })
+  })
+
+  it('ext4 over two remote servers and a local system: kill -9 a server mid-write, restart it, sync, unmount — e2fsck clean, checksums match', async () => {
+    await d.client.call('volume.create', { name: 'fs', size: '96M' })
+    const dev = attachLoop(d.file('fs'))
+    const at = join(d.dir, 'fs')
+    sh('mkfs.ext4', ['-q', '-F', dev])
+    mountExt4(dev, at)
+    const base = writeTree(join(at, 'base'), { files: 40, maxSize: 256 * 1024 })
+    sh('sync', [])
+    expect(await placement('fs')).toEqual(['far1', 'far2', 'near'])
+    // A writer of its own, so the test can kill a server while it writes.
+    const dir = join(at, 'during')
+    sh('mkdir', ['-p', dir])
+    const writer = spawn('sh', ['-c', `for i in $(seq 1 120); do head -c $((($i % 7) * 60000 + 4096)) /dev/urandom > ${dir}/f$i; done; sync`], { stdio: 'ignore' })
+    const wrote = new Promise<number | null>((res) => writer.once('exit', (c) => res(c)))
+    await new Promise((r) => setTimeout(r, 300))
+    servers.far2!.proc.proc.kill('SIGKILL')
+    await servers.far2!.proc.exited
+    await new Promise((r) => setTimeout(r, 300))
+    await serve('far2')
+    expect(await wrote).toBe(0)
+    const sums = new Map(readdirSync(dir).map((f) => [f, sha(readFileSync(join(dir, f)))]))
+    expect(sums.size).toBe(120)
+    sh('sync', [])
+    umount(at)
+    expect(fsck(dev)).toMatchObject({ code: 0 })
+    mountExt4(dev, at)
+    expect(verifyTree(join(at, 'base'), base)).toEqual([])
+    for (const [f, sum] of sums) expect(sha(readFileSync(join(dir, f))), f).toBe(sum)
+    umount(at)
+  })
+
+  it('reconnects its remote systems at a restart; storage fence raises a server’s token: an old epoch is refused and not stored, the daemon keeps writing', async () => {
+    await d.restart()
+    let far2 = (await d.client.call('storage.list', {})).storage.find((s) => s.name === 'far2')!
+    expect(far2.connection).not.toBe('local')
+    const fenced = await d.client.call('storage.fence', { name: 'far2', epoch: 3 })
+    expect(fenced).toMatchObject({ fence: 3, epoch: 3, connection: 'ready' })
+    far2 = (await d.client.call('storage.list', {})).storage.find((s) => s.name === 'far2')!
+    expect(far2.epoch).toBe(3)
+    expect(await codeOf(d.client.call('storage.fence', { name: 'near', epoch: 3 }))).toBe('NOT_SUPPORTED')
+    // An old relay of epoch 2 (the daemon's sid and name for far2) is refused and stores nothing.
+    const old = openStore(key.key, servers.far2!.port, { sid: far2.id, name: 'far2', claim: false, epoch: 2 })
+    const pca = 127 * 256 // the last extent slot of the server's 128 MiB
+    expect(await codeOf(old.apply({ writes: [{ pca, data: chunkOf(1) }] }))).toBe('FENCED')
+    expect(await old.stored(pca, 256)).toEqual([])
+    // The daemon's own writes carry epoch 3 and go on.
+    const dev = attachLoop(d.file('fs'))
+    const at = join(d.dir, 'fs')
+    mountExt4(dev, at)
+    const more = writeTree(join(at, 'after-fence'), { files: 20, maxSize: 128 * 1024 })
+    sh('sync', [])
+    expect(verifyTree(join(at, 'after-fence'), more)).toEqual([])
+    umount(at)
+    expect(fsck(dev)).toMatchObject({ code: 0 })
+  })
+})

@@ -1,0 +1,106 @@
+import { afterEach, describe, expect, it } from 'vitest'
+import { CHUNK_SIZE } from '../../lib/layout.js'
+import { chunkOf, cleanup, freePort, newKey, openStore, spawnServer, tempDir } from './servers.js'
+
+afterEach(cleanup)
+
+describe('vvfs storage serve, a process of its own', { timeout: 40_000 }, () => {
+  it('stops cleanly on SIGTERM (exit 0) and serves what it was given after a restart', async () => {
+    const { key, file } = await newKey()
+    const dir = `${await tempDir()}/server`
+    const port = await freePort()
+    const first = await spawnServer({ dir, port, keyFile: file })
+    const store = openStore(key, port, { deadlineMs: 2000 })
+    // Unlogged and not synced by the relay: the clean stop syncs it.
+    await store.apply({ unlogged: true, writes: Array.from({ length: 32 }, (_, i) => ({ pca: i, data: chunkOf(i) })) })
+    first.proc.kill('SIGTERM')
+    expect(await first.exited).toBe(0)
+    expect(first.log()).toContain('"storage.server_closed"')
+    await spawnServer({ dir, port, keyFile: file })
+    const into = Buffer.alloc(32 * CHUNK_SIZE)
+    await store.readRun(0, 32, into)
+    for (let i = 0; i < 32; i++) expect(into.subarray(i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE).equals(chunkOf(i)), `chunk ${i}`).toBe(true)
+  })
+
+  it('refuses a key file others can read with exit 1', async () => {
+    const { file } = await newKey()
+    const { chmod } = await import('node:fs/promises')
+    await chmod(file, 0o644)
+    const dir = `${await tempDir()}/server`
+    await expect(spawnServer({ dir, port: await freePort(), keyFile: file })).rejects.toThrow(/exited with 1[\s\S]*chmod 600/)
+  })
+
+  it('after kill -9 mid-write and a restart, holds every write it acknowledged as synced; the relay reconnects by itself', async () => {
+    const { key, file } = await newKey()
+    const dir = `${await tempDir()}/server`
+    const port = await freePort()
+    const first = await spawnServer({ dir, port, keyFile: file })
+    const store = openStore(key, port, { deadlineMs: 2000 })
+    await store.readMany([0]) // claimed
+    const acked = new Map<number, number>() // pca → the version acknowledged last
+    const sent = new Map<number, Set<number>>() // pca → versions sent
+    let version = 0
+    let stop = false
+    const writer = async (lane: number) => {
+      while (!stop) {
+        const v = ++version
+        const pcas = Array.from({ length: 8 }, (_, i) => (lane * 64 + ((v * 8 + i) % 64)) * 1)
+        for (const p of pcas) (sent.get(p) ?? sent.set(p, new Set()).get(p)!).add(v)
+        try {
+          await store.apply({ sync: v % 2 === 0, writes: pcas.map((pca) => ({ pca, data: chunkOf(v * 100_000 + pca) })) })
+          if (v % 2 === 1) await store.sync({})
+          for (const p of pcas) if ((acked.get(p) ?? 0) < v) acked.set(p, v)
+        } catch {
+          return // the server is gone: this write's fate is unknown
+        }
+      }
+    }
+    const lanes = [0, 1, 2, 3].map(writer)
+    while (acked.size < 200) await new Promise((r) => setTimeout(r, 5))
+    first.proc.kill('SIGKILL')
+    await first.exited
+    stop = true
+    await Promise.all(lanes)
+    expect(acked.size).toBeGreaterThan(0)
+    await spawnServer({ dir, port, keyFile: file })
+    const pcas = [...sent.keys()].sort((a, b) => a - b)
+    const chunks = await store.readMany(pcas)
+    pcas.forEach((pca, i) => {
+      const got = chunks[i]
+      const floor = acked.get(pca) ?? 0
+      // What is there is a whole chunk of one version sent, never older than the last acknowledged one.
+      const versions = [...(sent.get(pca) ?? [])].filter((v) => v >= floor)
+      const match = versions.find((v) => got?.equals(chunkOf(v * 100_000 + pca)))
+      expect(match !== undefined || (floor === 0 && got === undefined), `chunk ${pca}: acknowledged version ${floor}`).toBe(true)
+    })
+  })
+
+  it('a server killed (kill -9) and restarted within the deadline costs the caller nothing: calls lost with the connection are sent again', async () => {
+    const { key, file } = await newKey()
+    const dir = `${await tempDir()}/server`
+    const port = await freePort()
+    const first = await spawnServer({ dir, port, keyFile: file })
+    const store = openStore(key, port, { deadlineMs: 8000 })
+    await store.readMany([0])
+    let written = 0
+    let stop = false
+    let failed: unknown = null
+    const writes = (async () => {
+      for (let v = 1; !stop; v++) {
+        await store.apply({ writes: [{ pca: v % 512, data: chunkOf(v) }], sync: true })
+        written = v
+      }
+    })().catch((err: unknown) => (failed = err))
+    while (written < 50) await new Promise((r) => setTimeout(r, 5))
+    first.proc.kill('SIGKILL')
+    await first.exited
+    const before = written
+    await spawnServer({ dir, port, keyFile: file })
+    while (written < before + 50 && failed === null) await new Promise((r) => setTimeout(r, 5))
+    stop = true
+    await writes
+    expect(failed).toBeNull() // no call failed
+    const last = written
+    expect((await store.readMany([last % 512]))[0]?.equals(chunkOf(last))).toBe(true)
+  })
+})
