@@ -31,8 +31,13 @@ export type EntryKind = (typeof ENTRY_KINDS)[number]
 
 export const ENTRY_FORMAT = 1
 export const ENTRY_HEADER_BYTES = 40
-/** The largest write one entry carries: the relay splits host writes into chunk spans of at most 1 MiB (one extent). */
-export const MAX_ENTRY_DATA = 1024 * 1024
+/**
+ * The largest write one entry carries. A host write is at most 128 KiB (FUSE
+ * max_write, lib/relay/volume.ts), so one host write is one entry; a larger
+ * change is split by the journal layer into consecutive entries. 256 KiB keeps
+ * at least three entries in one 1 MiB wire frame (lib/wire/server.ts).
+ */
+export const MAX_ENTRY_DATA = 256 * 1024
 
 /** A change as the journal layer hands it over, before it has a number. */
 export type Change =

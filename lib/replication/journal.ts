@@ -228,6 +228,11 @@ export class Journal {
 
   /** Durable entries from `fromSeq` on (at least one if any, then up to maxBytes in total); [] when none is durable yet. */
   async read(fromSeq: number, maxBytes: number): Promise<JournalEntry[]> {
+    return (await this.readRecords(fromSeq, maxBytes)).map((r) => decodeEntry(r.record, 'STATE_CORRUPT'))
+  }
+
+  /** The same as their log records, to ship as they are (lib/replication/messages.ts); each checked against its checksum and number. */
+  async readRecords(fromSeq: number, maxBytes: number): Promise<LogRecord[]> {
     if (fromSeq <= this.trimmedThrough)
       throw new VvfsError('OUT_OF_RANGE', `journal entry ${fromSeq} was trimmed (entries from ${this.trimmedThrough + 1} are kept)`, {
         details: { reason: 'trimmed', firstRetained: this.trimmedThrough + 1 },
@@ -235,14 +240,14 @@ export class Journal {
     const through = this.lastDurable
     if (fromSeq > through) return []
     const records = await this.log.read(fromSeq, through, maxBytes)
-    const entries = records.map((r) => decodeEntry(r.record, 'STATE_CORRUPT'))
-    entries.forEach((e, i) => {
-      if (e.seq !== fromSeq + i || records[i].seq !== e.seq)
+    records.forEach((r, i) => {
+      const e = decodeEntry(r.record, 'STATE_CORRUPT')
+      if (e.seq !== fromSeq + i || r.seq !== e.seq)
         throw new VvfsError('STATE_CORRUPT', `journal log holds entry ${e.seq} where ${fromSeq + i} belongs`, { details: { reason: 'journal-gap' } })
     })
-    if (entries.length === 0 && fromSeq > this.trimmedThrough)
+    if (records.length === 0)
       throw new VvfsError('STATE_CORRUPT', `journal entry ${fromSeq} is durable but not in the log`, { details: { reason: 'journal-gap' } })
-    return entries
+    return records
   }
 
   /** The secondary applied everything through `seq`: drop it (durably, with the next group). */
