@@ -22,7 +22,7 @@
  * it). No state.
  */
 import { z } from 'zod'
-import { ERROR_CODES, VvfsError, type WireError } from '../errors.js'
+import { ERROR_CODES, VvfsError } from '../errors.js'
 import type { Ack } from './applier.js'
 import { decodeEntry, encodeEntry, type JournalEntry } from './entry.js'
 import { validateChain, type EpochChain, type Sender } from './epoch.js'
@@ -130,42 +130,31 @@ function checkedChain(what: string, chain: EpochChain): EpochChain {
   return chain
 }
 
-export function encodeHello(h: Hello): Buffer {
-  return encodeJson('hello', h)
+/** A JSON message: its encoder, and its strict decoder (schema, then `check` for what a schema cannot say). */
+function jsonMessage<T>(what: string, schema: z.ZodType<T>, check: (v: T) => void = () => undefined) {
+  return {
+    encode: (v: T): Buffer => encodeJson(what, v),
+    decode: (body: Buffer): T => {
+      const v = decodeJson(what, schema, body)
+      check(v)
+      return v
+    },
+  }
 }
 
-export function decodeHello(body: Buffer): Hello {
-  const h = decodeJson('hello', HelloSchema, body)
-  checkedChain('hello', h.chain)
-  return h
-}
+const HelloMessage = jsonMessage('hello', HelloSchema, (h) => checkedChain('hello', h.chain))
+const AckMessage = jsonMessage('ack', AckSchema as z.ZodType<Ack>)
+const StatusRequestMessage = jsonMessage('status request', StatusRequestSchema)
+const PairStatusMessage = jsonMessage('status', PairStatusSchema, (s) => checkedChain('status', s.chain))
 
-export function encodeAck(a: Ack): Buffer {
-  return encodeJson('ack', a)
-}
-
-export function decodeAck(body: Buffer): Ack {
-  const a = decodeJson('ack', AckSchema, body)
-  return { ...a, refused: a.refused as WireError | null }
-}
-
-export function encodeStatusRequest(r: StatusRequest): Buffer {
-  return encodeJson('status request', r)
-}
-
-export function decodeStatusRequest(body: Buffer): StatusRequest {
-  return decodeJson('status request', StatusRequestSchema, body)
-}
-
-export function encodePairStatus(s: PairStatus): Buffer {
-  return encodeJson('status', s)
-}
-
-export function decodePairStatus(body: Buffer): PairStatus {
-  const s = decodeJson('status', PairStatusSchema, body)
-  checkedChain('status', s.chain)
-  return s
-}
+export const encodeHello = HelloMessage.encode
+export const decodeHello = HelloMessage.decode
+export const encodeAck = AckMessage.encode
+export const decodeAck = AckMessage.decode
+export const encodeStatusRequest = StatusRequestMessage.encode
+export const decodeStatusRequest = StatusRequestMessage.decode
+export const encodePairStatus = PairStatusMessage.encode
+export const decodePairStatus = PairStatusMessage.decode
 
 // --- ENTRIES (binary) --------------------------------------------------------
 
