@@ -42,6 +42,12 @@
  * Crash order: the log holds entries, the trim point, the mode and the
  * marks; open() resumes numbering after max(trim point, last entry), so a
  * number is never given out twice for different changes that both survive.
+ * The journal is written ahead of the volume's data: after a crash the
+ * owner replays the retained entries into the data (redo, in order,
+ * idempotent), so an entry may be trimmed only once the secondary applied
+ * it AND the primary's own data holds it durably — trim(min(acknowledged,
+ * data durable through)). Trimming by acknowledgement alone loses writes at
+ * the primary that the secondary has (test/replication/prefix.test.ts).
  */
 import { VvfsError } from '../errors.js'
 import { EXTENT_SIZE } from '../layout.js'
@@ -250,7 +256,7 @@ export class Journal {
     return records
   }
 
-  /** The secondary applied everything through `seq`: drop it (durably, with the next group). */
+  /** Drops entries through `seq` (durably, with the next group): call with min(secondary applied, primary data durable through). */
   trim(seq: number): Promise<void> {
     if (this.closed) return Promise.reject(new VvfsError('SHUTTING_DOWN', 'the journal is closed'))
     if (!Number.isSafeInteger(seq) || seq > this.lastDurable)

@@ -84,6 +84,11 @@ export class MemoryApplyTarget implements ApplyTarget {
     return new Map([...this.durable.images].map(([v, b]) => [v, Buffer.from(b)]))
   }
 
+  /** One durable image, not copied (do not change it). */
+  image(volume: number): Buffer | undefined {
+    return this.durable.images.get(volume)
+  }
+
   get state(): SecondaryState | null {
     return this.durable.state
   }
@@ -91,9 +96,13 @@ export class MemoryApplyTarget implements ApplyTarget {
   private settle(): void {
     if (this.holding) return
     for (const p of this.pending.splice(0)) {
-      const models = new Map([...this.durable.images].map(([v, b]) => [v, Object.assign(new VolumeModel(0), { data: Buffer.from(b) })]))
+      // Copy on write: only the images this batch changes are copied (a durable image is never changed in place).
+      const touched = new Set(p.changes.map((c) => c.volume))
+      const models = new Map([...touched].map((v) => [v, Object.assign(new VolumeModel(0), { data: Buffer.from(this.durable.images.get(v) ?? Buffer.alloc(0)) })]))
       for (const c of p.changes) applyChange(models, c)
-      this.durable = { state: p.state, images: new Map([...models].map(([v, m]) => [v, m.data])) }
+      const images = new Map(this.durable.images)
+      for (const [v, m] of models) images.set(v, m.data)
+      this.durable = { state: p.state, images }
       this.batches++
       p.resolve()
     }
