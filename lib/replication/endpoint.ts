@@ -1,0 +1,106 @@
+/**
+ * The replication endpoint: the secondary's request handlers on a peer-wire
+ * server (service 'replication'), and the primary's calls on a wire client.
+ * The daemon's `--listen` server registers these; the appliers are the
+ * secondary's pairs (looked up by name per request: a pair stopped or
+ * started between two requests is seen at the next one).
+ *
+ * Failure modes: a malformed body, an unknown pair, a refused hello throw
+ * a coded VvfsError, which the wire server sends as an ERROR frame — the
+ * connection stays, nothing changes. A refused batch is a normal Ack with
+ * `refused` set (the primary needs the applied number with it to resume).
+ * Every refusal is logged (`replication.refused`, pair, code, reason).
+ */
+import { VvfsError } from '../errors.js'
+import type { Logger } from '../log.js'
+import type { WireClient } from '../wire/client.js'
+import type { WireServer } from '../wire/server.js'
+import type { Ack, Applier } from './applier.js'
+import type { Sender } from './epoch.js'
+import {
+  decodeAck,
+  decodeEntries,
+  decodeHello,
+  decodePairStatus,
+  decodeStatusRequest,
+  encodeAck,
+  encodeEntries,
+  encodeHello,
+  encodePairStatus,
+  encodeStatusRequest,
+  ReplicationRequest,
+  type Hello,
+  type PairStatus,
+} from './messages.js'
+
+export type PairLookup = (pair: string) => Applier | undefined
+
+export function serveReplication(server: WireServer, pairs: PairLookup, log: Logger): void {
+  const applierOf = (pair: string): Applier => {
+    const a = pairs(pair)
+    if (!a) throw new VvfsError('VOLUME_NOT_FOUND', `no replication pair '${pair}' on this secondary`, { details: { reason: 'unknown-pair' } })
+    return a
+  }
+  /** Runs a handler; what it refuses is logged with the pair it named (once decoded). */
+  const logged = async <T>(peer: string, fn: (named: { pair: string }) => Promise<T>): Promise<T> => {
+    const named = { pair: '?' }
+    try {
+      return await fn(named)
+    } catch (err) {
+      const e = err as VvfsError
+      log.warn({ event: 'replication.refused', pair: named.pair, peer, code: e.code, reason: e.details?.reason, err: e.message }, 'replication request refused')
+      throw err
+    }
+  }
+  server.handle(ReplicationRequest.HELLO, (body, ctx) =>
+    logged(ctx.peer, async (named) => {
+      const h = decodeHello(body)
+      named.pair = h.pair
+      return encodeAck(await applierOf(h.pair).hello(h.sender, h.chain))
+    }),
+  )
+  server.handle(ReplicationRequest.ENTRIES, (body, ctx) =>
+    logged(ctx.peer, async (named) => {
+      const batch = decodeEntries(body)
+      named.pair = batch.pair
+      const ack = await applierOf(batch.pair).receive(batch.sender, batch.entries)
+      if (ack.refused)
+        log.warn(
+          { event: 'replication.refused', pair: batch.pair, peer: ctx.peer, code: ack.refused.code, reason: ack.refused.details?.reason, err: ack.refused.message },
+          'replication batch refused',
+        )
+      return encodeAck(ack)
+    }),
+  )
+  server.handle(ReplicationRequest.STATUS, (body, ctx) =>
+    logged(ctx.peer, async (named) => {
+      const r = decodeStatusRequest(body)
+      named.pair = r.pair
+      const s = applierOf(r.pair).status
+      const status: PairStatus = { pair: r.pair, appliedSeq: s.appliedSeq, chain: [...s.chain], consistent: s.consistent, resyncing: s.resyncing, consistentAt: s.consistentAt }
+      return encodePairStatus(status)
+    }),
+  )
+}
+
+/** The primary's side of one pair's stream over a connected wire client. */
+export class ReplicationStream {
+  constructor(
+    private readonly client: WireClient,
+    readonly pair: string,
+    readonly sender: Sender,
+  ) {}
+
+  async hello(h: Omit<Hello, 'format' | 'pair' | 'sender'>): Promise<Ack> {
+    return decodeAck(await this.client.request(ReplicationRequest.HELLO, encodeHello({ format: 1, pair: this.pair, sender: this.sender, ...h })))
+  }
+
+  /** Ships durable log records (as read from the journal's log, not re-encoded). */
+  async ship(records: Buffer[]): Promise<Ack> {
+    return decodeAck(await this.client.request(ReplicationRequest.ENTRIES, encodeEntries({ pair: this.pair, sender: this.sender, records })))
+  }
+
+  async status(): Promise<PairStatus> {
+    return decodePairStatus(await this.client.request(ReplicationRequest.STATUS, encodeStatusRequest({ format: 1, pair: this.pair })))
+  }
+}
