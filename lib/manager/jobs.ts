@@ -21,7 +21,7 @@ import type { MapStore } from '../relay/map-store.js'
 import type { PlacementRule } from '../relay/thin.js'
 import type { ChunkMover } from '../storage/chunk-mover.js'
 import type { Pool } from '../storage/pool.js'
-import type { Catalog } from './catalog.js'
+import { draftOf, type CatalogData, type CatalogStore } from './catalog.js'
 
 export interface JobInfo {
   id: number
@@ -45,7 +45,7 @@ export interface JobInfo {
 }
 
 export interface JobHost {
-  catalog: Catalog
+  catalog: CatalogStore
   pool: Pool
   maps: MapStore
   mover: ChunkMover
@@ -56,8 +56,6 @@ export interface JobHost {
   systemSid(name: string): number
   systemName(sid: number): string
   emit(type: 'job.status' | 'job.progress', body: Record<string, unknown>): void
-  /** A volume now lives on `sid` (undefined: nowhere in particular); persisted with the catalog save that follows. */
-  setHome(volNo: number, sid: number | undefined): void
   /** Host I/O requests so far (any volume). */
   hostOps(): number
 }
@@ -72,13 +70,18 @@ export class JobManager {
 
   constructor(private readonly h: JobHost) {}
 
-  private get jobs(): JobRecord[] {
-    return this.h.catalog.data.jobs
+  /**
+   * Every job's record: a runner's own (live) copy while it runs, else the
+   * catalog's. A runner changes its copy and commits it through save().
+   */
+  private get jobs(): readonly JobRecord[] {
+    return this.h.catalog.read().data.jobs.map((j) => this.runners.get(j.id)?.job ?? (j as JobRecord))
   }
 
   /** Marks the space jobs hold (before stray records are cleaned) and loads their runners. */
   async restore(): Promise<void> {
-    for (const job of this.jobs.filter((j) => j.status !== 'concluded')) {
+    for (const committed of this.h.catalog.read().data.jobs.filter((j) => j.status !== 'concluded')) {
+      const job = draftOf<JobRecord>(committed)
       const runner = await MigrationRunner.open(job, this.deps())
       runner.adoptHeld()
       this.runners.set(job.id, runner)
@@ -165,11 +168,11 @@ export class JobManager {
     return this.create({ kind: p.kind ?? 'migrate', volNos: [volNo], toSid, sourceSids: sources, mode: p.mode, keepMs: p.keepMs, rate: p.rate, reason: p.reason, auto: p.auto })
   }
 
-  async startDrain(p: { system: string; mode: CopyMode; keepMs: number; rate: number }, persistDraining: (sid: number) => Promise<void>): Promise<JobInfo> {
+  async startDrain(p: { system: string; mode: CopyMode; keepMs: number; rate: number }): Promise<JobInfo> {
     const fromSid = this.h.systemSid(p.system)
     const from = this.h.pool.get(fromSid)
     const volNos: number[] = []
-    for (let volNo = 1; volNo < this.h.catalog.data.nextVolumeNo; volNo++) {
+    for (let volNo = 1; volNo < this.h.catalog.read().data.nextVolumeNo; volNo++) {
       const v = this.h.movable(volNo)
       if (v && v.thin.allocationBySystem().has(fromSid)) {
         this.checkIdle(volNo, v.name)
@@ -179,8 +182,12 @@ export class JobManager {
     const room = this.h.pool.list().filter((s) => s.sid !== fromSid && s.allocatable).reduce((a, s) => a + s.table.free, 0)
     if (from.table.allocated > room) throw new VvfsError('POOL_FULL', `the other storage systems have ${room} bytes free; ${p.system} holds ${from.table.allocated}`)
     this.checkMode(p.mode)
-    await persistDraining(fromSid)
-    return this.create({ kind: 'drain', volNos, fromSid, sourceSids: [fromSid], mode: p.mode, keepMs: p.keepMs, rate: p.rate })
+    // The system takes no new allocations from the commit that records the job on.
+    return this.create({ kind: 'drain', volNos, fromSid, sourceSids: [fromSid], mode: p.mode, keepMs: p.keepMs, rate: p.rate }, (d) => {
+      const rec = d.storage.find((s) => s.sid === fromSid)
+      if (!rec) throw new VvfsError('STORAGE_NOT_FOUND', `storage system ${p.system} is gone`)
+      rec.draining = true
+    })
   }
 
   private checkMode(mode: CopyMode): void {
@@ -194,21 +201,27 @@ export class JobManager {
     if (j) throw new VvfsError('JOB_STATE', `volume ${name} is already in job ${j.id} (${j.status})`)
   }
 
-  private async create(p: Pick<JobRecord, 'kind' | 'volNos' | 'sourceSids' | 'mode' | 'keepMs' | 'rate'> & Partial<JobRecord>): Promise<JobInfo> {
-    const data = this.h.catalog.data
-    const job: JobRecord = {
-      ...p,
-      id: data.nextJobNo++,
-      status: 'created',
-      total: 0,
-      current: 0,
-      phases: p.mode === 'staged' || p.mode === 'free' ? 2 : 1,
-      phase: 0,
-      createdAt: new Date().toISOString(),
-    }
-    data.jobs.push(job)
-    this.prune()
-    await this.h.catalog.save()
+  private async create(
+    p: Pick<JobRecord, 'kind' | 'volNos' | 'sourceSids' | 'mode' | 'keepMs' | 'rate'> & Partial<JobRecord>,
+    also?: (draft: CatalogData) => void,
+  ): Promise<JobInfo> {
+    const createdAt = new Date().toISOString()
+    const { result: job } = await this.h.catalog.update((d) => {
+      const job: JobRecord = {
+        ...p,
+        id: d.nextJobNo++,
+        status: 'created',
+        total: 0,
+        current: 0,
+        phases: p.mode === 'staged' || p.mode === 'free' ? 2 : 1,
+        phase: 0,
+        createdAt,
+      }
+      d.jobs.push(job)
+      prune(d)
+      also?.(d)
+      return structuredClone(job)
+    })
     const runner = await MigrationRunner.open(job, this.deps())
     this.runners.set(job.id, runner)
     this.h.log.info({ event: 'job.created', job: job.id, kind: job.kind, volumes: job.volNos.map((n) => this.h.volumeName(n)), mode: job.mode, reason: job.reason }, `job ${job.id} created`)
@@ -281,7 +294,7 @@ export class JobManager {
   // ---- consolidation policy
 
   plan(): Plan {
-    const data = this.h.catalog.data
+    const data = this.h.catalog.read().data
     const held = new Set<string>()
     for (const r of this.runners.values()) for (const [, , entry] of r.retained.all()) if (entry.kind === 'whole') held.add(`${entry.sid}:${entry.slot}`)
     const systems: PlannerSystem[] = this.h.pool.list().map((s) => {
@@ -304,7 +317,7 @@ export class JobManager {
   }
 
   private schedulePolicy(): void {
-    const interval = Math.max(1000, this.h.catalog.data.consolidation.intervalMs)
+    const interval = Math.max(1000, this.h.catalog.read().data.consolidation.intervalMs)
     this.policyTimer = setTimeout(() => {
       void this.runPolicy()
         .catch((err) => this.h.log.error({ event: 'policy.failed', err: (err as Error).message }, 'consolidation policy failed'))
@@ -315,7 +328,7 @@ export class JobManager {
 
   /** One evaluation of the policy: starts the first proposed move, if enabled and nothing automatic runs. */
   async runPolicy(): Promise<JobInfo | undefined> {
-    const policy = this.h.catalog.data.consolidation
+    const policy = this.h.catalog.read().data.consolidation
     if (!policy.enabled) return undefined
     if ([...this.runners.values()].some((r) => r.job.auto && isActive(r.job))) return undefined
     const move = this.plan().moves[0]
@@ -331,19 +344,35 @@ export class JobManager {
    * (ready or completed), back where it was after a rollback or cancel; a
    * drained system is nobody's home.
    */
-  private updateHomes(job: JobRecord): void {
-    const vols = this.h.catalog.data.volumes
+  private updateHomes(d: CatalogData, job: JobRecord): void {
+    const setHome = (v: CatalogData['volumes'][number], sid: number | undefined) => {
+      if (sid === undefined) delete v.home
+      else v.home = sid
+    }
     if (job.kind === 'drain') {
-      if (job.status === 'concluded' && job.result === 'completed') for (const v of vols) if (v.home === job.fromSid) this.h.setHome(v.no, undefined)
+      if (job.status === 'concluded' && job.result === 'completed') for (const v of d.volumes) if (v.home === job.fromSid) setHome(v, undefined)
       return
     }
     for (const volNo of job.volNos) {
-      const v = vols.find((x) => x.no === volNo)
+      const v = d.volumes.find((x) => x.no === volNo)
       if (!v) continue
       if (job.status === 'running' && job.prevHome === undefined) job.prevHome = v.home ?? -1
-      if (job.status === 'ready' || (job.status === 'concluded' && job.result === 'completed')) this.h.setHome(volNo, job.toSid)
-      else if (job.status === 'concluded') this.h.setHome(volNo, job.prevHome === undefined || job.prevHome < 0 ? undefined : job.prevHome)
+      if (job.status === 'ready' || (job.status === 'concluded' && job.result === 'completed')) setHome(v, job.toSid)
+      else if (job.status === 'concluded') setHome(v, job.prevHome === undefined || job.prevHome < 0 ? undefined : job.prevHome)
     }
+  }
+
+  /** Commits a runner's record (with where its volumes now live); the runner keeps its copy. */
+  private async save(job: JobRecord): Promise<void> {
+    const { result: prevHome } = await this.h.catalog.update((d) => {
+      const i = d.jobs.findIndex((j) => j.id === job.id)
+      const rec = structuredClone(job)
+      this.updateHomes(d, rec)
+      // A job pruned from the catalog meanwhile (only concluded ones are) is not brought back.
+      if (i >= 0) d.jobs[i] = rec
+      return rec.prevHome
+    })
+    job.prevHome = prevHome
   }
 
   private isFree(entry: ExtentEntry): boolean {
@@ -351,13 +380,6 @@ export class JobManager {
     return [...entry.frags.values()].every((f) => this.h.pool.has(f.sid) && this.h.pool.get(f.sid).table.isSlotFree(Math.floor(f.pca / EXTENT_CHUNKS)))
   }
 
-  private prune(): void {
-    const done = this.jobs.filter((j) => j.status === 'concluded')
-    if (done.length > KEEP_CONCLUDED) {
-      const drop = new Set(done.slice(0, done.length - KEEP_CONCLUDED))
-      this.h.catalog.data.jobs = this.jobs.filter((j) => !drop.has(j))
-    }
-  }
 
   private deps() {
     return {
@@ -367,10 +389,7 @@ export class JobManager {
       log: this.h.log,
       volume: (volNo: number) => this.h.movable(volNo),
       hostOps: () => this.h.hostOps(),
-      save: (job: JobRecord) => {
-        this.updateHomes(job)
-        return this.h.catalog.save()
-      },
+      save: (job: JobRecord) => this.save(job),
       statusChanged: (job: JobRecord, from: JobStatus) => {
         this.h.log.info({ event: 'job.status', job: job.id, from, to: job.status }, `job ${job.id}: ${from} → ${job.status}`)
         this.h.emit('job.status', { job: this.info(job), from })
@@ -426,5 +445,14 @@ export class JobManager {
       reason: job.reason,
       auto: job.auto ?? false,
     }
+  }
+}
+
+/** Keeps the last KEEP_CONCLUDED concluded jobs in the catalog. */
+function prune(d: CatalogData): void {
+  const done = d.jobs.filter((j) => j.status === 'concluded')
+  if (done.length > KEEP_CONCLUDED) {
+    const drop = new Set(done.slice(0, done.length - KEEP_CONCLUDED))
+    d.jobs = d.jobs.filter((j) => !drop.has(j))
   }
 }

@@ -28,7 +28,7 @@ import { Pool } from '../storage/pool.js'
 import { StorageSystem } from '../storage/storage-system.js'
 import { checkName, formatSize, parseSize } from '../units.js'
 import { MAX_CAPACITY } from '../storage/free-space.js'
-import { Catalog, type HostRecord, type PoolSettings, type StorageRecord, type VolumeRecord } from './catalog.js'
+import { draftOf, FileCatalog, type CatalogData, type CatalogStore, type Committed, type HostRecord, type PoolSettings, type StorageRecord, type VolumeRecord } from './catalog.js'
 import { SpaceWatch } from './space-watch.js'
 import { reclaimVolume, type ReclaimResult } from './reclaim.js'
 import { VolumeHandle } from './volume-handle.js'
@@ -77,13 +77,13 @@ export class Manager implements HostView {
 
   private constructor(
     readonly stateDir: string,
-    private readonly catalog: Catalog,
+    private readonly catalog: CatalogStore,
     readonly pool: Pool,
     private readonly maps: MapStore,
     private readonly log: Logger,
     private readonly opts: ManagerOptions,
   ) {
-    this.spaceWatch = new SpaceWatch(pool, () => catalog.data.pool, (c) => {
+    this.spaceWatch = new SpaceWatch(pool, () => catalog.read().data.pool, (c) => {
       this.log.warn({ event: 'pool.threshold', ...c }, `pool usage crossed ${c.warnPercent}%`)
       this.emit('pool.threshold', { ...c })
     })
@@ -112,18 +112,31 @@ export class Manager implements HostView {
       log,
       movable: (volNo) => this.byNo(volNo),
       volumeNo: (name) => this.volumeNamed(name).record.no,
-      volumeName: (volNo) => catalog.data.volumes.find((v) => v.no === volNo)?.name ?? `#${volNo}`,
+      volumeName: (volNo) => catalog.read().data.volumes.find((v) => v.no === volNo)?.name ?? `#${volNo}`,
       systemSid: (name) => this.storageRecord(name).sid,
       systemName: (sid) => this.systemName(sid),
       emit: (type, body) => this.emit(type, body),
       hostOps: () => this.hostOps,
-      setHome: (volNo, sid) => {
-        const rec = catalog.data.volumes.find((v) => v.no === volNo)
-        if (!rec) return
-        if (sid === undefined) delete rec.home
-        else rec.home = sid
-      },
     })
+    // What the manager derives from the catalog follows each commit: the
+    // volume records its handles keep, the storage systems' placement flags.
+    catalog.watch(catalog.read().rev, (s) => this.followCatalog(s.data))
+  }
+
+  private followCatalog(data: Committed<CatalogData>): void {
+    for (const rec of data.volumes) {
+      const handle = this.handles.get(rec.name)
+      if (handle?.record.no !== rec.no) continue
+      const fresh = draftOf<VolumeRecord>(rec)
+      for (const key of Object.keys(handle.record) as (keyof VolumeRecord)[]) if (!(key in fresh)) delete handle.record[key]
+      Object.assign(handle.record, fresh)
+    }
+    for (const rec of data.storage) {
+      if (!this.pool.has(rec.sid)) continue
+      const system = this.pool.get(rec.sid)
+      system.reserve = rec.reserve ?? false
+      system.draining = rec.draining ?? false
+    }
   }
 
   private byNo(volNo: number) {
@@ -133,8 +146,8 @@ export class Manager implements HostView {
     return undefined
   }
 
-  private storageRecord(name: string): StorageRecord {
-    const rec = this.catalog.data.storage.find((s) => s.name === name)
+  private storageRecord(name: string): Committed<StorageRecord> {
+    const rec = this.catalog.read().data.storage.find((s) => s.name === name)
     if (!rec) throw new VvfsError('STORAGE_NOT_FOUND', `no storage system named ${name}`)
     return rec
   }
@@ -147,9 +160,9 @@ export class Manager implements HostView {
     const maps = await MapStore.open(join(stateDir, 'maps'))
     let manager: Manager | undefined
     try {
-      const catalog = await Catalog.load(stateDir)
+      const catalog = await FileCatalog.open(stateDir)
       const pool = new Pool()
-      for (const rec of catalog.data.storage) {
+      for (const rec of catalog.read().data.storage) {
         const system = await StorageSystem.open({ sid: rec.sid, name: rec.name, path: rec.path, capacity: rec.capacity, create: false })
         system.reserve = rec.reserve ?? false
         system.draining = rec.draining ?? false
@@ -169,15 +182,15 @@ export class Manager implements HostView {
     return this.catalog.isNew
   }
 
-  get settings(): PoolSettings {
-    return this.catalog.data.pool
+  get settings(): Committed<PoolSettings> {
+    return this.catalog.read().data.pool
   }
 
   // ---- start and stop
 
   private async restore(): Promise<void> {
-    const data = this.catalog.data
-    const byNo = new Map<number, VolumeRecord>()
+    const data = this.catalog.read().data
+    const byNo = new Map<number, Committed<VolumeRecord>>()
     for (const rec of data.volumes) byNo.set(rec.no, rec)
 
     // Read every map record; adopt those of live volumes, keep the rest to clean.
@@ -196,7 +209,7 @@ export class Manager implements HostView {
       }
     }
     for (const rec of data.volumes.filter((v) => v.state === 'ready')) {
-      const handle = this.makeHandle(rec)
+      const handle = this.makeHandle(draftOf<VolumeRecord>(rec))
       for (const [extent, entry] of found.get(rec.no) ?? []) handle.thin.adopt(extent, entry)
       this.handles.set(rec.name, handle)
     }
@@ -207,22 +220,23 @@ export class Manager implements HostView {
     for (const handle of this.handles.values()) await handle.volume.resize(handle.record.size)
     const deleting = data.volumes.filter((v) => v.state === 'deleting')
     if (deleting.length) {
-      data.volumes = data.volumes.filter((v) => v.state === 'ready')
-      await this.catalog.save()
+      await this.catalog.update((d) => void (d.volumes = d.volumes.filter((v) => v.state === 'ready')))
       this.log.info({ event: 'volume.delete_finished', volumes: deleting.map((v) => v.name) }, 'finished interrupted deletes')
     }
 
     // The default host follows --mount.
     const mountDir = resolve(this.opts.mountDir)
-    const local = data.hosts.find((h) => h.name === DEFAULT_HOST)
-    if (!local) data.hosts.unshift({ name: DEFAULT_HOST, mount: mountDir, createdAt: new Date().toISOString() })
-    else local.mount = mountDir
-    await this.catalog.save()
+    await this.catalog.update((d) => {
+      const local = d.hosts.find((h) => h.name === DEFAULT_HOST)
+      if (!local) d.hosts.unshift({ name: DEFAULT_HOST, mount: mountDir, createdAt: new Date().toISOString() })
+      else local.mount = mountDir
+    })
+    const now = this.catalog.read().data
     this.spaceWatch.rearm()
-    if (this.opts.mount !== false) for (const host of data.hosts) await this.mountHost(host)
+    if (this.opts.mount !== false) for (const host of now.hosts) await this.mountHost(host)
     this.jobs.start()
     this.log.info(
-      { event: 'daemon.restored', volumes: this.handles.size, storage: data.storage.length, hosts: data.hosts.length, strayRecords: stray.length },
+      { event: 'daemon.restored', volumes: this.handles.size, storage: now.storage.length, hosts: now.hosts.length, strayRecords: stray.length },
       'state restored',
     )
   }
@@ -239,7 +253,7 @@ export class Manager implements HostView {
     await this.maps.deleteNow(stray.map((s) => s.key))
   }
 
-  private async mountHost(host: HostRecord): Promise<void> {
+  private async mountHost(host: Committed<HostRecord>): Promise<void> {
     const lost = () => this.emit('host.unmounted', { name: host.name, mount: host.mount, external: true })
     const mount = new HostMount(host.name, host.mount, this, this.log, this.opts.timeouts, lost)
     await mount.mount()
@@ -295,8 +309,8 @@ export class Manager implements HostView {
       startedAt: this.startedAt.toISOString(),
       uptimeSeconds: Math.round((Date.now() - this.startedAt.getTime()) / 1000),
       pool: t,
-      storage: this.catalog.data.storage.length,
-      hosts: this.catalog.data.hosts.length,
+      storage: this.catalog.read().data.storage.length,
+      hosts: this.catalog.read().data.hosts.length,
       volumes: this.handles.size,
       readCache: (({ served, published }) => ({ served, published }))(readCache.stats()),
     }
@@ -306,24 +320,32 @@ export class Manager implements HostView {
 
   addStorage(p: { name: string; capacity: number; path?: string; reserve?: boolean }): Promise<StorageInfo> {
     return this.serial(async () => {
-      const data = this.catalog.data
-      if (data.storage.some((s) => s.name === p.name)) throw new VvfsError('STORAGE_EXISTS', `storage system ${p.name} already exists`)
+      const path = resolve(p.path ?? join(this.stateDir, 'storage', p.name))
+      const check = (d: Committed<CatalogData>) => {
+        if (d.storage.some((s) => s.name === p.name)) throw new VvfsError('STORAGE_EXISTS', `storage system ${p.name} already exists`)
+        const clash = d.storage.find((s) => s.path === path || path.startsWith(s.path + '/') || s.path.startsWith(path + '/'))
+        if (clash) throw new VvfsError('STORAGE_PATH_IN_USE', `${path} overlaps storage system ${clash.name} at ${clash.path}`)
+      }
+      if (this.catalog.read().data.storage.some((s) => s.name === p.name)) throw new VvfsError('STORAGE_EXISTS', `storage system ${p.name} already exists`)
       if (p.capacity < EXTENT_SIZE) throw new VvfsError('INVALID_SIZE', `capacity must be at least one extent (${EXTENT_SIZE} bytes)`)
       if (p.capacity > MAX_CAPACITY) {
         throw new VvfsError('CAPACITY_TOO_LARGE', `capacity ${formatSize(p.capacity)} is more than one storage system may have (${formatSize(MAX_CAPACITY)}); add several`)
       }
-      const path = resolve(p.path ?? join(this.stateDir, 'storage', p.name))
-      const clash = data.storage.find((s) => s.path === path || path.startsWith(s.path + '/') || s.path.startsWith(path + '/'))
-      if (clash) throw new VvfsError('STORAGE_PATH_IN_USE', `${path} overlaps storage system ${clash.name} at ${clash.path}`)
-      const rec: StorageRecord = { sid: data.nextSid, name: p.name, path, capacity: p.capacity, createdAt: new Date().toISOString(), ...(p.reserve ? { reserve: true } : {}) }
+      check(this.catalog.read().data)
+      // The store records its id, so the id is taken (committed) before the store is made.
+      const { result: sid } = await this.catalog.update((d) => {
+        check(d)
+        return d.nextSid++
+      })
+      const rec: StorageRecord = { sid, name: p.name, path, capacity: p.capacity, createdAt: new Date().toISOString(), ...(p.reserve ? { reserve: true } : {}) }
       const system = await StorageSystem.open({ ...rec, create: true })
       system.reserve = p.reserve ?? false
-      data.nextSid++
-      data.storage.push(rec)
       try {
-        await this.catalog.save()
+        await this.catalog.update((d) => {
+          check(d)
+          d.storage.push(rec)
+        })
       } catch (err) {
-        data.storage.pop()
         await system.close()
         throw err
       }
@@ -341,9 +363,7 @@ export class Manager implements HostView {
 
   removeStorage(name: string): Promise<{ removed: string }> {
     return this.serial(async () => {
-      const data = this.catalog.data
-      const rec = data.storage.find((s) => s.name === name)
-      if (!rec) throw new VvfsError('STORAGE_NOT_FOUND', `no storage system named ${name}`)
+      const rec = this.storageRecord(name)
       const system = this.pool.get(rec.sid)
       if (!system.table.isEmpty) {
         const users = this.volumesOn(rec.sid)
@@ -355,8 +375,7 @@ export class Manager implements HostView {
       this.faults?.forget(rec.sid)
       await this.mover.forget(rec.sid)
       await system.close()
-      data.storage = data.storage.filter((s) => s !== rec)
-      await this.catalog.save()
+      await this.catalog.update((d) => void (d.storage = d.storage.filter((s) => s.sid !== rec.sid)))
       await rm(rec.path, { recursive: true, force: true })
       this.log.info({ event: 'storage.removed', name }, 'storage system removed')
       this.emit('storage.removed', { name })
@@ -393,7 +412,7 @@ export class Manager implements HostView {
   // ---- pool
 
   poolStatus(): PoolStatus {
-    const s = this.catalog.data.pool
+    const s = this.catalog.read().data.pool
     const t = this.pool.totals()
     const volumeBytes = [...this.handles.values()].reduce((sum, v) => sum + v.size, 0)
     let largest = 0
@@ -428,15 +447,8 @@ export class Manager implements HostView {
 
   setPool(p: Partial<PoolSettings>): Promise<PoolStatus> {
     return this.serial(async () => {
-      const s = this.catalog.data.pool
-      const before = { ...s }
-      Object.assign(s, Object.fromEntries(Object.entries(p).filter(([, v]) => v !== undefined)))
-      try {
-        await this.catalog.save()
-      } catch (err) {
-        Object.assign(s, before)
-        throw err
-      }
+      await this.catalog.update((d) => void Object.assign(d.pool, Object.fromEntries(Object.entries(p).filter(([, v]) => v !== undefined))))
+      const s = this.catalog.read().data.pool
       this.spaceWatch.rearm()
       this.log.info({ event: 'pool.settings', ...s }, 'pool settings changed')
       this.emit('pool.settings', { settings: { ...s } })
@@ -448,16 +460,26 @@ export class Manager implements HostView {
 
   addHost(p: { name: string; mount: string }): Promise<HostInfo> {
     return this.serial(async () => {
-      const data = this.catalog.data
-      if (data.hosts.some((h) => h.name === p.name)) throw new VvfsError('HOST_EXISTS', `host ${p.name} already exists`)
       const mount = resolve(p.mount)
-      const clash = data.hosts.find((h) => h.mount === mount)
-      if (clash) throw new VvfsError('INVALID_ARGUMENT', `${mount} is already the mount of host ${clash.name}`)
+      const check = (d: Committed<CatalogData>) => {
+        if (d.hosts.some((h) => h.name === p.name)) throw new VvfsError('HOST_EXISTS', `host ${p.name} already exists`)
+        const clash = d.hosts.find((h) => h.mount === mount)
+        if (clash) throw new VvfsError('INVALID_ARGUMENT', `${mount} is already the mount of host ${clash.name}`)
+      }
+      check(this.catalog.read().data)
       if (mount === this.stateDir || mount.startsWith(this.stateDir + '/')) throw new VvfsError('INVALID_ARGUMENT', 'a host cannot mount inside the state directory')
       const rec: HostRecord = { name: p.name, mount, createdAt: new Date().toISOString() }
       if (this.opts.mount !== false) await this.mountHost(rec)
-      data.hosts.push(rec)
-      await this.catalog.save()
+      try {
+        await this.catalog.update((d) => {
+          check(d)
+          d.hosts.push(rec)
+        })
+      } catch (err) {
+        await this.mounts.get(rec.name)?.unmount()
+        this.mounts.delete(rec.name)
+        throw err
+      }
       this.log.info({ event: 'host.added', name: rec.name, mount }, 'host added')
       const info = this.hostInfo(rec)
       this.emit('host.added', { host: info })
@@ -466,19 +488,18 @@ export class Manager implements HostView {
   }
 
   listHosts(): HostInfo[] {
-    return this.catalog.data.hosts.map((h) => this.hostInfo(h))
+    return this.catalog.read().data.hosts.map((h) => this.hostInfo(h))
   }
 
   removeHost(name: string): Promise<{ removed: string }> {
     return this.serial(async () => {
-      const data = this.catalog.data
-      const rec = data.hosts.find((h) => h.name === name)
-      if (!rec) throw new VvfsError('HOST_NOT_FOUND', `no host named ${name}`)
+      this.host(name)
       const open = this.volumes(name).filter((v) => v.isOpen(name))
       if (open.length) throw new VvfsError('HOST_BUSY', `host ${name} has open volume files: ${open.map((v) => v.name).join(', ')}`)
-      for (const v of this.volumes(name)) v.record.hosts = v.record.hosts.filter((h) => h !== name)
-      data.hosts = data.hosts.filter((h) => h !== rec)
-      await this.catalog.save()
+      await this.catalog.update((d) => {
+        for (const v of d.volumes) v.hosts = v.hosts.filter((h) => h !== name)
+        d.hosts = d.hosts.filter((h) => h.name !== name)
+      })
       await this.mounts.get(name)?.unmount()
       this.mounts.delete(name)
       this.log.info({ event: 'host.removed', name }, 'host removed')
@@ -494,8 +515,7 @@ export class Manager implements HostView {
    */
   remountHost(name: string): Promise<HostInfo> {
     return this.serial(async () => {
-      const rec = this.catalog.data.hosts.find((h) => h.name === name)
-      if (!rec) throw new VvfsError('HOST_NOT_FOUND', `no host named ${name}`)
+      const rec = this.host(name)
       const old = this.mounts.get(name)
       if (old?.mounted) return this.hostInfo(rec)
       if (this.opts.mount === false) throw new VvfsError('NOT_SUPPORTED', 'this manager does not mount hosts')
@@ -512,7 +532,7 @@ export class Manager implements HostView {
     })
   }
 
-  private hostInfo(h: HostRecord): HostInfo {
+  private hostInfo(h: Committed<HostRecord>): HostInfo {
     return { name: h.name, mount: h.mount, mounted: this.mounts.get(h.name)?.mounted ?? false, volumes: this.volumes(h.name).map((v) => v.name) }
   }
 
@@ -520,19 +540,14 @@ export class Manager implements HostView {
 
   createVolume(p: { name: string; size: number; hosts?: string[] }): Promise<VolumeInfo> {
     return this.serial(async () => {
-      const data = this.catalog.data
-      if (this.handles.has(p.name) || data.volumes.some((v) => v.name === p.name)) throw new VvfsError('VOLUME_EXISTS', `volume ${p.name} already exists`)
       const hosts = [...new Set(p.hosts ?? [DEFAULT_HOST])]
-      for (const h of hosts) this.host(h)
-      const rec: VolumeRecord = { name: p.name, id: randomUUID(), no: data.nextVolumeNo, size: p.size, hosts, createdAt: new Date().toISOString(), state: 'ready' }
-      data.nextVolumeNo++
-      data.volumes.push(rec)
-      try {
-        await this.catalog.save()
-      } catch (err) {
-        data.volumes.pop()
-        throw err
-      }
+      const { result: rec } = await this.catalog.update((d) => {
+        if (this.handles.has(p.name) || d.volumes.some((v) => v.name === p.name)) throw new VvfsError('VOLUME_EXISTS', `volume ${p.name} already exists`)
+        for (const h of hosts) if (!d.hosts.some((r) => r.name === h)) throw new VvfsError('HOST_NOT_FOUND', `no host named ${h}`)
+        const rec: VolumeRecord = { name: p.name, id: randomUUID(), no: d.nextVolumeNo++, size: p.size, hosts, createdAt: new Date().toISOString(), state: 'ready' }
+        d.volumes.push(rec)
+        return structuredClone(rec)
+      })
       const handle = this.makeHandle(rec)
       this.handles.set(rec.name, handle)
       this.log.info({ event: 'volume.created', name: rec.name, id: rec.id, size: rec.size, hosts }, 'volume created')
@@ -601,8 +616,8 @@ export class Manager implements HostView {
         })
       }
       const released = v.allocatedBytes
-      v.record.state = 'deleting'
-      await this.catalog.save()
+      const no = v.record.no
+      await this.updateVolume(no, (rec) => void (rec.state = 'deleting'))
       this.handles.delete(name)
       readCache.forget(v.record.no)
       // Writes answered before the last close may still be on their way; one
@@ -613,8 +628,7 @@ export class Manager implements HostView {
       const records: Buffer[] = []
       for await (const [key] of this.maps.scan(extentPrefix(v.record.no))) records.push(key)
       await this.maps.deleteNow(records)
-      this.catalog.data.volumes = this.catalog.data.volumes.filter((r) => r !== v.record)
-      await this.catalog.save()
+      await this.catalog.update((d) => void (d.volumes = d.volumes.filter((r) => r.no !== no)))
       this.log.info({ event: 'volume.deleted', name, released }, 'volume deleted')
       this.emit('volume.deleted', { name, id: v.id, released })
       return { deleted: name, released }
@@ -625,9 +639,10 @@ export class Manager implements HostView {
     return this.serial(async () => {
       const v = this.volumeNamed(name)
       this.host(host)
-      if (v.record.hosts.includes(host)) throw new VvfsError('ALREADY_MAPPED', `volume ${name} is already mapped to host ${host}`)
-      v.record.hosts.push(host)
-      await this.saveOr(() => (v.record.hosts = v.record.hosts.filter((h) => h !== host)))
+      await this.updateVolume(v.record.no, (rec) => {
+        if (rec.hosts.includes(host)) throw new VvfsError('ALREADY_MAPPED', `volume ${name} is already mapped to host ${host}`)
+        rec.hosts.push(host)
+      })
       this.log.info({ event: 'volume.mapped', name, host }, 'volume mapped')
       this.emit('volume.mapped', { name, host })
       return this.volumeInfo(v)
@@ -640,9 +655,10 @@ export class Manager implements HostView {
       this.host(host)
       if (!v.record.hosts.includes(host)) throw new VvfsError('NOT_MAPPED', `volume ${name} is not mapped to host ${host}`)
       if (v.isOpen(host)) throw new VvfsError('VOLUME_BUSY', `volume ${name} is open on host ${host}`)
-      const before = [...v.record.hosts]
-      v.record.hosts = v.record.hosts.filter((h) => h !== host)
-      await this.saveOr(() => (v.record.hosts = before))
+      await this.updateVolume(v.record.no, (rec) => {
+        if (!rec.hosts.includes(host)) throw new VvfsError('NOT_MAPPED', `volume ${name} is not mapped to host ${host}`)
+        rec.hosts = rec.hosts.filter((h) => h !== host)
+      })
       this.log.info({ event: 'volume.unmapped', name, host }, 'volume unmapped')
       this.emit('volume.unmapped', { name, host })
       return this.volumeInfo(v)
@@ -666,7 +682,7 @@ export class Manager implements HostView {
       createdAt: v.record.createdAt,
       // Only where the file is now: a host someone unmounted shows none.
       files: v.record.hosts
-        .map((h) => this.catalog.data.hosts.find((r) => r.name === h))
+        .map((h) => this.catalog.read().data.hosts.find((r) => r.name === h))
         .filter((h) => h !== undefined && this.mounts.get(h.name)?.mounted)
         .map((h) => join(h!.mount, v.name)),
     }
@@ -680,12 +696,7 @@ export class Manager implements HostView {
 
   drain(p: { name: string; mode?: CopyMode; keep?: number; rate?: number }): Promise<JobInfo> {
     return this.serial(() =>
-      this.jobs.startDrain({ system: p.name, mode: p.mode ?? 'direct', keepMs: p.keep ?? 0, rate: p.rate ?? 0 }, async (sid) => {
-        const rec = this.catalog.data.storage.find((s) => s.sid === sid)!
-        rec.draining = true
-        this.pool.get(sid).draining = true
-        await this.catalog.save()
-      }),
+      this.jobs.startDrain({ system: p.name, mode: p.mode ?? 'direct', keepMs: p.keep ?? 0, rate: p.rate ?? 0 }),
     )
   }
 
@@ -694,9 +705,10 @@ export class Manager implements HostView {
       const rec = this.storageRecord(name)
       const busy = this.jobs.list().find((j) => j.kind === 'drain' && j.from === name && j.status !== 'concluded')
       if (busy) throw new VvfsError('JOB_STATE', `storage system ${name} is being drained by job ${busy.id}; cancel it first`)
-      delete rec.draining
-      this.pool.get(rec.sid).draining = false
-      await this.catalog.save()
+      await this.catalog.update((d) => {
+        const s = d.storage.find((x) => x.sid === rec.sid)
+        if (s) delete s.draining
+      })
       this.spaceWatch.changed()
       return this.storageInfo(this.pool.get(rec.sid))
     })
@@ -704,12 +716,14 @@ export class Manager implements HostView {
 
   policy(p: Partial<{ enabled: boolean; fragmentation: number; minRun: number; interval: number }>): Promise<ConsolidationPolicy> {
     return this.serial(async () => {
-      const c = this.catalog.data.consolidation
-      if (p.enabled !== undefined) c.enabled = p.enabled
-      if (p.fragmentation !== undefined) c.fragmentation = p.fragmentation
-      if (p.minRun !== undefined) c.minRun = p.minRun
-      if (p.interval !== undefined) c.intervalMs = Math.max(1000, p.interval)
-      await this.catalog.save()
+      await this.catalog.update((d) => {
+        const c = d.consolidation
+        if (p.enabled !== undefined) c.enabled = p.enabled
+        if (p.fragmentation !== undefined) c.fragmentation = p.fragmentation
+        if (p.minRun !== undefined) c.minRun = p.minRun
+        if (p.interval !== undefined) c.intervalMs = Math.max(1000, p.interval)
+      })
+      const c = this.catalog.read().data.consolidation
       this.log.info({ event: 'policy.settings', ...c }, 'consolidation policy changed')
       return { ...c }
     })
@@ -739,7 +753,7 @@ export class Manager implements HostView {
   }
 
   consolidationPolicy(): ConsolidationPolicy {
-    return { ...this.catalog.data.consolidation }
+    return { ...this.catalog.read().data.consolidation }
   }
 
   /** Sets up the default demo state of `make run` (only on a new state directory). */
@@ -773,11 +787,7 @@ export class Manager implements HostView {
         const j = this.jobs.activeJobOf(rec.no)
         return j ? (j.status === 'paused' ? 'migration-paused' : 'migrating') : undefined
       },
-      persistSize: async (_h, size) => {
-        const before = rec.size
-        rec.size = size
-        await this.saveOr(() => (rec.size = before))
-      },
+      persistSize: (_h, size) => this.updateVolume(rec.no, (r) => void (r.size = size)),
       resized: (h, from, to) => {
         this.log.info({ event: 'volume.resized', name: h.name, from, to }, 'volume resized')
         this.emit('volume.resized', { name: h.name, from, to })
@@ -785,19 +795,19 @@ export class Manager implements HostView {
     })
   }
 
-  private host(name: string): HostRecord {
-    const h = this.catalog.data.hosts.find((r) => r.name === name)
+  private host(name: string): Committed<HostRecord> {
+    const h = this.catalog.read().data.hosts.find((r) => r.name === name)
     if (!h) throw new VvfsError('HOST_NOT_FOUND', `no host named ${name}`)
     return h
   }
 
-  private async saveOr(undo: () => void): Promise<void> {
-    try {
-      await this.catalog.save()
-    } catch (err) {
-      undo()
-      throw err
-    }
+  /** Changes one volume's catalog record (its handle's copy follows the commit). */
+  private async updateVolume(volNo: number, change: (rec: VolumeRecord) => void): Promise<void> {
+    await this.catalog.update((d) => {
+      const rec = d.volumes.find((r) => r.no === volNo)
+      if (!rec) throw new VvfsError('VOLUME_NOT_FOUND', `volume #${volNo} is no longer in the catalog`)
+      change(rec)
+    })
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
