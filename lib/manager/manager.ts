@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import { mkdir, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import type { EventType, FaultInfo, HostInfo, PoolStatus, StorageInfo, VolumeDetail, VolumeInfo, VvfsEvent } from '../control/schema.js'
+import type { EventBody, EventType, FaultInfo, HostInfo, JobInfo, PoolStatus, StorageInfo, VolumeDetail, VolumeInfo, VvfsEvent } from '../control/schema.js'
 import { asVvfsError, VvfsError } from '../errors.js'
 import { HostMount, type HostView, type MountTimeouts } from '../fuse/host-mount.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
@@ -33,7 +33,7 @@ import { SpaceWatch } from './space-watch.js'
 import { reclaimVolume, type ReclaimResult } from './reclaim.js'
 import { VolumeHandle } from './volume-handle.js'
 import { volumeMapView } from './extent-runs.js'
-import { JobManager, type JobInfo } from './jobs.js'
+import { JobManager } from './jobs.js'
 import { MigrateLayer } from '../migration/layer.js'
 import { ReadAhead } from '../relay/readahead.js'
 import { readCache } from '../fuse/read-cache.js'
@@ -817,8 +817,8 @@ export class Manager implements HostView {
     return next
   }
 
-  private emit(type: EventType, body: Record<string, unknown>): void {
-    const event: VvfsEvent = { type, time: new Date().toISOString(), ...body }
+  private emit<T extends EventType>(type: T, body: EventBody<T>): void {
+    const event = { type, time: new Date().toISOString(), ...body } as VvfsEvent
     this.events.emit('event', event)
   }
 }
