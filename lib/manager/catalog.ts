@@ -259,9 +259,16 @@ export class FileCatalog implements CatalogStore {
     throw new VvfsError('CATALOG_CONFLICT', `${this.path}: another process committed first ${UPDATE_ATTEMPTS} times in a row; try again`)
   }
 
+  /** A listener that throws does not undo the commit nor stop the others: its error becomes a process warning. */
   private notify(): void {
     const s = this.snapshot
-    for (const w of this.watchers) w(s)
+    for (const w of this.watchers) {
+      try {
+        w(s)
+      } catch (err) {
+        process.emitWarning(`a catalog watcher failed at revision ${s.rev}: ${(err as Error).message}`)
+      }
+    }
   }
 
   private async lock(): Promise<FileHandle> {

@@ -202,8 +202,10 @@ describe('catalog store', () => {
         const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()))
         return { child, exited }
       })
-      // Long enough to commit a few times, then anywhere in a commit.
-      await new Promise((r) => setTimeout(r, 300 + Math.random() * 400))
+      // Once each writer is committing (node's start takes a while on a loaded machine), anywhere in a commit.
+      for (let i = 0; i < 1000 && tags.some((t) => !acked.has(t)); i++) await new Promise((r) => setTimeout(r, 10))
+      for (const t of tags) expect(acked.has(t), `${t} committed`).toBe(true)
+      await new Promise((r) => setTimeout(r, Math.random() * 300))
       for (const { child } of children) child.kill('SIGKILL')
       await Promise.all(children.map((c) => c.exited))
 
