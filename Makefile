@@ -18,7 +18,7 @@ deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
-node_modules/.installed: package.json package-lock.json patches/*.patch scripts/build-native.mjs native/powercut/powercut.c native/peercred/peercred.c native/peercred/binding.gyp
+node_modules/.installed: package.json package-lock.json patches/*.patch scripts/build-native.mjs native/powercut/powercut.c native/peercred/peercred.c native/peercred/binding.gyp native/flock/flock.c native/flock/binding.gyp
 	npm ci --no-audit --no-fund
 	@touch $@
 

@@ -28,6 +28,8 @@ export const ERROR_CODES = [
   'STORAGE_FULL',
   'STATE_LOCKED',
   'STATE_CORRUPT',
+  /** The catalog's compare-and-swap lost to another process every time it was tried. */
+  'CATALOG_CONFLICT',
   'MOUNT_FAILED',
   'IO_ERROR',
   'NOT_SUPPORTED',

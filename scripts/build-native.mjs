@@ -40,3 +40,6 @@ run('gcc', ['-shared', '-fPIC', '-O2', '-Wall', '-Wextra', '-Werror', '-o', join
 // function around getsockopt SO_PEERCRED, which Node lacks). The daemon
 // refuses to start without it.
 run(bin('node-gyp'), gypArgs, join(root, 'native', 'peercred'))
+// The catalog's cross-process commit lock (native/flock: flock(2), which
+// Node lacks). The daemon refuses to start without it.
+run(bin('node-gyp'), gypArgs, join(root, 'native', 'flock'))

@@ -7,7 +7,7 @@
 import { SingleBar } from 'cli-progress'
 import type { Argv } from 'yargs'
 import { ControlClient } from '../control/client.js'
-import type { JobInfo } from '../control/schema.js'
+import { CopyMode, type JobInfo } from '../control/schema.js'
 import { VvfsError } from '../errors.js'
 import { formatSize } from '../units.js'
 import { fields, table } from './output.js'
@@ -20,7 +20,7 @@ export interface Common {
 
 export type Call = <T>(argv: Common, run: (c: ControlClient) => Promise<T>) => Promise<T>
 
-export const MODES = ['direct', 'staged', 'free', 'memory'] as const
+export const MODES = CopyMode.options
 
 export function jobText(j: JobInfo): string {
   const p = j.progress
@@ -68,8 +68,10 @@ export async function waitForJob(client: ControlClient, id: number, json: boolea
       if (j.status === 'concluded' || j.status === 'ready' || (j.status === 'paused' && j.error)) resolve(j)
     }
     client.onEvent((e) => {
-      if (e.type === 'job.status' && (e.job as JobInfo).id === id) check(e.job as JobInfo)
-      if (e.type === 'job.progress' && e.job === id) render({ ...last, progress: e as unknown as JobInfo['progress'] })
+      if (e.type === 'job.status' && e.job.id === id) check(e.job)
+      if (e.type === 'job.progress' && e.job === id) {
+        render({ ...last, progress: { current: e.current, total: e.total, percent: e.percent, bytesPerSecond: e.bytesPerSecond, etaSeconds: e.etaSeconds } })
+      }
     })
     void client.call('events.subscribe', { types: ['job.status', 'job.progress'] })
     check(last)

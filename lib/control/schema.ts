@@ -11,6 +11,7 @@
  */
 import { z } from 'zod'
 import type { ErrorCode } from '../errors.js'
+import { COPY_MODES, JOB_KINDS, JOB_RESULTS, JOB_STATUSES } from '../migration/job.js'
 import { FAULT_EFFECTS, FAULT_OPS } from '../storage/fault-injector.js'
 import { MAX_SIZE, checkExistingName, checkName, parseDuration, parseOffset, parseSize } from '../units.js'
 
@@ -145,20 +146,28 @@ export const PoolStatus = z.object({
   systems: z.array(PoolSystemStatus),
 })
 
+export const JobStatus = z.enum(JOB_STATUSES)
+
+/** How a job copies: direct, staged (via a reserve system), free (via unused space), memory. */
+export const CopyMode = z.enum(COPY_MODES)
+
+export const JobProgress = z.object({ current: Bytes, total: Bytes, percent: z.number(), bytesPerSecond: z.number(), etaSeconds: z.number().nullable() })
+
+/** A job of any kind (lib/migration/job.ts has the model and the records). */
 export const JobInfo = z.object({
   id: z.number(),
-  kind: z.enum(['migrate', 'consolidate', 'drain']),
-  status: z.enum(['created', 'running', 'paused', 'ready', 'cancelling', 'rolling-back', 'concluded']),
-  result: z.string().optional(),
+  kind: z.enum(JOB_KINDS),
+  status: JobStatus,
+  result: z.enum(JOB_RESULTS).optional(),
   error: z.object({ code: z.string(), message: z.string() }).optional(),
   volumes: z.array(z.string()),
   to: z.string().optional(),
   from: z.string().optional(),
-  mode: z.enum(['direct', 'staged', 'free', 'memory']),
+  mode: CopyMode,
   rate: z.number(),
   keepMs: z.number(),
   retainUntil: z.string().optional(),
-  progress: z.object({ current: Bytes, total: Bytes, percent: z.number(), bytesPerSecond: z.number(), etaSeconds: z.number().nullable() }),
+  progress: JobProgress,
   createdAt: z.string(),
   startedAt: z.string().optional(),
   finishedAt: z.string().optional(),
@@ -185,36 +194,45 @@ export const FaultInfo = z.object({
 export const Policy = z.object({ enabled: z.boolean(), fragmentation: z.number(), minRun: Bytes, intervalMs: z.number() })
 
 const Duration = parsed(NumberOrString, (v) => parseDuration(v), 'INVALID_ARGUMENT')
-const Mode = z.enum(['direct', 'staged', 'free', 'memory'])
 const JobId = z.strictObject({ id: z.number().int().min(1) })
 
-export const EventType = z.enum([
-  'volume.created',
-  'volume.deleted',
-  'volume.resized',
-  'volume.reclaimed',
-  'volume.mapped',
-  'volume.unmapped',
-  'storage.added',
-  'storage.removed',
-  'host.added',
-  'host.removed',
-  /** A host's mount was detached by someone else (`umount`), or mounted again (`host.remount`). */
-  'host.unmounted',
-  'host.mounted',
-  'pool.threshold',
-  'pool.settings',
-  'job.status',
-  'job.progress',
-  'fault.injected',
-])
-export type EventType = z.infer<typeof EventType>
+/** Every event: its type and what it carries besides `type` and `time`. */
+export const EVENTS = {
+  'volume.created': z.object({ volume: VolumeInfo }),
+  'volume.deleted': z.object({ name: z.string(), id: z.string(), released: Bytes }),
+  'volume.resized': z.object({ name: z.string(), from: Bytes, to: Bytes }),
+  'volume.reclaimed': z.object({ name: z.string(), releasedBytes: Bytes }),
+  'volume.mapped': z.object({ name: z.string(), host: z.string() }),
+  'volume.unmapped': z.object({ name: z.string(), host: z.string() }),
+  'storage.added': z.object({ storage: StorageInfo }),
+  'storage.removed': z.object({ name: z.string() }),
+  'host.added': z.object({ host: HostInfo }),
+  'host.removed': z.object({ name: z.string() }),
+  /** A host's mount was detached by someone else (`umount`). */
+  'host.unmounted': z.object({ name: z.string(), mount: z.string(), external: z.boolean() }),
+  /** A host was mounted again (`host.remount`). */
+  'host.mounted': z.object({ host: HostInfo }),
+  'pool.threshold': z.object({ usedPercent: z.number(), warnPercent: z.number(), allocated: Bytes, capacity: Bytes }),
+  'pool.settings': z.object({ settings: z.object({ warnPercent: z.number(), fullMode: z.enum(['error', 'queue']), queueTimeoutMs: z.number() }) }),
+  /** A job was created (from: null) or changed status. */
+  'job.status': z.object({ job: JobInfo, from: JobStatus.nullable() }),
+  /** A job's progress, at most every 500 ms and at its end. */
+  'job.progress': JobProgress.extend({ job: z.number() }),
+  'fault.injected': z.object({ fault: z.number(), storage: z.string(), op: z.enum(FAULT_OPS), error: z.enum(FAULT_EFFECTS), delayMs: z.number().optional() }),
+} as const
 
-export interface VvfsEvent {
-  type: EventType
-  time: string
-  [key: string]: unknown
-}
+export type EventType = keyof typeof EVENTS
+export const EventType = z.enum(Object.keys(EVENTS) as [EventType, ...EventType[]])
+
+/** What an event of one type carries besides `type` and `time`. */
+export type EventBody<T extends EventType> = z.infer<(typeof EVENTS)[T]>
+
+/**
+ * An event as sent to subscribers: `{type, time, …body}`, discriminated by
+ * `type`. Fields a later daemon adds are `unknown` to a client built against
+ * this schema (narrow by `type` to read the typed ones).
+ */
+export type VvfsEvent = { [T in EventType]: { type: T; time: string } & EventBody<T> & { [field: string]: unknown } }[EventType]
 
 const Empty = z.strictObject({})
 const ByName = z.strictObject({ name: Name })
@@ -385,7 +403,7 @@ export const METHODS = {
   }),
   'storage.drain': method({
     summary: 'Evacuates every extent of every volume from a storage system (a job), so it can be removed.',
-    params: z.strictObject({ name: Name, mode: Mode.optional(), keep: Duration.optional(), rate: Size.optional() }),
+    params: z.strictObject({ name: Name, mode: CopyMode.optional(), keep: Duration.optional(), rate: Size.optional() }),
     result: JobInfo,
     errors: [...NAME_ERRORS, 'STORAGE_NOT_FOUND', 'POOL_FULL', 'JOB_STATE', 'INVALID_ARGUMENT'],
   }),
@@ -397,7 +415,7 @@ export const METHODS = {
   }),
   'migrate.start': method({
     summary: 'Moves a volume\'s extents onto one storage system while hosts keep using it (a job).',
-    params: z.strictObject({ volume: Name, to: Name, mode: Mode.optional(), keep: Duration.optional(), rate: Size.optional() }),
+    params: z.strictObject({ volume: Name, to: Name, mode: CopyMode.optional(), keep: Duration.optional(), rate: Size.optional() }),
     result: JobInfo,
     errors: [...NAME_ERRORS, 'VOLUME_NOT_FOUND', 'STORAGE_NOT_FOUND', 'POOL_FULL', 'JOB_STATE', 'INVALID_ARGUMENT'],
   }),

@@ -34,6 +34,8 @@ const BY_CODE: Partial<Record<ErrorCode, number>> = {
   VOLUME_BUSY: ERRNO.EBUSY,
   NOT_SUPPORTED: ERRNO.EOPNOTSUPP,
   TIMEOUT: ERRNO.ETIMEDOUT,
+  /** A size change lost the catalog's compare-and-swap every time (another process kept committing). */
+  CATALOG_CONFLICT: ERRNO.EBUSY,
 }
 
 /** A negative errno, as fuse-native expects. */

@@ -1,225 +1,183 @@
 /**
- * JobManager: the migration jobs of the manager — start, list, pause,
- * resume, cancel, rollback — persisted in the catalog and resumed at start;
- * status changes and progress (bytes done/total, rate, ETA) go out as
- * events. It also runs the consolidation policy: every interval, when
- * enabled, it starts the first move the planner proposes (one automatic
- * job at a time).
+ * JobManager: the manager's jobs, of any kind — start, list, pause, resume,
+ * cancel, complete, rollback — persisted in the catalog and resumed at
+ * start; status changes and progress (bytes done/total, rate, ETA) go out as
+ * events. Each kind of job is a driver (lib/jobs/driver.ts) registered here
+ * by kind: migrate, consolidate and drain are lib/jobs/move.ts. It also runs
+ * the consolidation policy: every interval, when enabled, it starts the
+ * first move the planner proposes (one automatic job at a time).
  *
- * Never: moves data itself (MigrationRunner does, through the relay).
+ * Records: a driver keeps its job's record (a copy of the catalog's) and
+ * commits it through the catalog's update(); lists show the live copy. A
+ * new job is committed (with whatever its kind changes beside it, such as a
+ * drained system's flag) before its driver starts.
+ *
+ * Never: moves data itself (the drivers do, through the relay).
  */
+import type { EventBody, JobInfo } from '../control/schema.js'
 import { VvfsError } from '../errors.js'
-import { EXTENT_CHUNKS } from '../layout.js'
-import type { Logger } from '../log.js'
-import { isActive, type CopyMode, type JobKind, type JobRecord, type JobStatus } from '../migration/job.js'
+import type { JobDriver, JobEnv, JobKindDriver, JobResources, NewJob } from '../jobs/driver.js'
+import { moveJobs, newDrain, newMigration, type MoveOptions } from '../jobs/move.js'
+import { isActive, type JobKind, type JobRecord } from '../migration/job.js'
 import { planConsolidation, type Plan, type PlannerSystem, type PlannerVolume } from '../migration/planner.js'
-import { MigrationRunner, type MovableVolume } from '../migration/runner.js'
-import { entryBytes, type ExtentEntry } from '../relay/extent-entry.js'
+import type { MovableVolume } from '../migration/runner.js'
+import { entryBytes } from '../relay/extent-entry.js'
 import type { PlacementRule } from '../relay/extent-ops.js'
-import { decodeExtentRecord, isRetainedKey, jobNoOfKey, jobOwnedPrefixes, parseRetainedKey } from '../relay/key-space.js'
-import type { MapStore } from '../relay/map-store.js'
-import type { ChunkMover } from '../storage/chunk-mover.js'
-import type { Pool } from '../storage/pool.js'
-import type { Catalog } from './catalog.js'
+import { draftOf, type CatalogData } from './catalog.js'
 
-export interface JobInfo {
-  id: number
-  kind: JobKind
-  status: JobStatus
-  result?: string
-  error?: { code: string; message: string }
-  volumes: string[]
-  to?: string
-  from?: string
-  mode: CopyMode
-  rate: number
-  keepMs: number
-  retainUntil?: string
-  progress: { current: number; total: number; percent: number; bytesPerSecond: number; etaSeconds: number | null }
-  createdAt: string
-  startedAt?: string
-  finishedAt?: string
-  reason?: string
-  auto: boolean
-}
-
-export interface JobHost {
-  catalog: Catalog
-  pool: Pool
-  maps: MapStore
-  mover: ChunkMover
-  log: Logger
+export interface JobHost extends JobResources {
   movable(volNo: number): MovableVolume | undefined
-  volumeNo(name: string): number
   volumeName(volNo: number): string
-  systemSid(name: string): number
-  systemName(sid: number): string
-  emit(type: 'job.status' | 'job.progress', body: Record<string, unknown>): void
-  /** A volume now lives on `sid` (undefined: nowhere in particular); persisted with the catalog save that follows. */
-  setHome(volNo: number, sid: number | undefined): void
-  /** Host I/O requests so far (any volume). */
-  hostOps(): number
+  emit<T extends 'job.status' | 'job.progress'>(type: T, body: EventBody<T>): void
 }
 
 const KEEP_CONCLUDED = 100
 
+/** The kinds of job the manager runs; a new kind is one more driver here. */
+export const JOB_KIND_DRIVERS: readonly JobKindDriver[] = [moveJobs]
+
 export class JobManager {
-  private readonly runners = new Map<number, MigrationRunner>()
+  private readonly drivers = new Map<number, JobDriver>()
+  private readonly kinds = new Map<JobKind, JobKindDriver>()
   private readonly samples = new Map<number, { t: number; current: number }[]>()
   private readonly lastProgressEvent = new Map<number, number>()
   private policyTimer: NodeJS.Timeout | null = null
+  /** What drivers get; also what a kind's start request is checked against. */
+  readonly env: JobEnv
 
-  constructor(private readonly h: JobHost) {}
-
-  private get jobs(): JobRecord[] {
-    return this.h.catalog.data.jobs
+  constructor(
+    private readonly h: JobHost,
+    kinds: readonly JobKindDriver[] = JOB_KIND_DRIVERS,
+  ) {
+    for (const k of kinds) for (const kind of k.kinds) this.kinds.set(kind, k)
+    const { catalog, pool, maps, mover, log, volumeNo, systemSid, systemName, hostOps } = h
+    this.env = {
+      ...{ catalog, pool, maps, mover, log, volumeNo, systemSid, systemName, hostOps },
+      volume: (volNo) => h.movable(volNo),
+      activeJobOf: (volNo) => this.activeJobOf(volNo),
+      save: (job, alsoChange) => this.save(job, alsoChange),
+      statusChanged: (job, from) => {
+        h.log.info({ event: 'job.status', job: job.id, from, to: job.status }, `job ${job.id}: ${from} → ${job.status}`)
+        h.emit('job.status', { job: this.info(job), from })
+      },
+      progressed: (job) => {
+        this.sample(job)
+        const now = Date.now()
+        if (now - (this.lastProgressEvent.get(job.id) ?? 0) < 500 && job.current < job.total) return
+        this.lastProgressEvent.set(job.id, now)
+        h.emit('job.progress', { job: job.id, ...this.info(job).progress })
+      },
+    }
   }
 
-  /** Marks the space jobs hold (before stray records are cleaned) and loads their runners. */
+  /** Every job's record: a driver's live copy while it runs, else the catalog's. */
+  private get jobs(): readonly JobRecord[] {
+    return this.h.catalog.read().data.jobs.map((j) => this.drivers.get(j.id)?.job ?? (j as JobRecord))
+  }
+
+  private kindDriver(kind: JobKind): JobKindDriver {
+    const k = this.kinds.get(kind)
+    if (!k) throw new VvfsError('NOT_SUPPORTED', `no driver for jobs of kind ${kind}`)
+    return k
+  }
+
+  /** Marks the space jobs hold (before stray records are cleaned) and opens their drivers. */
   async restore(): Promise<void> {
-    for (const job of this.jobs.filter((j) => j.status !== 'concluded')) {
-      const runner = await MigrationRunner.open(job, this.deps())
-      runner.adoptHeld()
-      this.runners.set(job.id, runner)
+    for (const committed of this.h.catalog.read().data.jobs.filter((j) => j.status !== 'concluded')) {
+      const job = draftOf<JobRecord>(committed)
+      const driver = await this.kindDriver(job.kind).open(job, this.env)
+      driver.reserveHeld?.()
+      this.drivers.set(job.id, driver)
     }
-    // Records of jobs that are gone: retained sources whose release was cut short, bitmaps.
-    const live = new Set(this.runners.keys())
-    for (const prefix of jobOwnedPrefixes()) {
-      const stale: Buffer[] = []
-      for await (const [key, value] of this.h.maps.scan(prefix)) {
-        if (live.has(jobNoOfKey(key))) continue
-        if (isRetainedKey(key)) {
-          const v = this.h.movable(parseRetainedKey(key).volNo)
-          const { entry } = decodeExtentRecord(value)
-          if (v && entry && this.isFree(entry)) {
-            v.extents.holdSpace(entry)
-            await v.extents.discardEntry(entry)
-          }
-        }
-        stale.push(key)
-      }
-      await this.h.maps.deleteNow(stale)
-    }
+    const live = new Set(this.drivers.keys())
+    for (const k of new Set(this.kinds.values())) await k.cleanStale?.(live, this.env)
   }
 
-  /** Starts the runners (after the mounts are up) and the policy timer. */
+  /** Starts the drivers (after the mounts are up) and the policy timer. */
   start(): void {
-    for (const r of this.runners.values()) this.launch(r)
+    for (const d of this.drivers.values()) this.launch(d)
     this.schedulePolicy()
   }
 
   async close(): Promise<void> {
     if (this.policyTimer) clearTimeout(this.policyTimer)
     this.policyTimer = null
-    // Each runner stops after its current extent; progress is persisted per extent.
-    await Promise.all([...this.runners.values()].map((r) => r.halt()))
+    // Each driver stops after its current step; progress is persisted per step.
+    await Promise.all([...this.drivers.values()].map((d) => d.halt()))
   }
 
-  /** Where new allocations of a volume go while a job moves it. */
+  /** Where new allocations of a volume go while a job holds it. */
   placementFor(volNo: number): PlacementRule {
-    for (const r of this.runners.values()) {
-      const j = r.job
-      if (!j.volNos.includes(volNo) || j.toSid === undefined) continue
-      if (j.status === 'created' || j.status === 'running' || j.status === 'paused') return { only: j.toSid }
-      if (j.status === 'cancelling' || j.status === 'rolling-back') return { exclude: new Set([j.toSid]) }
+    for (const d of this.drivers.values()) {
+      const rule = d.placementFor?.(volNo)
+      if (rule) return rule
     }
     return {}
   }
 
   activeJobOf(volNo: number): JobRecord | undefined {
-    return [...this.runners.values()].map((r) => r.job).find((j) => j.volNos.includes(volNo) && j.status !== 'concluded')
+    return [...this.drivers.values()].map((d) => d.job).find((j) => j.volNos.includes(volNo) && j.status !== 'concluded')
   }
 
-  /** Extent indexes of a volume whose migration source a job still retains (the web view marks them). */
+  /** Extent indexes of a volume whose source a job still holds (the web view marks them). */
   retainedExtents(volNo: number): number[] {
     const out: number[] = []
-    for (const r of this.runners.values()) out.push(...r.retained.volume(volNo).keys())
+    for (const d of this.drivers.values()) for (const [v, e] of d.held?.() ?? []) if (v === volNo) out.push(e)
     return out
   }
 
   /** Bytes held by jobs (retained sources): allocated, not free, referenced by no volume map. */
   heldBytes(): number {
     let bytes = 0
-    for (const r of this.runners.values()) for (const [, , entry] of r.retained.all()) bytes += entryBytes(entry)
+    for (const d of this.drivers.values()) for (const [, , entry] of d.held?.() ?? []) bytes += entryBytes(entry)
     return bytes
   }
 
   // ---- starting jobs
 
-  async startMigration(p: { volume: string; to: string; mode: CopyMode; keepMs: number; rate: number; kind?: JobKind; reason?: string; auto?: boolean }): Promise<JobInfo> {
-    const volNo = this.h.volumeNo(p.volume)
-    const toSid = this.h.systemSid(p.to)
-    const dest = this.h.pool.get(toSid)
-    if (dest.reserve) throw new VvfsError('INVALID_ARGUMENT', `${p.to} is a reserve storage system (for staged transfers), not a destination`)
-    if (dest.draining) throw new VvfsError('INVALID_ARGUMENT', `${p.to} is being drained`)
-    this.checkIdle(volNo, p.volume)
-    const v = this.h.movable(volNo)!
-    const bySystem = v.extents.allocationBySystem()
-    const sources = [...bySystem.keys()]
-    const toMove = [...bySystem].filter(([sid]) => sid !== toSid).reduce((a, [, b]) => a + b, 0)
-    if (toMove > dest.table.free) {
-      throw new VvfsError('POOL_FULL', `${p.to} has ${dest.table.free} bytes free; volume ${p.volume} needs ${toMove} there`)
-    }
-    this.checkMode(p.mode)
-    return this.create({ kind: p.kind ?? 'migrate', volNos: [volNo], toSid, sourceSids: sources, mode: p.mode, keepMs: p.keepMs, rate: p.rate, reason: p.reason, auto: p.auto })
+  startMigration(p: MoveOptions & { volume: string; to: string; kind?: 'migrate' | 'consolidate'; reason?: string; auto?: boolean }): Promise<JobInfo> {
+    return this.startJob(newMigration(this.env, p))
   }
 
-  async startDrain(p: { system: string; mode: CopyMode; keepMs: number; rate: number }, persistDraining: (sid: number) => Promise<void>): Promise<JobInfo> {
-    const fromSid = this.h.systemSid(p.system)
-    const from = this.h.pool.get(fromSid)
-    const volNos: number[] = []
-    for (let volNo = 1; volNo < this.h.catalog.data.nextVolumeNo; volNo++) {
-      const v = this.h.movable(volNo)
-      if (v && v.extents.allocationBySystem().has(fromSid)) {
-        this.checkIdle(volNo, v.name)
-        volNos.push(volNo)
-      }
-    }
-    const room = this.h.pool.list().filter((s) => s.sid !== fromSid && s.allocatable).reduce((a, s) => a + s.table.free, 0)
-    if (from.table.allocated > room) throw new VvfsError('POOL_FULL', `the other storage systems have ${room} bytes free; ${p.system} holds ${from.table.allocated}`)
-    this.checkMode(p.mode)
-    await persistDraining(fromSid)
-    return this.create({ kind: 'drain', volNos, fromSid, sourceSids: [fromSid], mode: p.mode, keepMs: p.keepMs, rate: p.rate })
+  startDrain(p: MoveOptions & { system: string }): Promise<JobInfo> {
+    const { job, alsoChange } = newDrain(this.env, p)
+    return this.startJob(job, alsoChange)
   }
 
-  private checkMode(mode: CopyMode): void {
-    if (mode === 'staged' && !this.h.pool.list().some((s) => s.reserve)) {
-      throw new VvfsError('INVALID_ARGUMENT', 'staged mode needs a reserve storage system: vvfs storage add NAME --capacity SIZE --reserve')
-    }
-  }
-
-  private checkIdle(volNo: number, name: string): void {
-    const j = this.activeJobOf(volNo)
-    if (j) throw new VvfsError('JOB_STATE', `volume ${name} is already in job ${j.id} (${j.status})`)
-  }
-
-  private async create(p: Pick<JobRecord, 'kind' | 'volNos' | 'sourceSids' | 'mode' | 'keepMs' | 'rate'> & Partial<JobRecord>): Promise<JobInfo> {
-    const data = this.h.catalog.data
-    const job: JobRecord = {
-      ...p,
-      id: data.nextJobNo++,
-      status: 'created',
-      total: 0,
-      current: 0,
-      phases: p.mode === 'staged' || p.mode === 'free' ? 2 : 1,
-      phase: 0,
-      createdAt: new Date().toISOString(),
-    }
-    data.jobs.push(job)
-    this.prune()
-    await this.h.catalog.save()
-    const runner = await MigrationRunner.open(job, this.deps())
-    this.runners.set(job.id, runner)
-    this.h.log.info({ event: 'job.created', job: job.id, kind: job.kind, volumes: job.volNos.map((n) => this.h.volumeName(n)), mode: job.mode, reason: job.reason }, `job ${job.id} created`)
+  /** Records a new job of any kind (with `alsoChange` in the same commit), then opens and starts its driver. */
+  async startJob(p: NewJob, alsoChange?: (draft: CatalogData) => void): Promise<JobInfo> {
+    const kind = this.kindDriver(p.kind)
+    const createdAt = new Date().toISOString()
+    const { result: job } = await this.h.catalog.update((d) => {
+      const job = { ...p, id: d.nextJobNo++, status: 'created', total: 0, current: 0, createdAt } as JobRecord
+      d.jobs.push(job)
+      prune(d)
+      alsoChange?.(d)
+      return structuredClone(job)
+    })
+    const driver = await kind.open(job, this.env)
+    this.drivers.set(job.id, driver)
+    this.h.log.info({ event: 'job.created', job: job.id, kind: job.kind, volumes: job.volNos.map((n) => this.h.volumeName(n)), reason: job.reason }, `job ${job.id} created`)
     this.h.emit('job.status', { job: this.info(job), from: null })
-    this.launch(runner)
+    this.launch(driver)
     return this.info(job)
   }
 
-  private launch(runner: MigrationRunner): void {
-    runner.start()
-    void runner.done.finally(() => {
-      if (runner.job.status === 'concluded') this.runners.delete(runner.job.id)
+  private launch(driver: JobDriver): void {
+    driver.start()
+    void driver.done.finally(() => {
+      if (driver.job.status === 'concluded') this.drivers.delete(driver.job.id)
+    })
+  }
+
+  /** Commits a driver's record (and what its kind changes beside it); the driver keeps its copy. */
+  private async save(job: JobRecord, alsoChange?: (draft: CatalogData) => void): Promise<void> {
+    const rec = structuredClone(job)
+    await this.h.catalog.update((d) => {
+      const i = d.jobs.findIndex((j) => j.id === job.id)
+      // A job pruned from the catalog meanwhile (only concluded ones are) is not brought back.
+      if (i >= 0) d.jobs[i] = structuredClone(rec)
+      alsoChange?.(d)
     })
   }
 
@@ -234,17 +192,23 @@ export class JobManager {
   }
 
   pause(id: number): JobInfo {
-    this.runner(id).pause()
+    this.driver(id).pause()
     return this.show(id)
   }
 
   resume(id: number): JobInfo {
-    this.runner(id).resume()
+    this.driver(id).resume()
     return this.show(id)
   }
 
   cancel(id: number): JobInfo {
-    this.runner(id).cancel()
+    this.driver(id).cancel()
+    return this.show(id)
+  }
+
+  /** Finishes a job that is ready (qemu's job-complete). */
+  complete(id: number): JobInfo {
+    this.driver(id).complete()
     return this.show(id)
   }
 
@@ -254,13 +218,15 @@ export class JobManager {
       const why = job.result === 'completed' && job.keepMs > 0 ? `its retention window ended at ${job.retainUntil} and the sources were released` : `it concluded (${job.result})`
       throw new VvfsError('JOB_STATE', `job ${id} cannot be rolled back: ${why}`)
     }
-    this.runner(id).rollback()
+    const driver = this.driver(id)
+    if (!driver.rollback) throw new VvfsError('JOB_STATE', `job ${id} (${job.kind}) cannot be rolled back`)
+    driver.rollback()
     return this.show(id)
   }
 
   /** Resolves when the job concludes (tests, --wait). */
   async settled(id: number): Promise<JobInfo> {
-    await this.runners.get(id)?.done
+    await this.drivers.get(id)?.done
     return this.show(id)
   }
 
@@ -270,19 +236,19 @@ export class JobManager {
     return j
   }
 
-  private runner(id: number): MigrationRunner {
+  private driver(id: number): JobDriver {
     const job = this.job(id)
-    const r = this.runners.get(id)
-    if (!r) throw new VvfsError('JOB_STATE', `job ${id} has concluded (${job.result})`)
-    return r
+    const d = this.drivers.get(id)
+    if (!d) throw new VvfsError('JOB_STATE', `job ${id} has concluded (${job.result})`)
+    return d
   }
 
   // ---- consolidation policy
 
   plan(): Plan {
-    const data = this.h.catalog.data
+    const data = this.h.catalog.read().data
     const held = new Set<string>()
-    for (const r of this.runners.values()) for (const [, , entry] of r.retained.all()) if (entry.kind === 'whole') held.add(`${entry.sid}:${entry.slot}`)
+    for (const d of this.drivers.values()) for (const [, , entry] of d.held?.() ?? []) if (entry.kind === 'whole') held.add(`${entry.sid}:${entry.slot}`)
     const systems: PlannerSystem[] = this.h.pool.list().map((s) => {
       const owners = new Int32Array(s.table.slotCount)
       for (let slot = 0; slot < owners.length; slot++) owners[slot] = s.table.isSlotFree(slot) ? 0 : -1
@@ -303,7 +269,7 @@ export class JobManager {
   }
 
   private schedulePolicy(): void {
-    const interval = Math.max(1000, this.h.catalog.data.consolidation.intervalMs)
+    const interval = Math.max(1000, this.h.catalog.read().data.consolidation.intervalMs)
     this.policyTimer = setTimeout(() => {
       void this.runPolicy()
         .catch((err) => this.h.log.error({ event: 'policy.failed', err: (err as Error).message }, 'consolidation policy failed'))
@@ -314,9 +280,9 @@ export class JobManager {
 
   /** One evaluation of the policy: starts the first proposed move, if enabled and nothing automatic runs. */
   async runPolicy(): Promise<JobInfo | undefined> {
-    const policy = this.h.catalog.data.consolidation
+    const policy = this.h.catalog.read().data.consolidation
     if (!policy.enabled) return undefined
-    if ([...this.runners.values()].some((r) => r.job.auto && isActive(r.job))) return undefined
+    if ([...this.drivers.values()].some((d) => d.job.auto && isActive(d.job))) return undefined
     const move = this.plan().moves[0]
     if (!move) return undefined
     this.h.log.info({ event: 'policy.fired', trigger: move.trigger, volume: move.volume, to: move.to, reason: move.reason }, 'consolidation policy fired')
@@ -324,65 +290,6 @@ export class JobManager {
   }
 
   // ---- helpers
-
-  /**
-   * Where a volume lives after a job: on the destination once a move is done
-   * (ready or completed), back where it was after a rollback or cancel; a
-   * drained system is nobody's home.
-   */
-  private updateHomes(job: JobRecord): void {
-    const vols = this.h.catalog.data.volumes
-    if (job.kind === 'drain') {
-      if (job.status === 'concluded' && job.result === 'completed') for (const v of vols) if (v.home === job.fromSid) this.h.setHome(v.no, undefined)
-      return
-    }
-    for (const volNo of job.volNos) {
-      const v = vols.find((x) => x.no === volNo)
-      if (!v) continue
-      if (job.status === 'running' && job.prevHome === undefined) job.prevHome = v.home ?? -1
-      if (job.status === 'ready' || (job.status === 'concluded' && job.result === 'completed')) this.h.setHome(volNo, job.toSid)
-      else if (job.status === 'concluded') this.h.setHome(volNo, job.prevHome === undefined || job.prevHome < 0 ? undefined : job.prevHome)
-    }
-  }
-
-  private isFree(entry: ExtentEntry): boolean {
-    if (entry.kind === 'whole') return this.h.pool.has(entry.sid) && this.h.pool.get(entry.sid).table.isSlotFree(entry.slot)
-    return [...entry.frags.values()].every((f) => this.h.pool.has(f.sid) && this.h.pool.get(f.sid).table.isSlotFree(Math.floor(f.pca / EXTENT_CHUNKS)))
-  }
-
-  private prune(): void {
-    const done = this.jobs.filter((j) => j.status === 'concluded')
-    if (done.length > KEEP_CONCLUDED) {
-      const drop = new Set(done.slice(0, done.length - KEEP_CONCLUDED))
-      this.h.catalog.data.jobs = this.jobs.filter((j) => !drop.has(j))
-    }
-  }
-
-  private deps() {
-    return {
-      pool: this.h.pool,
-      maps: this.h.maps,
-      mover: this.h.mover,
-      log: this.h.log,
-      volume: (volNo: number) => this.h.movable(volNo),
-      hostOps: () => this.h.hostOps(),
-      save: (job: JobRecord) => {
-        this.updateHomes(job)
-        return this.h.catalog.save()
-      },
-      statusChanged: (job: JobRecord, from: JobStatus) => {
-        this.h.log.info({ event: 'job.status', job: job.id, from, to: job.status }, `job ${job.id}: ${from} → ${job.status}`)
-        this.h.emit('job.status', { job: this.info(job), from })
-      },
-      progressed: (job: JobRecord) => {
-        this.sample(job)
-        const now = Date.now()
-        if (now - (this.lastProgressEvent.get(job.id) ?? 0) < 500 && job.current < job.total) return
-        this.lastProgressEvent.set(job.id, now)
-        this.h.emit('job.progress', { job: job.id, ...this.info(job).progress })
-      },
-    }
-  }
 
   private sample(job: JobRecord): void {
     const s = this.samples.get(job.id) ?? []
@@ -398,7 +305,9 @@ export class JobManager {
       const dt = (s[s.length - 1]!.t - s[0]!.t) / 1000
       if (dt > 0) rate = Math.max(0, (s[s.length - 1]!.current - s[0]!.current) / dt)
     }
-    const left = job.total - job.current
+    const { current, total } = this.drivers.get(job.id)?.progress() ?? job
+    const left = total - current
+    const details = this.kindDriver(job.kind).describe(job, this.env)
     return {
       id: job.id,
       kind: job.kind,
@@ -406,16 +315,11 @@ export class JobManager {
       result: job.result,
       error: job.error,
       volumes: job.volNos.map((n) => this.h.volumeName(n)),
-      to: job.toSid === undefined ? undefined : this.h.systemName(job.toSid),
-      from: job.fromSid === undefined ? undefined : this.h.systemName(job.fromSid),
-      mode: job.mode,
-      rate: job.rate,
-      keepMs: job.keepMs,
-      retainUntil: job.retainUntil,
+      ...details,
       progress: {
-        current: job.current,
-        total: job.total,
-        percent: job.total === 0 ? (job.status === 'concluded' ? 100 : 0) : Math.floor((1000 * job.current) / job.total) / 10,
+        current,
+        total,
+        percent: total === 0 ? (job.status === 'concluded' ? 100 : 0) : Math.floor((1000 * current) / total) / 10,
         bytesPerSecond: Math.round(rate),
         etaSeconds: rate > 0 && left > 0 ? Math.ceil(left / rate) : left === 0 ? 0 : null,
       },
@@ -425,5 +329,14 @@ export class JobManager {
       reason: job.reason,
       auto: job.auto ?? false,
     }
+  }
+}
+
+/** Keeps the last KEEP_CONCLUDED concluded jobs in the catalog. */
+function prune(d: CatalogData): void {
+  const done = d.jobs.filter((j) => j.status === 'concluded')
+  if (done.length > KEEP_CONCLUDED) {
+    const drop = new Set(done.slice(0, done.length - KEEP_CONCLUDED))
+    d.jobs = d.jobs.filter((j) => !drop.has(j))
   }
 }

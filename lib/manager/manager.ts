@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import { mkdir, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import type { EventType, FaultInfo, HostInfo, PoolStatus, StorageInfo, VolumeDetail, VolumeInfo, VvfsEvent } from '../control/schema.js'
+import type { EventBody, EventType, FaultInfo, HostInfo, JobInfo, PoolStatus, StorageInfo, VolumeDetail, VolumeInfo, VvfsEvent } from '../control/schema.js'
 import { asVvfsError, VvfsError } from '../errors.js'
 import { HostMount, type HostView, type MountTimeouts } from '../fuse/host-mount.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
@@ -27,12 +27,12 @@ import { Pool } from '../storage/pool.js'
 import { StorageSystem } from '../storage/storage-system.js'
 import { checkName, formatSize, parseSize } from '../units.js'
 import { MAX_CAPACITY } from '../storage/free-space.js'
-import { Catalog, type HostRecord, type PoolSettings, type StorageRecord, type VolumeRecord } from './catalog.js'
+import { draftOf, FileCatalog, type CatalogData, type CatalogStore, type Committed, type HostRecord, type PoolSettings, type StorageRecord, type VolumeRecord } from './catalog.js'
 import { SpaceWatch } from './space-watch.js'
 import { reclaimVolume, type ReclaimResult } from './reclaim.js'
 import { VolumeHandle } from './volume-handle.js'
 import { volumeMapView } from './extent-runs.js'
-import { JobManager, type JobInfo } from './jobs.js'
+import { JobManager } from './jobs.js'
 import { readCache } from '../fuse/read-cache.js'
 import type { CopyMode } from '../migration/job.js'
 import type { ConsolidationPolicy } from '../migration/planner.js'
@@ -76,13 +76,13 @@ export class Manager implements HostView {
 
   private constructor(
     readonly stateDir: string,
-    private readonly catalog: Catalog,
+    private readonly catalog: CatalogStore,
     readonly pool: Pool,
     private readonly maps: MapStore,
     private readonly log: Logger,
     private readonly opts: ManagerOptions,
   ) {
-    this.spaceWatch = new SpaceWatch(pool, () => catalog.data.pool, (c) => {
+    this.spaceWatch = new SpaceWatch(pool, () => catalog.read().data.pool, (c) => {
       this.log.warn({ event: 'pool.threshold', ...c }, `pool usage crossed ${c.warnPercent}%`)
       this.emit('pool.threshold', { ...c })
     })
@@ -111,18 +111,31 @@ export class Manager implements HostView {
       log,
       movable: (volNo) => this.byNo(volNo),
       volumeNo: (name) => this.volumeNamed(name).record.no,
-      volumeName: (volNo) => catalog.data.volumes.find((v) => v.no === volNo)?.name ?? `#${volNo}`,
+      volumeName: (volNo) => catalog.read().data.volumes.find((v) => v.no === volNo)?.name ?? `#${volNo}`,
       systemSid: (name) => this.storageRecord(name).sid,
       systemName: (sid) => this.systemName(sid),
       emit: (type, body) => this.emit(type, body),
       hostOps: () => this.hostOps,
-      setHome: (volNo, sid) => {
-        const rec = catalog.data.volumes.find((v) => v.no === volNo)
-        if (!rec) return
-        if (sid === undefined) delete rec.home
-        else rec.home = sid
-      },
     })
+    // What the manager derives from the catalog follows each commit: the
+    // volume records its handles keep, the storage systems' placement flags.
+    catalog.watch(catalog.read().rev, (s) => this.followCatalog(s.data))
+  }
+
+  private followCatalog(data: Committed<CatalogData>): void {
+    for (const rec of data.volumes) {
+      const handle = this.handles.get(rec.name)
+      if (handle?.record.no !== rec.no) continue
+      const fresh = draftOf<VolumeRecord>(rec)
+      for (const key of Object.keys(handle.record) as (keyof VolumeRecord)[]) if (!(key in fresh)) delete handle.record[key]
+      Object.assign(handle.record, fresh)
+    }
+    for (const rec of data.storage) {
+      if (!this.pool.has(rec.sid)) continue
+      const system = this.pool.get(rec.sid)
+      system.reserve = rec.reserve ?? false
+      system.draining = rec.draining ?? false
+    }
   }
 
   private byNo(volNo: number) {
@@ -132,8 +145,8 @@ export class Manager implements HostView {
     return undefined
   }
 
-  private storageRecord(name: string): StorageRecord {
-    const rec = this.catalog.data.storage.find((s) => s.name === name)
+  private storageRecord(name: string): Committed<StorageRecord> {
+    const rec = this.catalog.read().data.storage.find((s) => s.name === name)
     if (!rec) throw new VvfsError('STORAGE_NOT_FOUND', `no storage system named ${name}`)
     return rec
   }
@@ -146,9 +159,9 @@ export class Manager implements HostView {
     const maps = await MapStore.open(join(stateDir, 'maps'))
     let manager: Manager | undefined
     try {
-      const catalog = await Catalog.load(stateDir)
+      const catalog = await FileCatalog.open(stateDir)
       const pool = new Pool()
-      for (const rec of catalog.data.storage) {
+      for (const rec of catalog.read().data.storage) {
         const system = rec.remote // issue 14
           ? await openRemoteSystem({ ...rec, remote: rec.remote }, opts.log)
           : await StorageSystem.open({ sid: rec.sid, name: rec.name, path: rec.path, capacity: rec.capacity, create: false })
@@ -170,15 +183,15 @@ export class Manager implements HostView {
     return this.catalog.isNew
   }
 
-  get settings(): PoolSettings {
-    return this.catalog.data.pool
+  get settings(): Committed<PoolSettings> {
+    return this.catalog.read().data.pool
   }
 
   // ---- start and stop
 
   private async restore(): Promise<void> {
-    const data = this.catalog.data
-    const byNo = new Map<number, VolumeRecord>()
+    const data = this.catalog.read().data
+    const byNo = new Map<number, Committed<VolumeRecord>>()
     for (const rec of data.volumes) byNo.set(rec.no, rec)
 
     // Read every map record; live volumes' stacks adopt theirs, the rest are cleaned.
@@ -186,7 +199,7 @@ export class Manager implements HostView {
       const rec = byNo.get(volNo)
       return rec !== undefined && rec.state === 'ready' && extent * EXTENT_SIZE < rec.size
     })
-    for (const rec of data.volumes.filter((v) => v.state === 'ready')) this.handles.set(rec.name, this.makeHandle(rec, entries.get(rec.no)))
+    for (const rec of data.volumes.filter((v) => v.state === 'ready')) this.handles.set(rec.name, this.makeHandle(draftOf<VolumeRecord>(rec), entries.get(rec.no)))
     // Space held by migration jobs is marked before stray records are cleaned.
     await this.jobs.restore()
     await this.cleanStray(stray)
@@ -194,22 +207,23 @@ export class Manager implements HostView {
     for (const handle of this.handles.values()) await handle.volume.resize(handle.record.size)
     const deleting = data.volumes.filter((v) => v.state === 'deleting')
     if (deleting.length) {
-      data.volumes = data.volumes.filter((v) => v.state === 'ready')
-      await this.catalog.save()
+      await this.catalog.update((d) => void (d.volumes = d.volumes.filter((v) => v.state === 'ready')))
       this.log.info({ event: 'volume.delete_finished', volumes: deleting.map((v) => v.name) }, 'finished interrupted deletes')
     }
 
     // The default host follows --mount.
     const mountDir = resolve(this.opts.mountDir)
-    const local = data.hosts.find((h) => h.name === DEFAULT_HOST)
-    if (!local) data.hosts.unshift({ name: DEFAULT_HOST, mount: mountDir, createdAt: new Date().toISOString() })
-    else local.mount = mountDir
-    await this.catalog.save()
+    await this.catalog.update((d) => {
+      const local = d.hosts.find((h) => h.name === DEFAULT_HOST)
+      if (!local) d.hosts.unshift({ name: DEFAULT_HOST, mount: mountDir, createdAt: new Date().toISOString() })
+      else local.mount = mountDir
+    })
+    const now = this.catalog.read().data
     this.spaceWatch.rearm()
-    if (this.opts.mount !== false) for (const host of data.hosts) await this.mountHost(host)
+    if (this.opts.mount !== false) for (const host of now.hosts) await this.mountHost(host)
     this.jobs.start()
     this.log.info(
-      { event: 'daemon.restored', volumes: this.handles.size, storage: data.storage.length, hosts: data.hosts.length, strayRecords: stray.length },
+      { event: 'daemon.restored', volumes: this.handles.size, storage: now.storage.length, hosts: now.hosts.length, strayRecords: stray.length },
       'state restored',
     )
   }
@@ -226,7 +240,7 @@ export class Manager implements HostView {
     await this.maps.deleteNow(stray.map((s) => s.key))
   }
 
-  private async mountHost(host: HostRecord): Promise<void> {
+  private async mountHost(host: Committed<HostRecord>): Promise<void> {
     const lost = () => this.emit('host.unmounted', { name: host.name, mount: host.mount, external: true })
     const mount = new HostMount(host.name, host.mount, this, this.log, this.opts.timeouts, lost)
     await mount.mount()
@@ -288,8 +302,8 @@ export class Manager implements HostView {
       startedAt: this.startedAt.toISOString(),
       uptimeSeconds: Math.round((Date.now() - this.startedAt.getTime()) / 1000),
       pool: t,
-      storage: this.catalog.data.storage.length,
-      hosts: this.catalog.data.hosts.length,
+      storage: this.catalog.read().data.storage.length,
+      hosts: this.catalog.read().data.hosts.length,
       volumes: this.handles.size,
       readCache: (({ served, published }) => ({ served, published }))(readCache.stats()),
     }
@@ -299,8 +313,7 @@ export class Manager implements HostView {
 
   addStorage(p: { name: string; capacity?: number; path?: string; reserve?: boolean; remote?: string; peerKey?: string }): Promise<StorageInfo> {
     return this.serial(async () => {
-      const data = this.catalog.data
-      if (data.storage.some((s) => s.name === p.name)) throw new VvfsError('STORAGE_EXISTS', `storage system ${p.name} already exists`)
+      if (this.catalog.read().data.storage.some((s) => s.name === p.name)) throw new VvfsError('STORAGE_EXISTS', `storage system ${p.name} already exists`)
       if (p.remote !== undefined) return this.addRemoteStorage({ ...p, remote: p.remote }) // issue 14
       if (p.capacity === undefined) throw new VvfsError('INVALID_SIZE', 'a local storage system needs --capacity')
       if (p.capacity < EXTENT_SIZE) throw new VvfsError('INVALID_SIZE', `capacity must be at least one extent (${EXTENT_SIZE} bytes)`)
@@ -308,23 +321,40 @@ export class Manager implements HostView {
         throw new VvfsError('CAPACITY_TOO_LARGE', `capacity ${formatSize(p.capacity)} is more than one storage system may have (${formatSize(MAX_CAPACITY)}); add several`)
       }
       const path = resolve(p.path ?? join(this.stateDir, 'storage', p.name))
-      const clash = data.storage.find((s) => s.path === path || path.startsWith(s.path + '/') || s.path.startsWith(path + '/'))
-      if (clash) throw new VvfsError('STORAGE_PATH_IN_USE', `${path} overlaps storage system ${clash.name} at ${clash.path}`)
-      const rec: StorageRecord = { sid: data.nextSid, name: p.name, path, capacity: p.capacity, createdAt: new Date().toISOString(), ...(p.reserve ? { reserve: true } : {}) }
-      return this.recordNewStorage(rec, await StorageSystem.open({ ...rec, create: true }))
+      const clashes = (d: Committed<CatalogData>) => {
+        const clash = d.storage.find((s) => !s.remote && (s.path === path || path.startsWith(s.path + '/') || s.path.startsWith(path + '/')))
+        if (clash) throw new VvfsError('STORAGE_PATH_IN_USE', `${path} overlaps storage system ${clash.name} at ${clash.path}`)
+      }
+      const sid = await this.takeStorageId(p.name, clashes)
+      const rec: StorageRecord = { sid, name: p.name, path, capacity: p.capacity, createdAt: new Date().toISOString(), ...(p.reserve ? { reserve: true } : {}) }
+      return this.recordNewStorage(rec, await StorageSystem.open({ ...rec, create: true }), clashes)
     })
   }
 
+  /**
+   * Takes the next storage id (committed: a store records its id, so the id
+   * is fixed before the store is made), checking the name and `more` on the
+   * data it commits to.
+   */
+  private async takeStorageId(name: string, more?: (d: Committed<CatalogData>) => void): Promise<number> {
+    const { result } = await this.catalog.update((d) => {
+      checkNewStorage(d, name)
+      more?.(d)
+      return d.nextSid++
+    })
+    return result
+  }
+
   /** Records a storage system just opened (closing it if that fails) and puts it in the pool. */
-  private async recordNewStorage(rec: StorageRecord, system: StorageSystem): Promise<StorageInfo> {
-    const data = this.catalog.data
+  private async recordNewStorage(rec: StorageRecord, system: StorageSystem, more?: (d: Committed<CatalogData>) => void): Promise<StorageInfo> {
     system.reserve = rec.reserve ?? false
-    data.nextSid++
-    data.storage.push(rec)
     try {
-      await this.catalog.save()
+      await this.catalog.update((d) => {
+        checkNewStorage(d, rec.name)
+        more?.(d)
+        d.storage.push(rec)
+      })
     } catch (err) {
-      data.storage.pop()
       await system.close().catch(() => {})
       throw err
     }
@@ -341,9 +371,7 @@ export class Manager implements HostView {
 
   removeStorage(name: string): Promise<{ removed: string }> {
     return this.serial(async () => {
-      const data = this.catalog.data
-      const rec = data.storage.find((s) => s.name === name)
-      if (!rec) throw new VvfsError('STORAGE_NOT_FOUND', `no storage system named ${name}`)
+      const rec = this.storageRecord(name)
       const system = this.pool.get(rec.sid)
       if (!system.table.isEmpty) {
         const users = this.volumesOn(rec.sid)
@@ -355,8 +383,7 @@ export class Manager implements HostView {
       this.faults?.forget(rec.sid)
       await this.mover.forget(rec.sid)
       await system.close()
-      data.storage = data.storage.filter((s) => s !== rec)
-      await this.catalog.save()
+      await this.catalog.update((d) => void (d.storage = d.storage.filter((s) => s.sid !== rec.sid)))
       if (!rec.remote) await rm(rec.path, { recursive: true, force: true }) // a server keeps its data (issue 14)
       this.log.info({ event: 'storage.removed', name }, 'storage system removed')
       this.emit('storage.removed', { name })
@@ -368,19 +395,22 @@ export class Manager implements HostView {
 
   /** `storage add --remote`: connects and claims the server before anything is recorded; its capacity is the server's unless given. */
   private async addRemoteStorage(p: { name: string; capacity?: number; reserve?: boolean; remote: string; peerKey?: string }): Promise<StorageInfo> {
-    const data = this.catalog.data
     if (!p.peerKey) throw new VvfsError('INVALID_ARGUMENT', 'a remote storage system needs --peer-key')
-    const clash = data.storage.find((s) => s.remote?.address === p.remote)
-    if (clash) throw new VvfsError('STORAGE_PATH_IN_USE', `${p.remote} is storage system ${clash.name} already`)
+    const clashes = (d: Committed<CatalogData>) => {
+      const clash = d.storage.find((s) => s.remote?.address === p.remote)
+      if (clash) throw new VvfsError('STORAGE_PATH_IN_USE', `${p.remote} is storage system ${clash.name} already`)
+    }
+    clashes(this.catalog.read().data)
     if (p.capacity !== undefined && p.capacity > MAX_CAPACITY) throw new VvfsError('CAPACITY_TOO_LARGE', `capacity ${formatSize(p.capacity)} is more than one storage system may have`)
     const remote = { address: p.remote, peerKey: resolve(p.peerKey), epoch: 0 }
-    const { system, capacity, epoch } = await addRemoteSystem({ sid: data.nextSid, name: p.name, capacity: p.capacity, remote }, this.log)
+    const sid = await this.takeStorageId(p.name, clashes)
+    const { system, capacity, epoch } = await addRemoteSystem({ sid, name: p.name, capacity: p.capacity, remote }, this.log)
     if (capacity < EXTENT_SIZE || capacity > MAX_CAPACITY) {
       await system.close().catch(() => {})
       throw new VvfsError('INVALID_SIZE', `capacity ${formatSize(capacity)} is not between one extent and ${formatSize(MAX_CAPACITY)}`)
     }
-    const rec: StorageRecord = { sid: data.nextSid, name: p.name, path: p.remote, capacity, createdAt: new Date().toISOString(), remote: { ...remote, epoch }, ...(p.reserve ? { reserve: true } : {}) }
-    return this.recordNewStorage(rec, system)
+    const rec: StorageRecord = { sid, name: p.name, path: p.remote, capacity, createdAt: new Date().toISOString(), remote: { ...remote, epoch }, ...(p.reserve ? { reserve: true } : {}) }
+    return this.recordNewStorage(rec, system, clashes)
   }
 
   /** `storage fence`: the daemon's epoch for the system is recorded first, then the server's fence raised to it. */
@@ -390,8 +420,10 @@ export class Manager implements HostView {
       const system = this.pool.get(rec.sid)
       if (!rec.remote) throw new VvfsError('NOT_SUPPORTED', `storage system ${p.name} is local: only a storage server keeps a fence`)
       if (p.epoch > rec.remote.epoch) {
-        rec.remote.epoch = p.epoch
-        await this.catalog.save()
+        await this.catalog.update((d) => {
+          const r = d.storage.find((s) => s.sid === rec.sid)?.remote
+          if (r && p.epoch > r.epoch) r.epoch = p.epoch
+        })
       }
       const fence = await fenceRemoteSystem(system, p.epoch)
       this.log.info({ event: 'storage.fenced', name: p.name, epoch: p.epoch, fence }, 'storage system fenced')
@@ -435,7 +467,7 @@ export class Manager implements HostView {
   // ---- pool
 
   poolStatus(): PoolStatus {
-    const s = this.catalog.data.pool
+    const s = this.catalog.read().data.pool
     const t = this.pool.totals()
     const volumeBytes = [...this.handles.values()].reduce((sum, v) => sum + v.size, 0)
     let largest = 0
@@ -470,15 +502,8 @@ export class Manager implements HostView {
 
   setPool(p: Partial<PoolSettings>): Promise<PoolStatus> {
     return this.serial(async () => {
-      const s = this.catalog.data.pool
-      const before = { ...s }
-      Object.assign(s, Object.fromEntries(Object.entries(p).filter(([, v]) => v !== undefined)))
-      try {
-        await this.catalog.save()
-      } catch (err) {
-        Object.assign(s, before)
-        throw err
-      }
+      await this.catalog.update((d) => void Object.assign(d.pool, Object.fromEntries(Object.entries(p).filter(([, v]) => v !== undefined))))
+      const s = this.catalog.read().data.pool
       this.spaceWatch.rearm()
       this.log.info({ event: 'pool.settings', ...s }, 'pool settings changed')
       this.emit('pool.settings', { settings: { ...s } })
@@ -490,16 +515,26 @@ export class Manager implements HostView {
 
   addHost(p: { name: string; mount: string }): Promise<HostInfo> {
     return this.serial(async () => {
-      const data = this.catalog.data
-      if (data.hosts.some((h) => h.name === p.name)) throw new VvfsError('HOST_EXISTS', `host ${p.name} already exists`)
       const mount = resolve(p.mount)
-      const clash = data.hosts.find((h) => h.mount === mount)
-      if (clash) throw new VvfsError('INVALID_ARGUMENT', `${mount} is already the mount of host ${clash.name}`)
+      const check = (d: Committed<CatalogData>) => {
+        if (d.hosts.some((h) => h.name === p.name)) throw new VvfsError('HOST_EXISTS', `host ${p.name} already exists`)
+        const clash = d.hosts.find((h) => h.mount === mount)
+        if (clash) throw new VvfsError('INVALID_ARGUMENT', `${mount} is already the mount of host ${clash.name}`)
+      }
+      check(this.catalog.read().data)
       if (mount === this.stateDir || mount.startsWith(this.stateDir + '/')) throw new VvfsError('INVALID_ARGUMENT', 'a host cannot mount inside the state directory')
       const rec: HostRecord = { name: p.name, mount, createdAt: new Date().toISOString() }
       if (this.opts.mount !== false) await this.mountHost(rec)
-      data.hosts.push(rec)
-      await this.catalog.save()
+      try {
+        await this.catalog.update((d) => {
+          check(d)
+          d.hosts.push(rec)
+        })
+      } catch (err) {
+        await this.mounts.get(rec.name)?.unmount()
+        this.mounts.delete(rec.name)
+        throw err
+      }
       this.log.info({ event: 'host.added', name: rec.name, mount }, 'host added')
       const info = this.hostInfo(rec)
       this.emit('host.added', { host: info })
@@ -508,19 +543,18 @@ export class Manager implements HostView {
   }
 
   listHosts(): HostInfo[] {
-    return this.catalog.data.hosts.map((h) => this.hostInfo(h))
+    return this.catalog.read().data.hosts.map((h) => this.hostInfo(h))
   }
 
   removeHost(name: string): Promise<{ removed: string }> {
     return this.serial(async () => {
-      const data = this.catalog.data
-      const rec = data.hosts.find((h) => h.name === name)
-      if (!rec) throw new VvfsError('HOST_NOT_FOUND', `no host named ${name}`)
+      this.host(name)
       const open = this.volumes(name).filter((v) => v.isOpen(name))
       if (open.length) throw new VvfsError('HOST_BUSY', `host ${name} has open volume files: ${open.map((v) => v.name).join(', ')}`)
-      for (const v of this.volumes(name)) v.record.hosts = v.record.hosts.filter((h) => h !== name)
-      data.hosts = data.hosts.filter((h) => h !== rec)
-      await this.catalog.save()
+      await this.catalog.update((d) => {
+        for (const v of d.volumes) v.hosts = v.hosts.filter((h) => h !== name)
+        d.hosts = d.hosts.filter((h) => h.name !== name)
+      })
       await this.mounts.get(name)?.unmount()
       this.mounts.delete(name)
       this.log.info({ event: 'host.removed', name }, 'host removed')
@@ -536,8 +570,7 @@ export class Manager implements HostView {
    */
   remountHost(name: string): Promise<HostInfo> {
     return this.serial(async () => {
-      const rec = this.catalog.data.hosts.find((h) => h.name === name)
-      if (!rec) throw new VvfsError('HOST_NOT_FOUND', `no host named ${name}`)
+      const rec = this.host(name)
       const old = this.mounts.get(name)
       if (old?.mounted) return this.hostInfo(rec)
       if (this.opts.mount === false) throw new VvfsError('NOT_SUPPORTED', 'this manager does not mount hosts')
@@ -554,7 +587,7 @@ export class Manager implements HostView {
     })
   }
 
-  private hostInfo(h: HostRecord): HostInfo {
+  private hostInfo(h: Committed<HostRecord>): HostInfo {
     return { name: h.name, mount: h.mount, mounted: this.mounts.get(h.name)?.mounted ?? false, volumes: this.volumes(h.name).map((v) => v.name) }
   }
 
@@ -562,19 +595,14 @@ export class Manager implements HostView {
 
   createVolume(p: { name: string; size: number; hosts?: string[] }): Promise<VolumeInfo> {
     return this.serial(async () => {
-      const data = this.catalog.data
-      if (this.handles.has(p.name) || data.volumes.some((v) => v.name === p.name)) throw new VvfsError('VOLUME_EXISTS', `volume ${p.name} already exists`)
       const hosts = [...new Set(p.hosts ?? [DEFAULT_HOST])]
-      for (const h of hosts) this.host(h)
-      const rec: VolumeRecord = { name: p.name, id: randomUUID(), no: data.nextVolumeNo, size: p.size, hosts, createdAt: new Date().toISOString(), state: 'ready' }
-      data.nextVolumeNo++
-      data.volumes.push(rec)
-      try {
-        await this.catalog.save()
-      } catch (err) {
-        data.volumes.pop()
-        throw err
-      }
+      const { result: rec } = await this.catalog.update((d) => {
+        if (this.handles.has(p.name) || d.volumes.some((v) => v.name === p.name)) throw new VvfsError('VOLUME_EXISTS', `volume ${p.name} already exists`)
+        for (const h of hosts) if (!d.hosts.some((r) => r.name === h)) throw new VvfsError('HOST_NOT_FOUND', `no host named ${h}`)
+        const rec: VolumeRecord = { name: p.name, id: randomUUID(), no: d.nextVolumeNo++, size: p.size, hosts, createdAt: new Date().toISOString(), state: 'ready' }
+        d.volumes.push(rec)
+        return structuredClone(rec)
+      })
       const handle = this.makeHandle(rec)
       this.handles.set(rec.name, handle)
       this.log.info({ event: 'volume.created', name: rec.name, id: rec.id, size: rec.size, hosts }, 'volume created')
@@ -643,8 +671,8 @@ export class Manager implements HostView {
         })
       }
       const released = v.allocatedBytes
-      v.record.state = 'deleting'
-      await this.catalog.save()
+      const no = v.record.no
+      await this.updateVolume(no, (rec) => void (rec.state = 'deleting'))
       this.handles.delete(name)
       readCache.forget(v.record.no)
       // Writes answered before the last close may still be on their way; one
@@ -655,8 +683,7 @@ export class Manager implements HostView {
       const records: Buffer[] = []
       for await (const [key] of this.maps.scan(extentPrefix(v.record.no))) records.push(key)
       await this.maps.deleteNow(records)
-      this.catalog.data.volumes = this.catalog.data.volumes.filter((r) => r !== v.record)
-      await this.catalog.save()
+      await this.catalog.update((d) => void (d.volumes = d.volumes.filter((r) => r.no !== no)))
       this.log.info({ event: 'volume.deleted', name, released }, 'volume deleted')
       this.emit('volume.deleted', { name, id: v.id, released })
       return { deleted: name, released }
@@ -667,9 +694,10 @@ export class Manager implements HostView {
     return this.serial(async () => {
       const v = this.volumeNamed(name)
       this.host(host)
-      if (v.record.hosts.includes(host)) throw new VvfsError('ALREADY_MAPPED', `volume ${name} is already mapped to host ${host}`)
-      v.record.hosts.push(host)
-      await this.saveOr(() => (v.record.hosts = v.record.hosts.filter((h) => h !== host)))
+      await this.updateVolume(v.record.no, (rec) => {
+        if (rec.hosts.includes(host)) throw new VvfsError('ALREADY_MAPPED', `volume ${name} is already mapped to host ${host}`)
+        rec.hosts.push(host)
+      })
       this.log.info({ event: 'volume.mapped', name, host }, 'volume mapped')
       this.emit('volume.mapped', { name, host })
       return this.volumeInfo(v)
@@ -682,9 +710,10 @@ export class Manager implements HostView {
       this.host(host)
       if (!v.record.hosts.includes(host)) throw new VvfsError('NOT_MAPPED', `volume ${name} is not mapped to host ${host}`)
       if (v.isOpen(host)) throw new VvfsError('VOLUME_BUSY', `volume ${name} is open on host ${host}`)
-      const before = [...v.record.hosts]
-      v.record.hosts = v.record.hosts.filter((h) => h !== host)
-      await this.saveOr(() => (v.record.hosts = before))
+      await this.updateVolume(v.record.no, (rec) => {
+        if (!rec.hosts.includes(host)) throw new VvfsError('NOT_MAPPED', `volume ${name} is not mapped to host ${host}`)
+        rec.hosts = rec.hosts.filter((h) => h !== host)
+      })
       this.log.info({ event: 'volume.unmapped', name, host }, 'volume unmapped')
       this.emit('volume.unmapped', { name, host })
       return this.volumeInfo(v)
@@ -708,7 +737,7 @@ export class Manager implements HostView {
       createdAt: v.record.createdAt,
       // Only where the file is now: a host someone unmounted shows none.
       files: v.record.hosts
-        .map((h) => this.catalog.data.hosts.find((r) => r.name === h))
+        .map((h) => this.catalog.read().data.hosts.find((r) => r.name === h))
         .filter((h) => h !== undefined && this.mounts.get(h.name)?.mounted)
         .map((h) => join(h!.mount, v.name)),
     }
@@ -722,12 +751,7 @@ export class Manager implements HostView {
 
   drain(p: { name: string; mode?: CopyMode; keep?: number; rate?: number }): Promise<JobInfo> {
     return this.serial(() =>
-      this.jobs.startDrain({ system: p.name, mode: p.mode ?? 'direct', keepMs: p.keep ?? 0, rate: p.rate ?? 0 }, async (sid) => {
-        const rec = this.catalog.data.storage.find((s) => s.sid === sid)!
-        rec.draining = true
-        this.pool.get(sid).draining = true
-        await this.catalog.save()
-      }),
+      this.jobs.startDrain({ system: p.name, mode: p.mode ?? 'direct', keepMs: p.keep ?? 0, rate: p.rate ?? 0 }),
     )
   }
 
@@ -736,9 +760,10 @@ export class Manager implements HostView {
       const rec = this.storageRecord(name)
       const busy = this.jobs.list().find((j) => j.kind === 'drain' && j.from === name && j.status !== 'concluded')
       if (busy) throw new VvfsError('JOB_STATE', `storage system ${name} is being drained by job ${busy.id}; cancel it first`)
-      delete rec.draining
-      this.pool.get(rec.sid).draining = false
-      await this.catalog.save()
+      await this.catalog.update((d) => {
+        const s = d.storage.find((x) => x.sid === rec.sid)
+        if (s) delete s.draining
+      })
       this.spaceWatch.changed()
       return this.storageInfo(this.pool.get(rec.sid))
     })
@@ -746,12 +771,14 @@ export class Manager implements HostView {
 
   policy(p: Partial<{ enabled: boolean; fragmentation: number; minRun: number; interval: number }>): Promise<ConsolidationPolicy> {
     return this.serial(async () => {
-      const c = this.catalog.data.consolidation
-      if (p.enabled !== undefined) c.enabled = p.enabled
-      if (p.fragmentation !== undefined) c.fragmentation = p.fragmentation
-      if (p.minRun !== undefined) c.minRun = p.minRun
-      if (p.interval !== undefined) c.intervalMs = Math.max(1000, p.interval)
-      await this.catalog.save()
+      await this.catalog.update((d) => {
+        const c = d.consolidation
+        if (p.enabled !== undefined) c.enabled = p.enabled
+        if (p.fragmentation !== undefined) c.fragmentation = p.fragmentation
+        if (p.minRun !== undefined) c.minRun = p.minRun
+        if (p.interval !== undefined) c.intervalMs = Math.max(1000, p.interval)
+      })
+      const c = this.catalog.read().data.consolidation
       this.log.info({ event: 'policy.settings', ...c }, 'consolidation policy changed')
       return { ...c }
     })
@@ -781,7 +808,7 @@ export class Manager implements HostView {
   }
 
   consolidationPolicy(): ConsolidationPolicy {
-    return { ...this.catalog.data.consolidation }
+    return { ...this.catalog.read().data.consolidation }
   }
 
   /** Sets up the default demo state of `make run` (only on a new state directory). */
@@ -821,11 +848,7 @@ export class Manager implements HostView {
         const j = this.jobs.activeJobOf(rec.no)
         return j ? (j.status === 'paused' ? 'migration-paused' : 'migrating') : undefined
       },
-      persistSize: async (_h, size) => {
-        const before = rec.size
-        rec.size = size
-        await this.saveOr(() => (rec.size = before))
-      },
+      persistSize: (_h, size) => this.updateVolume(rec.no, (r) => void (r.size = size)),
       resized: (h, from, to) => {
         this.log.info({ event: 'volume.resized', name: h.name, from, to }, 'volume resized')
         this.emit('volume.resized', { name: h.name, from, to })
@@ -833,19 +856,19 @@ export class Manager implements HostView {
     })
   }
 
-  private host(name: string): HostRecord {
-    const h = this.catalog.data.hosts.find((r) => r.name === name)
+  private host(name: string): Committed<HostRecord> {
+    const h = this.catalog.read().data.hosts.find((r) => r.name === name)
     if (!h) throw new VvfsError('HOST_NOT_FOUND', `no host named ${name}`)
     return h
   }
 
-  private async saveOr(undo: () => void): Promise<void> {
-    try {
-      await this.catalog.save()
-    } catch (err) {
-      undo()
-      throw err
-    }
+  /** Changes one volume's catalog record (its handle's copy follows the commit). */
+  private async updateVolume(volNo: number, change: (rec: VolumeRecord) => void): Promise<void> {
+    await this.catalog.update((d) => {
+      const rec = d.volumes.find((r) => r.no === volNo)
+      if (!rec) throw new VvfsError('VOLUME_NOT_FOUND', `volume #${volNo} is no longer in the catalog`)
+      change(rec)
+    })
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
@@ -855,8 +878,8 @@ export class Manager implements HostView {
     return next
   }
 
-  private emit(type: EventType, body: Record<string, unknown>): void {
-    const event: VvfsEvent = { type, time: new Date().toISOString(), ...body }
+  private emit<T extends EventType>(type: T, body: EventBody<T>): void {
+    const event = { type, time: new Date().toISOString(), ...body } as VvfsEvent
     this.events.emit('event', event)
   }
 }
@@ -867,4 +890,9 @@ function percent(part: number, whole: number): number {
 
 function ratio(part: number, whole: number): number {
   return whole === 0 ? 0 : Math.round((100 * part) / whole) / 100
+}
+
+/** A new storage system's name must be free in the data it is committed to. */
+function checkNewStorage(d: Committed<CatalogData>, name: string): void {
+  if (d.storage.some((s) => s.name === name)) throw new VvfsError('STORAGE_EXISTS', `storage system ${name} already exists`)
 }

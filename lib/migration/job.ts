@@ -1,35 +1,53 @@
 /**
- * The job model (qemu's, as in DESIGN.md): a job is created, runs, may be
- * paused and resumed, and concludes with a result; every status change is
- * an event. Progress is `current` of `total` bytes: `total` is fixed when
+ * The job model (qemu's qapi/job.json, as in DESIGN.md): a job is created,
+ * runs, may be paused and resumed, and concludes with a result; every status
+ * change is an event. A job that converges (a mirror, a migration keeping
+ * its sources) reports `ready` and stays there until it is completed (or
+ * rolled back). Progress is `current` of `total` bytes: `total` is fixed when
  * the job (or its cancel/rollback) starts and `current` only grows, reaching
  * `total` when the work is done.
  *
  *   created → running ⇄ paused → ready (sources kept: --keep) → concluded
  *                 ↘ cancelling → concluded (cancelled | failed)
  *   ready → rolling-back → concluded (rolled-back)
+ *
+ * `JobRecord` is a union by `kind`: what every job has (`JobCommon`) and
+ * what its kind adds. A new kind of job (replication, initial sync) adds its
+ * record to the union and a driver (lib/jobs/driver.ts) registered with the
+ * JobManager; nothing else in the manager changes.
  */
 import type { WireError } from '../errors.js'
 
 export const JOB_STATUSES = ['created', 'running', 'paused', 'ready', 'cancelling', 'rolling-back', 'concluded'] as const
 export type JobStatus = (typeof JOB_STATUSES)[number]
-export type JobKind = 'migrate' | 'consolidate' | 'drain'
-export type JobResult = 'completed' | 'cancelled' | 'failed' | 'rolled-back'
+export const JOB_KINDS = ['migrate', 'consolidate', 'drain'] as const
+export type JobKind = (typeof JOB_KINDS)[number]
+export const JOB_RESULTS = ['completed', 'cancelled', 'failed', 'rolled-back'] as const
+export type JobResult = (typeof JOB_RESULTS)[number]
 export const COPY_MODES = ['direct', 'staged', 'free', 'memory'] as const
 export type CopyMode = (typeof COPY_MODES)[number]
 
-export interface JobRecord {
+/** What every job has, whatever its kind. */
+export interface JobCommon {
   id: number
   kind: JobKind
   status: JobStatus
   result?: JobResult
   error?: WireError
-  /** Volume numbers the job moves (drain: every volume on the system when it started). */
+  /** Volume numbers the job works on. */
   volNos: number[]
-  /** Destination storage system id (migrate, consolidate). */
-  toSid?: number
-  /** Storage system being emptied (drain). */
-  fromSid?: number
+  total: number
+  current: number
+  createdAt: string
+  startedAt?: string
+  finishedAt?: string
+  /** Why an automatic job was started (consolidation policy). */
+  reason?: string
+  auto?: boolean
+}
+
+/** A job that moves volumes' extents between storage systems (lib/migration/runner.ts). */
+interface MoveJobFields {
   /** Where the volumes lived when the job started (where cancel and rollback return them). */
   sourceSids: number[]
   mode: CopyMode
@@ -38,21 +56,34 @@ export interface JobRecord {
   /** Retention window of the source extents after the job, ms (0: release at once). */
   keepMs: number
   retainUntil?: string
-  total: number
-  current: number
   /** 1, or 2 for staged/free (source → intermediate → destination). */
   phases: number
   phase: number
-  createdAt: string
-  startedAt?: string
-  finishedAt?: string
-  /** Why an automatic job was started (consolidation policy). */
-  reason?: string
-  auto?: boolean
   /** The volume's home before the job (-1: none), restored by cancel or rollback. */
   prevHome?: number
 }
 
-export function isActive(job: JobRecord): boolean {
+/** Moves one volume onto one storage system (by hand: migrate; by the consolidation policy: consolidate). */
+export interface MigrateJobRecord extends JobCommon, MoveJobFields {
+  kind: 'migrate' | 'consolidate'
+  /** Destination storage system id. */
+  toSid: number
+  fromSid?: undefined
+}
+
+/** Moves every extent off one storage system (volNos: every volume on it when the job started). */
+export interface DrainJobRecord extends JobCommon, MoveJobFields {
+  kind: 'drain'
+  /** Storage system being emptied. */
+  fromSid: number
+  toSid?: undefined
+}
+
+export type MoveJobRecord = MigrateJobRecord | DrainJobRecord
+
+/** Every job record, discriminated by `kind`. */
+export type JobRecord = MoveJobRecord
+
+export function isActive(job: JobCommon): boolean {
   return job.status === 'created' || job.status === 'running' || job.status === 'paused' || job.status === 'cancelling' || job.status === 'rolling-back'
 }
