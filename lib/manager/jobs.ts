@@ -118,10 +118,8 @@ export class JobManager {
   /** Where new allocations of a volume go while a job moves it. */
   placementFor(volNo: number): PlacementRule {
     for (const r of this.runners.values()) {
-      const j = r.job
-      if (!j.volNos.includes(volNo) || j.toSid === undefined) continue
-      if (j.status === 'created' || j.status === 'running' || j.status === 'paused') return { only: j.toSid }
-      if (j.status === 'cancelling' || j.status === 'rolling-back') return { exclude: new Set([j.toSid]) }
+      const rule = r.job.volNos.includes(volNo) ? r.placement() : undefined
+      if (rule) return rule
     }
     return {}
   }
