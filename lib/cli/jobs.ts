@@ -73,7 +73,9 @@ export async function waitForJob(client: ControlClient, id: number, json: boolea
         render({ ...last, progress: { current: e.current, total: e.total, percent: e.percent, bytesPerSecond: e.bytesPerSecond, etaSeconds: e.etaSeconds } })
       }
     })
-    void client.call('events.subscribe', { types: ['job.status', 'job.progress'] })
+    // A job may end before this is answered; the CLI then closes the connection
+    // and the request fails: the poll below covers a subscription that failed.
+    client.call('events.subscribe', { types: ['job.status', 'job.progress'] }).catch(() => {})
     check(last)
     // An event may fall between the first show and the subscription: poll as well.
     poll = setInterval(() => void client.call('job.show', { id }).then(check, () => {}), 1000)

@@ -174,12 +174,9 @@ class MoveDriver implements JobDriver<MoveJobRecord> {
     this.runner.adoptHeld()
   }
 
+  /** The runner's one rule (MigrationRunner.placement) for the job's volumes. */
   placementFor(volNo: number): PlacementRule | undefined {
-    const j = this.job
-    if (!j.volNos.includes(volNo) || j.toSid === undefined) return undefined
-    if (j.status === 'created' || j.status === 'running' || j.status === 'paused') return { only: j.toSid }
-    if (j.status === 'cancelling' || j.status === 'rolling-back') return { exclude: new Set([j.toSid]) }
-    return undefined
+    return this.job.volNos.includes(volNo) ? this.runner.placement() : undefined
   }
 
   held(): Iterable<[number, number, ExtentEntry]> {

@@ -41,6 +41,19 @@
  * the source is emptied as fast as the intermediate takes data; then to the
  * destination. memory copies each extent through one buffer and one batch.
  *
+ * The host may shrink and grow a volume at any time (fsx truncates all the
+ * time). Walks over a volume's extents take the index list as a snapshot
+ * and await between extents, so an extent may be gone when its turn comes:
+ * that is nothing to do, never an error — each step reads the entry under
+ * the extent's lock (moveExtent marks it copied with 0 bytes; returnExtent
+ * drops its retained source, the host having discarded the extent). No walk
+ * holds an entry across an await. Extents the host creates during the job
+ * (a grow, then writes) are placed per the job (placement(): the
+ * destination while copying, off it while giving back); those at the
+ * destination as the job starts are noted in start(), before any await, so
+ * a cancel moves every extent made during the job back to the sources
+ * (test/migration/resize-during-job.test.ts).
+ *
  * A storage failure while moving an extent (IO_ERROR, STORAGE_FULL: a copy's
  * read or write, an injected fault) stops the job as qemu's on-error=stop
  * does: the extent's copy is dropped (the map still points at its source, so
@@ -135,7 +148,19 @@ export class MigrationRunner {
   }
 
   start(): void {
-    this.done = this.loop()
+    // The extents at the destination as the job starts, taken before any
+    // await: from now on the host's new extents go there too (placement()),
+    // and those are the job's to give back on cancel.
+    this.done = this.loop(this.job.phase === 0 ? this.extentsAtDestination() : new Map())
+  }
+
+  /** Where new allocations of the job's volumes go (JobManager.placementFor): its destination while it copies, anywhere else while it gives back. */
+  placement(): PlacementRule | undefined {
+    const { toSid, status } = this.job
+    if (toSid === undefined) return undefined
+    if (status === 'created' || status === 'running' || status === 'paused') return { only: toSid }
+    if (status === 'cancelling' || status === 'rolling-back') return { exclude: new Set([toSid]) }
+    return undefined
   }
 
   pause(): void {
@@ -174,14 +199,14 @@ export class MigrationRunner {
 
   // ---- the job's life
 
-  private async loop(): Promise<void> {
+  private async loop(atDestination: Map<number, number[]>): Promise<void> {
     const job = this.job
     try {
       if (job.status === 'created' || job.status === 'running' || job.status === 'paused') {
         if (!job.startedAt) job.startedAt = new Date().toISOString()
         if (job.status === 'paused') this.pauseRequested = true
         else await this.setStatus('running')
-        if (!(await this.copyAll())) return this.halted ? undefined : await this.giveBack('cancelled')
+        if (!(await this.copyAll(atDestination))) return this.halted ? undefined : await this.giveBack('cancelled')
         await this.afterCopy()
       }
       if (this.halted) return
@@ -201,21 +226,17 @@ export class MigrationRunner {
     }
   }
 
-  private async copyAll(): Promise<boolean> {
+  private async copyAll(atDestination: Map<number, number[]>): Promise<boolean> {
     const job = this.job
     // What the volumes hold now becomes durable where it is first (unlogged
     // writes live in memtables until a sync): a source kept for a rollback
     // must not be older than what the host last read there.
     await this.deps.pool.syncAll()
     if (job.phase === 0) {
-      // Extents already at the destination when the job starts stay there on cancel.
-      if (job.toSid !== undefined) {
-        for (const volNo of job.volNos) {
-          const v = this.deps.volume(volNo)
-          if (!v) continue
-          const there = await this.bitmap(volNo, 0)
-          for (const e of v.extents.extentIndexes()) if (this.isFinal(v.extents.entry(e)!)) await there.set(e)
-        }
+      // Extents already at the destination when the job started stay there on cancel.
+      for (const [volNo, extents] of atDestination) {
+        const there = await this.bitmap(volNo, 0)
+        for (const e of extents) await there.set(e)
       }
       job.total = this.remainingBytes() * job.phases
       job.phase = 1
@@ -253,6 +274,28 @@ export class MigrationRunner {
     return true
   }
 
+  /**
+   * The extents of each volume at the job's destination now, read in one go
+   * (no await between the index list and the entries: a shrink or a host
+   * write may change both while a walk awaits).
+   */
+  private extentsAtDestination(): Map<number, number[]> {
+    const out = new Map<number, number[]>()
+    if (this.job.toSid === undefined) return out
+    for (const volNo of this.job.volNos) {
+      const v = this.deps.volume(volNo)
+      if (!v) continue
+      out.set(
+        volNo,
+        v.extents.extentIndexes().filter((e) => {
+          const cur = v.extents.entry(e)
+          return cur !== undefined && this.isFinal(cur)
+        }),
+      )
+    }
+    return out
+  }
+
   /** Bytes of the extents not yet where the job puts them (for `total`). */
   private remainingBytes(): number {
     let bytes = 0
@@ -260,8 +303,8 @@ export class MigrationRunner {
       const v = this.deps.volume(volNo)
       if (!v) continue
       for (const e of v.extents.extentIndexes()) {
-        const entry = v.extents.entry(e)!
-        if (!this.isFinal(entry)) bytes += entryBytes(entry)
+        const entry = v.extents.entry(e)
+        if (entry && !this.isFinal(entry)) bytes += entryBytes(entry)
       }
     }
     return bytes

@@ -99,11 +99,21 @@ export class Volume {
       throw new VvfsError('OUT_OF_RANGE', `write of ${data.length} bytes at ${offset} goes past the end of the volume (${this.currentSize} bytes)`)
     }
     const first = Math.floor(offset / CHUNK_SIZE)
-    const end = Math.ceil((offset + data.length) / CHUNK_SIZE)
+    let end = Math.ceil((offset + data.length) / CHUNK_SIZE)
     const release = await this.locks.acquire(first, end, 'exclusive')
+    // A shrink queued before this write ran first: what lies past the new end
+    // is dropped, as if the write had come first and the shrink cut it (stored
+    // there, it would show through the next grow instead of zeros).
+    const kept = Math.min(data.length, this.currentSize - offset)
+    if (kept <= 0) {
+      release()
+      return data.length
+    }
+    const landed = kept < data.length ? data.subarray(0, kept) : data
+    end = Math.ceil((offset + kept) / CHUNK_SIZE)
     let chunks: Buffer
     try {
-      chunks = await this.wholeChunks(first, end, offset, data)
+      chunks = await this.wholeChunks(first, end, offset, landed)
     } catch (err) {
       release()
       throw err
@@ -115,7 +125,7 @@ export class Volume {
         release()
       }
     } else {
-      await this.writeBehindOf(first, chunks, chunks === data, release)
+      await this.writeBehindOf(first, chunks, chunks === landed, release)
     }
     return data.length
   }

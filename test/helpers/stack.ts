@@ -38,6 +38,12 @@ export const memorySystems: SystemFactory = async (o) => {
   return StorageSystem.over(store, { capacity: o.capacity })
 }
 
+/** Every kind of storage system the stacks are built over (tests that run over each). */
+export const STORES: [string, SystemFactory][] = [
+  ['LevelDB', levelSystems],
+  ['in-memory', memorySystems],
+]
+
 export interface Stack {
   pool: Pool
   maps: MapStore

@@ -9,22 +9,15 @@ import { execFileSync } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { silentLogger } from '../../lib/log.js'
 import { reclaimVolume, type ReclaimableVolume } from '../../lib/manager/reclaim.js'
-import type { CopyMode, JobRecord } from '../../lib/migration/job.js'
-import { MigrationRunner } from '../../lib/migration/runner.js'
+import type { CopyMode } from '../../lib/migration/job.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
-import { payload, range, rng, VolumeModel } from '../helpers/model.js'
-import { levelSystems, memorySystems, openStack, type Stack, type SystemFactory } from '../helpers/stack.js'
+import { expectContent, fill, runJob } from '../helpers/migration-job.js'
+import { payload, range, rng, type VolumeModel } from '../helpers/model.js'
+import { openStack, STORES, type Stack, type SystemFactory } from '../helpers/stack.js'
 import { debugfs, mkfs, patternFile } from '../reclaim/images.js'
 
 const MiB = 1024 * 1024
-
-/** Every kind of storage system the stacks are built over. */
-const STORES: [string, SystemFactory][] = [
-  ['LevelDB', levelSystems],
-  ['in-memory', memorySystems],
-]
 
 const dirs: string[] = []
 const stacks: Stack[] = []
@@ -39,62 +32,6 @@ async function stackOver(systemsFrom: SystemFactory, size: number): Promise<Stac
   const stack = await openStack({ dir, systems: 3, capacity: 32 * MiB, size, systemsFrom }, true)
   stacks.push(stack)
   return stack
-}
-
-/** Writes a random image, spread over every system (the pool's placement). */
-async function fill(stack: Stack, size: number): Promise<VolumeModel> {
-  const model = new VolumeModel(size)
-  const r = rng(7)
-  for (let off = 0; off < size; off += 256 * 1024) {
-    const data = payload(r, 256 * 1024)
-    await stack.volume.write(off, data)
-    model.write(off, data)
-  }
-  for (let i = 0; i < 30; i++) {
-    const off = r.int(0, size - 100)
-    const data = payload(r, 100)
-    await stack.volume.write(off, data)
-    model.write(off, data)
-  }
-  await stack.volume.drain()
-  return model
-}
-
-/** Runs one migration job of the stack's volume onto system `toSid`, as the JobManager would. */
-async function runJob(stack: Stack, toSid: number, mode: CopyMode, whileRunning: (runner: MigrationRunner) => Promise<void>): Promise<JobRecord> {
-  const job: JobRecord = {
-    id: 1,
-    kind: 'migrate',
-    status: 'created',
-    volNos: [1],
-    toSid,
-    sourceSids: [...stack.map.allocationBySystem().keys()],
-    mode,
-    rate: 0,
-    keepMs: 0,
-    total: 0,
-    current: 0,
-    phases: 1,
-    phase: 0,
-    createdAt: new Date().toISOString(),
-  }
-  const runner = await MigrationRunner.open(job, {
-    pool: stack.pool,
-    maps: stack.maps,
-    volume: (volNo) => (volNo === 1 ? { volNo, name: 'v', extents: stack.extents, layer: stack.layers.migrate } : undefined),
-    save: async () => {},
-    statusChanged: () => {},
-    progressed: () => {},
-    log: silentLogger(),
-    hostOps: () => 0,
-  })
-  // New allocations go where the job goes while it runs, back to the sources when it gives back (JobManager.placementFor).
-  stack.thin.placement = () => (job.status === 'cancelling' ? { exclude: new Set([toSid]) } : { only: toSid })
-  runner.start()
-  await whileRunning(runner)
-  await runner.done
-  stack.thin.placement = () => ({})
-  return job
 }
 
 /** A host that writes and verifies reads until `until` settles. */
@@ -117,13 +54,6 @@ async function busyHost(stack: Stack, model: VolumeModel, until: Promise<unknown
     if (++ops % 10 === 0) await new Promise((res) => setImmediate(res))
   }
   return ops
-}
-
-async function expectContent(stack: Stack, model: VolumeModel): Promise<void> {
-  await stack.volume.drain()
-  const all = Buffer.alloc(model.size)
-  await stack.volume.read(0, model.size, all)
-  expect(all.equals(model.data)).toBe(true)
 }
 
 for (const [store, systemsFrom] of STORES) {
