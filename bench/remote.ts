@@ -24,7 +24,7 @@ import { createWriteStream } from 'node:fs'
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { JOBS, runJob, type JobName, type JobResult } from './fio.js'
-import { Cleanup, must, onInterrupt, run, say, startService, stopService, waitFor, type Service } from './proc.js'
+import { Cleanup, freePort, must, onInterrupt, run, say, startService, stopService, waitFor, type Service } from './proc.js'
 import { ROOT, Vvfs, VVFS_BIN } from './vvfs.js'
 
 const OUT = join(ROOT, 'bench', 'out')
@@ -43,15 +43,6 @@ async function peakRss(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '')
   const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(status)
   return m ? Number(m[1]) * 1024 : 0
-}
-
-async function freePort(): Promise<number> {
-  const { createServer } = await import('node:net')
-  const s = createServer()
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
-  const port = (s.address() as { port: number }).port
-  await new Promise((r) => s.close(r))
-  return port
 }
 
 /** `vvfs storage serve` (inside `ns` when given), stopped by the cleanup. */
