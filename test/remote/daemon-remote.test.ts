@@ -32,7 +32,8 @@ beforeAll(async () => {
   key = await newKey()
   await serve('far1')
   await serve('far2')
-  d = await startDaemon()
+  // A deadline well past a server's restart even on a loaded machine: the kill -9 test restarts one within it.
+  d = await startDaemon({ env: { VVFS_REMOTE_DEADLINE_MS: '15000' } })
   await d.client.call('storage.add', { name: 'near', capacity: '128M' })
   for (const name of ['far1', 'far2']) await d.client.call('storage.add', { name, remote: `127.0.0.1:${servers[name]!.port}`, peerKey: key.file })
 }, 60_000)

@@ -118,7 +118,10 @@ export class RemoteChunkStore implements ChunkStore {
   constructor(private readonly opts: RemoteStoreOptions) {
     this.identity = { sid: opts.sid, name: opts.name, format: 1, chunkSize: CHUNK_SIZE }
     const location = `${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${opts.port}`
-    this.capabilities = { syncRead: false, unlogged: true, localPath: null, fencing: true, location }
+    // No unlogged batches: a server killed (kill -9) while the relay lives on would lose an unlogged batch
+    // from its memtable, and the relay's next sync would flush an empty one and succeed — an fsync'd write lost.
+    // Every batch is logged, so it survives a crash of the server process (the page cache keeps its log).
+    this.capabilities = { syncRead: false, unlogged: false, localPath: null, fencing: true, location }
     this.epoch = opts.epoch ?? 0
     this.deadlineMs = opts.deadlineMs ?? DEFAULT_REMOTE_DEADLINE_MS
     this.client = new WireClient({
@@ -207,7 +210,7 @@ export class RemoteChunkStore implements ChunkStore {
     this.checkOpen()
     checkBatch(batch)
     if ((batch.writes?.length ?? 0) === 0 && (batch.clears?.length ?? 0) === 0 && !batch.sync) return
-    const body = encodeApply(batch, batch.token ?? this.epoch)
+    const body = encodeApply({ ...batch, unlogged: false }, batch.token ?? this.epoch)
     if (body.length > STORAGE_MAX_BODY)
       throw new VvfsError('INVALID_ARGUMENT', `a batch of ${body.length} bytes is larger than one request (${STORAGE_MAX_BODY}); a remote batch holds at most one extent`)
     await this.call(Op.APPLY, body, Date.now() + this.deadlineMs)
