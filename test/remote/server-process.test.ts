@@ -122,4 +122,24 @@ describe('vvfs storage serve, a process of its own', { timeout: 40_000 }, () => 
     await system.readRun(0, 32, into)
     expect(into.equals(data)).toBe(true)
   })
+
+  it('after the server machine restarted (a new boot id) with writes no sync covered, the next sync fails with IO_ERROR, once; a process restart alone does not', async () => {
+    const { key, file } = await newKey()
+    const dir = `${await tempDir()}/server`
+    const port = await freePort()
+    const boot = (n: number) => ({ VVFS_BOOT_ID: String(n).repeat(32) })
+    const first = await spawnServer({ dir, port, keyFile: file, env: boot(1) })
+    const store = openStore(key, port, { deadlineMs: 8000 })
+    await store.apply({ writes: [{ pca: 1, data: chunkOf(1) }] })
+    first.proc.kill('SIGKILL')
+    await first.exited
+    const second = await spawnServer({ dir, port, keyFile: file, env: boot(1) }) // the same boot: a process crash keeps the page cache
+    await store.sync({})
+    await store.apply({ writes: [{ pca: 2, data: chunkOf(2) }] })
+    second.proc.kill('SIGKILL')
+    await second.exited
+    await spawnServer({ dir, port, keyFile: file, env: boot(2) })
+    await expect(store.sync({})).rejects.toMatchObject({ code: 'IO_ERROR' })
+    await store.sync({})
+  })
 })
