@@ -315,3 +315,13 @@ export async function cpuSeconds(pid: number): Promise<number> {
     return 0
   }
 }
+
+/** A TCP port free on 127.0.0.1 now (for a server that must come back on the same port, or be told its port). */
+export async function freePort(): Promise<number> {
+  const { createServer } = await import('node:net')
+  const s = createServer()
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
+  const port = (s.address() as { port: number }).port
+  await new Promise((r) => s.close(r))
+  return port
+}

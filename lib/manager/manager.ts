@@ -382,7 +382,11 @@ export class Manager implements HostView {
       this.pool.delete(rec.sid)
       this.faults?.forget(rec.sid)
       await this.mover.forget(rec.sid)
-      await system.close()
+      // issue 14: an empty remote system whose server is gone for good can still be removed
+      await system.close().catch((err: unknown) => {
+        if (!rec.remote) throw err
+        this.log.warn({ event: 'storage.close_failed', storage: name, code: asVvfsError(err).code, err: asVvfsError(err).message }, 'remote storage system removed without a final sync')
+      })
       await this.catalog.update((d) => void (d.storage = d.storage.filter((s) => s.sid !== rec.sid)))
       if (!rec.remote) await rm(rec.path, { recursive: true, force: true }) // a server keeps its data (issue 14)
       this.log.info({ event: 'storage.removed', name }, 'storage system removed')

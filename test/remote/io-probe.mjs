@@ -3,6 +3,7 @@
 // the first failure). Run as a child so a stuck call cannot stall the test.
 // Usage: node io-probe.mjs FILE OFFSET LENGTH SEED
 import { open } from 'node:fs/promises'
+import { performance } from 'node:perf_hooks'
 
 const [file, offsetArg, lengthArg, seedArg] = process.argv.slice(2)
 const offset = Number(offsetArg)

@@ -88,15 +88,7 @@ export function chunkOf(seed: number): Buffer {
   return b
 }
 
-/** A port free on 127.0.0.1 now (for a server that must come back on the same port). */
-export async function freePort(): Promise<number> {
-  const { createServer } = await import('node:net')
-  const s = createServer()
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
-  const port = (s.address() as { port: number }).port
-  await new Promise((r) => s.close(r))
-  return port
-}
+export { freePort } from '../../bench/proc.js'
 
 export interface ServerProcess {
   proc: ChildProcess
@@ -106,12 +98,12 @@ export interface ServerProcess {
 }
 
 /** `vvfs storage serve` as its own process (the built dist/), ready when it logged storage.serving. */
-export function spawnServer(opts: { dir: string; port: number; keyFile: string; capacity?: string }): Promise<ServerProcess> {
+export function spawnServer(opts: { dir: string; port: number; keyFile: string; capacity?: string; env?: NodeJS.ProcessEnv }): Promise<ServerProcess> {
   return spawnServerIn(null, { ...opts, host: '127.0.0.1' })
 }
 
 /** The same, in network namespace `ns` (null: this one), listening on `host`. */
-export async function spawnServerIn(ns: string | null, opts: { dir: string; host: string; port: number; keyFile: string; capacity?: string }): Promise<ServerProcess> {
+export async function spawnServerIn(ns: string | null, opts: { dir: string; host: string; port: number; keyFile: string; capacity?: string; env?: NodeJS.ProcessEnv }): Promise<ServerProcess> {
   const logPath = join(opts.dir + '.log')
   const fd = openSync(logPath, 'a')
   const args = ['storage', 'serve', '--dir', opts.dir, '--listen', `${opts.host}:${opts.port}`, '--peer-key', opts.keyFile, '--log-format', 'json']
@@ -119,7 +111,7 @@ export async function spawnServerIn(ns: string | null, opts: { dir: string; host
   const command = ns ? ['ip', ['netns', 'exec', ns, process.execPath, VVFS, ...args]] as const : [process.execPath, [VVFS, ...args]] as const
   let proc: ChildProcess
   try {
-    proc = spawn(command[0], [...command[1]], { stdio: ['ignore', fd, fd] })
+    proc = spawn(command[0], [...command[1]], { stdio: ['ignore', fd, fd], env: { ...process.env, ...opts.env } })
   } finally {
     closeSync(fd)
   }

@@ -111,6 +111,12 @@ export class RemoteChunkStore implements ChunkStore {
   private checkedSession: string | null = null
   private checking: { session: string; done: Promise<IdentityReply> } | null = null
   private lastReply: IdentityReply | null = null
+  /** A batch was acknowledged that no sync has covered since. */
+  private unsynced = false
+  /** The server's machine restarted while `unsynced`: the next sync fails with IO_ERROR. */
+  private lostSinceSync = false
+  /** Counts batches begun and answered: a sync covers `unsynced` only if none moved while it ran. */
+  private applies = 0
   private connecting: Promise<void> | null = null
   private lastError: string | null = null
   private closed = false
@@ -118,7 +124,10 @@ export class RemoteChunkStore implements ChunkStore {
   constructor(private readonly opts: RemoteStoreOptions) {
     this.identity = { sid: opts.sid, name: opts.name, format: 1, chunkSize: CHUNK_SIZE }
     const location = `${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${opts.port}`
-    this.capabilities = { syncRead: false, unlogged: true, localPath: null, fencing: true, location }
+    // No unlogged batches: a server killed (kill -9) while the relay lives on would lose an unlogged batch
+    // from its memtable, and the relay's next sync would flush an empty one and succeed — an fsync'd write lost.
+    // Every batch is logged, so it survives a crash of the server process (the page cache keeps its log).
+    this.capabilities = { syncRead: false, unlogged: false, localPath: null, fencing: true, location }
     this.epoch = opts.epoch ?? 0
     this.deadlineMs = opts.deadlineMs ?? DEFAULT_REMOTE_DEADLINE_MS
     this.client = new WireClient({
@@ -207,10 +216,16 @@ export class RemoteChunkStore implements ChunkStore {
     this.checkOpen()
     checkBatch(batch)
     if ((batch.writes?.length ?? 0) === 0 && (batch.clears?.length ?? 0) === 0 && !batch.sync) return
-    const body = encodeApply(batch, batch.token ?? this.epoch)
+    const body = encodeApply({ ...batch, unlogged: false }, batch.token ?? this.epoch)
     if (body.length > STORAGE_MAX_BODY)
       throw new VvfsError('INVALID_ARGUMENT', `a batch of ${body.length} bytes is larger than one request (${STORAGE_MAX_BODY}); a remote batch holds at most one extent`)
-    await this.call(Op.APPLY, body, Date.now() + this.deadlineMs)
+    this.unsynced = true // before: a restart may come between the server's answer and ours
+    this.applies++
+    try {
+      await this.call(Op.APPLY, body, Date.now() + this.deadlineMs)
+    } finally {
+      this.applies++ // a sync that began before this answer may not cover the batch
+    }
   }
 
   async stored(first: number, count: number, limit = Infinity): Promise<number[]> {
@@ -229,7 +244,13 @@ export class RemoteChunkStore implements ChunkStore {
   }
 
   async sync(opts: { flushUnlogged?: boolean; token?: number } = {}): Promise<void> {
+    const applies = this.applies
     await this.call(Op.SYNC, encodeSync(opts.flushUnlogged === true, opts.token ?? this.epoch), Date.now() + this.deadlineMs)
+    if (this.applies === applies) this.unsynced = false
+    if (this.lostSinceSync) {
+      this.lostSinceSync = false
+      throw new VvfsError('IO_ERROR', `remote storage ${this.opts.name}: the server's machine restarted; writes acknowledged before it and not synced may be lost`)
+    }
   }
 
   /** Raises the server's fence to `token` (FENCED if it is already higher); returns the fence now. Mutations from here on carry it. */
@@ -285,6 +306,11 @@ export class RemoteChunkStore implements ChunkStore {
           const reply = decodeIdentityReply(b)
           if (reply.identity.sid !== this.opts.sid || reply.identity.chunkSize !== CHUNK_SIZE)
             throw new VvfsError('STORAGE_PATH_IN_USE', `${this.capabilities.location} holds storage system ${reply.identity.name} (id ${reply.identity.sid}), not ${this.opts.name}`)
+          if (this.lastReply && !this.lastReply.boot.equals(reply.boot) && this.unsynced) {
+            // The server's machine restarted with batches no sync covered: they may be gone. The next sync says so.
+            this.lostSinceSync = true
+            this.opts.log.error({ event: 'storage.remote.rebooted', storage: this.opts.name }, `remote storage ${this.opts.name}: the server's machine restarted; writes since the last sync may be lost`)
+          }
           this.lastReply = reply
           if (this.client.sessionId === session) this.checkedSession = session
           // A first round trip now, for `storage list` (the WireClient's own pings come every third of the idle timeout).

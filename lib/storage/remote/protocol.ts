@@ -158,7 +158,15 @@ export interface IdentityReply {
   /** The highest fencing token the server has seen. */
   fence: number
   unlogged: boolean
+  /**
+   * The server machine's boot (16 bytes, /proc/sys/kernel/random/boot_id): a
+   * different one after a reconnect means the machine restarted, and writes
+   * no sync covered may be gone (a process crash keeps them in the page cache).
+   */
+  boot: Buffer
 }
+
+export const BOOT_BYTES = 16
 
 export function encodeIdentityRequest(r: IdentityRequest): Buffer {
   const name = Buffer.from(r.name, 'utf8')
@@ -181,13 +189,15 @@ export function encodeIdentityReply(r: IdentityReply): Buffer {
   const name = Buffer.from(r.identity.name, 'utf8')
   checkU48(r.capacity, 'capacity')
   checkU48(r.fence, 'fencing token')
-  return new Writer(6 + 1 + 4 + 6 + 6 + 1 + 1 + name.length)
+  if (r.boot.length !== BOOT_BYTES) throw new VvfsError('INTERNAL', `a boot id of ${r.boot.length} bytes`)
+  return new Writer(6 + 1 + 4 + 6 + 6 + 1 + BOOT_BYTES + 1 + name.length)
     .u48(r.identity.sid)
     .u8(r.identity.format)
     .u32(r.identity.chunkSize)
     .u48(r.capacity)
     .u48(r.fence)
     .u8(r.unlogged ? 1 : 0)
+    .bytes(r.boot)
     .u8(name.length)
     .bytes(name)
     .done()
@@ -201,9 +211,10 @@ export function decodeIdentityReply(b: Buffer): IdentityReply {
   const capacity = r.u48()
   const fence = r.u48()
   const unlogged = r.u8() === 1
+  const boot = Buffer.from(r.bytes(BOOT_BYTES))
   const name = r.bytes(r.u8()).toString('utf8')
   r.end()
-  return { identity: { sid, name, format, chunkSize }, capacity, fence, unlogged }
+  return { identity: { sid, name, format, chunkSize }, capacity, fence, unlogged, boot }
 }
 
 // ---- READ_RUN, READ_MANY and their chunk sets

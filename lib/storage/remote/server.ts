@@ -33,6 +33,7 @@
  * (IO_ERROR) and the raise stays in memory (refusing is always safe). A bad
  * peer is the wire's business: it drops that connection only.
  */
+import { createHash } from 'node:crypto'
 import { mkdir, open, readFile, rename } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { VvfsError } from '../../errors.js'
@@ -53,6 +54,7 @@ import {
   encodeChunkSet,
   encodeIdentityReply,
   encodeToken,
+  BOOT_BYTES,
   Op,
   STORAGE_MAX_BODY,
   STORAGE_PROTOCOL,
@@ -105,6 +107,13 @@ export async function writeFileDurably(path: string, data: string): Promise<void
   }
 }
 
+/** The machine's boot id as 16 bytes (VVFS_BOOT_ID replaces it: tests simulate a reboot with it). */
+async function machineBoot(): Promise<Buffer> {
+  const text = process.env.VVFS_BOOT_ID ?? (await readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => ''))
+  const hex = text.trim().replace(/-/g, '')
+  return /^[0-9a-f]{32}$/i.test(hex) ? Buffer.from(hex, 'hex') : createHash('sha256').update(text).digest().subarray(0, BOOT_BYTES)
+}
+
 export class StorageServer {
   private readonly wire: WireServer
   private store: ChunkStore | null = null
@@ -118,6 +127,8 @@ export class StorageServer {
   /** Sessions whose IDENTITY matched. */
   private readonly checked = new Set<string>()
   private claiming: Promise<void> | null = null
+  /** This machine's boot (see IdentityReply.boot), read at start. */
+  private boot: Buffer = Buffer.alloc(BOOT_BYTES)
 
   constructor(private readonly opts: StorageServerOptions) {
     this.wire = new WireServer({
@@ -197,6 +208,7 @@ export class StorageServer {
     })
     this.fence = Number(fence.trim())
     if (!Number.isSafeInteger(this.fence) || this.fence < 0) throw new VvfsError('STATE_CORRUPT', `${this.opts.dir}/fence holds '${fence.trim()}'`)
+    this.boot = await machineBoot()
     if (this.state.identity) this.store = await this.opts.openStore({ ...this.state.identity, path: this.storePath, create: false })
     let addr: { host: string; port: number }
     try {
@@ -246,7 +258,7 @@ export class StorageServer {
       ctx.signal.addEventListener('abort', () => this.checked.delete(ctx.sessionId), { once: true })
     }
     const identity: StoreIdentity = store.identity
-    return encodeIdentityReply({ identity, capacity: this.opts.capacity ?? 0, fence: this.fence, unlogged: store.capabilities.unlogged })
+    return encodeIdentityReply({ identity, capacity: this.opts.capacity ?? 0, fence: this.fence, unlogged: store.capabilities.unlogged, boot: this.boot })
   }
 
   /** Makes the new store, then records the claim durably (a crash between leaves a store nobody claimed, claimed again on retry). */
