@@ -123,7 +123,7 @@ describe('remote storage systems in the daemon', { timeout: 60_000 }, () => {
       for (const to of ['far1', 'near']) {
         const job = await d.client.call('migrate.start', { volume: 'raw', to, rate: '48M' })
         const done = await waitJob(job.id, round)
-        expect(done.result).toBe('completed')
+        expect(done.result, `job to ${to}: ${JSON.stringify(done)}`).toBe('completed')
         expect(await placement('raw')).toEqual([to])
       }
       expect(rounds).toBeGreaterThan(2)
