@@ -25,6 +25,8 @@ export interface DaemonOptions {
   timeouts?: MountTimeouts
   /** Accept `vvfs fault …` (I/O-error injection, for tests). */
   allowFaults?: boolean
+  /** Idle time before a bloated local store is compacted (issue 17; 0: never). */
+  compactIdleMs?: number
   /** Serve the read-only web view at HOST:PORT (off when absent). */
   http?: string
   /** File holding the token every web view request must carry (required off loopback). */
@@ -48,7 +50,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   if (httpAddress) checkHttpAccess(httpAddress, httpToken)
   else if (httpToken !== undefined) throw new VvfsError('INVALID_ARGUMENT', '--http-token is the web view\'s token: give --http HOST:PORT too')
   log.info({ event: 'daemon.starting', version: VERSION, state, mount: resolve(opts.mount), socket: socketPath, allowFaults: opts.allowFaults === true }, 'vvfs daemon starting')
-  const manager = await Manager.open({ stateDir: state, mountDir: opts.mount, log, timeouts: opts.timeouts, allowFaults: opts.allowFaults })
+  const manager = await Manager.open({ stateDir: state, mountDir: opts.mount, log, timeouts: opts.timeouts, allowFaults: opts.allowFaults, compactIdleMs: opts.compactIdleMs })
   // Before the control socket: a client that reaches the daemon finds its web view up too.
   const web = httpAddress ? await startWebView(manager, httpAddress, httpToken, log) : undefined
   let server: ControlServer

@@ -53,8 +53,21 @@ function volumeRows(volumes: Result<'volume.list'>['volumes']) {
 
 function storageRows(storage: Result<'storage.list'>['storage']) {
   return table(
-    ['NAME', 'ROLE', 'CAPACITY', 'ALLOCATED', 'FREE', 'USE%', 'LARGEST-FREE-RUN', 'VOLUMES', 'PATH', 'LINK', 'RTT'],
-    storage.map((s) => [s.name, s.role, formatSize(s.capacity), formatSize(s.allocated), formatSize(s.free), pct(s.usedPercent), formatSize(s.largestFreeRun), s.volumes.join(',') || '-', s.path, s.connection, s.rttMs === null ? '-' : `${s.rttMs.toFixed(2)} ms`]),
+    ['NAME', 'ROLE', 'CAPACITY', 'ALLOCATED', 'DISK', 'FREE', 'USE%', 'LARGEST-FREE-RUN', 'VOLUMES', 'PATH', 'LINK', 'RTT'],
+    storage.map((s) => [
+      s.name,
+      s.role,
+      formatSize(s.capacity),
+      formatSize(s.allocated),
+      s.diskBytes === null || s.diskBytes === undefined ? '-' : formatSize(s.diskBytes),
+      formatSize(s.free),
+      pct(s.usedPercent),
+      formatSize(s.largestFreeRun),
+      s.volumes.join(',') || '-',
+      s.path,
+      s.connection,
+      s.rttMs === null ? '-' : `${s.rttMs.toFixed(2)} ms`,
+    ]),
   )
 }
 
@@ -140,6 +153,7 @@ export function buildCli(rawArgs: string[]) {
           .option('log-format', { choices: LOG_FORMATS, describe: 'json, or pretty (one human line per event); default: pretty when stderr is a terminal' })
           .option('demo', { type: 'boolean', default: false, describe: 'on a new state: three 4 GiB storage systems and a 1 GiB volume "demo"' })
           .option('allow-faults', { type: 'boolean', default: false, describe: 'accept `vvfs fault …` (I/O-error injection, for tests)' })
+          .option('compact-idle', { type: 'string', default: '30s', describe: 'compact a local store this long after its last write when it takes more than 1.2 bytes on disk per allocated byte (0: never)' })
           .option('http', { type: 'string', describe: 'serve the read-only web view at HOST:PORT, or PORT on 127.0.0.1 (off unless given)' })
           .option('http-token', { type: 'string', describe: 'file holding the token every web view request must carry (required when --http is not loopback)' }),
       async (argv) => {
@@ -153,6 +167,7 @@ export function buildCli(rawArgs: string[]) {
           logFormat: argv['log-format'],
           demo: argv.demo,
           allowFaults: argv['allow-faults'],
+          compactIdleMs: parseDuration(argv['compact-idle'], '--compact-idle'),
           http: argv.http,
           httpToken: argv['http-token'],
         })
@@ -207,6 +222,20 @@ export function buildCli(rawArgs: string[]) {
           const s = await call(argv, 'storage.undrain', { name: argv.name })
           print(argv, s, () => `storage system ${s.name} takes new allocations again`)
         })
+        // issue 17
+        .command(
+          'compact <name>',
+          'give back the disk space a local storage system holds for overwritten and deleted data',
+          (y) => y.positional('name', { type: 'string', demandOption: true }).option('wait', { type: 'boolean', default: false, describe: 'return when done, with the bytes on disk before and after' }),
+          async (argv) => {
+            const r = await call(argv, 'storage.compact', { name: argv.name, wait: argv.wait })
+            print(argv, r, () =>
+              r.afterBytes === undefined || r.beforeBytes === undefined
+                ? `compacting storage system ${r.storage} in the background (event storage.compacted when done)`
+                : `storage system ${r.storage} compacted: ${formatSize(r.beforeBytes)} → ${formatSize(r.afterBytes)} on disk in ${((r.ms ?? 0) / 1000).toFixed(1)} s`,
+            )
+          },
+        )
         // ---- issue 14 (remote storage)
         .command(
           'fence <name>',

@@ -65,6 +65,8 @@ export const StorageInfo = z.object({
   wholeExtents: z.number(),
   fragments: z.number(),
   volumes: z.array(z.string()),
+  /** Issue 17: bytes the store's directory takes on disk (allocated blocks, as du); null: not local. Only in `storage.list`. */
+  diskBytes: Bytes.nullable().optional(),
 })
 
 export const HostInfo = z.object({
@@ -218,6 +220,8 @@ export const EVENTS = {
   'job.status': z.object({ job: JobInfo, from: JobStatus.nullable() }),
   /** A job's progress, at most every 500 ms and at its end. */
   'job.progress': JobProgress.extend({ job: z.number() }),
+  /** Issue 17: a store was compacted (`storage compact`, or the idle policy), with its bytes on disk before and after. */
+  'storage.compacted': z.object({ storage: z.string(), reason: z.enum(['command', 'idle']), beforeBytes: Bytes, afterBytes: Bytes, ms: z.number() }),
   'fault.injected': z.object({ fault: z.number(), storage: z.string(), op: z.enum(FAULT_OPS), error: z.enum(FAULT_EFFECTS), delayMs: z.number().optional() }),
 } as const
 
@@ -287,6 +291,14 @@ export const METHODS = {
     params: z.strictObject({ name: Name, epoch: z.number().int().min(0).max(2 ** 48 - 1) }),
     result: StorageInfo.extend({ fence: z.number() }),
     errors: [...NAME_ERRORS, 'STORAGE_NOT_FOUND', 'NOT_SUPPORTED', 'FENCED', 'IO_ERROR'],
+  }),
+  // issue 17
+  'storage.compact': method({
+    summary:
+      'Compacts a local storage system\'s store, giving back the space of overwritten and deleted chunks; in the background unless wait (then the result has its bytes on disk before and after).',
+    params: z.strictObject({ name: Name, wait: z.boolean().optional() }),
+    result: z.object({ storage: z.string(), started: z.boolean(), beforeBytes: Bytes.optional(), afterBytes: Bytes.optional(), ms: z.number().optional() }),
+    errors: [...NAME_ERRORS, 'STORAGE_NOT_FOUND', 'NOT_SUPPORTED', 'IO_ERROR', 'SHUTTING_DOWN'],
   }),
   'storage.list': method({ summary: 'Lists storage systems with their free-space table.', params: Empty, result: z.object({ storage: z.array(StorageInfo) }), errors: [] }),
   'storage.remove': method({

@@ -11,7 +11,8 @@ export function managerHandlers(manager: Manager, socketPath: string): Handlers 
   return {
     status: async () => ({ version: VERSION, pid: process.pid, socket: socketPath, ...manager.status() }),
     'storage.add': (p) => manager.addStorage(p),
-    'storage.list': async () => ({ storage: manager.listStorage() }),
+    'storage.list': async () => ({ storage: await manager.listStorageWithDisk() }),
+    'storage.compact': (p) => manager.compactStorage(p), // issue 17
     'storage.remove': (p) => manager.removeStorage(p.name),
     'storage.fence': (p) => manager.fenceStorage(p), // issue 14
     'host.add': (p) => manager.addHost(p),

@@ -29,6 +29,7 @@ import { checkName, formatSize, parseSize } from '../units.js'
 import { MAX_CAPACITY } from '../storage/free-space.js'
 import { draftOf, FileCatalog, type CatalogData, type CatalogStore, type Committed, type HostRecord, type PoolSettings, type StorageRecord, type VolumeRecord } from './catalog.js'
 import { SpaceWatch } from './space-watch.js'
+import { DEFAULT_COMPACT_IDLE_MS, StoreCompaction } from './compaction.js'
 import { reclaimVolume, type ReclaimResult } from './reclaim.js'
 import { VolumeHandle } from './volume-handle.js'
 import { volumeMapView } from './extent-runs.js'
@@ -55,6 +56,8 @@ export interface ManagerOptions {
   graceMs?: number
   /** Accept `fault.*` requests (I/O-error injection, for tests). */
   allowFaults?: boolean
+  /** Compact a local store this long after its last write when it is bloated (issue 17; 0: never; default DEFAULT_COMPACT_IDLE_MS). */
+  compactIdleMs?: number
 }
 
 export class Manager implements HostView {
@@ -73,6 +76,8 @@ export class Manager implements HostView {
   private readonly writeBack: NodeJS.Timeout
   /** Injected storage faults; null unless started with allowFaults. */
   private readonly faults: FaultInjector | null
+  /** `storage compact` and the idle compaction policy (issue 17). */
+  private readonly compaction: StoreCompaction
 
   private constructor(
     readonly stateDir: string,
@@ -87,7 +92,9 @@ export class Manager implements HostView {
       this.emit('pool.threshold', { ...c })
     })
     pool.onChange = () => this.spaceWatch.changed()
+    this.compaction = new StoreCompaction(pool, log, opts.compactIdleMs ?? DEFAULT_COMPACT_IDLE_MS, (r) => this.emit('storage.compacted', { ...r }))
     this.writeBack = setInterval(() => {
+      if (!this.closing) this.compaction.tick()
       for (const system of pool.list()) {
         system.syncIfStale().catch((err: unknown) => {
           const e = asVvfsError(err)
@@ -255,6 +262,7 @@ export class Manager implements HostView {
     // Injected faults end here: what is stopping gets flushed for real.
     this.faults?.clear()
     this.spaceWatch.close()
+    await this.compaction.idle()
     await this.jobs.close()
     await Promise.all([...this.mounts.values()].map((mount) => mount.unmount(this.opts.graceMs ?? 5000)))
     this.mounts.clear()
@@ -367,6 +375,33 @@ export class Manager implements HostView {
 
   listStorage(): StorageInfo[] {
     return this.pool.list().map((s) => this.storageInfo(s))
+  }
+
+  /** `storage list`: listStorage with each store's bytes on disk (issue 17: du of a local store's directory). */
+  async listStorageWithDisk(): Promise<StorageInfo[]> {
+    return Promise.all(this.pool.list().map(async (s) => ({ ...this.storageInfo(s), diskBytes: await s.diskBytes() })))
+  }
+
+  /**
+   * `storage compact` (issue 17): outside the manager's queue, which it would
+   * hold for as long as LevelDB merges. Without `wait` it answers once the
+   * compaction has started; its end is the `storage.compacted` event (or a
+   * storage.compact_failed log line).
+   */
+  async compactStorage(p: { name: string; wait?: boolean }): Promise<{ storage: string; started: boolean; beforeBytes?: number; afterBytes?: number; ms?: number }> {
+    if (this.closing) throw new VvfsError('SHUTTING_DOWN', 'the daemon is shutting down')
+    const system = this.pool.get(this.storageRecord(p.name).sid)
+    if (!system.compactable) throw new VvfsError('NOT_SUPPORTED', `storage system ${p.name} is not a local store: only a local store can be compacted`)
+    const running = this.compaction.compactNow(system, 'command')
+    if (p.wait) {
+      const r = await running
+      return { storage: r.storage, started: true, beforeBytes: r.beforeBytes, afterBytes: r.afterBytes, ms: r.ms }
+    }
+    running.catch((err: unknown) => {
+      const e = asVvfsError(err)
+      this.log.error({ event: 'storage.compact_failed', storage: p.name, code: e.code, err: e.message }, `compaction of storage system ${p.name} failed`)
+    })
+    return { storage: p.name, started: true }
   }
 
   removeStorage(name: string): Promise<{ removed: string }> {

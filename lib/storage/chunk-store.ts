@@ -50,6 +50,8 @@ export interface ChunkStoreCapabilities {
   readonly fencing: boolean
   /** Where the store lives, for `storage list`: 'local', 'memory', or 'ADDR:PORT'. */
   readonly location: string
+  /** `compact` rewrites the store's files to drop overwritten and deleted chunks (absent: false; issue 17). */
+  readonly compaction?: boolean
 }
 
 /** One chunk of a batch: data to store, or null to delete (reads as zeros). */
@@ -86,6 +88,13 @@ export interface ChunkStore {
   stored(first: number, count: number, limit?: number): Promise<number[]>
   /** Makes every logged batch completed before the call durable; with flushUnlogged also the unlogged ones. */
   sync(opts?: { flushUnlogged?: boolean; token?: number }): Promise<void>
+  /**
+   * Only when capabilities.compaction: rewrites the files holding chunk data
+   * so that space taken by overwritten and deleted chunks is given back to
+   * the file system. Changes no chunk's contents and makes nothing less
+   * durable (it may make unlogged batches durable early).
+   */
+  compact?(): Promise<void>
   close(): Promise<void>
 }
 

@@ -33,6 +33,7 @@ import { VvfsError } from '../errors.js'
 import { EXTENT_CHUNKS } from '../layout.js'
 import type { ChunkStore, ChunkWrite } from './chunk-store.js'
 import type { FaultGate } from './fault-injector.js'
+import { diskUsage } from './disk-usage.js'
 import { FaultyStore } from './faulty-store.js'
 import { FreeSpaceTable } from './free-space.js'
 import { LevelChunkStore } from './level-store.js'
@@ -75,6 +76,10 @@ export class StorageSystem implements DataLog {
   /** When the oldest unlogged write no sync has covered completed (0: none). */
   private unloggedAt = 0
   private closed = false
+  /** When the last write through this system (or reported by wroteElsewhere) completed; 0: none since open. */
+  private lastWriteAt = 0
+  /** The running compaction, if any: one at a time per system. */
+  private compacting: Promise<void> | null = null
 
   private constructor(
     private readonly base: ChunkStore,
@@ -255,18 +260,63 @@ export class StorageSystem implements DataLog {
     if (this.holdsUnsyncedUnlogged && this.unloggedAt > 0 && now - this.unloggedAt >= UNLOGGED_MAX_AGE_MS) await this.sync()
   }
 
+  /** Milliseconds since the last write completed (Infinity: none since open). */
+  idleMs(now = Date.now()): number {
+    return this.lastWriteAt === 0 ? Infinity : now - this.lastWriteAt
+  }
+
+  /** When the last write completed (ms since the epoch; 0: none since open). */
+  get lastWrite(): number {
+    return this.lastWriteAt
+  }
+
+  /** Whether the store can give back the space of overwritten and deleted chunks (ChunkStore.compact). */
+  get compactable(): boolean {
+    return this.base.capabilities.compaction === true && this.base.compact !== undefined
+  }
+
+  get isCompacting(): boolean {
+    return this.compacting !== null
+  }
+
+  /**
+   * Bytes the store's directory takes on disk (allocated blocks, as `du`);
+   * null for a store without a local directory (remote, memory).
+   */
+  async diskBytes(): Promise<number | null> {
+    const dir = this.base.capabilities.localPath
+    return dir === null ? null : diskUsage(dir)
+  }
+
+  /**
+   * Compacts the store (ChunkStore.compact): NOT_SUPPORTED without the
+   * capability. A call while one runs joins it. Goes to the store itself,
+   * past any fault gate: compaction changes no chunk, and the injected
+   * faults are of reads, writes and syncs.
+   */
+  compact(): Promise<void> {
+    this.checkOpen()
+    if (!this.compactable) return Promise.reject(new VvfsError('NOT_SUPPORTED', `storage system ${this.name} (${this.base.capabilities.location}) cannot be compacted`))
+    this.compacting ??= this.base.compact!().finally(() => {
+      this.compacting = null
+    })
+    return this.compacting
+  }
+
   get allocatable(): boolean {
     return !this.reserve && !this.draining
   }
 
   async close(): Promise<void> {
     if (this.closed) return
+    await this.compacting?.catch(() => {})
     await this.sync()
     this.closed = true
     await this.base.close()
   }
 
   private wrote(unlogged: boolean): void {
+    this.lastWriteAt = Date.now()
     const gen = this.writes.complete()
     if (!unlogged) {
       this.logged.complete()
