@@ -53,6 +53,29 @@ export interface FioSpace {
   duSettled: { apparent: number; allocated: number }
   settled: boolean
   settleWaitMs: number
+  /** Issue 17 target 5: du once the storage systems had been idle 60 s after the jobs (the daemon's idle compaction included). */
+  duIdle?: { apparent: number; allocated: number }
+  idleWaitMs?: number
+}
+
+/** Issue 17 target 5: bytes on disk per logical byte of volume data, idle 60 s after the fio jobs, and right after them. */
+export const SPACE_IDLE_MAX = 1.2
+export const SPACE_DURING_MAX = 2.0
+
+/** Issue 17 target 5's lines: bytes on disk per logical byte (the volume's allocation) right after the jobs and once idle, each against its bound. */
+export function spaceTargetLines(f: FioSpace): string[] {
+  const logical = Math.max(1, f.volumeAllocated)
+  const out = [`  bytes on disk per logical byte right after the jobs: ${againstTarget((f.duAfter.allocated - f.duBefore.allocated) / logical, SPACE_DURING_MAX)}`]
+  if (f.duIdle) {
+    const idle = f.duIdle.allocated - f.duBefore.allocated
+    out.push(`  bytes on disk per logical byte once idle ${((f.idleWaitMs ?? 0) / 1000).toFixed(0)} s after the jobs: ${againstTarget(idle / logical, SPACE_IDLE_MAX)}`)
+  } else out.push('  bytes on disk per logical byte once idle: not measured')
+  return out
+}
+
+/** `… ratio (≤ max: PASS|FAIL)`. */
+function againstTarget(ratio: number, max: number): string {
+  return `${ratio.toFixed(3)} (target ≤ ${max.toFixed(1)}: ${ratio <= max ? 'PASS' : 'FAIL'})`
 }
 
 export interface Ext4Run {
@@ -299,6 +322,7 @@ function facts(results: Results): string[] {
       `  per logical byte of the volume that holds data: ${(grew / Math.max(1, f.volumeAllocated)).toFixed(3)} (allocated ${bytes(f.volumeAllocated)} — ` +
         `as much of the first 1 GiB as fio's writes reached); 1.0 is no overhead, more is LevelDB's log, stale versions and index.`,
     )
+    out.push(...spaceTargetLines(f))
   } else if (results.fioSpaceError) out.push(`vvfs on-disk bytes, fio section: not measured (${results.fioSpaceError})`)
   const m = results.mkfs64
   if (m) {

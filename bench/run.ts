@@ -28,7 +28,7 @@ import { DD_BYTES, ddOnExt4, mkfsOnLoop, prepareDdSource, prepareSmallFiles, SMA
 import { migrationBench } from './migration.js'
 import { detachLoop, du, duSettled, fusermountUz, isFuseMountAt, loopsUnder, mountsUnder, unmount } from './mounts.js'
 import { MOUNT_OPTIONS } from './null-fuse.js'
-import { Aborted, Cleanup, cpuSeconds, have, isAborting, must, onInterrupt, say } from './proc.js'
+import { Aborted, Cleanup, cpuSeconds, have, isAborting, must, onInterrupt, say, sleep } from './proc.js'
 import { bytes, checkTargets, ratio, renderMarkdown, renderText, type Ext4Run, type MkfsSpace, type Results, type SystemId, type SystemRun } from './report.js'
 import { GiB, startNullFuse, startPlainFile, startQcow2, startQsdExport, type NullFuse, type Served } from './systems.js'
 import { ROOT, Vvfs, type PoolStatusJson, type VolumeShowJson } from './vvfs.js'
@@ -37,6 +37,8 @@ const SECTIONS = ['fio', 'ext4', 'mkfs', 'migration'] as const
 type Section = (typeof SECTIONS)[number]
 
 const OUT = join(ROOT, 'bench', 'out')
+/** Issue 17 target 5 measures the storage systems' du once they have been idle this long after the fio jobs. */
+const IDLE_MEASURE_MS = 60_000
 
 interface Config {
   seconds: number
@@ -200,13 +202,22 @@ async function fioSection(cfg: Config, dir: string, vvfs: Vvfs, cleanup: Cleanup
     if (sys.id === 'vvfs' && duBefore) {
       try {
         results.daemon.peakRssAfterFio = await vvfs.peakRss()
+        const jobsEnded = Date.now()
         const duAfter = await du(vvfs.storageDir)
         const volume = await vvfs.json<VolumeShowJson>(['volume', 'show', 'bench'])
         say('fio: vvfs: waiting (up to 60 s) for the storage systems\' du to settle')
         const s = await duSettled(vvfs.storageDir, 60_000)
         const written = (row.jobs.seqwrite?.ioBytes ?? 0) + (row.jobs.randwrite?.ioBytes ?? 0)
-        results.fioSpace = { bytesWritten: written, volumeAllocated: volume.allocated, duBefore, duAfter, duSettled: s.usage, settled: s.settled, settleWaitMs: s.waitedMs }
-        say(`fio: vvfs: fio wrote ${bytes(written)}; volume allocated ${bytes(volume.allocated)}; storage du +${bytes(duAfter.allocated - duBefore.allocated)} after the jobs, +${bytes(s.usage.allocated - duBefore.allocated)} settled`)
+        // Issue 17 target 5: the figure once idle 60 s (the daemon compacts a bloated store after --compact-idle, 30 s by default).
+        say('fio: vvfs: waiting until the storage systems have been idle 60 s')
+        await sleep(Math.max(0, jobsEnded + IDLE_MEASURE_MS - Date.now()))
+        const duIdle = await du(vvfs.storageDir)
+        const idleWaitMs = Date.now() - jobsEnded
+        results.fioSpace = { bytesWritten: written, volumeAllocated: volume.allocated, duBefore, duAfter, duSettled: s.usage, settled: s.settled, settleWaitMs: s.waitedMs, duIdle, idleWaitMs }
+        say(
+          `fio: vvfs: fio wrote ${bytes(written)}; volume allocated ${bytes(volume.allocated)}; storage du +${bytes(duAfter.allocated - duBefore.allocated)} after the jobs, ` +
+            `+${bytes(s.usage.allocated - duBefore.allocated)} settled, +${bytes(duIdle.allocated - duBefore.allocated)} idle ${(idleWaitMs / 1000).toFixed(0)} s`,
+        )
       } catch (err) {
         if (err instanceof Aborted) throw err
         results.fioSpaceError = errorText(err)

@@ -307,7 +307,14 @@ export class LevelChunkStore implements ChunkStore {
   async compact(): Promise<void> {
     this.checkOpen()
     try {
-      await this.db.compactRange(dataKey(0), Buffer.from([DATA + 1]))
+      // Twice: LevelDB picks the levels to merge before it writes the
+      // memtable out, and a memtable written straight to a lower level keeps
+      // every version it held (a flush does not drop overwritten ones); the
+      // second pass merges what the first left above the lowest level into it.
+      // One pass left a store of 8 MiB live data at 12.1 bytes on disk per
+      // live byte, two at 1.01
+      // (test/storage/compaction.test.ts).
+      for (let pass = 0; pass < 2; pass++) await this.db.compactRange(dataKey(0), Buffer.from([DATA + 1]))
     } catch (err) {
       throw ioError(`storage system ${this.identity.name}: compaction failed`, err)
     }
