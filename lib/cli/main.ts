@@ -53,15 +53,15 @@ function volumeRows(volumes: Result<'volume.list'>['volumes']) {
 
 function storageRows(storage: Result<'storage.list'>['storage']) {
   return table(
-    ['NAME', 'ROLE', 'CAPACITY', 'ALLOCATED', 'DISK', 'FREE', 'USE%', 'LARGEST-FREE-RUN', 'VOLUMES', 'PATH', 'LINK', 'RTT'],
+    ['NAME', 'ROLE', 'CAPACITY', 'ALLOCATED', 'FREE', 'USE%', 'DISK', 'LARGEST-FREE-RUN', 'VOLUMES', 'PATH', 'LINK', 'RTT'],
     storage.map((s) => [
       s.name,
       s.role,
       formatSize(s.capacity),
       formatSize(s.allocated),
-      s.diskBytes === null || s.diskBytes === undefined ? '-' : formatSize(s.diskBytes),
       formatSize(s.free),
       pct(s.usedPercent),
+      s.diskBytes === null || s.diskBytes === undefined ? '-' : formatSize(s.diskBytes),
       formatSize(s.largestFreeRun),
       s.volumes.join(',') || '-',
       s.path,
