@@ -27,6 +27,7 @@ const NAME_POSITIONALS: Record<string, NameKind> = {
   'storage drain': 'storage',
   'storage undrain': 'storage',
   'storage remove': 'storage',
+  'storage compact': 'storage',
   'host remove': 'host',
   'job show': 'job',
   'job wait': 'job',

@@ -10,7 +10,8 @@
  *
  * Two ways in: `vvfs storage compact NAME` (compactNow), and the idle
  * policy (tick, every second from the manager's timer): a local store that
- * has had no write for `idleMs` since its last write, and whose directory
+ * has had no write for `idleMs` (since it was opened, when it has had none:
+ * a store left bloated by an earlier run is looked at too), and whose directory
  * takes more than IDLE_RATIO × its allocated bytes (+ IDLE_SLACK), is
  * compacted once; it is looked at again only after new writes. The
  * allocated bytes of the free-space table are an upper bound of its live
@@ -88,7 +89,7 @@ export class StoreCompaction {
     if (this.idleMs <= 0 || this.running) return
     for (const system of this.pool.list()) {
       const last = system.lastWrite
-      if (!system.compactable || system.isCompacting || last === 0 || this.seen.get(system.sid) === last) continue
+      if (!system.compactable || system.isCompacting || this.seen.get(system.sid) === last) continue
       if (system.idleMs(now) < this.idleMs) continue
       this.seen.set(system.sid, last)
       this.running = this.compactIfBloated(system, last).finally(() => {

@@ -78,6 +78,8 @@ export class StorageSystem implements DataLog {
   private closed = false
   /** When the last write through this system (or reported by wroteElsewhere) completed; 0: none since open. */
   private lastWriteAt = 0
+  /** When the system was opened: what idleMs counts from before the first write. */
+  private readonly openedAt = Date.now()
   /** The running compaction, if any: one at a time per system. */
   private compacting: Promise<void> | null = null
 
@@ -260,9 +262,9 @@ export class StorageSystem implements DataLog {
     if (this.holdsUnsyncedUnlogged && this.unloggedAt > 0 && now - this.unloggedAt >= UNLOGGED_MAX_AGE_MS) await this.sync()
   }
 
-  /** Milliseconds since the last write completed (Infinity: none since open). */
+  /** Milliseconds since the last write completed (or, before the first, since the system was opened). */
   idleMs(now = Date.now()): number {
-    return this.lastWriteAt === 0 ? Infinity : now - this.lastWriteAt
+    return now - (this.lastWriteAt || this.openedAt)
   }
 
   /** When the last write completed (ms since the epoch; 0: none since open). */

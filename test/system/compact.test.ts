@@ -155,4 +155,16 @@ describe('the idle compaction policy (--compact-idle 2s)', () => {
     await new Promise((r) => setTimeout(r, 3000))
     expect(compactions()).toHaveLength(1)
   })
+
+  it('compacts a store left bloated by an earlier run, without new writes, once the restarted daemon has been idle', async () => {
+    for (const round of [4, 5]) await writeRound(d.file('v'), round)
+    await d.restart()
+    const before = await diskBytes(d, 's1')
+    expect(before).toBeGreaterThan(1.2 * LIVE)
+    const deadline = Date.now() + 30_000
+    while (compactions().length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200))
+    expect(compactions()).toHaveLength(2)
+    expect(await diskBytes(d, 's1')).toBeLessThanOrEqual(1.2 * LIVE)
+    await expectRound(d.file('v'), 5)
+  })
 })
