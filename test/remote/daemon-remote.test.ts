@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { attachLoop, detachLoop, fsck, mountExt4, sh, startDaemon, umount, type DaemonHandle } from '../helpers/daemon.js'
 import { sha, verifyTree, writeTree } from '../helpers/files.js'
 import { payload, range, rng, VolumeModel } from '../helpers/model.js'
-import { chunkOf, cleanupWithDaemon, freePort, newKey, openStore, placement, spawnServer, tempDir, waitForJob, type ServerProcess } from './servers.js'
+import { chunkOf, cleanupWithDaemon, freePort, newKey, openStore, placement, spawnServer, tempDir, waitForJob, whyJob, type ServerProcess } from './servers.js'
 import { codeOf } from '../helpers/errors.js'
 
 const MiB = 1024 * 1024
@@ -102,11 +102,14 @@ describe('remote storage systems in the daemon', { timeout: 60_000 }, () => {
           }
         }
       }
+      // Both jobs within the test's time, leaving room to say why when they are not done.
+      const end = Date.now() + 50_000
       for (const to of ['far1', 'near']) {
         const job = await d.client.call('migrate.start', { volume: 'raw', to, rate: '48M' })
         // Room between rounds (150 ms): a migration steps back while hosts do I/O.
-        const done = await waitForJob(d, job.id, { ms: 45_000, during: round, pollMs: 150 })
-        expect(done.result, `job to ${to}: ${JSON.stringify(done)}`).toBe('completed')
+        const done = await waitForJob(d, job.id, { ms: end - Date.now(), during: round, pollMs: 150 })
+        console.log(`migration to ${to} under the writer: ${Date.parse(done.finishedAt!) - Date.parse(done.startedAt!)} ms, ${rounds} rounds so far`)
+        expect(done.result, `job to ${to}: ${whyJob(d, done)}`).toBe('completed')
         expect(await placement(d, 'raw')).toEqual([to])
       }
       expect(rounds).toBeGreaterThan(2)

@@ -13,7 +13,7 @@ import { closeSync, openSync, readSync, writeSync } from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startDaemon, type DaemonHandle } from '../helpers/daemon.js'
 import { payload, rng, VolumeModel } from '../helpers/model.js'
-import { cleanupWithDaemon, freePort, newKey, placement, spawnServer, tempDir, waitForJob, type ServerProcess } from './servers.js'
+import { cleanupWithDaemon, freePort, newKey, placement, spawnServer, tempDir, waitForJob, whyJob, type ServerProcess } from './servers.js'
 
 const MiB = 1024 * 1024
 /** The remote deadline of this daemon: short, so the dead server is an answer within seconds. */
@@ -81,7 +81,7 @@ describe('a migration off a storage server that dies', { timeout: 60_000 }, () =
     await far.proc.exited
     const killedAt = Date.now()
     const paused = await waitForJob(d, job.id, { until: (j) => j.status === 'paused' || j.status === 'concluded', ms: 4 * DEADLINE_MS + 5000, what: 'paused' })
-    expect(paused.status, JSON.stringify(paused)).toBe('paused')
+    expect(paused.status, whyJob(d, paused)).toBe('paused')
     expect(paused.error?.code).toBe('IO_ERROR')
     expect(paused.progress.current).toBeLessThan(model.size)
     const pausedAfter = Date.now() - killedAt
@@ -94,7 +94,7 @@ describe('a migration off a storage server that dies', { timeout: 60_000 }, () =
     await connected('far')
     await d.client.call('job.resume', { id: job.id })
     const done = await waitForJob(d, job.id, { ms: 30_000 })
-    expect(done.result, JSON.stringify(done)).toBe('completed')
+    expect(done.result, whyJob(d, done)).toBe('completed')
     expect(await placement(d, 'v')).toEqual(['near'])
     expect(readAll().equals(model.data)).toBe(true)
     console.log(`migration off a dead server: paused ${pausedAfter} ms after the kill (deadline ${DEADLINE_MS} ms)`)
@@ -106,7 +106,7 @@ describe('a migration off a storage server that dies', { timeout: 60_000 }, () =
     expect(await placement(d, 'v')).toEqual(['far'])
     const drain = await d.client.call('storage.drain', { name: 'far', keep: '0s' })
     const done = await waitForJob(d, drain.id, { ms: 30_000 })
-    expect(done.result, JSON.stringify(done)).toBe('completed')
+    expect(done.result, whyJob(d, done)).toBe('completed')
     expect(await placement(d, 'v')).toEqual(['near'])
     const pool = await d.client.call('pool.status', {})
     expect(pool.systems.find((s) => s.name === 'far')).toMatchObject({ allocated: 0, capacity: 64 * MiB })

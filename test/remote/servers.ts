@@ -7,7 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
+import { closeSync, existsSync, openSync, readFileSync, statSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -52,10 +52,15 @@ export async function waitForJob(
     const j = await d.client.call('job.show', { id })
     if (until(j)) return j
     const why = j.status === 'paused' ? 'paused' : Date.now() > end ? `still ${j.status} after ${opts.ms} ms` : null
-    if (why) throw new Error(`job ${id} ${why} (waiting for it to be ${opts.what ?? 'concluded'}): ${JSON.stringify(j)}\ndaemon log tail:\n${d.log().split('\n').slice(-40).join('\n')}`)
+    if (why) throw new Error(`job ${id} ${why} (waiting for it to be ${opts.what ?? 'concluded'}): ${whyJob(d, j)}`)
     opts.during?.()
     await new Promise((r) => setTimeout(r, opts.pollMs ?? 50))
   }
+}
+
+/** A job and the daemon's last log lines: what a failed expectation on a job should print. */
+export function whyJob(d: DaemonHandle, j: JobInfo): string {
+  return `${JSON.stringify(j)}\ndaemon log tail:\n${d.log().split('\n').slice(-40).join('\n')}`
 }
 
 /** The storage systems a volume has space on, sorted. */
@@ -142,6 +147,8 @@ export function spawnServer(opts: { dir: string; port: number; keyFile: string; 
 /** The same, in network namespace `ns` (null: this one), listening on `host`. */
 export async function spawnServerIn(ns: string | null, opts: { dir: string; host: string; port: number; keyFile: string; capacity?: string; env?: NodeJS.ProcessEnv }): Promise<ServerProcess> {
   const logPath = join(opts.dir + '.log')
+  // A restart on the same directory appends to the same log: only what this process wrote says it is ready.
+  const from = existsSync(logPath) ? statSync(logPath).size : 0
   const fd = openSync(logPath, 'a')
   const args = ['storage', 'serve', '--dir', opts.dir, '--listen', `${opts.host}:${opts.port}`, '--peer-key', opts.keyFile, '--log-format', 'json']
   if (opts.capacity) args.push('--capacity', opts.capacity)
@@ -161,8 +168,9 @@ export async function spawnServerIn(ns: string | null, opts: { dir: string; host
     await rm(logPath, { force: true })
   })
   const log = () => (existsSync(logPath) ? readFileSync(logPath, 'utf8') : '')
+  const ours = () => (existsSync(logPath) ? readFileSync(logPath).subarray(from).toString('utf8') : '')
   const end = Date.now() + 15_000
-  while (!log().includes('"storage.serving"')) {
+  while (!ours().includes('"storage.serving"')) {
     if (proc.exitCode !== null) throw new Error(`storage server exited with ${proc.exitCode}:\n${log()}`)
     if (Date.now() > end) throw new Error(`storage server not ready in 15 s:\n${log()}`)
     await new Promise((r) => setTimeout(r, 25))
