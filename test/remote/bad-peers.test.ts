@@ -1,12 +1,13 @@
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { connect, type Socket } from 'node:net'
+import { readFileSync } from 'node:fs'
 import { afterEach, describe, expect, it } from 'vitest'
 import { PeerKey } from '../../lib/wire/auth.js'
 import { encodeHeader, FrameKind } from '../../lib/wire/frame.js'
 import { Op, STORAGE_MAX_BODY, STORAGE_SERVICE } from '../../lib/storage/remote/protocol.js'
 import { RawPeer, until } from '../wire/peers.js'
-import { chunkOf, cleanup, newKey, openStore, startServer } from './servers.js'
+import { chunkOf, cleanup, freePort, newKey, openStore, spawnServer, startServer, tempDir } from './servers.js'
 import type { RemoteChunkStore } from '../../lib/storage/remote/client.js'
 
 afterEach(cleanup)
@@ -114,4 +115,50 @@ describe('a storage server facing bad peers keeps serving its relay', { timeout:
     expect(srv.server.stats.authenticated).toBe(1)
     await stillServes(relay, 3)
   })
+
+  it('memory stays bounded: a server process facing rounds of 200 idle connections, garbage and frames claiming more than the maximum grows its peak RSS by less than 64 MiB', async () => {
+    const { key, file } = await newKey()
+    const port = await freePort()
+    const srv = await spawnServer({ dir: `${await tempDir()}/server`, port, keyFile: file })
+    const relay = openStore(key, port)
+    for (let pca = 0; pca < 64; pca++) await stillServes(relay, pca) // warm: the store open, the relay's path taken
+    const before = memoryOf(srv.proc.pid!)
+    for (let round = 0; round < 3; round++) {
+      // Authenticated first: the flood below fills the handshake cap, and a peer past it is refused at accept.
+      const authed = await RawPeer.connect(port)
+      await authed.handshake(key, STORAGE_SERVICE)
+      const sockets = await Promise.all(Array.from({ length: 200 }, () => rawSocket(port)))
+      const garbage = await Promise.all(Array.from({ length: 20 }, () => rawSocket(port)))
+      for (const s of garbage) s.write(randomBytes(64 * 1024))
+      // Headers claiming a body past the maximum, before authentication and after it.
+      const claims = await Promise.all(Array.from({ length: 10 }, () => RawPeer.connect(port)))
+      for (const c of claims) {
+        const h = encodeHeader({ kind: FrameKind.HELLO }, false)
+        h.writeUInt32BE(0xffffffff, 16)
+        c.socket.write(h)
+      }
+      const h = encodeHeader({ kind: FrameKind.REQUEST, type: Op.APPLY, id: 1 }, true)
+      h.writeUInt32BE(0xffffffff, 16)
+      authed.socket.write(h)
+      await stillServes(relay, 100 + round)
+      const all = [...sockets, ...garbage, ...claims.map((c) => c.socket), authed.socket]
+      await until(() => all.every((s) => s.destroyed || s.closed), 10_000, 'every bad peer to be dropped')
+    }
+    await stillServes(relay, 200)
+    const after = memoryOf(srv.proc.pid!)
+    console.log(`storage server under bad peers: VmRSS ${mib(before.rss)} → ${mib(after.rss)} MiB, VmHWM ${mib(before.hwm)} → ${mib(after.hwm)} MiB`)
+    expect(after.hwm - before.rss).toBeLessThan(64 * 1024 * 1024)
+    expect(after.rss - before.rss).toBeLessThan(64 * 1024 * 1024)
+  })
 })
+
+/** A process's resident set now and at its peak, from /proc/PID/status (bytes). */
+function memoryOf(pid: number): { rss: number; hwm: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+  const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)![1]) * 1024
+  return { rss: kib('VmRSS'), hwm: kib('VmHWM') }
+}
+
+function mib(bytes: number): string {
+  return (bytes / 1024 / 1024).toFixed(1)
+}

@@ -1,16 +1,12 @@
 import { writeFileSync } from 'node:fs'
 import { afterAll, describe, expect, it } from 'vitest'
-import { cleanupAll, removeDir, startDaemon, type DaemonHandle } from '../helpers/daemon.js'
+import { startDaemon, type DaemonHandle } from '../helpers/daemon.js'
 import { codeOf } from '../helpers/errors.js'
-import { cleanup, freePort, newKey, spawnServer, tempDir } from './servers.js'
+import { cleanupWithDaemon, freePort, newKey, spawnServer, tempDir } from './servers.js'
 
 let d: DaemonHandle | undefined
 
-afterAll(async () => {
-  await cleanupAll()
-  if (d) removeDir(d.dir)
-  await cleanup()
-})
+afterAll(() => cleanupWithDaemon(d))
 
 describe('a remote storage system whose server is gone', { timeout: 40_000 }, () => {
   it('shows as down, a fence fails with IO_ERROR, and it can still be removed once empty (no final sync possible)', async () => {

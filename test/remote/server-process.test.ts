@@ -1,3 +1,4 @@
+import { connect } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import { CHUNK_SIZE } from '../../lib/layout.js'
 import { StorageSystem } from '../../lib/storage/storage-system.js'
@@ -21,6 +22,23 @@ describe('vvfs storage serve, a process of its own', { timeout: 40_000 }, () => 
     const into = Buffer.alloc(32 * CHUNK_SIZE)
     await store.readRun(0, 32, into)
     for (let i = 0; i < 32; i++) expect(into.subarray(i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE).equals(chunkOf(i)), `chunk ${i}`).toBe(true)
+  })
+
+  it('the test helper restarting a server on the same directory waits for the new process to listen (regression: the previous process\'s line in the shared log made it return at once)', async () => {
+    const { file } = await newKey()
+    const dir = `${await tempDir()}/server`
+    const port = await freePort()
+    const first = await spawnServer({ dir, port, keyFile: file })
+    first.proc.kill('SIGKILL')
+    await first.exited
+    await spawnServer({ dir, port, keyFile: file })
+    const socket = connect({ host: '127.0.0.1', port })
+    const answer = await new Promise<string>((resolve) => {
+      socket.once('connect', () => resolve('connected'))
+      socket.once('error', (err) => resolve(err.message))
+    })
+    socket.destroy()
+    expect(answer).toBe('connected')
   })
 
   it('refuses a key file others can read with exit 1', async () => {

@@ -7,23 +7,65 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
+import { closeSync, existsSync, openSync, readFileSync, statSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createLogger } from '../../lib/log.js'
 import { PeerKey } from '../../lib/wire/auth.js'
 import type { ServerLimits } from '../../lib/wire/server.js'
+import type { JobInfo } from '../../lib/control/schema.js'
 import { RemoteChunkStore, type RemoteStoreOptions } from '../../lib/storage/remote/client.js'
 import { LevelChunkStore } from '../../lib/storage/level-store.js'
 import { StorageServer } from '../../lib/storage/remote/server.js'
-import { VVFS } from '../helpers/daemon.js'
+import { cleanupAll, removeDir, VVFS, type DaemonHandle } from '../helpers/daemon.js'
 import { capturedLog } from '../wire/peers.js'
 
 const undo: (() => Promise<unknown>)[] = []
 
 export async function cleanup(): Promise<void> {
   for (const u of undo.splice(0).reverse()) await u().catch(() => {})
+}
+
+/** After a daemon test file: mounts, loops and daemons (the helpers' cleanup), the daemon's directory, then the servers. */
+export async function cleanupWithDaemon(d: DaemonHandle | undefined): Promise<void> {
+  await cleanupAll()
+  if (d) removeDir(d.dir)
+  await cleanup()
+}
+
+/**
+ * Polls a job until `until` holds (default: concluded), calling `during`
+ * between polls. A job that pauses when the caller waits for something
+ * else (a storage error paused it) or that takes longer than `ms` fails at
+ * once, with the job and the daemon's log tail: a wait that can only end
+ * in the test's timeout says nothing of why.
+ */
+export async function waitForJob(
+  d: DaemonHandle,
+  id: number,
+  opts: { ms: number; until?: (j: JobInfo) => boolean; what?: string; during?: () => void; pollMs?: number },
+): Promise<JobInfo> {
+  const until = opts.until ?? ((j: JobInfo) => j.status === 'concluded')
+  const end = Date.now() + opts.ms
+  for (;;) {
+    const j = await d.client.call('job.show', { id })
+    if (until(j)) return j
+    const why = j.status === 'paused' ? 'paused' : Date.now() > end ? `still ${j.status} after ${opts.ms} ms` : null
+    if (why) throw new Error(`job ${id} ${why} (waiting for it to be ${opts.what ?? 'concluded'}): ${whyJob(d, j)}`)
+    opts.during?.()
+    await new Promise((r) => setTimeout(r, opts.pollMs ?? 50))
+  }
+}
+
+/** A job and the daemon's last log lines: what a failed expectation on a job should print. */
+export function whyJob(d: DaemonHandle, j: JobInfo): string {
+  return `${JSON.stringify(j)}\ndaemon log tail:\n${d.log().split('\n').slice(-40).join('\n')}`
+}
+
+/** The storage systems a volume has space on, sorted. */
+export async function placement(d: DaemonHandle, volume: string): Promise<string[]> {
+  return (await d.client.call('volume.show', { name: volume })).allocatedBySystem.map((s) => s.storage).sort()
 }
 
 export async function tempDir(prefix = 'vvfs-remote-'): Promise<string> {
@@ -105,6 +147,8 @@ export function spawnServer(opts: { dir: string; port: number; keyFile: string; 
 /** The same, in network namespace `ns` (null: this one), listening on `host`. */
 export async function spawnServerIn(ns: string | null, opts: { dir: string; host: string; port: number; keyFile: string; capacity?: string; env?: NodeJS.ProcessEnv }): Promise<ServerProcess> {
   const logPath = join(opts.dir + '.log')
+  // A restart on the same directory appends to the same log: only what this process wrote says it is ready.
+  const from = existsSync(logPath) ? statSync(logPath).size : 0
   const fd = openSync(logPath, 'a')
   const args = ['storage', 'serve', '--dir', opts.dir, '--listen', `${opts.host}:${opts.port}`, '--peer-key', opts.keyFile, '--log-format', 'json']
   if (opts.capacity) args.push('--capacity', opts.capacity)
@@ -124,8 +168,9 @@ export async function spawnServerIn(ns: string | null, opts: { dir: string; host
     await rm(logPath, { force: true })
   })
   const log = () => (existsSync(logPath) ? readFileSync(logPath, 'utf8') : '')
+  const ours = () => (existsSync(logPath) ? readFileSync(logPath).subarray(from).toString('utf8') : '')
   const end = Date.now() + 15_000
-  while (!log().includes('"storage.serving"')) {
+  while (!ours().includes('"storage.serving"')) {
     if (proc.exitCode !== null) throw new Error(`storage server exited with ${proc.exitCode}:\n${log()}`)
     if (Date.now() > end) throw new Error(`storage server not ready in 15 s:\n${log()}`)
     await new Promise((r) => setTimeout(r, 25))
