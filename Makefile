@@ -3,7 +3,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 # chromium: the web view's browser tests (driven by playwright-core, which downloads no browser).
-DEBIAN_PACKAGES := libfuse2 fuse attr e2fsprogs util-linux chromium
+# iproute2: ip netns, veth and tc for the remote-storage link-cut test and bench.
+DEBIAN_PACKAGES := libfuse2 fuse attr e2fsprogs util-linux chromium iproute2
 BENCH_PACKAGES := fio qemu-system-common qemu-utils
 
 .PHONY: help setup deps build run test lint typecheck bench clean
@@ -11,7 +12,7 @@ BENCH_PACKAGES := fio qemu-system-common qemu-utils
 help:
 	@echo "make run    - set up, then run the daemon in the foreground (state ./.vvfs, volumes in ./mnt, web view at http://$(VVFS_HTTP)/)"
 	@echo "make test   - set up, then run the whole test suite"
-	@echo "make bench  - set up, then run the benchmarks (installs fio and qemu-system-common)"
+	@echo "make bench  - set up, then run the benchmarks (installs fio and qemu-system-common; then remote storage: bench/remote.ts)"
 
 # Debian packages, only those missing (apt-get update first, as a fresh machine needs).
 deps:
@@ -50,6 +51,7 @@ bench: setup
 	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	node dist/bench/run.js
+	node dist/bench/remote.js
 
 clean:
 	rm -rf dist node_modules
