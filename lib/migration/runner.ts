@@ -114,13 +114,22 @@ export class MigrationRunner {
   private readonly dirty = new Map<number, CopyBitmap>()
   private startedCopyAt = 0
   private copiedSinceStart = 0
+  /**
+   * The status placement() follows: the last one committed. A new status is
+   * set on the record and then committed with the volumes' homes; placing by
+   * it before the commit sent a host write in between to the old home (the
+   * source a completed job had just emptied).
+   */
+  private placedBy: JobStatus
   done: Promise<void> = Promise.resolve()
 
   private constructor(
     readonly job: JobRecord,
     private readonly deps: RunnerDeps,
     readonly retained: RetainedSources,
-  ) {}
+  ) {
+    this.placedBy = job.status
+  }
 
   /** Loads what the job holds (retained sources, bitmaps) and marks its space. */
   static async open(job: JobRecord, deps: RunnerDeps): Promise<MigrationRunner> {
@@ -156,7 +165,8 @@ export class MigrationRunner {
 
   /** Where new allocations of the job's volumes go (JobManager.placementFor): its destination while it copies, anywhere else while it gives back. */
   placement(): PlacementRule | undefined {
-    const { toSid, status } = this.job
+    const { toSid } = this.job
+    const status = this.placedBy
     if (toSid === undefined) return undefined
     if (status === 'created' || status === 'running' || status === 'paused') return { only: toSid }
     if (status === 'cancelling' || status === 'rolling-back') return { exclude: new Set([toSid]) }
@@ -630,6 +640,7 @@ export class MigrationRunner {
     if (from === status) return
     this.job.status = status
     await this.deps.save(this.job)
+    this.placedBy = status
     this.deps.statusChanged(this.job, from)
   }
 }

@@ -38,6 +38,8 @@ export interface JobOptions {
   maps?: MapStore
   /** The extent operations the runner drives (default: the stack's). */
   extents?: ExtentOps
+  /** The job record's commit (the JobManager's catalog update); default: at once. */
+  save?: (job: JobRecord, runner: MigrationRunner) => Promise<void>
 }
 
 /** Runs one migration job of the stack's volume onto system `toSid`, as the JobManager would. */
@@ -59,11 +61,12 @@ export async function runJob(stack: Stack, toSid: number, mode: CopyMode, whileR
     createdAt: new Date().toISOString(),
   }
   const extents = opts.extents ?? stack.extents
-  const runner = await MigrationRunner.open(job, {
+  // save is called only once the runner exists.
+  const runner: MigrationRunner = await MigrationRunner.open(job, {
     pool: stack.pool,
     maps: opts.maps ?? stack.maps,
     volume: (volNo) => (volNo === 1 ? { volNo, name: 'v', extents, layer: stack.layers.migrate } : undefined),
-    save: async () => {},
+    save: async (j) => opts.save?.(j, runner),
     statusChanged: () => {},
     progressed: () => {},
     log: silentLogger(),
