@@ -105,7 +105,9 @@ describe('remote storage systems in the daemon', { timeout: 60_000 }, () => {
       // Both jobs within the test's time, leaving room to say why when they are not done.
       const end = Date.now() + 50_000
       for (const to of ['far1', 'near']) {
-        const job = await d.client.call('migrate.start', { volume: 'raw', to, rate: '48M' })
+        // 4 MiB/s: each job lasts about 2 s, so the writer's rounds overlap it however fast the machine is
+        // (at 48M a job took ~170 ms and a loaded run saw only 2 rounds in both).
+        const job = await d.client.call('migrate.start', { volume: 'raw', to, rate: '4M' })
         // Room between rounds (150 ms): a migration steps back while hosts do I/O.
         const done = await waitForJob(d, job.id, { ms: end - Date.now(), during: round, pollMs: 150 })
         console.log(`migration to ${to} under the writer: ${Date.parse(done.finishedAt!) - Date.parse(done.startedAt!)} ms, ${rounds} rounds so far`)
