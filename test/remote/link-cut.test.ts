@@ -65,10 +65,14 @@ beforeAll(async () => {
 }, 60_000)
 
 afterAll(async () => {
-  await cleanupAll()
-  if (d) removeDir(d.dir)
-  await cleanup()
-  removeNamespace()
+  // The namespace goes whatever else fails here (one was left behind once).
+  try {
+    await cleanupAll()
+    if (d) removeDir(d.dir)
+    await cleanup()
+  } finally {
+    removeNamespace()
+  }
 })
 
 describe('a storage server whose link is cut for 10 s', { timeout: 60_000 }, () => {
