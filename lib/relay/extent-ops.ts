@@ -76,8 +76,8 @@ export interface ExtentOps {
 export interface SlotPreparation {
   settled(extent: number): Promise<void>
   settle(): Promise<void>
-  /** `system`, noted as written: the volume's next flush syncs it. */
-  noteWritten(system: StorageSystem): StorageSystem
+  /** Runs a write on `system`, noted as written (at issue and once settled): the volume's next flush syncs it. */
+  writing<T>(system: StorageSystem, op: (system: StorageSystem) => Promise<T>): Promise<T>
 }
 
 /** ExtentOps over a VolumeMap, its pool and its thin layer's preparations. */
@@ -162,9 +162,9 @@ export class VolumeExtents implements ExtentOps {
 
   async discardEntry(entry: ExtentEntry): Promise<void> {
     if (entry.kind === 'whole') {
-      await this.preparation.noteWritten(this.pool.get(entry.sid)).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
+      await this.preparation.writing(this.pool.get(entry.sid), (s) => s.clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS))
     } else {
-      await Promise.all([...entryChunks(entry)].map(([sid, pcas]) => this.preparation.noteWritten(this.pool.get(sid)).write(pcas.map((pca) => ({ pca, data: null })))))
+      await Promise.all([...entryChunks(entry)].map(([sid, pcas]) => this.preparation.writing(this.pool.get(sid), (s) => s.write(pcas.map((pca) => ({ pca, data: null }))))))
     }
     releaseSpace(this.pool, entry)
   }

@@ -179,7 +179,7 @@ export class ThinLayer implements ChunkLayer {
     let stored: Promise<void>[] = []
     try {
       if (plan.ready.length) await Promise.all(plan.ready)
-      stored = [...plan.writes].map(([system, chunks]) => this.noteWritten(system).write(chunks, { unlogged: plan.inPlace }))
+      stored = [...plan.writes].map(([system, chunks]) => this.writing(system, (s) => s.write(chunks, { unlogged: plan.inPlace })))
       await Promise.all(stored)
       for (const extent of plan.fragmentsAdded) plan.durable.push(this.map.persist(extent).then(() => void plan.recorded.add(extent)))
       if (plan.fragmentsDropped.length) plan.durable.push(this.dropFragments(plan.fragmentsDropped))
@@ -206,7 +206,7 @@ export class ThinLayer implements ChunkLayer {
         else {
           const system = this.pool.get(entry.sid)
           const base = entry.slot * EXTENT_CHUNKS
-          work.push(this.afterReady(extent).then(() => this.noteWritten(system).clearRange(base + inExtent, n)).then(() => this.schedule(extent)))
+          work.push(this.afterReady(extent).then(() => this.writing(system, (s) => s.clearRange(base + inExtent, n))).then(() => this.schedule(extent)))
         }
       } else {
         for (let c = inExtent; c < inExtent + n; c++) {
@@ -237,8 +237,9 @@ export class ThinLayer implements ChunkLayer {
    */
   async flush(): Promise<void> {
     // A system leaves the set only once a sync that began after its last
-    // write here has ended: a second flush meanwhile syncs it too (joining
-    // the running sync when that covers its writes), never skips it.
+    // write here had completed has ended (writing() notes a write again when
+    // it settles): a second flush meanwhile syncs it too (joining the running
+    // sync when that covers its writes), never skips it.
     const marked = [...this.written]
     await Promise.all(marked.map(([system]) => system.sync()))
     for (const [system, mark] of marked) if (this.written.get(system) === mark) this.written.delete(system)
@@ -412,7 +413,7 @@ export class ThinLayer implements ChunkLayer {
    */
   private prepareWhole(plan: WritePlan, w: NewWhole): void {
     const extent = w.extent
-    const clearing = this.noteWritten(w.system).clearSlot(w.entry.slot)
+    const clearing = this.writing(w.system, (s) => s.clearSlot(w.entry.slot))
     const recording = clearing.then(() => this.map.persist(extent))
     this.clearing.set(extent, clearing)
     this.recording.set(extent, recording)
@@ -537,7 +538,7 @@ export class ThinLayer implements ChunkLayer {
     if (!placement) return
     const whole: WholeExtent = { kind: 'whole', sid: placement.system.sid, slot: placement.address }
     try {
-      await this.noteWritten(placement.system).clearSlot(whole.slot)
+      await this.writing(placement.system, (s) => s.clearSlot(whole.slot))
       const buf = Buffer.allocUnsafe(EXTENT_SIZE)
       const chunks = [...entry.frags.keys()]
       await this.readFragments(entry, 0, EXTENT_CHUNKS, buf, 0)
@@ -573,7 +574,7 @@ export class ThinLayer implements ChunkLayer {
   /** Drops a whole extent's data (if asked), its record, then its slot. */
   private async releaseWhole(extent: number, entry: WholeExtent, clear: boolean): Promise<void> {
     await this.afterReady(extent)
-    if (clear) await this.noteWritten(this.pool.get(entry.sid)).clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS)
+    if (clear) await this.writing(this.pool.get(entry.sid), (s) => s.clearRange(entry.slot * EXTENT_CHUNKS, EXTENT_CHUNKS))
     if (this.map.get(extent) !== entry) return
     this.map.delete(extent)
     try {
@@ -605,10 +606,21 @@ export class ThinLayer implements ChunkLayer {
 
   // ---- helpers
 
-  /** `system`, noted as written: the next flush syncs it. */
-  noteWritten(system: StorageSystem): StorageSystem {
+  /**
+   * Runs `op` (a write, deletion or clear) on `system`, noted as written so
+   * the next flush syncs it — noted again once `op` has settled. A flush
+   * forgets a system only if no note came after the one it saw, and a sync
+   * covers only writes completed when it began: noted at issue alone, a flush
+   * that ran while the write was still on its way into the store forgot the
+   * system, and the writer's own fsync then skipped it (a power cut took an
+   * fsynced file; test/relay/concurrent-flush.test.ts).
+   */
+  writing<T>(system: StorageSystem, op: (system: StorageSystem) => Promise<T>): Promise<T> {
     this.written.set(system, ++this.marks)
-    return system
+    const note = () => void this.written.set(system, ++this.marks)
+    const work = op(system)
+    work.then(note, note)
+    return work
   }
 
   private async afterReady(extent: number): Promise<void> {
@@ -623,7 +635,7 @@ export class ThinLayer implements ChunkLayer {
       if (!list) bySystem.set(c.sid, (list = []))
       list.push({ pca: c.pca, data: c.data })
     }
-    await Promise.all([...bySystem].map(([sid, list]) => this.noteWritten(this.pool.get(sid)).write(list)))
+    await Promise.all([...bySystem].map(([sid, list]) => this.writing(this.pool.get(sid), (s) => s.write(list))))
   }
 
   private poolFull(): VvfsError {

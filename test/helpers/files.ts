@@ -36,3 +36,37 @@ export function verifyTree(root: string, tree: Tree): string[] {
 export function sha(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex')
 }
+
+/**
+ * What a damaged file holds, block by block, against the content its seed
+ * gives (files-content.mjs): runs of wrong blocks, each said to be zeros or
+ * other bytes — what a failed durability check reports besides the name.
+ */
+export function describeDamage(path: string, expected: Buffer, blockSize = 1024): string {
+  let actual: Buffer
+  try {
+    actual = readFileSync(path)
+  } catch (err) {
+    return `${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`
+  }
+  const parts: string[] = []
+  if (actual.length !== expected.length) parts.push(`size ${actual.length}, expected ${expected.length}`)
+  const blocks = Math.ceil(Math.max(actual.length, expected.length) / blockSize)
+  let run: { from: number; to: number; what: string } | null = null
+  const flush = () => {
+    if (run) parts.push(`blocks ${run.from}-${run.to}: ${run.what}`)
+    run = null
+  }
+  for (let b = 0; b < blocks; b++) {
+    const a = actual.subarray(b * blockSize, (b + 1) * blockSize)
+    const e = expected.subarray(b * blockSize, (b + 1) * blockSize)
+    const what = a.equals(e) ? null : a.every((x) => x === 0) ? 'zeros' : 'other bytes'
+    if (run && run.what === what && run.to === b - 1) run.to = b
+    else {
+      flush()
+      if (what) run = { from: b, to: b, what }
+    }
+  }
+  flush()
+  return `${path} (${blocks} blocks of ${blockSize}): ${parts.join('; ') || 'identical'}`
+}

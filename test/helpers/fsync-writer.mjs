@@ -3,9 +3,12 @@
 // and checksum to a log kept elsewhere: the log lists what must survive a
 // crash. Every fourth step replaces an earlier file the safe way (temporary
 // file, fsync, rename, fsync of the directory). Runs until an I/O error (the
-// daemon under the file system died) or a time limit.
+// daemon under the file system died) or a time limit. Each file's content is
+// generated from a seed the log keeps (contentOf), so a checker can tell which
+// blocks of a damaged file are wrong, and what they hold instead.
 // Usage: node fsync-writer.mjs DIR LOG PREFIX SECONDS
 import { createHash, randomBytes } from 'node:crypto'
+import { contentOf } from './files-content.mjs'
 import { appendFileSync, closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 
@@ -32,7 +35,8 @@ const writeDurably = (path, data) => {
 const names = []
 try {
   for (let i = 0; Date.now() < end; i++) {
-    const data = randomBytes(1 + Math.floor(Math.random() * 256 * 1024))
+    const seed = randomBytes(16).toString('hex')
+    const data = contentOf(seed, 1 + Math.floor(Math.random() * 256 * 1024))
     let name
     if (i % 4 === 3) {
       name = names[Math.floor(Math.random() * names.length)]
@@ -44,7 +48,7 @@ try {
       names.push(name)
     }
     fsyncPath(dir, 'r')
-    appendFileSync(log, JSON.stringify({ name, sha256: createHash('sha256').update(data).digest('hex') }) + '\n')
+    appendFileSync(log, JSON.stringify({ name, sha256: createHash('sha256').update(data).digest('hex'), seed, length: data.length }) + '\n')
   }
 } catch (err) {
   process.stdout.write(`writer stopped: ${err.code ?? err.message}\n`)

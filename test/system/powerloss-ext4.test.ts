@@ -15,7 +15,8 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { attachLoop, cleanupAll, detachLoop, fsck, mountExt4, removeDir, sh, startDaemon, umount, type DaemonHandle } from '../helpers/daemon.js'
-import { verifyTree, type Tree } from '../helpers/files.js'
+import { contentOf } from '../helpers/files-content.mjs'
+import { describeDamage, verifyTree, type Tree } from '../helpers/files.js'
 
 const WRITER = resolve(import.meta.dirname, '../helpers/fsync-writer.mjs')
 
@@ -32,15 +33,24 @@ afterAll(async () => {
 
 /** Each file the writers fsynced, with the checksum of its last fsynced content. */
 const fsynced: Tree = new Map()
+/** ... and the seed and length that content came from (fsync-writer.mjs). */
+const contents = new Map<string, { seed: string; length: number }>()
 
 function readWriterLog(log: string): number {
   if (!existsSync(log)) return 0
   const lines = readFileSync(log, 'utf8').split('\n').filter(Boolean)
   for (const l of lines) {
-    const { name, sha256 } = JSON.parse(l) as { name: string; sha256: string }
+    const { name, sha256, seed, length } = JSON.parse(l) as { name: string; sha256: string; seed: string; length: number }
     fsynced.set(name, sha256)
+    contents.set(name, { seed, length })
   }
   return lines.length
+}
+
+async function waitForLines(path: string, lines: number, ms: number): Promise<void> {
+  const end = Date.now() + ms
+  const count = () => (existsSync(path) ? readFileSync(path, 'utf8').split('\n').filter(Boolean).length : 0)
+  while (count() < lines && Date.now() < end) await new Promise((r) => setTimeout(r, 100))
 }
 
 describe('ext4 on a volume, through power cuts under the daemon', () => {
@@ -60,7 +70,10 @@ describe('ext4 on a volume, through power cuts under the daemon', () => {
       const dd = `dd if=/dev/urandom of=${join(at(), 'bulk')} bs=256k count=256 oflag=direct conv=notrunc`
       const bulk = spawn('sh', ['-c', `while ${dd} 2>/dev/null; do :; done`], { stdio: 'ignore', detached: true })
       const exited = [writer, bulk].map((p) => new Promise((r) => p.once('exit', r)))
-      await new Promise((r) => setTimeout(r, 2500 + Math.floor(Math.random() * 2000)))
+      // The cut lands at a random moment once a few files are fsynced (on a
+      // loaded machine 2.5 s was once too few for three).
+      await waitForLines(log, 3, 60_000)
+      await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 2000)))
       const cut = await d.powerCut()
       // The file system on the dead volume goes too: its writers, its mount
       // (lazily, if a writer still held files), its loop device.
@@ -85,7 +98,9 @@ describe('ext4 on a volume, through power cuts under the daemon', () => {
         expect(r.code, r.out).toBe(0)
         mountExt4(dev, at())
         try {
-          expect(verifyTree(at(), fsynced)).toEqual([])
+          const lost = verifyTree(at(), fsynced)
+          const damage = lost.map((name) => describeDamage(join(at(), name), contentOf(contents.get(name)!.seed, contents.get(name)!.length)))
+          expect(lost, damage.join('\n')).toEqual([])
         } finally {
           umount(at())
         }
