@@ -2,7 +2,8 @@
 // fsynced with its directory, and after each fsync appends the file's name
 // and checksum to a log kept elsewhere: the log lists what must survive a
 // crash. Every fourth step replaces an earlier file the safe way (temporary
-// file, fsync, rename, fsync of the directory). Runs until an I/O error (the
+// file, fsync, rename, fsync of the directory), logged first as `replacing`:
+// until the step is logged, either content is right. Runs until an I/O error (the
 // daemon under the file system died) or a time limit. Each file's content is
 // generated from a seed the log keeps (contentOf), so a checker can tell which
 // blocks of a damaged file are wrong, and what they hold instead.
@@ -37,9 +38,13 @@ try {
   for (let i = 0; Date.now() < end; i++) {
     const seed = randomBytes(16).toString('hex')
     const data = contentOf(seed, 1 + Math.floor(Math.random() * 256 * 1024))
+    const record = (name, extra = {}) => JSON.stringify({ name, sha256: createHash('sha256').update(data).digest('hex'), seed, length: data.length, ...extra }) + '\n'
     let name
     if (i % 4 === 3) {
       name = names[Math.floor(Math.random() * names.length)]
+      // Once renamed, the new content may be what a crash leaves even before
+      // this step is logged: say so first (the checker accepts either).
+      appendFileSync(log, record(name, { replacing: true }))
       writeDurably(join(dir, `${name}.tmp`), data)
       renameSync(join(dir, `${name}.tmp`), join(dir, name))
     } else {
@@ -48,7 +53,7 @@ try {
       names.push(name)
     }
     fsyncPath(dir, 'r')
-    appendFileSync(log, JSON.stringify({ name, sha256: createHash('sha256').update(data).digest('hex'), seed, length: data.length }) + '\n')
+    appendFileSync(log, record(name))
   }
 } catch (err) {
   process.stdout.write(`writer stopped: ${err.code ?? err.message}\n`)
