@@ -114,6 +114,11 @@ export class JournalLayer implements ChunkLayer {
     await this.change({ kind: 'resize', volume: this.volNo, size: chunkCount * CHUNK_SIZE }, () => this.lower.truncate(chunkCount))
   }
 
+  /** A grow (or the exact size after a shrink): a resize entry; nothing below changes. */
+  async resized(bytes: number): Promise<void> {
+    await this.change({ kind: 'resize', volume: this.volNo, size: bytes }, async () => undefined)
+  }
+
   async flush(): Promise<void> {
     await this.change({ kind: 'flush', volume: this.volNo }, () => this.lower.flush())
   }

@@ -65,6 +65,18 @@ describe('replication between two daemons', () => {
     expect(Buffer.compare(readFileSync(secondary.file('db-copy')), readFileSync(primary.file('db')))).toBe(0)
   })
 
+  it('a grow and a shrink of the primary reach the secondary in order with the writes around them', async () => {
+    const { primary, secondary } = p
+    await primary.client.call('volume.resize', { name: 'db', size: 24 * MiB })
+    writeAt(primary.file('db'), 20 * MiB, Buffer.alloc(8192, 6))
+    await primary.client.call('volume.resize', { name: 'db', size: 22 * MiB + 512 })
+    writeAt(primary.file('db'), 21 * MiB, Buffer.alloc(4096, 7))
+    await waitForPair(primary, 'db-copy', 'primary', caughtUp)
+    const copy = (await secondary.client.call('volume.list', {})).volumes.find((v) => v.name === 'db-copy')
+    expect(copy?.size).toBe(22 * MiB + 512)
+    expect(Buffer.compare(readFileSync(secondary.file('db-copy')), readFileSync(primary.file('db')))).toBe(0)
+  })
+
   it('stop ends the pair on the primary; the secondary keeps its volume', async () => {
     const { primary, secondary } = p
     const vvfs = cliFor(() => primary.socket)
