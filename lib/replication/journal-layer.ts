@@ -103,7 +103,8 @@ export class JournalLayer implements ChunkLayer {
     )
     const accepted = Promise.all([below.accepted, ...durable]).then(() => undefined)
     accepted.catch(() => undefined)
-    return { accepted, stored: below.stored }
+    // Stored no earlier than accepted (the ChunkLayer contract): the entry may become durable after the data.
+    return { accepted, stored: Promise.all([below.stored, accepted]).then(() => undefined) }
   }
 
   async discard(first: number, count: number): Promise<void> {
