@@ -13,7 +13,7 @@ help:
 	@echo "make run    - set up, then run the daemon in the foreground (state ./.vvfs, volumes in ./mnt, web view at http://$(VVFS_HTTP)/)"
 	@echo "make test   - set up, then run the whole test suite"
 	@echo "make soak   - set up, then the long runs of the kill tests (replication: 500 kill points)"
-	@echo "make bench  - set up, then run the benchmarks (installs fio and qemu-system-common; then remote storage: bench/remote.ts)"
+	@echo "make bench  - set up, then run the benchmarks (installs fio and qemu-system-common; then remote storage: bench/remote.ts; then replication: bench/replication.ts)"
 
 # Debian packages, only those missing (apt-get update first, as a fresh machine needs).
 deps:
@@ -57,6 +57,7 @@ bench: setup
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	node dist/bench/run.js
 	node dist/bench/remote.js
+	node dist/bench/replication.js
 
 clean:
 	rm -rf dist node_modules

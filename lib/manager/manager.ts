@@ -718,6 +718,9 @@ export class Manager implements HostView {
       const v = this.volumeNamed(name)
       const job = this.jobs.activeJobOf(v.record.no)
       if (job) throw new VvfsError('VOLUME_BUSY', `volume ${name} is in job ${job.id} (${job.status}); cancel it or wait for it`)
+      // Issue 13: a replicated volume's pair goes first; a secondary's pair goes with its volume.
+      const pair = this.replication.pairOfVolume(v.record.no)
+      if (pair) throw new VvfsError('VOLUME_BUSY', `volume ${name} is replicated (pair ${pair}); vvfs replicate stop ${pair} first`)
       if (v.isOpen()) {
         throw new VvfsError('VOLUME_BUSY', `volume ${name} is open (${Object.keys(v.openCounts()).join(', ')}); close it (detach loop devices) first`, {
           details: { open: v.openCounts() },
@@ -737,6 +740,7 @@ export class Manager implements HostView {
       for await (const [key] of this.maps.scan(extentPrefix(v.record.no))) records.push(key)
       await this.maps.deleteNow(records)
       await this.catalog.update((d) => void (d.volumes = d.volumes.filter((r) => r.no !== no)))
+      if (v.record.replicaOf !== undefined) await this.replication.secondaries.forget(v.record.replicaOf)
       this.log.info({ event: 'volume.deleted', name, released }, 'volume deleted')
       this.emit('volume.deleted', { name, id: v.id, released })
       return { deleted: name, released }

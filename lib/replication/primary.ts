@@ -266,6 +266,11 @@ export class PrimaryPair {
         this.lastError = null
         retry = RETRY_MS.initial
         const remote = await stream.status()
+        if (remote.appliedSeq < this.journal.positions.trimmedThrough && !remote.resyncing && this.journal.dirtyMarks().length === 0) {
+          // The secondary lost what we trimmed (its pair was removed and made anew): copy everything allocated again.
+          this.spec.log.warn({ event: 'replication.full_resync', pair: this.spec.pair, applied: remote.appliedSeq, trimmed: this.journal.positions.trimmedThrough }, 'the secondary is behind the trimmed journal: full resync')
+          await this.journal.addMarks([...this.spec.allocatedExtents().map((extent) => ({ volume: this.spec.volNo, extent })), { volume: this.spec.volNo, extent: SIZE_MARK }])
+        }
         if (this.journal.positions.mode !== 'journaling' || this.journal.dirtyMarks().length > 0 || remote.resyncing) await this.resync(stream, remote.appliedSeq)
         await this.ship(stream)
       } catch (err) {

@@ -25,7 +25,7 @@
  * exists and is not this pair's replica is refused (VOLUME_EXISTS).
  */
 import { ClassicLevel } from 'classic-level'
-import { mkdir, readdir } from 'node:fs/promises'
+import { mkdir, readdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { VvfsError } from '../errors.js'
 import type { Logger } from '../log.js'
@@ -80,6 +80,7 @@ export class ReplicaStore implements ApplyTarget {
 
   private constructor(
     private readonly db: ClassicLevel<Buffer, Buffer>,
+    private readonly dir: string,
     readonly config: PairConfig,
     private readonly volumes: Map<number, Volume>,
     private readonly host: ReplicaHost,
@@ -100,7 +101,7 @@ export class ReplicaStore implements ApplyTarget {
         const vol = host.replica(v.name, cfg.pair) ?? (await host.createReplica(v.name, v.size, cfg.pair))
         volumes.set(v.no, vol)
       }
-      const store = new ReplicaStore(db, cfg, volumes, host)
+      const store = new ReplicaStore(db, dir, cfg, volumes, host)
       await store.redo()
       return store
     } catch (err) {
@@ -138,6 +139,12 @@ export class ReplicaStore implements ApplyTarget {
     await this.db.put(CHECKPOINT_KEY, u53(through), { sync: true })
     await this.db.clear({ gte: recordKey(0), lte: recordKey(through) })
     this.checkpoint = through
+  }
+
+  /** Closes the store without a checkpoint (its volume is gone) and deletes it. */
+  async drop(): Promise<void> {
+    await this.db.close()
+    await rm(this.dir, { recursive: true, force: true })
   }
 
   async close(): Promise<void> {
@@ -244,6 +251,19 @@ export class SecondaryPairs {
       this.pairs.set(h.pair, { store, applier })
       this.log.info({ event: 'replication.secondary_created', pair: h.pair, volumes: config.volumes.map((v) => v.name), peer }, 'secondary pair created')
       return applier
+    })
+    this.queue = run.catch(() => undefined)
+    return run
+  }
+
+  /** Drops a pair and its store (its volume was deleted); a later CREATE starts it anew. */
+  forget(pair: string): Promise<void> {
+    const run = this.queue.then(async () => {
+      const known = this.pairs.get(pair)
+      if (!known) return
+      this.pairs.delete(pair)
+      await known.store.drop()
+      this.log.info({ event: 'replication.secondary_removed', pair }, 'secondary pair removed with its volume')
     })
     this.queue = run.catch(() => undefined)
     return run

@@ -89,6 +89,11 @@ export class ReplicationService {
     return this.host.jobs().find((j): j is ReplicateJobRecord => j.kind === 'replicate' && j.pair === pair && j.status !== 'concluded')
   }
 
+  /** The pair replicating volume `volNo` from here, if any. */
+  pairOfVolume(volNo: number): string | undefined {
+    return this.host.jobs().find((j): j is ReplicateJobRecord => j.kind === 'replicate' && j.status !== 'concluded' && j.volNos.includes(volNo))?.pair
+  }
+
   /** Every pair this daemon takes part in, primary and secondary sides. */
   list(): ReplicationInfo[] {
     const out: ReplicationInfo[] = []

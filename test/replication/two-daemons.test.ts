@@ -44,6 +44,8 @@ describe('replication between two daemons', () => {
     expect(() => openSync(copy, 'r+')).toThrow(/EROFS|read-only/)
     const sec = await waitForPair(secondary, 'db-copy', 'secondary', (x) => x.consistent)
     expect(sec.lastApplied).toBe(s.lastApplied)
+    // A replicated volume is not deleted under its pair.
+    await expect(primary.client.call('volume.delete', { name: 'db' })).rejects.toMatchObject({ code: 'VOLUME_BUSY' })
     const status = cliFor(() => primary.socket)('replicate', 'status', 'db-copy')
     expect(status.code, status.err).toBe(0)
     expect(status.out).toMatch(/state\s+replicating/)
@@ -87,5 +89,10 @@ describe('replication between two daemons', () => {
     const again = vvfs('replicate', 'stop', 'db-copy')
     expect(again.code).toBe(1)
     expect(again.err).toMatch(/PAIR_NOT_FOUND/)
+    // The secondary's volume can go, and its pair with it.
+    await secondary.client.call('volume.delete', { name: 'db-copy' })
+    expect((await secondary.client.call('replicate.list', {})).pairs).toEqual([])
+    await secondary.restart()
+    expect((await secondary.client.call('volume.list', {})).volumes.map((v) => v.name)).not.toContain('db-copy')
   })
 })
