@@ -7,12 +7,13 @@ SHELL := /bin/bash
 DEBIAN_PACKAGES := libfuse2 fuse attr e2fsprogs util-linux chromium iproute2
 BENCH_PACKAGES := fio qemu-system-common qemu-utils
 
-.PHONY: help setup deps build run test lint typecheck bench clean
+.PHONY: help setup deps build run test lint typecheck bench clean soak
 
 help:
 	@echo "make run    - set up, then run the daemon in the foreground (state ./.vvfs, volumes in ./mnt, web view at http://$(VVFS_HTTP)/)"
 	@echo "make test   - set up, then run the whole test suite"
-	@echo "make bench  - set up, then run the benchmarks (installs fio and qemu-system-common; then remote storage: bench/remote.ts)"
+	@echo "make soak   - set up, then the long runs of the kill tests (replication: 500 kill points)"
+	@echo "make bench  - set up, then run the benchmarks (installs fio and qemu-system-common; then remote storage: bench/remote.ts; then replication: bench/replication.ts)"
 
 # Debian packages, only those missing (apt-get update first, as a fresh machine needs).
 deps:
@@ -47,11 +48,16 @@ lint: node_modules/.installed
 test: setup typecheck lint
 	npx vitest run
 
+# issue 13: the replication prefix-consistency test with 500 kill points instead of make test's 30.
+soak: setup
+	VVFS_REPL_KILLS=500 npx vitest run test/replication/prefix-kills.test.ts
+
 bench: setup
 	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	node dist/bench/run.js
 	node dist/bench/remote.js
+	node dist/bench/replication.js
 
 clean:
 	rm -rf dist node_modules

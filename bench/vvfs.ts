@@ -53,12 +53,12 @@ export class Vvfs {
   }
 
   /** Starts `vvfs daemon` and waits until it answers `status`; registers its stop. */
-  static async start(dir: string, cleanup: Cleanup): Promise<Vvfs> {
+  static async start(dir: string, cleanup: Cleanup, extraArgs: string[] = []): Promise<Vvfs> {
     const stateDir = join(dir, 'state')
     const mountDir = join(dir, 'mnt')
     const logPath = join(dir, 'vvfs-daemon.log')
     const logFile = createWriteStream(logPath)
-    const svc = startService(process.execPath, [VVFS_BIN, 'daemon', '--state', stateDir, '--mount', mountDir, '--log-level', 'warn'], { logFile, env: cleanEnv(), cwd: dir })
+    const svc = startService(process.execPath, [VVFS_BIN, 'daemon', '--state', stateDir, '--mount', mountDir, '--log-level', 'warn', ...extraArgs], { logFile, env: cleanEnv(), cwd: dir })
     const vvfs = new Vvfs(stateDir, mountDir, logPath, svc)
     vvfs.stopStep = cleanup.add(`stop vvfs daemon (pid ${svc.pid})`, async () => {
       await vvfs.quiesce()

@@ -31,6 +31,10 @@ export interface DaemonOptions {
   http?: string
   /** File holding the token every web view request must carry (required off loopback). */
   httpToken?: string
+  /** Issue 13: serve replication peers at ADDR:PORT (off when absent; needs peerKey). */
+  listen?: string
+  /** Issue 13: the pre-shared key file of replication peers (the listener's, and `replicate start`'s default). */
+  peerKey?: string
 }
 
 export interface RunningDaemon {
@@ -49,13 +53,16 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   const httpToken = opts.httpToken === undefined ? undefined : await readToken(opts.httpToken)
   if (httpAddress) checkHttpAccess(httpAddress, httpToken)
   else if (httpToken !== undefined) throw new VvfsError('INVALID_ARGUMENT', '--http-token is the web view\'s token: give --http HOST:PORT too')
+  if (opts.listen !== undefined && opts.peerKey === undefined) throw new VvfsError('INVALID_ARGUMENT', '--listen needs --peer-key FILE (the replication peers\' pre-shared key)')
   log.info({ event: 'daemon.starting', version: VERSION, state, mount: resolve(opts.mount), socket: socketPath, allowFaults: opts.allowFaults === true }, 'vvfs daemon starting')
-  const manager = await Manager.open({ stateDir: state, mountDir: opts.mount, log, timeouts: opts.timeouts, allowFaults: opts.allowFaults, compactIdleMs: opts.compactIdleMs })
+  const manager = await Manager.open({ stateDir: state, mountDir: opts.mount, log, timeouts: opts.timeouts, allowFaults: opts.allowFaults, compactIdleMs: opts.compactIdleMs, peerKey: opts.peerKey === undefined ? undefined : resolve(opts.peerKey) })
   // Before the control socket: a client that reaches the daemon finds its web view up too.
   const web = httpAddress ? await startWebView(manager, httpAddress, httpToken, log) : undefined
   let server: ControlServer
   try {
     if (opts.demo && manager.isNew) await manager.bootstrapDemo()
+    // Issue 13: the replication listener, once the secondaries are open (Manager.open).
+    if (opts.listen !== undefined) await manager.replication.listen(opts.listen, resolve(opts.peerKey!))
     server = new ControlServer(socketPath, managerHandlers(manager, socketPath), manager.events as EventEmitter, log)
     await server.listen()
   } catch (err) {

@@ -57,6 +57,17 @@ export const ERROR_CODES = [
   'PEER_BUSY',
   'FRAME_TOO_LARGE',
   'FENCED',
+  // issue 13: replication
+  /** An entry is not the next number the secondary expects (a gap or a reorder); nothing of its batch was applied. */
+  'REPLICATION_GAP',
+  /** An entry or a sender belongs to an epoch the secondary's chain has moved past (e.g. the old home after a handoff). */
+  'EPOCH_STALE',
+  /** Two histories of a pair part before both ends: both sides were written; never resolved automatically. */
+  'SPLIT_BRAIN',
+  /** A replication secondary volume: hosts may read it, only its pair writes it. */
+  'VOLUME_READ_ONLY',
+  /** No replication pair of that name (or for that volume) here. */
+  'PAIR_NOT_FOUND',
   'INTERNAL',
 ] as const
 

@@ -16,6 +16,7 @@ import { fields, table } from './output.js'
 import { copyOptions, migrationCommands, startedJob } from './jobs.js'
 import { COMPLETION_KEY, namesToComplete } from './completion.js'
 import { faultCommands } from './faults.js'
+import { replicationCommands } from './replicate.js'
 import { watch, watchOptions } from './watch.js'
 
 interface Common {
@@ -155,7 +156,9 @@ export function buildCli(rawArgs: string[]) {
           .option('allow-faults', { type: 'boolean', default: false, describe: 'accept `vvfs fault …` (I/O-error injection, for tests)' })
           .option('compact-idle', { type: 'string', default: '30s', describe: 'compact a local store this long after its last write when it takes more than 1.2 bytes on disk per allocated byte (0: never)' })
           .option('http', { type: 'string', describe: 'serve the read-only web view at HOST:PORT, or PORT on 127.0.0.1 (off unless given)' })
-          .option('http-token', { type: 'string', describe: 'file holding the token every web view request must carry (required when --http is not loopback)' }),
+          .option('http-token', { type: 'string', describe: 'file holding the token every web view request must carry (required when --http is not loopback)' })
+          .option('listen', { type: 'string', describe: 'accept replication peers at ADDR:PORT (no default address; needs --peer-key)' })
+          .option('peer-key', { type: 'string', describe: 'file with the replication peers\' pre-shared key (mode 0600, at least 32 bytes)' }),
       async (argv) => {
         const { runDaemon } = await import('../daemon.js')
         const socket = argv.socket === DEFAULT_SOCKET && !process.env.VVFS_SOCKET ? undefined : argv.socket
@@ -170,6 +173,8 @@ export function buildCli(rawArgs: string[]) {
           compactIdleMs: parseDuration(argv['compact-idle'], '--compact-idle'),
           http: argv.http,
           httpToken: argv['http-token'],
+          listen: argv.listen,
+          peerKey: argv['peer-key'],
         })
       },
     )
@@ -468,10 +473,11 @@ export function buildCli(rawArgs: string[]) {
     })
   migrationCommands(cli, withClient, print)
   faultCommands(cli, withClient, print)
+  replicationCommands(cli, withClient, print)
   return cli
 }
 
-const COMMANDS = new Set(['daemon', 'status', 'storage', 'host', 'volume', 'pool', 'events', 'protocol', 'migrate', 'job', 'fault', 'completion'])
+const COMMANDS = new Set(['daemon', 'status', 'storage', 'host', 'volume', 'pool', 'events', 'protocol', 'migrate', 'job', 'fault', 'completion', 'replicate'])
 
 export async function main(args = hideBin(process.argv)): Promise<void> {
   const json = args.includes('--json')

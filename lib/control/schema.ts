@@ -177,6 +177,40 @@ export const JobInfo = z.object({
   auto: z.boolean(),
 })
 
+/**
+ * Issue 13: one side of a replication pair. Sequence numbers: written (the
+ * last the primary's journal gave out), durable (its entries up to it are
+ * synced in the journal), shipped (sent to the secondary), applied (the
+ * secondary applied everything through it, durably). Lag: entries written
+ * and not applied; their bytes in the journal; seconds since the oldest of
+ * them was written — all 0 on an idle pair, never negative.
+ */
+export const ReplicationInfo = z.object({
+  pair: z.string(),
+  role: z.enum(['primary', 'secondary']),
+  /** The primary's replication job (null on the secondary). */
+  job: z.number().nullable(),
+  volume: z.string(),
+  peer: z.string(),
+  /** primary: syncing, replicating, behind, resyncing, paused, stopped; secondary: consistent, catching-up, resyncing. */
+  state: z.string(),
+  link: z.enum(['up', 'down']),
+  epoch: z.number(),
+  lastWritten: z.number(),
+  lastDurable: z.number(),
+  lastShipped: z.number(),
+  lastApplied: z.number(),
+  /** The secondary's image is the primary's writes 1..lastApplied (false during a sync or resync). */
+  consistent: z.boolean(),
+  lag: z.object({ entries: z.number().min(0), bytes: z.number().min(0), seconds: z.number().min(0) }),
+  journal: z.object({ mode: z.string(), usedBytes: Bytes, limitBytes: Bytes, entries: z.number(), dirtyExtents: z.number() }),
+  /** Bytes per second shipped (journal entries), over the last 5 s. */
+  rate: z.number(),
+  /** The initial sync's or current resync's bytes copied / to copy. */
+  sync: z.object({ copied: Bytes, total: Bytes }),
+  lastError: z.object({ code: z.string(), message: z.string() }).passthrough().nullable(),
+})
+
 export const FaultInfo = z.object({
   id: z.number(),
   storage: z.string(),
@@ -222,6 +256,8 @@ export const EVENTS = {
   'job.progress': JobProgress.extend({ job: z.number() }),
   /** Issue 17: a store was compacted (`storage compact`, or the idle policy), with its bytes on disk before and after. */
   'storage.compacted': z.object({ storage: z.string(), reason: z.enum(['command', 'idle']), beforeBytes: Bytes, afterBytes: Bytes, ms: z.number() }),
+  /** Issue 13: a replication pair changed state (replicating, behind, resyncing, …). */
+  'replication.state': z.object({ pair: z.string(), volume: z.string(), from: z.string(), to: z.string(), reason: z.string() }),
   'fault.injected': z.object({ fault: z.number(), storage: z.string(), op: z.enum(FAULT_OPS), error: z.enum(FAULT_EFFECTS), delayMs: z.number().optional() }),
 } as const
 
@@ -463,6 +499,31 @@ export const METHODS = {
     result: JobInfo,
     errors: ['JOB_NOT_FOUND', 'JOB_STATE'],
   }),
+  // issue 13: replication
+  'replicate.start': method({
+    summary: 'Replicates a volume to another vvfs daemon (its --listen ADDR:PORT): creates the read-only secondary there, syncs the allocated extents, then ships the journal (a job).',
+    params: z.strictObject({
+      volume: Name,
+      to: z.string().min(1).max(300),
+      as: NewName.optional(),
+      peerKey: Path.optional(),
+      rate: Size.optional(),
+      journalLimit: Size.optional(),
+      journalPolicy: z.enum(['bitmap', 'throttle']).optional(),
+    }),
+    result: ReplicationInfo,
+    errors: [...NAME_ERRORS, 'VOLUME_NOT_FOUND', 'JOB_STATE', 'INVALID_ARGUMENT', 'PEER_AUTH_FAILED', 'NOT_SUPPORTED'],
+  }),
+  'replicate.stop': method({ summary: 'Stops a pair on the primary: the journal is dropped; the secondary keeps its volume.', params: z.strictObject({ pair: Name }), result: ReplicationInfo, errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'JOB_STATE'] }),
+  'replicate.pause': method({ summary: 'Pauses shipping (the journal keeps recording, up to its limit).', params: z.strictObject({ pair: Name }), result: ReplicationInfo, errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'JOB_STATE'] }),
+  'replicate.resume': method({ summary: 'Resumes shipping.', params: z.strictObject({ pair: Name }), result: ReplicationInfo, errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'JOB_STATE'] }),
+  'replicate.status': method({
+    summary: 'One pair (or all): state, epoch, sequence numbers written/durable/shipped/applied, lag, journal use, rate.',
+    params: z.strictObject({ pair: Name.optional() }),
+    result: z.object({ pairs: z.array(ReplicationInfo) }),
+    errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND'],
+  }),
+  'replicate.list': method({ summary: 'Every replication pair of this daemon, primary and secondary sides.', params: Empty, result: z.object({ pairs: z.array(ReplicationInfo) }), errors: [] }),
   'fault.add': method({
     summary: 'Injects I/O errors (EIO, ENOSPC) or delays into a storage system\'s reads, writes or syncs (daemon started with --allow-faults).',
     params: z.strictObject({
@@ -539,3 +600,4 @@ export type ExtentPlacement = z.infer<typeof ExtentPlacement>
 export type PoolStatus = z.infer<typeof PoolStatus>
 export type JobInfo = z.infer<typeof JobInfo>
 export type FaultInfo = z.infer<typeof FaultInfo>
+export type ReplicationInfo = z.infer<typeof ReplicationInfo>

@@ -36,6 +36,8 @@ const BY_CODE: Partial<Record<ErrorCode, number>> = {
   TIMEOUT: ERRNO.ETIMEDOUT,
   /** A size change lost the catalog's compare-and-swap every time (another process kept committing). */
   CATALOG_CONFLICT: ERRNO.EBUSY,
+  /** Issue 13: a replication secondary is read-only for hosts. */
+  VOLUME_READ_ONLY: ERRNO.EROFS,
 }
 
 /** A negative errno, as fuse-native expects. */

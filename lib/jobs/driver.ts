@@ -25,6 +25,8 @@ import type { Pool } from '../storage/pool.js'
 import type { CatalogData, CatalogStore } from '../manager/catalog.js'
 import type { MovableVolume } from '../migration/runner.js'
 import type { JobKind, JobRecord, JobStatus } from '../migration/job.js'
+import type { JournalLayer } from '../replication/journal-layer.js'
+import type { PrimaryPair } from '../replication/primary.js'
 
 export interface JobDriver<R extends JobRecord = JobRecord> {
   /** The live record: the driver's own copy, committed through JobEnv.save. */
@@ -53,8 +55,25 @@ export interface JobDriver<R extends JobRecord = JobRecord> {
 /** What JobInfo shows that depends on the kind (destination, source, copy settings). */
 export type JobDetails = Pick<JobInfo, 'to' | 'from' | 'mode' | 'rate' | 'keepMs' | 'retainUntil'>
 
+/** Issue 13: what a replication job needs of the manager (lib/jobs/replicate.ts). */
+export interface ReplicationResources {
+  /** The volume's journal layer, size and allocated extents. */
+  journalLayer(volNo: number): JournalLayer | undefined
+  volumeSize(volNo: number): number
+  allocatedExtents(volNo: number): number[]
+  /** Where a job's journal lives. */
+  journalDir(jobId: number): string
+  /** The epoch home of a new pair of the volume. */
+  home(volNo: number): string
+  /** The running pairs, by job id (status). */
+  readonly pairs: Map<number, PrimaryPair>
+  stateChanged(body: { pair: string; volume: string; from: string; to: string; reason: string }): void
+}
+
 /** What the manager has that jobs use: the catalog, the storage, the MapStore, names. */
 export interface JobResources {
+  /** Issue 13: replication jobs (absent: none can run). */
+  replication?: ReplicationResources
   catalog: CatalogStore
   pool: Pool
   maps: MapStore

@@ -123,14 +123,14 @@ class MoveDriver implements JobDriver<MoveJobRecord> {
         if (j.kind !== 'drain' && j.status === 'running' && j.prevHome === undefined) {
           j.prevHome = env.catalog.read().data.volumes.find((v) => v.no === j.volNos[0])?.home ?? -1
         }
-        return env.save(j, (d) => updateHomes(d, j))
+        return env.save(j, (d) => updateHomes(d, j as MoveJobRecord))
       },
     })
     return new MoveDriver(runner)
   }
 
   get job(): MoveJobRecord {
-    return this.runner.job
+    return this.runner.job as MoveJobRecord
   }
 
   get done(): Promise<void> {
@@ -187,7 +187,7 @@ class MoveDriver implements JobDriver<MoveJobRecord> {
 /** migrate, consolidate and drain: one driver over MigrationRunner. */
 export const moveJobs: JobKindDriver = {
   kinds: ['migrate', 'consolidate', 'drain'],
-  open: (job: JobRecord, env: JobEnv) => MoveDriver.open(job, env),
+  open: (job: JobRecord, env: JobEnv) => MoveDriver.open(job as MoveJobRecord, env),
   describe(job: JobRecord, env: JobEnv): JobDetails {
     return {
       to: job.toSid === undefined ? undefined : env.systemName(job.toSid),

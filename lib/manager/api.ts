@@ -33,6 +33,13 @@ export function managerHandlers(manager: Manager, socketPath: string): Handlers 
     'storage.drain': (p) => manager.drain(p),
     'storage.undrain': (p) => manager.undrain(p.name),
     'migrate.start': (p) => manager.migrate(p),
+    // issue 13: replication
+    'replicate.start': (p) => manager.replicateStart(p),
+    'replicate.stop': (p) => manager.replicateVerb('stop', p.pair),
+    'replicate.pause': (p) => manager.replicateVerb('pause', p.pair),
+    'replicate.resume': (p) => manager.replicateVerb('resume', p.pair),
+    'replicate.status': async (p) => ({ pairs: p.pair === undefined ? manager.replication.list() : manager.replication.status(p.pair) }),
+    'replicate.list': async () => ({ pairs: manager.replication.list() }),
     'migrate.plan': async () => {
       const plan = manager.jobs.plan()
       return { policy: manager.consolidationPolicy(), moves: plan.moves.map(({ volume, to, trigger, reason }) => ({ volume, to, trigger, reason })), findings: plan.findings }

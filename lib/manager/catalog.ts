@@ -86,6 +86,8 @@ export interface VolumeRecord {
   state: 'ready' | 'deleting'
   /** The storage system a migration consolidated the volume onto: new extents go there first. */
   home?: number
+  /** Issue 13: a replication secondary of this pair — read-only for hosts. */
+  replicaOf?: string
 }
 
 export type PoolFullMode = 'error' | 'queue'

@@ -18,6 +18,7 @@ import type { EventBody, JobInfo } from '../control/schema.js'
 import { VvfsError } from '../errors.js'
 import type { JobDriver, JobEnv, JobKindDriver, JobResources, NewJob } from '../jobs/driver.js'
 import { moveJobs, newDrain, newMigration, type MoveOptions } from '../jobs/move.js'
+import { newReplication, replicateJobs, type ReplicateOptions } from '../jobs/replicate.js'
 import { isActive, type JobKind, type JobRecord } from '../migration/job.js'
 import { planConsolidation, type Plan, type PlannerSystem, type PlannerVolume } from '../migration/planner.js'
 import type { MovableVolume } from '../migration/runner.js'
@@ -34,7 +35,7 @@ export interface JobHost extends JobResources {
 const KEEP_CONCLUDED = 100
 
 /** The kinds of job the manager runs; a new kind is one more driver here. */
-export const JOB_KIND_DRIVERS: readonly JobKindDriver[] = [moveJobs]
+export const JOB_KIND_DRIVERS: readonly JobKindDriver[] = [moveJobs, replicateJobs]
 
 export class JobManager {
   private readonly drivers = new Map<number, JobDriver>()
@@ -52,7 +53,7 @@ export class JobManager {
     for (const k of kinds) for (const kind of k.kinds) this.kinds.set(kind, k)
     const { catalog, pool, maps, mover, log, volumeNo, systemSid, systemName, hostOps } = h
     this.env = {
-      ...{ catalog, pool, maps, mover, log, volumeNo, systemSid, systemName, hostOps },
+      ...{ catalog, pool, maps, mover, log, volumeNo, systemSid, systemName, hostOps, replication: h.replication },
       volume: (volNo) => h.movable(volNo),
       activeJobOf: (volNo) => this.activeJobOf(volNo),
       save: (job, alsoChange) => this.save(job, alsoChange),
@@ -116,7 +117,8 @@ export class JobManager {
   }
 
   activeJobOf(volNo: number): JobRecord | undefined {
-    return [...this.drivers.values()].map((d) => d.job).find((j) => j.volNos.includes(volNo) && j.status !== 'concluded')
+    // A replication pair (issue 13) runs beside a volume's other jobs: it does not hold the volume.
+    return [...this.drivers.values()].map((d) => d.job).find((j) => j.volNos.includes(volNo) && j.status !== 'concluded' && j.kind !== 'replicate')
   }
 
   /** Extent indexes of a volume whose source a job still holds (the web view marks them). */
@@ -137,6 +139,11 @@ export class JobManager {
 
   startMigration(p: MoveOptions & { volume: string; to: string; kind?: 'migrate' | 'consolidate'; reason?: string; auto?: boolean }): Promise<JobInfo> {
     return this.startJob(newMigration(this.env, p))
+  }
+
+  /** Issue 13: a replication pair of a volume (lib/jobs/replicate.ts). */
+  async startReplication(p: ReplicateOptions): Promise<JobInfo> {
+    return this.startJob(await newReplication(this.env, p))
   }
 
   startDrain(p: MoveOptions & { system: string }): Promise<JobInfo> {

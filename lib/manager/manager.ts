@@ -39,6 +39,10 @@ import type { CopyMode } from '../migration/job.js'
 import type { ConsolidationPolicy } from '../migration/planner.js'
 import { WorkerChunkMover, type ChunkMover } from '../storage/chunk-mover.js'
 import { FaultInjector, type FaultSpec } from '../storage/fault-injector.js'
+// issue 13: replication
+import { ReplicationService } from '../replication/service.js'
+import type { JobRecord, ReplicateJobRecord } from '../migration/job.js'
+import type { ReplicationInfo } from '../control/schema.js'
 // issue 14: storage systems on storage servers
 import { addRemoteSystem, fenceRemoteSystem, openRemoteSystem, remoteEpoch, remoteLink } from '../storage/remote/systems.js'
 
@@ -58,6 +62,8 @@ export interface ManagerOptions {
   allowFaults?: boolean
   /** Compact a local store this long after its last write when it is bloated (issue 17; 0: never; default DEFAULT_COMPACT_IDLE_MS). */
   compactIdleMs?: number
+  /** Issue 13: the daemon's peer key file (the default key of `replicate start`). */
+  peerKey?: string
 }
 
 export class Manager implements HostView {
@@ -78,6 +84,8 @@ export class Manager implements HostView {
   private readonly faults: FaultInjector | null
   /** `storage compact` and the idle compaction policy (issue 17). */
   private readonly compaction: StoreCompaction
+  /** Issue 13: replication pairs, both roles, and the peer listener. */
+  readonly replication: ReplicationService
 
   private constructor(
     readonly stateDir: string,
@@ -110,7 +118,9 @@ export class Manager implements HostView {
         })
       : null
     this.mover = WorkerChunkMover.create((sid) => pool.get(sid))
+    this.replication = this.replicationService()
     this.jobs = new JobManager({
+      replication: this.replication.resources(),
       catalog,
       pool,
       maps,
@@ -208,7 +218,9 @@ export class Manager implements HostView {
     })
     for (const rec of data.volumes.filter((v) => v.state === 'ready')) this.handles.set(rec.name, this.makeHandle(draftOf<VolumeRecord>(rec), entries.get(rec.no)))
     // Space held by migration jobs is marked before stray records are cleaned.
+    // Replication jobs replay their journals here, before the mounts (issue 13).
     await this.jobs.restore()
+    await this.replication.open()
     await this.cleanStray(stray)
     // Anything past a volume's end (a shrink cut short by a crash) reads as zeros.
     for (const handle of this.handles.values()) await handle.volume.resize(handle.record.size)
@@ -266,6 +278,7 @@ export class Manager implements HostView {
     await this.jobs.close()
     await Promise.all([...this.mounts.values()].map((mount) => mount.unmount(this.opts.graceMs ?? 5000)))
     this.mounts.clear()
+    await this.replication.close()
     for (const handle of this.handles.values()) {
       await handle.volume.drain().catch((err: unknown) => {
         const e = asVvfsError(err)
@@ -632,13 +645,14 @@ export class Manager implements HostView {
 
   // ---- volumes
 
-  createVolume(p: { name: string; size: number; hosts?: string[] }): Promise<VolumeInfo> {
+  createVolume(p: { name: string; size: number; hosts?: string[]; replicaOf?: string }): Promise<VolumeInfo> {
     return this.serial(async () => {
       const hosts = [...new Set(p.hosts ?? [DEFAULT_HOST])]
       const { result: rec } = await this.catalog.update((d) => {
         if (this.handles.has(p.name) || d.volumes.some((v) => v.name === p.name)) throw new VvfsError('VOLUME_EXISTS', `volume ${p.name} already exists`)
         for (const h of hosts) if (!d.hosts.some((r) => r.name === h)) throw new VvfsError('HOST_NOT_FOUND', `no host named ${h}`)
         const rec: VolumeRecord = { name: p.name, id: randomUUID(), no: d.nextVolumeNo++, size: p.size, hosts, createdAt: new Date().toISOString(), state: 'ready' }
+        if (p.replicaOf !== undefined) rec.replicaOf = p.replicaOf
         d.volumes.push(rec)
         return structuredClone(rec)
       })
@@ -704,6 +718,9 @@ export class Manager implements HostView {
       const v = this.volumeNamed(name)
       const job = this.jobs.activeJobOf(v.record.no)
       if (job) throw new VvfsError('VOLUME_BUSY', `volume ${name} is in job ${job.id} (${job.status}); cancel it or wait for it`)
+      // Issue 13: a replicated volume's pair goes first; a secondary's pair goes with its volume.
+      const pair = this.replication.pairOfVolume(v.record.no)
+      if (pair) throw new VvfsError('VOLUME_BUSY', `volume ${name} is replicated (pair ${pair}); vvfs replicate stop ${pair} first`)
       if (v.isOpen()) {
         throw new VvfsError('VOLUME_BUSY', `volume ${name} is open (${Object.keys(v.openCounts()).join(', ')}); close it (detach loop devices) first`, {
           details: { open: v.openCounts() },
@@ -723,6 +740,7 @@ export class Manager implements HostView {
       for await (const [key] of this.maps.scan(extentPrefix(v.record.no))) records.push(key)
       await this.maps.deleteNow(records)
       await this.catalog.update((d) => void (d.volumes = d.volumes.filter((r) => r.no !== no)))
+      if (v.record.replicaOf !== undefined) await this.replication.secondaries.forget(v.record.replicaOf)
       this.log.info({ event: 'volume.deleted', name, released }, 'volume deleted')
       this.emit('volume.deleted', { name, id: v.id, released })
       return { deleted: name, released }
@@ -820,6 +838,64 @@ export class Manager implements HostView {
       const c = this.catalog.read().data.consolidation
       this.log.info({ event: 'policy.settings', ...c }, 'consolidation policy changed')
       return { ...c }
+    })
+  }
+
+  // ---- replication (issue 13)
+
+  private replicationService(): ReplicationService {
+    const replica = (name: string, pair: string) => {
+      const h = this.handles.get(name)
+      return h && h.record.replicaOf === pair ? h.volume : undefined
+    }
+    return new ReplicationService(
+      this.stateDir,
+      {
+        replica,
+        createReplica: async (name, size, pair) => {
+          if (!replica(name, pair)) await this.createVolume({ name: checkName(name), size, replicaOf: pair })
+          return replica(name, pair)!
+        },
+        resizeReplica: async (name, size) => void (await this.resizeVolume(name, size)),
+        journalLayer: (volNo) => [...this.handles.values()].find((h) => h.record.no === volNo)?.journal,
+        volumeSize: (volNo) => [...this.handles.values()].find((h) => h.record.no === volNo)?.size ?? 0,
+        allocatedExtents: (volNo) => [...this.handles.values()].find((h) => h.record.no === volNo)?.map.extentIndexes() ?? [],
+        home: (volNo) => {
+          const rec = this.catalog.read().data.volumes.find((v) => v.no === volNo)
+          return rec?.home !== undefined ? this.systemName(rec.home) : 'relay'
+        },
+        jobs: () => this.catalog.read().data.jobs as unknown as readonly JobRecord[],
+        emitState: (body) => this.emit('replication.state', body),
+      },
+      this.log,
+    )
+  }
+
+  replicateStart(p: { volume: string; to: string; as?: string; peerKey?: string; rate?: number; journalLimit?: number; journalPolicy?: 'bitmap' | 'throttle' }): Promise<ReplicationInfo> {
+    return this.serial(async () => {
+      const peerKey = p.peerKey ?? this.opts.peerKey
+      if (!peerKey) throw new VvfsError('INVALID_ARGUMENT', 'name the peer\'s key file (--peer-key FILE), or start the daemon with --peer-key')
+      const v = this.volumeNamed(p.volume)
+      if (v.record.replicaOf !== undefined) throw new VvfsError('VOLUME_READ_ONLY', `volume ${p.volume} is itself a replication secondary`)
+      const job = await this.jobs.startReplication({ volume: p.volume, to: p.to, pair: p.as, peerKey, rate: p.rate, journalLimit: p.journalLimit, journalPolicy: p.journalPolicy })
+      return this.replication.list().find((r) => r.job === job.id)!
+    })
+  }
+
+  /** stop, pause or resume a pair (its job). */
+  replicateVerb(verb: 'stop' | 'pause' | 'resume', pair: string): Promise<ReplicationInfo> {
+    return this.serial(async () => {
+      const job: ReplicateJobRecord | undefined = this.replication.jobOf(pair)
+      if (!job) throw new VvfsError('PAIR_NOT_FOUND', `no replication pair named ${pair} runs from this daemon`)
+      const before = this.replication.list().find((r) => r.job === job.id)!
+      if (verb === 'stop') {
+        this.jobs.cancel(job.id)
+        await this.jobs.settled(job.id)
+        return { ...before, state: 'stopped' }
+      }
+      if (verb === 'pause') this.jobs.pause(job.id)
+      else this.jobs.resume(job.id)
+      return this.replication.list().find((r) => r.job === job.id) ?? before
     })
   }
 

@@ -17,6 +17,7 @@ import type { VolumeMap } from '../relay/volume-map.js'
 import type { MigrateLayer } from '../migration/layer.js'
 import { MAX_SIZE } from '../units.js'
 import type { VolumeRecord } from './catalog.js'
+import type { JournalLayer } from '../replication/journal-layer.js'
 
 export interface VolumeHooks {
   /** Called for every host read and write. */
@@ -39,6 +40,8 @@ export class VolumeHandle implements ServedVolume {
   readonly extents: ExtentOps
   readonly layer: MigrateLayer
   readonly volume: Volume
+  /** Issue 13: the replication journal layer (passes through unless a pair is attached). */
+  readonly journal: JournalLayer
 
   constructor(
     readonly record: VolumeRecord,
@@ -50,6 +53,7 @@ export class VolumeHandle implements ServedVolume {
     this.extents = stack.extents
     this.layer = stack.migrate
     this.volume = stack.volume
+    this.journal = stack.journal
     this.modifiedAt = new Date(record.createdAt)
   }
 
@@ -73,6 +77,8 @@ export class VolumeHandle implements ServedVolume {
   }
 
   open(host: string, writable: boolean): void {
+    if (writable && this.record.replicaOf !== undefined)
+      throw new VvfsError('VOLUME_READ_ONLY', `volume ${this.name} is the replication secondary of pair ${this.record.replicaOf}: read-only (promote is not built)`)
     if (writable && this.writersBlocked) throw new VvfsError('VOLUME_BUSY', this.writersBlocked)
     const o = this.opens.get(host) ?? { readers: 0, writers: 0 }
     if (writable) o.writers++

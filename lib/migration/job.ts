@@ -20,7 +20,7 @@ import type { WireError } from '../errors.js'
 
 export const JOB_STATUSES = ['created', 'running', 'paused', 'ready', 'cancelling', 'rolling-back', 'concluded'] as const
 export type JobStatus = (typeof JOB_STATUSES)[number]
-export const JOB_KINDS = ['migrate', 'consolidate', 'drain'] as const
+export const JOB_KINDS = ['migrate', 'consolidate', 'drain', 'replicate'] as const
 export type JobKind = (typeof JOB_KINDS)[number]
 export const JOB_RESULTS = ['completed', 'cancelled', 'failed', 'rolled-back'] as const
 export type JobResult = (typeof JOB_RESULTS)[number]
@@ -81,8 +81,26 @@ export interface DrainJobRecord extends JobCommon, MoveJobFields {
 
 export type MoveJobRecord = MigrateJobRecord | DrainJobRecord
 
+/** Issue 13: a replication pair's primary side (lib/jobs/replicate.ts); runs until stopped (cancel). */
+export interface ReplicateJobRecord extends JobCommon, MoveJobFields {
+  kind: 'replicate'
+  /** The secondary daemon's ADDR:PORT. */
+  peer: string
+  /** The pair's (and the secondary volume's) name there. */
+  pair: string
+  peerKey: string
+  /** Copy rate limit of the initial sync and resyncs, bytes/s (0: none). */
+  rate: number
+  journalLimit?: number
+  journalPolicy?: 'bitmap' | 'throttle'
+  /** The epoch chain (lib/replication/epoch.ts) as this primary knows it. */
+  chain: { epoch: number; home: string; firstSeq: number; predecessor: { epoch: number; home: string; lastSeq: number } | null }[]
+  toSid?: undefined
+  fromSid?: undefined
+}
+
 /** Every job record, discriminated by `kind`. */
-export type JobRecord = MoveJobRecord
+export type JobRecord = MoveJobRecord | ReplicateJobRecord
 
 export function isActive(job: JobCommon): boolean {
   return job.status === 'created' || job.status === 'running' || job.status === 'paused' || job.status === 'cancelling' || job.status === 'rolling-back'

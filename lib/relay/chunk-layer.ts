@@ -37,6 +37,8 @@ export interface ChunkLayer {
   flush(): Promise<void>
   /** Chunks [first, first + count) were read from a copy above this layer (a layer that follows readers learns of it). */
   observe?(first: number, count: number): void
+  /** The volume's size is now `bytes` (a grow or a shrink), told under the volume's whole-range lock (issue 13: the journal numbers it). */
+  resized?(bytes: number): Promise<void>
 }
 
 const ignore = (): void => {}

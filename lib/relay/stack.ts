@@ -4,7 +4,7 @@
  * (test/helpers/stack.ts) both call it, so both run the same layers.
  *
  *   Volume                bytes → chunks, write-behind
- *     [journal]           ← a replication journal layer goes here (one line, below)
+ *     JournalLayer        replication's journal (issue 13): numbers changes while a pair is attached
  *     ReadAhead           optional (spec.readAhead)
  *     MigrateLayer        dirty bits while a job holds sources
  *     ThinLayer           allocation, zero detection, release    ─┐ share the
@@ -31,6 +31,7 @@ import { ReadAhead, type ExtentMirror } from './readahead.js'
 import { ThinLayer, type SpacePolicy, type ThinFailure } from './thin.js'
 import { Volume, WRITE_BEHIND } from './volume.js'
 import { VolumeMap } from './volume-map.js'
+import { JournalLayer } from '../replication/journal-layer.js'
 
 export interface VolumeStackSpec {
   volNo: number
@@ -61,6 +62,8 @@ export interface VolumeStack {
   extents: ExtentOps
   migrate: MigrateLayer
   readAhead?: ReadAhead
+  /** Passes everything through until a replication pair attaches its journal. */
+  journal: JournalLayer
   volume: Volume
   /** Every ChunkLayer, from just under Volume down to the thin layer. */
   layers: ChunkLayer[]
@@ -82,8 +85,8 @@ export function buildVolumeStack(spec: VolumeStackSpec): VolumeStack {
     readAhead = new ReadAhead(migrate, locks, () => Math.ceil(volume.size / CHUNK_SIZE), mirror)
     layers.push(readAhead)
   }
-  // A journal layer (replication) wraps the top here, e.g.:
-  //   layers.push(new JournalLayer(layers[layers.length - 1]!, journalSpec))
+  const journal = new JournalLayer(layers[layers.length - 1]!, spec.volNo, locks)
+  layers.push(journal)
   const volume: Volume = new Volume(layers[layers.length - 1]!, spec.size, locks, spec.writeBehind ?? WRITE_BEHIND)
-  return { locks, map, thin, extents, migrate, readAhead, volume, layers: layers.reverse() }
+  return { locks, map, thin, extents, migrate, readAhead, journal, volume, layers: layers.reverse() }
 }

@@ -222,6 +222,7 @@ export class Volume {
         if (newSize % CHUNK_SIZE !== 0) await this.zeroWithin(Math.floor(newSize / CHUNK_SIZE), newSize, (Math.floor(newSize / CHUNK_SIZE) + 1) * CHUNK_SIZE)
       }
       this.currentSize = newSize
+      await this.lower.resized?.(newSize)
     } finally {
       release()
     }

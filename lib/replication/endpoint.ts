@@ -16,14 +16,19 @@ import type { Logger } from '../log.js'
 import type { WireClient } from '../wire/client.js'
 import type { WireServer } from '../wire/server.js'
 import type { Ack, Applier } from './applier.js'
+import type { JournalEntry } from './entry.js'
 import type { Sender } from './epoch.js'
 import {
   decodeAck,
   decodeEntries,
   decodeHello,
   decodePairStatus,
+  decodeResyncBegin,
+  decodeResyncEnd,
   decodeStatusRequest,
   encodeAck,
+  encodeResyncBegin,
+  encodeResyncEnd,
   encodeEntries,
   encodeHello,
   encodePairStatus,
@@ -34,8 +39,10 @@ import {
 } from './messages.js'
 
 export type PairLookup = (pair: string) => Applier | undefined
+/** Creates a pair named by a CREATE (or finds it), answering its applier; absent: CREATE is refused. */
+export type PairCreator = (h: Hello, peer: string) => Promise<Applier>
 
-export function serveReplication(server: WireServer, pairs: PairLookup, log: Logger): void {
+export function serveReplication(server: WireServer, pairs: PairLookup, log: Logger, create?: PairCreator): void {
   const applierOf = (pair: string): Applier => {
     const a = pairs(pair)
     if (!a) throw new VvfsError('VOLUME_NOT_FOUND', `no replication pair '${pair}' on this secondary`, { details: { reason: 'unknown-pair' } })
@@ -52,35 +59,34 @@ export function serveReplication(server: WireServer, pairs: PairLookup, log: Log
       throw err
     }
   }
-  server.handle(ReplicationRequest.HELLO, (body, ctx) =>
-    logged(ctx.peer, async (named) => {
-      const h = decodeHello(body)
-      named.pair = h.pair
-      return encodeAck(await applierOf(h.pair).hello(h.sender, h.chain))
-    }),
-  )
-  server.handle(ReplicationRequest.ENTRIES, (body, ctx) =>
-    logged(ctx.peer, async (named) => {
-      const batch = decodeEntries(body)
-      named.pair = batch.pair
-      const ack = await applierOf(batch.pair).receive(batch.sender, batch.entries)
-      if (ack.refused)
-        log.warn(
-          { event: 'replication.refused', pair: batch.pair, peer: ctx.peer, code: ack.refused.code, reason: ack.refused.details?.reason, err: ack.refused.message },
-          'replication batch refused',
-        )
-      return encodeAck(ack)
-    }),
-  )
-  server.handle(ReplicationRequest.STATUS, (body, ctx) =>
-    logged(ctx.peer, async (named) => {
-      const r = decodeStatusRequest(body)
-      named.pair = r.pair
-      const s = applierOf(r.pair).status
-      const status: PairStatus = { pair: r.pair, appliedSeq: s.appliedSeq, chain: [...s.chain], consistent: s.consistent, resyncing: s.resyncing, consistentAt: s.consistentAt }
-      return encodePairStatus(status)
-    }),
-  )
+  /** One request type: decode the body (it names the pair), run, encode the answer; refusals logged with the pair. */
+  const route = <M extends { pair: string }>(type: number, decode: (b: Buffer) => M, run: (m: M, peer: string) => Promise<Buffer>) =>
+    server.handle(type, (body, ctx) =>
+      logged(ctx.peer, async (named) => {
+        const m = decode(body)
+        named.pair = m.pair
+        return run(m, ctx.peer)
+      }),
+    )
+  route(ReplicationRequest.HELLO, decodeHello, async (h) => encodeAck(await applierOf(h.pair).hello(h.sender, h.chain)))
+  route(ReplicationRequest.ENTRIES, decodeEntries, async (batch, peer) => {
+    const ack = await applierOf(batch.pair).receive(batch.sender, batch.entries)
+    if (ack.refused)
+      log.warn({ event: 'replication.refused', pair: batch.pair, peer, code: ack.refused.code, reason: ack.refused.details?.reason, err: ack.refused.message }, 'replication batch refused')
+    return encodeAck(ack)
+  })
+  route(ReplicationRequest.CREATE, decodeHello, async (h, peer) => {
+    if (!create) throw new VvfsError('NOT_SUPPORTED', 'this secondary does not create pairs')
+    return encodeAck(await (await create(h, peer)).hello(h.sender, h.chain))
+  })
+  route(ReplicationRequest.RESYNC_BEGIN, decodeResyncBegin, async (r) => encodeAck(await applierOf(r.pair).beginResync(r.sender, r.baseSeq)))
+  route(ReplicationRequest.RESYNC_DATA, decodeEntries, async (b) => encodeAck(await applierOf(b.pair).resyncData(b.sender, b.entries)))
+  route(ReplicationRequest.RESYNC_END, decodeResyncEnd, async (r) => encodeAck(await applierOf(r.pair).endResync(r.sender, r.consistentAt)))
+  route(ReplicationRequest.STATUS, decodeStatusRequest, async (r) => {
+    const s = applierOf(r.pair).status
+    const status: PairStatus = { pair: r.pair, appliedSeq: s.appliedSeq, chain: [...s.chain], consistent: s.consistent, resyncing: s.resyncing, consistentAt: s.consistentAt }
+    return encodePairStatus(status)
+  })
 }
 
 /** The primary's side of one pair's stream over a connected wire client. */
@@ -98,6 +104,24 @@ export class ReplicationStream {
   /** Ships durable log records (as read from the journal's log, not re-encoded). */
   async ship(records: Buffer[]): Promise<Ack> {
     return decodeAck(await this.client.request(ReplicationRequest.ENTRIES, encodeEntries({ pair: this.pair, sender: this.sender, records })))
+  }
+
+  /** Creates the pair on the secondary if new (its volumes read-only there); otherwise a hello. */
+  async create(h: Omit<Hello, 'format' | 'pair' | 'sender'>): Promise<Ack> {
+    return decodeAck(await this.client.request(ReplicationRequest.CREATE, encodeHello({ format: 1, pair: this.pair, sender: this.sender, ...h })))
+  }
+
+  async beginResync(baseSeq: number): Promise<Ack> {
+    return decodeAck(await this.client.request(ReplicationRequest.RESYNC_BEGIN, encodeResyncBegin({ format: 1, pair: this.pair, sender: this.sender, baseSeq })))
+  }
+
+  /** Copied data (write or zero entries; their numbers are not used). */
+  async resyncData(entries: JournalEntry[]): Promise<Ack> {
+    return decodeAck(await this.client.request(ReplicationRequest.RESYNC_DATA, encodeEntries({ pair: this.pair, sender: this.sender, entries })))
+  }
+
+  async endResync(consistentAt: number): Promise<Ack> {
+    return decodeAck(await this.client.request(ReplicationRequest.RESYNC_END, encodeResyncEnd({ format: 1, pair: this.pair, sender: this.sender, consistentAt })))
   }
 
   async status(): Promise<PairStatus> {

@@ -71,11 +71,11 @@ const CODE_OF: Record<RefusalReason, ErrorCode> = {
   'unknown-epoch': 'PERMISSION_DENIED',
   'wrong-home': 'PERMISSION_DENIED',
   'from-a-later-epoch': 'PERMISSION_DENIED',
-  'stale-epoch': 'PERMISSION_DENIED',
-  'before-epoch': 'PERMISSION_DENIED',
-  gap: 'OUT_OF_RANGE',
+  'stale-epoch': 'EPOCH_STALE',
+  'before-epoch': 'EPOCH_STALE',
+  gap: 'REPLICATION_GAP',
   'invalid-chain': 'PEER_PROTOCOL',
-  'split-brain': 'PERMISSION_DENIED',
+  'split-brain': 'SPLIT_BRAIN',
 }
 
 /** A refusal with its rule in details.reason. */

@@ -316,6 +316,38 @@ export class Journal {
     return this.waitForNext()
   }
 
+  /** Marks extents dirty (durably): what the initial sync of a new pair copies. */
+  addMarks(marks: DirtyMark[]): Promise<void> {
+    this.generation++
+    return Promise.all(
+      marks.map((mark) => {
+        const held = this.marks.get(markKey(mark))
+        if (held) return held.durable
+        const durable = this.waitForNext()
+        this.marks.set(markKey(mark), { mark, generation: this.generation, durable })
+        this.next.addDirty.push(mark)
+        return durable
+      }),
+    ).then(() => undefined)
+  }
+
+  /** The marks' generation now: clearMarks(…, it) leaves marks set again after this call. */
+  get markGeneration(): number {
+    return this.generation
+  }
+
+  /** A copy of these extents finished (it began at `generation`): clears those not set again since (durably). */
+  clearMarks(marks: DirtyMark[], generation: number): Promise<void> {
+    return this.finishResync({ baseSeq: this.trimmedThrough, marks, generation })
+  }
+
+  /** Bytes of the retained entries after `seq` (the lag in bytes of a secondary that applied through it). */
+  bytesAfter(seq: number): number {
+    let bytes = 0
+    for (let i = Math.max(0, seq - this.trimmedThrough); i < this.sizes.length; i++) bytes += this.sizes[i]!
+    return bytes
+  }
+
   /** Waits until everything accepted so far is committed (or failed over to marks). */
   async drain(): Promise<void> {
     while (this.committing || this.scheduled || hasWork(this.next)) await this.waitForNext()

@@ -7,6 +7,8 @@
  *   HELLO    JSON {format, pair, group, volumes, sender, chain} → Ack (JSON)
  *   ENTRIES  binary (below)                                     → Ack (JSON)
  *   STATUS   JSON {format, pair}                                → PairStatus (JSON)
+ *   CREATE   as HELLO, creating the pair and its read-only volumes if new
+ *   RESYNC_BEGIN / RESYNC_DATA (ENTRIES' form) / RESYNC_END      → Ack (JSON)
  *
  * ENTRIES, all big-endian: format u8 (1) | pair length u8 | pair (UTF-8) |
  * sender epoch u32 | home length u8 | home | count u16 | count × (record
@@ -33,6 +35,14 @@ export const ReplicationRequest = {
   HELLO: 0x0101,
   ENTRIES: 0x0102,
   STATUS: 0x0103,
+  /** JSON Hello → Ack: creates the pair (and its read-only volumes) on the secondary if new; the same as HELLO if it exists. */
+  CREATE: 0x0104,
+  /** JSON {format, pair, sender, baseSeq} → Ack: a resync (or the initial sync) begins. */
+  RESYNC_BEGIN: 0x0105,
+  /** ENTRIES' binary form → Ack: copied data of a resync (the records' numbers are not used). */
+  RESYNC_DATA: 0x0106,
+  /** JSON {format, pair, sender, consistentAt} → Ack: the copy is done. */
+  RESYNC_END: 0x0107,
 } as const
 
 export const MESSAGE_FORMAT = 1
@@ -99,6 +109,11 @@ const PairStatusSchema = z.strictObject({
 })
 export type PairStatus = z.infer<typeof PairStatusSchema>
 
+const ResyncBeginSchema = z.strictObject({ format: z.literal(MESSAGE_FORMAT), pair: Name, sender: SenderSchema, baseSeq: Seq })
+export type ResyncBegin = z.infer<typeof ResyncBeginSchema>
+const ResyncEndSchema = z.strictObject({ format: z.literal(MESSAGE_FORMAT), pair: Name, sender: SenderSchema, consistentAt: Seq })
+export type ResyncEnd = z.infer<typeof ResyncEndSchema>
+
 function encodeJson(what: string, value: unknown): Buffer {
   const b = Buffer.from(JSON.stringify(value), 'utf8')
   checkSize(what, b)
@@ -147,6 +162,12 @@ const AckMessage = jsonMessage('ack', AckSchema as z.ZodType<Ack>)
 const StatusRequestMessage = jsonMessage('status request', StatusRequestSchema)
 const PairStatusMessage = jsonMessage('status', PairStatusSchema, (s) => checkedChain('status', s.chain))
 
+const ResyncBeginMessage = jsonMessage('resync begin', ResyncBeginSchema)
+const ResyncEndMessage = jsonMessage('resync end', ResyncEndSchema)
+export const encodeResyncBegin = ResyncBeginMessage.encode
+export const decodeResyncBegin = ResyncBeginMessage.decode
+export const encodeResyncEnd = ResyncEndMessage.encode
+export const decodeResyncEnd = ResyncEndMessage.decode
 export const encodeHello = HelloMessage.encode
 export const decodeHello = HelloMessage.decode
 export const encodeAck = AckMessage.encode

@@ -1,6 +1,6 @@
 /** A tree of files with known checksums, written into and verified under a directory. */
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 
 export type Tree = Map<string, string>
@@ -69,4 +69,14 @@ export function describeDamage(path: string, expected: Buffer, blockSize = 1024)
   }
   flush()
   return `${path} (${blocks} blocks of ${blockSize}): ${parts.join('; ') || 'identical'}`
+}
+
+/** Writes `data` at `offset` of an existing file (a volume file in a mount). */
+export function writeAt(file: string, offset: number, data: Buffer): void {
+  const fd = openSync(file, 'r+')
+  try {
+    writeSync(fd, data, 0, data.length, offset)
+  } finally {
+    closeSync(fd)
+  }
 }

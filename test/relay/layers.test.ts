@@ -6,6 +6,8 @@ import { EXTENT_SIZE } from '../../lib/layout.js'
 import { CopyBitmap } from '../../lib/migration/bitmap.js'
 import { RetainedSources } from '../../lib/migration/retained.js'
 import type { ChunkLayer } from '../../lib/relay/chunk-layer.js'
+import { MemoryDurableLog } from '../../lib/replication/durable-log.js'
+import { Journal } from '../../lib/replication/journal.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
 import { memorySystems, openStack, type Stack, type SystemFactory } from '../helpers/stack.js'
 import { layerSuite, type LayerFactory } from './layer.suite.js'
@@ -42,3 +44,10 @@ layerSuite(
   }),
 )
 layerSuite('ReadAhead', over((s) => s.layers.readAhead!))
+layerSuite(
+  'JournalLayer journaling every change (issue 13)',
+  over(async (s) => {
+    s.layers.journal.attach(await Journal.open(new MemoryDurableLog(), { epoch: 1 }))
+    return s.layers.journal
+  }),
+)

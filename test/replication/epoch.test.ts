@@ -73,7 +73,7 @@ describe('the secondary admits entries by the chain', () => {
   it("refuses anything from A at or past B's first number", () => {
     const a = admit(chain, 100, fromA, { epoch: 1, seq: 101 })
     expect(reasonOf(a)).toBe('stale-epoch')
-    expect(a.verdict === 'refuse' && a.error.code).toBe('PERMISSION_DENIED')
+    expect(a.verdict === 'refuse' && a.error.code).toBe('EPOCH_STALE')
     expect(reasonOf(admit(chain, 150, fromA, { epoch: 1, seq: 120 }))).toBe('stale-epoch') // even below applied: not a duplicate
   })
 
@@ -95,7 +95,7 @@ describe('the secondary admits entries by the chain', () => {
     expect(admit(chain, 120, fromB, { epoch: 2, seq: 110 })).toEqual({ verdict: 'duplicate' })
     expect(admit(chain, 120, fromA, { epoch: 1, seq: 7 })).toEqual({ verdict: 'duplicate' })
     const gap = admit(chain, 120, fromB, { epoch: 2, seq: 122 })
-    expect(gap.verdict === 'refuse' && gap.error.toWire()).toMatchObject({ code: 'OUT_OF_RANGE', details: { reason: 'gap', expected: 121 } })
+    expect(gap.verdict === 'refuse' && gap.error.toWire()).toMatchObject({ code: 'REPLICATION_GAP', details: { reason: 'gap', expected: 121 } })
   })
 })
 

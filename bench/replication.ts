@@ -1,0 +1,175 @@
+/**
+ * The replication benchmark (issue 13): one 1 GiB volume on a primary
+ * daemon, replicated to a secondary daemon on this machine (loopback, the
+ * same two cores). In one run:
+ *   - 4 KiB random and 1 MiB sequential write throughput (fio, bench/fio.ts)
+ *     on the volume before replication starts (the unreplicated figure),
+ *     with the peer running (end to end), and with the peer stopped (the
+ *     journal alone) — as ratios to the unreplicated figure. Targets: ≥ 0.7
+ *     (4 KiB) and ≥ 0.6 (1 MiB) journal alone, ≥ 0.5 end to end;
+ *   - the initial sync rate (1 GiB of allocated extents / the sync's time);
+ *   - replication lag (`replicate status`: seconds since the oldest entry
+ *     not yet applied) sampled every 100 ms while fio writes 4 KiB at half
+ *     the unreplicated IOPS: median and p99 (targets < 250 ms, < 1 s);
+ *   - after a peer outage (BENCH_OUTAGE_SECONDS, default 30) under the same
+ *     load: seconds until the lag is back under 1 s (target: within 60 s).
+ *
+ *   node dist/bench/replication.js     BENCH_SECONDS=10 per fio job
+ *   BENCH_TMP=/var/tmp  BENCH_KEEP=1 keep the temp dir
+ *
+ * Results: stdout and bench/out/replication.json. Cleanup (daemons, temp
+ * dir) runs in every case, also on Ctrl-C.
+ */
+import { randomBytes } from 'node:crypto'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { JOBS, runJob, type JobResult, type JobSpec } from './fio.js'
+import { Cleanup, freePort, must, onInterrupt, run, say, sleep, waitFor } from './proc.js'
+import { ROOT, Vvfs } from './vvfs.js'
+
+const OUT = join(ROOT, 'bench', 'out')
+const WRITES = JOBS.filter((j) => j.name === 'randwrite' || j.name === 'seqwrite')
+const TARGETS = { journal: { randwrite: 0.7, seqwrite: 0.6 }, endToEnd: { randwrite: 0.5, seqwrite: 0.5 } } as const
+
+interface PairJson {
+  pair: string
+  role: string
+  state: string
+  link: string
+  consistent: boolean
+  lastWritten: number
+  lastApplied: number
+  lag: { entries: number; bytes: number; seconds: number }
+}
+
+async function primaryStatus(v: Vvfs): Promise<PairJson | undefined> {
+  const r = await v.json<{ pairs: PairJson[] }>(['replicate', 'list']).catch(() => undefined)
+  return r?.pairs.find((p) => p.role === 'primary')
+}
+
+const percentile = (xs: number[], q: number) => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length ? s[Math.min(s.length - 1, Math.floor(q * s.length))]! : NaN
+}
+
+/** fio writing 4 KiB at `iops` for `seconds` (the lag runs); resolves when it ends. */
+function steadyWriter(file: string, iops: number, seconds: number): Promise<unknown> {
+  return run(
+    'fio',
+    ['--name=steady', `--filename=${file}`, '--rw=randwrite', '--bs=4k', '--ioengine=libaio', '--iodepth=4', '--direct=1', '--size=1G', '--time_based=1', `--runtime=${seconds}`, `--rate_iops=${Math.max(1, Math.round(iops))}`, '--allow_file_create=0'],
+    { timeoutMs: (seconds + 120) * 1000 },
+  )
+}
+
+async function main(): Promise<void> {
+  const seconds = Number(process.env.BENCH_SECONDS ?? '10')
+  const outage = Number(process.env.BENCH_OUTAGE_SECONDS ?? '30')
+  const cleanup = new Cleanup()
+  onInterrupt(cleanup)
+  await mkdir(join(OUT, 'fio-replication'), { recursive: true })
+  const dir = await mkdtemp(join(process.env.BENCH_TMP || '/var/tmp', 'vvfs-bench-repl-'))
+  if (process.env.BENCH_KEEP !== '1') cleanup.add(`remove ${dir}`, () => rm(dir, { recursive: true, force: true }))
+  const fio: Record<string, Partial<Record<string, JobResult>>> = {}
+  const figures: Record<string, number> = {}
+  try {
+    const keyFile = join(dir, 'peer.key')
+    await writeFile(keyFile, randomBytes(32).toString('base64') + '\n', { mode: 0o600 })
+    for (const side of ['a', 'b']) await mkdir(join(dir, side), { recursive: true })
+    const port = await freePort()
+    const secondaryArgs = ['--listen', `127.0.0.1:${port}`, '--peer-key', keyFile]
+    const primary = await Vvfs.start(join(dir, 'a'), cleanup)
+    let secondary = await Vvfs.start(join(dir, 'b'), cleanup, secondaryArgs)
+    await primary.cli(['storage', 'add', 'a1', '--capacity', '1100M'])
+    await secondary.cli(['storage', 'add', 'b1', '--capacity', '1100M'])
+    await primary.cli(['volume', 'create', 'vol', '--size', '1G'])
+    const file = join(primary.mountDir, 'vol')
+    // Random data: zeros are not stored, so they would place (and sync) nothing.
+    await must('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', 'count=1024', 'oflag=direct', 'conv=notrunc'], { timeoutMs: 600_000 })
+    const jobs = async (label: string) => {
+      fio[label] = {}
+      for (const job of WRITES) {
+        say(`replication bench: ${job.label}, ${label}`)
+        fio[label][job.name] = await runJob(job as JobSpec, file, seconds, join(OUT, 'fio-replication', `${label}-${job.name}.json`))
+      }
+    }
+    await jobs('unreplicated')
+
+    const t0 = Date.now()
+    await primary.cli(['replicate', 'start', 'vol', '--to', `127.0.0.1:${port}`, '--peer-key', keyFile, '--journal-limit', '8G'])
+    await waitFor('the initial sync', 600_000, async () => {
+      const s = await primaryStatus(primary)
+      return s && s.state === 'replicating' && s.consistent ? true : undefined
+    }, 200)
+    figures.initialSyncMBps = 1024 / ((Date.now() - t0) / 1000) * 1.048576
+    await jobs('end-to-end')
+    await waitFor('catch-up after the end-to-end jobs', 600_000, async () => ((await primaryStatus(primary))?.lag.entries === 0 ? true : undefined), 200)
+
+    await secondary.stop()
+    await jobs('journal-alone')
+    secondary = await Vvfs.start(join(dir, 'b'), cleanup, secondaryArgs)
+    await waitFor('catch-up after the journal-alone jobs', 900_000, async () => ((await primaryStatus(primary))?.lag.entries === 0 ? true : undefined), 500)
+
+    // Lag at half the unreplicated 4 KiB write rate.
+    const halfIops = (fio.unreplicated?.randwrite?.iops ?? 0) / 2
+    figures.lagLoadIops = halfIops
+    const lags: number[] = []
+    const load = steadyWriter(file, halfIops, seconds)
+    const sampleUntil = Date.now() + seconds * 1000
+    while (Date.now() < sampleUntil) {
+      const s = await primaryStatus(primary)
+      if (s) lags.push(s.lag.seconds)
+      await sleep(100)
+    }
+    await load
+    figures.lagMedianMs = percentile(lags, 0.5) * 1000
+    figures.lagP99Ms = percentile(lags, 0.99) * 1000
+
+    // A peer outage under the same load, then how long until the lag is under 1 s.
+    const outageLoad = steadyWriter(file, halfIops, outage + 70)
+    await sleep(2000)
+    await secondary.stop()
+    await sleep(outage * 1000)
+    secondary = await Vvfs.start(join(dir, 'b'), cleanup, secondaryArgs)
+    const back = Date.now()
+    let recovered = NaN
+    while (Date.now() - back < 65_000) {
+      const s = await primaryStatus(primary)
+      if (s && s.link === 'up' && s.lag.seconds < 1 && s.state === 'replicating') {
+        recovered = (Date.now() - back) / 1000
+        break
+      }
+      await sleep(200)
+    }
+    figures.outageSeconds = outage
+    figures.lagUnder1sAfterSeconds = recovered
+    await outageLoad
+  } finally {
+    await cleanup.all()
+  }
+  const base = fio.unreplicated ?? {}
+  const metric = (job: JobSpec, r: JobResult | undefined) => (r?.ok ? (job.metric === 'iops' ? r.iops : r.mbps) : NaN)
+  const lines = ['job                 unreplicated   journal alone  ratio target     end to end     ratio target']
+  const rows = WRITES.map((job) => {
+    const u = metric(job, base[job.name])
+    const j = metric(job, fio['journal-alone']?.[job.name])
+    const e = metric(job, fio['end-to-end']?.[job.name])
+    const unit = job.metric === 'iops' ? 'IOPS' : 'MB/s'
+    const tj = TARGETS.journal[job.name as 'randwrite' | 'seqwrite']
+    const te = TARGETS.endToEnd[job.name as 'randwrite' | 'seqwrite']
+    lines.push(
+      `${job.label.padEnd(19)} ${u.toFixed(0).padStart(7)} ${unit}   ${j.toFixed(0).padStart(7)} ${unit} ${(j / u).toFixed(2).padStart(5)} ≥${tj} ${j / u >= tj ? 'met ' : 'MISS'} ${e.toFixed(0).padStart(7)} ${unit} ${(e / u).toFixed(2).padStart(5)} ≥${te} ${e / u >= te ? 'met ' : 'MISS'}`,
+    )
+    return { job: job.name, unit, unreplicated: u, journalAlone: j, endToEnd: e, journalRatio: j / u, endToEndRatio: e / u }
+  })
+  lines.push(`initial sync: ${figures.initialSyncMBps?.toFixed(1)} MB/s (1 GiB allocated)`)
+  lines.push(`lag at ${figures.lagLoadIops?.toFixed(0)} IOPS (half the unreplicated 4K rate): median ${figures.lagMedianMs?.toFixed(0)} ms (< 250), p99 ${figures.lagP99Ms?.toFixed(0)} ms (< 1000)`)
+  lines.push(`after a ${figures.outageSeconds} s peer outage: lag under 1 s after ${Number.isNaN(figures.lagUnder1sAfterSeconds) ? 'more than 65' : figures.lagUnder1sAfterSeconds?.toFixed(1)} s (target ≤ 60)`)
+  for (const [label, jobs] of Object.entries(fio)) for (const [job, r] of Object.entries(jobs)) if (r && !r.ok) lines.push(`${label} ${job}: ${r.error}`)
+  process.stdout.write(lines.join('\n') + '\n')
+  await writeFile(join(OUT, 'replication.json'), JSON.stringify({ seconds, rows, figures, fio }, null, 2) + '\n')
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`replication bench: ${err instanceof Error ? err.message : String(err)}\n`)
+  process.exitCode = 1
+})

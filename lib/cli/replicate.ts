@@ -1,0 +1,113 @@
+/**
+ * CLI commands for replication (issue 13): `vvfs replicate start|stop|pause|
+ * resume|status|list`. Thin clients of the control socket's replicate.*
+ * methods; --json prints the schema's ReplicationInfo.
+ */
+import { resolve as resolvePath } from 'node:path'
+import type { Argv } from 'yargs'
+import type { ReplicationInfo } from '../control/schema.js'
+import { formatSize } from '../units.js'
+import type { Call, Common, Print } from './jobs.js'
+import { fields, table } from './output.js'
+
+function rows(pairs: ReplicationInfo[]): string {
+  if (pairs.length === 0) return 'no replication pairs'
+  return table(
+    ['PAIR', 'ROLE', 'VOLUME', 'PEER', 'STATE', 'LINK', 'EPOCH', 'WRITTEN', 'APPLIED', 'LAG', 'LAG-BYTES', 'LAG-S', 'JOURNAL'],
+    pairs.map((p) => [
+      p.pair,
+      p.role,
+      p.volume,
+      p.peer,
+      p.state,
+      p.link,
+      p.epoch,
+      p.lastWritten,
+      p.lastApplied,
+      p.lag.entries,
+      formatSize(p.lag.bytes),
+      p.lag.seconds.toFixed(2),
+      p.role === 'primary' ? `${formatSize(p.journal.usedBytes)}/${formatSize(p.journal.limitBytes)} ${p.journal.mode}` : '-',
+    ]),
+  )
+}
+
+function detail(p: ReplicationInfo): string {
+  return fields([
+    ['pair', p.pair],
+    ['role', p.role],
+    ['volume', p.volume],
+    ['peer', p.peer],
+    ['state', p.state],
+    ['link', p.link],
+    ['consistent', p.consistent ? 'yes' : 'no'],
+    ['epoch', p.epoch],
+    ['written / durable / shipped / applied', `${p.lastWritten} / ${p.lastDurable} / ${p.lastShipped} / ${p.lastApplied}`],
+    ['lag', `${p.lag.entries} entries, ${formatSize(p.lag.bytes)}, ${p.lag.seconds.toFixed(3)} s`],
+    ['journal', `${p.journal.mode}, ${formatSize(p.journal.usedBytes)} of ${formatSize(p.journal.limitBytes)}, ${p.journal.entries} entries, ${p.journal.dirtyExtents} dirty extents`],
+    ['rate', `${formatSize(p.rate)}/s`],
+    ['sync', p.sync.total ? `${formatSize(p.sync.copied)} of ${formatSize(p.sync.total)}` : '-'],
+    ['last error', p.lastError ? `${p.lastError.code}: ${p.lastError.message}` : '-'],
+  ])
+}
+
+export function replicationCommands<T>(y: Argv<T>, call: Call, print: Print) {
+  const verb = (name: 'stop' | 'pause' | 'resume', what: string) =>
+    [
+      `${name} <pair>`,
+      what,
+      (y: Argv) => y.positional('pair', { type: 'string', demandOption: true }),
+      async (argv: { pair?: string }) => {
+        const method = `replicate.${name}` as const
+        const r = await call(argv as unknown as Common, (c) => c.call(method, { pair: argv.pair! }))
+        print(argv as unknown as Common, r, () => `pair ${r.pair}: ${r.state}`)
+      },
+    ] as const
+  return y.command('replicate', 'replicate volumes to another vvfs daemon (asynchronous, in write order)', (y) =>
+    y
+      .command(
+        'start <volume>',
+        'start replicating a volume to a peer daemon (vvfs daemon --listen ADDR:PORT there)',
+        (y) =>
+          y
+            .positional('volume', { type: 'string', demandOption: true })
+            .option('to', { type: 'string', demandOption: true, describe: 'the peer daemon\'s ADDR:PORT' })
+            .option('as', { type: 'string', describe: 'the pair\'s and the secondary volume\'s name there (default: the volume\'s)' })
+            .option('peer-key', { type: 'string', describe: 'pre-shared key file (default: the daemon\'s --peer-key)' })
+            .option('rate', { type: 'string', describe: 'copy rate limit of the initial sync and resyncs, e.g. 50M (per second)' })
+            .option('journal-limit', { type: 'string', describe: 'journal size limit (default 1G)' })
+            .option('journal-policy', { choices: ['bitmap', 'throttle'] as const, describe: 'at the limit: track dirty extents (bitmap, default) or slow host writes (throttle)' }),
+        async (argv) => {
+          const r = await call(argv as unknown as Common, (c) =>
+            c.call('replicate.start', {
+              volume: argv.volume!,
+              to: argv.to,
+              as: argv.as,
+              peerKey: argv['peer-key'] === undefined ? undefined : resolvePath(argv['peer-key']),
+              rate: argv.rate,
+              journalLimit: argv['journal-limit'],
+              journalPolicy: argv['journal-policy'],
+            }),
+          )
+          print(argv as unknown as Common, r, () => `pair ${r.pair}: ${r.volume} → ${r.peer} (job ${r.job}), ${r.state}`)
+        },
+      )
+      .command(...verb('stop', 'stop a pair (the journal is dropped; the secondary keeps its read-only volume)'))
+      .command(...verb('pause', 'pause shipping'))
+      .command(...verb('resume', 'resume shipping'))
+      .command(
+        'status [pair]',
+        'state, sequence numbers, lag and journal use of one pair (or all)',
+        (y) => y.positional('pair', { type: 'string' }),
+        async (argv) => {
+          const r = await call(argv as unknown as Common, (c) => c.call('replicate.status', { pair: argv.pair }))
+          print(argv as unknown as Common, r, () => (argv.pair ? r.pairs.map(detail).join('\n\n') : rows(r.pairs)))
+        },
+      )
+      .command('list', 'every pair of this daemon', (y) => y, async (argv) => {
+        const r = await call(argv as unknown as Common, (c) => c.call('replicate.list', {}))
+        print(argv as unknown as Common, r, () => rows(r.pairs))
+      })
+      .demandCommand(1),
+  )
+}

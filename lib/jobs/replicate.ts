@@ -1,0 +1,194 @@
+/**
+ * The replication job (issue 13): one job per pair, on the primary. Its
+ * driver owns a PrimaryPair (lib/replication/primary.ts): opened (journal
+ * replayed and attached) when the job is opened — at start, before the host
+ * mounts — and run until `replicate stop` (the job's cancel), which detaches
+ * the journal and deletes it; the secondary keeps its read-only volume.
+ *
+ * Verbs: pause/resume stop and restart shipping (the journal keeps
+ * recording; past its limit, dirty marks); cancel = stop; complete is
+ * refused (a pair runs until stopped); halt (daemon stop) stops the loop and
+ * leaves the journal attached so writes during shutdown are still recorded —
+ * the manager closes the journals after the volumes drained.
+ *
+ * Progress: bytes of the initial sync or the current resync copied / to copy.
+ */
+import { rm } from 'node:fs/promises'
+import { VvfsError } from '../errors.js'
+import type { JobRecord, JobStatus, ReplicateJobRecord } from '../migration/job.js'
+import { genesis } from '../replication/epoch.js'
+import { PrimaryPair } from '../replication/primary.js'
+import { loadPeerKey } from '../wire/auth.js'
+import { parseHostPort } from '../wire/server.js'
+import type { JobDetails, JobDriver, JobEnv, JobKindDriver, NewJob, ReplicationResources } from './driver.js'
+
+export interface ReplicateOptions {
+  volume: string
+  to: string
+  pair?: string
+  peerKey: string
+  rate?: number
+  journalLimit?: number
+  journalPolicy?: 'bitmap' | 'throttle'
+}
+
+function resources(env: JobEnv): ReplicationResources {
+  if (!env.replication) throw new VvfsError('NOT_SUPPORTED', 'this daemon cannot run replication jobs')
+  return env.replication
+}
+
+/** A `replicate start` request: checks it and describes the job. */
+export async function newReplication(env: JobEnv, p: ReplicateOptions): Promise<NewJob> {
+  const r = resources(env)
+  const volNo = env.volumeNo(p.volume)
+  parseHostPort(p.to)
+  await loadPeerKey(p.peerKey)
+  for (const j of env.catalog.read().data.jobs) {
+    if (j.kind === 'replicate' && j.status !== 'concluded' && j.volNos.includes(volNo))
+      throw new VvfsError('JOB_STATE', `volume ${p.volume} is already replicated by job ${j.id} (pair ${(j as ReplicateJobRecord).pair})`)
+  }
+  const job: Omit<ReplicateJobRecord, 'id' | 'status' | 'total' | 'current' | 'createdAt'> = {
+    kind: 'replicate',
+    volNos: [volNo],
+    peer: p.to,
+    pair: p.pair ?? p.volume,
+    peerKey: p.peerKey,
+    rate: p.rate ?? 0,
+    journalLimit: p.journalLimit,
+    journalPolicy: p.journalPolicy,
+    chain: [genesis(r.home(volNo))],
+    sourceSids: [],
+    mode: 'direct',
+    keepMs: 0,
+    phases: 1,
+    phase: 0,
+  }
+  return job as NewJob
+}
+
+class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
+  private finish!: () => void
+  readonly done: Promise<void>
+  private stopping = false
+
+  private constructor(
+    readonly job: ReplicateJobRecord,
+    private readonly env: JobEnv,
+    private readonly pair: PrimaryPair,
+  ) {
+    this.done = new Promise((r) => (this.finish = r))
+  }
+
+  static async open(job: ReplicateJobRecord, env: JobEnv): Promise<ReplicateDriver> {
+    const r = resources(env)
+    const volNo = job.volNos[0]!
+    const layer = r.journalLayer(volNo)
+    if (!layer) throw new VvfsError('VOLUME_NOT_FOUND', `replication job ${job.id}: volume #${volNo} is gone`)
+    const { host, port } = parseHostPort(job.peer)
+    const key = await loadPeerKey(job.peerKey)
+    const ref: { driver?: ReplicateDriver } = {}
+    const volumeName = env.catalog.read().data.volumes.find((v) => v.no === volNo)?.name ?? `#${volNo}`
+    const pair = await PrimaryPair.open(
+      {
+        pair: job.pair,
+        volNo,
+        volumeName,
+        size: () => r.volumeSize(volNo),
+        layer,
+        journalDir: r.journalDir(job.id),
+        host,
+        port,
+        key,
+        rate: job.rate,
+        chain: job.chain,
+        journal: { ...(job.journalLimit ? { limitBytes: job.journalLimit, hardLimitBytes: Math.max(2 * job.journalLimit, job.journalLimit) } : {}), ...(job.journalPolicy ? { policy: job.journalPolicy } : {}) },
+        allocatedExtents: () => r.allocatedExtents(volNo),
+        log: env.log,
+        onState: (from, to, reason) => r.stateChanged({ pair: job.pair, volume: volumeName, from, to, reason }),
+        onProgress: (copied, total) => {
+          const job = ref.driver?.job
+          if (!job) return
+          job.total = Math.max(job.total, total)
+          job.current = Math.min(job.total, Math.max(job.current, copied))
+          env.progressed(job)
+        },
+      },
+      job.status === 'created',
+    )
+    ref.driver = new ReplicateDriver(job, env, pair)
+    r.pairs.set(job.id, pair)
+    return ref.driver
+  }
+
+  start(): void {
+    if (this.job.status === 'paused') {
+      this.pair.start()
+      this.pair.pause()
+      return
+    }
+    void this.setStatus('running')
+    this.pair.start()
+  }
+
+  pause(): void {
+    if (this.job.status !== 'running') throw new VvfsError('JOB_STATE', `job ${this.job.id} is ${this.job.status}, not running`)
+    this.pair.pause()
+    void this.setStatus('paused')
+  }
+
+  resume(): void {
+    if (this.job.status !== 'paused') throw new VvfsError('JOB_STATE', `job ${this.job.id} is ${this.job.status}, not paused`)
+    this.pair.resume()
+    void this.setStatus('running')
+  }
+
+  /** `replicate stop`: ends the pair here (the secondary keeps its volume). */
+  cancel(): void {
+    if (this.stopping || this.job.status === 'concluded') throw new VvfsError('JOB_STATE', `job ${this.job.id} is ${this.job.status}`)
+    this.stopping = true
+    void (async () => {
+      try {
+        await this.pair.close()
+        await rm(resources(this.env).journalDir(this.job.id), { recursive: true, force: true })
+      } catch (err) {
+        this.env.log.error({ event: 'replication.stop_failed', pair: this.job.pair, err: (err as Error).message }, 'stopping the pair failed')
+      }
+      resources(this.env).pairs.delete(this.job.id)
+      this.job.result = 'cancelled'
+      this.job.finishedAt = new Date().toISOString()
+      await this.setStatus('concluded')
+      this.finish()
+    })()
+  }
+
+  complete(): void {
+    throw new VvfsError('JOB_STATE', `job ${this.job.id} replicates until stopped (vvfs replicate stop ${this.job.pair})`)
+  }
+
+  async halt(): Promise<void> {
+    await this.pair.halt()
+    this.finish()
+  }
+
+  progress(): { current: number; total: number } {
+    return { current: this.job.current, total: this.job.total }
+  }
+
+  private async setStatus(to: JobStatus): Promise<void> {
+    const from = this.job.status
+    if (from === to) return
+    this.job.status = to
+    if (to === 'running' && !this.job.startedAt) this.job.startedAt = new Date().toISOString()
+    await this.env.save(this.job)
+    this.env.statusChanged(this.job, from)
+  }
+}
+
+export const replicateJobs: JobKindDriver = {
+  kinds: ['replicate'],
+  open: (job: JobRecord, env: JobEnv) => ReplicateDriver.open(job as ReplicateJobRecord, env),
+  describe(job: JobRecord): JobDetails {
+    const r = job as ReplicateJobRecord
+    return { to: `${r.peer} (${r.pair})`, mode: 'direct', rate: r.rate, keepMs: 0 }
+  },
+}

@@ -1,0 +1,213 @@
+/**
+ * JournalLayer: the replication journal in a volume's stack, between Volume
+ * and ReadAhead (lib/relay/stack.ts). While a pair is attached every change
+ * that reaches it — write, discard, truncate (a resize), flush — is numbered
+ * by the pair's Journal and its `accepted` waits for the entry to be durable;
+ * without a pair it passes everything through untouched.
+ *
+ * Concurrency: Volume calls write/discard/truncate while it holds the
+ * changed chunks' exclusive locks, and Journal.append numbers synchronously,
+ * so overlapping changes are numbered in the order they are applied and
+ * acknowledged (acknowledgement waits for `durable`, which resolves in
+ * sequence order). Reads are untouched. `readBelow` takes the shared range
+ * lock itself (the initial sync and resync copy read through it).
+ *
+ * What the primary may trim: an entry is trimmed only once the secondary
+ * applied it AND the primary's data holds it durably (journal.ts). This layer
+ * tracks the changes still on their way down (`pending`), and
+ * `dataDurableThrough()` flushes the layers below and answers the highest
+ * number whose change, and every earlier one, was stored before that flush.
+ *
+ * Crash order: the entry is durable before the change is acknowledged; the
+ * data may not be. At open (`replay`) the retained entries are applied again,
+ * in order, to the layers below and flushed before any host I/O, so the
+ * primary holds everything the secondary may hold (write-ahead redo). An
+ * entry touching an extent marked dirty is skipped: that extent changed later
+ * without an entry, and the resync copies it from the primary's data.
+ */
+import { CHUNK_SIZE, EXTENT_SIZE } from '../layout.js'
+import type { ChunkLayer, Write } from '../relay/chunk-layer.js'
+import type { RangeLock } from '../relay/range-lock.js'
+import { markKey } from './durable-log.js'
+import { MAX_ENTRY_DATA, type Change } from './entry.js'
+import type { Journal } from './journal.js'
+
+export class JournalLayer implements ChunkLayer {
+  private journal: Journal | null = null
+  /** Numbers whose change has not settled below yet. */
+  private readonly pending = new Set<number>()
+  /** When each unapplied number was accepted (lag in seconds), oldest first. */
+  private readonly acceptedAt: { seq: number; at: number }[] = []
+  private wake: (() => void) | null = null
+
+  constructor(
+    private readonly lower: ChunkLayer,
+    readonly volNo: number,
+    private readonly locks: RangeLock,
+  ) {}
+
+  /** Starts journaling into `journal` (the caller replayed it first). */
+  attach(journal: Journal): void {
+    this.journal = journal
+  }
+
+  detach(): void {
+    this.journal = null
+    this.pending.clear()
+    this.acceptedAt.length = 0
+  }
+
+  get attached(): Journal | null {
+    return this.journal
+  }
+
+  /** Resolves at the next durable entry (or after `ms`): the shipper's wait for work. */
+  nextDurable(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.wake = null
+        resolve()
+      }, ms)
+      this.wake = () => {
+        clearTimeout(t)
+        this.wake = null
+        resolve()
+      }
+    })
+  }
+
+  /** Seconds since the oldest entry after `applied` was accepted; 0 when none. */
+  lagSeconds(applied: number): number {
+    while (this.acceptedAt.length > 0 && this.acceptedAt[0]!.seq <= applied) this.acceptedAt.shift()
+    return this.acceptedAt.length === 0 ? 0 : Math.max(0, (Date.now() - this.acceptedAt[0]!.at) / 1000)
+  }
+
+  read(first: number, count: number, into: Buffer): Promise<void> {
+    return this.lower.read(first, count, into)
+  }
+
+  write(first: number, data: Buffer): Write {
+    const journal = this.journal
+    if (!journal) return this.lower.write(first, data)
+    const durable: Promise<void>[] = []
+    const seqs: number[] = []
+    for (let at = 0; at < data.length; at += MAX_ENTRY_DATA) {
+      const a = journal.append({ kind: 'write', volume: this.volNo, offset: first * CHUNK_SIZE + at, data: data.subarray(at, Math.min(data.length, at + MAX_ENTRY_DATA)) })
+      durable.push(this.noted(a.seq, a.durable))
+      if (a.seq !== null) seqs.push(a.seq)
+    }
+    const below = this.lower.write(first, data)
+    void below.stored.then(
+      () => this.settled(seqs),
+      () => this.settled(seqs),
+    )
+    const accepted = Promise.all([below.accepted, ...durable]).then(() => undefined)
+    accepted.catch(() => undefined)
+    // Stored no earlier than accepted (the ChunkLayer contract): the entry may become durable after the data.
+    return { accepted, stored: Promise.all([below.stored, accepted]).then(() => undefined) }
+  }
+
+  async discard(first: number, count: number): Promise<void> {
+    await this.change({ kind: 'discard', volume: this.volNo, offset: first * CHUNK_SIZE, length: count * CHUNK_SIZE }, () => this.lower.discard(first, count))
+  }
+
+  async truncate(chunkCount: number): Promise<void> {
+    await this.change({ kind: 'resize', volume: this.volNo, size: chunkCount * CHUNK_SIZE }, () => this.lower.truncate(chunkCount))
+  }
+
+  /** A grow (or the exact size after a shrink): a resize entry; nothing below changes. */
+  async resized(bytes: number): Promise<void> {
+    await this.change({ kind: 'resize', volume: this.volNo, size: bytes }, async () => undefined)
+  }
+
+  async flush(): Promise<void> {
+    await this.change({ kind: 'flush', volume: this.volNo }, () => this.lower.flush())
+  }
+
+  observe(first: number, count: number): void {
+    this.lower.observe?.(first, count)
+  }
+
+  /** Reads chunks under the shared range lock: every numbered change to them is stored (the initial sync's and resync's copy). */
+  async readBelow(first: number, count: number, into: Buffer): Promise<void> {
+    const release = await this.locks.acquire(first, first + count, 'shared')
+    try {
+      await this.lower.read(first, count, into)
+    } finally {
+      release()
+    }
+  }
+
+  /**
+   * Flushes the layers below; answers the number through which every change
+   * was stored before the flush (so is durable now). Trim no further.
+   */
+  async dataDurableThrough(): Promise<number> {
+    const journal = this.journal
+    if (!journal) return 0
+    const last = journal.positions.lastAccepted
+    let through = last
+    for (const s of this.pending) if (s - 1 < through) through = s - 1
+    await this.lower.flush()
+    return through
+  }
+
+  /**
+   * Redo at open: applies the journal's retained entries to the layers below
+   * in order (skipping extents marked dirty), then flushes. Call before the
+   * volume serves I/O and before attach().
+   */
+  async replay(journal: Journal): Promise<number> {
+    const marked = new Set(journal.dirtyMarks().map(markKey))
+    const touchesMark = (offset: number, length: number): boolean => {
+      for (let x = Math.floor(offset / EXTENT_SIZE); x <= Math.floor((offset + Math.max(1, length) - 1) / EXTENT_SIZE); x++) if (marked.has(markKey({ volume: this.volNo, extent: x }))) return true
+      return false
+    }
+    let replayed = 0
+    const p = journal.positions
+    for (let from = p.trimmedThrough + 1; from <= p.lastDurable; ) {
+      const entries = await journal.read(from, 16 * 1024 * 1024)
+      if (entries.length === 0) break
+      for (const e of entries) {
+        from = e.seq + 1
+        if (e.volume !== this.volNo) continue
+        if (e.kind === 'flush') continue
+        if (e.kind === 'resize') {
+          await this.lower.truncate(Math.ceil(e.length / CHUNK_SIZE))
+          continue
+        }
+        if (touchesMark(e.offset, e.length)) continue
+        if (e.kind === 'write' && e.data) await this.lower.write(e.offset / CHUNK_SIZE, e.data).stored
+        else await this.lower.discard(e.offset / CHUNK_SIZE, e.length / CHUNK_SIZE)
+        replayed++
+      }
+    }
+    await this.lower.flush()
+    return replayed
+  }
+
+  private async change(change: Change, below: () => Promise<void>): Promise<void> {
+    const journal = this.journal
+    if (!journal) return below()
+    const a = journal.append(change)
+    const durable = this.noted(a.seq, a.durable)
+    try {
+      await below()
+    } finally {
+      this.settled(a.seq === null ? [] : [a.seq])
+    }
+    await durable
+  }
+
+  /** Records a new number as pending and wakes the shipper when it is durable. */
+  private noted(seq: number | null, durable: Promise<void>): Promise<void> {
+    if (seq === null) return durable
+    this.pending.add(seq)
+    this.acceptedAt.push({ seq, at: Date.now() })
+    return durable.then(() => this.wake?.())
+  }
+
+  private settled(seqs: number[]): void {
+    for (const s of seqs) this.pending.delete(s)
+  }
+}

@@ -1,0 +1,386 @@
+/**
+ * PrimaryPair: the primary's side of one replication pair — the volume's
+ * Journal (attached to its JournalLayer), the peer-wire stream to the
+ * secondary daemon, and the loop that creates the pair there, copies what
+ * the journal cannot ship (the initial sync of allocated extents, a resync
+ * after the journal limit), ships durable entries in order and trims.
+ *
+ * States (events on every change): syncing (initial copy) → replicating ⇄
+ * behind (the journal reached its limit: changes are dirty marks) →
+ * resyncing (copying the marked extents) → replicating; paused; stopped.
+ * Whether the peer answers is `link` (up/down), not a state.
+ *
+ * Order on the wire: one loop does everything, one request at a time, so
+ * the secondary sees copies and entries in the order they were read; during
+ * a copy nothing is shipped. A copy reads an extent under the shared range
+ * lock (every numbered change to it is stored), so entries numbered before
+ * the read are in it and later ones are shipped after it; the image is
+ * consistent once entries through the number accepted at the end of the copy
+ * are applied (RESYNC_END consistentAt).
+ *
+ * Trim: through min(secondary applied, primary data durable) — the
+ * JournalLayer flushes the stack below and says through which number the
+ * data is durable (at most every TRIM_EVERY_MS).
+ *
+ * Crash order: the journal (entries, marks, trim point) is durable in its
+ * own LevelDB; the pair's record (the job) holds the address, chain and
+ * settings. At open the retained entries are replayed into the volume
+ * (JournalLayer.replay) before any host I/O; the loop then asks the
+ * secondary where it is (CREATE is idempotent) and resumes: a resync whose
+ * marks remain continues with them (resumable initial sync), shipping
+ * resumes after the secondary's applied number.
+ *
+ * Failure modes: an unreachable peer → link down, retried with backoff;
+ * host I/O never waits for the peer (only for the journal's own commit).
+ * A refused batch (the secondary's rules) stops shipping with the refusal
+ * in `lastError` and the loop retries after a pause.
+ */
+import { VvfsError, asVvfsError, type WireError } from '../errors.js'
+import { CHUNK_SIZE, EXTENT_SIZE } from '../layout.js'
+import type { Logger } from '../log.js'
+import type { PeerKey } from '../wire/auth.js'
+import { WireClient } from '../wire/client.js'
+import { SIZE_MARK, type DirtyMark } from './durable-log.js'
+import { MAX_ENTRY_DATA, type JournalEntry } from './entry.js'
+import type { EpochChain, Sender } from './epoch.js'
+import { ReplicationStream } from './endpoint.js'
+import { DEFAULT_JOURNAL_SETTINGS, Journal, type JournalSettings, type ModeChange } from './journal.js'
+import type { JournalLayer } from './journal-layer.js'
+import { LevelDurableLog } from './level-log.js'
+import { entriesThatFit, MAX_MESSAGE_BYTES, REPLICATION_SERVICE } from './messages.js'
+
+export const PAIR_STATES = ['syncing', 'replicating', 'behind', 'resyncing', 'paused', 'stopped'] as const
+export type PairState = (typeof PAIR_STATES)[number]
+
+/** How often the primary flushes its data to trim what the secondary applied. */
+const TRIM_EVERY_MS = 500
+/** Retry delay after the peer failed, doubling to the max. */
+const RETRY_MS = { initial: 100, max: 2000 }
+/** Resync data per request: three 256 KiB pieces fit one 1 MiB frame. */
+const PIECES_PER_REQUEST = 3
+
+export interface PrimaryPairSpec {
+  pair: string
+  volNo: number
+  volumeName: string
+  size(): number
+  layer: JournalLayer
+  /** The journal's LevelDB directory. */
+  journalDir: string
+  host: string
+  port: number
+  key: PeerKey
+  /** Copy rate limit of the initial sync and resyncs, bytes/s (0: none). */
+  rate: number
+  chain: EpochChain
+  journal?: Partial<JournalSettings>
+  /** Allocated extents of the volume (the initial sync copies only those). */
+  allocatedExtents(): number[]
+  log: Logger
+  onState(from: PairState, to: PairState, reason: string): void
+  onProgress?(copied: number, total: number): void
+}
+
+export interface PairStatus {
+  pair: string
+  volume: string
+  peer: string
+  state: PairState
+  link: 'up' | 'down'
+  epoch: number
+  lastWritten: number
+  lastDurable: number
+  lastShipped: number
+  lastApplied: number
+  consistent: boolean
+  lag: { entries: number; bytes: number; seconds: number }
+  journal: { mode: string; usedBytes: number; limitBytes: number; entries: number; dirtyExtents: number }
+  rate: number
+  sync: { copied: number; total: number }
+  lastError: WireError | null
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
+
+export class PrimaryPair {
+  private stateNow: PairState
+  private link: 'up' | 'down' = 'down'
+  private applied = 0
+  private shipped = 0
+  private consistent = false
+  private lastError: WireError | null = null
+  private running = false
+  private loop: Promise<void> = Promise.resolve()
+  private client: WireClient | null = null
+  private lastTrimAt = 0
+  private copied = 0
+  private copyTotal = 0
+  private readonly shippedSamples: { t: number; bytes: number }[] = []
+  private shippedBytes = 0
+  private pausedFlag = false
+  private closed = false
+
+  private constructor(
+    private readonly spec: PrimaryPairSpec,
+    readonly journal: Journal,
+    private readonly durableLog: LevelDurableLog,
+    private readonly settings: JournalSettings,
+    initial: PairState,
+  ) {
+    this.stateNow = initial
+  }
+
+  /**
+   * Opens the pair's journal, replays it into the volume and attaches it:
+   * call before the volume serves host I/O. A new pair's journal marks every
+   * allocated extent (the initial sync).
+   */
+  static async open(spec: PrimaryPairSpec, isNew: boolean): Promise<PrimaryPair> {
+    const log = await LevelDurableLog.open(spec.journalDir)
+    const ref: { pair?: PrimaryPair } = {}
+    const onModeChange = (c: ModeChange) => ref.pair?.modeChanged(c)
+    let journal: Journal
+    try {
+      journal = await Journal.open(log, { epoch: spec.chain[spec.chain.length - 1]!.epoch, settings: spec.journal, onModeChange })
+    } catch (err) {
+      await log.close().catch(() => undefined)
+      throw err
+    }
+    const settings = { ...DEFAULT_JOURNAL_SETTINGS, ...spec.journal }
+    const replayed = await spec.layer.replay(journal)
+    if (replayed > 0) spec.log.info({ event: 'replication.replayed', pair: spec.pair, entries: replayed }, 'journal replayed into the volume')
+    spec.layer.attach(journal)
+    if (isNew) await journal.addMarks([...spec.allocatedExtents().map((extent) => ({ volume: spec.volNo, extent })), { volume: spec.volNo, extent: SIZE_MARK }])
+    const p = journal.positions
+    const initial: PairState = p.mode === 'bitmap' ? 'behind' : journal.dirtyMarks().length > 0 ? (isNew || p.trimmedThrough === 0 ? 'syncing' : 'resyncing') : 'replicating'
+    ref.pair = new PrimaryPair(spec, journal, log, settings, initial)
+    return ref.pair
+  }
+
+  get state(): PairState {
+    return this.stateNow
+  }
+
+  start(): void {
+    if (this.running) return
+    this.running = true
+    this.client = new WireClient({ host: this.spec.host, port: this.spec.port, key: this.spec.key, service: REPLICATION_SERVICE, log: this.spec.log, backoff: { initialMs: 100, maxMs: 1000 } })
+    this.client.start()
+    this.loop = this.run()
+  }
+
+  pause(): void {
+    this.pausedFlag = true
+    this.setState('paused', 'paused by request')
+  }
+
+  resume(): void {
+    if (!this.pausedFlag) return
+    this.pausedFlag = false
+    const mode = this.journal.positions.mode
+    this.setState(mode === 'journaling' ? (this.journal.dirtyMarks().length ? 'resyncing' : 'replicating') : 'behind', 'resumed')
+  }
+
+  /** Stops the loop and the link; the journal stays attached until close(). */
+  async halt(): Promise<void> {
+    this.running = false
+    await this.client?.close()
+    await this.loop
+  }
+
+  /** Halts, detaches the journal from the volume and closes it; `remove` drops the pair for good (stop). */
+  async close(): Promise<void> {
+    await this.halt()
+    if (this.closed) return
+    this.closed = true
+    this.spec.layer.detach()
+    await this.journal.close()
+    await this.durableLog.close()
+  }
+
+  status(): PairStatus {
+    const p = this.journal.positions
+    const applied = Math.min(this.applied, p.lastAccepted)
+    const now = Date.now()
+    while (this.shippedSamples.length > 1 && this.shippedSamples[0]!.t < now - 5000) this.shippedSamples.shift()
+    const first = this.shippedSamples[0]
+    const rate = first && now - first.t > 0 ? Math.round(((this.shippedBytes - first.bytes) * 1000) / Math.max(1000, now - first.t)) : 0
+    return {
+      pair: this.spec.pair,
+      volume: this.spec.volumeName,
+      peer: `${this.spec.host}:${this.spec.port}`,
+      state: this.stateNow,
+      link: this.link,
+      epoch: p.epoch,
+      lastWritten: p.lastAccepted,
+      lastDurable: p.lastDurable,
+      lastShipped: Math.max(this.shipped, applied),
+      lastApplied: applied,
+      consistent: this.consistent,
+      lag: {
+        entries: Math.max(0, p.lastAccepted - applied),
+        bytes: Math.max(0, this.journal.bytesAfter(applied)),
+        seconds: Math.round(this.spec.layer.lagSeconds(applied) * 1000) / 1000,
+      },
+      journal: { mode: p.mode, usedBytes: p.retainedBytes, limitBytes: this.settings.limitBytes, entries: p.retainedEntries, dirtyExtents: p.dirtyMarks },
+      rate,
+      sync: { copied: this.copied, total: this.copyTotal },
+      lastError: this.lastError,
+    }
+  }
+
+  // --- the loop ---------------------------------------------------------------
+
+  private modeChanged(c: ModeChange): void {
+    if (c.mode === 'bitmap' || c.mode === 'broken') this.setState('behind', `journal ${c.mode}: ${c.reason}`)
+  }
+
+  private setState(to: PairState, reason: string): void {
+    const from = this.stateNow
+    if (from === to) return
+    if (from === 'paused' && to !== 'stopped' && this.pausedFlag) return
+    this.stateNow = to
+    this.spec.log.info({ event: 'replication.state', pair: this.spec.pair, from, to, reason }, `replication ${this.spec.pair}: ${from} → ${to}`)
+    this.spec.onState(from, to, reason)
+  }
+
+  private get sender(): Sender {
+    const last = this.spec.chain[this.spec.chain.length - 1]!
+    return { epoch: last.epoch, home: last.home }
+  }
+
+  private async run(): Promise<void> {
+    let retry = RETRY_MS.initial
+    while (this.running) {
+      if (this.pausedFlag) {
+        await sleep(100)
+        continue
+      }
+      try {
+        await this.client!.ready(2000)
+        const stream = new ReplicationStream(this.client!, this.spec.pair, this.sender)
+        const ack = await stream.create({ group: null, volumes: [{ no: this.spec.volNo, name: this.spec.volumeName, size: this.spec.size() }], chain: [...this.spec.chain] })
+        this.link = 'up'
+        this.applied = ack.appliedSeq
+        this.consistent = ack.consistent
+        this.lastError = null
+        retry = RETRY_MS.initial
+        const remote = await stream.status()
+        if (remote.appliedSeq < this.journal.positions.trimmedThrough && !remote.resyncing && this.journal.dirtyMarks().length === 0) {
+          // The secondary lost what we trimmed (its pair was removed and made anew): copy everything allocated again.
+          this.spec.log.warn({ event: 'replication.full_resync', pair: this.spec.pair, applied: remote.appliedSeq, trimmed: this.journal.positions.trimmedThrough }, 'the secondary is behind the trimmed journal: full resync')
+          await this.journal.addMarks([...this.spec.allocatedExtents().map((extent) => ({ volume: this.spec.volNo, extent })), { volume: this.spec.volNo, extent: SIZE_MARK }])
+        }
+        if (this.journal.positions.mode !== 'journaling' || this.journal.dirtyMarks().length > 0 || remote.resyncing) await this.resync(stream, remote.appliedSeq)
+        await this.ship(stream)
+      } catch (err) {
+        if (!this.running) break
+        const e = asVvfsError(err)
+        if (this.link === 'up' || this.lastError?.code !== e.code) this.spec.log.warn({ event: 'replication.link', pair: this.spec.pair, code: e.code, err: e.message }, `replication ${this.spec.pair}: ${e.message}`)
+        this.link = 'down'
+        this.lastError = e.toWire()
+        await sleep(retry)
+        retry = Math.min(RETRY_MS.max, retry * 2)
+      }
+    }
+  }
+
+  /** Copies the marked extents (initial sync or resync), then tells the secondary from which number it is consistent. */
+  private async resync(stream: ReplicationStream, remoteApplied: number): Promise<void> {
+    const initial = this.stateNow === 'syncing'
+    let base: number
+    if (this.journal.positions.mode === 'bitmap') {
+      base = (await this.journal.beginResync()).baseSeq
+    } else {
+      base = Math.max(remoteApplied, this.journal.positions.trimmedThrough)
+    }
+    this.setState(initial ? 'syncing' : 'resyncing', 'copying dirty extents')
+    const ack = await stream.beginResync(base)
+    this.applied = ack.appliedSeq
+    this.consistent = false
+    const generation = this.journal.markGeneration
+    const marks = this.journal.dirtyMarks().sort((a, b) => a.extent - b.extent)
+    this.copied = 0
+    this.copyTotal = marks.filter((m) => m.extent !== SIZE_MARK).length * EXTENT_SIZE
+    const started = Date.now()
+    for (const mark of marks) {
+      if (!this.running || this.pausedFlag) throw new VvfsError('SHUTTING_DOWN', 'resync interrupted')
+      await this.copyExtent(stream, mark)
+      await this.journal.clearMarks([mark], generation)
+      if (mark.extent !== SIZE_MARK) this.copied += EXTENT_SIZE
+      this.spec.onProgress?.(this.copied, this.copyTotal)
+      if (this.spec.rate > 0) {
+        const due = started + (this.copied * 1000) / this.spec.rate
+        if (due > Date.now()) await sleep(due - Date.now())
+      }
+    }
+    await this.journal.drain()
+    const consistentAt = this.journal.positions.lastAccepted
+    const end = await stream.endResync(consistentAt)
+    this.applied = end.appliedSeq
+    this.consistent = end.consistent
+    if (this.journal.positions.mode === 'journaling' && this.journal.dirtyMarks().length === 0) this.setState('replicating', `copy done; consistent once ${consistentAt} is applied`)
+  }
+
+  private async copyExtent(stream: ReplicationStream, mark: DirtyMark): Promise<void> {
+    const size = this.spec.size()
+    const resize = (): JournalEntry => ({ seq: 1, epoch: this.sender.epoch, volume: this.spec.volNo, kind: 'resize', offset: 0, length: size, data: null })
+    if (mark.extent === SIZE_MARK) {
+      this.check(await stream.resyncData([resize()]))
+      return
+    }
+    const start = mark.extent * EXTENT_SIZE
+    const end = Math.min(size, start + EXTENT_SIZE)
+    let batch: JournalEntry[] = []
+    for (let at = start; at < end; at += MAX_ENTRY_DATA) {
+      const len = Math.min(MAX_ENTRY_DATA, end - at)
+      const chunks = Math.ceil(len / CHUNK_SIZE)
+      const buf = Buffer.alloc(chunks * CHUNK_SIZE)
+      await this.spec.layer.readBelow(at / CHUNK_SIZE, chunks, buf)
+      const data = buf.subarray(0, len)
+      const zero = data.every((b) => b === 0)
+      batch.push({ seq: 1, epoch: this.sender.epoch, volume: this.spec.volNo, kind: zero ? 'zero' : 'write', offset: at, length: len, data: zero ? null : data })
+      if (batch.length === PIECES_PER_REQUEST) {
+        this.check(await stream.resyncData(batch))
+        batch = []
+      }
+    }
+    if (batch.length) this.check(await stream.resyncData(batch))
+  }
+
+  private check(ack: { refused: WireError | null }): void {
+    if (ack.refused) throw new VvfsError(ack.refused.code, ack.refused.message, { details: ack.refused.details })
+  }
+
+  /** Ships durable entries from the secondary's applied number on, trimming behind it; returns when a resync is needed. */
+  private async ship(stream: ReplicationStream): Promise<void> {
+    while (this.running && !this.pausedFlag) {
+      const p = this.journal.positions
+      if (p.mode !== 'journaling') return
+      if (this.stateNow !== 'replicating' && this.journal.dirtyMarks().length === 0) this.setState('replicating', 'shipping')
+      const records = await this.journal.readRecords(this.applied + 1, MAX_MESSAGE_BYTES)
+      if (records.length === 0) {
+        await this.maybeTrim()
+        await this.spec.layer.nextDurable(200)
+        continue
+      }
+      const n = Math.max(1, entriesThatFit(this.spec.pair, this.sender, records.map((r) => r.record.length)))
+      const batch = records.slice(0, n)
+      const ack = await stream.ship(batch.map((r) => r.record))
+      this.check(ack)
+      this.shipped = batch[batch.length - 1]!.seq
+      this.shippedBytes += batch.reduce((a, r) => a + r.record.length, 0)
+      this.shippedSamples.push({ t: Date.now(), bytes: this.shippedBytes })
+      this.applied = ack.appliedSeq
+      this.consistent = ack.consistent
+      await this.maybeTrim()
+    }
+  }
+
+  private async maybeTrim(): Promise<void> {
+    if (Date.now() - this.lastTrimAt < TRIM_EVERY_MS) return
+    this.lastTrimAt = Date.now()
+    const through = Math.min(this.applied, await this.spec.layer.dataDurableThrough(), this.journal.positions.lastDurable)
+    if (through > this.journal.positions.trimmedThrough) await this.journal.trim(through)
+  }
+}

@@ -1,0 +1,294 @@
+/**
+ * The secondary's pairs in a daemon: each pair is an Applier over a
+ * ReplicaStore — a LevelDB directory of its own under
+ * STATE/replication/secondary/<pair> — applying to read-only volumes of
+ * this daemon (created by the pair's CREATE, visible in the mount).
+ *
+ * Atomicity of "applied number with the data" (issue 13.3): a batch's
+ * changes and the new SecondaryState are one synced LevelDB batch in the
+ * pair's store (a redo log, keyed by a local counter); the changes are then
+ * applied to the volumes in order. Every second (and at close) the volumes
+ * are flushed and a checkpoint — the last local number whose change is
+ * durable in the volume — is written and the records through it dropped.
+ * At open the records after the checkpoint are applied again, in order, and
+ * flushed before the pair is served and before the host mounts come up, so
+ * the image is always the primary's writes 1..appliedSeq (or, during a
+ * resync, marked inconsistent). Applying a change twice in order is
+ * harmless: every change sets bytes to given contents.
+ *
+ * Concurrency: the Applier runs one batch at a time; the store's apply is
+ * only called from it. Pairs are created one at a time (a queue).
+ *
+ * Failure modes: a store that fails a batch rejects (IO_ERROR) and the
+ * Applier reloads its state; a volume write that fails after the batch is
+ * durable is retried at the next open (redo). A CREATE naming a volume that
+ * exists and is not this pair's replica is refused (VOLUME_EXISTS).
+ */
+import { ClassicLevel } from 'classic-level'
+import { mkdir, readdir, rm } from 'node:fs/promises'
+import { join } from 'node:path'
+import { VvfsError } from '../errors.js'
+import type { Logger } from '../log.js'
+import type { Volume } from '../relay/volume.js'
+import { Applier, isConsistent, type ApplyTarget, type SecondaryState, type TargetChange } from './applier.js'
+import { decodeEntry, encodeEntry, readU53, writeU53 } from './entry.js'
+import type { EpochChain } from './epoch.js'
+import type { Hello } from './messages.js'
+
+/** What the daemon gives the secondary: its volumes. */
+export interface ReplicaHost {
+  /** The live volume named `name`, if it is a replica of `pair`. */
+  replica(name: string, pair: string): Volume | undefined
+  /** Creates read-only volume `name` of `size` as a replica of `pair` (VOLUME_EXISTS if the name is taken). */
+  createReplica(name: string, size: number, pair: string): Promise<Volume>
+  resizeReplica(name: string, size: number): Promise<void>
+}
+
+export interface PairConfig {
+  pair: string
+  group: string | null
+  /** The primary's volume numbers (entries carry them) → the local volume names. */
+  volumes: { no: number; name: string; size: number }[]
+  /** The primary's address as last seen (for status). */
+  peer: string
+  createdAt: string
+  /** The primary's epoch chain when the pair was created (the Applier's start). */
+  chain: EpochChain
+}
+
+const CONFIG_KEY = Buffer.from('m/config')
+const STATE_KEY = Buffer.from('m/state')
+const CHECKPOINT_KEY = Buffer.from('m/checkpoint')
+const RECORD = 0x72 // 'r'
+/** How often applied changes are flushed in the volumes and the redo records dropped. */
+const CHECKPOINT_MS = 1000
+
+function recordKey(n: number): Buffer {
+  const k = Buffer.alloc(9)
+  k[0] = RECORD
+  writeU53(k, 1, n)
+  return k
+}
+
+const corrupt = (why: string) => new VvfsError('STATE_CORRUPT', `replica store: ${why}`)
+
+/** One pair's durable state and redo log on the secondary; the Applier's target. */
+export class ReplicaStore implements ApplyTarget {
+  private lastRecord = 0
+  private checkpoint = 0
+  private lastCheckpointAt = Date.now()
+
+  private constructor(
+    private readonly db: ClassicLevel<Buffer, Buffer>,
+    private readonly dir: string,
+    readonly config: PairConfig,
+    private readonly volumes: Map<number, Volume>,
+    private readonly host: ReplicaHost,
+  ) {}
+
+  static async open(dir: string, config: PairConfig | null, host: ReplicaHost): Promise<ReplicaStore> {
+    await mkdir(dir, { recursive: true })
+    const db = new ClassicLevel<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer', compression: false, writeBufferSize: 4 * 1024 * 1024 })
+    await db.open()
+    try {
+      const raw = await db.get(CONFIG_KEY)
+      const stored = raw ? (JSON.parse(raw.toString('utf8')) as PairConfig) : null
+      const cfg = stored ?? config
+      if (!cfg) throw corrupt(`${dir} has no pair configuration`)
+      if (!stored) await db.put(CONFIG_KEY, Buffer.from(JSON.stringify(cfg)), { sync: true })
+      const volumes = new Map<number, Volume>()
+      for (const v of cfg.volumes) {
+        const vol = host.replica(v.name, cfg.pair) ?? (await host.createReplica(v.name, v.size, cfg.pair))
+        volumes.set(v.no, vol)
+      }
+      const store = new ReplicaStore(db, dir, cfg, volumes, host)
+      await store.redo()
+      return store
+    } catch (err) {
+      await db.close().catch(() => undefined)
+      throw err
+    }
+  }
+
+  async load(): Promise<SecondaryState | null> {
+    const raw = await this.db.get(STATE_KEY)
+    return raw ? (JSON.parse(raw.toString('utf8')) as SecondaryState) : null
+  }
+
+  async apply(changes: TargetChange[], state: SecondaryState): Promise<void> {
+    const ops: { type: 'put'; key: Buffer; value: Buffer }[] = []
+    let n = this.lastRecord
+    for (const c of changes) ops.push({ type: 'put', key: recordKey(++n), value: encodeEntry({ ...c, seq: n, epoch: 1 }) })
+    ops.push({ type: 'put', key: STATE_KEY, value: Buffer.from(JSON.stringify(state)) })
+    try {
+      await this.db.batch(ops, { sync: true })
+    } catch (err) {
+      throw new VvfsError('IO_ERROR', `replica store batch failed: ${(err as Error).message}`, { cause: err })
+    }
+    this.lastRecord = n
+    for (const c of changes) await this.applyToVolume(c)
+    if (Date.now() - this.lastCheckpointAt >= CHECKPOINT_MS) await this.makeCheckpoint()
+  }
+
+  /** Flushes the volumes and drops the redo records they now hold durably. */
+  async makeCheckpoint(): Promise<void> {
+    this.lastCheckpointAt = Date.now()
+    const through = this.lastRecord
+    if (through === this.checkpoint) return
+    for (const v of this.volumes.values()) await v.flush()
+    await this.db.put(CHECKPOINT_KEY, u53(through), { sync: true })
+    await this.db.clear({ gte: recordKey(0), lte: recordKey(through) })
+    this.checkpoint = through
+  }
+
+  /** Closes the store without a checkpoint (its volume is gone) and deletes it. */
+  async drop(): Promise<void> {
+    await this.db.close()
+    await rm(this.dir, { recursive: true, force: true })
+  }
+
+  async close(): Promise<void> {
+    try {
+      await this.makeCheckpoint()
+    } finally {
+      await this.db.close()
+    }
+  }
+
+  /** Applies the records after the checkpoint again (a crash may have left their data unstored). */
+  private async redo(): Promise<void> {
+    const raw = await this.db.get(CHECKPOINT_KEY)
+    this.checkpoint = this.lastRecord = raw ? readU53(raw, 0, corrupt) : 0
+    for await (const [k, v] of this.db.iterator({ gt: recordKey(this.checkpoint), lt: Buffer.from([RECORD + 1]) })) {
+      const n = readU53(k, 1, corrupt)
+      await this.applyToVolume(decodeEntry(v, 'STATE_CORRUPT'))
+      this.lastRecord = n
+    }
+    await this.makeCheckpoint()
+  }
+
+  private async applyToVolume(c: TargetChange): Promise<void> {
+    const v = this.volumes.get(c.volume)
+    if (!v) throw new VvfsError('VOLUME_NOT_FOUND', `replica store: no local volume for primary volume ${c.volume}`)
+    switch (c.kind) {
+      case 'write':
+        if (c.data) await v.write(c.offset, c.data)
+        return
+      case 'discard':
+      case 'zero':
+      case 'release':
+        await v.discard(c.offset, c.length)
+        return
+      case 'resize': {
+        const name = this.config.volumes.find((x) => x.no === c.volume)!.name
+        if (c.length !== v.size) await this.host.resizeReplica(name, c.length)
+        return
+      }
+      case 'flush':
+        return
+    }
+  }
+}
+
+function u53(n: number): Buffer {
+  const b = Buffer.alloc(8)
+  writeU53(b, 0, n)
+  return b
+}
+
+export interface SecondaryPairInfo {
+  pair: string
+  group: string | null
+  volumes: string[]
+  peer: string
+  appliedSeq: number
+  epoch: number
+  consistent: boolean
+  resyncing: boolean
+}
+
+/** Every secondary pair of a daemon. */
+export class SecondaryPairs {
+  private readonly pairs = new Map<string, { store: ReplicaStore; applier: Applier }>()
+  private queue: Promise<unknown> = Promise.resolve()
+
+  constructor(
+    private readonly dir: string,
+    private readonly host: ReplicaHost,
+    private readonly log: Logger,
+  ) {}
+
+  /** Opens every pair found under the directory (redo included): before the mounts come up. */
+  async open(): Promise<void> {
+    await mkdir(this.dir, { recursive: true })
+    for (const name of (await readdir(this.dir)).sort()) {
+      const store = await ReplicaStore.open(join(this.dir, name), null, this.host)
+      const applier = await Applier.open(store, { volumes: store.config.volumes.map((v) => v.no), chain: store.config.chain })
+      this.pairs.set(store.config.pair, { store, applier })
+      this.log.info({ event: 'replication.secondary_opened', pair: store.config.pair, appliedSeq: applier.status.appliedSeq }, 'secondary pair opened')
+    }
+  }
+
+  lookup(pair: string): Applier | undefined {
+    return this.pairs.get(pair)?.applier
+  }
+
+  /** CREATE: the pair if it exists (its volumes must match), else a new one with new read-only volumes. */
+  create(h: Hello, peer: string): Promise<Applier> {
+    const run = this.queue.then(async () => {
+      const known = this.pairs.get(h.pair)
+      if (known) {
+        const want = h.volumes.map((v) => v.no).sort().join(',')
+        const have = known.store.config.volumes.map((v) => v.no).sort().join(',')
+        if (want !== have) throw new VvfsError('VOLUME_EXISTS', `pair ${h.pair} exists here with other volumes`, { details: { reason: 'pair-mismatch' } })
+        return known.applier
+      }
+      const names = h.volumes.length === 1 ? [{ ...h.volumes[0]!, name: h.pair }] : h.volumes.map((v) => ({ ...v, name: `${h.pair}-${v.name}` }))
+      const config: PairConfig = { pair: h.pair, group: h.group, volumes: names.map((v) => ({ no: v.no, name: v.name, size: v.size })), peer, createdAt: new Date().toISOString(), chain: h.chain }
+      for (const v of config.volumes) await this.host.createReplica(v.name, v.size, h.pair)
+      const store = await ReplicaStore.open(join(this.dir, h.pair), config, this.host)
+      const applier = await Applier.open(store, { volumes: config.volumes.map((v) => v.no), chain: h.chain })
+      this.pairs.set(h.pair, { store, applier })
+      this.log.info({ event: 'replication.secondary_created', pair: h.pair, volumes: config.volumes.map((v) => v.name), peer }, 'secondary pair created')
+      return applier
+    })
+    this.queue = run.catch(() => undefined)
+    return run
+  }
+
+  /** Drops a pair and its store (its volume was deleted); a later CREATE starts it anew. */
+  forget(pair: string): Promise<void> {
+    const run = this.queue.then(async () => {
+      const known = this.pairs.get(pair)
+      if (!known) return
+      this.pairs.delete(pair)
+      await known.store.drop()
+      this.log.info({ event: 'replication.secondary_removed', pair }, 'secondary pair removed with its volume')
+    })
+    this.queue = run.catch(() => undefined)
+    return run
+  }
+
+  list(): SecondaryPairInfo[] {
+    return [...this.pairs.values()].map(({ store, applier }) => {
+      const s = applier.status
+      const last = s.chain[s.chain.length - 1]
+      return {
+        pair: store.config.pair,
+        group: store.config.group,
+        volumes: store.config.volumes.map((v) => v.name),
+        peer: store.config.peer,
+        appliedSeq: s.appliedSeq,
+        epoch: last?.epoch ?? 0,
+        consistent: isConsistent(s),
+        resyncing: s.resyncing,
+      }
+    })
+  }
+
+  async close(): Promise<void> {
+    await this.queue
+    for (const { store } of this.pairs.values()) await store.close().catch(() => undefined)
+    this.pairs.clear()
+  }
+}

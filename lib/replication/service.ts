@@ -1,0 +1,142 @@
+/**
+ * Replication in a daemon (issue 13): both roles. As a primary, its pairs
+ * are replication jobs (lib/jobs/replicate.ts) whose PrimaryPairs this
+ * registry keeps by job id; as a secondary, SecondaryPairs (secondary.ts)
+ * behind the peer listener (`vvfs daemon --listen ADDR:PORT --peer-key
+ * FILE`, the peer wire's service 'replication'). The manager owns one and
+ * calls it at start (open: the secondaries' redo, before the mounts) and at
+ * stop (close: after the mounts, before the stores).
+ *
+ * Where a journal lives: STATE/journals/job-<id> (a LevelDB of its own,
+ * every commit synced). Not on the volume's home storage system as the
+ * claims put it: a volume has a home only after a consolidation, a storage
+ * system may be remote (no local directory), and a local system's directory
+ * is its ChunkStore's LevelDB. Moving the journal with the primary (the
+ * handoff of claims 1–7) is not built.
+ *
+ * Concurrency: control requests arrive through the manager's queue; the
+ * listener's requests go to the pairs (each an Applier, one batch at a time).
+ */
+import { join } from 'node:path'
+import type { ReplicationInfo } from '../control/schema.js'
+import { VvfsError } from '../errors.js'
+import type { ReplicationResources } from '../jobs/driver.js'
+import type { Logger } from '../log.js'
+import type { JobRecord, ReplicateJobRecord } from '../migration/job.js'
+import type { JournalLayer } from './journal-layer.js'
+import type { PrimaryPair } from './primary.js'
+import { SecondaryPairs, type ReplicaHost } from './secondary.js'
+import { serveReplication } from './endpoint.js'
+import { REPLICATION_SERVICE } from './messages.js'
+import { loadPeerKey } from '../wire/auth.js'
+import { parseHostPort, WireServer } from '../wire/server.js'
+
+export interface ReplicationHost extends ReplicaHost {
+  journalLayer(volNo: number): JournalLayer | undefined
+  volumeSize(volNo: number): number
+  allocatedExtents(volNo: number): number[]
+  home(volNo: number): string
+  jobs(): readonly JobRecord[]
+  emitState(body: { pair: string; volume: string; from: string; to: string; reason: string }): void
+}
+
+export class ReplicationService {
+  readonly pairs = new Map<number, PrimaryPair>()
+  readonly secondaries: SecondaryPairs
+  private listener: WireServer | null = null
+
+  constructor(
+    private readonly stateDir: string,
+    private readonly host: ReplicationHost,
+    private readonly log: Logger,
+  ) {
+    this.secondaries = new SecondaryPairs(join(stateDir, 'replication', 'secondary'), host, log)
+  }
+
+  /** What replication jobs get (lib/jobs/driver.ts). */
+  resources(): ReplicationResources {
+    const h = this.host
+    return {
+      journalLayer: (volNo) => h.journalLayer(volNo),
+      volumeSize: (volNo) => h.volumeSize(volNo),
+      allocatedExtents: (volNo) => h.allocatedExtents(volNo),
+      journalDir: (jobId) => join(this.stateDir, 'journals', `job-${jobId}`),
+      home: (volNo) => h.home(volNo),
+      pairs: this.pairs,
+      stateChanged: (body) => h.emitState(body),
+    }
+  }
+
+  /** Opens the secondary pairs (their redo included): before the host mounts. */
+  open(): Promise<void> {
+    return this.secondaries.open()
+  }
+
+  /** Serves the secondary's side at ADDR:PORT (peer wire, service 'replication'). */
+  async listen(address: string, keyFile: string): Promise<{ host: string; port: number }> {
+    const { host, port } = parseHostPort(address)
+    const key = await loadPeerKey(keyFile)
+    const server = new WireServer({ host, port, key, service: REPLICATION_SERVICE, log: this.log })
+    serveReplication(server, (pair) => this.secondaries.lookup(pair), this.log, (h, peer) => this.secondaries.create(h, peer))
+    const bound = await server.listen()
+    this.listener = server
+    this.log.info({ event: 'replication.listening', host: bound.host, port: bound.port }, `replication listener on ${bound.host}:${bound.port}`)
+    return bound
+  }
+
+  /** The replication job of a pair (primary side), if it runs here. */
+  jobOf(pair: string): ReplicateJobRecord | undefined {
+    return this.host.jobs().find((j): j is ReplicateJobRecord => j.kind === 'replicate' && j.pair === pair && j.status !== 'concluded')
+  }
+
+  /** The pair replicating volume `volNo` from here, if any. */
+  pairOfVolume(volNo: number): string | undefined {
+    return this.host.jobs().find((j): j is ReplicateJobRecord => j.kind === 'replicate' && j.status !== 'concluded' && j.volNos.includes(volNo))?.pair
+  }
+
+  /** Every pair this daemon takes part in, primary and secondary sides. */
+  list(): ReplicationInfo[] {
+    const out: ReplicationInfo[] = []
+    for (const [jobId, p] of this.pairs) {
+      const s = p.status()
+      out.push({ ...s, role: 'primary', job: jobId, lastError: s.lastError ? { code: s.lastError.code, message: s.lastError.message } : null })
+    }
+    for (const s of this.secondaries.list()) {
+      out.push({
+        pair: s.pair,
+        role: 'secondary',
+        job: null,
+        volume: s.volumes.join(','),
+        peer: s.peer,
+        state: s.resyncing ? 'resyncing' : s.consistent ? 'consistent' : 'catching-up',
+        link: 'up',
+        epoch: s.epoch,
+        lastWritten: 0,
+        lastDurable: 0,
+        lastShipped: 0,
+        lastApplied: s.appliedSeq,
+        consistent: s.consistent,
+        lag: { entries: 0, bytes: 0, seconds: 0 },
+        journal: { mode: 'none', usedBytes: 0, limitBytes: 0, entries: 0, dirtyExtents: 0 },
+        rate: 0,
+        sync: { copied: 0, total: 0 },
+        lastError: null,
+      })
+    }
+    return out.sort((a, b) => a.pair.localeCompare(b.pair) || a.role.localeCompare(b.role))
+  }
+
+  status(pair: string): ReplicationInfo[] {
+    const found = this.list().filter((p) => p.pair === pair)
+    if (found.length === 0) throw new VvfsError('PAIR_NOT_FOUND', `no replication pair named ${pair} here`)
+    return found
+  }
+
+  /** After the mounts are gone and before the stores close: the journals and the secondaries' checkpoints. */
+  async close(): Promise<void> {
+    await this.listener?.close()
+    for (const p of this.pairs.values()) await p.close().catch((err: unknown) => this.log.error({ event: 'replication.close_failed', err: String(err) }, 'a journal did not close cleanly'))
+    this.pairs.clear()
+    await this.secondaries.close()
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * The journal layer in a volume's stack (lib/replication/journal-layer.ts):
+ * a host write is answered only once its entry is durable; changes are
+ * numbered in the order they are applied; the primary never trims past its
+ * own durable data; and at open the retained entries are replayed into the
+ * volume (a write the secondary may hold is never missing at the primary),
+ * except over extents marked dirty.
+ */
+import { afterEach, describe, expect, it } from 'vitest'
+import { CHUNK_SIZE, EXTENT_SIZE } from '../../lib/layout.js'
+import { MemoryDurableLog } from '../../lib/replication/durable-log.js'
+import { Journal } from '../../lib/replication/journal.js'
+import { removeDir, tempDir } from '../helpers/daemon.js'
+import { memorySystems, openStack, type Stack } from '../helpers/stack.js'
+
+let open: { stack: Stack; dir: string }[] = []
+afterEach(async () => {
+  for (const { stack, dir } of open) {
+    await stack.close().catch(() => undefined)
+    removeDir(dir)
+  }
+  open = []
+})
+
+async function stack(): Promise<Stack> {
+  const dir = tempDir('vvfs-jlayer-')
+  const s = await openStack({ dir, systems: 1, capacity: 16 * EXTENT_SIZE, size: 8 * EXTENT_SIZE, systemsFrom: memorySystems }, true)
+  open.push({ stack: s, dir })
+  return s
+}
+
+const block = (fill: number) => Buffer.alloc(CHUNK_SIZE, fill)
+
+describe('the journal layer', () => {
+  it('answers a host write only once its entry is durable, numbering changes in the order they are applied', async () => {
+    const s = await stack()
+    const log = new MemoryDurableLog()
+    const journal = await Journal.open(log, { epoch: 1 })
+    s.layers.journal.attach(journal)
+    log.hold()
+    let answered = false
+    const w = s.volume.write(0, block(1)).then(() => (answered = true))
+    await new Promise((r) => setTimeout(r, 50))
+    expect(answered).toBe(false)
+    log.release()
+    await w
+    await s.volume.write(0, block(2))
+    await s.volume.discard(0, CHUNK_SIZE)
+    await s.volume.flush()
+    const entries = await journal.read(1, 1 << 20)
+    expect(entries.map((e) => [e.seq, e.kind, e.data?.[0] ?? null])).toEqual([
+      [1, 'write', 1],
+      [2, 'write', 2],
+      [3, 'discard', null],
+      [4, 'flush', null],
+    ])
+  })
+
+  it('says the data is durable only through changes stored before its flush', async () => {
+    const s = await stack()
+    const journal = await Journal.open(new MemoryDurableLog(), { epoch: 1 })
+    s.layers.journal.attach(journal)
+    await s.volume.write(0, block(1))
+    await s.volume.flush()
+    const through = await s.layers.journal.dataDurableThrough()
+    expect(through).toBe(journal.positions.lastAccepted)
+    // A write whose store is still under way holds the point back.
+    const below = s.layers.thin
+    const original = below.write.bind(below)
+    let release!: () => void
+    const gate = new Promise<void>((r) => (release = r))
+    below.write = (first, data) => {
+      const w = original(first, data)
+      return { accepted: w.accepted, stored: gate.then(() => w.stored) }
+    }
+    let held: number
+    try {
+      await s.volume.write(EXTENT_SIZE, block(2))
+      held = journal.positions.lastAccepted
+      expect(await s.layers.journal.dataDurableThrough()).toBe(held - 1)
+    } finally {
+      release()
+    }
+    await s.volume.drain()
+    expect(await s.layers.journal.dataDurableThrough()).toBe(held)
+  })
+
+  it('replays retained entries into a stack that lost their data, but not over extents marked dirty', async () => {
+    const log = new MemoryDurableLog()
+    const journal = await Journal.open(log, { epoch: 1 })
+    journal.append({ kind: 'write', volume: 1, offset: 0, data: block(7) })
+    journal.append({ kind: 'write', volume: 1, offset: 2 * EXTENT_SIZE, data: block(8) })
+    await journal.addMarks([{ volume: 1, extent: 2 }])
+    await journal.drain()
+    // A fresh stack: the primary crashed before either write reached its data.
+    const s = await stack()
+    const reopened = await Journal.open(log.powerCut(), { epoch: 1 })
+    expect(await s.layers.journal.replay(reopened)).toBe(1)
+    const out = Buffer.alloc(CHUNK_SIZE)
+    await s.volume.read(0, CHUNK_SIZE, out)
+    expect(out.equals(block(7))).toBe(true)
+    await s.volume.read(2 * EXTENT_SIZE, CHUNK_SIZE, out)
+    expect(out.equals(block(0))).toBe(true)
+  })
+})

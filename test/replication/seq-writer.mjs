@@ -1,0 +1,28 @@
+// Issues numbered synchronous 4 KiB writes (O_DIRECT|O_SYNC) to a volume
+// file: write FIRST, FIRST+1, … (seq-blocks.mjs), appending each number to
+// ACKLOG once its write returned. Stops after the write under way on
+// SIGTERM, or at the first error (the daemon was killed), exiting 0.
+// Usage: node seq-writer.mjs FILE BLOCKS FIRST ACKLOG
+import { appendFileSync, closeSync, constants, openSync, writeSync } from 'node:fs'
+import { setImmediate } from 'node:timers/promises'
+import { BLOCK, blockOf, offsetOf } from './seq-blocks.mjs'
+
+const [file, blocksArg, firstArg, ackLog] = process.argv.slice(2)
+const blocks = Number(blocksArg)
+let stop = false
+process.on('SIGTERM', () => (stop = true))
+const fd = openSync(file, constants.O_RDWR | constants.O_DIRECT | constants.O_SYNC)
+let seq = Number(firstArg)
+try {
+  while (!stop) {
+    writeSync(fd, blockOf(seq, blocks), 0, BLOCK, offsetOf(seq, blocks) * BLOCK)
+    appendFileSync(ackLog, `${seq}\n`)
+    seq++
+    // Let a SIGTERM in between writes.
+    await setImmediate()
+  }
+  closeSync(fd)
+} catch (err) {
+  process.stdout.write(`writer stopped at ${seq}: ${err.code ?? err.message}\n`)
+}
+process.exit(0)
