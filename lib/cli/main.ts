@@ -9,9 +9,10 @@ import yargs, { type Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { ControlClient } from '../control/client.js'
 import { METHODS, type MethodName, type ParamsInput, type Result } from '../control/schema.js'
-import { asVvfsError } from '../errors.js'
+import { asVvfsError, VvfsError } from '../errors.js'
 import { LOG_FORMATS, LOG_LEVELS, type LogLevel } from '../log.js'
-import { formatSize, parseDuration, parseSize } from '../units.js'
+import { checkName, formatSize, parseDuration, parseSize } from '../units.js'
+import type { ClusterOptions } from '../cluster/options.js'
 import { fields, table } from './output.js'
 import { copyOptions, migrationCommands, startedJob } from './jobs.js'
 import { COMPLETION_KEY, namesToComplete } from './completion.js'
@@ -155,7 +156,12 @@ export function buildCli(rawArgs: string[]) {
           .option('allow-faults', { type: 'boolean', default: false, describe: 'accept `vvfs fault …` (I/O-error injection, for tests)' })
           .option('compact-idle', { type: 'string', default: '30s', describe: 'compact a local store this long after its last write when it takes more than 1.2 bytes on disk per allocated byte (0: never)' })
           .option('http', { type: 'string', describe: 'serve the read-only web view at HOST:PORT, or PORT on 127.0.0.1 (off unless given)' })
-          .option('http-token', { type: 'string', describe: 'file holding the token every web view request must carry (required when --http is not loopback)' }),
+          .option('http-token', { type: 'string', describe: 'file holding the token every web view request must carry (required when --http is not loopback)' })
+          // issue 15: several relays, one catalog
+          .option('etcd', { type: 'string', describe: 'join a cluster: the catalog, leases and ownership in etcd at these client URLs (comma-separated)' })
+          .option('relay-id', { type: 'string', describe: 'this relay\'s name in the cluster (with --etcd)' })
+          .option('standby', { type: 'boolean', default: false, describe: 'take no volumes at start; take over those whose owner\'s lease expires (with --etcd)' })
+          .option('lease-ttl', { type: 'string', default: '5s', describe: 'TTL of this relay\'s etcd lease (with --etcd)' }),
       async (argv) => {
         const { runDaemon } = await import('../daemon.js')
         const socket = argv.socket === DEFAULT_SOCKET && !process.env.VVFS_SOCKET ? undefined : argv.socket
@@ -170,6 +176,7 @@ export function buildCli(rawArgs: string[]) {
           compactIdleMs: parseDuration(argv['compact-idle'], '--compact-idle'),
           http: argv.http,
           httpToken: argv['http-token'],
+          cluster: clusterOptions(argv),
         })
       },
     )
@@ -469,6 +476,22 @@ export function buildCli(rawArgs: string[]) {
   migrationCommands(cli, withClient, print)
   faultCommands(cli, withClient, print)
   return cli
+}
+
+/** Issue 15: --etcd URL[,URL] --relay-id NAME [--standby] [--lease-ttl D], or undefined without --etcd. */
+function clusterOptions(argv: { etcd?: string; 'relay-id'?: string; standby: boolean; 'lease-ttl': string }): ClusterOptions | undefined {
+  if (argv.etcd === undefined) {
+    if (argv['relay-id'] !== undefined || argv.standby) throw new VvfsError('INVALID_ARGUMENT', '--relay-id and --standby need --etcd URL')
+    return undefined
+  }
+  const endpoints = argv.etcd.split(',').map((u) => u.trim()).filter((u) => u !== '')
+  if (endpoints.length === 0) throw new VvfsError('INVALID_ARGUMENT', '--etcd needs at least one client URL')
+  const relayId = argv['relay-id']
+  if (relayId === undefined) throw new VvfsError('INVALID_ARGUMENT', '--etcd needs --relay-id NAME (this relay\'s name in the cluster)')
+  checkName(relayId, 'relay')
+  const leaseTtlMs = parseDuration(argv['lease-ttl'], '--lease-ttl')
+  if (leaseTtlMs < 2000) throw new VvfsError('INVALID_ARGUMENT', '--lease-ttl must be at least 2s (etcd grants leases in whole seconds)')
+  return { endpoints, relayId, standby: argv.standby, leaseTtlMs }
 }
 
 const COMMANDS = new Set(['daemon', 'status', 'storage', 'host', 'volume', 'pool', 'events', 'protocol', 'migrate', 'job', 'fault', 'completion'])

@@ -41,6 +41,9 @@ import { WorkerChunkMover, type ChunkMover } from '../storage/chunk-mover.js'
 import { FaultInjector, type FaultSpec } from '../storage/fault-injector.js'
 // issue 14: storage systems on storage servers
 import { addRemoteSystem, fenceRemoteSystem, openRemoteSystem, remoteEpoch, remoteLink } from '../storage/remote/systems.js'
+// issue 15: several relays, one catalog in etcd
+import type { ClusterOptions } from '../cluster/options.js'
+import { EtcdCatalog } from './etcd-catalog.js'
 
 export const DEFAULT_HOST = 'local'
 
@@ -58,6 +61,8 @@ export interface ManagerOptions {
   allowFaults?: boolean
   /** Compact a local store this long after its last write when it is bloated (issue 17; 0: never; default DEFAULT_COMPACT_IDLE_MS). */
   compactIdleMs?: number
+  /** Issue 15: the catalog in etcd, this relay's name (absent: the file catalog in the state directory). */
+  cluster?: ClusterOptions
 }
 
 export class Manager implements HostView {
@@ -165,8 +170,9 @@ export class Manager implements HostView {
     // The map store's LevelDB lock is the state directory's lock.
     const maps = await MapStore.open(join(stateDir, 'maps'))
     let manager: Manager | undefined
+    let catalog: CatalogStore | undefined
     try {
-      const catalog = await FileCatalog.open(stateDir)
+      catalog = await openCatalog(stateDir, opts.cluster)
       const pool = new Pool()
       for (const rec of catalog.read().data.storage) {
         const system = rec.remote // issue 14
@@ -181,7 +187,10 @@ export class Manager implements HostView {
       return manager
     } catch (err) {
       if (manager) await manager.close().catch(() => {})
-      else await maps.close().catch(() => {})
+      else {
+        await maps.close().catch(() => {})
+        await catalog?.close?.().catch(() => {})
+      }
       throw err
     }
   }
@@ -283,6 +292,7 @@ export class Manager implements HostView {
       })
     }
     await this.maps.close()
+    await this.catalog.close?.() // issue 15: the etcd client
     this.log.info({ event: 'daemon.closed' }, 'state closed')
   }
 
@@ -932,6 +942,12 @@ function ratio(part: number, whole: number): number {
 }
 
 /** A new storage system's name must be free in the data it is committed to. */
+/** Issue 15: the catalog in etcd with --etcd, else the state directory's file. */
+function openCatalog(stateDir: string, cluster: ClusterOptions | undefined): Promise<CatalogStore> {
+  if (!cluster) return FileCatalog.open(stateDir)
+  return EtcdCatalog.open({ endpoints: cluster.endpoints, prefix: cluster.prefix })
+}
+
 function checkNewStorage(d: Committed<CatalogData>, name: string): void {
   if (d.storage.some((s) => s.name === name)) throw new VvfsError('STORAGE_EXISTS', `storage system ${name} already exists`)
 }
