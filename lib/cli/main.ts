@@ -13,6 +13,7 @@ import { asVvfsError, VvfsError } from '../errors.js'
 import { LOG_FORMATS, LOG_LEVELS, type LogLevel } from '../log.js'
 import { checkName, formatSize, parseDuration, parseSize } from '../units.js'
 import type { ClusterOptions } from '../cluster/options.js'
+import { relayCommands } from '../cluster/cli.js'
 import { fields, table } from './output.js'
 import { copyOptions, migrationCommands, startedJob } from './jobs.js'
 import { COMPLETION_KEY, namesToComplete } from './completion.js'
@@ -475,6 +476,7 @@ export function buildCli(rawArgs: string[]) {
     })
   migrationCommands(cli, withClient, print)
   faultCommands(cli, withClient, print)
+  relayCommands(cli, withClient, print) // issue 15
   return cli
 }
 
@@ -494,7 +496,7 @@ function clusterOptions(argv: { etcd?: string; 'relay-id'?: string; standby: boo
   return { endpoints, relayId, standby: argv.standby, leaseTtlMs }
 }
 
-const COMMANDS = new Set(['daemon', 'status', 'storage', 'host', 'volume', 'pool', 'events', 'protocol', 'migrate', 'job', 'fault', 'completion'])
+const COMMANDS = new Set(['daemon', 'status', 'storage', 'host', 'volume', 'pool', 'events', 'protocol', 'migrate', 'job', 'fault', 'completion', 'relay'])
 
 export async function main(args = hideBin(process.argv)): Promise<void> {
   const json = args.includes('--json')

@@ -66,6 +66,8 @@ export interface StorageRecord {
   draining?: boolean
   /** Issue 14: a storage system on a storage server (`path` is then its ADDR:PORT). */
   remote?: RemoteRecord
+  /** Issue 15: a local storage system made by this relay of a cluster: the others do not open it (its LevelDB is this relay's). */
+  relay?: string
 }
 
 export interface HostRecord {

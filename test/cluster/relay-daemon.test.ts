@@ -1,0 +1,114 @@
+/**
+ * Issue 15, relays as daemons (`vvfs daemon --etcd URL --relay-id NAME`,
+ * real etcd, FUSE mounts):
+ * - the relay that creates a volume owns it: `vvfs relay list` shows both
+ *   relays, their leases and the owner's volume with its token; the standby
+ *   serves nothing;
+ * - etcd stops answering (SIGSTOPped, as when the owner's link to etcd is
+ *   cut): the owner's host writes fail with EIO — never hang — within ⅔·TTL
+ *   of its last keep-alive, and succeed again once etcd answers in time;
+ * - a clean stop revokes the lease: its volumes are free at once.
+ */
+import { closeSync, constants, fsyncSync, openSync, writeSync } from 'node:fs'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { Result } from '../../lib/control/schema.js'
+import { cleanupAll, removeDir, startDaemon, type DaemonHandle } from '../helpers/daemon.js'
+import { cliFor } from '../helpers/cli.js'
+import { startEtcd, stopAllEtcd, type EtcdServer } from '../helpers/etcd.js'
+
+const TTL_MS = 3000
+let etcd: EtcdServer
+const daemons: DaemonHandle[] = []
+
+beforeAll(async () => {
+  etcd = await startEtcd()
+}, 30_000)
+afterAll(async () => {
+  etcd?.resume()
+  await cleanupAll()
+  await stopAllEtcd()
+  for (const d of daemons) removeDir(d.dir)
+})
+
+async function relay(id: string, extra: string[] = []): Promise<DaemonHandle> {
+  const d = await startDaemon({ extraArgs: ['--etcd', etcd.url, '--relay-id', id, '--lease-ttl', `${TTL_MS / 1000}s`, ...extra] })
+  daemons.push(d)
+  return d
+}
+
+function errnoOf(fn: () => void): string | undefined {
+  try {
+    fn()
+    return undefined
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code
+  }
+}
+
+/** write + fsync + close of 64 KiB at `offset`; the first errno code if any failed. */
+function writeSynced(file: string, offset: number, byte: number): string | undefined {
+  const fd = openSync(file, constants.O_RDWR)
+  const failed = errnoOf(() => {
+    writeSync(fd, Buffer.alloc(65536, byte), 0, 65536, offset)
+    fsyncSync(fd)
+  })
+  // close flushes too: a write that failed is reported there again.
+  return failed ?? errnoOf(() => closeSync(fd))
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+describe('relays in a cluster', () => {
+  it('owner, standby, relay list; etcd silent: the owner\'s writes fail with EIO within ⅔·TTL and work again when it answers; a clean stop frees the volumes', async () => {
+    const b = await relay('relay-b', ['--standby'])
+    const a = await relay('relay-a')
+    await a.client.call('storage.add', { name: 's1', capacity: '64M' })
+    await a.client.call('volume.create', { name: 'v', size: '16M' })
+
+    const list = cliFor(() => b.socket)('relay', 'list', '--json')
+    expect(list.code, list.err).toBe(0)
+    const { relays } = JSON.parse(list.out) as Result<'relay.list'>
+    expect(relays.map((r) => [r.relay, r.self, r.volumes.map((v) => v.name)])).toEqual([
+      ['relay-a', false, ['v']],
+      ['relay-b', true, []],
+    ])
+    expect(relays[0]!.volumes[0]!.token).toBeGreaterThan(0)
+    expect(relays.every((r) => r.leaseTtlMs > 0 && r.leaseTtlMs <= TTL_MS)).toBe(true)
+    const human = cliFor(() => a.socket)('relay', 'list')
+    expect(human.out).toMatch(/relay-a \*.*v \(\d+\)/)
+    // The standby serves nothing; the owner serves v.
+    expect((await b.client.call('volume.list', {})).volumes).toEqual([])
+    expect((await a.client.call('volume.list', {})).volumes.map((v) => v.name)).toEqual(['v'])
+
+    const file = a.file('v')
+    expect(writeSynced(file, 0, 1)).toBeUndefined()
+    // etcd stops answering: the owner keeps serving until ⅔·TTL after its last good keep-alive, then EIO.
+    const pausedAt = Date.now()
+    etcd.pause()
+    let failedAfter = -1
+    for (let i = 0; Date.now() - pausedAt < TTL_MS; i++) {
+      if (writeSynced(file, (i % 64) * 65536, 2) === 'EIO') {
+        failedAfter = Date.now() - pausedAt
+        break
+      }
+      await sleep(20)
+    }
+    expect(failedAfter).toBeGreaterThanOrEqual(0)
+    expect(failedAfter).toBeLessThanOrEqual((2 / 3) * TTL_MS + 300)
+    // etcd answers again before the lease ran out: the owner acknowledges again.
+    await sleep(Math.max(0, 2300 - (Date.now() - pausedAt)))
+    etcd.resume()
+    let back = false
+    for (let i = 0; i < 100 && !back; i++) {
+      back = writeSynced(file, 0, 3) === undefined
+      if (!back) await sleep(50)
+    }
+    expect(back).toBe(true)
+
+    // A clean stop revokes the lease: relay-a and its ownership are gone at once.
+    expect(await a.stop()).toBe(0)
+    const after = await b.client.call('relay.list', {})
+    expect(after.relays.map((r) => r.relay)).toEqual(['relay-b'])
+    expect(await b.stop()).toBe(0)
+  })
+})
