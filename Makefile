@@ -7,7 +7,7 @@ SHELL := /bin/bash
 DEBIAN_PACKAGES := libfuse2 fuse attr e2fsprogs util-linux chromium iproute2 etcd-server
 BENCH_PACKAGES := fio qemu-system-common qemu-utils
 
-.PHONY: help setup deps build run test lint typecheck bench clean
+.PHONY: bench-ha help setup deps build run test lint typecheck bench clean
 
 help:
 	@echo "make run    - set up, then run the daemon in the foreground (state ./.vvfs, volumes in ./mnt, web view at http://$(VVFS_HTTP)/)"
@@ -52,6 +52,10 @@ bench: setup
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	node dist/bench/run.js
 	node dist/bench/remote.js
+
+# Issue 15: relays in a cluster — failover time, etcd vs file catalog throughput (BENCH_HA_RUNS, BENCH_HA_TTL_MS, BENCH_SECONDS).
+bench-ha: setup
+	node dist/bench/ha.js
 
 clean:
 	rm -rf dist node_modules
