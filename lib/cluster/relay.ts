@@ -80,10 +80,15 @@ export class ClusterRelay {
     return this.lease.relayId
   }
 
-  /** At start: claims each volume nobody owns (not with --standby), then fences. Returns the ids this relay owns. */
-  async claimAtStart(volumes: readonly { id: string; name: string }[]): Promise<Set<string>> {
+  /**
+   * At start: claims each volume whose map this relay holds (it made it:
+   * `relay` in its record) and nobody owns — not with --standby — then
+   * fences. Returns the ids this relay owns. Another relay's volume is never
+   * claimed here: its map records are in that relay's MapStore.
+   */
+  async claimAtStart(volumes: readonly { id: string; name: string; relay?: string }[]): Promise<Set<string>> {
     if (!this.standby) {
-      for (const v of volumes) {
+      for (const v of volumes.filter((r) => r.relay === this.relayId)) {
         const owner = await this.ownership.claim(v.id, v.name)
         if (this.isMine(owner)) this.owned.set(v.id, owner)
         else this.log.info({ event: 'relay.volume_elsewhere', volume: v.name, owner: owner.relay, token: owner.token }, `volume ${v.name} is served by relay ${owner.relay}`)

@@ -88,6 +88,8 @@ export interface VolumeRecord {
   state: 'ready' | 'deleting'
   /** The storage system a migration consolidated the volume onto: new extents go there first. */
   home?: number
+  /** Issue 15: the relay of a cluster that made the volume and holds its map (only it may serve it). */
+  relay?: string
 }
 
 export type PoolFullMode = 'error' | 'queue'

@@ -664,6 +664,7 @@ export class Manager implements HostView {
         if (this.handles.has(p.name) || d.volumes.some((v) => v.name === p.name)) throw new VvfsError('VOLUME_EXISTS', `volume ${p.name} already exists`)
         for (const h of hosts) if (!d.hosts.some((r) => r.name === h)) throw new VvfsError('HOST_NOT_FOUND', `no host named ${h}`)
         const rec: VolumeRecord = { name: p.name, id: randomUUID(), no: d.nextVolumeNo++, size: p.size, hosts, createdAt: new Date().toISOString(), state: 'ready' }
+        if (this.cluster) rec.relay = this.cluster.relayId // issue 15
         d.volumes.push(rec)
         return structuredClone(rec)
       })

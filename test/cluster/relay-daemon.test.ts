@@ -153,3 +153,33 @@ describe('etcd restarted under a relay', () => {
     expect(await a.stop()).toBe(0)
   })
 })
+
+describe('a relay claims at start only the volumes whose map it holds', () => {
+  it('regression (another relay\'s volume claimed at start, served with an empty map): a relay started while the owner is down does not take its volume; the owner restarted takes it back with a higher token and its data', async () => {
+    const a = await relay('relay-m')
+    await a.client.call('storage.add', { name: 'sm', capacity: '64M' })
+    await a.client.call('volume.create', { name: 'mine', size: '16M' })
+    expect(writeSynced(a.file('mine'), 0, 5)).toBeUndefined()
+    const first = (await a.client.call('relay.list', {})).relays.find((r) => r.self)!.volumes[0]!.token
+    expect(await a.stop()).toBe(0)
+
+    const other = await relay('relay-n')
+    expect((await other.client.call('volume.list', {})).volumes).toEqual([])
+    expect((await other.client.call('relay.list', {})).relays.flatMap((r) => r.volumes)).toEqual([])
+
+    await a.restart()
+    const mine = (await a.client.call('relay.list', {})).relays.find((r) => r.self)!.volumes
+    expect(mine.map((v) => v.name)).toEqual(['mine'])
+    expect(mine[0]!.token).toBeGreaterThan(first)
+    const fd = openSync(a.file('mine'), constants.O_RDONLY | constants.O_DIRECT)
+    try {
+      const buf = Buffer.alloc(65536)
+      readSync(fd, buf, 0, 65536, 0)
+      expect(buf.every((b) => b === 5)).toBe(true)
+    } finally {
+      closeSync(fd)
+    }
+    expect(await a.stop()).toBe(0)
+    expect(await other.stop()).toBe(0)
+  })
+})
