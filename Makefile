@@ -4,10 +4,10 @@ SHELL := /bin/bash
 
 # chromium: the web view's browser tests (driven by playwright-core, which downloads no browser).
 # iproute2: ip netns, veth and tc for the remote-storage link-cut test and bench.
-DEBIAN_PACKAGES := libfuse2 fuse attr e2fsprogs util-linux chromium iproute2
+DEBIAN_PACKAGES := libfuse2 fuse attr e2fsprogs util-linux chromium iproute2 etcd-server
 BENCH_PACKAGES := fio qemu-system-common qemu-utils
 
-.PHONY: help setup deps build run test lint typecheck bench clean soak
+.PHONY: bench-ha help setup deps build run test lint typecheck bench clean soak
 
 help:
 	@echo "make run    - set up, then run the daemon in the foreground (state ./.vvfs, volumes in ./mnt, web view at http://$(VVFS_HTTP)/)"
@@ -58,6 +58,10 @@ bench: setup
 	node dist/bench/run.js
 	node dist/bench/remote.js
 	node dist/bench/replication.js
+
+# Issue 15: relays in a cluster — failover time, etcd vs file catalog throughput (BENCH_HA_RUNS, BENCH_HA_TTL_MS, BENCH_SECONDS).
+bench-ha: setup
+	node dist/bench/ha.js
 
 clean:
 	rm -rf dist node_modules

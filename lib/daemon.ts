@@ -11,6 +11,7 @@ import { Manager } from './manager/manager.js'
 import type { MountTimeouts } from './fuse/host-mount.js'
 import { VERSION } from './version.js'
 import { VvfsError } from './errors.js'
+import type { ClusterOptions } from './cluster/options.js'
 import { checkHttpAccess, parseHttpAddress, readToken, WebServer, type HttpAddress } from './http/server.js'
 
 export interface DaemonOptions {
@@ -35,6 +36,8 @@ export interface DaemonOptions {
   listen?: string
   /** Issue 13: the pre-shared key file of replication peers (the listener's, and `replicate start`'s default). */
   peerKey?: string
+  /** Issue 15: join a cluster — the catalog in etcd, leases, ownership (absent: alone, the file catalog). */
+  cluster?: ClusterOptions
 }
 
 export interface RunningDaemon {
@@ -55,7 +58,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   else if (httpToken !== undefined) throw new VvfsError('INVALID_ARGUMENT', '--http-token is the web view\'s token: give --http HOST:PORT too')
   if (opts.listen !== undefined && opts.peerKey === undefined) throw new VvfsError('INVALID_ARGUMENT', '--listen needs --peer-key FILE (the replication peers\' pre-shared key)')
   log.info({ event: 'daemon.starting', version: VERSION, state, mount: resolve(opts.mount), socket: socketPath, allowFaults: opts.allowFaults === true }, 'vvfs daemon starting')
-  const manager = await Manager.open({ stateDir: state, mountDir: opts.mount, log, timeouts: opts.timeouts, allowFaults: opts.allowFaults, compactIdleMs: opts.compactIdleMs, peerKey: opts.peerKey === undefined ? undefined : resolve(opts.peerKey) })
+  const manager = await Manager.open({ stateDir: state, mountDir: opts.mount, log, timeouts: opts.timeouts, allowFaults: opts.allowFaults, compactIdleMs: opts.compactIdleMs, peerKey: opts.peerKey === undefined ? undefined : resolve(opts.peerKey), cluster: opts.cluster })
   // Before the control socket: a client that reaches the daemon finds its web view up too.
   const web = httpAddress ? await startWebView(manager, httpAddress, httpToken, log) : undefined
   let server: ControlServer

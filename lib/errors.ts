@@ -69,6 +69,13 @@ export const ERROR_CODES = [
   /** No replication pair of that name (or for that volume) here. */
   'PAIR_NOT_FOUND',
   'INTERNAL',
+  // issue 15: relays in a cluster
+  /** Another live process holds this --relay-id's lease. */
+  'RELAY_EXISTS',
+  /** The volume is owned by another relay (or by none yet); `details.owner` names it. */
+  'NOT_OWNER',
+  /** No relay named so is in the cluster. */
+  'RELAY_NOT_FOUND',
 ] as const
 
 export type ErrorCode = (typeof ERROR_CODES)[number]

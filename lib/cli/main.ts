@@ -9,9 +9,11 @@ import yargs, { type Argv } from 'yargs'
 import { hideBin } from 'yargs/helpers'
 import { ControlClient } from '../control/client.js'
 import { METHODS, type MethodName, type ParamsInput, type Result } from '../control/schema.js'
-import { asVvfsError } from '../errors.js'
+import { asVvfsError, VvfsError } from '../errors.js'
 import { LOG_FORMATS, LOG_LEVELS, type LogLevel } from '../log.js'
-import { formatSize, parseDuration, parseSize } from '../units.js'
+import { checkName, formatSize, parseDuration, parseSize } from '../units.js'
+import type { ClusterOptions } from '../cluster/options.js'
+import { relayCommands } from '../cluster/cli.js'
 import { fields, table } from './output.js'
 import { copyOptions, migrationCommands, startedJob } from './jobs.js'
 import { COMPLETION_KEY, namesToComplete } from './completion.js'
@@ -158,7 +160,12 @@ export function buildCli(rawArgs: string[]) {
           .option('http', { type: 'string', describe: 'serve the read-only web view at HOST:PORT, or PORT on 127.0.0.1 (off unless given)' })
           .option('http-token', { type: 'string', describe: 'file holding the token every web view request must carry (required when --http is not loopback)' })
           .option('listen', { type: 'string', describe: 'accept replication peers at ADDR:PORT (no default address; needs --peer-key)' })
-          .option('peer-key', { type: 'string', describe: 'file with the replication peers\' pre-shared key (mode 0600, at least 32 bytes)' }),
+          .option('peer-key', { type: 'string', describe: 'file with the replication peers\' pre-shared key (mode 0600, at least 32 bytes)' })
+          // issue 15: several relays, one catalog
+          .option('etcd', { type: 'string', describe: 'join a cluster: the catalog, leases and ownership in etcd at these client URLs (comma-separated)' })
+          .option('relay-id', { type: 'string', describe: 'this relay\'s name in the cluster (with --etcd)' })
+          .option('standby', { type: 'boolean', default: false, describe: 'take no volumes at start; take over those whose owner\'s lease expires (with --etcd)' })
+          .option('lease-ttl', { type: 'string', default: '5s', describe: 'TTL of this relay\'s etcd lease (with --etcd)' }),
       async (argv) => {
         const { runDaemon } = await import('../daemon.js')
         const socket = argv.socket === DEFAULT_SOCKET && !process.env.VVFS_SOCKET ? undefined : argv.socket
@@ -175,6 +182,7 @@ export function buildCli(rawArgs: string[]) {
           httpToken: argv['http-token'],
           listen: argv.listen,
           peerKey: argv['peer-key'],
+          cluster: clusterOptions(argv),
         })
       },
     )
@@ -474,10 +482,27 @@ export function buildCli(rawArgs: string[]) {
   migrationCommands(cli, withClient, print)
   faultCommands(cli, withClient, print)
   replicationCommands(cli, withClient, print)
+  relayCommands(cli, withClient, print) // issue 15
   return cli
 }
 
-const COMMANDS = new Set(['daemon', 'status', 'storage', 'host', 'volume', 'pool', 'events', 'protocol', 'migrate', 'job', 'fault', 'completion', 'replicate'])
+/** Issue 15: --etcd URL[,URL] --relay-id NAME [--standby] [--lease-ttl D], or undefined without --etcd. */
+function clusterOptions(argv: { etcd?: string; 'relay-id'?: string; standby: boolean; 'lease-ttl': string }): ClusterOptions | undefined {
+  if (argv.etcd === undefined) {
+    if (argv['relay-id'] !== undefined || argv.standby) throw new VvfsError('INVALID_ARGUMENT', '--relay-id and --standby need --etcd URL')
+    return undefined
+  }
+  const endpoints = argv.etcd.split(',').map((u) => u.trim()).filter((u) => u !== '')
+  if (endpoints.length === 0) throw new VvfsError('INVALID_ARGUMENT', '--etcd needs at least one client URL')
+  const relayId = argv['relay-id']
+  if (relayId === undefined) throw new VvfsError('INVALID_ARGUMENT', '--etcd needs --relay-id NAME (this relay\'s name in the cluster)')
+  checkName(relayId, 'relay')
+  const leaseTtlMs = parseDuration(argv['lease-ttl'], '--lease-ttl')
+  if (leaseTtlMs < 2000) throw new VvfsError('INVALID_ARGUMENT', '--lease-ttl must be at least 2s (etcd grants leases in whole seconds)')
+  return { endpoints, relayId, standby: argv.standby, leaseTtlMs }
+}
+
+const COMMANDS = new Set(['daemon', 'status', 'storage', 'host', 'volume', 'pool', 'events', 'protocol', 'migrate', 'job', 'fault', 'completion', 'replicate', 'relay'])
 
 export async function main(args = hideBin(process.argv)): Promise<void> {
   const json = args.includes('--json')

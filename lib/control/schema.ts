@@ -546,6 +546,26 @@ export const METHODS = {
     result: z.object({ cleared: z.array(z.number()) }),
     errors: ['FAULTS_DISABLED', 'FAULT_NOT_FOUND'],
   }),
+  // issue 15: relays in a cluster
+  'relay.list': method({
+    summary: 'The cluster\'s relays (this daemon started with --etcd): each one\'s lease and its remaining TTL, and the volumes it owns with their fencing tokens.',
+    params: Empty,
+    result: z.object({
+      relays: z.array(
+        z.object({
+          relay: z.string(),
+          pid: z.number(),
+          host: z.string(),
+          startedAt: z.string(),
+          lease: z.string(),
+          leaseTtlMs: z.number(),
+          volumes: z.array(z.object({ name: z.string(), token: z.number() })),
+          self: z.boolean(),
+        }),
+      ),
+    }),
+    errors: ['NOT_SUPPORTED', 'PEER_UNAVAILABLE'],
+  }),
   'events.subscribe': method({
     summary: 'Sends events to this connection as `event` notifications (all types if none given).',
     params: z.strictObject({ types: z.array(EventType).optional() }),

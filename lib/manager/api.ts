@@ -54,6 +54,7 @@ export function managerHandlers(manager: Manager, socketPath: string): Handlers 
     'fault.add': async (p) => manager.addFault({ storage: p.storage, op: p.op, error: p.error, delayMs: p.delay, probability: p.probability, after: p.after, count: p.count, seed: p.seed }),
     'fault.list': async () => ({ faults: manager.listFaults() }),
     'fault.clear': async (p) => ({ cleared: manager.clearFaults(p.id) }),
+    'relay.list': async () => ({ relays: await manager.relays() }), // issue 15
     'events.subscribe': async (p, ctx) => {
       const types = p.types?.length ? p.types : EventType.options
       ctx.subscribe(types)

@@ -66,6 +66,8 @@ export interface StorageRecord {
   draining?: boolean
   /** Issue 14: a storage system on a storage server (`path` is then its ADDR:PORT). */
   remote?: RemoteRecord
+  /** Issue 15: a local storage system made by this relay of a cluster: the others do not open it (its LevelDB is this relay's). */
+  relay?: string
 }
 
 export interface HostRecord {
@@ -88,6 +90,8 @@ export interface VolumeRecord {
   home?: number
   /** Issue 13: a replication secondary of this pair — read-only for hosts. */
   replicaOf?: string
+  /** Issue 15: the relay of a cluster that made the volume and holds its map (only it may serve it). */
+  relay?: string
 }
 
 export type PoolFullMode = 'error' | 'queue'
@@ -113,7 +117,7 @@ export interface CatalogData {
 
 export const DEFAULT_POOL_SETTINGS: PoolSettings = { warnPercent: 80, fullMode: 'error', queueTimeoutMs: 60_000 }
 
-function emptyCatalog(): CatalogData {
+export function emptyCatalog(): CatalogData {
   return {
     format: 1,
     nextVolumeNo: 1,
@@ -153,6 +157,57 @@ export interface CatalogStore {
    * process may be collapsed into the latest). Returns the unsubscribe.
    */
   watch(sinceRev: number, listener: (snapshot: CatalogSnapshot) => void): () => void
+  /** Lets go of what the store holds open (the etcd store's client and watch); the file store holds nothing. */
+  close?(): Promise<void>
+}
+
+/**
+ * What both stores share: the snapshot read() answers, updates run one at
+ * a time in call order, and the watchers. A store implements `commit`.
+ */
+export abstract class SerialCatalog implements CatalogStore {
+  private queue: Promise<unknown> = Promise.resolve()
+  private readonly listeners = new Set<(s: CatalogSnapshot) => void>()
+
+  protected constructor(
+    protected snapshot: CatalogSnapshot,
+    readonly isNew: boolean,
+  ) {}
+
+  read(): CatalogSnapshot {
+    return this.snapshot
+  }
+
+  update<T>(fn: (draft: CatalogData) => T): Promise<{ rev: number; result: T }> {
+    const next = this.queue.then(() => this.commit(fn))
+    this.queue = next.catch(() => {})
+    return next
+  }
+
+  watch(sinceRev: number, listener: (snapshot: CatalogSnapshot) => void): () => void {
+    this.listeners.add(listener)
+    if (this.snapshot.rev > sinceRev) listener(this.snapshot)
+    return () => this.listeners.delete(listener)
+  }
+
+  /** Resolves once the updates called so far have settled. */
+  protected settled(): Promise<unknown> {
+    return this.queue
+  }
+
+  protected abstract commit<T>(fn: (draft: CatalogData) => T): Promise<{ rev: number; result: T }>
+
+  /** A listener that throws does not undo the commit nor stop the others: its error becomes a process warning. */
+  protected notify(): void {
+    const s = this.snapshot
+    for (const w of this.listeners) {
+      try {
+        w(s)
+      } catch (err) {
+        process.emitWarning(`a catalog watcher failed at revision ${s.rev}: ${(err as Error).message}`)
+      }
+    }
+  }
 }
 
 /**
@@ -188,7 +243,7 @@ function loadFlock(): FlockAddon {
 
 let flock: FlockAddon | undefined
 
-function deepFreeze<T>(value: T): Committed<T> {
+export function deepFreeze<T>(value: T): Committed<T> {
   if (value && typeof value === 'object' && !Object.isFrozen(value)) {
     for (const v of Object.values(value)) deepFreeze(v)
     Object.freeze(value)
@@ -202,17 +257,13 @@ export function draftOf<T>(value: Committed<T>): T {
 }
 
 /** The file-backed catalog store: STATE/catalog.json. */
-export class FileCatalog implements CatalogStore {
-  private snapshot: CatalogSnapshot
-  private queue: Promise<unknown> = Promise.resolve()
-  private readonly watchers = new Set<(s: CatalogSnapshot) => void>()
-
+export class FileCatalog extends SerialCatalog {
   private constructor(
     readonly path: string,
     snapshot: CatalogSnapshot,
-    readonly isNew: boolean,
+    isNew: boolean,
   ) {
-    this.snapshot = snapshot
+    super(snapshot, isNew)
   }
 
   static async open(stateDir: string): Promise<FileCatalog> {
@@ -225,23 +276,7 @@ export class FileCatalog implements CatalogStore {
     return catalog
   }
 
-  read(): CatalogSnapshot {
-    return this.snapshot
-  }
-
-  update<T>(fn: (draft: CatalogData) => T): Promise<{ rev: number; result: T }> {
-    const next = this.queue.then(() => this.commit(fn))
-    this.queue = next.catch(() => {})
-    return next
-  }
-
-  watch(sinceRev: number, listener: (snapshot: CatalogSnapshot) => void): () => void {
-    this.watchers.add(listener)
-    if (this.snapshot.rev > sinceRev) listener(this.snapshot)
-    return () => this.watchers.delete(listener)
-  }
-
-  private async commit<T>(fn: (draft: CatalogData) => T): Promise<{ rev: number; result: T }> {
+  protected async commit<T>(fn: (draft: CatalogData) => T): Promise<{ rev: number; result: T }> {
     for (let attempt = 0; attempt < UPDATE_ATTEMPTS; attempt++) {
       const base = this.snapshot
       const draft = draftOf<CatalogData>(base.data)
@@ -262,18 +297,6 @@ export class FileCatalog implements CatalogStore {
       if (won) return { rev, result }
     }
     throw new VvfsError('CATALOG_CONFLICT', `${this.path}: another process committed first ${UPDATE_ATTEMPTS} times in a row; try again`)
-  }
-
-  /** A listener that throws does not undo the commit nor stop the others: its error becomes a process warning. */
-  private notify(): void {
-    const s = this.snapshot
-    for (const w of this.watchers) {
-      try {
-        w(s)
-      } catch (err) {
-        process.emitWarning(`a catalog watcher failed at revision ${s.rev}: ${(err as Error).message}`)
-      }
-    }
   }
 
   private async lock(): Promise<FileHandle> {
@@ -329,15 +352,20 @@ async function readCatalogFile(path: string): Promise<CatalogSnapshot | undefine
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
     throw new VvfsError('IO_ERROR', `cannot read ${path}: ${(err as Error).message}`, { cause: err })
   }
+  return parseCatalog(text, path)
+}
+
+/** A stored catalog (file text, or an etcd value: `where` names it) as a snapshot, defaults filled in for fields added later. */
+export function parseCatalog(text: string, where: string): CatalogSnapshot {
   let parsed: CatalogData & { rev?: number }
   try {
     parsed = JSON.parse(text) as CatalogData & { rev?: number }
   } catch (err) {
-    throw new VvfsError('STATE_CORRUPT', `${path} is not valid JSON: ${(err as Error).message}`, { cause: err })
+    throw new VvfsError('STATE_CORRUPT', `${where} is not valid JSON: ${(err as Error).message}`, { cause: err })
   }
   const { rev, ...data } = parsed
-  if (data.format !== 1) throw new VvfsError('STATE_CORRUPT', `${path} has unknown format ${String(data.format)}`)
-  if (rev !== undefined && (!Number.isSafeInteger(rev) || rev < 0)) throw new VvfsError('STATE_CORRUPT', `${path} has revision ${String(rev)}`)
+  if (data.format !== 1) throw new VvfsError('STATE_CORRUPT', `${where} has unknown format ${String(data.format)}`)
+  if (rev !== undefined && (!Number.isSafeInteger(rev) || rev < 0)) throw new VvfsError('STATE_CORRUPT', `${where} has revision ${String(rev)}`)
   data.pool = { ...DEFAULT_POOL_SETTINGS, ...(data.pool ?? {}) }
   data.consolidation = { ...DEFAULT_POLICY, ...(data.consolidation ?? {}) }
   data.jobs ??= []

@@ -45,6 +45,10 @@ import type { JobRecord, ReplicateJobRecord } from '../migration/job.js'
 import type { ReplicationInfo } from '../control/schema.js'
 // issue 14: storage systems on storage servers
 import { addRemoteSystem, fenceRemoteSystem, openRemoteSystem, remoteEpoch, remoteLink } from '../storage/remote/systems.js'
+// issue 15: several relays, one catalog in etcd
+import type { ClusterOptions } from '../cluster/options.js'
+import { ClusterRelay, type RelayInfo } from '../cluster/relay.js'
+import { EtcdCatalog } from './etcd-catalog.js'
 
 export const DEFAULT_HOST = 'local'
 
@@ -64,6 +68,8 @@ export interface ManagerOptions {
   compactIdleMs?: number
   /** Issue 13: the daemon's peer key file (the default key of `replicate start`). */
   peerKey?: string
+  /** Issue 15: the catalog in etcd, this relay's name (absent: the file catalog in the state directory). */
+  cluster?: ClusterOptions
 }
 
 export class Manager implements HostView {
@@ -86,6 +92,8 @@ export class Manager implements HostView {
   private readonly compaction: StoreCompaction
   /** Issue 13: replication pairs, both roles, and the peer listener. */
   readonly replication: ReplicationService
+  /** Issue 15: this daemon as a relay of a cluster (--etcd); null when alone. */
+  private cluster: ClusterRelay | null = null
 
   private constructor(
     readonly stateDir: string,
@@ -175,10 +183,12 @@ export class Manager implements HostView {
     // The map store's LevelDB lock is the state directory's lock.
     const maps = await MapStore.open(join(stateDir, 'maps'))
     let manager: Manager | undefined
+    let catalog: CatalogStore | undefined
     try {
-      const catalog = await FileCatalog.open(stateDir)
+      catalog = await openCatalog(stateDir, opts.cluster)
       const pool = new Pool()
       for (const rec of catalog.read().data.storage) {
+        if (!rec.remote && rec.relay !== undefined && rec.relay !== opts.cluster?.relayId) continue // issue 15: another relay's local store
         const system = rec.remote // issue 14
           ? await openRemoteSystem({ ...rec, remote: rec.remote }, opts.log)
           : await StorageSystem.open({ sid: rec.sid, name: rec.name, path: rec.path, capacity: rec.capacity, create: false })
@@ -186,12 +196,18 @@ export class Manager implements HostView {
         system.draining = rec.draining ?? false
         pool.add(system)
       }
+      // issue 15: the relay's lease before anything is served
+      const cluster = opts.cluster ? await ClusterRelay.start(opts.cluster, opts.log, (token) => fencePool(pool, token)) : null
       manager = new Manager(stateDir, catalog, pool, maps, opts.log, opts)
+      manager.cluster = cluster
       await manager.restore()
       return manager
     } catch (err) {
       if (manager) await manager.close().catch(() => {})
-      else await maps.close().catch(() => {})
+      else {
+        await maps.close().catch(() => {})
+        await catalog?.close?.().catch(() => {})
+      }
       throw err
     }
   }
@@ -216,7 +232,10 @@ export class Manager implements HostView {
       const rec = byNo.get(volNo)
       return rec !== undefined && rec.state === 'ready' && extent * EXTENT_SIZE < rec.size
     })
-    for (const rec of data.volumes.filter((v) => v.state === 'ready')) this.handles.set(rec.name, this.makeHandle(draftOf<VolumeRecord>(rec), entries.get(rec.no)))
+    const ready = data.volumes.filter((v) => v.state === 'ready')
+    // issue 15: in a cluster, only the volumes this relay owns are served here
+    const served = this.cluster ? await this.cluster.claimAtStart(ready) : null
+    for (const rec of ready.filter((v) => served?.has(v.id) ?? true)) this.handles.set(rec.name, this.makeHandle(draftOf<VolumeRecord>(rec), entries.get(rec.no)))
     // Space held by migration jobs is marked before stray records are cleaned.
     // Replication jobs replay their journals here, before the mounts (issue 13).
     await this.jobs.restore()
@@ -296,6 +315,11 @@ export class Manager implements HostView {
       })
     }
     await this.maps.close()
+    // issue 15: the lease is revoked (the volumes are free at once), then the etcd clients close
+    await this.cluster?.close().catch((err: unknown) => {
+      this.log.error({ event: 'relay.leave_failed', err: (err as Error).message }, 'could not revoke the relay lease: it expires by itself')
+    })
+    await this.catalog.close?.()
     this.log.info({ event: 'daemon.closed' }, 'state closed')
   }
 
@@ -348,6 +372,7 @@ export class Manager implements HostView {
       }
       const sid = await this.takeStorageId(p.name, clashes)
       const rec: StorageRecord = { sid, name: p.name, path, capacity: p.capacity, createdAt: new Date().toISOString(), ...(p.reserve ? { reserve: true } : {}) }
+      if (this.cluster) rec.relay = this.cluster.relayId // issue 15
       return this.recordNewStorage(rec, await StorageSystem.open({ ...rec, create: true }), clashes)
     })
   }
@@ -653,9 +678,11 @@ export class Manager implements HostView {
         for (const h of hosts) if (!d.hosts.some((r) => r.name === h)) throw new VvfsError('HOST_NOT_FOUND', `no host named ${h}`)
         const rec: VolumeRecord = { name: p.name, id: randomUUID(), no: d.nextVolumeNo++, size: p.size, hosts, createdAt: new Date().toISOString(), state: 'ready' }
         if (p.replicaOf !== undefined) rec.replicaOf = p.replicaOf
+        if (this.cluster) rec.relay = this.cluster.relayId // issue 15
         d.volumes.push(rec)
         return structuredClone(rec)
       })
+      await this.cluster?.takeNew(rec.id, rec.name) // issue 15: owned (and fenced) before it is served
       const handle = this.makeHandle(rec)
       this.handles.set(rec.name, handle)
       this.log.info({ event: 'volume.created', name: rec.name, id: rec.id, size: rec.size, hosts }, 'volume created')
@@ -741,6 +768,7 @@ export class Manager implements HostView {
       await this.maps.deleteNow(records)
       await this.catalog.update((d) => void (d.volumes = d.volumes.filter((r) => r.no !== no)))
       if (v.record.replicaOf !== undefined) await this.replication.secondaries.forget(v.record.replicaOf)
+      await this.cluster?.release(v.id) // issue 15
       this.log.info({ event: 'volume.deleted', name, released }, 'volume deleted')
       this.emit('volume.deleted', { name, id: v.id, released })
       return { deleted: name, released }
@@ -959,6 +987,8 @@ export class Manager implements HostView {
       hostIo: () => {
         this.hostOps++
       },
+      // issue 15: a relay acknowledges only within its lease window, only volumes it owns
+      acknowledge: this.cluster ? ((cluster) => (what) => cluster.acknowledge(what, rec.id, rec.name))(this.cluster) : undefined,
       jobState: () => {
         const j = this.jobs.activeJobOf(rec.no)
         return j ? (j.status === 'paused' ? 'migration-paused' : 'migrating') : undefined
@@ -975,6 +1005,14 @@ export class Manager implements HostView {
     const h = this.catalog.read().data.hosts.find((r) => r.name === name)
     if (!h) throw new VvfsError('HOST_NOT_FOUND', `no host named ${name}`)
     return h
+  }
+
+  // ---- issue 15: relays in a cluster
+
+  /** The cluster's relays, their leases and the volumes each owns; NOT_SUPPORTED without --etcd. */
+  relays(): Promise<RelayInfo[]> {
+    if (!this.cluster) throw new VvfsError('NOT_SUPPORTED', 'this daemon is not in a cluster (start it with --etcd URL --relay-id NAME)')
+    return this.cluster.relays()
   }
 
   /** Changes one volume's catalog record (its handle's copy follows the commit). */
@@ -1008,6 +1046,17 @@ function ratio(part: number, whole: number): number {
 }
 
 /** A new storage system's name must be free in the data it is committed to. */
+/** Issue 15: raises the fence of every storage server in the pool to `token` (local systems have none). */
+async function fencePool(pool: Pool, token: number): Promise<void> {
+  for (const system of pool.list()) if (remoteEpoch(system) !== null) await fenceRemoteSystem(system, token)
+}
+
+/** Issue 15: the catalog in etcd with --etcd, else the state directory's file. */
+function openCatalog(stateDir: string, cluster: ClusterOptions | undefined): Promise<CatalogStore> {
+  if (!cluster) return FileCatalog.open(stateDir)
+  return EtcdCatalog.open({ endpoints: cluster.endpoints, prefix: cluster.prefix })
+}
+
 function checkNewStorage(d: Committed<CatalogData>, name: string): void {
   if (d.storage.some((s) => s.name === name)) throw new VvfsError('STORAGE_EXISTS', `storage system ${name} already exists`)
 }

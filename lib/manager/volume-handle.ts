@@ -27,6 +27,8 @@ export interface VolumeHooks {
   /** Persists a new size of the record (the catalog). */
   persistSize(handle: VolumeHandle, size: number): Promise<void>
   resized(handle: VolumeHandle, from: number, to: number): void
+  /** Issue 15: throws (FENCED) when this relay may no longer acknowledge a write or fsync of the volume. */
+  acknowledge?(what: 'a write' | 'an fsync'): void
 }
 
 export class VolumeHandle implements ServedVolume {
@@ -136,6 +138,7 @@ export class VolumeHandle implements ServedVolume {
     if (offset + data.length > this.volume.size) await this.resizeTo(offset + data.length, true)
     const n = await this.volume.write(offset, data)
     this.modifiedAt = new Date()
+    this.hooks.acknowledge?.('a write')
     return n
   }
 
@@ -153,7 +156,8 @@ export class VolumeHandle implements ServedVolume {
   }
 
   flush(cursor?: ErrorCursor): Promise<void> {
-    return this.volume.flush(cursor)
+    const acknowledge = this.hooks.acknowledge
+    return acknowledge ? this.volume.flush(cursor).then(() => acknowledge('an fsync')) : this.volume.flush(cursor)
   }
 
   drain(cursor?: ErrorCursor): Promise<void> {

@@ -1,11 +1,14 @@
 // Commits to a catalog in a loop until killed: each update adds one volume
 // named TAG-N and takes the next volume number. After each update resolves
 // it prints "N" on stdout, so the parent knows which commits were promised.
-// Usage: node catalog-writer.mjs STATE_DIR TAG   (needs the built dist/)
+// Usage: node catalog-writer.mjs TARGET TAG   (needs the built dist/)
+// TARGET is a state directory (the file catalog) or etcd:URL#PREFIX (issue 15).
 import { FileCatalog } from '../../dist/lib/manager/catalog.js'
+import { EtcdCatalog } from '../../dist/lib/manager/etcd-catalog.js'
 
-const [dir, tag] = process.argv.slice(2)
-const catalog = await FileCatalog.open(dir)
+const [target, tag] = process.argv.slice(2)
+const etcd = /^etcd:(.*)#(.*)$/.exec(target)
+const catalog = etcd ? await EtcdCatalog.open({ endpoints: [etcd[1]], prefix: etcd[2] }) : await FileCatalog.open(target)
 for (let n = 1; ; n++) {
   await catalog.update((d) => {
     d.volumes.push({ name: `${tag}-${n}`, id: `${tag}-${n}`, no: d.nextVolumeNo++, size: 4096, hosts: [], createdAt: new Date().toISOString(), state: 'ready' })

@@ -1,0 +1,157 @@
+/**
+ * This daemon as a relay in a cluster (issue 15): its lease, the volumes it
+ * owns, and the gate every write acknowledgement passes. The Manager holds
+ * one when started with --etcd; it serves (has a handle for) only volumes
+ * this relay owns.
+ *
+ * Start: lease granted and relay registered (RelayLease.start), then — not
+ * with --standby — every ready volume of the catalog nobody owns is claimed.
+ * Before the relay serves any volume it raises the fence of every storage
+ * server in its pool to the highest token it holds (`fence`, the Manager's:
+ * fenceRemoteSystem on each remote system); local storage systems have no
+ * fence (only one process can open a LevelDB store anyway).
+ *
+ * acknowledge(what, volumeId): throws FENCED unless the lease is inside its
+ * ⅔·TTL window and the volume is owned here. Called after a write reached
+ * the relay stack and after an fsync completed, before the host is answered:
+ * a write of a relay that lost contact is never acknowledged, even if it
+ * reached a storage server before the new owner's fence (that write is not
+ * promised to anyone; the host sees EIO).
+ *
+ * Failure modes: etcd unreachable at start → the daemon does not start
+ * (PEER_UNAVAILABLE). Lease lost while running → every volume of the relay
+ * answers FENCED (EIO) from then on; the relay keeps running, owning nothing,
+ * until it is restarted (it then claims what is free again).
+ *
+ * Not built (DESIGN.md, "Relays in a cluster"): takeover of a volume by
+ * another relay — the map records live in the owner's local MapStore, so a
+ * new owner could not load them.
+ */
+import type { Etcd3 } from 'etcd3'
+import { VvfsError } from '../errors.js'
+import type { Logger } from '../log.js'
+import { etcdClient } from '../manager/etcd-catalog.js'
+import { DEFAULT_LEASE_TTL_MS, type ClusterOptions } from './options.js'
+import { Ownership, type Owner } from './ownership.js'
+import { listRelays, RelayLease } from './relay-lease.js'
+
+export interface RelayInfo {
+  relay: string
+  pid: number
+  host: string
+  startedAt: string
+  lease: string
+  leaseTtlMs: number
+  volumes: { name: string; token: number }[]
+  self: boolean
+}
+
+export class ClusterRelay {
+  /** Volume id → ownership, for the volumes this relay owns. */
+  private readonly owned = new Map<string, Owner>()
+  private fencedTo = 0
+
+  private constructor(
+    private readonly client: Etcd3,
+    private readonly prefix: string,
+    readonly lease: RelayLease,
+    readonly ownership: Ownership,
+    readonly standby: boolean,
+    private readonly fence: (token: number) => Promise<void>,
+    private readonly log: Logger,
+  ) {}
+
+  static async start(opts: ClusterOptions, log: Logger, fence: (token: number) => Promise<void>): Promise<ClusterRelay> {
+    const client = etcdClient(opts.endpoints)
+    const prefix = opts.prefix ?? 'vvfs/'
+    try {
+      const lease = await RelayLease.start({ client, prefix, relayId: opts.relayId, ttlMs: opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, log })
+      const relay = new ClusterRelay(client, prefix, lease, new Ownership(client, prefix, lease), opts.standby === true, fence, log)
+      lease.onLost = () => relay.owned.clear()
+      log.info({ event: 'relay.joined', relay: opts.relayId, lease: lease.leaseId, ttlMs: lease.ttlMs, standby: relay.standby }, 'joined the cluster')
+      return relay
+    } catch (err) {
+      client.close()
+      throw err
+    }
+  }
+
+  get relayId(): string {
+    return this.lease.relayId
+  }
+
+  /**
+   * At start: claims each volume whose map this relay holds (it made it:
+   * `relay` in its record) and nobody owns — not with --standby — then
+   * fences. Returns the ids this relay owns. Another relay's volume is never
+   * claimed here: its map records are in that relay's MapStore.
+   */
+  async claimAtStart(volumes: readonly { id: string; name: string; relay?: string }[]): Promise<Set<string>> {
+    if (!this.standby) {
+      for (const v of volumes.filter((r) => r.relay === this.relayId)) {
+        const owner = await this.ownership.claim(v.id, v.name)
+        if (this.isMine(owner)) this.owned.set(v.id, owner)
+        else this.log.info({ event: 'relay.volume_elsewhere', volume: v.name, owner: owner.relay, token: owner.token }, `volume ${v.name} is served by relay ${owner.relay}`)
+      }
+    }
+    await this.fenceOwned()
+    return new Set(this.owned.keys())
+  }
+
+  /** A volume this relay just created: it owns it, fenced, before it is served. */
+  async takeNew(volumeId: string, name: string): Promise<void> {
+    const owner = await this.ownership.take(volumeId, name)
+    this.owned.set(volumeId, owner)
+    await this.fenceOwned()
+  }
+
+  async release(volumeId: string): Promise<void> {
+    this.owned.delete(volumeId)
+    await this.ownership.release(volumeId)
+  }
+
+  owns(volumeId: string): boolean {
+    return this.owned.has(volumeId)
+  }
+
+  /** Throws FENCED unless this relay may acknowledge `what` on the volume now. */
+  acknowledge(what: string, volumeId: string, volume: string): void {
+    this.lease.check(`${what} on volume ${volume}`)
+    if (!this.owned.has(volumeId)) throw new VvfsError('FENCED', `relay ${this.relayId} no longer owns volume ${volume}`)
+  }
+
+  async relays(): Promise<RelayInfo[]> {
+    const [relays, owners] = await Promise.all([listRelays(this.client, this.prefix), this.ownership.owners()])
+    return relays
+      .map((r) => ({
+        ...r,
+        volumes: owners
+          .filter((o) => o.lease === r.lease)
+          .map((o) => ({ name: o.volume, token: o.token }))
+          .sort((a, b) => a.name.localeCompare(b.name)),
+        self: r.relay === this.relayId,
+      }))
+      .sort((a, b) => a.relay.localeCompare(b.relay))
+  }
+
+  /** A clean stop revokes the lease: another relay may take the volumes at once. */
+  async close(): Promise<void> {
+    await this.lease.close(true)
+    this.client.close()
+    this.log.info({ event: 'relay.left', relay: this.relayId }, 'left the cluster')
+  }
+
+  private isMine(owner: Owner): boolean {
+    return owner.relay === this.relayId && owner.lease === this.lease.leaseId
+  }
+
+  /** Raises the storage servers' fence to the highest token this relay holds (once per new token). */
+  private async fenceOwned(): Promise<void> {
+    let top = 0
+    for (const o of this.owned.values()) top = Math.max(top, o.token)
+    if (top <= this.fencedTo) return
+    await this.fence(top)
+    this.fencedTo = top
+    this.log.info({ event: 'relay.fenced', relay: this.relayId, token: top }, `storage servers fenced at token ${top}`)
+  }
+}
