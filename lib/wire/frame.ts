@@ -3,7 +3,7 @@
  * and a storage server, a primary and its replica) mean, and nothing else.
  *
  * A frame is a fixed 20-byte header, a body of `length` bytes, and, when the
- * MAC flag is set, a 32-byte HMAC trailer (lib/wire/auth.ts computes and
+ * MAC flag is set, a 32-byte MAC trailer (lib/wire/auth.ts computes and
  * checks it; this file only carries it):
  *
  *   0 magic u32 'vvw1' | 4 format u8 | 5 kind u8 | 6 flags u16 | 8 type u16
@@ -35,7 +35,7 @@ export const FRAME_FORMAT = 1
 export const HEADER_BYTES = 20
 export const MAC_BYTES = 32
 
-/** The MAC flag: a 32-byte HMAC trailer follows the body. No other flag is defined; a set unknown bit is a protocol error. */
+/** The MAC flag: a 32-byte MAC trailer follows the body. No other flag is defined; a set unknown bit is a protocol error. */
 export const FLAG_MAC = 0x0001
 
 export const FrameKind = {
