@@ -87,6 +87,13 @@ async function runLoad(system: StorageSystem, load: Load, seconds: number, data:
   }
 }
 
+/** Bytes a process has had written to storage so far (/proc/PID/io write_bytes; 0 if unreadable). */
+async function writtenBytes(pid: number): Promise<number> {
+  const io = await readFile(`/proc/${pid}/io`, 'utf8').catch(() => '')
+  const m = /^write_bytes:\s+(\d+)/m.exec(io)
+  return m ? Number(m[1]) : 0
+}
+
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
 async function main(): Promise<void> {
@@ -130,15 +137,17 @@ async function main(): Promise<void> {
         const l = await runLoad(local, load, seconds, data)
         const c1 = process.cpuUsage()
         const s1 = await cpuSeconds(server.pid!)
+        const w1 = await writtenBytes(server.pid!)
         const f = await runLoad(far, load, seconds, data)
         const c2 = process.cpuUsage()
         const s2 = await cpuSeconds(server.pid!)
+        const w2 = await writtenBytes(server.pid!)
         const cpu = (a: NodeJS.CpuUsage, b: NodeJS.CpuUsage) => (b.user + b.system - a.user - a.system) / 1e6
         const perMiB = (s: number, rate: number) => ((s * 1000) / ((rate * seconds) / 2 ** 20)).toFixed(1)
         ratios[load].push(f / l)
         const unit = load.startsWith('seq') ? `${(l / 1e6).toFixed(0)} vs ${(f / 1e6).toFixed(0)} MB/s` : `${(l / CHUNK_SIZE).toFixed(0)} vs ${(f / CHUNK_SIZE).toFixed(0)} IOPS`
         process.stdout.write(
-          `round ${r + 1} ${load.padEnd(9)} local vs remote ${unit.padEnd(24)} ratio ${(f / l).toFixed(2)}   CPU ms/MiB: local ${perMiB(cpu(c0, c1), l)}, remote relay ${perMiB(cpu(c1, c2), f)} + server ${perMiB(s2 - s1, f)}\n`,
+          `round ${r + 1} ${load.padEnd(9)} local vs remote ${unit.padEnd(24)} ratio ${(f / l).toFixed(2)}   CPU ms/MiB: local ${perMiB(cpu(c0, c1), l)}, remote relay ${perMiB(cpu(c1, c2), f)} + server ${perMiB(s2 - s1, f)}; server wrote ${((w2 - w1) / (f * seconds)).toFixed(2)} bytes per byte\n`,
         )
       }
     }
