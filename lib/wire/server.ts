@@ -73,6 +73,12 @@ export interface RequestContext {
   peer: string
   /** Fires when the connection ends before the handler answered (the answer would go nowhere). */
   signal: AbortSignal
+  /**
+   * Registers `fn` to run once the answer to this request was handed to the
+   * kernel, or will never be (an error, a closed connection): from then on
+   * the handler may reuse the buffer it answered with.
+   */
+  afterAnswer?(fn: () => void): void
 }
 
 export type WireHandler = (body: Buffer, ctx: RequestContext) => Promise<Buffer> | Buffer
@@ -333,14 +339,25 @@ class ServerConnection implements LinkOwner {
       return
     }
     this.inFlight++
-    const ctx: RequestContext = { sessionId: this.sessionId as string, peer: this.link.peer, signal: this.aborter.signal }
+    let written: (() => void)[] | null = null
+    const afterWrite = () => {
+      for (const fn of written ?? []) fn()
+      written = null
+    }
+    const ctx: RequestContext = {
+      sessionId: this.sessionId as string,
+      peer: this.link.peer,
+      signal: this.aborter.signal,
+      afterAnswer: (fn) => (written ??= []).push(fn),
+    }
     void Promise.resolve()
       .then(() => handler(f.body, ctx))
       .then((reply) => {
         if (reply.length > limits.maxBodyBytes) throw new VvfsError('FRAME_TOO_LARGE', `reply of ${reply.length} bytes exceeds the limit of ${limits.maxBodyBytes}`)
-        this.answer({ kind: FrameKind.REPLY, type: f.type, id: f.id, body: reply })
+        this.answer({ kind: FrameKind.REPLY, type: f.type, id: f.id, body: reply }, 0, undefined, written ? afterWrite : undefined)
       })
       .catch((err: unknown) => {
+        afterWrite()
         const e = asVvfsError(err)
         if (e.code === 'INTERNAL') this.server.log.error({ event: 'wire.handler.failed', type: f.type, err: e.message }, 'wire handler failed')
         this.answer(null, f.id, e)
@@ -348,9 +365,12 @@ class ServerConnection implements LinkOwner {
       .finally(() => this.inFlight--)
   }
 
-  private answer(reply: { kind: FrameKind; type: number; id: number; body: Buffer } | null, id = 0, err?: VvfsError): void {
-    if (this.link.isClosed) return
-    const flowing = reply ? this.link.send(reply) : this.link.sendError(id, err as VvfsError)
+  private answer(reply: { kind: FrameKind; type: number; id: number; body: Buffer } | null, id = 0, err?: VvfsError, written?: () => void): void {
+    if (this.link.isClosed) {
+      written?.()
+      return
+    }
+    const flowing = reply ? this.link.send(reply, written) : this.link.sendError(id, err as VvfsError)
     const socket = this.link.socket
     if (!flowing && socket.writableLength > REPLY_HIGH_WATER && !socket.isPaused()) {
       socket.pause()

@@ -231,7 +231,14 @@ export class RemoteChunkStore implements ChunkStore {
     for (let done = 0; done < count; done += MAX_READ_CHUNKS) {
       const n = Math.min(MAX_READ_CHUNKS, count - done)
       const at = offset + done * CHUNK_SIZE
-      parts.push(this.call(Op.READ_RUN, encodeReadRun(first + done, n), end).then((b) => void decodeRun(b, n).copy(into, at)))
+      // Received straight into the caller's buffer (a new 1 MiB buffer per extent cost page faults):
+      // bench/remote-store.js seqread over 64 MiB, with the server reusing its reply buffers: remote/local 0.25-0.34 -> 0.44-0.83.
+      const target = into.subarray(at, at + n * CHUNK_SIZE)
+      const part = this.call(Op.READ_RUN, encodeReadRun(first + done, n), end, target).then((b) => {
+        if (b.buffer !== target.buffer || b.byteOffset !== target.byteOffset) decodeRun(b, n).copy(into, at)
+      })
+      if (n === count) return await part
+      parts.push(part)
     }
     await settleAll(parts)
   }
@@ -364,12 +371,12 @@ export class RemoteChunkStore implements ChunkStore {
   }
 
   /** One request after the session's IDENTITY check, within the deadline `end`; errors as the file comment says. */
-  private async call(op: Op, body: Buffer, end: number): Promise<Buffer> {
+  private async call(op: Op, body: Buffer, end: number, replyInto?: Buffer): Promise<Buffer> {
     if (this.closed) throw new VvfsError('SHUTTING_DOWN', `remote storage ${this.opts.name} is closed`)
     for (;;) {
       try {
         if (this.checkedSession === null || this.checkedSession !== this.client.sessionId) await this.check(end)
-        return await this.client.request(op, body, { deadlineMs: Math.max(1, end - Date.now()) })
+        return await this.client.request(op, body, { deadlineMs: Math.max(1, end - Date.now()), replyInto })
       } catch (err) {
         // Lost with the connection: sent again on the next one while the deadline allows (see the file comment: every operation is idempotent).
         if (err instanceof VvfsError && err.code === 'PEER_UNAVAILABLE' && err.details?.sent === true && !this.closed && Date.now() < end) continue
