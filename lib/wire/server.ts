@@ -41,6 +41,7 @@ import {
   type PeerKey,
   type SessionContext,
 } from './auth.js'
+import type { BufferPool } from './buffer-pool.js'
 import { FrameKind, type Frame } from './frame.js'
 import { PeerLink, type LinkOwner } from './link.js'
 
@@ -92,6 +93,12 @@ export interface WireServerOptions {
   service: string
   log: Logger
   limits?: Partial<ServerLimits>
+  /**
+   * Where request bodies spanning several TCP reads are received (instead of
+   * a new buffer each): each is given back once its handler settled, so a
+   * handler must not keep its body (or views of it) past its answer.
+   */
+  requestBodies?: BufferPool
 }
 
 /**
@@ -142,6 +149,10 @@ export class WireServer {
   handle(type: number, handler: WireHandler): void {
     if (!Number.isInteger(type) || type < 0 || type > 0xffff) throw new VvfsError('INVALID_ARGUMENT', `request type ${type} is not a u16`)
     this.handlers.set(type, handler)
+  }
+
+  get requestBodies(): BufferPool | null {
+    return this.opts.requestBodies ?? null
   }
 
   handlerOf(type: number): WireHandler | undefined {
@@ -304,6 +315,8 @@ class ServerConnection implements LinkOwner {
     this.sessionId = sessionIdOf(context)
     const limits = this.server.limits
     this.link.authenticateReceive(new FrameMac(this.server.key, 'client→server', context), limits.maxBodyBytes)
+    const pool = this.server.requestBodies
+    if (pool) this.link.setBodyTarget((kind, _id, length) => (kind === FrameKind.REQUEST && length >= pool.minBytes ? pool.take(length) : null))
     this.link.authenticateSend(new FrameMac(this.server.key, 'server→client', context))
     this.link.send({ kind: FrameKind.READY, body: encodeReady(limits) })
     const socket = this.link.socket
@@ -362,7 +375,10 @@ class ServerConnection implements LinkOwner {
         if (e.code === 'INTERNAL') this.server.log.error({ event: 'wire.handler.failed', type: f.type, err: e.message }, 'wire handler failed')
         this.answer(null, f.id, e)
       })
-      .finally(() => this.inFlight--)
+      .finally(() => {
+        this.inFlight--
+        this.server.requestBodies?.give(f.body)
+      })
   }
 
   private answer(reply: { kind: FrameKind; type: number; id: number; body: Buffer } | null, id = 0, err?: VvfsError, written?: () => void): void {

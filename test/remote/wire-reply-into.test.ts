@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto'
 import { afterEach, describe, expect, it } from 'vitest'
 import { PeerKey } from '../../lib/wire/auth.js'
 import { WireClient } from '../../lib/wire/client.js'
+import { BufferPool } from '../../lib/wire/buffer-pool.js'
 import { WireServer } from '../../lib/wire/server.js'
 import { codeOf } from '../helpers/errors.js'
 import { capturedLog } from '../wire/peers.js'
@@ -56,5 +57,31 @@ describe('a reply received into the caller’s buffer', () => {
     release()
     expect((await client.request(ECHO, Buffer.from('after'))).toString()).toBe('after') // the late reply has come and gone
     expect(into.equals(Buffer.alloc(into.length))).toBe(true)
+  })
+})
+
+describe('a server that receives request bodies into reused buffers (WireServerOptions.requestBodies)', () => {
+  it('gives each back once its handler settled and reuses it for the next body of that length; small bodies stay its own', async () => {
+    const key = new PeerKey(randomBytes(32))
+    const pool = new BufferPool(64 * 1024, 4 * 1024 * 1024)
+    const server = new WireServer({ host: '127.0.0.1', port: 0, key, service: 'storage', log: capturedLog().log, requestBodies: pool })
+    const seen: Buffer[] = []
+    server.handle(ECHO, (b) => {
+      seen.push(b)
+      return Buffer.from(b.subarray(0, 16))
+    })
+    const { port } = await server.listen()
+    cleanups.push(() => server.close())
+    const client = new WireClient({ host: '127.0.0.1', port, key, service: 'storage', log: capturedLog().log })
+    client.start()
+    cleanups.push(() => client.close())
+    const a = randomBytes(200_000)
+    const b = randomBytes(200_000)
+    expect((await client.request(ECHO, a)).equals(a.subarray(0, 16))).toBe(true)
+    expect((await client.request(ECHO, b)).equals(b.subarray(0, 16))).toBe(true)
+    expect(seen[1]).toBe(seen[0]) // the same buffer, given back after the first handler settled
+    expect(pool.held).toBe(200_000)
+    await client.request(ECHO, Buffer.from('small'))
+    expect(pool.held).toBe(200_000)
   })
 })

@@ -58,6 +58,7 @@ import { VvfsError } from '../../errors.js'
 import { CHUNK_SIZE } from '../../layout.js'
 import type { Logger } from '../../log.js'
 import type { PeerKey } from '../../wire/auth.js'
+import { BufferPool } from '../../wire/buffer-pool.js'
 import { WireClient, type ClientState } from '../../wire/client.js'
 import { checkBatch, checkRead, type ChunkBatch, type ChunkStore, type ChunkStoreCapabilities, type StoreIdentity } from '../chunk-store.js'
 import {
@@ -147,6 +148,11 @@ export class RemoteChunkStore implements ChunkStore {
   private lostSinceSync = false
   /** Counts batches begun and answered: a sync covers `unsynced` only if none moved while it ran. */
   private applies = 0
+  /**
+   * Batch bodies to reuse: a new 128 KiB body per host write cost its page
+   * faults (BufferPool). 16 MiB idle at most: two write-behinds' worth.
+   */
+  private readonly bodies = new BufferPool(64 * 1024, 16 * 1024 * 1024)
   /** Acknowledged batches a server restart would lose (see the file comment), in order of acknowledgement. */
   private readonly retained: { seq: number; body: Buffer }[] = []
   private retainedBytesNow = 0
@@ -261,7 +267,7 @@ export class RemoteChunkStore implements ChunkStore {
     checkBatch(batch)
     if ((batch.writes?.length ?? 0) === 0 && (batch.clears?.length ?? 0) === 0 && !batch.sync) return
     const unlogged = batch.unlogged === true && batch.sync !== true
-    const body = encodeApply({ ...batch, unlogged }, batch.token ?? this.epoch)
+    const body = encodeApply({ ...batch, unlogged }, batch.token ?? this.epoch, this.bodies.take.bind(this.bodies))
     if (body.length > STORAGE_MAX_BODY)
       throw new VvfsError('INVALID_ARGUMENT', `a batch of ${body.length} bytes is larger than one request (${STORAGE_MAX_BODY}); a remote batch holds at most one extent`)
     const end = Date.now() + this.deadlineMs
@@ -272,7 +278,9 @@ export class RemoteChunkStore implements ChunkStore {
     try {
       await this.call(Op.APPLY, body, end)
       // Kept from its acknowledgement (a restart before it made call() send it again): see the file comment.
+      // Else reused: acknowledged, so the socket has sent all of it (a failed call's body may still be queued there).
       if (unlogged || this.retained.length > 0) this.retain(body)
+      else this.bodies.give(body)
     } finally {
       this.applies++ // a sync that began before this answer may not cover the batch
     }
@@ -306,7 +314,11 @@ export class RemoteChunkStore implements ChunkStore {
   /** A flushing sync sent when `upTo` batches were acknowledged succeeded: those are durable on the server. */
   private release(upTo: number): void {
     let n = 0
-    while (n < this.retained.length && this.retained[n].seq <= upTo) this.retainedBytesNow -= this.retained[n++].body.length
+    while (n < this.retained.length && this.retained[n].seq <= upTo) {
+      const { body } = this.retained[n++]
+      this.retainedBytesNow -= body.length
+      this.bodies.give(body)
+    }
     if (n > 0) this.retained.splice(0, n)
   }
 

@@ -120,8 +120,8 @@ class Reader {
 class Writer {
   private at = 0
   readonly b: Buffer
-  constructor(size: number) {
-    this.b = Buffer.allocUnsafe(size)
+  constructor(size: number, alloc: (size: number) => Buffer = Buffer.allocUnsafe) {
+    this.b = alloc(size)
   }
   u8(n: number): this {
     this.at = this.b.writeUInt8(n, this.at)
@@ -311,9 +311,10 @@ export function decodeChunkSet(b: Buffer, expected: number): (Buffer | undefined
 
 /**
  * `flags u8 | token u48 | clears u32 | (first u48, count u32)* | writes u32 |
- * (pca u48, present u8)* | the present chunks' data in order`.
+ * (pca u48, present u8)* | the present chunks' data in order`, in a buffer
+ * from `alloc` when given.
  */
-export function encodeApply(batch: ChunkBatch, token: number): Buffer {
+export function encodeApply(batch: ChunkBatch, token: number, alloc?: (size: number) => Buffer): Buffer {
   const clears = batch.clears ?? []
   const writes = batch.writes ?? []
   let present = 0
@@ -323,7 +324,7 @@ export function encodeApply(batch: ChunkBatch, token: number): Buffer {
     present++
   }
   checkU48(token, 'fencing token')
-  const w = new Writer(1 + 6 + 4 + clears.length * 10 + 4 + writes.length * 7 + present * CHUNK_SIZE)
+  const w = new Writer(1 + 6 + 4 + clears.length * 10 + 4 + writes.length * 7 + present * CHUNK_SIZE, alloc)
   w.u8((batch.unlogged ? BATCH_UNLOGGED : 0) | (batch.sync ? BATCH_SYNC : 0)).u48(token).u32(clears.length)
   for (const c of clears) {
     checkU48(c.first, 'chunk address')
