@@ -71,6 +71,8 @@ const DEFAULT_BACKOFF = { initialMs: 100, maxMs: 5000 }
 interface Request {
   type: number
   body: Buffer
+  /** Where the reply's body goes when it has exactly this length (see request()). */
+  replyInto: Buffer | null
   resolve: (b: Buffer) => void
   reject: (e: VvfsError) => void
   timer: NodeJS.Timeout
@@ -153,8 +155,15 @@ export class WireClient extends EventEmitter {
     })
   }
 
-  /** Sends one request; resolves with the reply body or rejects with a coded VvfsError (see the file comment). */
-  request(type: number, body: Buffer, opts: { deadlineMs?: number } = {}): Promise<Buffer> {
+  /**
+   * Sends one request; resolves with the reply body or rejects with a coded
+   * VvfsError (see the file comment). With `replyInto`, a reply body of
+   * exactly its length is received straight into it (no buffer of its own:
+   * FrameDecoder.setBodyTarget) and resolved as it; the caller must not
+   * read it before the answer, nor count on its contents after a failure.
+   * Once the request's deadline passed, a late reply no longer goes there.
+   */
+  request(type: number, body: Buffer, opts: { deadlineMs?: number; replyInto?: Buffer } = {}): Promise<Buffer> {
     if (this.stateNow === 'closed') return Promise.reject(new VvfsError('SHUTTING_DOWN', 'the client is closed'))
     // checked against the limit the server announced; before it did, when the request is sent (pump)
     const s = this.session
@@ -162,7 +171,7 @@ export class WireClient extends EventEmitter {
       return Promise.reject(new VvfsError('FRAME_TOO_LARGE', `request body of ${body.length} bytes exceeds the server's limit of ${s.maxBodyBytes}`))
     const deadlineMs = opts.deadlineMs ?? this.deadlineMs
     return new Promise<Buffer>((resolve, reject) => {
-      const req: Request = { type, body, resolve, reject, id: null, expired: false, timer: setTimeout(() => this.expire(req, deadlineMs), deadlineMs) }
+      const req: Request = { type, body, replyInto: opts.replyInto ?? null, resolve, reject, id: null, expired: false, timer: setTimeout(() => this.expire(req, deadlineMs), deadlineMs) }
       this.queue.push(req)
       this.pump()
     })
@@ -218,6 +227,11 @@ export class WireClient extends EventEmitter {
       pingTimer: null,
       connectTimer: setTimeout(() => link.drop(new VvfsError('PEER_UNAVAILABLE', `no completed handshake within ${connectTimeoutMs} ms`)), connectTimeoutMs),
     }
+    link.setBodyTarget((kind, id, length) => {
+      if (kind !== FrameKind.REPLY) return null
+      const req = session.inFlight.get(id)
+      return req && !req.expired && req.replyInto?.length === length ? req.replyInto : null
+    })
     this.session = session
     socket.once('connect', () =>
       link.send({

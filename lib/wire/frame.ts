@@ -3,7 +3,7 @@
  * and a storage server, a primary and its replica) mean, and nothing else.
  *
  * A frame is a fixed 20-byte header, a body of `length` bytes, and, when the
- * MAC flag is set, a 32-byte HMAC trailer (lib/wire/auth.ts computes and
+ * MAC flag is set, a 32-byte MAC trailer (lib/wire/auth.ts computes and
  * checks it; this file only carries it):
  *
  *   0 magic u32 'vvw1' | 4 format u8 | 5 kind u8 | 6 flags u16 | 8 type u16
@@ -35,7 +35,7 @@ export const FRAME_FORMAT = 1
 export const HEADER_BYTES = 20
 export const MAC_BYTES = 32
 
-/** The MAC flag: a 32-byte HMAC trailer follows the body. No other flag is defined; a set unknown bit is a protocol error. */
+/** The MAC flag: a 32-byte MAC trailer follows the body. No other flag is defined; a set unknown bit is a protocol error. */
 export const FLAG_MAC = 0x0001
 
 export const FrameKind = {
@@ -89,6 +89,9 @@ export function encodeHeader(f: OutgoingFrame, withMac: boolean): Buffer {
   return h
 }
 
+/** A buffer of exactly `length` bytes to receive the body of frame `id` of `kind`, or null for a new one. */
+export type BodyTarget = (kind: FrameKind, id: number, length: number) => Buffer | null
+
 /** Chunks shorter than this are copied into a shared block rather than kept: a peer sending one byte per TCP segment must not make us hold a Buffer object (~100 bytes) per byte. */
 const SMALL_CHUNK = 4096
 const BLOCK_BYTES = 16 * 1024
@@ -105,8 +108,24 @@ export class FrameDecoder {
   private header: Buffer | null = null
   private failure: VvfsError | null = null
 
+  /** Where the owner wants a frame's body put (see setBodyTarget). */
+  private target: BodyTarget | null = null
+
   /** @param maxBody the largest body accepted now (setMaxBody changes it between frames). */
   constructor(private maxBody: number) {}
+
+  /**
+   * Lets the owner name, for a frame whose body has fully arrived, a buffer
+   * of exactly its length to copy the body into instead of a new one (a
+   * reply read straight into the caller's buffer: a fresh 1 MiB buffer per
+   * frame cost 1.3–2.6 ms of page faults here against 0.04–0.24 ms for a copy
+   * into a reused one). Asked synchronously, right before the copy, with
+   * the frame's kind, id and length; a buffer of another length is ignored.
+   * The frame's `body` is then that buffer, not yet checked by any MAC.
+   */
+  setBodyTarget(target: BodyTarget | null): void {
+    this.target = target
+  }
 
   setMaxBody(bytes: number): void {
     this.maxBody = bytes
@@ -168,7 +187,8 @@ export class FrameDecoder {
     const macBytes = flags & FLAG_MAC ? MAC_BYTES : 0
     if (this.bufferedBytes < length + macBytes) return null
     this.header = null
-    const body = this.take(length)
+    const into = length > 0 && this.target ? this.target(header.readUInt8(5) as FrameKind, header.readUInt32BE(12), length) : null
+    const body = into && into.length === length ? this.take(length, into) : this.take(length)
     const mac = macBytes ? Buffer.from(this.take(macBytes)) : null
     return { kind: header.readUInt8(5) as FrameKind, flags, type: header.readUInt16BE(8), id: header.readUInt32BE(12), body, header, mac }
   }
@@ -187,18 +207,18 @@ export class FrameDecoder {
       throw new VvfsError('FRAME_TOO_LARGE', `frame body of ${length} bytes exceeds the limit of ${this.maxBody}`, { details: { length, limit: this.maxBody } })
   }
 
-  /** Removes n buffered bytes (n ≤ buffered): a view into one chunk when they lie in one, else a copy of exactly n received bytes. */
-  private take(n: number): Buffer {
+  /** Removes n buffered bytes (n ≤ buffered): a view into one chunk when they lie in one, else a copy of exactly n received bytes (into `into` when given: always a copy then). */
+  private take(n: number, into?: Buffer): Buffer {
     if (n === 0) return Buffer.alloc(0)
     this.bufferedBytes -= n
     const first = this.chunks[this.head]
     let out: Buffer
-    if (first.length >= n) {
+    if (first.length >= n && !into) {
       out = first.subarray(0, n)
       if (first.length === n) this.head++
       else this.chunks[this.head] = first.subarray(n)
     } else {
-      out = Buffer.allocUnsafe(n)
+      out = into ?? Buffer.allocUnsafe(n)
       let filled = 0
       while (filled < n) {
         const c = this.chunks[this.head]

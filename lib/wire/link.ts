@@ -22,10 +22,12 @@
 import type { Socket } from 'node:net'
 import { asVvfsError, VvfsError } from '../errors.js'
 import type { FrameMac } from './auth.js'
-import { encodeHeader, FrameDecoder, FrameKind, type Frame, type OutgoingFrame } from './frame.js'
+import { encodeHeader, FrameDecoder, FrameKind, type BodyTarget, type Frame, type OutgoingFrame } from './frame.js'
 
 /** The largest body before authentication: the biggest handshake message is 67 bytes, an ERROR up to ~200. */
 export const PRE_AUTH_MAX_BODY = 256
+/** Bodies up to this many bytes are sent as one buffer with their header and MAC (a copy of a few KiB costs less than a writev of three). */
+const SMALL_FRAME = 16 * 1024
 /** Time a dropped peer gets to read our ERROR frame before the socket is destroyed. */
 const DROP_GRACE_MS = 1000
 /** Longest message put in an ERROR frame (a frame must stay under the peer's limit, PRE_AUTH_MAX_BODY before auth). */
@@ -70,14 +72,32 @@ export class PeerLink {
     this.decoder.setMaxBody(maxBody)
   }
 
-  send(f: OutgoingFrame): boolean {
-    if (this.closed) return false
+  /** Received frames' bodies go where `target` says (FrameDecoder.setBodyTarget). */
+  setBodyTarget(target: BodyTarget | null): void {
+    this.decoder.setBodyTarget(target)
+  }
+
+  /**
+   * Sends one frame; `written` (optional) is called once the socket has
+   * handed all of it to the kernel, or failed to (the body may be reused
+   * from then on). Returns false when the socket's buffer is over its mark.
+   */
+  send(f: OutgoingFrame, written?: () => void): boolean {
+    if (this.closed) {
+      written?.()
+      return false
+    }
     const body = f.body ?? Buffer.alloc(0)
     const header = encodeHeader(f, this.sendMac !== null)
+    const mac = this.sendMac ? this.sendMac.sign(header, body) : Buffer.alloc(0)
+    if (body.length <= SMALL_FRAME) {
+      // One buffer, one write: a write of three (cork, writev) cost more than the copy of a small body.
+      return this.socket.write(Buffer.concat([header, body, mac]), written && (() => written()))
+    }
     this.socket.cork()
     this.socket.write(header)
-    if (body.length) this.socket.write(body)
-    const ok = this.socket.write(this.sendMac ? this.sendMac.sign(header, body) : Buffer.alloc(0))
+    this.socket.write(body)
+    const ok = this.socket.write(mac, written && (() => written()))
     this.socket.uncork()
     return ok
   }

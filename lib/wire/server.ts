@@ -41,6 +41,7 @@ import {
   type PeerKey,
   type SessionContext,
 } from './auth.js'
+import type { BufferPool } from './buffer-pool.js'
 import { FrameKind, type Frame } from './frame.js'
 import { PeerLink, type LinkOwner } from './link.js'
 
@@ -73,6 +74,12 @@ export interface RequestContext {
   peer: string
   /** Fires when the connection ends before the handler answered (the answer would go nowhere). */
   signal: AbortSignal
+  /**
+   * Registers `fn` to run once the answer to this request was handed to the
+   * kernel, or will never be (an error, a closed connection): from then on
+   * the handler may reuse the buffer it answered with.
+   */
+  afterAnswer?(fn: () => void): void
 }
 
 export type WireHandler = (body: Buffer, ctx: RequestContext) => Promise<Buffer> | Buffer
@@ -86,6 +93,12 @@ export interface WireServerOptions {
   service: string
   log: Logger
   limits?: Partial<ServerLimits>
+  /**
+   * Where request bodies spanning several TCP reads are received (instead of
+   * a new buffer each): each is given back once its handler settled, so a
+   * handler must not keep its body (or views of it) past its answer.
+   */
+  requestBodies?: BufferPool
 }
 
 /**
@@ -136,6 +149,10 @@ export class WireServer {
   handle(type: number, handler: WireHandler): void {
     if (!Number.isInteger(type) || type < 0 || type > 0xffff) throw new VvfsError('INVALID_ARGUMENT', `request type ${type} is not a u16`)
     this.handlers.set(type, handler)
+  }
+
+  get requestBodies(): BufferPool | null {
+    return this.opts.requestBodies ?? null
   }
 
   handlerOf(type: number): WireHandler | undefined {
@@ -298,6 +315,8 @@ class ServerConnection implements LinkOwner {
     this.sessionId = sessionIdOf(context)
     const limits = this.server.limits
     this.link.authenticateReceive(new FrameMac(this.server.key, 'client→server', context), limits.maxBodyBytes)
+    const pool = this.server.requestBodies
+    if (pool) this.link.setBodyTarget((kind, _id, length) => (kind === FrameKind.REQUEST && length >= pool.minBytes ? pool.take(length) : null))
     this.link.authenticateSend(new FrameMac(this.server.key, 'server→client', context))
     this.link.send({ kind: FrameKind.READY, body: encodeReady(limits) })
     const socket = this.link.socket
@@ -333,24 +352,41 @@ class ServerConnection implements LinkOwner {
       return
     }
     this.inFlight++
-    const ctx: RequestContext = { sessionId: this.sessionId as string, peer: this.link.peer, signal: this.aborter.signal }
+    let written: (() => void)[] | null = null
+    const afterWrite = () => {
+      for (const fn of written ?? []) fn()
+      written = null
+    }
+    const ctx: RequestContext = {
+      sessionId: this.sessionId as string,
+      peer: this.link.peer,
+      signal: this.aborter.signal,
+      afterAnswer: (fn) => (written ??= []).push(fn),
+    }
     void Promise.resolve()
       .then(() => handler(f.body, ctx))
       .then((reply) => {
         if (reply.length > limits.maxBodyBytes) throw new VvfsError('FRAME_TOO_LARGE', `reply of ${reply.length} bytes exceeds the limit of ${limits.maxBodyBytes}`)
-        this.answer({ kind: FrameKind.REPLY, type: f.type, id: f.id, body: reply })
+        this.answer({ kind: FrameKind.REPLY, type: f.type, id: f.id, body: reply }, 0, undefined, written ? afterWrite : undefined)
       })
       .catch((err: unknown) => {
+        afterWrite()
         const e = asVvfsError(err)
         if (e.code === 'INTERNAL') this.server.log.error({ event: 'wire.handler.failed', type: f.type, err: e.message }, 'wire handler failed')
         this.answer(null, f.id, e)
       })
-      .finally(() => this.inFlight--)
+      .finally(() => {
+        this.inFlight--
+        this.server.requestBodies?.give(f.body)
+      })
   }
 
-  private answer(reply: { kind: FrameKind; type: number; id: number; body: Buffer } | null, id = 0, err?: VvfsError): void {
-    if (this.link.isClosed) return
-    const flowing = reply ? this.link.send(reply) : this.link.sendError(id, err as VvfsError)
+  private answer(reply: { kind: FrameKind; type: number; id: number; body: Buffer } | null, id = 0, err?: VvfsError, written?: () => void): void {
+    if (this.link.isClosed) {
+      written?.()
+      return
+    }
+    const flowing = reply ? this.link.send(reply, written) : this.link.sendError(id, err as VvfsError)
     const socket = this.link.socket
     if (!flowing && socket.writableLength > REPLY_HIGH_WATER && !socket.isPaused()) {
       socket.pause()

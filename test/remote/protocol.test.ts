@@ -28,8 +28,9 @@ import { chunkOf } from './servers.js'
 describe('the storage protocol', () => {
   it('round-trips every message, chunk data raw', async () => {
     expect(decodeIdentityRequest(encodeIdentityRequest({ protocol: 1, sid: 2 ** 40, name: 'far-1', claim: true }))).toEqual({ protocol: 1, sid: 2 ** 40, name: 'far-1', claim: true })
-    const reply = { identity: { sid: 3, name: 'x', format: 1, chunkSize: CHUNK_SIZE }, capacity: 2 ** 44, fence: 2 ** 47, unlogged: true, boot: Buffer.alloc(16, 9) }
+    const reply = { identity: { sid: 3, name: 'x', format: 1, chunkSize: CHUNK_SIZE }, capacity: 2 ** 44, fence: 2 ** 47, unlogged: true, boot: Buffer.alloc(16, 9), incarnation: Buffer.alloc(16, 4) }
     expect(decodeIdentityReply(encodeIdentityReply(reply))).toEqual(reply)
+    expect(decodeIdentityReply(encodeIdentityReply({ ...reply, incarnation: null }))).toEqual({ ...reply, incarnation: null }) // a version 1 server's
     expect(decodeReadRun(encodeReadRun(2 ** 47, 256))).toEqual({ first: 2 ** 47, count: 256 })
     expect(decodeReadMany(encodeReadMany([5, 1, 2 ** 48 - 1]))).toEqual([5, 1, 2 ** 48 - 1])
     const set = [chunkOf(1), undefined, chunkOf(3)]

@@ -15,7 +15,7 @@ chunkStoreSuite(
     const open = () => openStore(key, port, { sid, name })
     return { store: open(), reopen: async () => open(), cleanup: async () => {} }
   },
-  { syncRead: false, unlogged: false, fencing: true, reopen: true },
+  { syncRead: false, unlogged: true, fencing: true, reopen: true },
 )
 
 describe('a remote store reads and lists more than one request holds', () => {

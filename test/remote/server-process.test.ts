@@ -6,6 +6,23 @@ import { chunkOf, cleanup, freePort, newKey, openStore, spawnServer, tempDir } f
 
 afterEach(cleanup)
 
+/** A key, a directory and a port, and a server process on them (to be killed and started again on the same ones). */
+async function serverToKill(): Promise<{ key: Awaited<ReturnType<typeof newKey>>['key']; restart: () => Promise<unknown>; kill: () => Promise<unknown>; port: number }> {
+  const { key, file } = await newKey()
+  const dir = `${await tempDir()}/server`
+  const port = await freePort()
+  let proc = await spawnServer({ dir, port, keyFile: file })
+  return {
+    key,
+    port,
+    kill: async () => {
+      proc.proc.kill('SIGKILL')
+      await proc.exited
+    },
+    restart: async () => (proc = await spawnServer({ dir, port, keyFile: file })),
+  }
+}
+
 describe('vvfs storage serve, a process of its own', { timeout: 40_000 }, () => {
   it('stops cleanly on SIGTERM (exit 0) and serves what it was given after a restart', async () => {
     const { key, file } = await newKey()
@@ -139,6 +156,44 @@ describe('vvfs storage serve, a process of its own', { timeout: 40_000 }, () => 
     const into = Buffer.alloc(32 * CHUNK_SIZE)
     await system.readRun(0, 32, into)
     expect(into.equals(data)).toBe(true)
+  })
+
+  it('unlogged batches are sent again to a restarted server in the order they were acknowledged: a logged overwrite after an unlogged write of the same chunk stays the newest', async () => {
+    const server = await serverToKill()
+    const store = openStore(server.key, server.port, { deadlineMs: 8000 })
+    const run = (seed: number) => Array.from({ length: 16 }, (_, i) => ({ pca: i, data: chunkOf(seed + i) }))
+    await store.apply({ writes: run(100), unlogged: true }) // lives in the server's memtable only
+    await store.apply({ writes: run(200) }) // logged: the server's log brings it back by itself
+    await store.apply({ writes: [{ pca: 40, data: chunkOf(40) }] }) // logged, of another chunk
+    expect(store.retainedBytes).toBeGreaterThan(32 * CHUNK_SIZE)
+    await server.kill()
+    await server.restart()
+    await store.sync({ flushUnlogged: true })
+    expect(store.retainedBytes).toBe(0) // the flushing sync covered them
+    const into = Buffer.alloc(16 * CHUNK_SIZE)
+    await store.readRun(0, 16, into)
+    expect(into.equals(Buffer.concat(run(200).map((w) => w.data)))).toBe(true)
+    expect((await store.readMany([40]))[0]?.equals(chunkOf(40))).toBe(true)
+  })
+
+  it('keeps at most about twice its bound of unflushed batches (it asks the server for a flush itself), and a kill -9 loses none of them', async () => {
+    const server = await serverToKill()
+    const bound = 64 * 32 * CHUNK_SIZE // 8 MiB, 64 batches of 32 chunks
+    const store = openStore(server.key, server.port, { deadlineMs: 8000, retainFlushBytes: bound })
+    let most = 0
+    for (let b = 0; b < 256; b++) {
+      await store.apply({ writes: Array.from({ length: 32 }, (_, i) => ({ pca: b * 32 + i, data: chunkOf(b * 32 + i) })), unlogged: true })
+      most = Math.max(most, store.retainedBytes)
+    }
+    expect(most).toBeLessThanOrEqual(2 * bound + 32 * CHUNK_SIZE + 4096)
+    await server.kill()
+    await server.restart()
+    await store.sync({ flushUnlogged: true })
+    const into = Buffer.alloc(256 * CHUNK_SIZE)
+    for (let x = 0; x < 32; x++) {
+      await store.readRun(x * 256, 256, into)
+      for (let i = 0; i < 256; i++) expect(into.subarray(i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE).equals(chunkOf(x * 256 + i)), `chunk ${x * 256 + i}`).toBe(true)
+    }
   })
 
   it('after the server machine restarted (a new boot id) with writes no sync covered, the next sync fails with IO_ERROR, once; a process restart alone does not', async () => {

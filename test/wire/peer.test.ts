@@ -3,7 +3,7 @@ import { once } from 'node:events'
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import { VvfsError } from '../../lib/errors.js'
-import { PeerKey } from '../../lib/wire/auth.js'
+import { PeerKey, PROTOCOL_MAX } from '../../lib/wire/auth.js'
 import { WireClient, type ClientState, type WireClientOptions } from '../../lib/wire/client.js'
 import { encodeHeader, FrameKind } from '../../lib/wire/frame.js'
 import { WireServer, type ServerLimits } from '../../lib/wire/server.js'
@@ -185,7 +185,7 @@ describe('authentication with the pre-shared key', () => {
     expect(dropped()[0].reason).toMatch(/asks for service 'replication'; this is 'storage'/)
     const future = await RawPeer.connect(port)
     cleanups.push(() => future.destroy())
-    future.send({ kind: FrameKind.HELLO, body: Buffer.concat([Buffer.from([2, 3, 7]), Buffer.from('storage'), randomBytes(32)]) })
+    future.send({ kind: FrameKind.HELLO, body: Buffer.concat([Buffer.from([PROTOCOL_MAX + 1, PROTOCOL_MAX + 2, 7]), Buffer.from('storage'), randomBytes(32)]) })
     const answer = await future.nextFrame()
     expect(JSON.parse(answer.body.toString())).toMatchObject({ code: 'PEER_PROTOCOL', message: expect.stringMatching(/no common protocol version/) })
   })

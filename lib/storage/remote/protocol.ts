@@ -33,8 +33,13 @@ import { VvfsError } from '../../errors.js'
 import { CHUNK_SIZE } from '../../layout.js'
 import type { ChunkBatch, ChunkWrite, StoreIdentity } from '../chunk-store.js'
 
-/** The storage protocol's version (the wire has its own, in the handshake). */
-export const STORAGE_PROTOCOL = 1
+/**
+ * The storage protocol's version (the wire has its own, in the handshake).
+ * 2: the IDENTITY reply also carries the server process's incarnation. A
+ * server answers a relay of version 1 as before.
+ */
+export const STORAGE_PROTOCOL = 2
+export const STORAGE_PROTOCOL_MIN = 1
 export const STORAGE_SERVICE = 'storage'
 
 export const Op = {
@@ -115,8 +120,8 @@ class Reader {
 class Writer {
   private at = 0
   readonly b: Buffer
-  constructor(size: number) {
-    this.b = Buffer.allocUnsafe(size)
+  constructor(size: number, alloc: (size: number) => Buffer = Buffer.allocUnsafe) {
+    this.b = alloc(size)
   }
   u8(n: number): this {
     this.at = this.b.writeUInt8(n, this.at)
@@ -164,9 +169,17 @@ export interface IdentityReply {
    * no sync covered may be gone (a process crash keeps them in the page cache).
    */
   boot: Buffer
+  /**
+   * The server process's incarnation (16 random bytes drawn at its start;
+   * protocol 2, null from a version 1 server): a different one after a
+   * reconnect means the process restarted, and unlogged batches no flushing
+   * sync covered are gone with its memtable.
+   */
+  incarnation: Buffer | null
 }
 
 export const BOOT_BYTES = 16
+export const INCARNATION_BYTES = 16
 
 export function encodeIdentityRequest(r: IdentityRequest): Buffer {
   const name = Buffer.from(r.name, 'utf8')
@@ -185,12 +198,15 @@ export function decodeIdentityRequest(b: Buffer): IdentityRequest {
   return { protocol, sid, name, claim }
 }
 
+/** An IDENTITY reply; its incarnation follows the name when there is one (protocol 2). */
 export function encodeIdentityReply(r: IdentityReply): Buffer {
   const name = Buffer.from(r.identity.name, 'utf8')
   checkU48(r.capacity, 'capacity')
   checkU48(r.fence, 'fencing token')
   if (r.boot.length !== BOOT_BYTES) throw new VvfsError('INTERNAL', `a boot id of ${r.boot.length} bytes`)
-  return new Writer(6 + 1 + 4 + 6 + 6 + 1 + BOOT_BYTES + 1 + name.length)
+  if (r.incarnation && r.incarnation.length !== INCARNATION_BYTES) throw new VvfsError('INTERNAL', `an incarnation of ${r.incarnation.length} bytes`)
+  const incarnation = r.incarnation ?? Buffer.alloc(0)
+  return new Writer(6 + 1 + 4 + 6 + 6 + 1 + BOOT_BYTES + 1 + name.length + incarnation.length)
     .u48(r.identity.sid)
     .u8(r.identity.format)
     .u32(r.identity.chunkSize)
@@ -200,6 +216,7 @@ export function encodeIdentityReply(r: IdentityReply): Buffer {
     .bytes(r.boot)
     .u8(name.length)
     .bytes(name)
+    .bytes(incarnation)
     .done()
 }
 
@@ -213,8 +230,9 @@ export function decodeIdentityReply(b: Buffer): IdentityReply {
   const unlogged = r.u8() === 1
   const boot = Buffer.from(r.bytes(BOOT_BYTES))
   const name = r.bytes(r.u8()).toString('utf8')
+  const incarnation = r.left > 0 ? Buffer.from(r.bytes(INCARNATION_BYTES)) : null
   r.end()
-  return { identity: { sid, name, format, chunkSize }, capacity, fence, unlogged, boot }
+  return { identity: { sid, name, format, chunkSize }, capacity, fence, unlogged, boot, incarnation }
 }
 
 // ---- READ_RUN, READ_MANY and their chunk sets
@@ -293,9 +311,10 @@ export function decodeChunkSet(b: Buffer, expected: number): (Buffer | undefined
 
 /**
  * `flags u8 | token u48 | clears u32 | (first u48, count u32)* | writes u32 |
- * (pca u48, present u8)* | the present chunks' data in order`.
+ * (pca u48, present u8)* | the present chunks' data in order`, in a buffer
+ * from `alloc` when given.
  */
-export function encodeApply(batch: ChunkBatch, token: number): Buffer {
+export function encodeApply(batch: ChunkBatch, token: number, alloc?: (size: number) => Buffer): Buffer {
   const clears = batch.clears ?? []
   const writes = batch.writes ?? []
   let present = 0
@@ -305,7 +324,7 @@ export function encodeApply(batch: ChunkBatch, token: number): Buffer {
     present++
   }
   checkU48(token, 'fencing token')
-  const w = new Writer(1 + 6 + 4 + clears.length * 10 + 4 + writes.length * 7 + present * CHUNK_SIZE)
+  const w = new Writer(1 + 6 + 4 + clears.length * 10 + 4 + writes.length * 7 + present * CHUNK_SIZE, alloc)
   w.u8((batch.unlogged ? BATCH_UNLOGGED : 0) | (batch.sync ? BATCH_SYNC : 0)).u48(token).u32(clears.length)
   for (const c of clears) {
     checkU48(c.first, 'chunk address')
@@ -319,6 +338,12 @@ export function encodeApply(batch: ChunkBatch, token: number): Buffer {
   }
   for (const c of writes) if (c.data) w.bytes(c.data)
   return w.done()
+}
+
+/** Puts `token` into an APPLY body made by encodeApply (a batch sent again after `storage fence` raised the relay's epoch). */
+export function setApplyToken(body: Buffer, token: number): void {
+  checkU48(token, 'fencing token')
+  body.writeUIntBE(token, 1, 6)
 }
 
 export interface ApplyRequest {

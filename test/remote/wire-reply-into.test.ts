@@ -1,0 +1,87 @@
+/**
+ * Replies received straight into the caller's buffer (WireClient.request's
+ * `replyInto`, FrameDecoder.setBodyTarget): what the remote store's extent
+ * reads use instead of a new buffer per reply, and that a reply coming after
+ * its deadline never writes into a buffer its caller has taken back.
+ */
+import { randomBytes } from 'node:crypto'
+import { afterEach, describe, expect, it } from 'vitest'
+import { PeerKey } from '../../lib/wire/auth.js'
+import { WireClient } from '../../lib/wire/client.js'
+import { BufferPool } from '../../lib/wire/buffer-pool.js'
+import { WireServer } from '../../lib/wire/server.js'
+import { codeOf } from '../helpers/errors.js'
+import { capturedLog } from '../wire/peers.js'
+
+const cleanups: (() => Promise<void> | void)[] = []
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c()
+})
+
+const ECHO = 1
+const LATE = 2
+
+async function pair(): Promise<{ client: WireClient; release: () => void }> {
+  const key = new PeerKey(randomBytes(32))
+  const server = new WireServer({ host: '127.0.0.1', port: 0, key, service: 'storage', log: capturedLog().log })
+  let release = () => {}
+  server.handle(ECHO, (b) => Buffer.from(b))
+  server.handle(LATE, (b) => new Promise<Buffer>((resolve) => (release = () => resolve(Buffer.from(b)))))
+  const { port } = await server.listen()
+  cleanups.push(() => server.close())
+  const client = new WireClient({ host: '127.0.0.1', port, key, service: 'storage', log: capturedLog().log, maxBodyBytes: 2 * 1024 * 1024 })
+  client.start()
+  cleanups.push(() => client.close())
+  return { client, release: () => release() }
+}
+
+describe('a reply received into the caller’s buffer', () => {
+  it('is that buffer, filled, when the lengths match (a 1 MiB body spanning many TCP reads); a reply of another length gets its own', async () => {
+    const { client } = await pair()
+    const body = randomBytes(1024 * 1024)
+    const into = Buffer.alloc(body.length)
+    const reply = await client.request(ECHO, body, { replyInto: into })
+    expect(reply).toBe(into)
+    expect(into.equals(body)).toBe(true)
+    const other = Buffer.alloc(10)
+    const short = await client.request(ECHO, Buffer.from('abc'), { replyInto: other })
+    expect(short).not.toBe(other)
+    expect(short.toString()).toBe('abc')
+    expect(other.equals(Buffer.alloc(10))).toBe(true)
+  })
+
+  it('is left alone by a reply that comes after the request’s deadline', async () => {
+    const { client, release } = await pair()
+    const into = Buffer.alloc(64 * 1024)
+    expect(await codeOf(client.request(LATE, randomBytes(into.length), { replyInto: into, deadlineMs: 200 }))).toBe('TIMEOUT')
+    release()
+    expect((await client.request(ECHO, Buffer.from('after'))).toString()).toBe('after') // the late reply has come and gone
+    expect(into.equals(Buffer.alloc(into.length))).toBe(true)
+  })
+})
+
+describe('a server that receives request bodies into reused buffers (WireServerOptions.requestBodies)', () => {
+  it('gives each back once its handler settled and reuses it for the next body of that length; small bodies stay its own', async () => {
+    const key = new PeerKey(randomBytes(32))
+    const pool = new BufferPool(64 * 1024, 4 * 1024 * 1024)
+    const server = new WireServer({ host: '127.0.0.1', port: 0, key, service: 'storage', log: capturedLog().log, requestBodies: pool })
+    const seen: Buffer[] = []
+    server.handle(ECHO, (b) => {
+      seen.push(b)
+      return Buffer.from(b.subarray(0, 16))
+    })
+    const { port } = await server.listen()
+    cleanups.push(() => server.close())
+    const client = new WireClient({ host: '127.0.0.1', port, key, service: 'storage', log: capturedLog().log })
+    client.start()
+    cleanups.push(() => client.close())
+    const a = randomBytes(200_000)
+    const b = randomBytes(200_000)
+    expect((await client.request(ECHO, a)).equals(a.subarray(0, 16))).toBe(true)
+    expect((await client.request(ECHO, b)).equals(b.subarray(0, 16))).toBe(true)
+    expect(seen[1]).toBe(seen[0]) // the same buffer, given back after the first handler settled
+    expect(pool.held).toBe(200_000)
+    await client.request(ECHO, Buffer.from('small'))
+    expect(pool.held).toBe(200_000)
+  })
+})
