@@ -1,10 +1,11 @@
 # Sourced by the A/B helpers here: starts a vvfs daemon on a new state
 # directory $D (three 4 GiB storage systems, a 4 GiB volume `v` at
 # $D/mnt/v), sets DP to its pid, and on exit stops it, drops its mount and
-# removes $D (kept with KEEP=1). NODEOPTS goes to the daemon's NODE_OPTIONS.
+# removes $D (kept with KEEP=1). NODEOPTS goes to the daemon's NODE_OPTIONS,
+# DAEMONOPTS to its command line.
 D=$(mktemp -d /var/tmp/vvfs-ab.XXXX)
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-NODE_OPTIONS="$NODEOPTS" node bin/vvfs daemon --state $D/state --mount $D/mnt --log-level warn > $D/log 2>&1 &
+NODE_OPTIONS="$NODEOPTS" node bin/vvfs daemon --state $D/state --mount $D/mnt --log-level warn $DAEMONOPTS > $D/log 2>&1 &
 DP=$!
 cleanup() { set +e; kill $DP 2>/dev/null && wait $DP 2>/dev/null; fusermount -uz $D/mnt 2>/dev/null; if [ -n "$KEEP" ]; then echo "kept $D"; else rm -rf $D; fi; }
 trap cleanup EXIT

@@ -47,8 +47,13 @@ export interface PlacementRule {
 
 export interface ExtentOps {
   readonly volNo: number
-  /** Locks the extent exclusively once a write's preparation of it (clear, first record) has settled; returns the unlock. */
-  lock(extent: number): Promise<() => void>
+  /**
+   * Locks the extent exclusively once a write's preparation of it (clear,
+   * first record) has settled; returns the unlock. With `count`, extents
+   * [extent, extent + count) under one lock (a migration's group of copies:
+   * one range, never several locks held at once).
+   */
+  lock(extent: number, count?: number): Promise<() => void>
   entry(extent: number): ExtentEntry | undefined
   /** Every allocated extent index, ascending. */
   extentIndexes(): number[]
@@ -56,8 +61,14 @@ export interface ExtentOps {
   allocationBySystem(): Map<number, number>
   /** Space shaped like `entry` (a whole slot, or one fragment per fragment) placed by `rule`; undefined if the pool cannot hold it. */
   allocateLike(entry: ExtentEntry, rule: PlacementRule): ExtentEntry | undefined
-  /** Copies `from`'s data onto `to` (same shape, or fragments into a whole slot) and makes it durable there; resolves to the bytes copied. */
-  copy(from: ExtentEntry, to: ExtentEntry, style: CopyStyle): Promise<number>
+  /**
+   * Copies `from`'s data onto `to` (same shape, or fragments into a whole
+   * slot) and makes it durable there; resolves to the bytes copied. With
+   * `unsynced`, it is NOT made durable: the caller syncs the destination
+   * systems (StorageSystem.syncLogged: copies are logged) before any record
+   * points at it — one sync for a group of copies (MigrationRunner).
+   */
+  copy(from: ExtentEntry, to: ExtentEntry, style: CopyStyle, opts?: { unsynced?: boolean }): Promise<number>
   /** Points the extent at `next` if it still points at `expected`, writing its record with `extra` in one batch. `expected`'s space is the caller's now. */
   switchExtent(extent: number, expected: ExtentEntry, next: ExtentEntry, extra?: MapPut[]): Promise<void>
   /** Frees space from allocateLike that was never switched in (its data is dropped on reuse). */
@@ -94,10 +105,10 @@ export class VolumeExtents implements ExtentOps {
     return this.map.volNo
   }
 
-  async lock(extent: number): Promise<() => void> {
-    const release = await this.locks.acquire(extent * EXTENT_CHUNKS, (extent + 1) * EXTENT_CHUNKS, 'exclusive')
+  async lock(extent: number, count = 1): Promise<() => void> {
+    const release = await this.locks.acquire(extent * EXTENT_CHUNKS, (extent + count) * EXTENT_CHUNKS, 'exclusive')
     try {
-      await this.preparation.settled(extent)
+      for (let e = extent; e < extent + count; e++) await this.preparation.settled(e)
     } catch (err) {
       release()
       throw err
@@ -141,11 +152,12 @@ export class VolumeExtents implements ExtentOps {
    * after a power cut). Copies are logged, so a log sync does it, without
    * flushing the hosts' unlogged writes.
    */
-  async copy(from: ExtentEntry, to: ExtentEntry, style: CopyStyle): Promise<number> {
+  async copy(from: ExtentEntry, to: ExtentEntry, style: CopyStyle, opts: { unsynced?: boolean } = {}): Promise<number> {
     const mover = this.mover
     if (!mover) throw new VvfsError('INTERNAL', `volume ${this.volNo} was built without a chunk mover`)
     let bytes = 0
     for (const g of copyPairs(from, to)) bytes += await mover.copy({ ...g, style })
+    if (opts.unsynced) return bytes
     await Promise.all([...entrySystems(to)].map((sid) => this.pool.get(sid).syncLogged()))
     return bytes
   }

@@ -102,6 +102,17 @@ export class MemoryChunkStore implements ChunkStore {
     this.lose((p) => p.logged && p.synced)
   }
 
+  /**
+   * What a power cut now would leave at each of `pcas` (undefined: no chunk),
+   * without cutting: for tests that check what is durable at a given moment
+   * (test/migration/group-copy.test.ts).
+   */
+  readAfterPowerCut(pcas: number[]): (Buffer | undefined)[] {
+    const kept = new Map(this.medium.durable)
+    for (const p of this.medium.pending) if (p.logged && p.synced) replay(kept, p)
+    return pcas.map((pca) => kept.get(pca))
+  }
+
   /** The stored chunks, for a test's inspection. */
   get size(): number {
     return this.chunks.size
