@@ -10,6 +10,7 @@
 import { VvfsError } from '../errors.js'
 import type { ServedVolume } from '../fuse/host-mount.js'
 import type { ExtentOps } from '../relay/extent-ops.js'
+import type { ReadAhead } from '../relay/readahead.js'
 import type { VolumeStack } from '../relay/stack.js'
 import type { ThinLayer } from '../relay/thin.js'
 import type { ErrorCursor, Volume } from '../relay/volume.js'
@@ -42,6 +43,8 @@ export class VolumeHandle implements ServedVolume {
   readonly extents: ExtentOps
   readonly layer: MigrateLayer
   readonly volume: Volume
+  /** The read-ahead layer, when the stack has one. */
+  readonly readAhead: ReadAhead | undefined
   /** Issue 13: the replication journal layer (passes through unless a pair is attached). */
   readonly journal: JournalLayer
 
@@ -55,6 +58,7 @@ export class VolumeHandle implements ServedVolume {
     this.extents = stack.extents
     this.layer = stack.migrate
     this.volume = stack.volume
+    this.readAhead = stack.readAhead
     this.journal = stack.journal
     this.modifiedAt = new Date(record.createdAt)
   }

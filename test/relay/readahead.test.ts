@@ -70,8 +70,7 @@ describe('read-ahead', () => {
         })()
         await Promise.all([reader, writer])
       }
-      const ahead = (v.volume as unknown as { lower: { stats: { hits: number } } }).lower.stats
-      expect(ahead.hits).toBeGreaterThan(100)
+      expect(v.readAhead!.stats.hits).toBeGreaterThan(100)
     } finally {
       await m.close()
     }
