@@ -34,7 +34,11 @@
  * quorum has it in its write-ahead log (fsync'd). The watch reconnects by
  * itself (the client's backoff) and resumes after the last revision seen.
  *
- * Limits: the value is the whole catalog; etcd's default request limit is
+ * Limits: no fairness — a relay committing in a tight loop answers its next
+ * transaction before a loser's retry arrives, so the loser can fail with
+ * CATALOG_CONFLICT (seen with two kill -9 test writers on a loaded machine);
+ * catalog commits are management events, a few per second at most. The
+ * value is the whole catalog; etcd's default request limit is
  * 1.5 MiB, about 5,000 volumes with jobs (a catalog record is < 300 bytes).
  * Volume maps never go here (a map is ~1 M records per TiB).
  *

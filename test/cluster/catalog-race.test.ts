@@ -5,12 +5,13 @@
  * process (many rounds) and with two `vvfs daemon --etcd --relay-id`
  * processes through their control sockets.
  */
+import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { VvfsError } from '../../lib/errors.js'
 import { silentLogger } from '../../lib/log.js'
 import { Manager } from '../../lib/manager/manager.js'
-import { cleanupAll, removeDir, startDaemon, tempDir } from '../helpers/daemon.js'
+import { cleanupAll, removeDir, startDaemon, tempDir, VVFS } from '../helpers/daemon.js'
 import { startEtcd, stopAllEtcd, type EtcdServer } from '../helpers/etcd.js'
 
 let etcd: EtcdServer
@@ -72,5 +73,19 @@ describe('catalog races between relays', () => {
     for (const d of [a, b]) await expect(d.client.call('volume.create', { name: 'same', size: '16M' })).rejects.toMatchObject({ code: 'VOLUME_EXISTS' })
     expect(await a.stop()).toBe(0)
     expect(await b.stop()).toBe(0)
+  })
+
+  it('daemon flags: --relay-id without --etcd, --etcd without --relay-id, an etcd nobody answers at: refused with a code, nothing started', () => {
+    const dir = tempDir('vvfs-flags-')
+    dirs.push(dir)
+    const daemon = (...args: string[]) => spawnSync(process.execPath, [VVFS, 'daemon', '--state', join(dir, 'state'), '--mount', join(dir, 'mnt'), ...args], { encoding: 'utf8', timeout: 30_000 })
+    const alone = daemon('--relay-id', 'x')
+    expect(alone.status).not.toBe(0)
+    expect(alone.stderr).toMatch(/INVALID_ARGUMENT: --relay-id and --standby need --etcd/)
+    const nameless = daemon('--etcd', etcd.url)
+    expect(nameless.stderr).toMatch(/INVALID_ARGUMENT: --etcd needs --relay-id/)
+    const unreachable = daemon('--etcd', 'http://127.0.0.1:1', '--relay-id', 'x', '--log-level', 'error')
+    expect(unreachable.status).not.toBe(0)
+    expect(unreachable.stderr).toMatch(/PEER_UNAVAILABLE: etcd http:\/\/127.0.0.1:1/)
   })
 })

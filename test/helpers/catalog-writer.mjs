@@ -9,9 +9,16 @@ import { EtcdCatalog } from '../../dist/lib/manager/etcd-catalog.js'
 const [target, tag] = process.argv.slice(2)
 const etcd = /^etcd:(.*)#(.*)$/.exec(target)
 const catalog = etcd ? await EtcdCatalog.open({ endpoints: [etcd[1]], prefix: etcd[2] }) : await FileCatalog.open(target)
-for (let n = 1; ; n++) {
-  await catalog.update((d) => {
-    d.volumes.push({ name: `${tag}-${n}`, id: `${tag}-${n}`, no: d.nextVolumeNo++, size: 4096, hosts: [], createdAt: new Date().toISOString(), state: 'ready' })
-  })
+for (let n = 1; ; ) {
+  try {
+    await catalog.update((d) => {
+      d.volumes.push({ name: `${tag}-${n}`, id: `${tag}-${n}`, no: d.nextVolumeNo++, size: 4096, hosts: [], createdAt: new Date().toISOString(), state: 'ready' })
+    })
+  } catch (err) {
+    // Two writers in a tight loop: one may lose every round of an update (an answer, not a fault); it tries again.
+    if (err.code === 'CATALOG_CONFLICT') continue
+    throw err
+  }
   process.stdout.write(`${n}\n`)
+  n++
 }

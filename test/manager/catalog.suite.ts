@@ -245,12 +245,15 @@ export function catalogSuite(label: string, factory: () => Promise<CatalogUnderT
           const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()))
           return { child, exited }
         })
-        // Once each writer is committing (node's start takes a while on a loaded machine), anywhere in a commit.
-        for (let i = 0; i < 1000 && tags.some((tag) => !acked.has(tag)); i++) await new Promise((r) => setTimeout(r, 10))
-        for (const tag of tags) expect(acked.has(tag), `${tag} committed`).toBe(true)
-        await new Promise((r) => setTimeout(r, Math.random() * 300))
-        for (const { child } of children) child.kill('SIGKILL')
-        await Promise.all(children.map((c) => c.exited))
+        try {
+          // Once each writer is committing (node's start takes a while on a loaded machine), anywhere in a commit.
+          for (let i = 0; i < 1000 && tags.some((tag) => !acked.has(tag)); i++) await new Promise((r) => setTimeout(r, 10))
+          for (const tag of tags) expect(acked.has(tag), `${tag} committed`).toBe(true)
+          await new Promise((r) => setTimeout(r, Math.random() * 300))
+        } finally {
+          for (const { child } of children) child.kill('SIGKILL')
+          await Promise.all(children.map((c) => c.exited))
+        }
 
         const stored = await t.stored()
         const reopened = await t.open()

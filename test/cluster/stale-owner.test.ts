@@ -1,0 +1,79 @@
+/**
+ * Issue 15, stale owner, end to end: a `vvfs daemon --etcd` relay owns a
+ * volume on a storage server (its own process); the relay is SIGSTOPped
+ * past its lease TTL; another owner (lib/cluster, in this test) takes the
+ * volume with a higher token, fences the server and writes the volume's
+ * first chunk; the old relay gets SIGCONT: its host write is answered EIO
+ * at once (its lease window is over: FENCED in its log within 1 s), and the
+ * server keeps the new owner's data — nothing of the old relay's is stored.
+ */
+import { Etcd3 } from 'etcd3'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { Ownership, ownerKey } from '../../lib/cluster/ownership.js'
+import { RelayLease } from '../../lib/cluster/relay-lease.js'
+import { silentLogger } from '../../lib/log.js'
+import { cleanupAll, removeDir, startDaemon, type DaemonHandle } from '../helpers/daemon.js'
+import { startEtcd, stopAllEtcd, type EtcdServer } from '../helpers/etcd.js'
+import { writeSynced } from '../helpers/synced-write.js'
+import { chunkOf, cleanup, freePort, newKey, openStore, spawnServer, tempDir } from '../remote/servers.js'
+
+const TTL_MS = 3000
+let etcd: EtcdServer
+let client: Etcd3 | undefined
+let lease: RelayLease | undefined
+let d: DaemonHandle | undefined
+
+beforeAll(async () => {
+  etcd = await startEtcd()
+}, 30_000)
+afterAll(async () => {
+  if (d?.proc.exitCode === null) d.proc.kill('SIGCONT')
+  await cleanupAll()
+  if (d) removeDir(d.dir)
+  await lease?.close(true)
+  client?.close()
+  await cleanup()
+  await stopAllEtcd()
+})
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+describe('stale owner', () => {
+  it('SIGSTOP past the TTL, a new owner fences and writes, SIGCONT: the old relay\'s write is EIO within 1 s and none of its data is stored', async () => {
+    const key = await newKey()
+    const port = await freePort()
+    await spawnServer({ dir: await tempDir(), port, keyFile: key.file })
+    d = await startDaemon({ extraArgs: ['--etcd', etcd.url, '--relay-id', 'old', '--lease-ttl', `${TTL_MS / 1000}s`] })
+    await d.client.call('storage.add', { name: 'far', remote: `127.0.0.1:${port}`, peerKey: key.file, capacity: '64M' })
+    const vol = await d.client.call('volume.create', { name: 'v', size: '16M' })
+    expect(writeSynced(d.file('v'), 0, chunkOf(1))).toBeUndefined()
+    const where = await d.client.call('volume.mapOf', { name: 'v', offset: 0 })
+    expect(where.storage).toBe('far')
+    const far = (await d.client.call('storage.list', {})).storage.find((s) => s.name === 'far')!
+    const oldToken = (await d.client.call('relay.list', {})).relays.find((r) => r.self)!.volumes[0]!.token
+    // The relay fenced the server at its token when it took the volume: its writes carry it.
+    expect(far.epoch).toBe(oldToken)
+
+    d.proc.kill('SIGSTOP')
+    client = new Etcd3({ hosts: [etcd.url] })
+    lease = await RelayLease.start({ client, prefix: 'vvfs/', relayId: 'new', ttlMs: TTL_MS, log: silentLogger() })
+    // The old relay's lease expires (etcd deletes its owner key); then the volume is free to take.
+    for (let i = 0; i < 200 && (await client.get(ownerKey('vvfs/', vol.id)).exec()).kvs.length > 0; i++) await sleep(50)
+    const owner = await new Ownership(client, 'vvfs/', lease).take(vol.id, 'v')
+    expect(owner.token).toBeGreaterThan(oldToken)
+    const store = openStore(key.key, port, { sid: far.id, name: 'far', claim: false, epoch: 0 })
+    await store.fence(owner.token)
+    await store.apply({ writes: [{ pca: where.chunkAddress!, data: chunkOf(2) }], token: owner.token, sync: true })
+
+    const logBefore = d.log().length
+    d.proc.kill('SIGCONT')
+    const t0 = Date.now()
+    expect(writeSynced(d.file('v'), 0, chunkOf(3))).toBe('EIO')
+    expect(Date.now() - t0).toBeLessThan(1000)
+    expect(d.log().slice(logBefore)).toMatch(/"code":"FENCED"/)
+    // Let anything the old relay still had queued reach the server: all of it is refused.
+    await sleep(1500)
+    const [stored] = await store.readMany([where.chunkAddress!])
+    expect(stored?.equals(chunkOf(2))).toBe(true)
+  })
+})

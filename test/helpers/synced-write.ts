@@ -1,0 +1,21 @@
+/** Host I/O on a volume file as a test's writer does it: write + fsync + close, reporting the errno instead of throwing. */
+import { closeSync, constants, fsyncSync, openSync, writeSync } from 'node:fs'
+
+export function errnoOf(fn: () => void): string | undefined {
+  try {
+    fn()
+    return undefined
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code
+  }
+}
+
+/** Writes `data` at `offset`, fsyncs and closes; the first errno code if any step failed (close flushes too). */
+export function writeSynced(file: string, offset: number, data: Buffer): string | undefined {
+  const fd = openSync(file, constants.O_RDWR)
+  const failed = errnoOf(() => {
+    writeSync(fd, data, 0, data.length, offset)
+    fsyncSync(fd)
+  })
+  return failed ?? errnoOf(() => closeSync(fd))
+}
