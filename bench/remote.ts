@@ -11,6 +11,7 @@
  *   node dist/bench/remote.js          (root; fio, ip, tc)
  *   BENCH_SECONDS=10  seconds per fio job     BENCH_NETEM=0  skip the delayed server
  *   BENCH_TMP=/var/tmp                        BENCH_KEEP=1   keep the temp dir
+ *   BENCH_PROF=DIR  the storage servers write CPU profiles into DIR
  *
  * Placement: each volume is written whole (dd) right after its system is
  * added and while it has the most free space, so every extent of it lies on
@@ -48,7 +49,9 @@ async function peakRss(pid: number): Promise<number> {
 /** `vvfs storage serve` (inside `ns` when given), stopped by the cleanup. */
 async function startServer(dir: string, name: string, host: string, keyFile: string, cleanup: Cleanup, ns?: string): Promise<Server> {
   const port = await freePort()
-  const args = [VVFS_BIN, 'storage', 'serve', '--dir', join(dir, name), '--listen', `${host}:${port}`, '--peer-key', keyFile, '--log-level', 'warn', '--log-format', 'json']
+  // BENCH_PROF=DIR: the servers write a CPU profile there when they stop.
+  const prof = process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []
+  const args = [...prof, VVFS_BIN, 'storage', 'serve', '--dir', join(dir, name), '--listen', `${host}:${port}`, '--peer-key', keyFile, '--log-level', 'warn', '--log-format', 'json']
   const logFile = createWriteStream(join(dir, `${name}.log`))
   const svc = ns ? startService('ip', ['netns', 'exec', ns, process.execPath, ...args], { logFile }) : startService(process.execPath, args, { logFile })
   cleanup.add(`stop storage server ${name}`, async () => void (await stopService(svc, 'SIGTERM', 30_000)))
@@ -118,9 +121,12 @@ async function main(): Promise<void> {
     // Each system a little over 1 GiB, added in turn: the new one always has the most free space.
     const volumes: [string, string][] = [['local', await volumeOn(vvfs, 'vlocal', ['near', '--capacity', '1G'], 'near')]]
     for (const s of servers) volumes.push([s.name, await volumeOn(vvfs, `v${s.name}`, [s.name, '--remote', s.address, '--peer-key', keyFile, '--capacity', '1100M'], s.name)])
-    for (const [system, file] of volumes) {
-      results[system] = {}
-      for (const job of JOBS) {
+    // Each job on every system in turn, then the next job: on a shared machine the load changes within
+    // a minute, and the ratio of two runs seconds apart says more than of two a minute apart (the four
+    // local jobs used to run before the four remote ones; their ratios moved by 2x between runs).
+    for (const [system] of volumes) results[system] = {}
+    for (const job of JOBS) {
+      for (const [system, file] of volumes) {
         say(`remote bench: ${job.label} on ${system}`)
         results[system][job.name] = await runJob(job, file, seconds, join(OUT, 'fio-remote', `${system}-${job.name}.json`))
       }
