@@ -123,6 +123,13 @@ export const GROUP_EXTENTS = 16
 const COPY_LANES = 4
 
 /**
+ * Retained sources released at a time at the end of a job: one at a time,
+ * the release of 683 MiB took 0.96 s after a 12 s copy (4.1 s before a
+ * slot's clear stopped reading the slot: level-store.ts).
+ */
+const RELEASE_LANES = 8
+
+/**
  * The group starting at todo[i]: up to `size` pending extents whose indexes
  * span less than 2 × size (one lock covers the span, holes included: a host
  * write into a hole waits for the group too).
@@ -512,12 +519,19 @@ export class MigrationRunner {
     // record still pointing at it would lose the extent at a power cut.
     await this.deps.maps.sync()
     let n = 0
-    for (const [volNo, e, entry] of [...this.retained.all()]) {
-      const v = this.deps.volume(volNo)
-      if (v) await v.extents.discardEntry(entry)
-      await this.deps.maps.putMany([this.retained.drop(volNo, e)])
-      if (++n === 1) crashPoint('migration.release')
+    const sources = [...this.retained.all()]
+    let k = 0
+    // RELEASE_LANES at a time, each source cleared before its record is dropped.
+    const lane = async (): Promise<void> => {
+      while (k < sources.length) {
+        const [volNo, e, entry] = sources[k++]!
+        const v = this.deps.volume(volNo)
+        if (v) await v.extents.discardEntry(entry)
+        await this.deps.maps.putMany([this.retained.drop(volNo, e)])
+        if (++n === 1) crashPoint('migration.release')
+      }
     }
+    await Promise.all(Array.from({ length: RELEASE_LANES }, lane))
   }
 
   /** Returns every volume of the job whole to its source systems (cancel, failure, rollback). */

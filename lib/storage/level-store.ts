@@ -22,20 +22,23 @@
  *
  * Failure modes: a LevelDB error becomes IO_ERROR (STORAGE_FULL when the
  * disk is full); after close every call is SHUTTING_DOWN. A batch with
- * clears lists the stored chunks of the cleared ranges first and writes
- * their deletions in the same batch as its puts: atomic, as long as nobody
- * writes into a cleared range meanwhile (the caller's locks).
+ * clears writes the deletions of the cleared ranges in the same batch as its
+ * puts — every key of a range up to a slot, the stored chunks (listed first)
+ * of a larger one: atomic, as long as nobody writes into a cleared range
+ * meanwhile (the caller's locks).
  */
 import { ClassicLevel } from 'classic-level'
 import { mkdir } from 'node:fs/promises'
 import { VvfsError } from '../errors.js'
-import { CHUNK_SIZE } from '../layout.js'
+import { CHUNK_SIZE, EXTENT_CHUNKS } from '../layout.js'
 import { checkBatch, checkRead, type ChunkBatch, type ChunkStore, type ChunkStoreCapabilities, type ChunkWrite, type StoreIdentity } from './chunk-store.js'
 
 const DATA = 0x64 // 'd'
 const IDENTITY_KEY = Buffer.from('m/identity')
 const SYNC_KEY = Buffer.from('m/sync')
 const KEY_SIZE = 7
+/** Clears of up to this many chunks (a slot) delete every key without listing the stored ones (apply). */
+const BLIND_CLEAR_CHUNKS = EXTENT_CHUNKS
 
 /**
  * LevelDB options. 64 MiB files keep the table count low for multi-GiB stores;
@@ -255,7 +258,13 @@ export class LevelChunkStore implements ChunkStore {
       }
       const dels: object[] = []
       for (const c of batch.clears) {
-        if (c.count > 0) for (const key of await this.db.keys({ gte: dataKey(c.first), lt: dataKey(c.first + c.count) }).all()) dels.push({ type: 'del', key })
+        if (c.count <= 0) continue
+        // Up to an extent: every key deleted unread (a deletion of a chunk
+        // never stored changes nothing). Listing the stored ones read the
+        // slot's values: 4.1 of a 14.2 s migration of 683 MiB went to
+        // clearing its sources.
+        if (c.count <= BLIND_CLEAR_CHUNKS) for (let pca = c.first; pca < c.first + c.count; pca++) dels.push({ type: 'del', key: dataKey(pca) })
+        else for (const key of await this.db.keys({ gte: dataKey(c.first), lt: dataKey(c.first + c.count) }).all()) dels.push({ type: 'del', key })
       }
       const ops = dels.concat(writes.map(op))
       if (ops.length > 0) await db.batchDirect(ops, options)
