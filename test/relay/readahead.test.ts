@@ -70,7 +70,8 @@ describe('read-ahead', () => {
         })()
         await Promise.all([reader, writer])
       }
-      const ahead = (v.volume as unknown as { lower: { stats: { hits: number } } }).lower.stats
+      // Volume → JournalLayer (issue 13, passing through) → ReadAhead.
+      const ahead = (v.journal as unknown as { lower: { stats: { hits: number } } }).lower.stats
       expect(ahead.hits).toBeGreaterThan(100)
     } finally {
       await m.close()
