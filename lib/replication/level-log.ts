@@ -35,6 +35,7 @@ const DIRTY = 0x64 // 'd'
 const TRIM_KEY = Buffer.from('m/trim')
 const MODE_KEY = Buffer.from('m/mode')
 const OPENED_KEY = Buffer.from('m/opened')
+const SYNC_KEY = Buffer.from('m/sync')
 
 function entryKey(seq: number): Buffer {
   const k = Buffer.alloc(9)
@@ -104,14 +105,16 @@ export class LevelDurableLog implements DurableLog {
     })
   }
 
-  async commit(batch: LogBatch): Promise<void> {
+  async commit(batch: LogBatch, sync = true): Promise<void> {
     const ops: ({ type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer })[] = []
     for (const e of batch.entries ?? []) ops.push({ type: 'put', key: entryKey(e.seq), value: e.record })
     for (const m of batch.addDirty ?? []) ops.push({ type: 'put', key: markKeyBytes(m), value: Buffer.alloc(0) })
     for (const m of batch.removeDirty ?? []) ops.push({ type: 'del', key: markKeyBytes(m) })
     if (batch.trimThrough !== undefined) ops.push({ type: 'put', key: TRIM_KEY, value: u53(batch.trimThrough) })
     if (batch.mode) ops.push({ type: 'put', key: MODE_KEY, value: Buffer.from(batch.mode) })
-    await this.io('commit', () => this.db.batch(ops, { sync: true }))
+    // A sync with nothing else to write still needs a write for LevelDB to sync its log.
+    if (ops.length === 0 && sync) ops.push({ type: 'put', key: SYNC_KEY, value: Buffer.alloc(0) })
+    await this.io('commit', () => this.db.batch(ops, { sync }))
     if (batch.trimThrough !== undefined) {
       // Unsynced and after the commit: entries at or below the trim point are dead whether or not this lands.
       await this.io('trim', () => this.db.clear({ gte: entryKey(0), lte: entryKey(batch.trimThrough as number) }))
