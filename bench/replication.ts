@@ -23,6 +23,7 @@
 import { randomBytes } from 'node:crypto'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { ControlClient } from '../lib/control/client.js'
 import { JOBS, runJob, type JobResult, type JobSpec } from './fio.js'
 import { Cleanup, freePort, must, onInterrupt, run, say, sleep, waitFor } from './proc.js'
 import { ROOT, Vvfs } from './vvfs.js'
@@ -42,9 +43,16 @@ interface PairJson {
   lag: { entries: number; bytes: number; seconds: number }
 }
 
+/** The primary pair's status over the control socket (a CLI process per sample would take a second each under load). */
 async function primaryStatus(v: Vvfs): Promise<PairJson | undefined> {
-  const r = await v.json<{ pairs: PairJson[] }>(['replicate', 'list']).catch(() => undefined)
-  return r?.pairs.find((p) => p.role === 'primary')
+  const client = await ControlClient.connect(v.socket).catch(() => undefined)
+  if (!client) return undefined
+  try {
+    const r = await client.call('replicate.list', {}).catch(() => undefined)
+    return r?.pairs.find((p) => p.role === 'primary')
+  } finally {
+    client.close()
+  }
 }
 
 const percentile = (xs: number[], q: number) => {
@@ -123,6 +131,7 @@ async function main(): Promise<void> {
     await load
     figures.lagMedianMs = percentile(lags, 0.5) * 1000
     figures.lagP99Ms = percentile(lags, 0.99) * 1000
+    figures.lagSamples = lags.length
 
     // A peer outage under the same load, then how long until the lag is under 1 s.
     const outageLoad = steadyWriter(file, halfIops, outage + 70)
@@ -162,7 +171,7 @@ async function main(): Promise<void> {
     return { job: job.name, unit, unreplicated: u, journalAlone: j, endToEnd: e, journalRatio: j / u, endToEndRatio: e / u }
   })
   lines.push(`initial sync: ${figures.initialSyncMBps?.toFixed(1)} MB/s (1 GiB allocated)`)
-  lines.push(`lag at ${figures.lagLoadIops?.toFixed(0)} IOPS (half the unreplicated 4K rate): median ${figures.lagMedianMs?.toFixed(0)} ms (< 250), p99 ${figures.lagP99Ms?.toFixed(0)} ms (< 1000)`)
+  lines.push(`lag at ${figures.lagLoadIops?.toFixed(0)} IOPS (half the unreplicated 4K rate): median ${figures.lagMedianMs?.toFixed(0)} ms (< 250), p99 ${figures.lagP99Ms?.toFixed(0)} ms (< 1000), ${figures.lagSamples} samples`)
   lines.push(`after a ${figures.outageSeconds} s peer outage: lag under 1 s after ${Number.isNaN(figures.lagUnder1sAfterSeconds) ? 'more than 65' : figures.lagUnder1sAfterSeconds?.toFixed(1)} s (target ≤ 60)`)
   for (const [label, jobs] of Object.entries(fio)) for (const [job, r] of Object.entries(jobs)) if (r && !r.ok) lines.push(`${label} ${job}: ${r.error}`)
   process.stdout.write(lines.join('\n') + '\n')

@@ -18,8 +18,10 @@
  * `dataDurableThrough()` flushes the layers below and answers the highest
  * number whose change, and every earlier one, was stored before that flush.
  *
- * Crash order: the entry is durable before the change is acknowledged; the
- * data may not be. At open (`replay`) the retained entries are applied again,
+ * Crash order: the entry is in the journal's log before the change is
+ * acknowledged (logged: it survives a crash of the process; synced at the
+ * host's next flush or before it is shipped, see primary.ts); the data may
+ * not be. At open (`replay`) the retained entries are applied again,
  * in order, to the layers below and flushed before any host I/O, so the
  * primary holds everything the secondary may hold (write-ahead redo). An
  * entry touching an extent marked dirty is skipped: that extent changed later
@@ -120,8 +122,10 @@ export class JournalLayer implements ChunkLayer {
     await this.change({ kind: 'resize', volume: this.volNo, size: bytes }, async () => undefined)
   }
 
+  /** A host's flush: the flush entry, the data below, and the journal synced (entries may be only logged until now). */
   async flush(): Promise<void> {
     await this.change({ kind: 'flush', volume: this.volNo }, () => this.lower.flush())
+    await this.journal?.sync()
   }
 
   observe(first: number, count: number): void {

@@ -97,6 +97,7 @@ export interface JournalPositions {
   epoch: number
   lastAccepted: number
   lastDurable: number
+  lastLogged: number
   trimmedThrough: number
   retainedBytes: number
   retainedEntries: number
@@ -118,6 +119,13 @@ export interface JournalOptions {
   firstSeq?: number
   settings?: Partial<JournalSettings>
   onModeChange?: (change: ModeChange) => void
+  /**
+   * false: a batch is committed logged but not synced (it survives a crash
+   * of the process, as the volume's own unlogged data does until a flush), so
+   * `durable` means logged; sync() makes everything logged durable, and only
+   * synced entries are read for shipping. Default true: every batch synced.
+   */
+  syncEveryCommit?: boolean
 }
 
 interface Waiter {
@@ -132,6 +140,8 @@ interface Batch {
   removeDirty: DirtyMark[]
   trimThrough?: number
   mode?: JournalMode
+  /** sync() asked for this batch to be synced. */
+  syncRequested?: boolean
   waiters: Waiter[]
   done: Promise<void>
   finish: () => void
@@ -148,6 +158,9 @@ export class Journal {
   private readonly settings: JournalSettings
   private lastAccepted: number
   private lastDurable: number
+  /** Entries up to it are in the log, synced or not (lastAccepted ≥ lastLogged ≥ lastDurable). */
+  private lastLogged: number
+  private readonly syncEveryCommit: boolean
   private trimmedThrough: number
   /** Encoded sizes of retained entries: sizes[i] is seq trimmedThrough + 1 + i (0 for a number lost in a failed batch). */
   private sizes: number[]
@@ -166,12 +179,14 @@ export class Journal {
     state: { mode: JournalMode; trimmedThrough: number; retained: { seq: number; bytes: number }[]; dirty: DirtyMark[] },
     settings: JournalSettings,
     private readonly onModeChange: (c: ModeChange) => void,
+    syncEveryCommit: boolean,
   ) {
+    this.syncEveryCommit = syncEveryCommit
     this.settings = settings
     this.mode = state.mode
     this.trimmedThrough = state.trimmedThrough
     const last = state.retained.length > 0 ? state.retained[state.retained.length - 1].seq : state.trimmedThrough
-    this.lastAccepted = this.lastDurable = Math.max(last, state.trimmedThrough)
+    this.lastAccepted = this.lastDurable = this.lastLogged = Math.max(last, state.trimmedThrough)
     this.sizes = new Array<number>(this.lastAccepted - this.trimmedThrough).fill(0)
     this.retainedBytes = 0
     for (const r of state.retained) {
@@ -194,7 +209,7 @@ export class Journal {
       contents = await log.load()
     }
     const state = { ...contents, mode: contents.mode ?? 'journaling' }
-    return new Journal(log, opts.epoch, state, settings, opts.onModeChange ?? (() => undefined))
+    return new Journal(log, opts.epoch, state, settings, opts.onModeChange ?? (() => undefined), opts.syncEveryCommit ?? true)
   }
 
   get positions(): JournalPositions {
@@ -203,6 +218,7 @@ export class Journal {
       epoch: this.epoch,
       lastAccepted: this.lastAccepted,
       lastDurable: this.lastDurable,
+      lastLogged: this.lastLogged,
       trimmedThrough: this.trimmedThrough,
       retainedBytes: this.retainedBytes,
       retainedEntries: this.lastAccepted - this.trimmedThrough,
@@ -295,7 +311,7 @@ export class Journal {
     // Entries accepted after the read started cannot exist: mode bitmap numbers nothing.
     this.retainedBytes = 0
     this.sizes = []
-    this.trimmedThrough = this.lastDurable = baseSeq
+    this.trimmedThrough = this.lastDurable = this.lastLogged = baseSeq
     this.next.trimThrough = baseSeq
     this.setMode('journaling', 'resync')
     const generation = this.generation
@@ -346,6 +362,13 @@ export class Journal {
     let bytes = 0
     for (let i = Math.max(0, seq - this.trimmedThrough); i < this.sizes.length; i++) bytes += this.sizes[i]!
     return bytes
+  }
+
+  /** Makes everything logged so far durable (synced): a host's flush, and shipping (only synced entries are read). */
+  sync(): Promise<void> {
+    if (this.closed) return Promise.resolve()
+    this.next.syncRequested = true
+    return this.waitForNext()
   }
 
   /** Waits until everything accepted so far is committed (or failed over to marks). */
@@ -437,15 +460,18 @@ export class Journal {
     if (b.removeDirty.length) batch.removeDirty = b.removeDirty
     if (b.trimThrough !== undefined) batch.trimThrough = b.trimThrough
     if (b.mode) batch.mode = b.mode
+    const synced = this.syncEveryCommit || b.syncRequested === true
     let failed = false
     try {
-      if (hasWork(b)) await this.log.commit(batch)
+      if (hasWork(b)) await this.log.commit(batch, synced)
     } catch {
       failed = true
     }
     this.committing = false
     if (!failed) {
-      if (b.entries.length) this.lastDurable = Math.max(this.lastDurable, b.entries[b.entries.length - 1].seq)
+      if (b.entries.length) this.lastLogged = Math.max(this.lastLogged, b.entries[b.entries.length - 1].seq)
+      // The log is sequential: a synced batch makes every batch logged before it durable too.
+      if (synced) this.lastDurable = this.lastLogged
       for (const w of b.waiters) w.resolve()
     } else if (this.mode === 'broken' || (b.addDirty.length === 0 && b.removeDirty.length === 0 && b.entries.length === 0)) {
       // Nothing was lost that a mark must cover (a trim or a mode change is redone by the next batch's state).
@@ -469,7 +495,7 @@ export class Journal {
 }
 
 function hasWork(b: Batch): boolean {
-  return b.entries.length > 0 || b.addDirty.length > 0 || b.removeDirty.length > 0 || b.trimThrough !== undefined || b.mode !== undefined
+  return b.syncRequested === true || b.entries.length > 0 || b.addDirty.length > 0 || b.removeDirty.length > 0 || b.trimThrough !== undefined || b.mode !== undefined
 }
 
 function rangeOf(e: JournalEntry): Change {

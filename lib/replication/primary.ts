@@ -18,6 +18,11 @@
  * consistent once entries through the number accepted at the end of the copy
  * are applied (RESYNC_END consistentAt).
  *
+ * Durability: an entry is acknowledged to the host once logged (the
+ * journal's LevelDB log: it survives a crash of the process, as the
+ * volume's own data does until a flush), synced at the host's flush, and
+ * synced before it is read for shipping — only synced entries ship.
+ *
  * Trim: through min(secondary applied, primary data durable) — the
  * JournalLayer flushes the stack below and says through which number the
  * data is durable (at most every TRIM_EVERY_MS).
@@ -141,7 +146,8 @@ export class PrimaryPair {
     const onModeChange = (c: ModeChange) => ref.pair?.modeChanged(c)
     let journal: Journal
     try {
-      journal = await Journal.open(log, { epoch: spec.chain[spec.chain.length - 1]!.epoch, settings: spec.journal, onModeChange })
+      // Entries are acknowledged once logged (a process crash keeps them, as it keeps the volume's own unlogged data) and synced before they are shipped.
+      journal = await Journal.open(log, { epoch: spec.chain[spec.chain.length - 1]!.epoch, settings: spec.journal, onModeChange, syncEveryCommit: false })
     } catch (err) {
       await log.close().catch(() => undefined)
       throw err
@@ -358,6 +364,8 @@ export class PrimaryPair {
       const p = this.journal.positions
       if (p.mode !== 'journaling') return
       if (this.stateNow !== 'replicating' && this.journal.dirtyMarks().length === 0) this.setState('replicating', 'shipping')
+      // Only synced entries ship: the secondary must never hold a write a power cut at the primary lost.
+      if (p.lastLogged > p.lastDurable && p.lastDurable <= this.applied) await this.journal.sync()
       const records = await this.journal.readRecords(this.applied + 1, MAX_MESSAGE_BYTES)
       if (records.length === 0) {
         await this.maybeTrim()

@@ -102,4 +102,26 @@ describe('the journal layer', () => {
     await s.volume.read(2 * EXTENT_SIZE, CHUNK_SIZE, out)
     expect(out.equals(block(0))).toBe(true)
   })
+
+  it('acknowledges once logged, ships only what a sync made durable, and a host flush syncs (syncEveryCommit false)', async () => {
+    const s = await stack()
+    const log = new MemoryDurableLog()
+    const journal = await Journal.open(log, { epoch: 1, syncEveryCommit: false })
+    s.layers.journal.attach(journal)
+    log.hold() // a sync would wait: acknowledgements must not
+    await s.volume.write(0, block(1))
+    await s.volume.write(CHUNK_SIZE, block(2))
+    expect(journal.positions).toMatchObject({ lastAccepted: 2, lastLogged: 2, lastDurable: 0 })
+    expect(await journal.read(1, 1 << 20)).toEqual([]) // nothing ships before a sync
+    log.release()
+    const flushed = s.volume.flush()
+    await flushed
+    expect(journal.positions.lastDurable).toBe(3) // the flush entry and everything before it
+    expect((await journal.read(1, 1 << 20)).map((e) => e.kind)).toEqual(['write', 'write', 'flush'])
+    // Logged and never synced: a power cut loses it (a process crash would not).
+    await s.volume.write(2 * CHUNK_SIZE, block(3))
+    expect(journal.positions.lastLogged).toBe(4)
+    const reopened = await Journal.open(log.powerCut(), { epoch: 1, syncEveryCommit: false })
+    expect(reopened.positions.lastAccepted).toBe(3)
+  })
 })
