@@ -6,6 +6,7 @@
  * LevelDB stores by default, or the in-memory ones (memorySystems).
  */
 import { join } from 'node:path'
+import { afterEach } from 'vitest'
 import { EXTENT_SIZE } from '../../lib/layout.js'
 import type { ExtentOps } from '../../lib/relay/extent-ops.js'
 import { MapStore } from '../../lib/relay/map-store.js'
@@ -18,6 +19,7 @@ import { InlineChunkMover } from '../../lib/storage/chunk-mover.js'
 import { MemoryChunkStore } from '../../lib/storage/memory-store.js'
 import { Pool } from '../../lib/storage/pool.js'
 import { StorageSystem } from '../../lib/storage/storage-system.js'
+import { removeDir, tempDir } from './daemon.js'
 
 /** Opens (or creates) storage system `sid` of a test stack. */
 export type SystemFactory = (opts: { sid: number; name: string; dir: string; capacity: number; create: boolean }) => Promise<StorageSystem>
@@ -100,5 +102,25 @@ export async function openStack(opts: StackOptions, create: boolean): Promise<St
       for (const s of pool.list()) await s.close()
       await maps.close()
     },
+  }
+}
+
+/**
+ * Opens new stacks in fresh temporary directories (`stack.dir`); each is
+ * closed and its directory removed after the test that opened it.
+ */
+export function stacksPerTest(prefix: string): (opts: Omit<StackOptions, 'dir'>) => Promise<Stack & { dir: string }> {
+  const opened: { stack: Stack; dir: string }[] = []
+  afterEach(async () => {
+    for (const o of opened.splice(0)) {
+      await o.stack.close()
+      removeDir(o.dir)
+    }
+  })
+  return async (opts) => {
+    const dir = tempDir(prefix)
+    const stack = await openStack({ ...opts, dir }, true)
+    opened.push({ stack, dir })
+    return Object.assign(stack, { dir })
   }
 }

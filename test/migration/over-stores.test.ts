@@ -8,30 +8,20 @@
 import { execFileSync } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { reclaimVolume, type ReclaimableVolume } from '../../lib/manager/reclaim.js'
 import type { CopyMode } from '../../lib/migration/job.js'
-import { removeDir, tempDir } from '../helpers/daemon.js'
 import { expectContent, fill, runJob } from '../helpers/migration-job.js'
 import { payload, range, rng, type VolumeModel } from '../helpers/model.js'
-import { openStack, STORES, type Stack, type SystemFactory } from '../helpers/stack.js'
+import { STORES, stacksPerTest, type Stack, type SystemFactory } from '../helpers/stack.js'
 import { debugfs, mkfs, patternFile } from '../reclaim/images.js'
 
 const MiB = 1024 * 1024
 
-const dirs: string[] = []
-const stacks: Stack[] = []
-afterEach(async () => {
-  for (const s of stacks.splice(0)) await s.close()
-  dirs.splice(0).forEach(removeDir)
-})
+const newStack = stacksPerTest('vvfs-over-')
 
-async function stackOver(systemsFrom: SystemFactory, size: number): Promise<Stack> {
-  const dir = tempDir('vvfs-over-')
-  dirs.push(dir)
-  const stack = await openStack({ dir, systems: 3, capacity: 32 * MiB, size, systemsFrom }, true)
-  stacks.push(stack)
-  return stack
+function stackOver(systemsFrom: SystemFactory, size: number) {
+  return newStack({ systems: 3, capacity: 32 * MiB, size, systemsFrom })
 }
 
 /** A host that writes and verifies reads until `until` settles. */
@@ -98,7 +88,7 @@ for (const [store, systemsFrom] of STORES) {
     it('reclaim frees the blocks of a deleted file and keeps the file system intact', async () => {
       const size = 32 * MiB
       const stack = await stackOver(systemsFrom, size)
-      const dir = dirs[dirs.length - 1]!
+      const dir = stack.dir
       const img = join(dir, 'fs.img')
       mkfs(img, '32M')
       patternFile(join(dir, 'big'), 6 * MiB, 3)

@@ -7,26 +7,17 @@
  * the job had just emptied (seen as an extent left on a remote source after
  * a completed migration in test/remote/daemon-remote.test.ts).
  */
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import type { PlacementRule } from '../../lib/relay/extent-ops.js'
-import { removeDir, tempDir } from '../helpers/daemon.js'
 import { fill, runJob } from '../helpers/migration-job.js'
-import { openStack, type Stack } from '../helpers/stack.js'
+import { stacksPerTest } from '../helpers/stack.js'
 
 const MiB = 1024 * 1024
-const dirs: string[] = []
-const stacks: Stack[] = []
-afterEach(async () => {
-  for (const s of stacks.splice(0)) await s.close()
-  dirs.splice(0).forEach(removeDir)
-})
+const newStack = stacksPerTest('vvfs-placement-commit-')
 
 describe('a job whose status change is being committed', () => {
   it('keeps placing new extents as before the change until the commit is done', async () => {
-    const dir = tempDir('vvfs-placement-commit-')
-    dirs.push(dir)
-    const stack = await openStack({ dir, systems: 3, capacity: 64 * MiB, size: 8 * MiB }, true)
-    stacks.push(stack)
+    const stack = await newStack({ systems: 3, capacity: 64 * MiB, size: 8 * MiB })
     await fill(stack, 8 * MiB)
     const toSid = stack.pool.list()[0]!.sid
     const seen = new Map<string, PlacementRule | undefined>()
