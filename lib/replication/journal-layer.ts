@@ -18,10 +18,11 @@
  * `dataDurableThrough()` flushes the layers below and answers the highest
  * number whose change, and every earlier one, was stored before that flush.
  *
- * Crash order: the entry is in the journal's log before the change is
- * acknowledged (logged: it survives a crash of the process; synced at the
- * host's next flush or before it is shipped, see primary.ts); the data may
- * not be. At open (`replay`) the retained entries are applied again,
+ * Crash order: the entry is in the journal's log before the change goes
+ * below — write-ahead, so the data never holds a change its journal lacks
+ * (logged: it survives a crash of the process; synced at the host's next
+ * flush or before it is shipped, see primary.ts) — and before it is
+ * acknowledged; the data may not be stored yet. At open (`replay`) the retained entries are applied again,
  * in order, to the layers below and flushed before any host I/O, so the
  * primary holds everything the secondary may hold (write-ahead redo). An
  * entry touching an extent marked dirty is skipped: that extent changed later
@@ -98,15 +99,21 @@ export class JournalLayer implements ChunkLayer {
       durable.push(this.noted(a.seq, a.durable))
       if (a.seq !== null) seqs.push(a.seq)
     }
-    const below = this.lower.write(first, data)
-    void below.stored.then(
+    // Write-ahead: the data goes below only once its entry (or dirty mark) is
+    // logged. Issued together, a crash could keep the data and lose the
+    // entry: the primary would hold a write no entry describes, which the
+    // secondary never gets (test: "never lets a change reach the data before
+    // its entry is logged"). The caller holds the chunks' lock until stored.
+    const below = Promise.all(durable).then(() => this.lower.write(first, data))
+    const accepted = below.then((w) => w.accepted)
+    const stored = below.then((w) => w.stored)
+    void stored.then(
       () => this.settled(seqs),
       () => this.settled(seqs),
     )
-    const accepted = Promise.all([below.accepted, ...durable]).then(() => undefined)
     accepted.catch(() => undefined)
-    // Stored no earlier than accepted (the ChunkLayer contract): the entry may become durable after the data.
-    return { accepted, stored: Promise.all([below.stored, accepted]).then(() => undefined) }
+    // Stored no earlier than accepted (the ChunkLayer contract).
+    return { accepted, stored: Promise.all([stored, accepted]).then(() => undefined) }
   }
 
   async discard(first: number, count: number): Promise<void> {
@@ -194,13 +201,13 @@ export class JournalLayer implements ChunkLayer {
     const journal = this.journal
     if (!journal) return below()
     const a = journal.append(change)
-    const durable = this.noted(a.seq, a.durable)
     try {
+      // Write-ahead, as for writes: the change below only once its entry is logged.
+      await this.noted(a.seq, a.durable)
       await below()
     } finally {
       this.settled(a.seq === null ? [] : [a.seq])
     }
-    await durable
   }
 
   /** Records a new number as pending and wakes the shipper when it is durable. */

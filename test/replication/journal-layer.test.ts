@@ -56,6 +56,32 @@ describe('the journal layer', () => {
     ])
   })
 
+  it('never lets a change reach the data before its entry is logged (a crash between them would leave the primary a write the secondary never gets)', async () => {
+    const s = await stack()
+    const log = new MemoryDurableLog()
+    const journal = await Journal.open(log, { epoch: 1 })
+    s.layers.journal.attach(journal)
+    const reached: string[] = []
+    const thin = s.layers.thin
+    const write = thin.write.bind(thin)
+    const discard = thin.discard.bind(thin)
+    thin.write = (first, data) => (reached.push(`write ${first}`), write(first, data))
+    thin.discard = (first, count) => (reached.push(`discard ${first}`), discard(first, count))
+    await s.volume.write(0, block(1))
+    log.hold()
+    const w = s.volume.write(EXTENT_SIZE, block(2))
+    const d = s.volume.discard(0, CHUNK_SIZE)
+    try {
+      await new Promise((r) => setTimeout(r, 50))
+      expect(reached).toEqual(['write 0'])
+    } finally {
+      log.release()
+    }
+    await Promise.all([w, d])
+    await s.volume.drain()
+    expect(reached).toEqual(['write 0', `write ${EXTENT_SIZE / CHUNK_SIZE}`, 'discard 0'])
+  })
+
   it('says the data is durable only through changes stored before its flush', async () => {
     const s = await stack()
     const journal = await Journal.open(new MemoryDurableLog(), { epoch: 1 })
