@@ -1,7 +1,8 @@
 /**
  * CLI commands for replication (issue 13): `vvfs replicate start|stop|pause|
  * resume|status|list`. Thin clients of the control socket's replicate.*
- * methods; --json prints the schema's ReplicationInfo.
+ * methods; --json prints the schema's ReplicationInfo; --wait follows a
+ * sync (replicate-wait.ts).
  */
 import { resolve as resolvePath } from 'node:path'
 import type { Argv } from 'yargs'
@@ -9,6 +10,7 @@ import type { ReplicationInfo } from '../control/schema.js'
 import { formatSize } from '../units.js'
 import type { Call, Common, Print } from './jobs.js'
 import { fields, table } from './output.js'
+import { waitForPairSync } from './replicate-wait.js'
 
 function rows(pairs: ReplicationInfo[]): string {
   if (pairs.length === 0) return 'no replication pairs'
@@ -76,10 +78,11 @@ export function replicationCommands<T>(y: Argv<T>, call: Call, print: Print) {
             .option('peer-key', { type: 'string', describe: 'pre-shared key file (default: the daemon\'s --peer-key)' })
             .option('rate', { type: 'string', describe: 'copy rate limit of the initial sync and resyncs, e.g. 50M (per second)' })
             .option('journal-limit', { type: 'string', describe: 'journal size limit (default 1G)' })
-            .option('journal-policy', { choices: ['bitmap', 'throttle'] as const, describe: 'at the limit: track dirty extents (bitmap, default) or slow host writes (throttle)' }),
+            .option('journal-policy', { choices: ['bitmap', 'throttle'] as const, describe: 'at the limit: track dirty extents (bitmap, default) or slow host writes (throttle)' })
+            .option('wait', { type: 'boolean', default: false, describe: 'follow the initial sync with a progress bar; return once replicating' }),
         async (argv) => {
-          const r = await call(argv as unknown as Common, (c) =>
-            c.call('replicate.start', {
+          const r = await call(argv as unknown as Common, async (c) => {
+            const started = await c.call('replicate.start', {
               volume: argv.volume!,
               to: argv.to,
               as: argv.as,
@@ -87,8 +90,9 @@ export function replicationCommands<T>(y: Argv<T>, call: Call, print: Print) {
               rate: argv.rate,
               journalLimit: argv['journal-limit'],
               journalPolicy: argv['journal-policy'],
-            }),
-          )
+            })
+            return argv.wait ? waitForPairSync(c, started.pair, argv.json as boolean) : started
+          })
           print(argv as unknown as Common, r, () => `pair ${r.pair}: ${r.volume} → ${r.peer} (job ${r.job}), ${r.state}`)
         },
       )
@@ -98,9 +102,16 @@ export function replicationCommands<T>(y: Argv<T>, call: Call, print: Print) {
       .command(
         'status [pair]',
         'state, sequence numbers, lag and journal use of one pair (or all)',
-        (y) => y.positional('pair', { type: 'string' }),
+        (y) =>
+          y
+            .positional('pair', { type: 'string' })
+            .option('wait', { type: 'boolean', default: false, describe: 'follow a sync or resync of PAIR with a progress bar; return once replicating' })
+            .check((a) => !a.wait || a.pair !== undefined || 'status --wait needs a pair'),
         async (argv) => {
-          const r = await call(argv as unknown as Common, (c) => c.call('replicate.status', { pair: argv.pair }))
+          const r = await call(argv as unknown as Common, async (c) => {
+            if (argv.wait) await waitForPairSync(c, argv.pair!, argv.json as boolean)
+            return c.call('replicate.status', { pair: argv.pair })
+          })
           print(argv as unknown as Common, r, () => (argv.pair ? r.pairs.map(detail).join('\n\n') : rows(r.pairs)))
         },
       )
