@@ -39,6 +39,7 @@ function detail(p: ReplicationInfo): string {
     ['pair', p.pair],
     ['role', p.role],
     ['volume', p.volume],
+    ['group', p.group ?? '-'],
     ['peer', p.peer],
     ['state', p.state],
     ['link', p.link],
@@ -68,11 +69,13 @@ export function replicationCommands<T>(y: Argv<T>, call: Call, print: Print) {
   return y.command('replicate', 'replicate volumes to another vvfs daemon (asynchronous, in write order)', (y) =>
     y
       .command(
-        'start <volume>',
-        'start replicating a volume to a peer daemon (vvfs daemon --listen ADDR:PORT there)',
+        'start <volume> [more..]',
+        'start replicating a volume (or, with --group, several sharing one sequence) to a peer daemon (vvfs daemon --listen ADDR:PORT there)',
         (y) =>
           y
             .positional('volume', { type: 'string', demandOption: true })
+            .positional('more', { type: 'string', array: true, describe: 'further volumes of the consistency group' })
+            .option('group', { type: 'string', describe: 'a consistency group: its volumes share one sequence, so their secondaries are one point in time together' })
             .option('to', { type: 'string', demandOption: true, describe: 'the peer daemon\'s ADDR:PORT' })
             .option('as', { type: 'string', describe: 'the pair\'s and the secondary volume\'s name there (default: the volume\'s)' })
             .option('peer-key', { type: 'string', describe: 'pre-shared key file (default: the daemon\'s --peer-key)' })
@@ -84,6 +87,8 @@ export function replicationCommands<T>(y: Argv<T>, call: Call, print: Print) {
           const r = await call(argv as unknown as Common, async (c) => {
             const started = await c.call('replicate.start', {
               volume: argv.volume!,
+              also: argv.more?.length ? argv.more.map(String) : undefined,
+              group: argv.group,
               to: argv.to,
               as: argv.as,
               peerKey: argv['peer-key'] === undefined ? undefined : resolvePath(argv['peer-key']),

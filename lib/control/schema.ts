@@ -191,6 +191,8 @@ export const ReplicationInfo = z.object({
   /** The primary's replication job (null on the secondary). */
   job: z.number().nullable(),
   volume: z.string(),
+  /** Issue 13.6: the consistency group (its volumes share one sequence and are one point in time at the secondary); null for one volume. */
+  group: z.string().nullable(),
   peer: z.string(),
   /** primary: syncing, replicating, behind, resyncing, paused, stopped; secondary: consistent, catching-up, resyncing. */
   state: z.string(),
@@ -504,6 +506,10 @@ export const METHODS = {
     summary: 'Replicates a volume to another vvfs daemon (its --listen ADDR:PORT): creates the read-only secondary there, syncs the allocated extents, then ships the journal (a job).',
     params: z.strictObject({
       volume: Name,
+      /** Issue 13.6: more volumes sharing the pair's one sequence (a consistency group; needs group). */
+      also: z.array(Name).max(63).optional(),
+      /** The consistency group's name (the pair's name unless `as`). */
+      group: NewName.optional(),
       to: z.string().min(1).max(300),
       as: NewName.optional(),
       peerKey: Path.optional(),

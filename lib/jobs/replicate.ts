@@ -17,13 +17,16 @@ import { rm } from 'node:fs/promises'
 import { VvfsError } from '../errors.js'
 import type { JobRecord, JobStatus, ReplicateJobRecord } from '../migration/job.js'
 import { genesis } from '../replication/epoch.js'
-import { PrimaryPair } from '../replication/primary.js'
+import { PrimaryPair, type PairMember } from '../replication/primary.js'
 import { loadPeerKey } from '../wire/auth.js'
 import { parseHostPort } from '../wire/server.js'
 import type { JobDetails, JobDriver, JobEnv, JobKindDriver, NewJob, ReplicationResources } from './driver.js'
 
 export interface ReplicateOptions {
-  volume: string
+  /** The volumes: one, or the members of a consistency group (they share one sequence). */
+  volumes: string[]
+  /** The consistency group's name; needed for more than one volume. */
+  group?: string
   to: string
   pair?: string
   peerKey: string
@@ -40,23 +43,27 @@ function resources(env: JobEnv): ReplicationResources {
 /** A `replicate start` request: checks it and describes the job. */
 export async function newReplication(env: JobEnv, p: ReplicateOptions): Promise<NewJob> {
   const r = resources(env)
-  const volNo = env.volumeNo(p.volume)
+  if (p.volumes.length === 0) throw new VvfsError('INVALID_ARGUMENT', 'name a volume to replicate')
+  if (p.volumes.length > 1 && !p.group) throw new VvfsError('INVALID_ARGUMENT', `${p.volumes.length} volumes share one sequence only as a consistency group: name it with --group`)
+  if (new Set(p.volumes).size !== p.volumes.length) throw new VvfsError('INVALID_ARGUMENT', 'a volume is named twice')
+  const volNos = p.volumes.map((v) => env.volumeNo(v))
   parseHostPort(p.to)
   await loadPeerKey(p.peerKey)
   for (const j of env.catalog.read().data.jobs) {
-    if (j.kind === 'replicate' && j.status !== 'concluded' && j.volNos.includes(volNo))
-      throw new VvfsError('JOB_STATE', `volume ${p.volume} is already replicated by job ${j.id} (pair ${(j as ReplicateJobRecord).pair})`)
+    const taken = j.kind === 'replicate' && j.status !== 'concluded' ? volNos.findIndex((n) => j.volNos.includes(n)) : -1
+    if (taken >= 0) throw new VvfsError('JOB_STATE', `volume ${p.volumes[taken]} is already replicated by job ${j.id} (pair ${(j as ReplicateJobRecord).pair})`)
   }
   const job: Omit<ReplicateJobRecord, 'id' | 'status' | 'total' | 'current' | 'createdAt'> = {
     kind: 'replicate',
-    volNos: [volNo],
+    volNos,
+    ...(p.group ? { group: p.group } : {}),
     peer: p.to,
-    pair: p.pair ?? p.volume,
+    pair: p.pair ?? p.group ?? p.volumes[0]!,
     peerKey: p.peerKey,
     rate: p.rate ?? 0,
     journalLimit: p.journalLimit,
     journalPolicy: p.journalPolicy,
-    chain: [genesis(r.home(volNo))],
+    chain: [genesis(r.home(volNos[0]!))],
     sourceSids: [],
     mode: 'direct',
     keepMs: 0,
@@ -81,20 +88,22 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
 
   static async open(job: ReplicateJobRecord, env: JobEnv): Promise<ReplicateDriver> {
     const r = resources(env)
-    const volNo = job.volNos[0]!
-    const layer = r.journalLayer(volNo)
-    if (!layer) throw new VvfsError('VOLUME_NOT_FOUND', `replication job ${job.id}: volume #${volNo} is gone`)
+    const volumes = env.catalog.read().data.volumes
+    const members: PairMember[] = job.volNos.map((volNo) => {
+      const layer = r.journalLayer(volNo)
+      if (!layer) throw new VvfsError('VOLUME_NOT_FOUND', `replication job ${job.id}: volume #${volNo} is gone`)
+      const name = volumes.find((v) => v.no === volNo)?.name ?? `#${volNo}`
+      return { volNo, name, layer, size: () => r.volumeSize(volNo), allocatedExtents: () => r.allocatedExtents(volNo) }
+    })
+    const volumeName = members.map((m) => m.name).join(',')
     const { host, port } = parseHostPort(job.peer)
     const key = await loadPeerKey(job.peerKey)
     const ref: { driver?: ReplicateDriver } = {}
-    const volumeName = env.catalog.read().data.volumes.find((v) => v.no === volNo)?.name ?? `#${volNo}`
     const pair = await PrimaryPair.open(
       {
         pair: job.pair,
-        volNo,
-        volumeName,
-        size: () => r.volumeSize(volNo),
-        layer,
+        group: job.group ?? null,
+        members,
         journalDir: r.journalDir(job.id),
         host,
         port,
@@ -102,7 +111,6 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
         rate: job.rate,
         chain: job.chain,
         journal: { ...(job.journalLimit ? { limitBytes: job.journalLimit, hardLimitBytes: Math.max(2 * job.journalLimit, job.journalLimit) } : {}), ...(job.journalPolicy ? { policy: job.journalPolicy } : {}) },
-        allocatedExtents: () => r.allocatedExtents(volNo),
         log: env.log,
         onState: (from, to, reason) => r.stateChanged({ pair: job.pair, volume: volumeName, from, to, reason }),
         onProgress: (copied, total) => {

@@ -899,13 +899,16 @@ export class Manager implements HostView {
     )
   }
 
-  replicateStart(p: { volume: string; to: string; as?: string; peerKey?: string; rate?: number; journalLimit?: number; journalPolicy?: 'bitmap' | 'throttle' }): Promise<ReplicationInfo> {
+  replicateStart(p: { volume: string; also?: string[]; group?: string; to: string; as?: string; peerKey?: string; rate?: number; journalLimit?: number; journalPolicy?: 'bitmap' | 'throttle' }): Promise<ReplicationInfo> {
     return this.serial(async () => {
       const peerKey = p.peerKey ?? this.opts.peerKey
       if (!peerKey) throw new VvfsError('INVALID_ARGUMENT', 'name the peer\'s key file (--peer-key FILE), or start the daemon with --peer-key')
-      const v = this.volumeNamed(p.volume)
-      if (v.record.replicaOf !== undefined) throw new VvfsError('VOLUME_READ_ONLY', `volume ${p.volume} is itself a replication secondary`)
-      const job = await this.jobs.startReplication({ volume: p.volume, to: p.to, pair: p.as, peerKey, rate: p.rate, journalLimit: p.journalLimit, journalPolicy: p.journalPolicy })
+      const names = [p.volume, ...(p.also ?? [])]
+      for (const name of names) {
+        const v = this.volumeNamed(name)
+        if (v.record.replicaOf !== undefined) throw new VvfsError('VOLUME_READ_ONLY', `volume ${name} is itself a replication secondary`)
+      }
+      const job = await this.jobs.startReplication({ volumes: names, group: p.group, to: p.to, pair: p.as, peerKey, rate: p.rate, journalLimit: p.journalLimit, journalPolicy: p.journalPolicy })
       return this.replication.list().find((r) => r.job === job.id)!
     })
   }

@@ -88,6 +88,8 @@ export interface ReplicateJobRecord extends JobCommon, MoveJobFields {
   peer: string
   /** The pair's (and the secondary volume's) name there. */
   pair: string
+  /** Issue 13.6: the consistency group whose volumes (volNos) share this pair's sequence. */
+  group?: string
   peerKey: string
   /** Copy rate limit of the initial sync and resyncs, bytes/s (0: none). */
   rate: number

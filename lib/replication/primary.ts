@@ -64,12 +64,22 @@ const RETRY_MS = { initial: 100, max: 2000 }
 /** Resync data per request: three 256 KiB pieces fit one 1 MiB frame. */
 const PIECES_PER_REQUEST = 3
 
-export interface PrimaryPairSpec {
-  pair: string
+/** One volume of a pair: a pair is one volume, or a consistency group of several sharing the journal's sequence. */
+export interface PairMember {
   volNo: number
-  volumeName: string
+  name: string
   size(): number
   layer: JournalLayer
+  /** Allocated extents of the volume (the initial sync copies only those). */
+  allocatedExtents(): number[]
+}
+
+export interface PrimaryPairSpec {
+  pair: string
+  /** The consistency group's name (issue 13.6); null for a pair of one volume. */
+  group: string | null
+  /** In the order the secondary names them; at least one. */
+  members: PairMember[]
   /** The journal's LevelDB directory. */
   journalDir: string
   host: string
@@ -79,8 +89,6 @@ export interface PrimaryPairSpec {
   rate: number
   chain: EpochChain
   journal?: Partial<JournalSettings>
-  /** Allocated extents of the volume (the initial sync copies only those). */
-  allocatedExtents(): number[]
   log: Logger
   onState(from: PairState, to: PairState, reason: string): void
   onProgress?(copied: number, total: number): void
@@ -88,7 +96,9 @@ export interface PrimaryPairSpec {
 
 export interface PairStatus {
   pair: string
+  /** The member volumes' names, comma-separated. */
   volume: string
+  group: string | null
   peer: string
   state: PairState
   link: 'up' | 'down'
@@ -106,6 +116,11 @@ export interface PairStatus {
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
+
+/** Marks for a full copy: every allocated extent of every member, and each member's size. */
+function everyAllocatedExtent(members: PairMember[]): DirtyMark[] {
+  return members.flatMap((m) => [...m.allocatedExtents().map((extent) => ({ volume: m.volNo, extent })), { volume: m.volNo, extent: SIZE_MARK }])
+}
 
 export class PrimaryPair {
   private stateNow: PairState
@@ -153,10 +168,12 @@ export class PrimaryPair {
       throw err
     }
     const settings = { ...DEFAULT_JOURNAL_SETTINGS, ...spec.journal }
-    const replayed = await spec.layer.replay(journal)
+    // Each member's layer replays the entries of its own volume; all of them then number into the one journal.
+    let replayed = 0
+    for (const m of spec.members) replayed += await m.layer.replay(journal)
     if (replayed > 0) spec.log.info({ event: 'replication.replayed', pair: spec.pair, entries: replayed }, 'journal replayed into the volume')
-    spec.layer.attach(journal)
-    if (isNew) await journal.addMarks([...spec.allocatedExtents().map((extent) => ({ volume: spec.volNo, extent })), { volume: spec.volNo, extent: SIZE_MARK }])
+    for (const m of spec.members) m.layer.attach(journal)
+    if (isNew) await journal.addMarks(everyAllocatedExtent(spec.members))
     const p = journal.positions
     const initial: PairState = p.mode === 'bitmap' ? 'behind' : journal.dirtyMarks().length > 0 ? (isNew || p.trimmedThrough === 0 ? 'syncing' : 'resyncing') : 'replicating'
     ref.pair = new PrimaryPair(spec, journal, log, settings, initial)
@@ -199,7 +216,7 @@ export class PrimaryPair {
     await this.halt()
     if (this.closed) return
     this.closed = true
-    this.spec.layer.detach()
+    for (const m of this.spec.members) m.layer.detach()
     await this.journal.close()
     await this.durableLog.close()
   }
@@ -213,7 +230,8 @@ export class PrimaryPair {
     const rate = first && now - first.t > 0 ? Math.round(((this.shippedBytes - first.bytes) * 1000) / Math.max(1000, now - first.t)) : 0
     return {
       pair: this.spec.pair,
-      volume: this.spec.volumeName,
+      volume: this.spec.members.map((m) => m.name).join(','),
+      group: this.spec.group,
       peer: `${this.spec.host}:${this.spec.port}`,
       state: this.stateNow,
       link: this.link,
@@ -226,7 +244,7 @@ export class PrimaryPair {
       lag: {
         entries: Math.max(0, p.lastAccepted - applied),
         bytes: Math.max(0, this.journal.bytesAfter(applied)),
-        seconds: Math.round(this.spec.layer.lagSeconds(applied) * 1000) / 1000,
+        seconds: Math.round(Math.max(...this.spec.members.map((m) => m.layer.lagSeconds(applied))) * 1000) / 1000,
       },
       journal: { mode: p.mode, usedBytes: p.retainedBytes, limitBytes: this.settings.limitBytes, entries: p.retainedEntries, dirtyExtents: p.dirtyMarks },
       rate,
@@ -265,7 +283,7 @@ export class PrimaryPair {
       try {
         await this.client!.ready(2000)
         const stream = new ReplicationStream(this.client!, this.spec.pair, this.sender)
-        const ack = await stream.create({ group: null, volumes: [{ no: this.spec.volNo, name: this.spec.volumeName, size: this.spec.size() }], chain: [...this.spec.chain] })
+        const ack = await stream.create({ group: this.spec.group, volumes: this.spec.members.map((m) => ({ no: m.volNo, name: m.name, size: m.size() })), chain: [...this.spec.chain] })
         this.link = 'up'
         this.applied = ack.appliedSeq
         this.consistent = ack.consistent
@@ -275,7 +293,7 @@ export class PrimaryPair {
         if (remote.appliedSeq < this.journal.positions.trimmedThrough && !remote.resyncing && this.journal.dirtyMarks().length === 0) {
           // The secondary lost what we trimmed (its pair was removed and made anew): copy everything allocated again.
           this.spec.log.warn({ event: 'replication.full_resync', pair: this.spec.pair, applied: remote.appliedSeq, trimmed: this.journal.positions.trimmedThrough }, 'the secondary is behind the trimmed journal: full resync')
-          await this.journal.addMarks([...this.spec.allocatedExtents().map((extent) => ({ volume: this.spec.volNo, extent })), { volume: this.spec.volNo, extent: SIZE_MARK }])
+          await this.journal.addMarks(everyAllocatedExtent(this.spec.members))
         }
         if (this.journal.positions.mode !== 'journaling' || this.journal.dirtyMarks().length > 0 || remote.resyncing) await this.resync(stream, remote.appliedSeq)
         await this.ship(stream)
@@ -329,8 +347,11 @@ export class PrimaryPair {
   }
 
   private async copyExtent(stream: ReplicationStream, mark: DirtyMark): Promise<void> {
-    const size = this.spec.size()
-    const resize = (): JournalEntry => ({ seq: 1, epoch: this.sender.epoch, volume: this.spec.volNo, kind: 'resize', offset: 0, length: size, data: null })
+    const member = this.spec.members.find((m) => m.volNo === mark.volume)
+    // A mark of a volume no longer in the pair (the journal outlived a member's removal) has nothing to copy.
+    if (!member) return
+    const size = member.size()
+    const resize = (): JournalEntry => ({ seq: 1, epoch: this.sender.epoch, volume: member.volNo, kind: 'resize', offset: 0, length: size, data: null })
     if (mark.extent === SIZE_MARK) {
       this.check(await stream.resyncData([resize()]))
       return
@@ -342,10 +363,10 @@ export class PrimaryPair {
       const len = Math.min(MAX_ENTRY_DATA, end - at)
       const chunks = Math.ceil(len / CHUNK_SIZE)
       const buf = Buffer.alloc(chunks * CHUNK_SIZE)
-      await this.spec.layer.readBelow(at / CHUNK_SIZE, chunks, buf)
+      await member.layer.readBelow(at / CHUNK_SIZE, chunks, buf)
       const data = buf.subarray(0, len)
       const zero = data.every((b) => b === 0)
-      batch.push({ seq: 1, epoch: this.sender.epoch, volume: this.spec.volNo, kind: zero ? 'zero' : 'write', offset: at, length: len, data: zero ? null : data })
+      batch.push({ seq: 1, epoch: this.sender.epoch, volume: member.volNo, kind: zero ? 'zero' : 'write', offset: at, length: len, data: zero ? null : data })
       if (batch.length === PIECES_PER_REQUEST) {
         this.check(await stream.resyncData(batch))
         batch = []
@@ -369,7 +390,7 @@ export class PrimaryPair {
       const records = await this.journal.readRecords(this.applied + 1, MAX_MESSAGE_BYTES)
       if (records.length === 0) {
         await this.maybeTrim()
-        await this.spec.layer.nextDurable(200)
+        await Promise.race(this.spec.members.map((m) => m.layer.nextDurable(200)))
         continue
       }
       const n = Math.max(1, entriesThatFit(this.spec.pair, this.sender, records.map((r) => r.record.length)))
@@ -388,7 +409,9 @@ export class PrimaryPair {
   private async maybeTrim(): Promise<void> {
     if (Date.now() - this.lastTrimAt < TRIM_EVERY_MS) return
     this.lastTrimAt = Date.now()
-    const through = Math.min(this.applied, await this.spec.layer.dataDurableThrough(), this.journal.positions.lastDurable)
+    // Each member's layer answers through which number its own changes are stored; the group's is the least.
+    const stored = await Promise.all(this.spec.members.map((m) => m.layer.dataDurableThrough()))
+    const through = Math.min(this.applied, ...stored, this.journal.positions.lastDurable)
     if (through > this.journal.positions.trimmedThrough) await this.journal.trim(through)
   }
 }

@@ -107,6 +107,7 @@ export class ReplicationService {
         role: 'secondary',
         job: null,
         volume: s.volumes.join(','),
+        group: s.group,
         peer: s.peer,
         state: s.resyncing ? 'resyncing' : s.consistent ? 'consistent' : 'catching-up',
         link: 'up',

@@ -2,26 +2,29 @@
 // file: write FIRST, FIRST+1, … (seq-blocks.mjs), appending each number to
 // ACKLOG once its write returned. Stops after the write under way on
 // SIGTERM, or at the first error (the daemon was killed), exiting 0.
-// Usage: node seq-writer.mjs FILE BLOCKS FIRST ACKLOG
+// FILES is one volume file, or several comma-separated (a consistency
+// group): write `seq` then goes to file seq % n, so the files share one
+// sequence.
+// Usage: node seq-writer.mjs FILES BLOCKS FIRST ACKLOG
 import { appendFileSync, closeSync, constants, openSync, writeSync } from 'node:fs'
 import { setImmediate } from 'node:timers/promises'
 import { BLOCK, blockOf, offsetOf } from './seq-blocks.mjs'
 
-const [file, blocksArg, firstArg, ackLog] = process.argv.slice(2)
+const [files, blocksArg, firstArg, ackLog] = process.argv.slice(2)
 const blocks = Number(blocksArg)
 let stop = false
 process.on('SIGTERM', () => (stop = true))
-const fd = openSync(file, constants.O_RDWR | constants.O_DIRECT | constants.O_SYNC)
+const fds = files.split(',').map((file) => openSync(file, constants.O_RDWR | constants.O_DIRECT | constants.O_SYNC))
 let seq = Number(firstArg)
 try {
   while (!stop) {
-    writeSync(fd, blockOf(seq, blocks), 0, BLOCK, offsetOf(seq, blocks) * BLOCK)
+    writeSync(fds[seq % fds.length], blockOf(seq, blocks), 0, BLOCK, offsetOf(seq, blocks) * BLOCK)
     appendFileSync(ackLog, `${seq}\n`)
     seq++
     // Let a SIGTERM in between writes.
     await setImmediate()
   }
-  closeSync(fd)
+  for (const fd of fds) closeSync(fd)
 } catch (err) {
   process.stdout.write(`writer stopped at ${seq}: ${err.code ?? err.message}\n`)
 }
