@@ -32,15 +32,15 @@ export interface Pair {
   secondaryAddress: string
 }
 
-/** Two daemons with --listen/--peer-key, one storage system each. */
-export async function startPair(opts: { capacity?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Pair> {
+/** Two daemons with --listen/--peer-key, one storage system each; `powerLoss`: crash() is a power cut (test/helpers/powercut). */
+export async function startPair(opts: { capacity?: string; env?: NodeJS.ProcessEnv; powerLoss?: boolean } = {}): Promise<Pair> {
   const dir = tempDir('vvfs-repl-')
   const keyFile = join(dir, 'peer.key')
   writeFileSync(keyFile, randomBytes(32).toString('hex'), { mode: 0o600 })
   const primaryPort = await freePort()
   const secondaryPort = await freePort()
-  const primary = await startDaemon({ dir: tempDir('vvfs-repl-a-'), extraArgs: ['--listen', `127.0.0.1:${primaryPort}`, '--peer-key', keyFile], env: opts.env })
-  const secondary = await startDaemon({ dir: tempDir('vvfs-repl-b-'), extraArgs: ['--listen', `127.0.0.1:${secondaryPort}`, '--peer-key', keyFile], env: opts.env })
+  const primary = await startDaemon({ dir: tempDir('vvfs-repl-a-'), extraArgs: ['--listen', `127.0.0.1:${primaryPort}`, '--peer-key', keyFile], env: opts.env, powerLoss: opts.powerLoss })
+  const secondary = await startDaemon({ dir: tempDir('vvfs-repl-b-'), extraArgs: ['--listen', `127.0.0.1:${secondaryPort}`, '--peer-key', keyFile], env: opts.env, powerLoss: opts.powerLoss })
   await primary.client.call('storage.add', { name: 'a1', capacity: opts.capacity ?? '1G' })
   await secondary.client.call('storage.add', { name: 'b1', capacity: opts.capacity ?? '1G' })
   return { dir, keyFile, primary, secondary, primaryPort, secondaryPort, secondaryAddress: `127.0.0.1:${secondaryPort}` }

@@ -111,8 +111,9 @@ export interface KillRounds {
 const images = (files: string[]) => files.map((f) => readFileSync(f))
 
 /**
- * Rounds of: the writer runs, kill -9 lands on the primary, the secondary
- * or both at a random moment, the dead restart; after each, the secondary
+ * Rounds of: the writer runs, a crash lands on the primary, the secondary
+ * or both at a random moment (kill -9; a power cut — unsynced data gone —
+ * for daemons started in power-loss mode), the dead restart; after each, the secondary
  * is exactly writes 1..m of the sequence, the primary 1..p with every
  * acknowledged write (p ≤ acknowledged + 1, the write under way), and
  * m ≤ p. Then, caught up, the images are byte-identical. Returns the
@@ -140,7 +141,7 @@ export async function killRounds(o: KillRounds, expect: (cond: boolean, why: str
     let held: number
     if (victim === 'both') {
       // Both sites crash at once; the secondary comes back first (nothing ships to it until the primary does).
-      await Promise.all([primary.kill9(), secondary.kill9()])
+      await Promise.all([primary.crash(), secondary.crash()])
       await writer.exited()
       const acked = writer.acked()
       await secondary.restart()
@@ -149,7 +150,7 @@ export async function killRounds(o: KillRounds, expect: (cond: boolean, why: str
       held = primaryHolds(acked, `round ${k}: primary after a kill of both`)
       expect(held <= acked + 1, `round ${k}: the primary holds ${held}, more than the write under way after ${acked}`)
     } else if (victim === 'primary') {
-      await primary.kill9()
+      await primary.crash()
       await writer.exited()
       const acked = writer.acked()
       await secondarySteady(secondary, pair)
@@ -158,7 +159,7 @@ export async function killRounds(o: KillRounds, expect: (cond: boolean, why: str
       held = primaryHolds(acked, `round ${k}: restarted primary`)
       expect(held <= acked + 1, `round ${k}: the primary holds ${held}, more than the write under way after ${acked}`)
     } else {
-      await secondary.kill9()
+      await secondary.crash()
       await writer.stop()
       const acked = writer.acked()
       await primary.client.call('replicate.pause', { pair })
