@@ -50,7 +50,7 @@ test: setup typecheck lint
 
 # issue 13: the replication prefix-consistency test with 500 kill points instead of make test's 30.
 soak: setup
-	VVFS_SOAK=1 VVFS_REPL_KILLS=500 npx vitest run test/replication/prefix-kills.test.ts
+	VVFS_SOAK=1 VVFS_REPL_KILLS=500 VVFS_REPL_CUTS=100 npx vitest run test/replication/prefix-kills.test.ts
 
 bench: setup
 	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

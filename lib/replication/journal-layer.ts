@@ -18,11 +18,10 @@
  * `dataDurableThrough()` flushes the layers below and answers the highest
  * number whose change, and every earlier one, was stored before that flush.
  *
- * Crash order: the entry is in the journal's log before the change goes
- * below — write-ahead, so the data never holds a change its journal lacks
- * (logged: it survives a crash of the process; synced at the host's next
- * flush or before it is shipped, see primary.ts) — and before it is
- * acknowledged; the data may not be stored yet. At open (`replay`) the retained entries are applied again,
+ * Crash order: a change is acknowledged once its entry is logged (it
+ * survives a crash of the process; a host's flush syncs it); it goes below
+ * only once the entry is synced — write-ahead, so the data never holds a
+ * change its journal lacks, after a kill -9 or a power cut. At open (`replay`) the retained entries are applied again,
  * in order, to the layers below and flushed before any host I/O, so the
  * primary holds everything the secondary may hold (write-ahead redo). An
  * entry touching an extent marked dirty is skipped: that extent changed later
@@ -99,21 +98,41 @@ export class JournalLayer implements ChunkLayer {
       durable.push(this.noted(a.seq, a.durable))
       if (a.seq !== null) seqs.push(a.seq)
     }
-    // Write-ahead: the data goes below only once its entry (or dirty mark) is
-    // logged. Issued together, a crash could keep the data and lose the
-    // entry: the primary would hold a write no entry describes, which the
-    // secondary never gets (test: "never lets a change reach the data before
-    // its entry is logged"). The caller holds the chunks' lock until stored.
-    const below = Promise.all(durable).then(() => this.lower.write(first, data))
-    const accepted = below.then((w) => w.accepted)
-    const stored = below.then((w) => w.stored)
-    void stored.then(
-      () => this.settled(seqs),
-      () => this.settled(seqs),
-    )
-    accepted.catch(() => undefined)
-    // Stored no earlier than accepted (the ChunkLayer contract).
-    return { accepted, stored: Promise.all([stored, accepted]).then(() => undefined) }
+    // Answered once logged (a write-back cache: the host's flush makes it
+    // durable); the data goes below only once the entry (or dirty mark) is
+    // synced — write-ahead. Issued together, a kill -9 could keep the data
+    // and lose the entry; after the entry was only logged, a power cut could
+    // (a sync of the store for anyone else's write takes the data along).
+    // Either way the primary would hold a write no entry describes, which
+    // the secondary never gets (tests: "never lets a change reach the data
+    // before its entry is synced", prefix-kills). Many writes share one sync
+    // (the journal's group commit). The caller holds the chunks' lock until
+    // stored, so later reads and writes of them see this one.
+    const logged = Promise.all(durable).then(() => undefined)
+    const stored = logged
+      .then(() => journal.syncLogged())
+      .then(() => {
+        const w = this.lower.write(first, data)
+        return Promise.all([w.accepted, w.stored])
+      })
+      .then(
+        () => this.settled(seqs),
+        (err: unknown) => {
+          this.settled(seqs)
+          // The entry stands (it may ship) but the data below did not change: the extent must be copied again.
+          void this.remark(journal, first, data.length)
+          throw err
+        },
+      )
+    // A refusal below (POOL_FULL, IO_ERROR) after the answer is a failed write-back, reported at the host's next flush.
+    return { accepted: logged, stored }
+  }
+
+  /** Marks the extents of a change that failed below dirty: the secondary may have it, the primary's data does not. */
+  private remark(journal: Journal, first: number, bytes: number): Promise<void> {
+    const marks: { volume: number; extent: number }[] = []
+    for (let x = Math.floor((first * CHUNK_SIZE) / EXTENT_SIZE); x <= Math.floor((first * CHUNK_SIZE + Math.max(1, bytes) - 1) / EXTENT_SIZE); x++) marks.push({ volume: this.volNo, extent: x })
+    return journal.addMarks(marks).catch(() => undefined)
   }
 
   async discard(first: number, count: number): Promise<void> {
@@ -129,10 +148,9 @@ export class JournalLayer implements ChunkLayer {
     await this.change({ kind: 'resize', volume: this.volNo, size: bytes }, async () => undefined)
   }
 
-  /** A host's flush: the flush entry, the data below, and the journal synced (entries may be only logged until now). */
+  /** A host's flush: the flush entry synced with every entry before it, then the data below. */
   async flush(): Promise<void> {
     await this.change({ kind: 'flush', volume: this.volNo }, () => this.lower.flush())
-    await this.journal?.sync()
   }
 
   observe(first: number, count: number): void {
@@ -202,8 +220,9 @@ export class JournalLayer implements ChunkLayer {
     if (!journal) return below()
     const a = journal.append(change)
     try {
-      // Write-ahead, as for writes: the change below only once its entry is logged.
+      // Write-ahead, as for writes: the change below only once its entry is synced.
       await this.noted(a.seq, a.durable)
+      await journal.syncLogged()
       await below()
     } finally {
       this.settled(a.seq === null ? [] : [a.seq])

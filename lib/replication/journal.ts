@@ -52,6 +52,7 @@
 import { VvfsError } from '../errors.js'
 import { EXTENT_SIZE } from '../layout.js'
 import { SIZE_MARK, markKey, type DirtyMark, type DurableLog, type JournalMode, type LogBatch, type LogRecord } from './durable-log.js'
+import { WriteGenerations } from '../storage/write-generations.js'
 import { decodeEntry, encodedSize, encodeEntry, entryOf, type Change, type JournalEntry } from './entry.js'
 
 export type JournalPolicy = 'bitmap' | 'throttle'
@@ -169,6 +170,8 @@ export class Journal {
   private readonly marks = new Map<string, { mark: DirtyMark; generation: number; durable: Promise<void> }>()
   private generation = 0
   private next: Batch = newBatch()
+  /** Commits that reached the log, counted for syncLogged's group sync. */
+  private readonly logged = new WriteGenerations()
   private committing = false
   private scheduled = false
   private closed = false
@@ -371,6 +374,20 @@ export class Journal {
     return this.waitForNext()
   }
 
+  /**
+   * Makes what is logged so far durable without holding up appends meanwhile
+   * (the log syncs beside its writes): what the journal layer waits for
+   * before a change goes below. Callers share one sync (WriteGenerations).
+   */
+  syncLogged(): Promise<void> {
+    if (this.closed) return Promise.resolve()
+    return this.logged.sync(async () => {
+      const upTo = this.lastLogged
+      await this.log.syncLogged()
+      if (upTo > this.lastDurable) this.lastDurable = upTo
+    })
+  }
+
   /** Waits until everything accepted so far is committed (or failed over to marks). */
   async drain(): Promise<void> {
     while (this.committing || this.scheduled || hasWork(this.next)) await this.waitForNext()
@@ -470,6 +487,8 @@ export class Journal {
     this.committing = false
     if (!failed) {
       if (b.entries.length) this.lastLogged = Math.max(this.lastLogged, b.entries[b.entries.length - 1].seq)
+      const generation = this.logged.complete()
+      if (synced) this.logged.noteDurable(generation)
       // The log is sequential: a synced batch makes every batch logged before it durable too.
       if (synced) this.lastDurable = this.lastLogged
       for (const w of b.waiters) w.resolve()

@@ -25,7 +25,8 @@
  * (LevelDB iterators see a snapshot).
  */
 import { ClassicLevel } from 'classic-level'
-import { mkdir } from 'node:fs/promises'
+import { mkdir, open, readdir } from 'node:fs/promises'
+import { join } from 'node:path'
 import { VvfsError } from '../errors.js'
 import { readU53, writeU53 } from './entry.js'
 import type { DirtyMark, DurableLog, JournalMode, LogBatch, LogContents, LogRecord } from './durable-log.js'
@@ -134,6 +135,40 @@ export class LevelDurableLog implements DurableLog {
       }
       return out
     })
+  }
+
+  /**
+   * fdatasync of LevelDB's log files, beside LevelDB rather than through it:
+   * a sync write would hold every later write in LevelDB's writer queue for
+   * the fsync, and the journal layer acknowledges host writes once logged —
+   * a sync per write cut 1 MiB sequential writes to 0.06 of unreplicated.
+   * A batch that completed is in a log file by then (LevelDB writes each
+   * record through to the kernel); a log that is gone was written to a
+   * synced table first. Files that appear while syncing are synced too.
+   */
+  async syncLogged(): Promise<void> {
+    const synced = new Set<string>()
+    for (;;) {
+      const logs = (await readdir(this.path)).filter((n) => n.endsWith('.log') && !synced.has(n))
+      if (logs.length === 0) return
+      for (const name of logs) {
+        synced.add(name)
+        let file
+        try {
+          file = await open(join(this.path, name), 'r')
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue
+          throw new VvfsError('IO_ERROR', `journal log sync failed: ${(err as Error).message}`, { cause: err })
+        }
+        try {
+          await file.datasync()
+        } catch (err) {
+          throw new VvfsError('IO_ERROR', `journal log sync failed: ${(err as Error).message}`, { cause: err })
+        } finally {
+          await file.close()
+        }
+      }
+    }
   }
 
   async close(): Promise<void> {

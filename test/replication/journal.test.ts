@@ -47,6 +47,9 @@ class CountingLog implements DurableLog {
   read(from: number, through: number, max: number) {
     return this.inner.read(from, through, max)
   }
+  syncLogged() {
+    return this.inner.syncLogged()
+  }
   close() {
     return this.inner.close()
   }

@@ -16,7 +16,8 @@
  * secondary's applied number steady).
  *
  * VVFS_REPL_KILLS sets the number of kill points (default 30; `make soak`
- * runs 500; a round that kills both daemons at once counts two);
+ * runs 500), VVFS_REPL_CUTS the number of power cuts (default 8; `make
+ * soak` 100) — a round that kills both daemons at once counts two;
  * VVFS_REPL_VICTIM=both|primary|secondary kills only that one each round;
  * VVFS_REPL_SEED repeats a run's random choices.
  *
@@ -34,30 +35,47 @@ import { BLOCK } from './seq-blocks.mjs'
 import { killDice, killRounds, type Victim, removePair } from './seq-check.js'
 
 const KILLS = Number(process.env.VVFS_REPL_KILLS ?? 30)
+const CUTS = Number(process.env.VVFS_REPL_CUTS ?? 8)
 const SIZE = 8 * 1024 * 1024
 
 let p: Pair | undefined
 afterAll(() => removePair(p))
 
-it(`the secondary is always a prefix of the primary's acknowledged writes across ${KILLS} kill -9s of either daemon`, { timeout: 60_000 + KILLS * 15_000 }, async () => {
-  p = await startPair()
+/** One volume replicated as `pair`, then the kill rounds (seq-check.ts). */
+async function singleVolumeRounds(opts: { pair: string; kills: number; powerLoss: boolean; victim?: Victim }): Promise<void> {
+  p = await startPair({ powerLoss: opts.powerLoss })
   const { primary, secondary } = p
   await primary.client.call('volume.create', { name: 'vol', size: SIZE })
-  await primary.client.call('replicate.start', { volume: 'vol', to: p.secondaryAddress, as: 'prefix', peerKey: p.keyFile })
+  await primary.client.call('replicate.start', { volume: 'vol', to: p.secondaryAddress, as: opts.pair, peerKey: p.keyFile })
   await killRounds(
     {
       primary,
       secondary,
-      pair: 'prefix',
+      pair: opts.pair,
       primaryFiles: () => [primary.file('vol')],
-      secondaryFiles: () => [secondary.file('prefix')],
+      secondaryFiles: () => [secondary.file(opts.pair)],
       blocks: SIZE / BLOCK,
-      kills: KILLS,
-      victim: process.env.VVFS_REPL_VICTIM as Victim | undefined,
+      kills: opts.kills,
+      victim: opts.victim,
       ackLog: join(p.dir, 'acked.log'),
       rand: killDice(),
       verbose: process.env.VVFS_REPL_VERBOSE !== undefined,
     },
     (ok, why) => expect(ok, why).toBe(true),
   )
+}
+
+it(`the secondary is always a prefix of the primary's acknowledged writes across ${KILLS} kill -9s of either daemon`, { timeout: 60_000 + KILLS * 15_000 }, async () => {
+  await singleVolumeRounds({ pair: 'prefix', kills: KILLS, powerLoss: false, victim: process.env.VVFS_REPL_VICTIM as Victim | undefined })
+})
+
+/**
+ * The same the way power loss behaves (every byte either daemon had not
+ * synced is gone): the primary still holds every write whose O_SYNC write
+ * returned, and never less than the secondary — only entries synced at the
+ * primary are shipped, and what was shipped is replayed from its journal.
+ */
+it(`the same across ${CUTS} power cuts of either daemon or both`, { timeout: 60_000 + CUTS * 20_000 }, async () => {
+  await removePair(p)
+  await singleVolumeRounds({ pair: 'cut', kills: CUTS, powerLoss: true })
 })

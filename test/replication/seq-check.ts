@@ -177,7 +177,8 @@ export async function killRounds(o: KillRounds, expect: (cond: boolean, why: str
   expect(done.lastApplied > 0, 'nothing was applied')
   const a = images(o.primaryFiles())
   const b = images(o.secondaryFiles())
-  expect(prefixOf(b, blocks, 'caught-up secondary') === prefixOf(a, blocks, 'final primary'), 'the caught-up secondary is another prefix than the primary')
+  const [mb, ma] = [prefixOf(b, blocks, 'caught-up secondary'), prefixOf(a, blocks, 'final primary')]
+  expect(mb === ma, `the caught-up secondary is writes 1..${mb}, the primary 1..${ma} (rounds: ${log.join(' ')}; primary ${JSON.stringify(done)})`)
   a.forEach((img, i) => expect(Buffer.compare(img, b[i]!) === 0, `images of volume ${i} differ after catch-up (rounds: ${log.join(' ')})`))
   // Some kills must have landed with writes still to ship (else the test shows little).
   expect(
