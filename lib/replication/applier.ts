@@ -82,12 +82,16 @@ export class Applier {
     this.state = state
   }
 
-  /** Opens the pair's applier; a new pair starts with `chain` (the primary's at pair creation) and nothing applied. */
-  static async open(target: ApplyTarget, pair: PairView & { chain: EpochChain }): Promise<Applier> {
+  /**
+   * Opens the pair's applier; a new pair starts with `chain` (the primary's at
+   * pair creation) and nothing applied — or at `start` (issue 13.7: a side
+   * that becomes the replica after a promote starts at the common number).
+   */
+  static async open(target: ApplyTarget, pair: PairView & { chain: EpochChain; start?: SecondaryState }): Promise<Applier> {
     validateChain(pair.chain)
     let state = await target.load()
     if (!state) {
-      state = { appliedSeq: pair.chain[0].firstSeq - 1, chain: pair.chain, consistentAt: null, resyncing: false }
+      state = pair.start ?? { appliedSeq: pair.chain[0].firstSeq - 1, chain: pair.chain, consistentAt: null, resyncing: false }
       await target.apply([], state)
     }
     return new Applier(target, new Set(pair.volumes), state)
