@@ -120,4 +120,30 @@ describe('failover and failback', () => {
     expect(bytesAt(newPrimary.file('db-copy'), 6 * MiB, 4096).every((x) => x === 0xbb)).toBe(false)
     await waitForPair(newPrimary, 'db-copy', 'secondary', (s) => s.consistent && s.failover?.relation !== 'split-brain')
   })
+
+  it('with the primary gone, promote needs no --force; after its restart both sides are written: split-brain; resolve --discard local makes the promoted side the replica again', async () => {
+    // The first daemon is the primary of db-copy again (epoch 3), the second its replica.
+    const primary = p.primary
+    const replica = p.secondary
+    await primary.kill9()
+    await waitForPair(replica, 'db-copy', 'secondary', (s) => (s.failover?.peer?.seenSecondsAgo ?? 0) > 3.5, 15_000)
+    const promoted = json(vvfs(replica)('replicate', 'promote', 'db-copy', '--json'))
+    expect(promoted).toMatchObject({ state: 'promoted', epoch: 4 })
+    writeAt(replica.file('db-copy'), 7 * MiB, Buffer.alloc(4096, 0x77))
+    await primary.restart()
+    writeAt(primary.file('db'), 3 * MiB, Buffer.alloc(4096, 0x33))
+    await waitForPair(primary, 'db-copy', 'primary', (s) => s.state === 'split-brain')
+    await waitForPair(replica, 'db-copy', 'primary', (s) => s.state === 'split-brain')
+    expect(bytesAt(replica.file('db-copy'), 3 * MiB, 4096).every((x) => x === 0x33)).toBe(false)
+    expect(bytesAt(primary.file('db'), 7 * MiB, 4096).every((x) => x === 0x77)).toBe(false)
+    // Only the promoted side resolves.
+    expect(vvfs(primary)('replicate', 'resolve', 'db-copy', '--discard', 'peer').err).toMatch(/FAILOVER_STATE/)
+    const resolved = json(vvfs(replica)('replicate', 'resolve', 'db-copy', '--discard', 'local', '--json'))
+    expect(resolved).toMatchObject({ role: 'secondary' })
+    await waitForPair(primary, 'db-copy', 'primary', (s) => caughtUp(s) && s.epoch === 3 && s.failover?.relation !== 'split-brain')
+    expect(same(primary.file('db'), replica.file('db-copy'))).toBe(true)
+    expect(bytesAt(replica.file('db-copy'), 3 * MiB, 4096).every((x) => x === 0x33)).toBe(true)
+    expect(bytesAt(replica.file('db-copy'), 7 * MiB, 4096).every((x) => x === 0x77)).toBe(false)
+    expect(() => openSync(replica.file('db-copy'), 'r+')).toThrow(/EROFS|read-only/)
+  })
 })
