@@ -62,7 +62,7 @@ import { WireClient } from '../wire/client.js'
 import { parseHostPort, type WireServer } from '../wire/server.js'
 import type { SecondaryState } from './applier.js'
 import { SIZE_MARK } from './durable-log.js'
-import { compareHistories, handoff, refusal, type EpochChain } from './epoch.js'
+import { compareHistories, handoff, refusal, sameRecord, type EpochChain } from './epoch.js'
 import { ExtentsReplyMessage, FailoverRequest, HistoryMessage, HistoryReplyMessage, RemarkMessage, TakeOverMessage, type SideReport, type TakeOver } from './failover-messages.js'
 import { Journal } from './journal.js'
 import type { JournalLayer } from './journal-layer.js'
@@ -214,6 +214,14 @@ export class FailoverService {
     const list = raw ? (JSON.parse(raw) as FailoverRecord[]) : []
     this.records = new Map(list.map((r) => [r.pair, r]))
     for (const r of list) {
+      if (!this.host.failoverVolume(r.volume)) {
+        // Its volume was deleted: nothing is left to fail over.
+        this.log.warn({ event: 'replication.failover_dropped', pair: r.pair, volume: r.volume, role: r.role }, `pair ${r.pair}: volume ${r.volume} is gone; its ${r.role} record is dropped`)
+        this.records.delete(r.pair)
+        if (r.role === 'promoted') await rm(r.journalDir, { recursive: true, force: true })
+        await this.save()
+        continue
+      }
       if (r.role === 'promoted') {
         if (this.host.primaryOf(r.pair)?.job.journalDir === r.journalDir) {
           // The reverse job started before the record went: the promote is over.
@@ -419,7 +427,8 @@ export class FailoverService {
       })
     logged(FailoverRequest.HISTORY, 'history', async (body) => {
       const h = HistoryMessage.decode(body)
-      this.noteReport(h.pair, h.side)
+      // Reports are kept only for pairs this side takes part in.
+      if (this.side(h.pair)) this.noteReport(h.pair, h.side)
       return HistoryReplyMessage.encode({ format: MESSAGE_FORMAT, pair: h.pair, side: this.side(h.pair) })
     })
     logged(FailoverRequest.TAKE_OVER, 'take-over', async (body, peer) => {
@@ -594,6 +603,9 @@ export class FailoverService {
   private async becomeReplica(t: TakeOver, peer: string): Promise<{ format: 1; extents: number[]; lastSeq: number }> {
     const running = this.host.primaryOf(t.pair)
     const demoted = this.demotedRecord(t.pair)
+    const mine = running?.job.chain ?? demoted?.chain
+    if (mine && !sameRecord(mine[0]!, t.chain[0]!))
+      throw new VvfsError('FAILOVER_STATE', `pair ${t.pair} here began as epoch 1 at ${mine[0]!.home}, the sender's at ${t.chain[0]!.home}: not the same pair`, { details: { reason: 'other-pair' } })
     let volume: string
     let extents: number[]
     let lastSeq: number
