@@ -44,7 +44,9 @@
  * Crash order: a record is written (atomically: temp file, fsync, rename)
  * before the step it describes; open() finishes what a record says
  * (promoted: store dropped, journal attached, volume writable; demoted: the
- * pair's job ended), so a crash mid-step ends in the step done. A crash of
+ * pair's job ended), so a crash mid-step ends in the step done. A crash in
+ * demote before its record leaves the pair running on a read-only volume:
+ * run demote again. A crash of
  * the promoted side between the peer's TAKE_OVER and the start of the
  * reverse job: run reverse again (the peer is already a replica: it answers
  * no extents; extents it answered the first time are lost — after a
@@ -630,6 +632,10 @@ export class FailoverService {
       if (extents.length > 0 && !t.discard)
         throw new VvfsError('FAILOVER_STATE', `this side holds writes past ${t.commonSeq}: resolve ${t.pair} --discard local|peer`, { details: { reason: 'peer-ahead' } })
     } else {
+      // A take-over repeated after the promoted side crashed before starting its job: we are its replica already.
+      const a = this.secondaries.lookup(t.pair)
+      const last = a?.status.chain[a.status.chain.length - 1]
+      if (a && last && sameRecord(last, t.chain[t.chain.length - 1]!)) return { format: 1, extents: [], lastSeq: a.status.appliedSeq }
       throw new VvfsError('PAIR_NOT_FOUND', `pair ${t.pair} is neither running nor demoted here`)
     }
     await this.host.setReplicaOf(volume, t.pair)
