@@ -43,6 +43,8 @@ describe('failover and failback', () => {
 
   it('demote, promote, write, reverse: ships at most the bytes written since plus one extent per extent touched; images identical; no split-brain', async () => {
     const { primary, secondary } = p
+    // A write just before the demote: demote lets the secondary apply it first.
+    writeAt(primary.file('db'), 14 * MiB, Buffer.alloc(4096, 0xdd))
     const demoted = json(vvfs(primary)('replicate', 'demote', 'db-copy', '--json'))
     expect(demoted).toMatchObject({ pair: 'db-copy', state: 'demoted', role: 'secondary' })
     expect(() => openSync(primary.file('db'), 'r+')).toThrow(/EROFS|read-only/)
