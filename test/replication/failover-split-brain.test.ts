@@ -39,6 +39,7 @@ describe('split-brain', () => {
     expect(a.failover).toMatchObject({ role: 'promoted', relation: 'split-brain', peer: { role: 'primary' } })
     expect(b.failover).toMatchObject({ role: 'primary', relation: 'split-brain', peer: { role: 'promoted' } })
     expect(a.failover?.commonSeq).toBe(b.failover?.commonSeq)
+    for (const d of [primary, secondary]) expect(d.log()).toMatch(/replication\.split_brain/)
     // Nothing merged, then or a while later.
     await new Promise((r) => setTimeout(r, 1500))
     expect(filledWith(secondary.file('db-copy'), 6 * MiB, K4, 0xbb)).toBe(false)
