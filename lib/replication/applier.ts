@@ -180,6 +180,11 @@ export class Applier {
     })
   }
 
+  /** Issue 13.7: resolves once the operations already queued are done (a promote drops the store after them). */
+  settled(): Promise<void> {
+    return this.serial(async () => undefined)
+  }
+
   private checkCurrentHome(sender: Sender): void {
     const last = this.state.chain[this.state.chain.length - 1]
     if (last.epoch !== sender.epoch || last.home !== sender.home) throw refusal('stale-epoch', `only the current home ${last.home} (epoch ${last.epoch}) may resync`)

@@ -279,8 +279,10 @@ export class SecondaryPairs {
     const run = this.queue.then(async () => {
       const known = this.pairs.get(pair)
       if (!known) return
-      await known.store.makeCheckpoint()
+      // Unknown to new requests first, then the batches in flight finish: no batch is cut by the drop.
       this.pairs.delete(pair)
+      await known.applier.settled()
+      await known.store.makeCheckpoint()
       await known.store.drop()
       this.log.info({ event: 'replication.secondary_released', pair }, 'secondary pair released (promoted)')
     })
@@ -298,6 +300,7 @@ export class SecondaryPairs {
       const known = this.pairs.get(config.pair)
       if (known) {
         this.pairs.delete(config.pair)
+        await known.applier.settled()
         await known.store.makeCheckpoint()
         await known.store.drop()
       }
