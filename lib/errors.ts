@@ -68,6 +68,10 @@ export const ERROR_CODES = [
   'VOLUME_READ_ONLY',
   /** No replication pair of that name (or for that volume) here. */
   'PAIR_NOT_FOUND',
+  /** Issue 13.7: promote without --force while the primary is reachable and the pair healthy, or the secondary inconsistent (details.reason). */
+  'PROMOTE_REFUSED',
+  /** Issue 13.7: a failover verb in the wrong state (not promoted here, already demoted, the peer still primary or ahead: details.reason). */
+  'FAILOVER_STATE',
   'INTERNAL',
   // issue 15: relays in a cluster
   /** Another live process holds this --relay-id's lease. */

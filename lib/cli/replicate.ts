@@ -1,8 +1,8 @@
 /**
  * CLI commands for replication (issue 13): `vvfs replicate start|stop|pause|
- * resume|status|list`. Thin clients of the control socket's replicate.*
- * methods; --json prints the schema's ReplicationInfo; --wait follows a
- * sync (replicate-wait.ts).
+ * resume|status|list`, and failover (13.7) `promote|demote|reverse|resolve`.
+ * Thin clients of the control socket's replicate.* methods; --json prints
+ * the schema's ReplicationInfo; --wait follows a sync (replicate-wait.ts).
  */
 import { resolve as resolvePath } from 'node:path'
 import type { Argv } from 'yargs'
@@ -51,7 +51,21 @@ function detail(p: ReplicationInfo): string {
     ['rate', `${formatSize(p.rate)}/s`],
     ['sync', p.sync.total ? `${formatSize(p.sync.copied)} of ${formatSize(p.sync.total)}` : '-'],
     ['last error', p.lastError ? `${p.lastError.code}: ${p.lastError.message}` : '-'],
+    ...failoverFields(p),
   ])
+}
+
+/** Issue 13.7: the failover view's lines (absent when the pair has none). */
+function failoverFields(p: ReplicationInfo): [string, string | number][] {
+  const f = p.failover
+  if (!f) return []
+  const peer = f.peer ? `${f.peer.role}, epoch ${f.peer.epoch}, last ${f.peer.lastSeq} (reported ${f.peer.seenSecondsAgo} s ago)` : 'no report'
+  const relation = f.relation === 'split-brain' ? `SPLIT-BRAIN: both sides written after ${f.commonSeq} — vvfs replicate resolve ${p.pair} --discard local|peer` : f.relation
+  return [
+    ['failover role', `${f.role}, last ${f.lastSeq}`],
+    ['peer', peer],
+    ['histories', relation],
+  ]
 }
 
 export function replicationCommands<T>(y: Argv<T>, call: Call, print: Print) {
@@ -124,6 +138,56 @@ export function replicationCommands<T>(y: Argv<T>, call: Call, print: Print) {
         const r = await call(argv as unknown as Common, (c) => c.call('replicate.list', {}))
         print(argv as unknown as Common, r, () => rows(r.pairs))
       })
+      // issue 13.7: failover and failback
+      .command(
+        'promote <pair>',
+        'on the secondary: make the pair\'s volume writable (a new epoch); refused while the primary is reachable and the pair healthy',
+        (y) => y.positional('pair', { type: 'string', demandOption: true }).option('force', { type: 'boolean', describe: 'promote even so (split-brain if both sides are then written)' }),
+        async (argv) => {
+          const r = await call(argv as unknown as Common, (c) => c.call('replicate.promote', { pair: argv.pair!, force: argv.force }))
+          print(argv as unknown as Common, r, () => `pair ${r.pair}: ${r.volume} promoted (epoch ${r.epoch}), ${r.state}`)
+        },
+      )
+      .command(
+        'demote <pair>',
+        'on the primary: make the volume read-only and stop shipping (after the secondary applied what it can)',
+        (y) => y.positional('pair', { type: 'string', demandOption: true }),
+        async (argv) => {
+          const r = await call(argv as unknown as Common, (c) => c.call('replicate.demote', { pair: argv.pair! }))
+          print(argv as unknown as Common, r, () => `pair ${r.pair}: ${r.volume} demoted, read-only`)
+        },
+      )
+      .command(
+        'reverse <pair>',
+        'on the promoted side: the old primary becomes the replica; ships only what differs',
+        (y) =>
+          y
+            .positional('pair', { type: 'string', demandOption: true })
+            .option('to', { type: 'string', describe: 'the old primary\'s ADDR:PORT (default: the address it reported)' })
+            .option('peer-key', { type: 'string', describe: 'pre-shared key file (default: the daemon\'s --peer-key)' }),
+        async (argv) => {
+          const r = await call(argv as unknown as Common, (c) =>
+            c.call('replicate.reverse', { pair: argv.pair!, to: argv.to, peerKey: argv['peer-key'] === undefined ? undefined : resolvePath(argv['peer-key']) }),
+          )
+          print(argv as unknown as Common, r, () => `pair ${r.pair}: ${r.volume} → ${r.peer} (job ${r.job}), ${r.state}`)
+        },
+      )
+      .command(
+        'resolve <pair>',
+        'on the promoted side, after a split-brain: discard one side\'s changes and resync',
+        (y) =>
+          y
+            .positional('pair', { type: 'string', demandOption: true })
+            .option('discard', { choices: ['local', 'peer'] as const, demandOption: true, describe: 'whose changes since the split go: local (this side becomes the replica again) or peer' })
+            .option('to', { type: 'string', describe: 'the peer\'s ADDR:PORT (default: the address it reported)' })
+            .option('peer-key', { type: 'string', describe: 'pre-shared key file (default: the daemon\'s --peer-key)' }),
+        async (argv) => {
+          const r = await call(argv as unknown as Common, (c) =>
+            c.call('replicate.resolve', { pair: argv.pair!, discard: argv.discard, to: argv.to, peerKey: argv['peer-key'] === undefined ? undefined : resolvePath(argv['peer-key']) }),
+          )
+          print(argv as unknown as Common, r, () => `pair ${r.pair}: ${argv.discard} changes discarded; ${r.volume} is ${r.role}, ${r.state}`)
+        },
+      )
       .demandCommand(1),
   )
 }

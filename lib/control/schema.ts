@@ -211,6 +211,25 @@ export const ReplicationInfo = z.object({
   /** The initial sync's or current resync's bytes copied / to copy. */
   sync: z.object({ copied: Bytes, total: Bytes }),
   lastError: z.object({ code: z.string(), message: z.string() }).passthrough().nullable(),
+  /** Issue 13.7: primary — bytes sent since the pair opened here: journal records shipped plus extent data copied. */
+  bytesShipped: z.number().min(0).optional(),
+  /** Issue 13.7: failover — this side's and the peer's last reported history, compared by the epoch chain. */
+  failover: z.lazy(() => FailoverView).optional(),
+})
+
+/**
+ * Issue 13.7: a pair's failover view. role: primary, secondary, promoted
+ * (writable since a promote, no pair yet), demoted (read-only, its pair
+ * ended). relation (this side vs the peer's last report, by the epoch
+ * chain): same, local-behind, peer-behind, split-brain (both written past
+ * commonSeq — never resolved automatically), unknown (no report).
+ */
+export const FailoverView = z.object({
+  role: z.enum(['primary', 'secondary', 'promoted', 'demoted']),
+  lastSeq: z.number(),
+  peer: z.object({ role: z.enum(['primary', 'secondary', 'promoted', 'demoted']), epoch: z.number(), lastSeq: z.number(), seenSecondsAgo: z.number(), listen: z.string().nullable() }).nullable(),
+  relation: z.enum(['same', 'local-behind', 'peer-behind', 'split-brain', 'unknown']),
+  commonSeq: z.number().nullable(),
 })
 
 export const FaultInfo = z.object({
@@ -260,6 +279,8 @@ export const EVENTS = {
   'storage.compacted': z.object({ storage: z.string(), reason: z.enum(['command', 'idle']), beforeBytes: Bytes, afterBytes: Bytes, ms: z.number() }),
   /** Issue 13: a replication pair changed state (replicating, behind, resyncing, …). */
   'replication.state': z.object({ pair: z.string(), volume: z.string(), from: z.string(), to: z.string(), reason: z.string() }),
+  /** Issue 13.7: promoted, demoted, reversed, resolved, split-brain (once per detection). */
+  'replication.failover': z.object({ pair: z.string(), volume: z.string(), action: z.enum(['promoted', 'demoted', 'reversed', 'resolved', 'split-brain']), epoch: z.number(), reason: z.string() }),
   'fault.injected': z.object({ fault: z.number(), storage: z.string(), op: z.enum(FAULT_OPS), error: z.enum(FAULT_EFFECTS), delayMs: z.number().optional() }),
 } as const
 
@@ -530,6 +551,31 @@ export const METHODS = {
     errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND'],
   }),
   'replicate.list': method({ summary: 'Every replication pair of this daemon, primary and secondary sides.', params: Empty, result: z.object({ pairs: z.array(ReplicationInfo) }), errors: [] }),
+  // issue 13.7: failover and failback
+  'replicate.promote': method({
+    summary: 'On the secondary: makes the pair\'s volume writable, starting a new epoch. Refused while the secondary is inconsistent or its primary reachable and the pair healthy, unless force.',
+    params: z.strictObject({ pair: Name, force: z.boolean().optional() }),
+    result: ReplicationInfo,
+    errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'PROMOTE_REFUSED', 'FAILOVER_STATE', 'NOT_SUPPORTED'],
+  }),
+  'replicate.demote': method({
+    summary: 'On the primary: makes the volume read-only, lets the secondary apply what it can (bounded), records what it lacks, and ends the pair here.',
+    params: z.strictObject({ pair: Name }),
+    result: ReplicationInfo,
+    errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'FAILOVER_STATE', 'VOLUME_BUSY'],
+  }),
+  'replicate.reverse': method({
+    summary: 'On the promoted side: the old (demoted) primary becomes the replica; ships what was written since the promote and copies only extents the old side changed past it.',
+    params: z.strictObject({ pair: Name, to: z.string().min(1).max(300).optional(), peerKey: Path.optional() }),
+    result: ReplicationInfo,
+    errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'FAILOVER_STATE', 'SPLIT_BRAIN', 'VOLUME_BUSY', 'INVALID_ARGUMENT', 'PEER_UNAVAILABLE', 'PEER_AUTH_FAILED'],
+  }),
+  'replicate.resolve': method({
+    summary: 'On the promoted side, after a split-brain: discards the changes of one side (local: this side becomes the replica again; peer: the peer does) and resyncs the pair.',
+    params: z.strictObject({ pair: Name, discard: z.enum(['local', 'peer']), to: z.string().min(1).max(300).optional(), peerKey: Path.optional() }),
+    result: ReplicationInfo,
+    errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'FAILOVER_STATE', 'VOLUME_BUSY', 'INVALID_ARGUMENT', 'PEER_UNAVAILABLE', 'PEER_AUTH_FAILED'],
+  }),
   'fault.add': method({
     summary: 'Injects I/O errors (EIO, ENOSPC) or delays into a storage system\'s reads, writes or syncs (daemon started with --allow-faults).',
     params: z.strictObject({
@@ -627,3 +673,4 @@ export type PoolStatus = z.infer<typeof PoolStatus>
 export type JobInfo = z.infer<typeof JobInfo>
 export type FaultInfo = z.infer<typeof FaultInfo>
 export type ReplicationInfo = z.infer<typeof ReplicationInfo>
+export type FailoverView = z.infer<typeof FailoverView>

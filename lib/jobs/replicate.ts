@@ -33,6 +33,9 @@ export interface ReplicateOptions {
   rate?: number
   journalLimit?: number
   journalPolicy?: 'bitmap' | 'throttle'
+  /** Issue 13.7 (reverse): the chain with the promote's epoch, and the journal kept since it. */
+  chain?: ReplicateJobRecord['chain']
+  journalDir?: string
 }
 
 function resources(env: JobEnv): ReplicationResources {
@@ -63,7 +66,8 @@ export async function newReplication(env: JobEnv, p: ReplicateOptions): Promise<
     rate: p.rate ?? 0,
     journalLimit: p.journalLimit,
     journalPolicy: p.journalPolicy,
-    chain: [genesis(r.home(volNos[0]!))],
+    chain: p.chain ?? [genesis(r.home(volNos[0]!))],
+    ...(p.journalDir !== undefined ? { journalDir: p.journalDir } : {}),
     sourceSids: [],
     mode: 'direct',
     keepMs: 0,
@@ -104,7 +108,7 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
         pair: job.pair,
         group: job.group ?? null,
         members,
-        journalDir: r.journalDir(job.id),
+        journalDir: job.journalDir ?? r.journalDir(job.id),
         host,
         port,
         key,
@@ -121,7 +125,8 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
           env.progressed(job)
         },
       },
-      job.status === 'created',
+      // A reversed pair (issue 13.7) starts from the promoted journal: no initial sync.
+      job.status === 'created' && job.journalDir === undefined,
     )
     ref.driver = new ReplicateDriver(job, env, pair)
     r.pairs.set(job.id, pair)
@@ -157,7 +162,7 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
     void (async () => {
       try {
         await this.pair.close()
-        await rm(resources(this.env).journalDir(this.job.id), { recursive: true, force: true })
+        await rm(this.job.journalDir ?? resources(this.env).journalDir(this.job.id), { recursive: true, force: true })
       } catch (err) {
         this.env.log.error({ event: 'replication.stop_failed', pair: this.job.pair, err: (err as Error).message }, 'stopping the pair failed')
       }

@@ -40,6 +40,11 @@ export function managerHandlers(manager: Manager, socketPath: string): Handlers 
     'replicate.resume': (p) => manager.replicateVerb('resume', p.pair),
     'replicate.status': async (p) => ({ pairs: p.pair === undefined ? manager.replication.list() : manager.replication.status(p.pair) }),
     'replicate.list': async () => ({ pairs: manager.replication.list() }),
+    // issue 13.7: failover and failback
+    'replicate.promote': (p) => manager.replicateFailover('promote', p),
+    'replicate.demote': (p) => manager.replicateFailover('demote', p),
+    'replicate.reverse': (p) => manager.replicateFailover('reverse', p),
+    'replicate.resolve': (p) => manager.replicateFailover('resolve', p),
     'migrate.plan': async () => {
       const plan = manager.jobs.plan()
       return { policy: manager.consolidationPolicy(), moves: plan.moves.map(({ volume, to, trigger, reason }) => ({ volume, to, trigger, reason })), findings: plan.findings }

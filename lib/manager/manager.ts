@@ -41,6 +41,7 @@ import { WorkerChunkMover, type ChunkMover } from '../storage/chunk-mover.js'
 import { FaultInjector, type FaultSpec } from '../storage/fault-injector.js'
 // issue 13: replication
 import { ReplicationService } from '../replication/service.js'
+import type { PrimaryPair } from '../replication/primary.js'
 import type { JobRecord, ReplicateJobRecord } from '../migration/job.js'
 import type { ReplicationInfo } from '../control/schema.js'
 // issue 14: storage systems on storage servers
@@ -894,6 +895,33 @@ export class Manager implements HostView {
         },
         jobs: () => this.catalog.read().data.jobs as unknown as readonly JobRecord[],
         emitState: (body) => this.emit('replication.state', body),
+        // issue 13.7: failover
+        failoverVolume: (name) => {
+          const h = this.handles.get(name)
+          return h && { name, no: h.record.no, size: h.size, layer: h.journal, openForWrite: () => h.isOpenForWrite(), blockWriters: (why) => h.blockWriters(why) }
+        },
+        setReplicaOf: async (name, pair) => {
+          const h = this.volumeNamed(name)
+          if (h.record.replicaOf === pair) return
+          await this.updateVolume(h.record.no, (r) => {
+            if (pair === undefined) delete r.replicaOf
+            else r.replicaOf = pair
+          })
+          if (pair === undefined) delete h.record.replicaOf
+          else h.record.replicaOf = pair
+        },
+        primaryOf: (pair) => this.replicationPrimaries().find((p) => p.job.pair === pair),
+        primaries: () => this.replicationPrimaries(),
+        stopPair: async (pair) => {
+          const job = this.replication.jobOf(pair)
+          if (!job) return
+          this.jobs.cancel(job.id)
+          await this.jobs.settled(job.id)
+        },
+        startReverse: async (p) => void (await this.jobs.startReplication({ volumes: [p.volume], to: p.to, pair: p.pair, peerKey: p.peerKey, chain: [...p.chain], journalDir: p.journalDir })),
+        peerKeyFile: () => this.opts.peerKey,
+        emitFailover: (body) => this.emit('replication.failover', body),
+        exclusive: (fn) => this.serial(fn),
       },
       this.log,
     )
@@ -911,6 +939,27 @@ export class Manager implements HostView {
       const job = await this.jobs.startReplication({ volumes: names, group: p.group, to: p.to, pair: p.as, peerKey, rate: p.rate, journalLimit: p.journalLimit, journalPolicy: p.journalPolicy })
       return this.replication.list().find((r) => r.job === job.id)!
     })
+  }
+
+  /** Issue 13.7: the primary pairs running here, with their jobs. */
+  private replicationPrimaries(): { job: ReplicateJobRecord; pair: PrimaryPair }[] {
+    const out: { job: ReplicateJobRecord; pair: PrimaryPair }[] = []
+    for (const [id, pair] of this.replication.pairs) {
+      const job = this.catalog.read().data.jobs.find((j) => j.id === id) as ReplicateJobRecord | undefined
+      if (job && job.status !== 'concluded') out.push({ job, pair })
+    }
+    return out
+  }
+
+  /** Issue 13.7: promote, demote, reverse, resolve (lib/replication/failover.ts); answers the pair's row here. */
+  async replicateFailover(verb: 'promote' | 'demote' | 'reverse' | 'resolve', p: { pair: string; force?: boolean; to?: string; peerKey?: string; discard?: 'local' | 'peer' }): Promise<ReplicationInfo> {
+    const f = this.replication.failover
+    if (verb === 'promote') await f.promote(p.pair, p.force ?? false)
+    else if (verb === 'demote') await f.demote(p.pair)
+    else if (verb === 'reverse') await f.reverse(p.pair, { to: p.to, peerKey: p.peerKey })
+    else await f.resolve(p.pair, p.discard!, { to: p.to, peerKey: p.peerKey })
+    const rows = this.replication.list().filter((r) => r.pair === p.pair)
+    return rows.find((r) => r.role === 'primary') ?? rows[0]!
   }
 
   /** stop, pause or resume a pair (its job). */

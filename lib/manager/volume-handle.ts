@@ -84,7 +84,7 @@ export class VolumeHandle implements ServedVolume {
 
   open(host: string, writable: boolean): void {
     if (writable && this.record.replicaOf !== undefined)
-      throw new VvfsError('VOLUME_READ_ONLY', `volume ${this.name} is the replication secondary of pair ${this.record.replicaOf}: read-only (promote is not built)`)
+      throw new VvfsError('VOLUME_READ_ONLY', `volume ${this.name} is the replication secondary of pair ${this.record.replicaOf}: read-only (vvfs replicate promote ${this.record.replicaOf} makes it writable)`)
     if (writable && this.writersBlocked) throw new VvfsError('VOLUME_BUSY', this.writersBlocked)
     const o = this.opens.get(host) ?? { readers: 0, writers: 0 }
     if (writable) o.writers++

@@ -97,6 +97,8 @@ export interface ReplicateJobRecord extends JobCommon, MoveJobFields {
   journalPolicy?: 'bitmap' | 'throttle'
   /** The epoch chain (lib/replication/epoch.ts) as this primary knows it. */
   chain: { epoch: number; home: string; firstSeq: number; predecessor: { epoch: number; home: string; lastSeq: number } | null }[]
+  /** Issue 13.7: the journal kept since a promote (lib/replication/failover.ts): a reversed pair ships from it — no initial sync. */
+  journalDir?: string
   toSid?: undefined
   fromSid?: undefined
 }

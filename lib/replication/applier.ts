@@ -82,12 +82,16 @@ export class Applier {
     this.state = state
   }
 
-  /** Opens the pair's applier; a new pair starts with `chain` (the primary's at pair creation) and nothing applied. */
-  static async open(target: ApplyTarget, pair: PairView & { chain: EpochChain }): Promise<Applier> {
+  /**
+   * Opens the pair's applier; a new pair starts with `chain` (the primary's at
+   * pair creation) and nothing applied — or at `start` (issue 13.7: a side
+   * that becomes the replica after a promote starts at the common number).
+   */
+  static async open(target: ApplyTarget, pair: PairView & { chain: EpochChain; start?: SecondaryState }): Promise<Applier> {
     validateChain(pair.chain)
     let state = await target.load()
     if (!state) {
-      state = { appliedSeq: pair.chain[0].firstSeq - 1, chain: pair.chain, consistentAt: null, resyncing: false }
+      state = pair.start ?? { appliedSeq: pair.chain[0].firstSeq - 1, chain: pair.chain, consistentAt: null, resyncing: false }
       await target.apply([], state)
     }
     return new Applier(target, new Set(pair.volumes), state)
@@ -174,6 +178,11 @@ export class Applier {
       await this.commit([], { ...this.state, resyncing: false, consistentAt: done ? null : consistentAt })
       return this.ack(0, 0, null)
     })
+  }
+
+  /** Issue 13.7: resolves once the operations already queued are done (a promote drops the store after them). */
+  settled(): Promise<void> {
+    return this.serial(async () => undefined)
   }
 
   private checkCurrentHome(sender: Sender): void {

@@ -136,7 +136,7 @@ function decodeJson<T>(what: string, schema: z.ZodType<T>, body: Buffer): T {
   return parsed.data
 }
 
-function checkedChain(what: string, chain: EpochChain): EpochChain {
+export function checkedChain(what: string, chain: EpochChain): EpochChain {
   try {
     validateChain(chain)
   } catch (err) {
@@ -146,7 +146,7 @@ function checkedChain(what: string, chain: EpochChain): EpochChain {
 }
 
 /** A JSON message: its encoder, and its strict decoder (schema, then `check` for what a schema cannot say). */
-function jsonMessage<T>(what: string, schema: z.ZodType<T>, check: (v: T) => void = () => undefined) {
+export function jsonMessage<T>(what: string, schema: z.ZodType<T>, check: (v: T) => void = () => undefined) {
   return {
     encode: (v: T): Buffer => encodeJson(what, v),
     decode: (body: Buffer): T => {

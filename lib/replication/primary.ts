@@ -113,6 +113,8 @@ export interface PairStatus {
   rate: number
   sync: { copied: number; total: number }
   lastError: WireError | null
+  /** Issue 13.7: bytes sent since the pair opened here — journal records shipped plus extent data copied (a reverse's cost). */
+  bytesShipped: number
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
@@ -137,6 +139,8 @@ export class PrimaryPair {
   private copyTotal = 0
   private readonly shippedSamples: { t: number; bytes: number }[] = []
   private shippedBytes = 0
+  /** Data bytes of copied extents sent (initial sync, resyncs) since open. */
+  private copiedBytes = 0
   private pausedFlag = false
   private closed = false
 
@@ -250,6 +254,7 @@ export class PrimaryPair {
       rate,
       sync: { copied: this.copied, total: this.copyTotal },
       lastError: this.lastError,
+      bytesShipped: this.shippedBytes + this.copiedBytes,
     }
   }
 
@@ -367,6 +372,7 @@ export class PrimaryPair {
       const data = buf.subarray(0, len)
       const zero = data.every((b) => b === 0)
       batch.push({ seq: 1, epoch: this.sender.epoch, volume: member.volNo, kind: zero ? 'zero' : 'write', offset: at, length: len, data: zero ? null : data })
+      if (!zero) this.copiedBytes += len
       if (batch.length === PIECES_PER_REQUEST) {
         this.check(await stream.resyncData(batch))
         batch = []

@@ -269,6 +269,51 @@ export class SecondaryPairs {
     return run
   }
 
+  /** Issue 13.7: the pair's configuration, if it is a secondary pair here. */
+  config(pair: string): PairConfig | undefined {
+    return this.pairs.get(pair)?.store.config
+  }
+
+  /** Issue 13.7 (promote): the pair's volumes flushed (a checkpoint) and its store dropped; the volumes stay. No-op for an unknown pair. */
+  release(pair: string): Promise<void> {
+    const run = this.queue.then(async () => {
+      const known = this.pairs.get(pair)
+      if (!known) return
+      // Unknown to new requests first, then the batches in flight finish: no batch is cut by the drop.
+      this.pairs.delete(pair)
+      await known.applier.settled()
+      await known.store.makeCheckpoint()
+      await known.store.drop()
+      this.log.info({ event: 'replication.secondary_released', pair }, 'secondary pair released (promoted)')
+    })
+    this.queue = run.catch(() => undefined)
+    return run
+  }
+
+  /**
+   * Issue 13.7 (reverse, resolve): the pair anew here at `state` (applied
+   * number and chain) — a store it had is dropped first. Its volumes must be
+   * replicas of the pair already.
+   */
+  adopt(config: PairConfig, state: SecondaryState): Promise<void> {
+    const run = this.queue.then(async () => {
+      const known = this.pairs.get(config.pair)
+      if (known) {
+        this.pairs.delete(config.pair)
+        await known.applier.settled()
+        await known.store.makeCheckpoint()
+        await known.store.drop()
+      }
+      await rm(join(this.dir, config.pair), { recursive: true, force: true })
+      const store = await ReplicaStore.open(join(this.dir, config.pair), config, this.host)
+      const applier = await Applier.open(store, { volumes: config.volumes.map((v) => v.no), chain: state.chain, start: state })
+      this.pairs.set(config.pair, { store, applier })
+      this.log.info({ event: 'replication.secondary_adopted', pair: config.pair, volumes: config.volumes.map((v) => v.name), appliedSeq: state.appliedSeq }, 'secondary pair adopted')
+    })
+    this.queue = run.catch(() => undefined)
+    return run
+  }
+
   list(): SecondaryPairInfo[] {
     return [...this.pairs.values()].map(({ store, applier }) => {
       const s = applier.status

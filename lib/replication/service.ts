@@ -14,6 +14,11 @@
  * is its ChunkStore's LevelDB. Moving the journal with the primary (the
  * handoff of claims 1–7) is not built.
  *
+ * Failover (issue 13.7: promote, demote, reverse, split-brain) is
+ * failover.ts's FailoverService: opened after the secondaries (it may drop a
+ * promoted pair's store and attach its journal), serving its requests on the
+ * same listener; a pair promoted here refuses its old primary's CREATE.
+ *
  * Concurrency: control requests arrive through the manager's queue; the
  * listener's requests go to the pairs (each an Applier, one batch at a time).
  */
@@ -30,8 +35,10 @@ import { serveReplication } from './endpoint.js'
 import { REPLICATION_SERVICE } from './messages.js'
 import { loadPeerKey } from '../wire/auth.js'
 import { parseHostPort, WireServer } from '../wire/server.js'
+import { FailoverService, type FailoverHost } from './failover.js'
+import { refusal } from './epoch.js'
 
-export interface ReplicationHost extends ReplicaHost {
+export interface ReplicationHost extends ReplicaHost, FailoverHost {
   journalLayer(volNo: number): JournalLayer | undefined
   volumeSize(volNo: number): number
   allocatedExtents(volNo: number): number[]
@@ -43,6 +50,7 @@ export interface ReplicationHost extends ReplicaHost {
 export class ReplicationService {
   readonly pairs = new Map<number, PrimaryPair>()
   readonly secondaries: SecondaryPairs
+  readonly failover: FailoverService
   private listener: WireServer | null = null
 
   constructor(
@@ -51,6 +59,7 @@ export class ReplicationService {
     private readonly log: Logger,
   ) {
     this.secondaries = new SecondaryPairs(join(stateDir, 'replication', 'secondary'), host, log)
+    this.failover = new FailoverService(stateDir, host, this.secondaries, log)
   }
 
   /** What replication jobs get (lib/jobs/driver.ts). */
@@ -67,9 +76,10 @@ export class ReplicationService {
     }
   }
 
-  /** Opens the secondary pairs (their redo included): before the host mounts. */
-  open(): Promise<void> {
-    return this.secondaries.open()
+  /** Opens the secondary pairs (their redo included), then failover's records: before the host mounts. */
+  async open(): Promise<void> {
+    await this.secondaries.open()
+    await this.failover.open()
   }
 
   /** Serves the secondary's side at ADDR:PORT (peer wire, service 'replication'). */
@@ -77,9 +87,16 @@ export class ReplicationService {
     const { host, port } = parseHostPort(address)
     const key = await loadPeerKey(keyFile)
     const server = new WireServer({ host, port, key, service: REPLICATION_SERVICE, log: this.log })
-    serveReplication(server, (pair) => this.secondaries.lookup(pair), this.log, (h, peer) => this.secondaries.create(h, peer))
+    serveReplication(server, (pair) => this.secondaries.lookup(pair), this.log, (h, peer) => {
+      const promoted = this.failover.promotedRecord(h.pair)
+      if (promoted)
+        throw refusal('stale-epoch', `pair ${h.pair} was promoted here: epoch ${promoted.chain[promoted.chain.length - 1]!.epoch} numbers from ${promoted.promotedAt + 1}`, { takenOverAt: promoted.promotedAt + 1 })
+      return this.secondaries.create(h, peer)
+    })
+    this.failover.serve(server)
     const bound = await server.listen()
     this.listener = server
+    this.failover.listening(`${bound.host}:${bound.port}`)
     this.log.info({ event: 'replication.listening', host: bound.host, port: bound.port }, `replication listener on ${bound.host}:${bound.port}`)
     return bound
   }
@@ -101,6 +118,7 @@ export class ReplicationService {
       const s = p.status()
       out.push({ ...s, role: 'primary', job: jobId, lastError: s.lastError ? { code: s.lastError.code, message: s.lastError.message } : null })
     }
+    out.push(...this.failoverRows())
     for (const s of this.secondaries.list()) {
       out.push({
         pair: s.pair,
@@ -124,7 +142,44 @@ export class ReplicationService {
         lastError: null,
       })
     }
+    // Issue 13.7: every row shows its failover view; a split-brain is the state.
+    for (const row of out) {
+      const view = this.failover.view(row.pair)
+      if (!view) continue
+      row.failover = view
+      if (view.relation === 'split-brain') row.state = 'split-brain'
+    }
     return out.sort((a, b) => a.pair.localeCompare(b.pair) || a.role.localeCompare(b.role))
+  }
+
+  /** Issue 13.7: a promoted side (a primary without its pair yet) and a demoted one (read-only, its pair ended). */
+  private failoverRows(): ReplicationInfo[] {
+    return this.failover.extraPairs().map((r) => {
+      const p = r.journal?.positions
+      return {
+        pair: r.pair,
+        role: r.role === 'promoted' ? 'primary' : 'secondary',
+        job: null,
+        volume: r.volume,
+        group: null,
+        peer: r.peer,
+        state: r.role,
+        link: 'down',
+        epoch: r.epoch,
+        lastWritten: r.lastSeq,
+        lastDurable: p?.lastDurable ?? r.lastSeq,
+        lastShipped: 0,
+        lastApplied: 0,
+        consistent: r.role === 'promoted',
+        lag: { entries: 0, bytes: 0, seconds: 0 },
+        journal: p
+          ? { mode: p.mode, usedBytes: p.retainedBytes, limitBytes: 0, entries: p.retainedEntries, dirtyExtents: p.dirtyMarks }
+          : { mode: 'none', usedBytes: 0, limitBytes: 0, entries: 0, dirtyExtents: 0 },
+        rate: 0,
+        sync: { copied: 0, total: 0 },
+        lastError: null,
+      }
+    })
   }
 
   status(pair: string): ReplicationInfo[] {
@@ -136,6 +191,7 @@ export class ReplicationService {
   /** After the mounts are gone and before the stores close: the journals and the secondaries' checkpoints. */
   async close(): Promise<void> {
     await this.listener?.close()
+    await this.failover.close()
     for (const p of this.pairs.values()) await p.close().catch((err: unknown) => this.log.error({ event: 'replication.close_failed', err: String(err) }, 'a journal did not close cleanly'))
     this.pairs.clear()
     await this.secondaries.close()

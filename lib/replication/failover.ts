@@ -1,0 +1,722 @@
+/**
+ * Failover and failback of replication pairs (issue 13.7): promote, demote,
+ * reverse, and split-brain seen from the epoch chain and resolved only by
+ * the operator. One FailoverService per daemon, beside the pairs
+ * (service.ts); the records are STATE/replication/failover.json.
+ *
+ * Promote (on the secondary): the pair's chain gets a new epoch whose home
+ * is this side, numbering from applied+1 (epoch.ts handoff), its replica
+ * store is checkpointed and dropped (a CREATE or entry from the old primary
+ * is then refused, EPOCH_STALE), and a journal — STATE/replication/failover/
+ * <pair>.journal, the new epoch, first number applied+1 — is attached to the
+ * volume before it becomes writable: every write since the promote is a
+ * numbered entry (or, past the journal's limit, a dirty extent). Refused
+ * without --force while the secondary is inconsistent, or while its primary
+ * reported itself a running primary in the last PEER_ALIVE_MS.
+ *
+ * Demote (on the old primary): the volume turns read-only (writers must be
+ * closed), the pair drains (bounded), the extents changed past what the
+ * secondary applied are recorded, and the pair's job ends.
+ *
+ * Reverse (on the promoted side): the old primary becomes the replica of
+ * this volume from the common number on (TAKE_OVER: it adopts our chain at
+ * applied = common number and answers the extents it changed past it), and
+ * a replication job starts from the promoted journal: what was written since
+ * the promote ships as entries, and only the extents the old side changed
+ * past the common point (none after an orderly demote) are copied. Never a
+ * full copy.
+ *
+ * Split-brain: every second a side that knows the other's address (a
+ * running primary, a demoted side) sends its history {role, chain, last
+ * number} (HISTORY) and gets the other's back; both keep the last report and
+ * compare (epoch.ts compareHistories): both sides hold numbers the other
+ * lacks → split-brain, shown in status on both sides, event
+ * `replication.failover` once; nothing is shipped either way (the promoted
+ * side refuses the old epoch). `resolve --discard peer|local` on the
+ * promoted side: peer = reverse, copying the peer's changed extents over;
+ * local = this side becomes the replica again at the common number, after
+ * the old primary recorded this side's changed extents as dirty (REMARK)
+ * and resyncs them.
+ *
+ * Concurrency: control requests and the peer's TAKE_OVER/REMARK run in the
+ * manager's queue (host.exclusive); HISTORY only reads and records reports.
+ *
+ * Crash order: a record is written (atomically: temp file, fsync, rename)
+ * before the step it describes; open() finishes what a record says
+ * (promoted: store dropped, journal attached, volume writable; demoted: the
+ * pair's job ended), so a crash mid-step ends in the step done. A crash in
+ * demote before its record leaves the pair running on a read-only volume:
+ * run demote again. A crash of
+ * the promoted side between the peer's TAKE_OVER and the start of the
+ * reverse job: run reverse again (the peer is already a replica: it answers
+ * no extents; extents it answered the first time are lost — after a
+ * resolve, run it on a fresh pair).
+ */
+import { mkdir, open, readFile, rename, rm } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import type { FailoverView } from '../control/schema.js'
+import { VvfsError, asVvfsError } from '../errors.js'
+import { EXTENT_SIZE } from '../layout.js'
+import type { Logger } from '../log.js'
+import type { ReplicateJobRecord } from '../migration/job.js'
+import { loadPeerKey } from '../wire/auth.js'
+import { WireClient } from '../wire/client.js'
+import { parseHostPort, type WireServer } from '../wire/server.js'
+import type { SecondaryState } from './applier.js'
+import { SIZE_MARK } from './durable-log.js'
+import { compareHistories, handoff, refusal, sameRecord, type EpochChain } from './epoch.js'
+import { ExtentsReplyMessage, FailoverRequest, HistoryMessage, HistoryReplyMessage, RemarkMessage, TakeOverMessage, type SideReport, type TakeOver } from './failover-messages.js'
+import { Journal } from './journal.js'
+import type { JournalLayer } from './journal-layer.js'
+import { LevelDurableLog } from './level-log.js'
+import { MESSAGE_FORMAT, REPLICATION_SERVICE } from './messages.js'
+import type { PrimaryPair } from './primary.js'
+import type { PairConfig, SecondaryPairs } from './secondary.js'
+
+/** A peer that reported within this is reachable: three missed reports (sent every REPORT_EVERY_MS). */
+export const PEER_ALIVE_MS = 3000
+const REPORT_EVERY_MS = 1000
+/** How long demote waits for the secondary to apply what was written (then it records the rest as changed extents). */
+const DRAIN_MS = 10_000
+/** How long demote and reverse wait for hosts to close the volume for writing (a FUSE release trails the close). */
+const WRITERS_MS = 2000
+
+export interface FailoverVolume {
+  name: string
+  no: number
+  size: number
+  layer: JournalLayer
+  openForWrite(): boolean
+  /** Refuses writable opens until the returned function is called. */
+  blockWriters(why: string): () => void
+}
+
+export interface FailoverHost {
+  failoverVolume(name: string): FailoverVolume | undefined
+  /** Marks the volume read-only as a replica of `pair`, or writable (undefined), durably in the catalog. */
+  setReplicaOf(name: string, pair: string | undefined): Promise<void>
+  home(volNo: number): string
+  /** The running primary side of `pair` here: its job and pair. */
+  primaryOf(pair: string): { job: ReplicateJobRecord; pair: PrimaryPair } | undefined
+  primaries(): { job: ReplicateJobRecord; pair: PrimaryPair }[]
+  /** Ends a primary pair's job (its journal dropped). */
+  stopPair(pair: string): Promise<void>
+  /** Starts the reverse pair's job: `volume` to `to`, shipping from `journalDir` under `chain`. */
+  startReverse(p: { volume: string; to: string; pair: string; peerKey: string; chain: EpochChain; journalDir: string }): Promise<void>
+  /** The daemon's --peer-key file. */
+  peerKeyFile(): string | undefined
+  emitFailover(body: FailoverEvent): void
+  /** Runs fn in the daemon's queue of control changes. */
+  exclusive<T>(fn: () => Promise<T>): Promise<T>
+}
+
+export interface FailoverEvent {
+  pair: string
+  volume: string
+  action: 'promoted' | 'demoted' | 'reversed' | 'resolved' | 'split-brain'
+  epoch: number
+  reason: string
+}
+
+interface PromotedRecord {
+  pair: string
+  role: 'promoted'
+  volume: string
+  chain: EpochChain
+  /** The applied number at the promote: the last number both sides hold alike, unless the old primary held more. */
+  promotedAt: number
+  journalDir: string
+  /** The replica configuration before the promote (resolve --discard local restores it). */
+  replica: PairConfig
+  at: string
+}
+
+interface DemotedRecord {
+  pair: string
+  role: 'demoted'
+  volume: string
+  chain: EpochChain
+  /** The last number this side gave out. */
+  lastSeq: number
+  /** What the secondary had applied when this side stopped. */
+  peerApplied: number
+  /** Extents changed past peerApplied (SIZE_MARK: the size). */
+  changed: number[]
+  peer: string
+  peerKey: string
+  at: string
+}
+
+type FailoverRecord = PromotedRecord | DemotedRecord
+
+type Relation = FailoverView['relation']
+
+interface PromotedRuntime {
+  journal: Journal
+  log: LevelDurableLog
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
+
+/** The extents an entry range touches. */
+function extentsOf(offset: number, length: number): number[] {
+  const out: number[] = []
+  for (let x = Math.floor(offset / EXTENT_SIZE); x <= Math.floor((offset + Math.max(1, length) - 1) / EXTENT_SIZE); x++) out.push(x)
+  return out
+}
+
+/** Extents of `volNo` changed by the journal's durable entries after `after`, and its dirty marks. */
+export async function changedSince(journal: Journal, volNo: number, after: number): Promise<number[]> {
+  await journal.sync()
+  const out = new Set<number>()
+  for (const m of journal.dirtyMarks()) if (m.volume === volNo) out.add(m.extent)
+  const p = journal.positions
+  for (let from = Math.max(after, p.trimmedThrough) + 1; from <= p.lastDurable; ) {
+    const entries = await journal.read(from, 16 * 1024 * 1024)
+    if (entries.length === 0) break
+    for (const e of entries) {
+      from = e.seq + 1
+      if (e.volume !== volNo || e.kind === 'flush') continue
+      if (e.kind === 'resize') out.add(SIZE_MARK)
+      else for (const x of extentsOf(e.offset, e.length)) out.add(x)
+    }
+  }
+  return [...out].sort((a, b) => a - b)
+}
+
+export class FailoverService {
+  private records = new Map<string, FailoverRecord>()
+  private readonly promoted = new Map<string, PromotedRuntime>()
+  private readonly reports = new Map<string, { side: SideReport; at: number }>()
+  private readonly clients = new Map<string, WireClient>()
+  private readonly splitSeen = new Set<string>()
+  private listenAddress: string | null = null
+  private timer: NodeJS.Timeout | null = null
+  private reporting = false
+  private closed = false
+  private readonly file: string
+
+  constructor(
+    private readonly stateDir: string,
+    private readonly host: FailoverHost,
+    private readonly secondaries: SecondaryPairs,
+    private readonly log: Logger,
+  ) {
+    this.file = join(stateDir, 'replication', 'failover.json')
+  }
+
+  /** Loads the records and finishes what they describe (before the mounts): promoted journals attached, demoted pairs ended. */
+  async open(): Promise<void> {
+    let raw: string | null = null
+    try {
+      raw = await readFile(this.file, 'utf8')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
+    const list = raw ? (JSON.parse(raw) as FailoverRecord[]) : []
+    this.records = new Map(list.map((r) => [r.pair, r]))
+    for (const r of list) {
+      if (!this.host.failoverVolume(r.volume)) {
+        // Its volume was deleted: nothing is left to fail over.
+        this.log.warn({ event: 'replication.failover_dropped', pair: r.pair, volume: r.volume, role: r.role }, `pair ${r.pair}: volume ${r.volume} is gone; its ${r.role} record is dropped`)
+        this.records.delete(r.pair)
+        if (r.role === 'promoted') await rm(r.journalDir, { recursive: true, force: true })
+        await this.save()
+        continue
+      }
+      if (r.role === 'promoted') {
+        if (this.host.primaryOf(r.pair)?.job.journalDir === r.journalDir) {
+          // The reverse job started before the record went: the promote is over.
+          this.records.delete(r.pair)
+          await this.save()
+        } else await this.finishPromote(r)
+      } else if (this.host.primaryOf(r.pair)) await this.host.stopPair(r.pair)
+    }
+    this.timer = setInterval(() => void this.report(), REPORT_EVERY_MS)
+    this.timer.unref()
+  }
+
+  /** Where this daemon's replication listener is (sent in reports: the peer's default for reverse). */
+  listening(address: string): void {
+    this.listenAddress = address
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    if (this.timer) clearInterval(this.timer)
+    for (const c of this.clients.values()) await c.close().catch(() => undefined)
+    this.clients.clear()
+    for (const [pair, rt] of this.promoted) {
+      this.host.failoverVolume((this.records.get(pair) as PromotedRecord | undefined)?.volume ?? '')?.layer.detach()
+      await rt.journal.close().catch(() => undefined)
+      await rt.log.close().catch(() => undefined)
+    }
+    this.promoted.clear()
+  }
+
+  /** Whether the pair was promoted here (the old primary's CREATE and entries are refused). */
+  promotedRecord(pair: string): PromotedRecord | undefined {
+    const r = this.records.get(pair)
+    return r?.role === 'promoted' ? r : undefined
+  }
+
+  demotedRecord(pair: string): DemotedRecord | undefined {
+    const r = this.records.get(pair)
+    return r?.role === 'demoted' ? r : undefined
+  }
+
+  // --- the operator's verbs ------------------------------------------------------
+
+  /** `replicate promote PAIR [--force]` on the secondary. */
+  promote(pair: string, force: boolean): Promise<void> {
+    return this.host.exclusive(async () => {
+      if (this.promotedRecord(pair)) throw new VvfsError('FAILOVER_STATE', `pair ${pair} is already promoted here`, { details: { reason: 'promoted' } })
+      const config = this.secondaries.config(pair)
+      const applier = this.secondaries.lookup(pair)
+      if (!config || !applier) throw new VvfsError('PAIR_NOT_FOUND', `no secondary pair named ${pair} here`)
+      if (config.volumes.length !== 1) throw new VvfsError('NOT_SUPPORTED', `pair ${pair} is a group of ${config.volumes.length} volumes: promote one volume's pair`)
+      const s = applier.status
+      if (!force) {
+        if (!s.consistent)
+          throw new VvfsError('PROMOTE_REFUSED', `pair ${pair} is not consistent here (a sync or resync is under way): its image is no point in time of the primary; --force to promote anyway`, {
+            details: { reason: 'inconsistent' },
+          })
+        const peer = this.reports.get(pair)
+        if (peer && peer.side.role === 'primary' && Date.now() - peer.at < PEER_ALIVE_MS)
+          throw new VvfsError('PROMOTE_REFUSED', `the primary of pair ${pair} is reachable and the pair healthy (last report ${Date.now() - peer.at} ms ago): demote it first, or --force`, {
+            details: { reason: 'primary-reachable' },
+          })
+      }
+      const volume = config.volumes[0]!.name
+      const v = this.volume(volume)
+      const last = s.chain[s.chain.length - 1]!
+      const record = handoff(s.chain, `${this.host.home(v.no)}@promote-e${last.epoch + 1}`, s.appliedSeq)
+      const r: PromotedRecord = {
+        pair,
+        role: 'promoted',
+        volume,
+        chain: [...s.chain, record],
+        promotedAt: s.appliedSeq,
+        journalDir: join(this.stateDir, 'replication', 'failover', `${pair}.journal`),
+        replica: config,
+        at: new Date().toISOString(),
+      }
+      this.records.set(pair, r)
+      await this.save()
+      await this.finishPromote(r)
+      this.log.warn({ event: 'replication.promoted', pair, volume, epoch: record.epoch, at: r.promotedAt, force }, `pair ${pair} promoted: ${volume} is writable (epoch ${record.epoch} from ${record.firstSeq})`)
+      this.host.emitFailover({ pair, volume, action: 'promoted', epoch: record.epoch, reason: force ? 'forced' : 'primary gone or demoted' })
+    })
+  }
+
+  /** `replicate demote PAIR` on the primary. */
+  demote(pair: string): Promise<void> {
+    return this.host.exclusive(async () => {
+      if (this.demotedRecord(pair)) throw new VvfsError('FAILOVER_STATE', `pair ${pair} is already demoted here`, { details: { reason: 'demoted' } })
+      const p = this.host.primaryOf(pair)
+      if (!p) throw new VvfsError('PAIR_NOT_FOUND', `no replication pair named ${pair} runs from this daemon`)
+      const volume = p.pair.status().volume
+      const v = this.volume(volume)
+      const release = await this.withoutWriters(v, 'demoting')
+      try {
+        await this.host.setReplicaOf(volume, pair)
+        const end = Date.now() + DRAIN_MS
+        let s = p.pair.status()
+        while (!(s.link === 'up' && s.lastApplied >= s.lastWritten) && Date.now() < end) {
+          await sleep(50)
+          s = p.pair.status()
+        }
+        const changed = await changedSince(p.pair.journal, v.no, s.lastApplied)
+        const r: DemotedRecord = {
+          pair,
+          role: 'demoted',
+          volume,
+          chain: p.job.chain,
+          lastSeq: p.pair.journal.positions.lastAccepted,
+          peerApplied: s.lastApplied,
+          changed,
+          peer: p.job.peer,
+          peerKey: p.job.peerKey,
+          at: new Date().toISOString(),
+        }
+        this.records.set(pair, r)
+        await this.save()
+        await this.host.stopPair(pair)
+        const drained = r.lastSeq <= r.peerApplied
+        this.log.warn({ event: 'replication.demoted', pair, volume, lastSeq: r.lastSeq, peerApplied: r.peerApplied, changed: changed.length }, `pair ${pair} demoted: ${volume} is read-only`)
+        this.host.emitFailover({ pair, volume, action: 'demoted', epoch: r.chain[r.chain.length - 1]!.epoch, reason: drained ? 'drained' : `the secondary applied ${r.peerApplied} of ${r.lastSeq}` })
+      } finally {
+        release()
+      }
+    })
+  }
+
+  /** `replicate reverse PAIR [--to ADDR:PORT]` on the promoted side: the old primary becomes our replica, shipping only what differs. */
+  reverse(pair: string, opts: { to?: string; peerKey?: string }): Promise<void> {
+    return this.host.exclusive(() => this.takeOver(pair, opts, false))
+  }
+
+  /** `replicate resolve PAIR --discard local|peer` on the promoted side. */
+  resolve(pair: string, discard: 'local' | 'peer', opts: { to?: string; peerKey?: string }): Promise<void> {
+    return this.host.exclusive(async () => {
+      if (!this.promotedRecord(pair)) {
+        const promotedThere = this.reports.get(pair)?.side.role === 'promoted'
+        throw new VvfsError('FAILOVER_STATE', `pair ${pair} is not promoted here: run resolve on the promoted side${promotedThere ? ' (the peer)' : ''}`, { details: { reason: 'not-promoted' } })
+      }
+      if (discard === 'peer') await this.takeOver(pair, opts, true)
+      else await this.giveBack(pair, opts)
+    })
+  }
+
+  // --- status -----------------------------------------------------------------------
+
+  /** This side's history of `pair`, if it takes part in it. */
+  side(pair: string): SideReport | null {
+    const r = this.records.get(pair)
+    const listen = this.listenAddress
+    if (r?.role === 'promoted') return { role: 'promoted', chain: [...r.chain], lastSeq: this.promoted.get(pair)?.journal.positions.lastAccepted ?? r.promotedAt, listen }
+    if (r?.role === 'demoted') return { role: 'demoted', chain: [...r.chain], lastSeq: r.lastSeq, listen }
+    const p = this.host.primaryOf(pair)
+    if (p) return { role: 'primary', chain: [...p.job.chain], lastSeq: p.pair.journal.positions.lastAccepted, listen }
+    const a = this.secondaries.lookup(pair)
+    if (a) return { role: 'secondary', chain: [...a.status.chain], lastSeq: a.status.appliedSeq, listen }
+    return null
+  }
+
+  view(pair: string): FailoverView | null {
+    const me = this.side(pair)
+    if (!me) return null
+    const report = this.reports.get(pair)
+    const peer = report
+      ? { role: report.side.role, epoch: report.side.chain[report.side.chain.length - 1]!.epoch, lastSeq: report.side.lastSeq, seenSecondsAgo: Math.round((Date.now() - report.at) / 100) / 10, listen: report.side.listen }
+      : null
+    let relation: Relation = 'unknown'
+    let commonSeq: number | null = null
+    if (report) {
+      const c = compareHistories(me, report.side)
+      relation = c.relation === 'a-behind' ? 'local-behind' : c.relation === 'b-behind' ? 'peer-behind' : c.relation
+      commonSeq = c.commonSeq
+    }
+    return { role: me.role, lastSeq: me.lastSeq, peer, relation, commonSeq }
+  }
+
+  /** Rows for pairs only failover knows here (promoted, demoted): the rest are the pairs' own. */
+  extraPairs(): { pair: string; role: 'promoted' | 'demoted'; volume: string; epoch: number; lastSeq: number; peer: string; journal: Journal | null }[] {
+    return [...this.records.values()].map((r) => ({
+      pair: r.pair,
+      role: r.role,
+      volume: r.volume,
+      epoch: r.chain[r.chain.length - 1]!.epoch,
+      lastSeq: r.role === 'promoted' ? (this.promoted.get(r.pair)?.journal.positions.lastAccepted ?? r.promotedAt) : r.lastSeq,
+      peer: r.role === 'promoted' ? (this.reports.get(r.pair)?.side.listen ?? r.replica.peer) : r.peer,
+      journal: this.promoted.get(r.pair)?.journal ?? null,
+    }))
+  }
+
+  // --- the peer's requests --------------------------------------------------------
+
+  /** Registers HISTORY, TAKE_OVER and REMARK on the replication listener. */
+  serve(server: WireServer): void {
+    const logged = (type: number, what: string, run: (body: Buffer, peer: string) => Promise<Buffer>) =>
+      server.handle(type, async (body, ctx) => {
+        try {
+          return await run(body, ctx.peer)
+        } catch (err) {
+          const e = asVvfsError(err)
+          this.log.warn({ event: 'replication.refused', request: what, peer: ctx.peer, code: e.code, reason: e.details?.reason, err: e.message }, `failover ${what} refused`)
+          throw err
+        }
+      })
+    logged(FailoverRequest.HISTORY, 'history', async (body) => {
+      const h = HistoryMessage.decode(body)
+      // Reports are kept only for pairs this side takes part in.
+      if (this.side(h.pair)) this.noteReport(h.pair, h.side)
+      return HistoryReplyMessage.encode({ format: MESSAGE_FORMAT, pair: h.pair, side: this.side(h.pair) })
+    })
+    logged(FailoverRequest.TAKE_OVER, 'take-over', async (body, peer) => {
+      const t = TakeOverMessage.decode(body)
+      return ExtentsReplyMessage.encode(await this.host.exclusive(() => this.becomeReplica(t, peer)))
+    })
+    logged(FailoverRequest.REMARK, 'remark', async (body) => {
+      const m = RemarkMessage.decode(body)
+      await this.host.exclusive(async () => {
+        const p = this.host.primaryOf(m.pair)
+        if (!p) throw new VvfsError('PAIR_NOT_FOUND', `pair ${m.pair} does not run from here as a primary`)
+        await p.pair.journal.addMarks(m.extents.map((extent) => ({ volume: p.job.volNos[0]!, extent })))
+        // The loop may be idle in shipping: restart it so it copies the marks first.
+        await p.pair.halt()
+        p.pair.start()
+        this.log.warn({ event: 'replication.remarked', pair: m.pair, extents: m.extents.length }, `pair ${m.pair}: the promoted side discarded its changes; ${m.extents.length} extents to copy`)
+        this.host.emitFailover({ pair: m.pair, volume: p.pair.status().volume, action: 'resolved', epoch: p.pair.status().epoch, reason: 'the peer discarded its changes' })
+      })
+      return ExtentsReplyMessage.encode({ format: MESSAGE_FORMAT, extents: [], lastSeq: 0 })
+    })
+  }
+
+  // --- internals -----------------------------------------------------------------------
+
+  private volume(name: string): FailoverVolume {
+    const v = this.host.failoverVolume(name)
+    if (!v) throw new VvfsError('VOLUME_NOT_FOUND', `no volume named ${name} here`)
+    return v
+  }
+
+  /** Blocks writable opens and waits for open writers to close (VOLUME_BUSY if they stay). */
+  private async withoutWriters(v: FailoverVolume, why: string): Promise<() => void> {
+    const release = v.blockWriters(why)
+    const end = Date.now() + WRITERS_MS
+    while (v.openForWrite()) {
+      if (Date.now() > end) {
+        release()
+        throw new VvfsError('VOLUME_BUSY', `volume ${v.name} is open for writing: close it first`)
+      }
+      await sleep(20)
+    }
+    return release
+  }
+
+  /** Promote's steps after its record: the replica store dropped, the journal attached, the volume writable. Idempotent. */
+  private async finishPromote(r: PromotedRecord): Promise<void> {
+    await this.secondaries.release(r.pair)
+    const v = this.volume(r.volume)
+    if (!this.promoted.has(r.pair)) {
+      await mkdir(dirname(r.journalDir), { recursive: true })
+      const log = await LevelDurableLog.open(r.journalDir)
+      try {
+        const journal = await Journal.open(log, { epoch: r.chain[r.chain.length - 1]!.epoch, firstSeq: r.promotedAt + 1, syncEveryCommit: false })
+        await v.layer.replay(journal)
+        v.layer.attach(journal)
+        this.promoted.set(r.pair, { journal, log })
+      } catch (err) {
+        await log.close().catch(() => undefined)
+        throw err
+      }
+    }
+    await this.host.setReplicaOf(r.volume, undefined)
+  }
+
+  /** Closes the promoted journal (detached from the volume); `drop` deletes it. */
+  private async closePromoted(r: PromotedRecord, drop: boolean): Promise<void> {
+    const rt = this.promoted.get(r.pair)
+    if (rt) {
+      this.volume(r.volume).layer.detach()
+      await rt.journal.close()
+      await rt.log.close()
+      this.promoted.delete(r.pair)
+    }
+    if (drop) await rm(r.journalDir, { recursive: true, force: true })
+  }
+
+  private async peerKeyOf(file?: string) {
+    const f = file ?? this.host.peerKeyFile()
+    if (!f) throw new VvfsError('INVALID_ARGUMENT', 'name the peer\'s key file (--peer-key FILE), or start the daemon with --peer-key')
+    return { file: f, key: await loadPeerKey(f) }
+  }
+
+  private peerAddress(pair: string, to?: string): string {
+    const a = to ?? this.reports.get(pair)?.side.listen ?? undefined
+    if (!a) throw new VvfsError('INVALID_ARGUMENT', `the old primary of pair ${pair} has not reported its address here: give --to ADDR:PORT`)
+    parseHostPort(a)
+    return a
+  }
+
+  /** One request to the peer on a connection of its own (closed after). */
+  private async ask(address: string, key: Awaited<ReturnType<FailoverService['peerKeyOf']>>['key'], type: number, body: Buffer): Promise<Buffer> {
+    const { host, port } = parseHostPort(address)
+    const client = new WireClient({ host, port, key, service: REPLICATION_SERVICE, log: this.log, deadlineMs: 30_000 })
+    client.start()
+    try {
+      await client.ready(5000)
+      return await client.request(type, body)
+    } finally {
+      await client.close()
+    }
+  }
+
+  /** reverse, or resolve --discard peer: the peer becomes our replica from the promote point; its changes past it are copied over. */
+  private async takeOver(pair: string, opts: { to?: string; peerKey?: string }, discard: boolean): Promise<void> {
+    const r = this.promotedRecord(pair)
+    if (!r) throw new VvfsError('FAILOVER_STATE', `pair ${pair} is not promoted here: reverse runs on the promoted side`, { details: { reason: 'not-promoted' } })
+    const address = this.peerAddress(pair, opts.to)
+    const { file, key } = await this.peerKeyOf(opts.peerKey)
+    const history = HistoryReplyMessage.decode(await this.ask(address, key, FailoverRequest.HISTORY, HistoryMessage.encode({ format: MESSAGE_FORMAT, pair, side: this.side(pair)! })))
+    if (history.side) this.noteReport(pair, history.side)
+    if (!discard && history.side) {
+      const c = compareHistories(this.side(pair)!, history.side)
+      if (c.relation === 'split-brain')
+        throw refusal('split-brain', `pair ${pair} split: both sides were written after ${c.commonSeq}; name the side whose changes are discarded (vvfs replicate resolve ${pair} --discard local|peer)`, { commonSeq: c.commonSeq })
+      if (history.side.lastSeq > r.promotedAt)
+        throw new VvfsError('FAILOVER_STATE', `the old primary holds writes past ${r.promotedAt} that this side lacks: resolve ${pair} --discard local|peer`, { details: { reason: 'peer-ahead' } })
+      if (history.side.role === 'primary') throw new VvfsError('FAILOVER_STATE', `pair ${pair} still runs as primary on the peer: demote it there first`, { details: { reason: 'peer-primary' } })
+    }
+    const v = this.volume(r.volume)
+    const release = await this.withoutWriters(v, 'reversing')
+    try {
+      const answer = ExtentsReplyMessage.decode(
+        await this.ask(address, key, FailoverRequest.TAKE_OVER, TakeOverMessage.encode({ format: MESSAGE_FORMAT, pair, chain: [...r.chain], commonSeq: r.promotedAt, volume: { no: v.no, size: v.size }, discard })),
+      )
+      const rt = this.promoted.get(pair)
+      if (!rt) throw new VvfsError('INTERNAL', `pair ${pair}: the promoted journal is not open`)
+      // What the peer changed past the promote point is copied over; the size always (a resize entry, no data).
+      await rt.journal.addMarks([...answer.extents.filter((x) => x !== SIZE_MARK), SIZE_MARK].map((extent) => ({ volume: v.no, extent })))
+      await this.closePromoted(r, false)
+      await this.host.startReverse({ volume: r.volume, to: address, pair, peerKey: file, chain: r.chain, journalDir: r.journalDir })
+      this.records.delete(pair)
+      this.splitSeen.delete(pair)
+      await this.save()
+      const copied = answer.extents.filter((x) => x !== SIZE_MARK).length
+      this.log.warn({ event: 'replication.reversed', pair, volume: r.volume, to: address, copied, discard }, `pair ${pair} reversed: ${r.volume} → ${address} (${copied} extents to copy)`)
+      this.host.emitFailover({ pair, volume: r.volume, action: discard ? 'resolved' : 'reversed', epoch: r.chain[r.chain.length - 1]!.epoch, reason: discard ? `the peer's changes discarded (${copied} extents)` : 'reversed' })
+    } finally {
+      release()
+    }
+  }
+
+  /** resolve --discard local: this side's changes since the promote go; it becomes the old primary's replica again. */
+  private async giveBack(pair: string, opts: { to?: string; peerKey?: string }): Promise<void> {
+    const r = this.promotedRecord(pair)!
+    const address = this.peerAddress(pair, opts.to)
+    const { key } = await this.peerKeyOf(opts.peerKey)
+    const v = this.volume(r.volume)
+    const release = await this.withoutWriters(v, 'discarding')
+    try {
+      const rt = this.promoted.get(pair)
+      if (!rt) throw new VvfsError('INTERNAL', `pair ${pair}: the promoted journal is not open`)
+      await this.host.setReplicaOf(r.volume, pair)
+      const changed = await changedSince(rt.journal, v.no, r.promotedAt)
+      const primaryNo = r.replica.volumes[0]!.no
+      // The old primary marks our changed extents (its volume numbers) before we accept it again: a failure here leaves nothing lost.
+      await this.ask(address, key, FailoverRequest.REMARK, RemarkMessage.encode({ format: MESSAGE_FORMAT, pair, extents: [...changed.filter((x) => x !== SIZE_MARK), SIZE_MARK] }))
+      await this.closePromoted(r, true)
+      const chain = r.chain.slice(0, -1)
+      const state: SecondaryState = { appliedSeq: r.promotedAt, chain, resyncing: false, consistentAt: null }
+      await this.secondaries.adopt({ ...r.replica, volumes: [{ no: primaryNo, name: r.volume, size: v.size }], chain }, state)
+      this.records.delete(pair)
+      this.splitSeen.delete(pair)
+      await this.save()
+      this.log.warn({ event: 'replication.resolved', pair, volume: r.volume, discarded: changed.length }, `pair ${pair}: local changes since ${r.promotedAt} discarded; ${r.volume} is the replica again`)
+      this.host.emitFailover({ pair, volume: r.volume, action: 'resolved', epoch: chain[chain.length - 1]!.epoch, reason: `local changes discarded (${changed.length} extents)` })
+    } finally {
+      release()
+    }
+  }
+
+  /** TAKE_OVER from the promoted side: become its replica from commonSeq on; answer what we changed past it. */
+  private async becomeReplica(t: TakeOver, peer: string): Promise<{ format: 1; extents: number[]; lastSeq: number }> {
+    const running = this.host.primaryOf(t.pair)
+    const demoted = this.demotedRecord(t.pair)
+    const mine = running?.job.chain ?? demoted?.chain
+    if (mine && !sameRecord(mine[0]!, t.chain[0]!))
+      throw new VvfsError('FAILOVER_STATE', `pair ${t.pair} here began as epoch 1 at ${mine[0]!.home}, the sender's at ${t.chain[0]!.home}: not the same pair`, { details: { reason: 'other-pair' } })
+    let volume: string
+    let extents: number[]
+    let lastSeq: number
+    if (running) {
+      if (!t.discard) throw new VvfsError('FAILOVER_STATE', `pair ${t.pair} runs here as the primary: demote it first`, { details: { reason: 'peer-primary' } })
+      volume = running.pair.status().volume
+      const v = this.volume(volume)
+      const release = await this.withoutWriters(v, 'yielding')
+      try {
+        await this.host.setReplicaOf(volume, t.pair)
+        lastSeq = running.pair.journal.positions.lastAccepted
+        extents = await changedSince(running.pair.journal, v.no, t.commonSeq)
+        await this.host.stopPair(t.pair)
+      } finally {
+        release()
+      }
+    } else if (demoted) {
+      volume = demoted.volume
+      lastSeq = demoted.lastSeq
+      // Changed extents are recorded past what the secondary had applied; none past commonSeq if we gave out no later number.
+      extents = demoted.lastSeq > t.commonSeq ? demoted.changed : []
+      if (extents.length > 0 && !t.discard)
+        throw new VvfsError('FAILOVER_STATE', `this side holds writes past ${t.commonSeq}: resolve ${t.pair} --discard local|peer`, { details: { reason: 'peer-ahead' } })
+    } else {
+      // A take-over repeated after the promoted side crashed before starting its job: we are its replica already.
+      const a = this.secondaries.lookup(t.pair)
+      const last = a?.status.chain[a.status.chain.length - 1]
+      if (a && last && sameRecord(last, t.chain[t.chain.length - 1]!)) return { format: 1, extents: [], lastSeq: a.status.appliedSeq }
+      throw new VvfsError('PAIR_NOT_FOUND', `pair ${t.pair} is neither running nor demoted here`)
+    }
+    await this.host.setReplicaOf(volume, t.pair)
+    const v = this.volume(volume)
+    const state: SecondaryState = { appliedSeq: t.commonSeq, chain: t.chain, resyncing: false, consistentAt: null }
+    await this.secondaries.adopt({ pair: t.pair, group: null, volumes: [{ no: t.volume.no, name: volume, size: v.size }], peer, createdAt: new Date().toISOString(), chain: t.chain }, state)
+    if (demoted) {
+      this.records.delete(t.pair)
+      await this.save()
+    }
+    this.splitSeen.delete(t.pair)
+    this.log.warn({ event: 'replication.taken_over', pair: t.pair, volume, from: t.commonSeq, discarded: extents.length }, `pair ${t.pair}: ${volume} is now the replica of ${peer}`)
+    this.host.emitFailover({ pair: t.pair, volume, action: t.discard ? 'resolved' : 'reversed', epoch: t.chain[t.chain.length - 1]!.epoch, reason: `now the replica, from ${t.commonSeq}` })
+    return { format: 1, extents, lastSeq }
+  }
+
+  private noteReport(pair: string, side: SideReport): void {
+    this.reports.set(pair, { side, at: Date.now() })
+    const v = this.view(pair)
+    if (v?.relation === 'split-brain' && !this.splitSeen.has(pair)) {
+      this.splitSeen.add(pair)
+      const me = this.side(pair)!
+      this.log.error({ event: 'replication.split_brain', pair, commonSeq: v.commonSeq, local: me.lastSeq, peer: side.lastSeq }, `pair ${pair}: split-brain — both sides written after ${v.commonSeq}`)
+      this.host.emitFailover({ pair, volume: this.volumeOf(pair), action: 'split-brain', epoch: me.chain[me.chain.length - 1]!.epoch, reason: `both sides written after ${v.commonSeq}` })
+    }
+  }
+
+  private volumeOf(pair: string): string {
+    const r = this.records.get(pair)
+    return r?.volume ?? this.host.primaryOf(pair)?.pair.status().volume ?? this.secondaries.config(pair)?.volumes.map((v) => v.name).join(',') ?? '?'
+  }
+
+  /** Every second: our history to each peer we know the address of (running primaries, demoted sides), theirs back. */
+  private async report(): Promise<void> {
+    if (this.reporting || this.closed) return
+    this.reporting = true
+    try {
+      const targets: { pair: string; address: string; keyFile: string }[] = []
+      for (const p of this.host.primaries()) targets.push({ pair: p.job.pair, address: p.job.peer, keyFile: p.job.peerKey })
+      for (const r of this.records.values()) if (r.role === 'demoted') targets.push({ pair: r.pair, address: r.peer, keyFile: r.peerKey })
+      await Promise.all(
+        targets.map(async (t) => {
+          const side = this.side(t.pair)
+          if (!side) return
+          try {
+            const client = await this.clientFor(t.address, t.keyFile)
+            const reply = HistoryReplyMessage.decode(await client.request(FailoverRequest.HISTORY, HistoryMessage.encode({ format: MESSAGE_FORMAT, pair: t.pair, side }), { deadlineMs: REPORT_EVERY_MS }))
+            if (reply.side) this.noteReport(t.pair, reply.side)
+          } catch {
+            // The peer is down or slow: its last report ages (status shows how old); the pair's own loop logs the link.
+          }
+        }),
+      )
+    } finally {
+      this.reporting = false
+    }
+  }
+
+  private async clientFor(address: string, keyFile: string): Promise<WireClient> {
+    const id = `${address} ${keyFile}`
+    let c = this.clients.get(id)
+    if (!c) {
+      const { host, port } = parseHostPort(address)
+      c = new WireClient({ host, port, key: await loadPeerKey(keyFile), service: REPLICATION_SERVICE, log: this.log, deadlineMs: REPORT_EVERY_MS, backoff: { initialMs: 200, maxMs: 1000 } })
+      c.start()
+      this.clients.set(id, c)
+    }
+    return c
+  }
+
+  /** Writes the records atomically (temp file, fsync, rename). */
+  private async save(): Promise<void> {
+    await mkdir(dirname(this.file), { recursive: true })
+    const tmp = `${this.file}.tmp`
+    const f = await open(tmp, 'w')
+    try {
+      await f.writeFile(JSON.stringify([...this.records.values()], null, 1))
+      await f.sync()
+    } finally {
+      await f.close()
+    }
+    await rename(tmp, this.file)
+  }
+}
