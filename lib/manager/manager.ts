@@ -30,6 +30,7 @@ import { MAX_CAPACITY } from '../storage/free-space.js'
 import { draftOf, FileCatalog, type CatalogData, type CatalogStore, type Committed, type HostRecord, type PoolSettings, type StorageRecord, type VolumeRecord } from './catalog.js'
 import { SpaceWatch } from './space-watch.js'
 import { DEFAULT_COMPACT_IDLE_MS, StoreCompaction } from './compaction.js'
+import { DEFAULT_MEMORY_BUDGET, MemoryBudget } from '../storage/memory-budget.js'
 import { reclaimVolume, type ReclaimResult } from './reclaim.js'
 import { VolumeHandle } from './volume-handle.js'
 import { volumeMapView } from './extent-runs.js'
@@ -66,6 +67,8 @@ export interface ManagerOptions {
   allowFaults?: boolean
   /** Compact a local store this long after its last write when it is bloated (issue 17; 0: never; default DEFAULT_COMPACT_IDLE_MS). */
   compactIdleMs?: number
+  /** Issue 17: the daemon-wide budget for the local stores' memtables and block caches, in bytes (default DEFAULT_MEMORY_BUDGET). */
+  memoryBytes?: number
   /** Issue 13: the daemon's peer key file (the default key of `replicate start`). */
   peerKey?: string
   /** Issue 15: the catalog in etcd, this relay's name (absent: the file catalog in the state directory). */
@@ -102,6 +105,8 @@ export class Manager implements HostView {
     private readonly maps: MapStore,
     private readonly log: Logger,
     private readonly opts: ManagerOptions,
+    /** Issue 17: what the local stores' memtables and caches share (lib/storage/memory-budget.ts). */
+    private readonly memory: MemoryBudget,
   ) {
     this.spaceWatch = new SpaceWatch(pool, () => catalog.read().data.pool, (c) => {
       this.log.warn({ event: 'pool.threshold', ...c }, `pool usage crossed ${c.warnPercent}%`)
@@ -187,18 +192,20 @@ export class Manager implements HostView {
     try {
       catalog = await openCatalog(stateDir, opts.cluster)
       const pool = new Pool()
+      const memory = new MemoryBudget(opts.memoryBytes ?? DEFAULT_MEMORY_BUDGET) // issue 17
       for (const rec of catalog.read().data.storage) {
         if (!rec.remote && rec.relay !== undefined && rec.relay !== opts.cluster?.relayId) continue // issue 15: another relay's local store
         const system = rec.remote // issue 14
           ? await openRemoteSystem({ ...rec, remote: rec.remote }, opts.log)
-          : await StorageSystem.open({ sid: rec.sid, name: rec.name, path: rec.path, capacity: rec.capacity, create: false })
+          : await StorageSystem.open({ sid: rec.sid, name: rec.name, path: rec.path, capacity: rec.capacity, create: false, memory })
         system.reserve = rec.reserve ?? false
         system.draining = rec.draining ?? false
         pool.add(system)
       }
       // issue 15: the relay's lease before anything is served
       const cluster = opts.cluster ? await ClusterRelay.start(opts.cluster, opts.log, (token) => fencePool(pool, token)) : null
-      manager = new Manager(stateDir, catalog, pool, maps, opts.log, opts)
+      manager = new Manager(stateDir, catalog, pool, maps, opts.log, opts, memory)
+      manager.warnOverBudget()
       manager.cluster = cluster
       await manager.restore()
       return manager
@@ -373,7 +380,9 @@ export class Manager implements HostView {
       const sid = await this.takeStorageId(p.name, clashes)
       const rec: StorageRecord = { sid, name: p.name, path, capacity: p.capacity, createdAt: new Date().toISOString(), ...(p.reserve ? { reserve: true } : {}) }
       if (this.cluster) rec.relay = this.cluster.relayId // issue 15
-      return this.recordNewStorage(rec, await StorageSystem.open({ ...rec, create: true }), clashes)
+      const system = await StorageSystem.open({ ...rec, create: true, memory: this.memory })
+      this.warnOverBudget()
+      return this.recordNewStorage(rec, system, clashes)
     })
   }
 
@@ -418,6 +427,14 @@ export class Manager implements HostView {
   /** `storage list`: listStorage with each store's bytes on disk (issue 17: du of a local store's directory). */
   async listStorageWithDisk(): Promise<StorageInfo[]> {
     return Promise.all(this.pool.list().map(async (s) => ({ ...this.storageInfo(s), diskBytes: await s.diskBytes() })))
+  }
+
+  /** Issue 17: says so when the local stores are too many for the memory budget's floors. */
+  private warnOverBudget(): void {
+    const share = this.memory.currentShare()
+    if (!share.overBudget) return
+    const stores = this.memory.size
+    this.log.warn({ event: 'memory.over_budget', stores, budget: this.memory.bytes, ...share }, `${stores} local storage systems need more than the memory budget of ${this.memory.bytes} bytes (daemon --memory)`)
   }
 
   /**

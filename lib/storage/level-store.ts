@@ -32,6 +32,7 @@ import { mkdir } from 'node:fs/promises'
 import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS } from '../layout.js'
 import { checkBatch, checkRead, type ChunkBatch, type ChunkStore, type ChunkStoreCapabilities, type ChunkWrite, type StoreIdentity } from './chunk-store.js'
+import type { BudgetedStore, MemoryBudget, MemoryShare } from './memory-budget.js'
 
 const DATA = 0x64 // 'd'
 const IDENTITY_KEY = Buffer.from('m/identity')
@@ -46,7 +47,9 @@ const BLIND_CLEAR_CHUNKS = EXTENT_CHUNKS
  * returns; compression is off (chunk data is mostly incompressible and snappy
  * only costs CPU then). A 64 MiB write buffer: 10 s of sequential writes
  * through vvfs ran at 686 MB/s against 560 with 32 MiB and 670 with 128 MiB
- * (medians of three), for up to 128 MiB of memtables per store.
+ * (medians of three), for up to 128 MiB of memtables per store. A store
+ * opened under a daemon's MemoryBudget (memory-budget.ts) takes its write
+ * buffer and cache sizes from there instead, capped at these.
  */
 export const STORE_OPTIONS = {
   writeBufferSize: 64 * 1024 * 1024,
@@ -63,6 +66,7 @@ interface PatchedLevel {
   batchChunks(keys: Buffer, values: Buffer, present: Buffer, options: object): Promise<void>
   batchDirect(ops: object[], options: object): Promise<void>
   getChunks(keys: Buffer, keySize: number, into: Buffer, stride: number): Promise<void>
+  setMemory(writeBufferSize: number, cacheSize: number): void
 }
 
 type Level = ClassicLevel<Buffer, Buffer>
@@ -126,6 +130,11 @@ function chunkRun(writes: ChunkWrite[]): { values: Buffer; present: Buffer } | n
   return { values: Buffer.from(first.buffer, base, span), present }
 }
 
+/** LevelDB's open options for a share of the memory budget. */
+function sizesOf(share: MemoryShare): { writeBufferSize: number; cacheSize: number } {
+  return { writeBufferSize: share.writeBufferSize, cacheSize: share.cacheSize }
+}
+
 function ioError(what: string, err: unknown): VvfsError {
   if (err instanceof VvfsError) return err
   const message = (err as Error).message
@@ -133,7 +142,7 @@ function ioError(what: string, err: unknown): VvfsError {
   return new VvfsError(code, `${what}: ${message}`, { cause: err })
 }
 
-export class LevelChunkStore implements ChunkStore {
+export class LevelChunkStore implements ChunkStore, BudgetedStore {
   readonly capabilities: ChunkStoreCapabilities
   private closed = false
 
@@ -141,6 +150,8 @@ export class LevelChunkStore implements ChunkStore {
     readonly identity: StoreIdentity,
     readonly path: string,
     private readonly db: Level,
+    /** The daemon-wide budget the store's memtables and cache are part of (none: STORE_OPTIONS). */
+    private readonly memory: MemoryBudget | null,
   ) {
     this.capabilities = { syncRead: true, unlogged: true, localPath: path, fencing: false, location: 'local', compaction: true }
   }
@@ -149,7 +160,7 @@ export class LevelChunkStore implements ChunkStore {
    * Opens (or, with `create`, creates) the store at `path`. A store made for
    * another storage system is refused, so two systems never share a directory.
    */
-  static async open(opts: { sid: number; name: string; path: string; create: boolean }): Promise<LevelChunkStore> {
+  static async open(opts: { sid: number; name: string; path: string; create: boolean; memory?: MemoryBudget }): Promise<LevelChunkStore> {
     if (opts.create) await mkdir(opts.path, { recursive: true })
     const db = new ClassicLevel<Buffer, Buffer>(opts.path, {
       keyEncoding: 'buffer',
@@ -157,6 +168,7 @@ export class LevelChunkStore implements ChunkStore {
       createIfMissing: opts.create,
       multithreading: true,
       ...STORE_OPTIONS,
+      ...(opts.memory ? sizesOf(opts.memory.nextShare()) : {}),
     } as never)
     try {
       await db.open()
@@ -164,7 +176,9 @@ export class LevelChunkStore implements ChunkStore {
       throw new VvfsError('IO_ERROR', `cannot open storage system ${opts.name} at ${opts.path}: ${(err as Error).message}`, { cause: err })
     }
     try {
-      return new LevelChunkStore(await LevelChunkStore.identify(db, opts), opts.path, db)
+      const store = new LevelChunkStore(await LevelChunkStore.identify(db, opts), opts.path, db, opts.memory ?? null)
+      opts.memory?.join(store)
+      return store
     } catch (err) {
       await db.close()
       throw err
@@ -329,8 +343,16 @@ export class LevelChunkStore implements ChunkStore {
     }
   }
 
+  /** Takes a new share of the daemon's memory budget (MemoryBudget, when it re-divides). */
+  setMemory(share: MemoryShare): void {
+    if (this.closed) return
+    const db = this.db as unknown as PatchedLevel
+    db.setMemory(share.writeBufferSize, share.cacheSize)
+  }
+
   async close(): Promise<void> {
     if (this.closed) return
+    this.memory?.leave(this)
     this.closed = true
     await this.db.close()
   }

@@ -37,6 +37,7 @@ import { diskUsage } from './disk-usage.js'
 import { FaultyStore } from './faulty-store.js'
 import { FreeSpaceTable } from './free-space.js'
 import { LevelChunkStore } from './level-store.js'
+import type { MemoryBudget } from './memory-budget.js'
 import { WriteGenerations } from './write-generations.js'
 
 export type { ChunkWrite } from './chunk-store.js'
@@ -103,7 +104,7 @@ export class StorageSystem implements DataLog {
    * made for another storage system is refused, so two systems never share
    * a directory (LevelChunkStore.open).
    */
-  static async open(opts: { sid: number; name: string; path: string; capacity: number; create: boolean }): Promise<StorageSystem> {
+  static async open(opts: { sid: number; name: string; path: string; capacity: number; create: boolean; memory?: MemoryBudget }): Promise<StorageSystem> {
     return StorageSystem.over(await LevelChunkStore.open(opts), { capacity: opts.capacity })
   }
 
