@@ -247,7 +247,7 @@ export function buildCli(rawArgs: string[]) {
             print(argv, r, () =>
               r.afterBytes === undefined || r.beforeBytes === undefined
                 ? `compacting storage system ${r.storage} in the background (event storage.compacted when done)`
-                : `storage system ${r.storage} compacted: ${formatSize(r.beforeBytes)} → ${formatSize(r.afterBytes)} on disk in ${((r.ms ?? 0) / 1000).toFixed(1)} s`,
+                : `storage system ${r.storage} ${r.completed === false ? 'partly compacted (stopped by shutdown)' : 'compacted'}: ${formatSize(r.beforeBytes)} → ${formatSize(r.afterBytes)} on disk in ${((r.ms ?? 0) / 1000).toFixed(1)} s`,
             )
           },
         )

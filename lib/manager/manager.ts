@@ -113,7 +113,13 @@ export class Manager implements HostView {
       this.emit('pool.threshold', { ...c })
     })
     pool.onChange = () => this.spaceWatch.changed()
-    this.compaction = new StoreCompaction(pool, log, opts.compactIdleMs ?? DEFAULT_COMPACT_IDLE_MS, (r) => this.emit('storage.compacted', { ...r }))
+    this.compaction = new StoreCompaction(
+      pool,
+      log,
+      opts.compactIdleMs ?? DEFAULT_COMPACT_IDLE_MS,
+      (r) => this.emit('storage.compacted', { ...r }),
+      (p) => this.emit('storage.compact_progress', { ...p }),
+    )
     this.writeBack = setInterval(() => {
       if (!this.closing) this.compaction.tick()
       for (const system of pool.list()) {
@@ -300,6 +306,7 @@ export class Manager implements HostView {
     // Injected faults end here: what is stopping gets flushed for real.
     this.faults?.clear()
     this.spaceWatch.close()
+    this.compaction.stop()
     await this.compaction.idle()
     await this.jobs.close()
     await Promise.all([...this.mounts.values()].map((mount) => mount.unmount(this.opts.graceMs ?? 5000)))
@@ -443,14 +450,14 @@ export class Manager implements HostView {
    * compaction has started; its end is the `storage.compacted` event (or a
    * storage.compact_failed log line).
    */
-  async compactStorage(p: { name: string; wait?: boolean }): Promise<{ storage: string; started: boolean; beforeBytes?: number; afterBytes?: number; ms?: number }> {
+  async compactStorage(p: { name: string; wait?: boolean }): Promise<{ storage: string; started: boolean; beforeBytes?: number; afterBytes?: number; ms?: number; completed?: boolean }> {
     if (this.closing) throw new VvfsError('SHUTTING_DOWN', 'the daemon is shutting down')
     const system = this.pool.get(this.storageRecord(p.name).sid)
     if (!system.compactable) throw new VvfsError('NOT_SUPPORTED', `storage system ${p.name} is not a local store: only a local store can be compacted`)
     const running = this.compaction.compactNow(system, 'command')
     if (p.wait) {
       const r = await running
-      return { storage: r.storage, started: true, beforeBytes: r.beforeBytes, afterBytes: r.afterBytes, ms: r.ms }
+      return { storage: r.storage, started: true, beforeBytes: r.beforeBytes, afterBytes: r.afterBytes, ms: r.ms, completed: r.completed }
     }
     running.catch((err: unknown) => {
       const e = asVvfsError(err)

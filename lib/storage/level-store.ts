@@ -31,13 +31,22 @@ import { ClassicLevel } from 'classic-level'
 import { mkdir } from 'node:fs/promises'
 import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS } from '../layout.js'
-import { checkBatch, checkRead, type ChunkBatch, type ChunkStore, type ChunkStoreCapabilities, type ChunkWrite, type StoreIdentity } from './chunk-store.js'
+import { checkBatch, checkRead, type ChunkBatch, type ChunkStore, type ChunkStoreCapabilities, type ChunkWrite, type CompactionControl, type StoreIdentity } from './chunk-store.js'
 import type { BudgetedStore, MemoryBudget, MemoryShare } from './memory-budget.js'
 
 const DATA = 0x64 // 'd'
 const IDENTITY_KEY = Buffer.from('m/identity')
 const SYNC_KEY = Buffer.from('m/sync')
 const KEY_SIZE = 7
+/**
+ * A compaction merges the data keys this many chunk addresses (64 MiB of
+ * chunks) at a time, so that it can stop between steps (writes resumed,
+ * shutdown) and report progress. A step merges the lower levels' tables of
+ * its range only; level 0's tables span the whole store when writes were
+ * random, so the first step merges all of them (LevelDB takes every level-0
+ * table overlapping the range).
+ */
+export const COMPACT_STEP_CHUNKS = 16384
 /** Clears of up to this many chunks (a slot) delete every key without listing the stored ones (apply). */
 const BLIND_CLEAR_CHUNKS = EXTENT_CHUNKS
 
@@ -318,26 +327,42 @@ export class LevelChunkStore implements ChunkStore, BudgetedStore {
   }
 
   /**
-   * LevelDB's manual compaction of the data keys: the memtable is written to
-   * a table first, then every level overlapping the range is merged down, so
-   * one version of each chunk remains and deleted chunks leave no tombstones
-   * behind. Runs on LevelDB's background thread; writes proceed meanwhile
-   * (slower while it merges), which is why the idle policy starts it only
-   * when no writes have come for a while (lib/manager/compaction.ts). A
-   * crash during it leaves the old tables in the manifest until the new ones
-   * are recorded: nothing durable is lost (test/system/compact.test.ts).
+   * LevelDB's manual compaction of the data keys, in steps of
+   * COMPACT_STEP_CHUNKS addresses: the memtable is written to a table first
+   * (flushMemTable), then, range by range, every level overlapping it is
+   * merged down, so one version of each chunk remains and deleted chunks
+   * leave no tombstones behind. The flush comes first because LevelDB's
+   * compactRange picks the levels to merge before it writes the memtable
+   * out, and a memtable written straight to a lower level keeps every
+   * version it held: one compactRange over everything left a store of 8 MiB
+   * live data at 12.1 bytes on disk per live byte
+   * (test/storage/compaction.test.ts). Runs on LevelDB's background
+   * thread; writes proceed meanwhile (slower while it merges), which is why
+   * the idle policy starts it only when no writes have come for a while and
+   * stops it at the next step when they resume (lib/manager/compaction.ts).
+   * A crash during it leaves the old tables in the manifest until the new
+   * ones are recorded: nothing durable is lost (test/storage/compaction.test.ts
+   * kills a compaction after each step; test/system/compact.test.ts).
    */
-  async compact(): Promise<void> {
+  async compact(control: CompactionControl = {}): Promise<{ completed: boolean }> {
     this.checkOpen()
     try {
-      // Twice: LevelDB picks the levels to merge before it writes the
-      // memtable out, and a memtable written straight to a lower level keeps
-      // every version it held (a flush does not drop overwritten ones); the
-      // second pass merges what the first left above the lowest level into it.
-      // One pass left a store of 8 MiB live data at 12.1 bytes on disk per
-      // live byte, two at 1.01
-      // (test/storage/compaction.test.ts).
-      for (let pass = 0; pass < 2; pass++) await this.db.compactRange(dataKey(0), Buffer.from([DATA + 1]))
+      const db = this.db as unknown as PatchedLevel
+      await db.flushMemTable()
+      const [first] = await this.db.keys({ gte: dataKey(0), lt: Buffer.from([DATA + 1]), limit: 1 }).all()
+      const [last] = await this.db.keys({ gte: dataKey(0), lt: Buffer.from([DATA + 1]), limit: 1, reverse: true }).all()
+      const from = first ? pcaOfKey(first) : 0
+      const steps = last ? Math.max(1, Math.ceil((pcaOfKey(last) + 1 - from) / COMPACT_STEP_CHUNKS)) : 1
+      for (let step = 0; step < steps; step++) {
+        if (control.shouldStop?.()) return { completed: false }
+        this.checkOpen()
+        // The first and last steps reach to the ends of the data keys: tombstones of chunks deleted outside the stored span go too.
+        const start = step === 0 ? dataKey(0) : dataKey(from + step * COMPACT_STEP_CHUNKS)
+        const end = step === steps - 1 ? Buffer.from([DATA + 1]) : dataKey(from + (step + 1) * COMPACT_STEP_CHUNKS)
+        await this.db.compactRange(start, end)
+        control.progress?.(step + 1, steps)
+      }
+      return { completed: true }
     } catch (err) {
       throw ioError(`storage system ${this.identity.name}: compaction failed`, err)
     }
