@@ -25,6 +25,7 @@
  * LevelDB write its memtable to a table sooner).
  */
 import { VvfsError } from '../errors.js'
+import { formatSize } from '../units.js'
 
 const MiB = 1024 * 1024
 
@@ -81,7 +82,7 @@ export class MemoryBudget {
 
   constructor(readonly bytes: number) {
     if (!Number.isSafeInteger(bytes) || bytes < MIN_MEMORY_BUDGET) {
-      throw new VvfsError('INVALID_ARGUMENT', `a memory budget must be at least ${MIN_MEMORY_BUDGET} bytes, not ${bytes}`)
+      throw new VvfsError('INVALID_ARGUMENT', `the storage systems' memory budget (daemon --memory) must be at least ${formatSize(MIN_MEMORY_BUDGET)}, not ${formatSize(bytes)}`)
     }
   }
 
