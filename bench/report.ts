@@ -56,26 +56,46 @@ export interface FioSpace {
   /** Issue 17 target 5: du once the storage systems had been idle 60 s after the jobs (the daemon's idle compaction included). */
   duIdle?: { apparent: number; allocated: number }
   idleWaitMs?: number
+  /**
+   * Issue 17 target 5 ("never more than 2.0 during them"): the highest
+   * bytes on disk per logical byte seen while the fio jobs ran (sampled
+   * every SPACE_SAMPLE_MS: the stores' du growth over the volume's
+   * allocation, from samples with at least SPACE_SAMPLE_MIN_LOGICAL bytes
+   * allocated), and how many samples there were.
+   */
+  duringPeak?: { ratio: number; diskBytes: number; logicalBytes: number; samples: number }
 }
 
 /** Issue 17 target 5: bytes on disk per logical byte of volume data, idle 60 s after the fio jobs, and right after them. */
 export const SPACE_IDLE_MAX = 1.2
 export const SPACE_DURING_MAX = 2.0
 
-/** Issue 17 target 5's lines: bytes on disk per logical byte (the volume's allocation) right after the jobs and once idle, each against its bound. */
-export function spaceTargetLines(f: FioSpace): string[] {
-  const logical = Math.max(1, f.volumeAllocated)
-  const out = [`  bytes on disk per logical byte right after the jobs: ${againstTarget((f.duAfter.allocated - f.duBefore.allocated) / logical, SPACE_DURING_MAX)}`]
-  if (f.duIdle) {
-    const idle = f.duIdle.allocated - f.duBefore.allocated
-    out.push(`  bytes on disk per logical byte once idle ${((f.idleWaitMs ?? 0) / 1000).toFixed(0)} s after the jobs: ${againstTarget(idle / logical, SPACE_IDLE_MAX)}`)
-  } else out.push('  bytes on disk per logical byte once idle: not measured')
-  return out
-}
+/** Issue 17 target 6: the vvfs daemon's peak RSS with three storage systems (VmHWM at the end of the run). */
+export const PEAK_RSS_MAX = 384 * 1024 * 1024
 
-/** `… ratio (≤ max: PASS|FAIL)`. */
-function againstTarget(ratio: number, max: number): string {
-  return `${ratio.toFixed(3)} (target ≤ ${max.toFixed(1)}: ${ratio <= max ? 'PASS' : 'FAIL'})`
+/** Issue 17 targets 5 and 6 as table rows: [what, needs, measured, verdict]. */
+export function resourceRows(results: Pick<Results, 'fioSpace' | 'daemon'>): string[][] {
+  const rows: string[][] = []
+  const verdict = (ok: boolean) => (ok ? 'PASS' : 'FAIL')
+  const f = results.fioSpace
+  if (f) {
+    const logical = Math.max(1, f.volumeAllocated)
+    if (f.duringPeak) {
+      const p = f.duringPeak
+      rows.push([`bytes on disk per logical byte, highest during the fio jobs (${p.samples} samples)`, `<= ${SPACE_DURING_MAX.toFixed(1)}`, p.ratio.toFixed(3), verdict(p.ratio <= SPACE_DURING_MAX)])
+    }
+    const after = (f.duAfter.allocated - f.duBefore.allocated) / logical
+    rows.push(['bytes on disk per logical byte, right after the fio jobs', `<= ${SPACE_DURING_MAX.toFixed(1)}`, after.toFixed(3), verdict(after <= SPACE_DURING_MAX)])
+    if (f.duIdle) {
+      const idle = (f.duIdle.allocated - f.duBefore.allocated) / logical
+      rows.push([`bytes on disk per logical byte, idle ${((f.idleWaitMs ?? 0) / 1000).toFixed(0)} s after the fio jobs`, `<= ${SPACE_IDLE_MAX.toFixed(1)}`, idle.toFixed(3), verdict(idle <= SPACE_IDLE_MAX)])
+    }
+  }
+  const peak = results.daemon.peakRssBytes
+  if (peak > 0) {
+    rows.push(['vvfs daemon peak RSS, three storage systems (ratio to the bound)', `<= ${bytes(PEAK_RSS_MAX)}`, `${bytes(peak)} (${(peak / PEAK_RSS_MAX).toFixed(2)})`, verdict(peak <= PEAK_RSS_MAX)])
+  }
+  return rows
 }
 
 export interface Ext4Run {
@@ -225,6 +245,11 @@ function targetGrid(results: Results): Grid {
   }
 }
 
+/** Issue 17 targets 5 and 6: space and memory, each against its bound. */
+function resourceGrid(results: Results): Grid {
+  return { head: ['target (space, memory)', 'needs', 'measured', 'verdict'], rows: resourceRows(results), right: new Set([1, 2]) }
+}
+
 function ext4Grid(results: Results): Grid {
   return {
     head: ['ext4 on a loop device over', 'mkfs s', 'dd 256 MiB conv=fsync MB/s', 'x vvfs', 'note'],
@@ -322,7 +347,6 @@ function facts(results: Results): string[] {
       `  per logical byte of the volume that holds data: ${(grew / Math.max(1, f.volumeAllocated)).toFixed(3)} (allocated ${bytes(f.volumeAllocated)} — ` +
         `as much of the first 1 GiB as fio's writes reached); 1.0 is no overhead, more is LevelDB's log, stale versions and index.`,
     )
-    out.push(...spaceTargetLines(f))
   } else if (results.fioSpaceError) out.push(`vvfs on-disk bytes, fio section: not measured (${results.fioSpaceError})`)
   const m = results.mkfs64
   if (m) {
@@ -366,6 +390,7 @@ function header(results: Results): string {
 export function renderText(results: Results): string {
   const parts = [header(results)]
   if (results.fio.length) parts.push(text(fioGrid(results)), text(targetGrid(results)))
+  if (resourceRows(results).length) parts.push(text(resourceGrid(results)))
   if (results.ext4.length) parts.push(text(ext4Grid(results)), text(ext4WorkloadGrid(results)))
   parts.push(facts(results).join('\n'))
   return parts.join('\n\n') + '\n'
@@ -374,6 +399,7 @@ export function renderText(results: Results): string {
 export function renderMarkdown(results: Results): string {
   const parts = ['# vvfs bench results', header(results)]
   if (results.fio.length) parts.push('## fio', markdown(fioGrid(results)), '## Targets', markdown(targetGrid(results)))
+  if (resourceRows(results).length) parts.push('## Space and memory', markdown(resourceGrid(results)))
   if (results.ext4.length) parts.push('## ext4 over a loop device', markdown(ext4Grid(results)), markdown(ext4WorkloadGrid(results)))
   parts.push('## Memory, space, mkfs, migration', facts(results).map((l) => (l.startsWith('  ') ? `  - ${l.trim()}` : `- ${l}`)).join('\n'))
   return parts.join('\n\n') + '\n'

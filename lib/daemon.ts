@@ -28,6 +28,8 @@ export interface DaemonOptions {
   allowFaults?: boolean
   /** Idle time before a bloated local store is compacted (issue 17; 0: never). */
   compactIdleMs?: number
+  /** Issue 17: the budget for the local stores' memtables and block caches (`--memory`; default DEFAULT_MEMORY_BUDGET). */
+  memoryBytes?: number
   /** Serve the read-only web view at HOST:PORT (off when absent). */
   http?: string
   /** File holding the token every web view request must carry (required off loopback). */
@@ -58,7 +60,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<RunningDaemon> {
   else if (httpToken !== undefined) throw new VvfsError('INVALID_ARGUMENT', '--http-token is the web view\'s token: give --http HOST:PORT too')
   if (opts.listen !== undefined && opts.peerKey === undefined) throw new VvfsError('INVALID_ARGUMENT', '--listen needs --peer-key FILE (the replication peers\' pre-shared key)')
   log.info({ event: 'daemon.starting', version: VERSION, state, mount: resolve(opts.mount), socket: socketPath, allowFaults: opts.allowFaults === true }, 'vvfs daemon starting')
-  const manager = await Manager.open({ stateDir: state, mountDir: opts.mount, log, timeouts: opts.timeouts, allowFaults: opts.allowFaults, compactIdleMs: opts.compactIdleMs, peerKey: opts.peerKey === undefined ? undefined : resolve(opts.peerKey), cluster: opts.cluster })
+  const manager = await Manager.open({ stateDir: state, mountDir: opts.mount, log, timeouts: opts.timeouts, allowFaults: opts.allowFaults, compactIdleMs: opts.compactIdleMs, memoryBytes: opts.memoryBytes, peerKey: opts.peerKey === undefined ? undefined : resolve(opts.peerKey), cluster: opts.cluster })
   // Before the control socket: a client that reaches the daemon finds its web view up too.
   const web = httpAddress ? await startWebView(manager, httpAddress, httpToken, log) : undefined
   let server: ControlServer

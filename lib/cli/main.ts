@@ -157,6 +157,7 @@ export function buildCli(rawArgs: string[]) {
           .option('demo', { type: 'boolean', default: false, describe: 'on a new state: three 4 GiB storage systems and a 1 GiB volume "demo"' })
           .option('allow-faults', { type: 'boolean', default: false, describe: 'accept `vvfs fault …` (I/O-error injection, for tests)' })
           .option('compact-idle', { type: 'string', default: '30s', describe: 'compact a local store this long after its last write when it takes more than 1.2 bytes on disk per allocated byte (0: never)' })
+          .option('memory', { type: 'string', default: '192M', describe: 'memory for the local storage systems\' LevelDB memtables and block caches, shared by all of them (issue 17)' })
           .option('http', { type: 'string', describe: 'serve the read-only web view at HOST:PORT, or PORT on 127.0.0.1 (off unless given)' })
           .option('http-token', { type: 'string', describe: 'file holding the token every web view request must carry (required when --http is not loopback)' })
           .option('listen', { type: 'string', describe: 'accept replication peers at ADDR:PORT (no default address; needs --peer-key)' })
@@ -178,6 +179,7 @@ export function buildCli(rawArgs: string[]) {
           demo: argv.demo,
           allowFaults: argv['allow-faults'],
           compactIdleMs: parseDuration(argv['compact-idle'], '--compact-idle'),
+          memoryBytes: parseSize(argv.memory, '--memory'),
           http: argv.http,
           httpToken: argv['http-token'],
           listen: argv.listen,
@@ -245,7 +247,7 @@ export function buildCli(rawArgs: string[]) {
             print(argv, r, () =>
               r.afterBytes === undefined || r.beforeBytes === undefined
                 ? `compacting storage system ${r.storage} in the background (event storage.compacted when done)`
-                : `storage system ${r.storage} compacted: ${formatSize(r.beforeBytes)} → ${formatSize(r.afterBytes)} on disk in ${((r.ms ?? 0) / 1000).toFixed(1)} s`,
+                : `storage system ${r.storage} ${r.completed === false ? 'partly compacted (stopped by shutdown)' : 'compacted'}: ${formatSize(r.beforeBytes)} → ${formatSize(r.afterBytes)} on disk in ${((r.ms ?? 0) / 1000).toFixed(1)} s`,
             )
           },
         )

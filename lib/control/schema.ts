@@ -276,7 +276,9 @@ export const EVENTS = {
   /** A job's progress, at most every 500 ms and at its end. */
   'job.progress': JobProgress.extend({ job: z.number() }),
   /** Issue 17: a store was compacted (`storage compact`, or the idle policy), with its bytes on disk before and after. */
-  'storage.compacted': z.object({ storage: z.string(), reason: z.enum(['command', 'idle']), beforeBytes: Bytes, afterBytes: Bytes, ms: z.number() }),
+  'storage.compacted': z.object({ storage: z.string(), reason: z.enum(['command', 'idle']), beforeBytes: Bytes, afterBytes: Bytes, ms: z.number(), completed: z.boolean() }),
+  /** Issue 17: a compaction finished one of its steps (of total: ranges of 64 MiB of chunk addresses). */
+  'storage.compact_progress': z.object({ storage: z.string(), done: z.number(), total: z.number() }),
   /** Issue 13: a replication pair changed state (replicating, behind, resyncing, …). */
   'replication.state': z.object({ pair: z.string(), volume: z.string(), from: z.string(), to: z.string(), reason: z.string() }),
   /** Issue 13.7: promoted, demoted, reversed, resolved, split-brain (once per detection). */
@@ -356,7 +358,7 @@ export const METHODS = {
     summary:
       'Compacts a local storage system\'s store, giving back the space of overwritten and deleted chunks; in the background unless wait (then the result has its bytes on disk before and after).',
     params: z.strictObject({ name: Name, wait: z.boolean().optional() }),
-    result: z.object({ storage: z.string(), started: z.boolean(), beforeBytes: Bytes.optional(), afterBytes: Bytes.optional(), ms: z.number().optional() }),
+    result: z.object({ storage: z.string(), started: z.boolean(), beforeBytes: Bytes.optional(), afterBytes: Bytes.optional(), ms: z.number().optional(), completed: z.boolean().optional() }),
     errors: [...NAME_ERRORS, 'STORAGE_NOT_FOUND', 'NOT_SUPPORTED', 'IO_ERROR', 'SHUTTING_DOWN'],
   }),
   'storage.list': method({ summary: 'Lists storage systems with their free-space table.', params: Empty, result: z.object({ storage: z.array(StorageInfo) }), errors: [] }),

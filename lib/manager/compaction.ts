@@ -24,9 +24,12 @@
  * joins a running one) and, from the policy, one at a time in the daemon:
  * LevelDB merges on its own thread, but reads and writes the whole store
  * while it does, which is what host I/O must not meet. The policy does not
- * start while writes are recent; a compaction cannot be stopped once
- * started (LevelDB's manual compaction), so writes that resume meanwhile
- * run beside it, slower.
+ * start while writes are recent, and a compaction it started ends at its
+ * next step (COMPACT_STEP_CHUNKS of addresses, level-store.ts) once a write
+ * reaches the store (the store is looked at again once idle again); close
+ * ends any compaction at its next step. A step itself cannot be stopped
+ * (LevelDB's manual compaction): writes that come during one run beside it.
+ * Each step is reported (event storage.compact_progress).
  *
  * Crash order: compaction writes new tables and then records them in the
  * manifest, and only then deletes the old ones: a kill at any point leaves
@@ -57,6 +60,14 @@ export interface CompactionResult {
   afterBytes: number
   ms: number
   reason: 'command' | 'idle'
+  /** False when it ended before its last step (writes resumed under the idle policy, or shutdown). */
+  completed: boolean
+}
+
+export interface CompactionProgress {
+  storage: string
+  done: number
+  total: number
 }
 
 export class StoreCompaction {
@@ -64,29 +75,45 @@ export class StoreCompaction {
   private readonly seen = new Map<number, number>()
   /** A compaction the policy started; it starts no other meanwhile. */
   private running: Promise<unknown> | null = null
+  /** Set by stop (shutdown): every compaction ends at its next step. */
+  private stopping = false
 
   constructor(
     private readonly pool: Pool,
     private readonly log: Logger,
     private readonly idleMs: number,
     private readonly compacted: (r: CompactionResult) => void,
+    private readonly progressed: (p: CompactionProgress) => void = () => {},
   ) {}
 
-  /** Compacts `system` now, measuring its directory before and after. */
+  /**
+   * Compacts `system` now, measuring its directory before and after; under
+   * the idle policy it ends at the next step once a write reaches the store.
+   */
   async compactNow(system: StorageSystem, reason: CompactionResult['reason']): Promise<CompactionResult> {
     const started = Date.now()
+    const lastWrite = system.lastWrite
     const beforeBytes = (await system.diskBytes()) ?? 0
     this.log.info({ event: 'storage.compacting', storage: system.name, reason, beforeBytes }, `compacting storage system ${system.name}`)
-    await system.compact()
-    const r: CompactionResult = { storage: system.name, beforeBytes, afterBytes: (await system.diskBytes()) ?? 0, ms: Date.now() - started, reason }
-    this.log.info({ event: 'storage.compacted', ...r }, `storage system ${system.name} compacted: ${r.beforeBytes} → ${r.afterBytes} bytes on disk`)
+    const { completed } = await system.compact({
+      shouldStop: () => this.stopping || (reason === 'idle' && system.lastWrite !== lastWrite),
+      progress: (done, total) => this.progressed({ storage: system.name, done, total }),
+    })
+    const r: CompactionResult = { storage: system.name, beforeBytes, afterBytes: (await system.diskBytes()) ?? 0, ms: Date.now() - started, reason, completed }
+    const how = completed ? 'compacted' : 'partly compacted (stopped between steps)'
+    this.log.info({ event: 'storage.compacted', ...r }, `storage system ${system.name} ${how}: ${r.beforeBytes} → ${r.afterBytes} bytes on disk`)
     this.compacted(r)
     return r
   }
 
+  /** Shutdown: every running compaction ends at its next step; the policy starts none. */
+  stop(): void {
+    this.stopping = true
+  }
+
   /** The idle policy's look at the pool (the manager's timer, every second). */
   tick(now = Date.now()): void {
-    if (this.idleMs <= 0 || this.running) return
+    if (this.idleMs <= 0 || this.running || this.stopping) return
     for (const system of this.pool.list()) {
       const last = system.lastWrite
       if (!system.compactable || system.isCompacting || this.seen.get(system.sid) === last) continue
@@ -114,7 +141,9 @@ export class StoreCompaction {
         this.seen.delete(system.sid)
         return
       }
-      await this.compactNow(system, 'idle')
+      const r = await this.compactNow(system, 'idle')
+      // Writes resumed and ended it early: look again once they stop.
+      if (!r.completed) this.seen.delete(system.sid)
     } catch (err) {
       const e = asVvfsError(err)
       if (e.code === 'SHUTTING_DOWN') return

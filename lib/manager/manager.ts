@@ -30,6 +30,7 @@ import { MAX_CAPACITY } from '../storage/free-space.js'
 import { draftOf, FileCatalog, type CatalogData, type CatalogStore, type Committed, type HostRecord, type PoolSettings, type StorageRecord, type VolumeRecord } from './catalog.js'
 import { SpaceWatch } from './space-watch.js'
 import { DEFAULT_COMPACT_IDLE_MS, StoreCompaction } from './compaction.js'
+import { DEFAULT_MEMORY_BUDGET, MemoryBudget } from '../storage/memory-budget.js'
 import { reclaimVolume, type ReclaimResult } from './reclaim.js'
 import { VolumeHandle } from './volume-handle.js'
 import { volumeMapView } from './extent-runs.js'
@@ -67,6 +68,8 @@ export interface ManagerOptions {
   allowFaults?: boolean
   /** Compact a local store this long after its last write when it is bloated (issue 17; 0: never; default DEFAULT_COMPACT_IDLE_MS). */
   compactIdleMs?: number
+  /** Issue 17: the daemon-wide budget for the local stores' memtables and block caches, in bytes (default DEFAULT_MEMORY_BUDGET). */
+  memoryBytes?: number
   /** Issue 13: the daemon's peer key file (the default key of `replicate start`). */
   peerKey?: string
   /** Issue 15: the catalog in etcd, this relay's name (absent: the file catalog in the state directory). */
@@ -103,13 +106,21 @@ export class Manager implements HostView {
     private readonly maps: MapStore,
     private readonly log: Logger,
     private readonly opts: ManagerOptions,
+    /** Issue 17: what the local stores' memtables and caches share (lib/storage/memory-budget.ts). */
+    private readonly memory: MemoryBudget,
   ) {
     this.spaceWatch = new SpaceWatch(pool, () => catalog.read().data.pool, (c) => {
       this.log.warn({ event: 'pool.threshold', ...c }, `pool usage crossed ${c.warnPercent}%`)
       this.emit('pool.threshold', { ...c })
     })
     pool.onChange = () => this.spaceWatch.changed()
-    this.compaction = new StoreCompaction(pool, log, opts.compactIdleMs ?? DEFAULT_COMPACT_IDLE_MS, (r) => this.emit('storage.compacted', { ...r }))
+    this.compaction = new StoreCompaction(
+      pool,
+      log,
+      opts.compactIdleMs ?? DEFAULT_COMPACT_IDLE_MS,
+      (r) => this.emit('storage.compacted', { ...r }),
+      (p) => this.emit('storage.compact_progress', { ...p }),
+    )
     this.writeBack = setInterval(() => {
       if (!this.closing) this.compaction.tick()
       for (const system of pool.list()) {
@@ -188,18 +199,20 @@ export class Manager implements HostView {
     try {
       catalog = await openCatalog(stateDir, opts.cluster)
       const pool = new Pool()
+      const memory = new MemoryBudget(opts.memoryBytes ?? DEFAULT_MEMORY_BUDGET) // issue 17
       for (const rec of catalog.read().data.storage) {
         if (!rec.remote && rec.relay !== undefined && rec.relay !== opts.cluster?.relayId) continue // issue 15: another relay's local store
         const system = rec.remote // issue 14
           ? await openRemoteSystem({ ...rec, remote: rec.remote }, opts.log)
-          : await StorageSystem.open({ sid: rec.sid, name: rec.name, path: rec.path, capacity: rec.capacity, create: false })
+          : await StorageSystem.open({ sid: rec.sid, name: rec.name, path: rec.path, capacity: rec.capacity, create: false, memory })
         system.reserve = rec.reserve ?? false
         system.draining = rec.draining ?? false
         pool.add(system)
       }
       // issue 15: the relay's lease before anything is served
       const cluster = opts.cluster ? await ClusterRelay.start(opts.cluster, opts.log, (token) => fencePool(pool, token)) : null
-      manager = new Manager(stateDir, catalog, pool, maps, opts.log, opts)
+      manager = new Manager(stateDir, catalog, pool, maps, opts.log, opts, memory)
+      manager.warnOverBudget()
       manager.cluster = cluster
       await manager.restore()
       return manager
@@ -294,6 +307,7 @@ export class Manager implements HostView {
     // Injected faults end here: what is stopping gets flushed for real.
     this.faults?.clear()
     this.spaceWatch.close()
+    this.compaction.stop()
     await this.compaction.idle()
     await this.jobs.close()
     await Promise.all([...this.mounts.values()].map((mount) => mount.unmount(this.opts.graceMs ?? 5000)))
@@ -374,7 +388,9 @@ export class Manager implements HostView {
       const sid = await this.takeStorageId(p.name, clashes)
       const rec: StorageRecord = { sid, name: p.name, path, capacity: p.capacity, createdAt: new Date().toISOString(), ...(p.reserve ? { reserve: true } : {}) }
       if (this.cluster) rec.relay = this.cluster.relayId // issue 15
-      return this.recordNewStorage(rec, await StorageSystem.open({ ...rec, create: true }), clashes)
+      const system = await StorageSystem.open({ ...rec, create: true, memory: this.memory })
+      this.warnOverBudget()
+      return this.recordNewStorage(rec, system, clashes)
     })
   }
 
@@ -421,20 +437,28 @@ export class Manager implements HostView {
     return Promise.all(this.pool.list().map(async (s) => ({ ...this.storageInfo(s), diskBytes: await s.diskBytes() })))
   }
 
+  /** Issue 17: says so when the local stores are too many for the memory budget's floors. */
+  private warnOverBudget(): void {
+    const share = this.memory.currentShare()
+    if (!share.overBudget) return
+    const stores = this.memory.size
+    this.log.warn({ event: 'memory.over_budget', stores, budget: this.memory.bytes, ...share }, `${stores} local storage systems need more than the memory budget of ${this.memory.bytes} bytes (daemon --memory)`)
+  }
+
   /**
    * `storage compact` (issue 17): outside the manager's queue, which it would
    * hold for as long as LevelDB merges. Without `wait` it answers once the
    * compaction has started; its end is the `storage.compacted` event (or a
    * storage.compact_failed log line).
    */
-  async compactStorage(p: { name: string; wait?: boolean }): Promise<{ storage: string; started: boolean; beforeBytes?: number; afterBytes?: number; ms?: number }> {
+  async compactStorage(p: { name: string; wait?: boolean }): Promise<{ storage: string; started: boolean; beforeBytes?: number; afterBytes?: number; ms?: number; completed?: boolean }> {
     if (this.closing) throw new VvfsError('SHUTTING_DOWN', 'the daemon is shutting down')
     const system = this.pool.get(this.storageRecord(p.name).sid)
     if (!system.compactable) throw new VvfsError('NOT_SUPPORTED', `storage system ${p.name} is not a local store: only a local store can be compacted`)
     const running = this.compaction.compactNow(system, 'command')
     if (p.wait) {
       const r = await running
-      return { storage: r.storage, started: true, beforeBytes: r.beforeBytes, afterBytes: r.afterBytes, ms: r.ms }
+      return { storage: r.storage, started: true, beforeBytes: r.beforeBytes, afterBytes: r.afterBytes, ms: r.ms, completed: r.completed }
     }
     running.catch((err: unknown) => {
       const e = asVvfsError(err)

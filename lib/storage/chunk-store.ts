@@ -92,10 +92,20 @@ export interface ChunkStore {
    * Only when capabilities.compaction: rewrites the files holding chunk data
    * so that space taken by overwritten and deleted chunks is given back to
    * the file system. Changes no chunk's contents and makes nothing less
-   * durable (it may make unlogged batches durable early).
+   * durable (it may make unlogged batches durable early). In steps: between
+   * two, `control.shouldStop` may end it (what was merged stays merged);
+   * `completed` says whether it went through every step.
    */
-  compact?(): Promise<void>
+  compact?(control?: CompactionControl): Promise<{ completed: boolean }>
   close(): Promise<void>
+}
+
+/** What a caller of ChunkStore.compact may say and hear between its steps (issue 17). */
+export interface CompactionControl {
+  /** Asked before each step: true ends the compaction there. */
+  shouldStop?(): boolean
+  /** After each step: steps done, of how many. */
+  progress?(done: number, total: number): void
 }
 
 /** Chunk addresses fit in 6 bytes (the LevelDB store's keys; the wire's). */

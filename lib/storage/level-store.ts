@@ -31,12 +31,22 @@ import { ClassicLevel } from 'classic-level'
 import { mkdir } from 'node:fs/promises'
 import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS } from '../layout.js'
-import { checkBatch, checkRead, type ChunkBatch, type ChunkStore, type ChunkStoreCapabilities, type ChunkWrite, type StoreIdentity } from './chunk-store.js'
+import { checkBatch, checkRead, type ChunkBatch, type ChunkStore, type ChunkStoreCapabilities, type ChunkWrite, type CompactionControl, type StoreIdentity } from './chunk-store.js'
+import type { BudgetedStore, MemoryBudget, MemoryShare } from './memory-budget.js'
 
 const DATA = 0x64 // 'd'
 const IDENTITY_KEY = Buffer.from('m/identity')
 const SYNC_KEY = Buffer.from('m/sync')
 const KEY_SIZE = 7
+/**
+ * A compaction merges the data keys this many chunk addresses (64 MiB of
+ * chunks) at a time, so that it can stop between steps (writes resumed,
+ * shutdown) and report progress. A step merges the lower levels' tables of
+ * its range only; level 0's tables span the whole store when writes were
+ * random, so the first step merges all of them (LevelDB takes every level-0
+ * table overlapping the range).
+ */
+export const COMPACT_STEP_CHUNKS = 16384
 /** Clears of up to this many chunks (a slot) delete every key without listing the stored ones (apply). */
 const BLIND_CLEAR_CHUNKS = EXTENT_CHUNKS
 
@@ -46,7 +56,9 @@ const BLIND_CLEAR_CHUNKS = EXTENT_CHUNKS
  * returns; compression is off (chunk data is mostly incompressible and snappy
  * only costs CPU then). A 64 MiB write buffer: 10 s of sequential writes
  * through vvfs ran at 686 MB/s against 560 with 32 MiB and 670 with 128 MiB
- * (medians of three), for up to 128 MiB of memtables per store.
+ * (medians of three), for up to 128 MiB of memtables per store. A store
+ * opened under a daemon's MemoryBudget (memory-budget.ts) takes its write
+ * buffer and cache sizes from there instead, capped at these.
  */
 export const STORE_OPTIONS = {
   writeBufferSize: 64 * 1024 * 1024,
@@ -63,6 +75,7 @@ interface PatchedLevel {
   batchChunks(keys: Buffer, values: Buffer, present: Buffer, options: object): Promise<void>
   batchDirect(ops: object[], options: object): Promise<void>
   getChunks(keys: Buffer, keySize: number, into: Buffer, stride: number): Promise<void>
+  setMemory(writeBufferSize: number, cacheSize: number): void
 }
 
 type Level = ClassicLevel<Buffer, Buffer>
@@ -126,6 +139,11 @@ function chunkRun(writes: ChunkWrite[]): { values: Buffer; present: Buffer } | n
   return { values: Buffer.from(first.buffer, base, span), present }
 }
 
+/** LevelDB's open options for a share of the memory budget. */
+function sizesOf(share: MemoryShare): { writeBufferSize: number; cacheSize: number } {
+  return { writeBufferSize: share.writeBufferSize, cacheSize: share.cacheSize }
+}
+
 function ioError(what: string, err: unknown): VvfsError {
   if (err instanceof VvfsError) return err
   const message = (err as Error).message
@@ -133,7 +151,7 @@ function ioError(what: string, err: unknown): VvfsError {
   return new VvfsError(code, `${what}: ${message}`, { cause: err })
 }
 
-export class LevelChunkStore implements ChunkStore {
+export class LevelChunkStore implements ChunkStore, BudgetedStore {
   readonly capabilities: ChunkStoreCapabilities
   private closed = false
 
@@ -141,6 +159,8 @@ export class LevelChunkStore implements ChunkStore {
     readonly identity: StoreIdentity,
     readonly path: string,
     private readonly db: Level,
+    /** The daemon-wide budget the store's memtables and cache are part of (none: STORE_OPTIONS). */
+    private readonly memory: MemoryBudget | null,
   ) {
     this.capabilities = { syncRead: true, unlogged: true, localPath: path, fencing: false, location: 'local', compaction: true }
   }
@@ -149,7 +169,7 @@ export class LevelChunkStore implements ChunkStore {
    * Opens (or, with `create`, creates) the store at `path`. A store made for
    * another storage system is refused, so two systems never share a directory.
    */
-  static async open(opts: { sid: number; name: string; path: string; create: boolean }): Promise<LevelChunkStore> {
+  static async open(opts: { sid: number; name: string; path: string; create: boolean; memory?: MemoryBudget }): Promise<LevelChunkStore> {
     if (opts.create) await mkdir(opts.path, { recursive: true })
     const db = new ClassicLevel<Buffer, Buffer>(opts.path, {
       keyEncoding: 'buffer',
@@ -157,6 +177,7 @@ export class LevelChunkStore implements ChunkStore {
       createIfMissing: opts.create,
       multithreading: true,
       ...STORE_OPTIONS,
+      ...(opts.memory ? sizesOf(opts.memory.nextShare()) : {}),
     } as never)
     try {
       await db.open()
@@ -164,7 +185,9 @@ export class LevelChunkStore implements ChunkStore {
       throw new VvfsError('IO_ERROR', `cannot open storage system ${opts.name} at ${opts.path}: ${(err as Error).message}`, { cause: err })
     }
     try {
-      return new LevelChunkStore(await LevelChunkStore.identify(db, opts), opts.path, db)
+      const store = new LevelChunkStore(await LevelChunkStore.identify(db, opts), opts.path, db, opts.memory ?? null)
+      opts.memory?.join(store)
+      return store
     } catch (err) {
       await db.close()
       throw err
@@ -304,33 +327,57 @@ export class LevelChunkStore implements ChunkStore {
   }
 
   /**
-   * LevelDB's manual compaction of the data keys: the memtable is written to
-   * a table first, then every level overlapping the range is merged down, so
-   * one version of each chunk remains and deleted chunks leave no tombstones
-   * behind. Runs on LevelDB's background thread; writes proceed meanwhile
-   * (slower while it merges), which is why the idle policy starts it only
-   * when no writes have come for a while (lib/manager/compaction.ts). A
-   * crash during it leaves the old tables in the manifest until the new ones
-   * are recorded: nothing durable is lost (test/system/compact.test.ts).
+   * LevelDB's manual compaction of the data keys, in steps of
+   * COMPACT_STEP_CHUNKS addresses: the memtable is written to a table first
+   * (flushMemTable), then, range by range, every level overlapping it is
+   * merged down, so one version of each chunk remains and deleted chunks
+   * leave no tombstones behind. The flush comes first because LevelDB's
+   * compactRange picks the levels to merge before it writes the memtable
+   * out, and a memtable written straight to a lower level keeps every
+   * version it held: one compactRange over everything left a store of 8 MiB
+   * live data at 12.1 bytes on disk per live byte
+   * (test/storage/compaction.test.ts). Runs on LevelDB's background
+   * thread; writes proceed meanwhile (slower while it merges), which is why
+   * the idle policy starts it only when no writes have come for a while and
+   * stops it at the next step when they resume (lib/manager/compaction.ts).
+   * A crash during it leaves the old tables in the manifest until the new
+   * ones are recorded: nothing durable is lost (test/storage/compaction.test.ts
+   * kills a compaction after each step; test/system/compact.test.ts).
    */
-  async compact(): Promise<void> {
+  async compact(control: CompactionControl = {}): Promise<{ completed: boolean }> {
     this.checkOpen()
     try {
-      // Twice: LevelDB picks the levels to merge before it writes the
-      // memtable out, and a memtable written straight to a lower level keeps
-      // every version it held (a flush does not drop overwritten ones); the
-      // second pass merges what the first left above the lowest level into it.
-      // One pass left a store of 8 MiB live data at 12.1 bytes on disk per
-      // live byte, two at 1.01
-      // (test/storage/compaction.test.ts).
-      for (let pass = 0; pass < 2; pass++) await this.db.compactRange(dataKey(0), Buffer.from([DATA + 1]))
+      const db = this.db as unknown as PatchedLevel
+      await db.flushMemTable()
+      const [first] = await this.db.keys({ gte: dataKey(0), lt: Buffer.from([DATA + 1]), limit: 1 }).all()
+      const [last] = await this.db.keys({ gte: dataKey(0), lt: Buffer.from([DATA + 1]), limit: 1, reverse: true }).all()
+      const from = first ? pcaOfKey(first) : 0
+      const steps = last ? Math.max(1, Math.ceil((pcaOfKey(last) + 1 - from) / COMPACT_STEP_CHUNKS)) : 1
+      for (let step = 0; step < steps; step++) {
+        if (control.shouldStop?.()) return { completed: false }
+        this.checkOpen()
+        // The first and last steps reach to the ends of the data keys: tombstones of chunks deleted outside the stored span go too.
+        const start = step === 0 ? dataKey(0) : dataKey(from + step * COMPACT_STEP_CHUNKS)
+        const end = step === steps - 1 ? Buffer.from([DATA + 1]) : dataKey(from + (step + 1) * COMPACT_STEP_CHUNKS)
+        await this.db.compactRange(start, end)
+        control.progress?.(step + 1, steps)
+      }
+      return { completed: true }
     } catch (err) {
       throw ioError(`storage system ${this.identity.name}: compaction failed`, err)
     }
   }
 
+  /** Takes a new share of the daemon's memory budget (MemoryBudget, when it re-divides). */
+  setMemory(share: MemoryShare): void {
+    if (this.closed) return
+    const db = this.db as unknown as PatchedLevel
+    db.setMemory(share.writeBufferSize, share.cacheSize)
+  }
+
   async close(): Promise<void> {
     if (this.closed) return
+    this.memory?.leave(this)
     this.closed = true
     await this.db.close()
   }

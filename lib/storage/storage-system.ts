@@ -31,12 +31,13 @@
  */
 import { VvfsError } from '../errors.js'
 import { EXTENT_CHUNKS } from '../layout.js'
-import type { ChunkStore, ChunkWrite } from './chunk-store.js'
+import type { ChunkStore, ChunkWrite, CompactionControl } from './chunk-store.js'
 import type { FaultGate } from './fault-injector.js'
 import { diskUsage } from './disk-usage.js'
 import { FaultyStore } from './faulty-store.js'
 import { FreeSpaceTable } from './free-space.js'
 import { LevelChunkStore } from './level-store.js'
+import type { MemoryBudget } from './memory-budget.js'
 import { WriteGenerations } from './write-generations.js'
 
 export type { ChunkWrite } from './chunk-store.js'
@@ -81,7 +82,9 @@ export class StorageSystem implements DataLog {
   /** When the system was opened: what idleMs counts from before the first write. */
   private readonly openedAt = Date.now()
   /** The running compaction, if any: one at a time per system. */
-  private compacting: Promise<void> | null = null
+  private compacting: Promise<{ completed: boolean }> | null = null
+  /** Set by close: a running compaction ends at its next step. */
+  private closing = false
 
   private constructor(
     private readonly base: ChunkStore,
@@ -103,7 +106,7 @@ export class StorageSystem implements DataLog {
    * made for another storage system is refused, so two systems never share
    * a directory (LevelChunkStore.open).
    */
-  static async open(opts: { sid: number; name: string; path: string; capacity: number; create: boolean }): Promise<StorageSystem> {
+  static async open(opts: { sid: number; name: string; path: string; capacity: number; create: boolean; memory?: MemoryBudget }): Promise<StorageSystem> {
     return StorageSystem.over(await LevelChunkStore.open(opts), { capacity: opts.capacity })
   }
 
@@ -294,14 +297,18 @@ export class StorageSystem implements DataLog {
    * Compacts the store (ChunkStore.compact): NOT_SUPPORTED without the
    * capability. A call while one runs joins it. Goes to the store itself,
    * past any fault gate: compaction changes no chunk, and the injected
-   * faults are of reads, writes and syncs.
+   * faults are of reads, writes and syncs. `control` may end it between
+   * steps (a call that joins a running one shares that one's control);
+   * close ends it at its next step.
    */
-  compact(): Promise<void> {
+  compact(control: CompactionControl = {}): Promise<{ completed: boolean }> {
     this.checkOpen()
     if (!this.compactable) return Promise.reject(new VvfsError('NOT_SUPPORTED', `storage system ${this.name} (${this.base.capabilities.location}) cannot be compacted`))
-    this.compacting ??= this.base.compact!().finally(() => {
-      this.compacting = null
-    })
+    this.compacting ??= this.base
+      .compact!({ shouldStop: () => this.closing || control.shouldStop?.() === true, progress: control.progress })
+      .finally(() => {
+        this.compacting = null
+      })
     return this.compacting
   }
 
@@ -311,6 +318,7 @@ export class StorageSystem implements DataLog {
 
   async close(): Promise<void> {
     if (this.closed) return
+    this.closing = true
     await this.compacting?.catch(() => {})
     await this.sync()
     this.closed = true
