@@ -68,6 +68,12 @@ export interface ReplicationResources {
   /** The running pairs, by job id (status). */
   readonly pairs: Map<number, PrimaryPair>
   stateChanged(body: { pair: string; volume: string; from: string; to: string; reason: string }): void
+  /**
+   * The volume's home changed (a migration switched it): hands the journal
+   * of its pair, if any, over to the new home (lib/replication/journal-chain.ts).
+   * Resolves once the handoff committed or was not needed; never rejects.
+   */
+  handoff?(volNo: number): Promise<void>
 }
 
 /** What the manager has that jobs use: the catalog, the storage, the MapStore, names. */

@@ -13,10 +13,10 @@
  *
  * Progress: bytes of the initial sync or the current resync copied / to copy.
  */
-import { rm } from 'node:fs/promises'
 import { VvfsError } from '../errors.js'
 import type { JobRecord, JobStatus, ReplicateJobRecord } from '../migration/job.js'
 import { genesis } from '../replication/epoch.js'
+import { removeJournalDirs } from '../replication/journal-chain.js'
 import { PrimaryPair } from '../replication/primary.js'
 import { loadPeerKey } from '../wire/auth.js'
 import { parseHostPort } from '../wire/server.js'
@@ -103,6 +103,20 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
         chain: job.chain,
         journal: { ...(job.journalLimit ? { limitBytes: job.journalLimit, hardLimitBytes: Math.max(2 * job.journalLimit, job.journalLimit) } : {}), ...(job.journalPolicy ? { policy: job.journalPolicy } : {}) },
         allocatedExtents: () => r.allocatedExtents(volNo),
+        // A handoff's epoch record and management information: one catalog update of this job's record.
+        commitChain: async (c) => {
+          const driver = ref.driver!
+          const before = { chain: driver.job.chain, handoffPending: driver.job.handoffPending }
+          driver.job.chain = [...c.chain]
+          if (c.pending) driver.job.handoffPending = c.pending
+          try {
+            await env.save(driver.job)
+          } catch (err) {
+            Object.assign(driver.job, before)
+            throw err
+          }
+        },
+        handoffPending: () => ref.driver?.job.handoffPending,
         log: env.log,
         onState: (from, to, reason) => r.stateChanged({ pair: job.pair, volume: volumeName, from, to, reason }),
         onProgress: (copied, total) => {
@@ -120,7 +134,19 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
     return ref.driver
   }
 
+  /**
+   * Hands the journal over to the volume's home if they differ: after a
+   * migration switched the home (its hook calls this), and at start (a crash
+   * between the migration's commit and the handoff's). Never throws: a
+   * failed handoff is logged and tried again at the next home change or start.
+   */
+  async followHome(): Promise<void> {
+    if (this.stopping || this.job.status === 'concluded') return
+    await this.pair.followHome(resources(this.env).home(this.job.volNos[0]!))
+  }
+
   start(): void {
+    void this.followHome()
     if (this.job.status === 'paused') {
       this.pair.start()
       this.pair.pause()
@@ -149,7 +175,7 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
     void (async () => {
       try {
         await this.pair.close()
-        await rm(resources(this.env).journalDir(this.job.id), { recursive: true, force: true })
+        await removeJournalDirs(resources(this.env).journalDir(this.job.id))
       } catch (err) {
         this.env.log.error({ event: 'replication.stop_failed', pair: this.job.pair, err: (err as Error).message }, 'stopping the pair failed')
       }

@@ -95,6 +95,8 @@ export interface ReplicateJobRecord extends JobCommon, MoveJobFields {
   journalPolicy?: 'bitmap' | 'throttle'
   /** The epoch chain (lib/replication/epoch.ts) as this primary knows it. */
   chain: { epoch: number; home: string; firstSeq: number; predecessor: { epoch: number; home: string; lastSeq: number } | null }[]
+  /** The last handoff's management information (lib/replication/journal-chain.ts), committed with the chain. */
+  handoffPending?: { epoch: number; since: number; marks: { volume: number; extent: number }[] | null }
   toSid?: undefined
   fromSid?: undefined
 }

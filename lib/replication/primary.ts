@@ -35,6 +35,14 @@
  * marks remain continues with them (resumable initial sync), shipping
  * resumes after the secondary's applied number.
  *
+ * Handoff (claims 1–7, journal-chain.ts): when the volume's home changes
+ * (a migration A → B), handoff() seals A's journal and B's numbers on; the
+ * loop ships A's remainder, then B's entries, as the new epoch's sender
+ * (a new stream: its hello carries the new chain). If A's entries can no
+ * longer be shipped (its log lost), the loop resyncs the extents the
+ * handoff recorded (bounded), saying so (event replication.handoff_resync,
+ * state resyncing with the reason).
+ *
  * Failure modes: an unreachable peer → link down, retried with backoff;
  * host I/O never waits for the peer (only for the journal's own commit).
  * A refused batch (the secondary's rules) stops shipping with the refusal
@@ -49,9 +57,9 @@ import { SIZE_MARK, type DirtyMark } from './durable-log.js'
 import { MAX_ENTRY_DATA, type JournalEntry } from './entry.js'
 import type { EpochChain, Sender } from './epoch.js'
 import { ReplicationStream } from './endpoint.js'
-import { DEFAULT_JOURNAL_SETTINGS, Journal, type JournalSettings, type ModeChange } from './journal.js'
+import { DEFAULT_JOURNAL_SETTINGS, type Journal, type JournalSettings, type ModeChange } from './journal.js'
+import { JournalChain, levelJournalLogs, type ChainCommit, type HandoffPending } from './journal-chain.js'
 import type { JournalLayer } from './journal-layer.js'
-import { LevelDurableLog } from './level-log.js'
 import { entriesThatFit, MAX_MESSAGE_BYTES, REPLICATION_SERVICE } from './messages.js'
 
 export const PAIR_STATES = ['syncing', 'replicating', 'behind', 'resyncing', 'paused', 'stopped'] as const
@@ -70,7 +78,7 @@ export interface PrimaryPairSpec {
   volumeName: string
   size(): number
   layer: JournalLayer
-  /** The journal's LevelDB directory. */
+  /** The journal's LevelDB directory (epoch 1's; later epochs' beside it, journal-chain.ts). */
   journalDir: string
   host: string
   port: number
@@ -84,6 +92,10 @@ export interface PrimaryPairSpec {
   log: Logger
   onState(from: PairState, to: PairState, reason: string): void
   onProgress?(copied: number, total: number): void
+  /** Commits a handoff's new chain (and management information) durably, in one write. */
+  commitChain?(c: ChainCommit): Promise<void>
+  /** The management information of the last handoff, as committed. */
+  handoffPending?(): HandoffPending | undefined
 }
 
 export interface PairStatus {
@@ -124,15 +136,30 @@ export class PrimaryPair {
   private shippedBytes = 0
   private pausedFlag = false
   private closed = false
+  /** Handoffs run one at a time. */
+  private handoffs: Promise<unknown> = Promise.resolve()
 
   private constructor(
     private readonly spec: PrimaryPairSpec,
-    readonly journal: Journal,
-    private readonly durableLog: LevelDurableLog,
+    private readonly journals: JournalChain,
     private readonly settings: JournalSettings,
     initial: PairState,
   ) {
     this.stateNow = initial
+  }
+
+  /** The current home's journal (it numbers every change). */
+  get journal(): Journal {
+    return this.journals.current
+  }
+
+  /** The epoch chain as this primary holds it (the last record is the journal's home). */
+  get chain(): EpochChain {
+    return this.journals.chain
+  }
+
+  get volNo(): number {
+    return this.spec.volNo
   }
 
   /**
@@ -141,25 +168,27 @@ export class PrimaryPair {
    * allocated extent (the initial sync).
    */
   static async open(spec: PrimaryPairSpec, isNew: boolean): Promise<PrimaryPair> {
-    const log = await LevelDurableLog.open(spec.journalDir)
     const ref: { pair?: PrimaryPair } = {}
     const onModeChange = (c: ModeChange) => ref.pair?.modeChanged(c)
-    let journal: Journal
-    try {
-      // Entries are acknowledged once logged (a process crash keeps them, as it keeps the volume's own unlogged data) and synced before they are shipped.
-      journal = await Journal.open(log, { epoch: spec.chain[spec.chain.length - 1]!.epoch, settings: spec.journal, onModeChange, syncEveryCommit: false })
-    } catch (err) {
-      await log.close().catch(() => undefined)
-      throw err
-    }
+    // Entries are acknowledged once logged (a process crash keeps them, as it keeps the volume's own unlogged data) and synced before they are shipped.
+    const journals = await JournalChain.open({
+      logs: levelJournalLogs(spec.journalDir),
+      layer: spec.layer,
+      chain: spec.chain,
+      journal: { settings: spec.journal, onModeChange, syncEveryCommit: false },
+      commit: (c) => {
+        if (!spec.commitChain) return Promise.reject(new VvfsError('NOT_SUPPORTED', `pair ${spec.pair} cannot record a handoff`))
+        return spec.commitChain(c)
+      },
+      log: spec.log,
+      pair: spec.pair,
+    })
+    const journal = journals.current
     const settings = { ...DEFAULT_JOURNAL_SETTINGS, ...spec.journal }
-    const replayed = await spec.layer.replay(journal)
-    if (replayed > 0) spec.log.info({ event: 'replication.replayed', pair: spec.pair, entries: replayed }, 'journal replayed into the volume')
-    spec.layer.attach(journal)
     if (isNew) await journal.addMarks([...spec.allocatedExtents().map((extent) => ({ volume: spec.volNo, extent })), { volume: spec.volNo, extent: SIZE_MARK }])
     const p = journal.positions
     const initial: PairState = p.mode === 'bitmap' ? 'behind' : journal.dirtyMarks().length > 0 ? (isNew || p.trimmedThrough === 0 ? 'syncing' : 'resyncing') : 'replicating'
-    ref.pair = new PrimaryPair(spec, journal, log, settings, initial)
+    ref.pair = new PrimaryPair(spec, journals, settings, initial)
     return ref.pair
   }
 
@@ -200,8 +229,7 @@ export class PrimaryPair {
     if (this.closed) return
     this.closed = true
     this.spec.layer.detach()
-    await this.journal.close()
-    await this.durableLog.close()
+    await this.journals.close()
   }
 
   status(): PairStatus {
@@ -225,7 +253,7 @@ export class PrimaryPair {
       consistent: this.consistent,
       lag: {
         entries: Math.max(0, p.lastAccepted - applied),
-        bytes: Math.max(0, this.journal.bytesAfter(applied)),
+        bytes: Math.max(0, this.journals.bytesAfter(applied)),
         seconds: Math.round(this.spec.layer.lagSeconds(applied) * 1000) / 1000,
       },
       journal: { mode: p.mode, usedBytes: p.retainedBytes, limitBytes: this.settings.limitBytes, entries: p.retainedEntries, dirtyExtents: p.dirtyMarks },
@@ -251,8 +279,33 @@ export class PrimaryPair {
   }
 
   private get sender(): Sender {
-    const last = this.spec.chain[this.spec.chain.length - 1]!
+    const last = this.journals.home
     return { epoch: last.epoch, home: last.home }
+  }
+
+  /**
+   * Hands the journal over to `home` (the volume's new home after a
+   * migration): see journal-chain.ts. Resolves once the epoch record is
+   * committed (or at once when the journal is already there); the loop then
+   * ships as the new epoch.
+   */
+  handoff(home: string): Promise<void> {
+    const run = this.handoffs.then(async () => {
+      if (this.closed) throw new VvfsError('SHUTTING_DOWN', `pair ${this.spec.pair} is closed`)
+      await this.journals.handoff(home, this.applied)
+    })
+    this.handoffs = run.catch(() => undefined)
+    return run
+  }
+
+  /** handoff(home), its failure logged (event replication.handoff_failed) instead of thrown: tried again at the next home change or start. */
+  async followHome(home: string): Promise<void> {
+    try {
+      await this.handoff(home)
+    } catch (err) {
+      const e = asVvfsError(err)
+      this.spec.log.error({ event: 'replication.handoff_failed', pair: this.spec.pair, home, code: e.code, err: e.message }, `handing the journal of ${this.spec.pair} over to ${home} failed: ${e.message}`)
+    }
   }
 
   private async run(): Promise<void> {
@@ -265,14 +318,15 @@ export class PrimaryPair {
       try {
         await this.client!.ready(2000)
         const stream = new ReplicationStream(this.client!, this.spec.pair, this.sender)
-        const ack = await stream.create({ group: null, volumes: [{ no: this.spec.volNo, name: this.spec.volumeName, size: this.spec.size() }], chain: [...this.spec.chain] })
+        const ack = await stream.create({ group: null, volumes: [{ no: this.spec.volNo, name: this.spec.volumeName, size: this.spec.size() }], chain: [...this.journals.chain] })
         this.link = 'up'
         this.applied = ack.appliedSeq
         this.consistent = ack.consistent
         this.lastError = null
         retry = RETRY_MS.initial
         const remote = await stream.status()
-        if (remote.appliedSeq < this.journal.positions.trimmedThrough && !remote.resyncing && this.journal.dirtyMarks().length === 0) {
+        // Entries the secondary lacks are gone from every log: a handoff's lost entries are resent by a bounded resync, anything else by a full one.
+        if (remote.appliedSeq < this.journals.retainedFrom && !remote.resyncing && this.journal.dirtyMarks().length === 0 && !(await this.resendHandedOver(remote.appliedSeq))) {
           // The secondary lost what we trimmed (its pair was removed and made anew): copy everything allocated again.
           this.spec.log.warn({ event: 'replication.full_resync', pair: this.spec.pair, applied: remote.appliedSeq, trimmed: this.journal.positions.trimmedThrough }, 'the secondary is behind the trimmed journal: full resync')
           await this.journal.addMarks([...this.spec.allocatedExtents().map((extent) => ({ volume: this.spec.volNo, extent })), { volume: this.spec.volNo, extent: SIZE_MARK }])
@@ -291,8 +345,29 @@ export class PrimaryPair {
     }
   }
 
+  /**
+   * The secondary lacks entries of an earlier home that can no longer be
+   * shipped (journals.lost): marks the extents the handoff recorded — a
+   * bounded resync — when they cover what the secondary lacks, and says so.
+   * False when they do not (the caller resyncs everything allocated).
+   */
+  private async resendHandedOver(remoteApplied: number): Promise<boolean> {
+    const pending = this.spec.handoffPending?.()
+    const lost = this.journals.lost
+    const home = this.journals.home
+    if (!pending || pending.epoch !== home.epoch || pending.marks === null || remoteApplied < pending.since || lost?.all) return false
+    const why = `entries ${remoteApplied + 1}..${home.firstSeq - 1} of ${home.predecessor?.home ?? 'the old home'} can no longer be shipped${lost ? ` (${lost.reason})` : ''}: resync of the ${pending.marks.length} extents they touched`
+    this.spec.log.warn({ event: 'replication.handoff_resync', pair: this.spec.pair, epoch: home.epoch, applied: remoteApplied, extents: pending.marks.length }, why)
+    await this.journal.addMarks(pending.marks)
+    this.setState('resyncing', why)
+    return true
+  }
+
   /** Copies the marked extents (initial sync or resync), then tells the secondary from which number it is consistent. */
   private async resync(stream: ReplicationStream, remoteApplied: number): Promise<void> {
+    // The resync's base is past every earlier epoch's entries: their extents join the copy.
+    const absorbed = await this.journals.absorbPredecessors()
+    if (absorbed > 0) this.spec.log.info({ event: 'replication.handoff_absorbed', pair: this.spec.pair, extents: absorbed }, 'entries of an earlier home join the resync as dirty extents')
     const initial = this.stateNow === 'syncing'
     let base: number
     if (this.journal.positions.mode === 'bitmap') {
@@ -361,12 +436,14 @@ export class PrimaryPair {
   /** Ships durable entries from the secondary's applied number on, trimming behind it; returns when a resync is needed. */
   private async ship(stream: ReplicationStream): Promise<void> {
     while (this.running && !this.pausedFlag) {
+      // A handoff: the stream speaks for the old epoch; the loop opens one for the new (its hello carries the new chain).
+      if (stream.sender.epoch !== this.sender.epoch) return
       const p = this.journal.positions
       if (p.mode !== 'journaling') return
       if (this.stateNow !== 'replicating' && this.journal.dirtyMarks().length === 0) this.setState('replicating', 'shipping')
       // Only synced entries ship: the secondary must never hold a write a power cut at the primary lost.
       if (p.lastLogged > p.lastDurable && p.lastDurable <= this.applied) await this.journal.sync()
-      const records = await this.journal.readRecords(this.applied + 1, MAX_MESSAGE_BYTES)
+      const records = await this.journals.readRecords(this.applied + 1, MAX_MESSAGE_BYTES)
       if (records.length === 0) {
         await this.maybeTrim()
         await this.spec.layer.nextDurable(200)
@@ -389,6 +466,6 @@ export class PrimaryPair {
     if (Date.now() - this.lastTrimAt < TRIM_EVERY_MS) return
     this.lastTrimAt = Date.now()
     const through = Math.min(this.applied, await this.spec.layer.dataDurableThrough(), this.journal.positions.lastDurable)
-    if (through > this.journal.positions.trimmedThrough) await this.journal.trim(through)
+    await this.journals.trim(through)
   }
 }
