@@ -209,6 +209,8 @@ export const ReplicationInfo = z.object({
   /** The initial sync's or current resync's bytes copied / to copy. */
   sync: z.object({ copied: Bytes, total: Bytes }),
   lastError: z.object({ code: z.string(), message: z.string() }).passthrough().nullable(),
+  /** Issue 13.4, primary only: the journal's home (the storage system of the current epoch) and the epochs whose journals are kept (more than one: an earlier home's entries still to ship). */
+  home: z.object({ name: z.string(), keptEpochs: z.array(z.number()) }).optional(),
 })
 
 export const FaultInfo = z.object({

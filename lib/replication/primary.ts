@@ -115,6 +115,8 @@ export interface PairStatus {
   rate: number
   sync: { copied: number; total: number }
   lastError: WireError | null
+  /** The journal's home and the epochs whose journals are kept (journal-chain.ts). */
+  home?: { name: string; keptEpochs: number[] }
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
@@ -260,6 +262,7 @@ export class PrimaryPair {
       rate,
       sync: { copied: this.copied, total: this.copyTotal },
       lastError: this.lastError,
+      home: { name: this.journals.home.home, keptEpochs: this.journals.epochs },
     }
   }
 
