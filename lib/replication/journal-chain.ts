@@ -134,6 +134,8 @@ export interface JournalChainSpec {
   journal: Omit<JournalOptions, 'epoch' | 'firstSeq'>
   /** Commits the new chain and management information durably and atomically. */
   commit(c: ChainCommit): Promise<void>
+  /** Every extent of the volume (and its size): what a handoff marks when it cannot list what the old home's journal lacks. */
+  everything?(): DirtyMark[]
   log: Logger
   pair: string
 }
@@ -348,15 +350,14 @@ export class JournalChain {
       const retained = this.links.reduce((n, l) => n + l.journal.positions.retainedBytes, 0)
       let pending: DirtyMark[] | null = null
       if (pa.mode !== 'broken' && retained <= PENDING_READ_MAX_BYTES) pending = await marksOfLinks(this.links, since, PENDING_MAX_MARKS)
-      if (!inOrder && pending === null) throw new VvfsError('JOB_STATE', `the journal of epoch ${a.epoch} cannot be handed over: its changes since ${since} cannot be listed (mode ${pa.mode}, ${pa.retainedBytes} bytes retained)`)
+      const marks = inOrder ? [] : [...(pending ?? this.spec.everything?.() ?? []), ...this.links.flatMap((l) => l.journal.dirtyMarks())]
+      if (!inOrder && pending === null && !this.spec.everything)
+        throw new VvfsError('JOB_STATE', `the journal of epoch ${a.epoch} cannot be handed over: its changes since ${since} cannot be listed (mode ${pa.mode}, ${retained} bytes retained)`)
       if (await this.spec.logs.exists(record.epoch)) await this.spec.logs.remove(record.epoch)
       const log = await this.spec.logs.open(record.epoch)
       const journal = await Journal.open(log, { ...this.spec.journal, epoch: record.epoch, firstSeq: record.firstSeq })
       made = { log, journal }
-      if (!inOrder) {
-        for (const l of this.links) pending!.push(...l.journal.dirtyMarks())
-        await journal.addMarks(pending!)
-      }
+      if (!inOrder) await journal.addMarks(marks)
       await journal.sync()
       crashPoint('replication.handoff.prepared')
       const chain = [...this.chainNow, record]
@@ -370,7 +371,7 @@ export class JournalChain {
       if (!inOrder) while (this.links.length > 1) await this.drop(this.links[0]!)
       this.spec.log.info(
         { event: 'replication.handoff', pair: this.spec.pair, epoch: record.epoch, from: a.epoch, home, firstSeq: record.firstSeq, inOrder },
-        inOrder ? `journal handed over to ${home}: epoch ${record.epoch} numbers from ${record.firstSeq}` : `journal handed over to ${home} with a resync of ${pending!.length} extents (the journal at ${record.predecessor!.home} was not in order)`,
+        inOrder ? `journal handed over to ${home}: epoch ${record.epoch} numbers from ${record.firstSeq}` : `journal handed over to ${home} with a resync of ${marks.length} extents (the journal at ${record.predecessor!.home} was not in order)`,
       )
       return record
     } finally {

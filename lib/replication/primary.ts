@@ -119,6 +119,11 @@ export interface PairStatus {
   home?: { name: string; keptEpochs: number[] }
 }
 
+/** Marks for every allocated extent of the volume and its size: what a full sync copies. */
+function everythingOf(spec: PrimaryPairSpec): DirtyMark[] {
+  return [...spec.allocatedExtents().map((extent) => ({ volume: spec.volNo, extent })), { volume: spec.volNo, extent: SIZE_MARK }]
+}
+
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 
 export class PrimaryPair {
@@ -178,6 +183,7 @@ export class PrimaryPair {
       layer: spec.layer,
       chain: spec.chain,
       journal: { settings: spec.journal, onModeChange, syncEveryCommit: false },
+      everything: () => everythingOf(spec),
       commit: (c) => {
         if (!spec.commitChain) return Promise.reject(new VvfsError('NOT_SUPPORTED', `pair ${spec.pair} cannot record a handoff`))
         return spec.commitChain(c)
@@ -187,7 +193,7 @@ export class PrimaryPair {
     })
     const journal = journals.current
     const settings = { ...DEFAULT_JOURNAL_SETTINGS, ...spec.journal }
-    if (isNew) await journal.addMarks([...spec.allocatedExtents().map((extent) => ({ volume: spec.volNo, extent })), { volume: spec.volNo, extent: SIZE_MARK }])
+    if (isNew) await journal.addMarks(everythingOf(spec))
     const p = journal.positions
     const initial: PairState = p.mode === 'bitmap' ? 'behind' : journal.dirtyMarks().length > 0 ? (isNew || p.trimmedThrough === 0 ? 'syncing' : 'resyncing') : 'replicating'
     ref.pair = new PrimaryPair(spec, journals, settings, initial)
@@ -332,7 +338,7 @@ export class PrimaryPair {
         if (remote.appliedSeq < this.journals.retainedFrom && !remote.resyncing && this.journal.dirtyMarks().length === 0 && !(await this.resendHandedOver(remote.appliedSeq))) {
           // The secondary lost what we trimmed (its pair was removed and made anew): copy everything allocated again.
           this.spec.log.warn({ event: 'replication.full_resync', pair: this.spec.pair, applied: remote.appliedSeq, trimmed: this.journal.positions.trimmedThrough }, 'the secondary is behind the trimmed journal: full resync')
-          await this.journal.addMarks([...this.spec.allocatedExtents().map((extent) => ({ volume: this.spec.volNo, extent })), { volume: this.spec.volNo, extent: SIZE_MARK }])
+          await this.journal.addMarks(everythingOf(this.spec))
         }
         if (this.journal.positions.mode !== 'journaling' || this.journal.dirtyMarks().length > 0 || remote.resyncing) await this.resync(stream, remote.appliedSeq)
         await this.ship(stream)
@@ -390,6 +396,8 @@ export class PrimaryPair {
     for (const mark of marks) {
       if (!this.running || this.pausedFlag) throw new VvfsError('SHUTTING_DOWN', 'resync interrupted')
       await this.copyExtent(stream, mark)
+      // A handoff during the copy moved the marks to the new home's journal (its own generations): copy them again as the new epoch.
+      if (stream.sender.epoch !== this.sender.epoch) return
       await this.journal.clearMarks([mark], generation)
       if (mark.extent !== SIZE_MARK) this.copied += EXTENT_SIZE
       this.spec.onProgress?.(this.copied, this.copyTotal)

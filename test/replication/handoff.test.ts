@@ -227,6 +227,20 @@ describe('the journal handoff A → B (claims 1–7)', () => {
     expect(padded(target.image(VOLUME)).equals(await image(s))).toBe(true)
   })
 
+  it('a journal not in order at A (a copy under way) hands over its marks and its entries extents to B, which resyncs them', async () => {
+    const { s, logs, chain } = await fixture()
+    await write(s, [0], 1)
+    // A sync under way at A: extent 5 still to copy.
+    await chain.current.addMarks([{ volume: VOLUME, extent: 5 }])
+    await write(s, [300], 2)
+    await chain.handoff('b', 0)
+    expect(await logs.epochs()).toEqual([2])
+    expect(chain.current.positions.trimmedThrough).toBe(2)
+    const marked = chain.current.dirtyMarks().map((m) => m.extent).sort((a, b) => a - b)
+    expect(marked).toEqual([0, 1, 5])
+    await chain.close()
+  })
+
   it('A log lost after the handoff: the chain says so and the handoff recorded which extents to resync', async () => {
     const { s, logs, commits, chain } = await fixture()
     await write(s, [0, 600], 1)
