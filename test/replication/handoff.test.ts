@@ -227,6 +227,35 @@ describe('the journal handoff A → B (claims 1–7)', () => {
     expect(padded(target.image(VOLUME)).equals(await image(s))).toBe(true)
   })
 
+  it('a change arriving while the handoff is under way waits for it and is numbered by B, never by A past its last number', async () => {
+    const { s, chain, commits } = await fixture()
+    await write(s, [0, 1], 1)
+    const target = new MemoryApplyTarget()
+    const applier = await Applier.open(target, { volumes: [VOLUME], chain: commits.chain })
+    // Writes land at every turn of the handoff's steps.
+    const handing = chain.handoff('b', 0)
+    const during: Promise<void>[] = []
+    for (let i = 0; i < 20; i++) {
+      during.push(write(s, [10 + i], 3))
+      await new Promise((r) => setImmediate(r))
+    }
+    const record = (await handing)!
+    await Promise.all(during)
+    expect(record.firstSeq).toBe(3)
+    const a = (await chain.readRecords(1, 1 << 20)).map((r) => decodeEntry(r.record, 'PEER_PROTOCOL'))
+    expect(a.map((e) => [e.seq, e.epoch])).toEqual([
+      [1, 1],
+      [2, 1],
+    ])
+    const b = (await chain.readRecords(3, 1 << 20)).map((r) => decodeEntry(r.record, 'PEER_PROTOCOL'))
+    expect(b.map((e) => e.epoch)).toEqual(new Array(20).fill(2))
+    await applier.hello({ epoch: 2, home: 'b' }, chain.chain)
+    await shipAll(chain, applier, { epoch: 2, home: 'b' })
+    expect(applier.status.appliedSeq).toBe(22)
+    expect(padded(target.image(VOLUME)).equals(await image(s))).toBe(true)
+    await chain.close()
+  })
+
   it('a journal not in order at A (a copy under way) hands over its marks and its entries extents to B, which resyncs them', async () => {
     const { s, logs, chain } = await fixture()
     await write(s, [0], 1)
