@@ -15,7 +15,7 @@ import { readFileSync } from 'node:fs'
 import { afterAll, expect, it } from 'vitest'
 import { cleanupAll, removeDir } from '../helpers/daemon.js'
 import { pairStatus, waitForPair, type Pair } from './daemons.js'
-import { expectNoResync, expectSameImages, journalAt, migrate, migrationsDone, PAIR, prefixOf, secondarySteady, startHandoffPair, Writer } from './handoff-fixture.js'
+import { diesAt, expectNoResync, expectSameImages, journalAt, migrate, migrationsDone, PAIR, prefixOf, secondarySteady, startHandoffPair, Writer } from './handoff-fixture.js'
 
 let p: Pair | undefined
 afterAll(async () => {
@@ -43,7 +43,7 @@ it('a kill -9 between the handoff steps ends wholly at A or wholly at B after th
     const to = home === 'a1' ? 'a2' : 'a1'
     await migrate(primary, to)
     // The migration's end commits the new home; the handoff it starts dies at `point`.
-    await primary.exited()
+    await diesAt(primary, point)
     await writer.exited()
     const acked = writer.acked()
     await secondarySteady(secondary)

@@ -108,6 +108,17 @@ export async function migrationsDone(d: DaemonHandle, timeoutMs = 30_000): Promi
   }
 }
 
+/** Waits for a daemon started with VVFS_CRASH_AT to kill itself at that step (fails if it does not within `ms`). */
+export async function diesAt(d: DaemonHandle, point: string, ms = 20_000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`the primary did not die at ${point} within ${ms} ms (no handoff?)`)), ms)))
+  try {
+    await Promise.race([d.exited(), late])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 /** The journal is at `home` (the handoff done) and every earlier home's journal is gone (its entries applied). */
 export function journalAt(home: string) {
   return (s: Parameters<typeof caughtUp>[0]) => caughtUp(s) && s.home?.name === home && s.home.keptEpochs.length === 1

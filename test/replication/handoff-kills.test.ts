@@ -22,7 +22,7 @@ import { join } from 'node:path'
 import { afterAll, expect, it } from 'vitest'
 import { cleanupAll, removeDir } from '../helpers/daemon.js'
 import { waitForPair, type Pair } from './daemons.js'
-import { expectNoResync, expectSameImages, journalAt, migrate, migrationsDone, PAIR, prefixOf, secondarySteady, startHandoffPair, Writer } from './handoff-fixture.js'
+import { diesAt, expectNoResync, expectSameImages, journalAt, migrate, migrationsDone, PAIR, prefixOf, secondarySteady, startHandoffPair, Writer } from './handoff-fixture.js'
 
 const KILLS = Number(process.env.VVFS_HANDOFF_KILLS ?? 6)
 let seed = Number(process.env.VVFS_REPL_SEED ?? Date.now() % 100000)
@@ -55,7 +55,7 @@ it(`the secondary stays a prefix of the primary's acknowledged writes across ${K
     await new Promise((r) => setTimeout(r, rand() * 300))
     const to = home === 'a1' ? 'a2' : 'a1'
     await migrate(primary, to)
-    if (point) await primary.exited()
+    if (point) await diesAt(primary, point)
     else {
       await new Promise((r) => setTimeout(r, rand() * 700))
       await primary.kill9()
