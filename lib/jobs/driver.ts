@@ -46,6 +46,14 @@ export interface JobDriver<R extends JobRecord = JobRecord> {
   rollback?(): void
   /** Marks the space the job holds as used (at start, before any allocation). */
   reserveHeld?(): void
+  /**
+   * Work that may allocate before the job's volumes serve I/O (a replication
+   * journal's redo): run once every job's held space is marked and stale
+   * records are cleaned (a replay that allocated first took a retained
+   * source's slot: STATE_CORRUPT at the next start), and for a new job
+   * before it starts.
+   */
+  prepare?(): Promise<void>
   /** Where new allocations of a volume go while the job holds it (undefined: no rule). */
   placementFor?(volNo: number): PlacementRule | undefined
   /** Extents the job holds space for that no volume map references (retained sources). */

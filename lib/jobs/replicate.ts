@@ -1,8 +1,8 @@
 /**
  * The replication job (issue 13): one job per pair, on the primary. Its
- * driver owns a PrimaryPair (lib/replication/primary.ts): opened (journal
- * replayed and attached) when the job is opened — at start, before the host
- * mounts — and run until `replicate stop` (the job's cancel), which detaches
+ * driver owns a PrimaryPair (lib/replication/primary.ts): opened when the
+ * job is opened, its journals replayed and attached in `prepare` — at start,
+ * before the host mounts and after every job's held space is marked — and run until `replicate stop` (the job's cancel), which detaches
  * the journal and deletes it; the secondary keeps its read-only volume.
  *
  * Verbs: pause/resume stop and restart shipping (the journal keeps
@@ -132,6 +132,11 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
     ref.driver = new ReplicateDriver(job, env, pair)
     r.pairs.set(job.id, pair)
     return ref.driver
+  }
+
+  /** The journal's redo into the volume (JobDriver.prepare: after every job's held space is marked). */
+  prepare(): Promise<void> {
+    return this.pair.replay()
   }
 
   /**

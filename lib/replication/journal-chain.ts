@@ -185,8 +185,8 @@ export class JournalChain {
   /**
    * Opens the journals of the chain: deletes logs of epochs the chain does
    * not have (a handoff that never committed), opens the current one and the
-   * predecessors that still hold entries, replays them in order into the
-   * volume and attaches the current one. Call before the volume serves I/O.
+   * predecessors that still hold entries. replay() then brings the volume up
+   * to date and attaches the current one.
    */
   static async open(spec: JournalChainSpec): Promise<JournalChain> {
     const chain = spec.chain
@@ -244,16 +244,25 @@ export class JournalChain {
       const log = await spec.logs.open(current.epoch)
       const journal = await Journal.open(log, { ...spec.journal, epoch: current.epoch, firstSeq: current.firstSeq })
       links.push({ epoch: current.epoch, journal, log, lastSeq: Infinity })
-      for (const l of links) {
-        const n = await spec.layer.replay(l.journal)
-        if (n > 0) spec.log.info({ event: 'replication.replayed', pair: spec.pair, epoch: l.epoch, entries: n }, 'journal replayed into the volume')
-      }
-      spec.layer.attach(journal)
     } catch (err) {
       await closeAll()
       throw err
     }
     return new JournalChain(spec, links, lost)
+  }
+
+  /**
+   * Redo: replays the retained entries of every epoch, oldest first, into
+   * the volume and attaches the current journal. Call before the volume
+   * serves I/O, once the space every job holds is marked (a replay
+   * allocates: JobDriver.prepare).
+   */
+  async replay(): Promise<void> {
+    for (const l of this.links) {
+      const n = await this.spec.layer.replay(l.journal)
+      if (n > 0) this.spec.log.info({ event: 'replication.replayed', pair: this.spec.pair, epoch: l.epoch, entries: n }, 'journal replayed into the volume')
+    }
+    this.spec.layer.attach(this.current)
   }
 
   /** The current home's journal (it numbers every change). */

@@ -170,8 +170,9 @@ export class PrimaryPair {
   }
 
   /**
-   * Opens the pair's journal, replays it into the volume and attaches it:
-   * call before the volume serves host I/O. A new pair's journal marks every
+   * Opens the pair's journals; replay() then replays them into the volume
+   * and attaches the current one (before the volume serves host I/O, after
+   * every job's held space is marked). A new pair's journal marks every
    * allocated extent (the initial sync).
    */
   static async open(spec: PrimaryPairSpec, isNew: boolean): Promise<PrimaryPair> {
@@ -198,6 +199,11 @@ export class PrimaryPair {
     const initial: PairState = p.mode === 'bitmap' ? 'behind' : journal.dirtyMarks().length > 0 ? (isNew || p.trimmedThrough === 0 ? 'syncing' : 'resyncing') : 'replicating'
     ref.pair = new PrimaryPair(spec, journals, settings, initial)
     return ref.pair
+  }
+
+  /** The redo at start (journal-chain.ts replay): call before the volume serves host I/O and before start(). */
+  replay(): Promise<void> {
+    return this.journals.replay()
   }
 
   get state(): PairState {

@@ -11,11 +11,10 @@
  * and replication goes on without a resync to byte-identical images.
  */
 import { join } from 'node:path'
-import { readFileSync } from 'node:fs'
 import { afterAll, expect, it } from 'vitest'
 import { cleanupAll, removeDir } from '../helpers/daemon.js'
 import { pairStatus, waitForPair, type Pair } from './daemons.js'
-import { diesAt, expectNoResync, expectSameImages, journalAt, migrate, migrationsDone, PAIR, prefixOf, secondarySteady, startHandoffPair, Writer } from './handoff-fixture.js'
+import { diesAt, expectNoResync, expectSameImages, journalAt, migrate, migrationsDone, PAIR, prefixOf, readImage, secondarySteady, startHandoffPair, Writer } from './handoff-fixture.js'
 
 let p: Pair | undefined
 afterAll(async () => {
@@ -47,10 +46,10 @@ it('a kill -9 between the handoff steps ends wholly at A or wholly at B after th
     await writer.exited()
     const acked = writer.acked()
     await secondarySteady(secondary)
-    const m = prefixOf(readFileSync(secondary.file(PAIR)), `${point}: secondary`)
+    const m = prefixOf(readImage(secondary.file(PAIR)), `${point}: secondary`)
     const logFrom = primary.log().length
     await primary.restart({})
-    const held = prefixOf(readFileSync(primary.file('vol')), `${point}: restarted primary`)
+    const held = prefixOf(readImage(primary.file('vol')), `${point}: restarted primary`)
     expect(held, `${point}: the restarted primary lost an acknowledged write`).toBeGreaterThanOrEqual(acked)
     expect(held).toBeLessThanOrEqual(acked + 1)
     expect(m, `${point}: the secondary holds write ${m}, the primary only 1..${held}`).toBeLessThanOrEqual(held)

@@ -9,7 +9,7 @@
  * Cleanup: the caller's afterAll runs cleanupAll and removes `dirs()`.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { closeSync, constants, existsSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { expect } from 'vitest'
 import type { DaemonHandle } from '../helpers/daemon.js'
@@ -20,6 +20,28 @@ export const SIZE = 8 * 1024 * 1024
 export const BLOCKS = SIZE / BLOCK
 export const PAIR = 'handoff'
 const WRITER = join(import.meta.dirname, 'seq-writer.mjs')
+
+/**
+ * A volume file's image read with O_DIRECT: past the kernel's page cache,
+ * which may keep pages of a secondary's file read before the daemon applied
+ * writes to it from the peer (they do not come through the mount).
+ */
+export function readImage(file: string): Buffer {
+  const out = Buffer.alloc(SIZE)
+  const fd = openSync(file, constants.O_RDONLY | constants.O_DIRECT)
+  try {
+    // A 1 MiB buffer is page-aligned (its own mapping), as O_DIRECT wants.
+    const buf = Buffer.alloc(1024 * 1024)
+    for (let at = 0; at < SIZE; at += buf.length) {
+      const n = readSync(fd, buf, 0, buf.length, at)
+      buf.copy(out, at, 0, n)
+      if (n < buf.length) break
+    }
+  } finally {
+    closeSync(fd)
+  }
+  return out
+}
 
 /** The last write number in an image; throws unless the image is exactly writes 1..that number. */
 export function prefixOf(image: Buffer, label: string): number {
@@ -134,8 +156,8 @@ export function expectNoResync(d: DaemonHandle): void {
 
 /** After catch-up: both images the same prefix of the writes, byte for byte. */
 export function expectSameImages(p: Pair): number {
-  const a = readFileSync(p.primary.file('vol'))
-  const b = readFileSync(p.secondary.file(PAIR))
+  const a = readImage(p.primary.file('vol'))
+  const b = readImage(p.secondary.file(PAIR))
   const m = prefixOf(b, 'caught-up secondary')
   expect(m).toBe(prefixOf(a, 'final primary'))
   expect(Buffer.compare(a, b), 'images differ after catch-up').toBe(0)

@@ -17,12 +17,11 @@
  * VVFS_HANDOFF_KILLS sets the number of rounds (default 6, two of them at
  * the handoff's crash points); VVFS_REPL_SEED the random moments.
  */
-import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, expect, it } from 'vitest'
 import { cleanupAll, removeDir } from '../helpers/daemon.js'
 import { waitForPair, type Pair } from './daemons.js'
-import { diesAt, expectNoResync, expectSameImages, journalAt, migrate, migrationsDone, PAIR, prefixOf, secondarySteady, startHandoffPair, Writer } from './handoff-fixture.js'
+import { diesAt, expectNoResync, expectSameImages, journalAt, migrate, migrationsDone, PAIR, prefixOf, readImage, secondarySteady, startHandoffPair, Writer } from './handoff-fixture.js'
 
 const KILLS = Number(process.env.VVFS_HANDOFF_KILLS ?? 6)
 let seed = Number(process.env.VVFS_REPL_SEED ?? Date.now() % 100000)
@@ -63,9 +62,9 @@ it(`the secondary stays a prefix of the primary's acknowledged writes across ${K
     await writer.exited()
     const acked = writer.acked()
     await secondarySteady(secondary)
-    const m = prefixOf(readFileSync(secondary.file(PAIR)), `round ${k} (seed ${startSeed}): secondary after a kill of the primary`)
+    const m = prefixOf(readImage(secondary.file(PAIR)), `round ${k} (seed ${startSeed}): secondary after a kill of the primary`)
     await primary.restart({})
-    const held = prefixOf(readFileSync(primary.file('vol')), `round ${k} (seed ${startSeed}): restarted primary`)
+    const held = prefixOf(readImage(primary.file('vol')), `round ${k} (seed ${startSeed}): restarted primary`)
     expect(held, `round ${k}: the restarted primary lost an acknowledged write`).toBeGreaterThanOrEqual(acked)
     expect(held).toBeLessThanOrEqual(acked + 1)
     expect(m, `round ${k}: the secondary holds write ${m}, the primary only 1..${held}`).toBeLessThanOrEqual(held)

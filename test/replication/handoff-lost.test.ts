@@ -7,13 +7,13 @@
  * extents, not a full copy), says so (event replication.handoff_resync, the
  * state event to resyncing with the reason), and the images match after it.
  */
-import { closeSync, constants, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs'
+import { closeSync, constants, openSync, readdirSync, rmSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, expect, it } from 'vitest'
 import { CHUNK_SIZE, EXTENT_SIZE } from '../../lib/layout.js'
 import { cleanupAll, removeDir } from '../helpers/daemon.js'
 import { caughtUp, waitForPair, type Pair } from './daemons.js'
-import { migrate, migrationsDone, PAIR, startHandoffPair } from './handoff-fixture.js'
+import { migrate, migrationsDone, PAIR, readImage, startHandoffPair } from './handoff-fixture.js'
 
 let p: Pair | undefined
 afterAll(async () => {
@@ -64,5 +64,5 @@ it('entries of the old home that can no longer be shipped are resent by a resync
   expect(done.sync.total).toBe(2 * EXTENT_SIZE)
   expect(log).toMatch(/"event":"replication.state"[^\n]*"to":"resyncing"[^\n]*can no longer be shipped/)
   expect(log).not.toContain('"event":"replication.full_resync"')
-  expect(Buffer.compare(readFileSync(primary.file('vol')), readFileSync(secondary.file(PAIR))), 'images differ after the resync').toBe(0)
+  expect(Buffer.compare(readImage(primary.file('vol')), readImage(secondary.file(PAIR))), 'images differ after the resync').toBe(0)
 })

@@ -68,8 +68,11 @@ class Commits {
   }
 }
 
-function openChain(s: Stack, logs: JournalLogs, commits: Commits): Promise<JournalChain> {
-  return JournalChain.open({ logs, layer: s.layers.journal, chain: commits.chain, journal: {}, commit: commits.commit, log: silentLogger(), pair: 'p' })
+/** Opens the chain's journals, replays them into the volume and attaches the current one (a start). */
+async function openChain(s: Stack, logs: JournalLogs, commits: Commits): Promise<JournalChain> {
+  const chain = await JournalChain.open({ logs, layer: s.layers.journal, chain: commits.chain, journal: {}, commit: commits.commit, log: silentLogger(), pair: 'p' })
+  await chain.replay()
+  return chain
 }
 
 /** A stack, its journals at A (epoch 1) on fresh in-memory logs, and the committed chain. */
