@@ -242,6 +242,8 @@ export class PrimaryPair {
     await this.halt()
     if (this.closed) return
     this.closed = true
+    // A handoff under way finishes (committed or undone) before its journals close.
+    await this.handoffs
     this.spec.layer.detach()
     await this.journals.close()
   }
