@@ -27,7 +27,7 @@ const POINTS = [
   { point: 'replication.handoff.committed', after: 'the new home' },
 ] as const
 
-it('a kill -9 between the handoff steps ends wholly at A or wholly at B after the restart, and replication goes on without a resync', { timeout: 50_000 }, async () => {
+it('a kill -9 between the handoff steps ends wholly at A or wholly at B after the restart, and replication goes on without a resync', { timeout: 90_000 }, async () => {
   p = await startHandoffPair()
   const { primary, secondary } = p
   const writer = new Writer(join(p.dir, 'acked.log'))

@@ -33,7 +33,7 @@ function writeBlocks(file: string, offsets: number[], fill: number): void {
   }
 }
 
-it('entries of the old home that can no longer be shipped are resent by a resync of the extents they touched, and it says so', { timeout: 50_000 }, async () => {
+it('entries of the old home that can no longer be shipped are resent by a resync of the extents they touched, and it says so', { timeout: 90_000 }, async () => {
   p = await startHandoffPair()
   const { primary, secondary } = p
   writeBlocks(primary.file('vol'), [0, 7 * CHUNK_SIZE], 1)
