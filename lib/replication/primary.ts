@@ -334,6 +334,8 @@ export class PrimaryPair {
       }
       try {
         await this.client!.ready(2000)
+        // Paused while connecting (a paused pair's start: start() then pause()): nothing is sent until resumed.
+        if (this.pausedFlag) continue
         const stream = new ReplicationStream(this.client!, this.spec.pair, this.sender)
         const ack = await stream.create({ group: null, volumes: [{ no: this.spec.volNo, name: this.spec.volumeName, size: this.spec.size() }], chain: [...this.journals.chain] })
         this.link = 'up'
