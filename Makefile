@@ -51,6 +51,8 @@ test: setup typecheck lint
 # issue 13: the replication prefix-consistency test with 500 kill points instead of make test's 30.
 soak: setup
 	VVFS_SOAK=1 VVFS_REPL_KILLS=500 VVFS_REPL_CUTS=100 npx vitest run test/replication/prefix-kills.test.ts
+	# issue 13.4: kills of the primary while it migrates a1 ⇄ a2 (handoffs), 60 rounds instead of make test's 5.
+	VVFS_HANDOFF_KILLS=60 npx vitest run test/replication/handoff-kills.test.ts
 
 bench: setup
 	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -211,6 +211,8 @@ export const ReplicationInfo = z.object({
   /** The initial sync's or current resync's bytes copied / to copy. */
   sync: z.object({ copied: Bytes, total: Bytes }),
   lastError: z.object({ code: z.string(), message: z.string() }).passthrough().nullable(),
+  /** Issue 13.4, primary only: the journal's home (the storage system of the current epoch) and the epochs whose journals are kept (more than one: an earlier home's entries still to ship). */
+  home: z.object({ name: z.string(), keptEpochs: z.array(z.number()) }).optional(),
   /** Issue 13.7: primary — bytes sent since the pair opened here: journal records shipped plus extent data copied. */
   bytesShipped: z.number().min(0).optional(),
   /** Issue 13.7: failover — this side's and the peer's last reported history, compared by the epoch chain. */

@@ -46,6 +46,14 @@ export interface JobDriver<R extends JobRecord = JobRecord> {
   rollback?(): void
   /** Marks the space the job holds as used (at start, before any allocation). */
   reserveHeld?(): void
+  /**
+   * Work that may allocate before the job's volumes serve I/O (a replication
+   * journal's redo): run once every job's held space is marked and stale
+   * records are cleaned (a replay that allocated first took a retained
+   * source's slot: STATE_CORRUPT at the next start), and for a new job
+   * before it starts.
+   */
+  prepare?(): Promise<void>
   /** Where new allocations of a volume go while the job holds it (undefined: no rule). */
   placementFor?(volNo: number): PlacementRule | undefined
   /** Extents the job holds space for that no volume map references (retained sources). */
@@ -68,6 +76,12 @@ export interface ReplicationResources {
   /** The running pairs, by job id (status). */
   readonly pairs: Map<number, PrimaryPair>
   stateChanged(body: { pair: string; volume: string; from: string; to: string; reason: string }): void
+  /**
+   * The volume's home changed (a migration switched it): hands the journal
+   * of its pair, if any, over to the new home (lib/replication/journal-chain.ts).
+   * Resolves once the handoff committed or was not needed; never rejects.
+   */
+  handoff?(volNo: number): Promise<void>
 }
 
 /** What the manager has that jobs use: the catalog, the storage, the MapStore, names. */

@@ -8,6 +8,11 @@
  * Concurrency: as every driver (lib/jobs/driver.ts); the runner does the
  * work. Crash order: the runner's (lib/migration/runner.ts); a record is
  * committed with the volumes' homes in one catalog update.
+ *
+ * Replication (issue 13, claims 1–7): once a commit changed the home of a
+ * replicated volume, its journal is handed over to the new home
+ * (ReplicationResources.handoff) before the job goes on; a crash between the
+ * two commits is finished by the replication job at the next start.
  */
 import { VvfsError } from '../errors.js'
 import { EXTENT_CHUNKS } from '../layout.js'
@@ -118,12 +123,16 @@ class MoveDriver implements JobDriver<MoveJobRecord> {
   static async open(job: MoveJobRecord, env: JobEnv): Promise<MoveDriver> {
     const runner = await MigrationRunner.open(job, {
       ...env,
-      save: (j) => {
+      save: async (j) => {
         // A migration remembers the volume's home as the job starts, to restore it on cancel.
         if (j.kind !== 'drain' && j.status === 'running' && j.prevHome === undefined) {
           j.prevHome = env.catalog.read().data.volumes.find((v) => v.no === j.volNos[0])?.home ?? -1
         }
-        return env.save(j, (d) => updateHomes(d, j as MoveJobRecord))
+        const homes = () => new Map(env.catalog.read().data.volumes.filter((v) => j.volNos.includes(v.no)).map((v) => [v.no, v.home]))
+        const before = homes()
+        await env.save(j, (d) => updateHomes(d, j as MoveJobRecord))
+        const after = homes()
+        for (const [volNo, home] of after) if (before.get(volNo) !== home) await env.replication?.handoff?.(volNo)
       },
     })
     return new MoveDriver(runner)

@@ -1,8 +1,8 @@
 /**
  * The replication job (issue 13): one job per pair, on the primary. Its
- * driver owns a PrimaryPair (lib/replication/primary.ts): opened (journal
- * replayed and attached) when the job is opened — at start, before the host
- * mounts — and run until `replicate stop` (the job's cancel), which detaches
+ * driver owns a PrimaryPair (lib/replication/primary.ts): opened when the
+ * job is opened, its journals replayed and attached in `prepare` — at start,
+ * before the host mounts and after every job's held space is marked — and run until `replicate stop` (the job's cancel), which detaches
  * the journal and deletes it; the secondary keeps its read-only volume.
  *
  * Verbs: pause/resume stop and restart shipping (the journal keeps
@@ -13,10 +13,10 @@
  *
  * Progress: bytes of the initial sync or the current resync copied / to copy.
  */
-import { rm } from 'node:fs/promises'
 import { VvfsError } from '../errors.js'
 import type { JobRecord, JobStatus, ReplicateJobRecord } from '../migration/job.js'
 import { genesis } from '../replication/epoch.js'
+import { removeJournalDirs } from '../replication/journal-chain.js'
 import { PrimaryPair, type PairMember } from '../replication/primary.js'
 import { loadPeerKey } from '../wire/auth.js'
 import { parseHostPort } from '../wire/server.js'
@@ -115,6 +115,20 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
         rate: job.rate,
         chain: job.chain,
         journal: { ...(job.journalLimit ? { limitBytes: job.journalLimit, hardLimitBytes: Math.max(2 * job.journalLimit, job.journalLimit) } : {}), ...(job.journalPolicy ? { policy: job.journalPolicy } : {}) },
+        // A handoff's epoch record and management information: one catalog update of this job's record.
+        commitChain: async (c) => {
+          const driver = ref.driver!
+          const before = { chain: driver.job.chain, handoffPending: driver.job.handoffPending }
+          driver.job.chain = [...c.chain]
+          if (c.pending) driver.job.handoffPending = c.pending
+          try {
+            await env.save(driver.job)
+          } catch (err) {
+            Object.assign(driver.job, before)
+            throw err
+          }
+        },
+        handoffPending: () => ref.driver?.job.handoffPending,
         log: env.log,
         onState: (from, to, reason) => r.stateChanged({ pair: job.pair, volume: volumeName, from, to, reason }),
         onProgress: (copied, total) => {
@@ -133,7 +147,24 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
     return ref.driver
   }
 
+  /** The journal's redo into the volume (JobDriver.prepare: after every job's held space is marked). */
+  prepare(): Promise<void> {
+    return this.pair.replay()
+  }
+
+  /**
+   * Hands the journal over to the volume's home if they differ: after a
+   * migration switched the home (its hook calls this), and at start (a crash
+   * between the migration's commit and the handoff's). Never throws: a
+   * failed handoff is logged and tried again at the next home change or start.
+   */
+  async followHome(): Promise<void> {
+    if (this.stopping || this.job.status === 'concluded') return
+    await this.pair.followHome(resources(this.env).home(this.job.volNos[0]!))
+  }
+
   start(): void {
+    void this.followHome()
     if (this.job.status === 'paused') {
       this.pair.start()
       this.pair.pause()
@@ -162,7 +193,7 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
     void (async () => {
       try {
         await this.pair.close()
-        await rm(this.job.journalDir ?? resources(this.env).journalDir(this.job.id), { recursive: true, force: true })
+        await removeJournalDirs(this.job.journalDir ?? resources(this.env).journalDir(this.job.id))
       } catch (err) {
         this.env.log.error({ event: 'replication.stop_failed', pair: this.job.pair, err: (err as Error).message }, 'stopping the pair failed')
       }

@@ -92,6 +92,7 @@ export class JobManager {
     }
     const live = new Set(this.drivers.keys())
     for (const k of new Set(this.kinds.values())) await k.cleanStale?.(live, this.env)
+    for (const d of this.drivers.values()) await d.prepare?.()
   }
 
   /** Starts the drivers (after the mounts are up) and the policy timer. */
@@ -163,6 +164,7 @@ export class JobManager {
       return structuredClone(job)
     })
     const driver = await kind.open(job, this.env)
+    await driver.prepare?.()
     this.drivers.set(job.id, driver)
     this.h.log.info({ event: 'job.created', job: job.id, kind: job.kind, volumes: job.volNos.map((n) => this.h.volumeName(n)), reason: job.reason }, `job ${job.id} created`)
     this.h.emit('job.status', { job: this.info(job), from: null })

@@ -99,6 +99,8 @@ export interface ReplicateJobRecord extends JobCommon, MoveJobFields {
   chain: { epoch: number; home: string; firstSeq: number; predecessor: { epoch: number; home: string; lastSeq: number } | null }[]
   /** Issue 13.7: the journal kept since a promote (lib/replication/failover.ts): a reversed pair ships from it — no initial sync. */
   journalDir?: string
+  /** The last handoff's management information (lib/replication/journal-chain.ts), committed with the chain. */
+  handoffPending?: { epoch: number; since: number; marks: { volume: number; extent: number }[] | null }
   toSid?: undefined
   fromSid?: undefined
 }

@@ -67,6 +67,7 @@ import { SIZE_MARK } from './durable-log.js'
 import { compareHistories, handoff, refusal, sameRecord, type EpochChain } from './epoch.js'
 import { ExtentsReplyMessage, FailoverRequest, HistoryMessage, HistoryReplyMessage, RemarkMessage, TakeOverMessage, type SideReport, type TakeOver } from './failover-messages.js'
 import { Journal } from './journal.js'
+import { journalDirOf } from './journal-chain.js'
 import type { JournalLayer } from './journal-layer.js'
 import { LevelDurableLog } from './level-log.js'
 import { MESSAGE_FORMAT, REPLICATION_SERVICE } from './messages.js'
@@ -186,6 +187,11 @@ export async function changedSince(journal: Journal, volNo: number, after: numbe
 
 export class FailoverService {
   private records = new Map<string, FailoverRecord>()
+
+  /** A promote's journal is the log of its epoch in a journal chain (journal-chain.ts) based here: the reverse pair's job opens it as such. */
+  private promoteJournalBase(pair: string): string {
+    return join(this.stateDir, 'replication', 'failover', `${pair}.journal`)
+  }
   private readonly promoted = new Map<string, PromotedRuntime>()
   private readonly reports = new Map<string, { side: SideReport; at: number }>()
   private readonly clients = new Map<string, WireClient>()
@@ -225,7 +231,7 @@ export class FailoverService {
         continue
       }
       if (r.role === 'promoted') {
-        if (this.host.primaryOf(r.pair)?.job.journalDir === r.journalDir) {
+        if (this.host.primaryOf(r.pair)?.job.journalDir === this.promoteJournalBase(r.pair)) {
           // The reverse job started before the record went: the promote is over.
           this.records.delete(r.pair)
           await this.save()
@@ -297,7 +303,7 @@ export class FailoverService {
         volume,
         chain: [...s.chain, record],
         promotedAt: s.appliedSeq,
-        journalDir: join(this.stateDir, 'replication', 'failover', `${pair}.journal`),
+        journalDir: journalDirOf(this.promoteJournalBase(pair), record.epoch),
         replica: config,
         at: new Date().toISOString(),
       }
@@ -560,7 +566,7 @@ export class FailoverService {
       // What the peer changed past the promote point is copied over; the size always (a resize entry, no data).
       await rt.journal.addMarks([...answer.extents.filter((x) => x !== SIZE_MARK), SIZE_MARK].map((extent) => ({ volume: v.no, extent })))
       await this.closePromoted(r, false)
-      await this.host.startReverse({ volume: r.volume, to: address, pair, peerKey: file, chain: r.chain, journalDir: r.journalDir })
+      await this.host.startReverse({ volume: r.volume, to: address, pair, peerKey: file, chain: r.chain, journalDir: this.promoteJournalBase(pair) })
       this.records.delete(pair)
       this.splitSeen.delete(pair)
       await this.save()

@@ -26,9 +26,19 @@
  * primary holds everything the secondary may hold (write-ahead redo). An
  * entry touching an extent marked dirty is skipped: that extent changed later
  * without an entry, and the resync copies it from the primary's data.
+ *
+ * Handoff (journal-chain.ts, claims 1–7): `holdChanges()` holds every new
+ * change at the door — it is numbered only after the hold is released, still
+ * under its chunk locks (Volume releases them when the change is stored), so
+ * the journal being sealed numbers nothing more while the epoch record is
+ * committed, and the next journal (`attach`) numbers from where it ended.
+ * Reads and changes already numbered go on; a held change waits one handoff
+ * (a sync and a catalog commit), as a host write to an extent being copied
+ * waits for that one copy.
  */
+import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE, EXTENT_SIZE } from '../layout.js'
-import type { ChunkLayer, Write } from '../relay/chunk-layer.js'
+import { writeAfter, type ChunkLayer, type Write } from '../relay/chunk-layer.js'
 import type { RangeLock } from '../relay/range-lock.js'
 import { markKey } from './durable-log.js'
 import { MAX_ENTRY_DATA, type Change } from './entry.js'
@@ -41,6 +51,8 @@ export class JournalLayer implements ChunkLayer {
   /** When each unapplied number was accepted (lag in seconds), oldest first. */
   private readonly acceptedAt: { seq: number; at: number }[] = []
   private wake: (() => void) | null = null
+  /** Set while a handoff holds new changes (holdChanges); resolves when it lets them go. */
+  private held: Promise<void> | null = null
 
   constructor(
     private readonly lower: ChunkLayer,
@@ -61,6 +73,21 @@ export class JournalLayer implements ChunkLayer {
 
   get attached(): Journal | null {
     return this.journal
+  }
+
+  /**
+   * Holds every change that arrives from now on until the returned release
+   * is called (a handoff: see the file comment). Changes already numbered are
+   * not held. Only one hold at a time.
+   */
+  holdChanges(): () => void {
+    if (this.held) throw new VvfsError('JOB_STATE', `changes of volume #${this.volNo} are already held (a handoff is under way)`)
+    let release!: () => void
+    this.held = new Promise<void>((r) => (release = r))
+    return () => {
+      this.held = null
+      release()
+    }
   }
 
   /** Resolves at the next durable entry (or after `ms`): the shipper's wait for work. */
@@ -89,6 +116,7 @@ export class JournalLayer implements ChunkLayer {
   }
 
   write(first: number, data: Buffer): Write {
+    if (this.held) return writeAfter(this.held, () => this.write(first, data))
     const journal = this.journal
     if (!journal) return this.lower.write(first, data)
     const durable: Promise<void>[] = []
@@ -216,6 +244,7 @@ export class JournalLayer implements ChunkLayer {
   }
 
   private async change(change: Change, below: () => Promise<void>): Promise<void> {
+    while (this.held) await this.held
     const journal = this.journal
     if (!journal) return below()
     const a = journal.append(change)

@@ -35,6 +35,14 @@
  * marks remain continues with them (resumable initial sync), shipping
  * resumes after the secondary's applied number.
  *
+ * Handoff (claims 1–7, journal-chain.ts): when the volume's home changes
+ * (a migration A → B), handoff() seals A's journal and B's numbers on; the
+ * loop ships A's remainder, then B's entries, as the new epoch's sender
+ * (a new stream: its hello carries the new chain). If A's entries can no
+ * longer be shipped (its log lost), the loop resyncs the extents the
+ * handoff recorded (bounded), saying so (event replication.handoff_resync,
+ * state resyncing with the reason).
+ *
  * Failure modes: an unreachable peer → link down, retried with backoff;
  * host I/O never waits for the peer (only for the journal's own commit).
  * A refused batch (the secondary's rules) stops shipping with the refusal
@@ -49,9 +57,9 @@ import { SIZE_MARK, type DirtyMark } from './durable-log.js'
 import { MAX_ENTRY_DATA, type JournalEntry } from './entry.js'
 import type { EpochChain, Sender } from './epoch.js'
 import { ReplicationStream } from './endpoint.js'
-import { DEFAULT_JOURNAL_SETTINGS, Journal, type JournalSettings, type ModeChange } from './journal.js'
+import { DEFAULT_JOURNAL_SETTINGS, type Journal, type JournalSettings, type ModeChange } from './journal.js'
+import { JournalChain, levelJournalLogs, type ChainCommit, type HandoffLayer, type HandoffPending } from './journal-chain.js'
 import type { JournalLayer } from './journal-layer.js'
-import { LevelDurableLog } from './level-log.js'
 import { entriesThatFit, MAX_MESSAGE_BYTES, REPLICATION_SERVICE } from './messages.js'
 
 export const PAIR_STATES = ['syncing', 'replicating', 'behind', 'resyncing', 'paused', 'stopped'] as const
@@ -80,7 +88,7 @@ export interface PrimaryPairSpec {
   group: string | null
   /** In the order the secondary names them; at least one. */
   members: PairMember[]
-  /** The journal's LevelDB directory. */
+  /** The journal's LevelDB directory (epoch 1's; later epochs' beside it, journal-chain.ts). */
   journalDir: string
   host: string
   port: number
@@ -92,6 +100,10 @@ export interface PrimaryPairSpec {
   log: Logger
   onState(from: PairState, to: PairState, reason: string): void
   onProgress?(copied: number, total: number): void
+  /** Commits a handoff's new chain (and management information) durably, in one write. */
+  commitChain?(c: ChainCommit): Promise<void>
+  /** The management information of the last handoff, as committed. */
+  handoffPending?(): HandoffPending | undefined
 }
 
 export interface PairStatus {
@@ -115,9 +127,27 @@ export interface PairStatus {
   lastError: WireError | null
   /** Issue 13.7: bytes sent since the pair opened here — journal records shipped plus extent data copied (a reverse's cost). */
   bytesShipped: number
+  /** The journal's home and the epochs whose journals are kept (journal-chain.ts). */
+  home?: { name: string; keptEpochs: number[] }
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
+
+/** The members' journal layers as one (a group's members share the journal chain). */
+function membersLayer(members: PairMember[]): HandoffLayer {
+  return {
+    attach: (journal) => members.forEach((m) => m.layer.attach(journal)),
+    replay: async (journal) => {
+      let n = 0
+      for (const m of members) n += await m.layer.replay(journal)
+      return n
+    },
+    holdChanges: () => {
+      const releases = members.map((m) => m.layer.holdChanges())
+      return () => releases.forEach((release) => release())
+    },
+  }
+}
 
 /** Marks for a full copy: every allocated extent of every member, and each member's size. */
 function everyAllocatedExtent(members: PairMember[]): DirtyMark[] {
@@ -143,45 +173,68 @@ export class PrimaryPair {
   private copiedBytes = 0
   private pausedFlag = false
   private closed = false
+  /** Handoffs run one at a time. */
+  private handoffs: Promise<unknown> = Promise.resolve()
 
   private constructor(
     private readonly spec: PrimaryPairSpec,
-    readonly journal: Journal,
-    private readonly durableLog: LevelDurableLog,
+    private readonly journals: JournalChain,
     private readonly settings: JournalSettings,
     initial: PairState,
   ) {
     this.stateNow = initial
   }
 
+  /** The current home's journal (it numbers every change). */
+  get journal(): Journal {
+    return this.journals.current
+  }
+
+  /** The epoch chain as this primary holds it (the last record is the journal's home). */
+  get chain(): EpochChain {
+    return this.journals.chain
+  }
+
+  /** The volume whose home is the journal's home: a group's first member. */
+  get volNo(): number {
+    return this.spec.members[0]!.volNo
+  }
+
   /**
-   * Opens the pair's journal, replays it into the volume and attaches it:
-   * call before the volume serves host I/O. A new pair's journal marks every
+   * Opens the pair's journals; replay() then replays them into the volume
+   * and attaches the current one (before the volume serves host I/O, after
+   * every job's held space is marked). A new pair's journal marks every
    * allocated extent (the initial sync).
    */
   static async open(spec: PrimaryPairSpec, isNew: boolean): Promise<PrimaryPair> {
-    const log = await LevelDurableLog.open(spec.journalDir)
     const ref: { pair?: PrimaryPair } = {}
     const onModeChange = (c: ModeChange) => ref.pair?.modeChanged(c)
-    let journal: Journal
-    try {
-      // Entries are acknowledged once logged (a process crash keeps them, as it keeps the volume's own unlogged data) and synced before they are shipped.
-      journal = await Journal.open(log, { epoch: spec.chain[spec.chain.length - 1]!.epoch, settings: spec.journal, onModeChange, syncEveryCommit: false })
-    } catch (err) {
-      await log.close().catch(() => undefined)
-      throw err
-    }
+    // Entries are acknowledged once logged (a process crash keeps them, as it keeps the volume's own unlogged data) and synced before they are shipped.
+    const journals = await JournalChain.open({
+      logs: levelJournalLogs(spec.journalDir),
+      layer: membersLayer(spec.members),
+      chain: spec.chain,
+      journal: { settings: spec.journal, onModeChange, syncEveryCommit: false },
+      everything: () => everyAllocatedExtent(spec.members),
+      commit: (c) => {
+        if (!spec.commitChain) return Promise.reject(new VvfsError('NOT_SUPPORTED', `pair ${spec.pair} cannot record a handoff`))
+        return spec.commitChain(c)
+      },
+      log: spec.log,
+      pair: spec.pair,
+    })
+    const journal = journals.current
     const settings = { ...DEFAULT_JOURNAL_SETTINGS, ...spec.journal }
-    // Each member's layer replays the entries of its own volume; all of them then number into the one journal.
-    let replayed = 0
-    for (const m of spec.members) replayed += await m.layer.replay(journal)
-    if (replayed > 0) spec.log.info({ event: 'replication.replayed', pair: spec.pair, entries: replayed }, 'journal replayed into the volume')
-    for (const m of spec.members) m.layer.attach(journal)
     if (isNew) await journal.addMarks(everyAllocatedExtent(spec.members))
     const p = journal.positions
     const initial: PairState = p.mode === 'bitmap' ? 'behind' : journal.dirtyMarks().length > 0 ? (isNew || p.trimmedThrough === 0 ? 'syncing' : 'resyncing') : 'replicating'
-    ref.pair = new PrimaryPair(spec, journal, log, settings, initial)
+    ref.pair = new PrimaryPair(spec, journals, settings, initial)
     return ref.pair
+  }
+
+  /** The redo at start (journal-chain.ts replay): call before the volume serves host I/O and before start(). */
+  replay(): Promise<void> {
+    return this.journals.replay()
   }
 
   get state(): PairState {
@@ -220,9 +273,10 @@ export class PrimaryPair {
     await this.halt()
     if (this.closed) return
     this.closed = true
+    // A handoff under way finishes (committed or undone) before its journals close.
+    await this.handoffs
     for (const m of this.spec.members) m.layer.detach()
-    await this.journal.close()
-    await this.durableLog.close()
+    await this.journals.close()
   }
 
   status(): PairStatus {
@@ -247,7 +301,7 @@ export class PrimaryPair {
       consistent: this.consistent,
       lag: {
         entries: Math.max(0, p.lastAccepted - applied),
-        bytes: Math.max(0, this.journal.bytesAfter(applied)),
+        bytes: Math.max(0, this.journals.bytesAfter(applied)),
         seconds: Math.round(Math.max(...this.spec.members.map((m) => m.layer.lagSeconds(applied))) * 1000) / 1000,
       },
       journal: { mode: p.mode, usedBytes: p.retainedBytes, limitBytes: this.settings.limitBytes, entries: p.retainedEntries, dirtyExtents: p.dirtyMarks },
@@ -255,6 +309,7 @@ export class PrimaryPair {
       sync: { copied: this.copied, total: this.copyTotal },
       lastError: this.lastError,
       bytesShipped: this.shippedBytes + this.copiedBytes,
+      home: { name: this.journals.home.home, keptEpochs: this.journals.epochs },
     }
   }
 
@@ -274,8 +329,33 @@ export class PrimaryPair {
   }
 
   private get sender(): Sender {
-    const last = this.spec.chain[this.spec.chain.length - 1]!
+    const last = this.journals.home
     return { epoch: last.epoch, home: last.home }
+  }
+
+  /**
+   * Hands the journal over to `home` (the volume's new home after a
+   * migration): see journal-chain.ts. Resolves once the epoch record is
+   * committed (or at once when the journal is already there); the loop then
+   * ships as the new epoch.
+   */
+  handoff(home: string): Promise<void> {
+    const run = this.handoffs.then(async () => {
+      if (this.closed) throw new VvfsError('SHUTTING_DOWN', `pair ${this.spec.pair} is closed`)
+      await this.journals.handoff(home, this.applied)
+    })
+    this.handoffs = run.catch(() => undefined)
+    return run
+  }
+
+  /** handoff(home), its failure logged (event replication.handoff_failed) instead of thrown: tried again at the next home change or start. */
+  async followHome(home: string): Promise<void> {
+    try {
+      await this.handoff(home)
+    } catch (err) {
+      const e = asVvfsError(err)
+      this.spec.log.error({ event: 'replication.handoff_failed', pair: this.spec.pair, home, code: e.code, err: e.message }, `handing the journal of ${this.spec.pair} over to ${home} failed: ${e.message}`)
+    }
   }
 
   private async run(): Promise<void> {
@@ -287,15 +367,18 @@ export class PrimaryPair {
       }
       try {
         await this.client!.ready(2000)
+        // Paused while connecting (a paused pair's start: start() then pause()): nothing is sent until resumed.
+        if (this.pausedFlag) continue
         const stream = new ReplicationStream(this.client!, this.spec.pair, this.sender)
-        const ack = await stream.create({ group: this.spec.group, volumes: this.spec.members.map((m) => ({ no: m.volNo, name: m.name, size: m.size() })), chain: [...this.spec.chain] })
+        const ack = await stream.create({ group: this.spec.group, volumes: this.spec.members.map((m) => ({ no: m.volNo, name: m.name, size: m.size() })), chain: [...this.journals.chain] })
         this.link = 'up'
         this.applied = ack.appliedSeq
         this.consistent = ack.consistent
         this.lastError = null
         retry = RETRY_MS.initial
         const remote = await stream.status()
-        if (remote.appliedSeq < this.journal.positions.trimmedThrough && !remote.resyncing && this.journal.dirtyMarks().length === 0) {
+        // Entries the secondary lacks are gone from every log: a handoff's lost entries are resent by a bounded resync, anything else by a full one.
+        if (remote.appliedSeq < this.journals.retainedFrom && !remote.resyncing && this.journal.dirtyMarks().length === 0 && !(await this.resendHandedOver(remote.appliedSeq))) {
           // The secondary lost what we trimmed (its pair was removed and made anew): copy everything allocated again.
           this.spec.log.warn({ event: 'replication.full_resync', pair: this.spec.pair, applied: remote.appliedSeq, trimmed: this.journal.positions.trimmedThrough }, 'the secondary is behind the trimmed journal: full resync')
           await this.journal.addMarks(everyAllocatedExtent(this.spec.members))
@@ -314,8 +397,29 @@ export class PrimaryPair {
     }
   }
 
+  /**
+   * The secondary lacks entries of an earlier home that can no longer be
+   * shipped (journals.lost): marks the extents the handoff recorded — a
+   * bounded resync — when they cover what the secondary lacks, and says so.
+   * False when they do not (the caller resyncs everything allocated).
+   */
+  private async resendHandedOver(remoteApplied: number): Promise<boolean> {
+    const pending = this.spec.handoffPending?.()
+    const lost = this.journals.lost
+    const home = this.journals.home
+    if (!pending || pending.epoch !== home.epoch || pending.marks === null || remoteApplied < pending.since || lost?.all) return false
+    const why = `entries ${remoteApplied + 1}..${home.firstSeq - 1} of ${home.predecessor?.home ?? 'the old home'} can no longer be shipped${lost ? ` (${lost.reason})` : ''}: resync of the ${pending.marks.length} extents they touched`
+    this.spec.log.warn({ event: 'replication.handoff_resync', pair: this.spec.pair, epoch: home.epoch, applied: remoteApplied, extents: pending.marks.length }, why)
+    await this.journal.addMarks(pending.marks)
+    this.setState('resyncing', why)
+    return true
+  }
+
   /** Copies the marked extents (initial sync or resync), then tells the secondary from which number it is consistent. */
   private async resync(stream: ReplicationStream, remoteApplied: number): Promise<void> {
+    // The resync's base is past every earlier epoch's entries: their extents join the copy.
+    const absorbed = await this.journals.absorbPredecessors()
+    if (absorbed > 0) this.spec.log.info({ event: 'replication.handoff_absorbed', pair: this.spec.pair, extents: absorbed }, 'entries of an earlier home join the resync as dirty extents')
     const initial = this.stateNow === 'syncing'
     let base: number
     if (this.journal.positions.mode === 'bitmap') {
@@ -335,6 +439,8 @@ export class PrimaryPair {
     for (const mark of marks) {
       if (!this.running || this.pausedFlag) throw new VvfsError('SHUTTING_DOWN', 'resync interrupted')
       await this.copyExtent(stream, mark)
+      // A handoff during the copy moved the marks to the new home's journal (its own generations): copy them again as the new epoch.
+      if (stream.sender.epoch !== this.sender.epoch) return
       await this.journal.clearMarks([mark], generation)
       if (mark.extent !== SIZE_MARK) this.copied += EXTENT_SIZE
       this.spec.onProgress?.(this.copied, this.copyTotal)
@@ -388,12 +494,14 @@ export class PrimaryPair {
   /** Ships durable entries from the secondary's applied number on, trimming behind it; returns when a resync is needed. */
   private async ship(stream: ReplicationStream): Promise<void> {
     while (this.running && !this.pausedFlag) {
+      // A handoff: the stream speaks for the old epoch; the loop opens one for the new (its hello carries the new chain).
+      if (stream.sender.epoch !== this.sender.epoch) return
       const p = this.journal.positions
       if (p.mode !== 'journaling') return
       if (this.stateNow !== 'replicating' && this.journal.dirtyMarks().length === 0) this.setState('replicating', 'shipping')
       // Only synced entries ship: the secondary must never hold a write a power cut at the primary lost.
       if (p.lastLogged > p.lastDurable && p.lastDurable <= this.applied) await this.journal.sync()
-      const records = await this.journal.readRecords(this.applied + 1, MAX_MESSAGE_BYTES)
+      const records = await this.journals.readRecords(this.applied + 1, MAX_MESSAGE_BYTES)
       if (records.length === 0) {
         await this.maybeTrim()
         await Promise.race(this.spec.members.map((m) => m.layer.nextDurable(200)))
@@ -418,6 +526,6 @@ export class PrimaryPair {
     // Each member's layer answers through which number its own changes are stored; the group's is the least.
     const stored = await Promise.all(this.spec.members.map((m) => m.layer.dataDurableThrough()))
     const through = Math.min(this.applied, ...stored, this.journal.positions.lastDurable)
-    if (through > this.journal.positions.trimmedThrough) await this.journal.trim(through)
+    await this.journals.trim(through)
   }
 }

@@ -7,12 +7,12 @@
  * calls it at start (open: the secondaries' redo, before the mounts) and at
  * stop (close: after the mounts, before the stores).
  *
- * Where a journal lives: STATE/journals/job-<id> (a LevelDB of its own,
- * every commit synced). Not on the volume's home storage system as the
- * claims put it: a volume has a home only after a consolidation, a storage
- * system may be remote (no local directory), and a local system's directory
- * is its ChunkStore's LevelDB. Moving the journal with the primary (the
- * handoff of claims 1–7) is not built.
+ * Where a journal lives: STATE/journals/job-<id> for epoch 1, and
+ * job-<id>.e<epoch> for each later epoch (a LevelDB each). When a migration
+ * changes a replicated volume's home, `handoff` hands its journal over to
+ * the new home (lib/replication/journal-chain.ts: a new epoch, its own log).
+ * Why the logs stay in the state directory, not in the home storage
+ * system's store: DESIGN.md, "Replication: where the journal lives".
  *
  * Failover (issue 13.7: promote, demote, reverse, split-brain) is
  * failover.ts's FailoverService: opened after the secondaries (it may drop a
@@ -73,6 +73,9 @@ export class ReplicationService {
       home: (volNo) => h.home(volNo),
       pairs: this.pairs,
       stateChanged: (body) => h.emitState(body),
+      handoff: async (volNo) => {
+        for (const p of this.pairs.values()) if (p.volNo === volNo) await p.followHome(h.home(volNo))
+      },
     }
   }
 
