@@ -33,10 +33,10 @@ export class MigrateLayer implements ChunkLayer {
     return this.lower.read(first, count, into)
   }
 
-  write(first: number, data: Buffer): Write {
-    if (!this.tracking) return this.lower.write(first, data)
+  write(first: number, data: Buffer, after?: Promise<void>): Write {
+    if (!this.tracking) return this.lower.write(first, data, after)
     // The dirty mark is durable before the write is even accepted.
-    return writeAfter(this.markDirty(first, data.length / CHUNK_SIZE), () => this.lower.write(first, data))
+    return writeAfter(this.markDirty(first, data.length / CHUNK_SIZE), () => this.lower.write(first, data, after))
   }
 
   async discard(first: number, count: number): Promise<void> {

@@ -27,8 +27,13 @@ export interface Write {
 export interface ChunkLayer {
   /** Fills `into` (count chunks) with the data, zeros where none was written. */
   read(first: number, count: number, into: Buffer): Promise<void>
-  /** Writes data.length / CHUNK_SIZE chunks from `first`; see Write. */
-  write(first: number, data: Buffer): Write
+  /**
+   * Writes data.length / CHUNK_SIZE chunks from `first`; see Write. With
+   * `after`, the data reaches storage only once it resolves (the journal's
+   * write-ahead: its entry synced first); acceptance does not wait for it,
+   * and its rejection fails the write as a failed write-back.
+   */
+  write(first: number, data: Buffer, after?: Promise<void>): Write
   /** Drops chunks [first, first + count): they read as zeros and free their space. */
   discard(first: number, count: number): Promise<void>
   /** Drops every chunk at or past `chunkCount` (a shrink). */

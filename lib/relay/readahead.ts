@@ -97,9 +97,9 @@ export class ReadAhead implements ChunkLayer {
     this.follow(first, count)
   }
 
-  write(first: number, data: Buffer): Write {
+  write(first: number, data: Buffer, after?: Promise<void>): Write {
     this.drop(first, data.length / CHUNK_SIZE)
-    return this.lower.write(first, data)
+    return this.lower.write(first, data, after)
   }
 
   discard(first: number, count: number): Promise<void> {

@@ -152,13 +152,13 @@ export class ThinLayer implements ChunkLayer {
     await Promise.all(reads)
   }
 
-  write(first: number, data: Buffer): Write {
+  write(first: number, data: Buffer, after?: Promise<void>): Write {
     const acceptor = acceptance()
-    return { accepted: acceptor.accepted, stored: this.store(first, data, acceptor) }
+    return { accepted: acceptor.accepted, stored: this.store(first, data, acceptor, after) }
   }
 
   /** Plans the write (waiting for space if the policy says so), accepts it, then stores data and records. */
-  private async store(first: number, data: Buffer, acceptor: Acceptance): Promise<void> {
+  private async store(first: number, data: Buffer, acceptor: Acceptance, after?: Promise<void>): Promise<void> {
     const count = data.length / CHUNK_SIZE
     let plan: WritePlan
     try {
@@ -176,6 +176,8 @@ export class ThinLayer implements ChunkLayer {
       throw err
     }
     acceptor.accept()
+    // The caller's condition (the journal's write-ahead) holds the data like a slot's clear does.
+    if (after) plan.ready.push(after)
     let stored: Promise<void>[] = []
     try {
       if (plan.ready.length) await Promise.all(plan.ready)

@@ -92,6 +92,17 @@ export function genesis(home: string, firstSeq = 1): EpochRecord {
  * through `lastSeq` (its journal is sealed there), the new one numbers from
  * lastSeq + 1.
  */
+/**
+ * The storage system an epoch's home names. A home is a storage system's
+ * name, qualified after an `@` when the epoch began for another reason than
+ * the journal moving there (a promote: `b1@promote-e2`, failover.ts) — two
+ * epochs in a row may then be on one system.
+ */
+export function storageOfHome(home: string): string {
+  const at = home.indexOf('@')
+  return at < 0 ? home : home.slice(0, at)
+}
+
 export function handoff(chain: EpochChain, home: string, lastSeq: number): EpochRecord {
   validateChain(chain)
   const last = chain[chain.length - 1]

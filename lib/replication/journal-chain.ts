@@ -48,7 +48,7 @@ import { VvfsError, asVvfsError } from '../errors.js'
 import type { Logger } from '../log.js'
 import { markKey, type DirtyMark, type DurableLog, type LogRecord } from './durable-log.js'
 import { decodeEntry } from './entry.js'
-import { handoff, rangeOf, type EpochChain, type EpochRecord } from './epoch.js'
+import { handoff, rangeOf, storageOfHome, type EpochChain, type EpochRecord } from './epoch.js'
 import { Journal, marksOf, type JournalOptions } from './journal.js'
 import { LevelDurableLog } from './level-log.js'
 
@@ -342,7 +342,8 @@ export class JournalChain {
    * epoch record, or null if the journal is already there.
    */
   async handoff(home: string, acknowledged: number): Promise<EpochRecord | null> {
-    if (home === this.home.home) return null
+    // A promote's epoch (failover.ts) names its home `SYSTEM@promote-eN`: it is on SYSTEM.
+    if (home === storageOfHome(this.home.home)) return null
     const release = this.spec.layer.holdChanges()
     let made: { log: DurableLog; journal: Journal } | null = null
     try {

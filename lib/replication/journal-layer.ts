@@ -126,9 +126,9 @@ export class JournalLayer implements ChunkLayer {
       durable.push(this.noted(a.seq, a.durable))
       if (a.seq !== null) seqs.push(a.seq)
     }
-    // Answered once logged (a write-back cache: the host's flush makes it
-    // durable); the data goes below only once the entry (or dirty mark) is
-    // synced — write-ahead. Issued together, a kill -9 could keep the data
+    // Answered once logged and its space is taken (a write-back cache: the
+    // host's flush makes it durable); the data reaches storage only once the
+    // entry (or dirty mark) is synced — write-ahead. Issued together, a kill -9 could keep the data
     // and lose the entry; after the entry was only logged, a power cut could
     // (a sync of the store for anyone else's write takes the data along).
     // Either way the primary would hold a write no entry describes, which
@@ -137,12 +137,13 @@ export class JournalLayer implements ChunkLayer {
     // (the journal's group commit). The caller holds the chunks' lock until
     // stored, so later reads and writes of them see this one.
     const logged = Promise.all(durable).then(() => undefined)
-    const stored = logged
-      .then(() => journal.syncLogged())
-      .then(() => {
-        const w = this.lower.write(first, data)
-        return Promise.all([w.accepted, w.stored])
-      })
+    // Space is taken now (in order, under the caller's locks); the data waits for the sync below.
+    const synced = logged.then(() => journal.syncLogged())
+    synced.catch(() => undefined) // the layer below reports it (a write refused first never waits for it)
+    const below = this.lower.write(first, data, synced)
+    const accepted = Promise.all([below.accepted, logged]).then(() => undefined)
+    accepted.catch(() => undefined)
+    const stored = Promise.all([below.stored, accepted])
       .then(
         () => this.settled(seqs),
         (err: unknown) => {
@@ -152,8 +153,7 @@ export class JournalLayer implements ChunkLayer {
           throw err
         },
       )
-    // A refusal below (POOL_FULL, IO_ERROR) after the answer is a failed write-back, reported at the host's next flush.
-    return { accepted: logged, stored }
+    return { accepted, stored }
   }
 
   /** Marks the extents of a change that failed below dirty: the secondary may have it, the primary's data does not. */
