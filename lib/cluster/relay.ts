@@ -23,10 +23,14 @@
  * answers FENCED (EIO) from then on; the relay keeps running, owning nothing,
  * until it is restarted (it then claims what is free again).
  *
- * Not built (DESIGN.md, "Relays in a cluster"): takeover of a volume by
- * another relay — the map records live in the owner's local MapStore, so a
- * new owner could not load them.
+ * Takeover (watchReleased, takeOver): every relay watches the owner keys;
+ * when one goes (the owner's lease expired, or it released the volume) the
+ * Manager asks takeOver(), which claims the volume (of several relays one
+ * wins) and fences the storage servers at the new token before the Manager
+ * rebuilds the map from the servers' map log (lib/relay/map-log.ts) and
+ * serves the volume.
  */
+import type { Watcher } from 'etcd3'
 import type { Etcd3 } from 'etcd3'
 import { VvfsError } from '../errors.js'
 import type { Logger } from '../log.js'
@@ -50,6 +54,7 @@ export class ClusterRelay {
   /** Volume id → ownership, for the volumes this relay owns. */
   private readonly owned = new Map<string, Owner>()
   private fencedTo = 0
+  private watcher: Watcher | null = null
 
   private constructor(
     private readonly client: Etcd3,
@@ -105,6 +110,40 @@ export class ClusterRelay {
     await this.fenceOwned()
   }
 
+  /**
+   * Takes a volume whose owner went away: claims it and fences the servers
+   * at the new token. Null when another relay claimed it first (or this
+   * relay's lease is lost).
+   */
+  async takeOver(volumeId: string, name: string): Promise<Owner | null> {
+    if (this.lease.isLost) return null
+    const owner = await this.ownership.claim(volumeId, name)
+    if (!this.isMine(owner)) {
+      this.log.info({ event: 'relay.volume_elsewhere', volume: name, owner: owner.relay, token: owner.token }, `volume ${name} was taken by relay ${owner.relay}`)
+      return null
+    }
+    this.owned.set(volumeId, owner)
+    try {
+      await this.fenceOwned()
+    } catch (err) {
+      // Not fenced: the old owner could still write. Give the volume back rather than serve it.
+      this.owned.delete(volumeId)
+      await this.ownership.release(volumeId).catch(() => {})
+      throw err
+    }
+    return owner
+  }
+
+  /** Calls `released` with a volume id each time a volume loses its owner (the Manager decides whether to take it). */
+  async watchReleased(released: (volumeId: string) => void): Promise<void> {
+    this.watcher = await this.ownership.watchOwners(released)
+  }
+
+  /** The token this relay holds a volume with (undefined: not owned here). */
+  tokenOf(volumeId: string): number | undefined {
+    return this.owned.get(volumeId)?.token
+  }
+
   async release(volumeId: string): Promise<void> {
     this.owned.delete(volumeId)
     await this.ownership.release(volumeId)
@@ -136,6 +175,8 @@ export class ClusterRelay {
 
   /** A clean stop revokes the lease: another relay may take the volumes at once. */
   async close(): Promise<void> {
+    await this.watcher?.cancel().catch(() => {})
+    this.watcher = null
     await this.lease.close(true)
     this.client.close()
     this.log.info({ event: 'relay.left', relay: this.relayId }, 'left the cluster')

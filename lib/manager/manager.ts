@@ -44,7 +44,8 @@ import { ReplicationService } from '../replication/service.js'
 import type { JobRecord, ReplicateJobRecord } from '../migration/job.js'
 import type { ReplicationInfo } from '../control/schema.js'
 // issue 14: storage systems on storage servers
-import { addRemoteSystem, fenceRemoteSystem, openRemoteSystem, remoteEpoch, remoteLink } from '../storage/remote/systems.js'
+import { addRemoteSystem, fenceRemoteSystem, openRemoteSystem, remoteEpoch, remoteLink, remoteStoreOf } from '../storage/remote/systems.js'
+import { VolumeMapLog } from '../relay/map-log.js'
 // issue 15: several relays, one catalog in etcd
 import type { ClusterOptions } from '../cluster/options.js'
 import { ClusterRelay, type RelayInfo } from '../cluster/relay.js'
@@ -94,6 +95,8 @@ export class Manager implements HostView {
   readonly replication: ReplicationService
   /** Issue 15: this daemon as a relay of a cluster (--etcd); null when alone. */
   private cluster: ClusterRelay | null = null
+  /** Issue 15: the map log the MapStore appends to (in a cluster). */
+  private mapLogs: VolumeMapLog | null = null
 
   private constructor(
     readonly stateDir: string,
@@ -200,6 +203,7 @@ export class Manager implements HostView {
       const cluster = opts.cluster ? await ClusterRelay.start(opts.cluster, opts.log, (token) => fencePool(pool, token)) : null
       manager = new Manager(stateDir, catalog, pool, maps, opts.log, opts)
       manager.cluster = cluster
+      if (cluster) maps.mirror = manager.mapLog() // issue 15: map batches logged on storage servers
       await manager.restore()
       return manager
     } catch (err) {
@@ -227,14 +231,15 @@ export class Manager implements HostView {
     const byNo = new Map<number, Committed<VolumeRecord>>()
     for (const rec of data.volumes) byNo.set(rec.no, rec)
 
+    const ready = data.volumes.filter((v) => v.state === 'ready')
+    // issue 15: in a cluster, only the volumes this relay owns are served here, their maps rebuilt from the map log
+    const served = this.cluster ? await this.cluster.claimAtStart(ready) : null
+    if (served) for (const rec of ready.filter((v) => served.has(v.id))) await this.rebuildMap(rec)
     // Read every map record; live volumes' stacks adopt theirs, the rest are cleaned.
     const { entries, stray } = await readVolumeMaps(this.maps, (volNo, extent) => {
       const rec = byNo.get(volNo)
       return rec !== undefined && rec.state === 'ready' && extent * EXTENT_SIZE < rec.size
     })
-    const ready = data.volumes.filter((v) => v.state === 'ready')
-    // issue 15: in a cluster, only the volumes this relay owns are served here
-    const served = this.cluster ? await this.cluster.claimAtStart(ready) : null
     for (const rec of ready.filter((v) => served?.has(v.id) ?? true)) this.handles.set(rec.name, this.makeHandle(draftOf<VolumeRecord>(rec), entries.get(rec.no)))
     // Space held by migration jobs is marked before stray records are cleaned.
     // Replication jobs replay their journals here, before the mounts (issue 13).
@@ -260,6 +265,7 @@ export class Manager implements HostView {
     this.spaceWatch.rearm()
     if (this.opts.mount !== false) for (const host of now.hosts) await this.mountHost(host)
     this.jobs.start()
+    await this.cluster?.watchReleased((volumeId) => void this.takeOver(volumeId)) // issue 15
     this.log.info(
       { event: 'daemon.restored', volumes: this.handles.size, storage: now.storage.length, hosts: now.hosts.length, strayRecords: stray.length },
       'state restored',
@@ -307,6 +313,14 @@ export class Manager implements HostView {
       handle.thin.close()
     }
     await this.mover.close()
+    // issue 15: the map log is on storage servers: synced before they close
+    if (this.maps.mirror) {
+      await this.maps.sync().catch((err: unknown) => {
+        const e = asVvfsError(err)
+        this.log.error({ event: 'relay.map_log_sync_failed', code: e.code, err: e.message }, 'the map log could not be synced at shutdown')
+      })
+      this.maps.mirror = null
+    }
     for (const system of this.pool.list()) {
       // A remote system whose server is down cannot sync: that must not keep the others from closing (issue 14).
       await system.close().catch((err: unknown) => {
@@ -678,7 +692,12 @@ export class Manager implements HostView {
         for (const h of hosts) if (!d.hosts.some((r) => r.name === h)) throw new VvfsError('HOST_NOT_FOUND', `no host named ${h}`)
         const rec: VolumeRecord = { name: p.name, id: randomUUID(), no: d.nextVolumeNo++, size: p.size, hosts, createdAt: new Date().toISOString(), state: 'ready' }
         if (p.replicaOf !== undefined) rec.replicaOf = p.replicaOf
-        if (this.cluster) rec.relay = this.cluster.relayId // issue 15
+        if (this.cluster) {
+          // issue 15: the relay serving it, and the storage server keeping its map log (the first remote one)
+          rec.relay = this.cluster.relayId
+          const log = this.pool.list().find((sys) => remoteStoreOf(sys) !== null)
+          if (log) rec.mapLog = log.sid
+        }
         d.volumes.push(rec)
         return structuredClone(rec)
       })
@@ -1013,6 +1032,63 @@ export class Manager implements HostView {
   relays(): Promise<RelayInfo[]> {
     if (!this.cluster) throw new VvfsError('NOT_SUPPORTED', 'this daemon is not in a cluster (start it with --etcd URL --relay-id NAME)')
     return this.cluster.relays()
+  }
+
+  /** The map log of a cluster relay: routes each volume's records to its VolumeRecord.mapLog server. */
+  private mapLog(): VolumeMapLog {
+    const log = new VolumeMapLog({
+      logOf: (volNo) => {
+        const rec = this.catalog.read().data.volumes.find((v) => v.no === volNo)
+        if (rec?.mapLog === undefined) return null
+        const store = this.pool.has(rec.mapLog) ? remoteStoreOf(this.pool.get(rec.mapLog)) : null
+        if (!store) throw new VvfsError('STORAGE_NOT_FOUND', `the storage server keeping volume ${rec.name}'s map log (#${rec.mapLog}) is not in this relay's pool`)
+        return store
+      },
+      jobVolume: (jobNo) => this.catalog.read().data.jobs.find((j) => j.id === jobNo)?.volNos[0],
+    })
+    this.mapLogs = log
+    return log
+  }
+
+  /** Issue 15: replaces the cached map of a volume this relay owns (fenced) with its map log's. */
+  private async rebuildMap(rec: Committed<VolumeRecord>): Promise<void> {
+    if (rec.mapLog === undefined || !this.mapLogs) return
+    const store = this.pool.has(rec.mapLog) ? remoteStoreOf(this.pool.get(rec.mapLog)) : null
+    if (!store) throw new VvfsError('STORAGE_NOT_FOUND', `the storage server keeping volume ${rec.name}'s map log (#${rec.mapLog}) is not in this relay's pool`)
+    const records = await this.mapLogs.rebuild(this.maps, rec.no, store)
+    this.log.info({ event: 'relay.map_loaded', volume: rec.name, records }, `volume ${rec.name}: map rebuilt from its map log (${records} records)`)
+  }
+
+  /**
+   * Issue 15: a volume lost its owner (lease expired, or released): if its
+   * map log is reachable here, claim it, fence, rebuild its map from the
+   * log, serve it (its file appears in this relay's host mounts) and record
+   * this relay as its relay. Another relay may win the claim: then nothing.
+   */
+  private takeOver(volumeId: string): Promise<void> {
+    return this.serial(async () => {
+      const cluster = this.cluster
+      const rec = this.catalog.read().data.volumes.find((v) => v.id === volumeId)
+      if (!cluster || !rec || rec.state !== 'ready' || rec.mapLog === undefined || !this.pool.has(rec.mapLog) || this.handles.has(rec.name)) return
+      const started = Date.now()
+      const owner = await cluster.takeOver(rec.id, rec.name)
+      if (!owner) return
+      try {
+        await this.rebuildMap(rec)
+        const { entries } = await readVolumeMaps(this.maps, (_volNo, extent) => extent * EXTENT_SIZE < rec.size, rec.no)
+        const handle = this.makeHandle(draftOf<VolumeRecord>(rec), entries.get(rec.no))
+        this.handles.set(rec.name, handle)
+        await this.updateVolume(rec.no, (r) => void (r.relay = cluster.relayId))
+        this.log.info({ event: 'relay.volume_taken', volume: rec.name, token: owner.token, ms: Date.now() - started }, `took volume ${rec.name} over (token ${owner.token})`)
+      } catch (err) {
+        this.handles.delete(rec.name)
+        await cluster.release(rec.id).catch(() => {})
+        throw err
+      }
+    }).catch((err: unknown) => {
+      const e = asVvfsError(err)
+      this.log.error({ event: 'relay.takeover_failed', volume: volumeId, code: e.code, err: e.message }, 'could not take a volume over')
+    })
   }
 
   /** Changes one volume's catalog record (its handle's copy follows the commit). */
