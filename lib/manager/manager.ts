@@ -243,7 +243,7 @@ export class Manager implements HostView {
     for (const rec of ready.filter((v) => served?.has(v.id) ?? true)) this.handles.set(rec.name, this.makeHandle(draftOf<VolumeRecord>(rec), entries.get(rec.no)))
     // Space held by migration jobs is marked before stray records are cleaned.
     // Replication jobs replay their journals here, before the mounts (issue 13).
-    await this.jobs.restore()
+    await this.jobs.restore(this.cluster ? (volNo) => this.byNo(volNo) !== undefined : undefined) // issue 15: the served volumes' jobs only
     await this.replication.open()
     await this.cleanStray(stray)
     // Anything past a volume's end (a shrink cut short by a crash) reads as zeros.
@@ -1039,7 +1039,8 @@ export class Manager implements HostView {
     const log = new VolumeMapLog({
       logOf: (volNo) => {
         const rec = this.catalog.read().data.volumes.find((v) => v.no === volNo)
-        if (rec?.mapLog === undefined) return null
+        // Only a volume this relay owns is logged (its other records are a cache: never written to another owner's log).
+        if (rec?.mapLog === undefined || !this.cluster?.owns(rec.id)) return null
         const store = this.pool.has(rec.mapLog) ? remoteStoreOf(this.pool.get(rec.mapLog)) : null
         if (!store) throw new VvfsError('STORAGE_NOT_FOUND', `the storage server keeping volume ${rec.name}'s map log (#${rec.mapLog}) is not in this relay's pool`)
         return store
@@ -1079,7 +1080,8 @@ export class Manager implements HostView {
         const handle = this.makeHandle(draftOf<VolumeRecord>(rec), entries.get(rec.no))
         this.handles.set(rec.name, handle)
         await this.updateVolume(rec.no, (r) => void (r.relay = cluster.relayId))
-        this.log.info({ event: 'relay.volume_taken', volume: rec.name, token: owner.token, ms: Date.now() - started }, `took volume ${rec.name} over (token ${owner.token})`)
+        const jobs = await this.jobs.adoptJobsOf(rec.no)
+        this.log.info({ event: 'relay.volume_taken', volume: rec.name, token: owner.token, jobs, ms: Date.now() - started }, `took volume ${rec.name} over (token ${owner.token})`)
       } catch (err) {
         this.handles.delete(rec.name)
         await cluster.release(rec.id).catch(() => {})

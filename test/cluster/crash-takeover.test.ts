@@ -5,7 +5,8 @@
  * logs each write after its fsync returned (outside vvfs); the standby takes
  * the volume over — claims it, fences the servers, rebuilds the map from the
  * map log on the volume's log server — and serves its file in its own host
- * mount, where every logged write reads back.
+ * mount, where every logged write reads back. A migration that was running
+ * on the owner resumes on the new owner from its bitmap and completes.
  */
 import { spawn } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
@@ -13,8 +14,8 @@ import { open } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { blockData } from '../helpers/block-data.mjs'
-import { freePort, newKey, spawnServer, tempDir } from '../remote/servers.js'
-import { relaysForFile } from './relays.js'
+import { placement, waitForJob } from '../remote/servers.js'
+import { relaysForFile, storageServers } from './relays.js'
 
 const WRITER = resolve(import.meta.dirname, '../helpers/crash-writer.mjs')
 const TTL_MS = 3000
@@ -48,11 +49,9 @@ async function waitFor(what: string, ms: number, ok: () => boolean | Promise<boo
 
 describe('takeover after kill -9 of the owner', () => {
   it('every write whose fsync returned before the kill reads back through the standby\'s mount', async () => {
-    const key = await newKey()
-    const ports = [await freePort(), await freePort()]
-    for (const port of ports) await spawnServer({ dir: await tempDir(), port, keyFile: key.file })
+    const { keyFile, ports } = await storageServers(2)
     const a = await relay('owner')
-    for (const [i, port] of ports.entries()) await a.client.call('storage.add', { name: `far${i}`, remote: `127.0.0.1:${port}`, peerKey: key.file, capacity: '128M' })
+    for (const [i, port] of ports.entries()) await a.client.call('storage.add', { name: `far${i}`, remote: `127.0.0.1:${port}`, peerKey: keyFile, capacity: '128M' })
     await a.client.call('volume.create', { name: 'v', size: '96M' })
     // The standby opens the catalog's storage servers at start: started after they were added.
     const b = await relay('standby', ['--standby'])
@@ -87,6 +86,49 @@ describe('takeover after kill -9 of the owner', () => {
       await fh.close()
     }
     console.log(`takeover: ${checked} fsync'd writes checked; volume served by the standby ${takeover} ms after kill -9 (TTL ${TTL_MS} ms)`)
+    expect(await b.stop()).toBe(0)
+  })
+})
+
+describe('takeover of a volume under migration', () => {
+  it('a migration running when the owner is killed resumes on the new owner from where it was and completes; the volume reads back whole', async () => {
+    const { keyFile, ports } = await storageServers(2)
+    const a = await relay('mover')
+    await a.client.call('storage.add', { name: 'from', remote: `127.0.0.1:${ports[0]}`, peerKey: keyFile, capacity: '64M' })
+    await a.client.call('volume.create', { name: 'w', size: '12M' })
+    const image = Buffer.alloc(12 * 1024 * 1024)
+    for (let i = 0; i < image.length; i += 4) image.writeUInt32LE((i * 2654435761) >>> 0, i)
+    const fh = await open(a.file('w'), 'r+')
+    try {
+      await fh.write(image, 0, image.length, 0)
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+    await a.client.call('storage.add', { name: 'to', remote: `127.0.0.1:${ports[1]}`, peerKey: keyFile, capacity: '64M' })
+    const b = await relay('heir', ['--standby'])
+    const job = await a.client.call('migrate.start', { volume: 'w', to: 'to', rate: '2M', keep: '0s' })
+    const MiB = 1024 * 1024
+    const before = await waitForJob(a, job.id, { ms: 10_000, until: (j) => j.progress.current >= 3 * MiB, what: '3 MiB copied' })
+    expect(before.progress.current).toBeLessThan(before.progress.total)
+    await a.kill9()
+
+    await waitFor('the volume served by the new owner', 4 * TTL_MS, () => existsSync(b.file('w')))
+    const resumed = await b.client.call('job.show', { id: job.id })
+    // From its persisted progress (at most the steps under way are done again), not from the start.
+    expect(resumed.progress.current).toBeGreaterThanOrEqual(before.progress.current - 2 * MiB)
+    expect(b.log()).toMatch(new RegExp(`"event":"relay.volume_taken".*"jobs":\\[${job.id}\\]`))
+    const done = await waitForJob(b, job.id, { ms: 20_000 })
+    expect(done.result).toBe('completed')
+    expect(await placement(b, 'w')).toEqual(['to'])
+    const back = Buffer.alloc(image.length)
+    const rh = await open(b.file('w'), 'r')
+    try {
+      await rh.read(back, 0, back.length, 0)
+    } finally {
+      await rh.close()
+    }
+    expect(back.equals(image)).toBe(true)
     expect(await b.stop()).toBe(0)
   })
 })

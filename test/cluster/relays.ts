@@ -8,7 +8,7 @@
 import { afterAll, beforeAll } from 'vitest'
 import { cleanupAll, removeDir, startDaemon, type DaemonHandle } from '../helpers/daemon.js'
 import { startEtcd, stopAllEtcd, type EtcdServer } from '../helpers/etcd.js'
-import { cleanup } from '../remote/servers.js'
+import { cleanup, freePort, newKey, spawnServer, tempDir } from '../remote/servers.js'
 
 export function relaysForFile(ttlMs: number) {
   let etcd: EtcdServer | undefined
@@ -31,4 +31,16 @@ export function relaysForFile(ttlMs: number) {
       return d
     },
   }
+}
+
+/** `n` storage servers (`vvfs storage serve`, own processes on 127.0.0.1) sharing one new key: the key file and their ports. */
+export async function storageServers(n: number): Promise<{ keyFile: string; ports: number[] }> {
+  const key = await newKey()
+  const ports: number[] = []
+  for (let i = 0; i < n; i++) {
+    const port = await freePort()
+    await spawnServer({ dir: await tempDir(), port, keyFile: key.file })
+    ports.push(port)
+  }
+  return { keyFile: key.file, ports }
 }
