@@ -34,10 +34,14 @@ import type { Watcher } from 'etcd3'
 import type { Etcd3 } from 'etcd3'
 import { VvfsError } from '../errors.js'
 import type { Logger } from '../log.js'
-import { etcdClient } from '../manager/etcd-catalog.js'
+import { etcdClient, etcdError } from '../manager/etcd-catalog.js'
 import { DEFAULT_LEASE_TTL_MS, type ClusterOptions } from './options.js'
 import { Ownership, type Owner } from './ownership.js'
 import { listRelays, RelayLease } from './relay-lease.js'
+
+function handoverKey(prefix: string, volumeId: string): string {
+  return `${prefix}handover/${volumeId}`
+}
 
 export interface RelayInfo {
   relay: string
@@ -55,6 +59,8 @@ export class ClusterRelay {
   private readonly owned = new Map<string, Owner>()
   private fencedTo = 0
   private watcher: Watcher | null = null
+  /** Volumes being handed over (`volume move`): owned in etcd, not acknowledging. */
+  private readonly moving = new Map<string, Owner>()
 
   private constructor(
     private readonly client: Etcd3,
@@ -72,7 +78,10 @@ export class ClusterRelay {
     try {
       const lease = await RelayLease.start({ client, prefix, relayId: opts.relayId, ttlMs: opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, log })
       const relay = new ClusterRelay(client, prefix, lease, new Ownership(client, prefix, lease), opts.standby === true, fence, log)
-      lease.onLost = () => relay.owned.clear()
+      lease.onLost = () => {
+        relay.owned.clear()
+        relay.moving.clear()
+      }
       log.info({ event: 'relay.joined', relay: opts.relayId, lease: lease.leaseId, ttlMs: lease.ttlMs, standby: relay.standby }, 'joined the cluster')
       return relay
     } catch (err) {
@@ -134,6 +143,49 @@ export class ClusterRelay {
     return owner
   }
 
+  /**
+   * `vvfs volume move`: names `to` as the relay that takes the volume
+   * (PREFIX/handover/ID under this relay's lease, so it goes if this relay
+   * dies), then gives the volume up. Other relays leave it alone
+   * (handoverTarget).
+   */
+  async handOver(volumeId: string, to: string): Promise<void> {
+    await this.lease.lease
+      .put(handoverKey(this.prefix, volumeId))
+      .value(to)
+      .exec()
+      .catch((err: unknown) => {
+        throw etcdError(err, `cannot record the handover of volume ${volumeId}`)
+      })
+    await this.release(volumeId)
+  }
+
+  /** The relay a volume is being handed to, if a handover is under way. */
+  async handoverTarget(volumeId: string): Promise<string | undefined> {
+    const value = await this.client
+      .get(handoverKey(this.prefix, volumeId))
+      .string()
+      .catch((err: unknown) => {
+        throw etcdError(err, `cannot read the handover of volume ${volumeId}`)
+      })
+    return value ?? undefined
+  }
+
+  async clearHandover(volumeId: string): Promise<void> {
+    await this.client
+      .delete()
+      .key(handoverKey(this.prefix, volumeId))
+      .exec()
+      .catch((err: unknown) => {
+        throw etcdError(err, `cannot clear the handover of volume ${volumeId}`)
+      })
+  }
+
+  /** Whether a relay of this name is in the cluster (its lease alive). */
+  async hasRelay(relayId: string): Promise<boolean> {
+    return (await listRelays(this.client, this.prefix)).some((r) => r.relay === relayId && r.leaseTtlMs > 0)
+  }
+
   /** Calls `released` with a volume id each time a volume loses its owner (the Manager decides whether to take it). */
   async watchReleased(released: (volumeId: string) => void): Promise<void> {
     this.watcher = await this.ownership.watchOwners(released)
@@ -146,11 +198,33 @@ export class ClusterRelay {
 
   async release(volumeId: string): Promise<void> {
     this.owned.delete(volumeId)
+    this.moving.delete(volumeId)
     await this.ownership.release(volumeId)
   }
 
   owns(volumeId: string): boolean {
     return this.owned.has(volumeId)
+  }
+
+  /** Owned, or owned and not acknowledging while a `volume move` drains it: its records still go to its map log. */
+  holds(volumeId: string): boolean {
+    return this.owned.has(volumeId) || this.moving.has(volumeId)
+  }
+
+  /** `volume move`: stops acknowledging the volume's I/O (FENCED) while it is drained; still owned in etcd. */
+  stopServing(volumeId: string): void {
+    const owner = this.owned.get(volumeId)
+    if (!owner) return
+    this.moving.set(volumeId, owner)
+    this.owned.delete(volumeId)
+  }
+
+  /** The drain failed: acknowledges the volume's I/O again. */
+  resumeServing(volumeId: string): void {
+    const owner = this.moving.get(volumeId)
+    if (!owner) return
+    this.owned.set(volumeId, owner)
+    this.moving.delete(volumeId)
   }
 
   /** Throws FENCED unless this relay may acknowledge `what` on the volume now. */

@@ -18,7 +18,7 @@ import { asVvfsError, VvfsError } from '../errors.js'
 import { HostMount, type HostView, type MountTimeouts } from '../fuse/host-mount.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
 import type { Logger } from '../log.js'
-import type { ExtentEntry } from '../relay/extent-entry.js'
+import { releaseSpace, type ExtentEntry } from '../relay/extent-entry.js'
 import { extentPrefix } from '../relay/key-space.js'
 import { MapStore } from '../relay/map-store.js'
 import { buildVolumeStack } from '../relay/stack.js'
@@ -1040,7 +1040,7 @@ export class Manager implements HostView {
       logOf: (volNo) => {
         const rec = this.catalog.read().data.volumes.find((v) => v.no === volNo)
         // Only a volume this relay owns is logged (its other records are a cache: never written to another owner's log).
-        if (rec?.mapLog === undefined || !this.cluster?.owns(rec.id)) return null
+        if (rec?.mapLog === undefined || !this.cluster?.holds(rec.id)) return null
         const store = this.pool.has(rec.mapLog) ? remoteStoreOf(this.pool.get(rec.mapLog)) : null
         if (!store) throw new VvfsError('STORAGE_NOT_FOUND', `the storage server keeping volume ${rec.name}'s map log (#${rec.mapLog}) is not in this relay's pool`)
         return store
@@ -1067,29 +1067,88 @@ export class Manager implements HostView {
    * this relay as its relay. Another relay may win the claim: then nothing.
    */
   private takeOver(volumeId: string): Promise<void> {
-    return this.serial(async () => {
-      const cluster = this.cluster
-      const rec = this.catalog.read().data.volumes.find((v) => v.id === volumeId)
-      if (!cluster || !rec || rec.state !== 'ready' || rec.mapLog === undefined || !this.pool.has(rec.mapLog) || this.handles.has(rec.name)) return
-      const started = Date.now()
-      const owner = await cluster.takeOver(rec.id, rec.name)
-      if (!owner) return
-      try {
-        await this.rebuildMap(rec)
-        const { entries } = await readVolumeMaps(this.maps, (_volNo, extent) => extent * EXTENT_SIZE < rec.size, rec.no)
-        const handle = this.makeHandle(draftOf<VolumeRecord>(rec), entries.get(rec.no))
-        this.handles.set(rec.name, handle)
-        await this.updateVolume(rec.no, (r) => void (r.relay = cluster.relayId))
-        const jobs = await this.jobs.adoptJobsOf(rec.no)
-        this.log.info({ event: 'relay.volume_taken', volume: rec.name, token: owner.token, jobs, ms: Date.now() - started }, `took volume ${rec.name} over (token ${owner.token})`)
-      } catch (err) {
-        this.handles.delete(rec.name)
-        await cluster.release(rec.id).catch(() => {})
-        throw err
-      }
-    }).catch((err: unknown) => {
+    return this.serial(() => this.takeOverNow(volumeId)).catch((err: unknown) => {
       const e = asVvfsError(err)
       this.log.error({ event: 'relay.takeover_failed', volume: volumeId, code: e.code, err: e.message }, 'could not take a volume over')
+    })
+  }
+
+  /** takeOver() inside the serial queue. */
+  private async takeOverNow(volumeId: string): Promise<void> {
+    const cluster = this.cluster
+    const rec = this.catalog.read().data.volumes.find((v) => v.id === volumeId)
+    if (!cluster || !rec || rec.state !== 'ready' || rec.mapLog === undefined || !this.pool.has(rec.mapLog) || this.handles.has(rec.name)) return
+    const target = await cluster.handoverTarget(rec.id)
+    if (target !== undefined && target !== cluster.relayId) return // `volume move` to another relay
+    const started = Date.now()
+    const owner = await cluster.takeOver(rec.id, rec.name)
+    if (!owner) return
+    try {
+      await this.rebuildMap(rec)
+      const { entries } = await readVolumeMaps(this.maps, (_volNo, extent) => extent * EXTENT_SIZE < rec.size, rec.no)
+      const handle = this.makeHandle(draftOf<VolumeRecord>(rec), entries.get(rec.no))
+      this.handles.set(rec.name, handle)
+      await this.updateVolume(rec.no, (r) => void (r.relay = cluster.relayId))
+      const jobs = await this.jobs.adoptJobsOf(rec.no)
+      this.log.info({ event: 'relay.volume_taken', volume: rec.name, token: owner.token, jobs, ms: Date.now() - started }, `took volume ${rec.name} over (token ${owner.token})`)
+    } catch (err) {
+      this.handles.delete(rec.name)
+      await cluster.release(rec.id).catch(() => {})
+      throw err
+    }
+  }
+
+  /**
+   * Issue 15, `vvfs volume move NAME --relay R`: this relay stops
+   * acknowledging the volume's I/O (FENCED: the host sees EIO), drains it,
+   * syncs the map log, stops serving it and gives its space back to its own
+   * tables, names R in etcd and releases the volume; R takes it over (the
+   * others leave it to R). Returns once R serves it (its catalog record
+   * names R), with the gap: from when this relay stopped acknowledging.
+   * If R has not taken it within HANDOVER_WAIT_MS this relay takes it back.
+   */
+  moveVolume(name: string, to: string): Promise<{ volume: string; from: string; to: string; token: number; gapMs: number }> {
+    return this.serial(async () => {
+      const cluster = this.cluster
+      if (!cluster) throw new VvfsError('NOT_SUPPORTED', 'this daemon is not in a cluster (start it with --etcd URL --relay-id NAME)')
+      const v = this.volumeNamed(name)
+      if (!cluster.owns(v.id)) throw new VvfsError('NOT_OWNER', `relay ${cluster.relayId} does not own volume ${name}`)
+      if (to === cluster.relayId) throw new VvfsError('INVALID_ARGUMENT', `volume ${name} is already served by relay ${to}`)
+      if (v.record.mapLog === undefined) throw new VvfsError('NOT_SUPPORTED', `volume ${name} has no map log (it was made without a storage server in the pool): only its relay can serve it`)
+      const job = this.jobs.activeJobOf(v.record.no)
+      if (job) throw new VvfsError('VOLUME_BUSY', `volume ${name} is in job ${job.id} (${job.status}); wait for it, or let a takeover resume it`)
+      if (!(await cluster.hasRelay(to))) throw new VvfsError('RELAY_NOT_FOUND', `no relay ${to} in the cluster`)
+      const stoppedAt = Date.now()
+      cluster.stopServing(v.id)
+      try {
+        await v.volume.drain()
+        await v.thin.settle()
+        await this.maps.sync()
+      } catch (err) {
+        cluster.resumeServing(v.id)
+        throw err
+      }
+      this.handles.delete(name)
+      readCache.forget(v.record.no)
+      v.thin.close()
+      for (const e of v.map.extentIndexes()) releaseSpace(this.pool, v.map.get(e)!)
+      await cluster.handOver(v.id, to)
+      const end = Date.now() + HANDOVER_WAIT_MS
+      for (;;) {
+        const rec = this.catalog.read().data.volumes.find((r) => r.id === v.id)
+        const owner = (await cluster.ownership.owners()).find((o) => o.volumeId === v.id)
+        if (rec?.relay === to && owner?.relay === to) {
+          const gapMs = Date.now() - stoppedAt
+          await cluster.clearHandover(v.id)
+          this.log.info({ event: 'volume.moved', volume: name, from: cluster.relayId, to, token: owner.token, gapMs }, `volume ${name} handed over to relay ${to}`)
+          return { volume: name, from: cluster.relayId, to, token: owner.token, gapMs }
+        }
+        if (Date.now() > end) break
+        await new Promise((r) => setTimeout(r, 20))
+      }
+      await cluster.clearHandover(v.id)
+      await this.takeOverNow(v.id)
+      throw new VvfsError('TIMEOUT', `relay ${to} did not take volume ${name} within ${HANDOVER_WAIT_MS / 1000}s${this.handles.has(name) ? '; this relay serves it again' : ''}`)
     })
   }
 
@@ -1114,6 +1173,9 @@ export class Manager implements HostView {
     this.events.emit('event', event)
   }
 }
+
+/** Issue 15: how long `volume move` waits for the named relay to serve the volume before taking it back. */
+const HANDOVER_WAIT_MS = 10_000
 
 function percent(part: number, whole: number): number {
   return whole === 0 ? 0 : Math.round((1000 * part) / whole) / 10
