@@ -95,10 +95,11 @@ export class ClusterRelay {
   }
 
   /**
-   * At start: claims each volume whose map this relay holds (it made it:
-   * `relay` in its record) and nobody owns — not with --standby — then
-   * fences. Returns the ids this relay owns. Another relay's volume is never
-   * claimed here: its map records are in that relay's MapStore.
+   * At start: claims each volume this relay served last (`relay` in its
+   * record: it made it or took it over) and nobody owns — not with
+   * --standby — then fences. Returns the ids this relay owns. Another
+   * relay's volume is taken only when its owner key goes (takeOver), and
+   * only with a map log.
    */
   async claimAtStart(volumes: readonly { id: string; name: string; relay?: string }[]): Promise<Set<string>> {
     if (!this.standby) {
