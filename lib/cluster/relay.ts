@@ -58,6 +58,10 @@ export class ClusterRelay {
   /** Volume id → ownership, for the volumes this relay owns. */
   private readonly owned = new Map<string, Owner>()
   private fencedTo = 0
+  private ttlMs = DEFAULT_LEASE_TTL_MS
+  private closed = false
+  /** Called (by leaseLost) with the volumes this relay owned when etcd said its lease expired: the Manager stops serving them. */
+  onVolumesLost: ((volumeIds: string[]) => void) | undefined
   private watcher: Watcher | null = null
   /** Volumes being handed over (`volume move`): owned in etcd, not acknowledging. */
   private readonly moving = new Map<string, Owner>()
@@ -65,8 +69,9 @@ export class ClusterRelay {
   private constructor(
     private readonly client: Etcd3,
     private readonly prefix: string,
-    readonly lease: RelayLease,
-    readonly ownership: Ownership,
+    /** Replaced when the relay rejoins after its lease was lost. */
+    public lease: RelayLease,
+    public ownership: Ownership,
     readonly standby: boolean,
     private readonly fence: (token: number) => Promise<void>,
     private readonly log: Logger,
@@ -78,10 +83,8 @@ export class ClusterRelay {
     try {
       const lease = await RelayLease.start({ client, prefix, relayId: opts.relayId, ttlMs: opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, log })
       const relay = new ClusterRelay(client, prefix, lease, new Ownership(client, prefix, lease), opts.standby === true, fence, log)
-      lease.onLost = () => {
-        relay.owned.clear()
-        relay.moving.clear()
-      }
+      relay.ttlMs = opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS
+      lease.onLost = () => relay.leaseLost()
       log.info({ event: 'relay.joined', relay: opts.relayId, lease: lease.leaseId, ttlMs: lease.ttlMs, standby: relay.standby }, 'joined the cluster')
       return relay
     } catch (err) {
@@ -248,8 +251,45 @@ export class ClusterRelay {
       .sort((a, b) => a.relay.localeCompare(b.relay))
   }
 
+  /**
+   * etcd says the lease expired: every volume owned is lost (another relay
+   * may have taken it and fenced the servers). The Manager stops serving
+   * them; the relay rejoins the cluster under a new lease as a non-owner —
+   * retrying until etcd answers — and may take volumes over again later.
+   */
+  private leaseLost(): void {
+    const lost = [...this.owned.keys(), ...this.moving.keys()]
+    this.owned.clear()
+    this.moving.clear()
+    this.onVolumesLost?.(lost)
+    void this.rejoin()
+  }
+
+  private async rejoin(): Promise<void> {
+    const old = this.lease
+    await old.close(false).catch(() => {})
+    for (let attempt = 1; !this.closed; attempt++) {
+      try {
+        const lease = await RelayLease.start({ client: this.client, prefix: this.prefix, relayId: this.relayId, ttlMs: this.ttlMs, log: this.log })
+        if (this.closed) {
+          await lease.close(true)
+          return
+        }
+        this.lease = lease
+        this.ownership = new Ownership(this.client, this.prefix, lease)
+        lease.onLost = () => this.leaseLost()
+        this.log.info({ event: 'relay.rejoined', relay: this.relayId, lease: lease.leaseId, attempt }, 'rejoined the cluster under a new lease, owning nothing')
+        return
+      } catch (err) {
+        this.log.warn({ event: 'relay.rejoin_failed', relay: this.relayId, attempt, err: (err as Error).message }, 'could not rejoin the cluster yet')
+        await new Promise((r) => setTimeout(r, Math.min(1000, this.ttlMs / 3)))
+      }
+    }
+  }
+
   /** A clean stop revokes the lease: another relay may take the volumes at once. */
   async close(): Promise<void> {
+    this.closed = true
     await this.watcher?.cancel().catch(() => {})
     this.watcher = null
     await this.lease.close(true)

@@ -119,6 +119,13 @@ export class JobManager {
     return adopted
   }
 
+  /** Issue 15: a volume this relay lost (lease expired) — its jobs stop here and are forgotten (the new owner resumes them). */
+  async dropJobsOf(volNo: number): Promise<void> {
+    const drivers = [...this.drivers.values()].filter((d) => d.job.volNos.includes(volNo))
+    for (const d of drivers) this.drivers.delete(d.job.id)
+    await Promise.all(drivers.map((d) => d.halt()))
+  }
+
   /** Starts the drivers (after the mounts are up) and the policy timer. */
   start(): void {
     for (const d of this.drivers.values()) this.launch(d)

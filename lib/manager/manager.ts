@@ -204,6 +204,7 @@ export class Manager implements HostView {
       manager = new Manager(stateDir, catalog, pool, maps, opts.log, opts)
       manager.cluster = cluster
       if (cluster) maps.mirror = manager.mapLog() // issue 15: map batches logged on storage servers
+      if (cluster) cluster.onVolumesLost = (ids) => void manager?.dropLostVolumes(ids) // issue 15
       await manager.restore()
       return manager
     } catch (err) {
@@ -1149,6 +1150,33 @@ export class Manager implements HostView {
       await cluster.clearHandover(v.id)
       await this.takeOverNow(v.id)
       throw new VvfsError('TIMEOUT', `relay ${to} did not take volume ${name} within ${HANDOVER_WAIT_MS / 1000}s${this.handles.has(name) ? '; this relay serves it again' : ''}`)
+    })
+  }
+
+  /**
+   * Issue 15: this relay's lease expired — the volumes it owned may be
+   * another relay's now. Their jobs stop, their files leave this relay's
+   * mounts, their space goes back to this relay's tables (taken over again
+   * later, they are adopted again). Writes still under way fail (FENCED or
+   * refused by the fenced servers), and are logged.
+   */
+  private dropLostVolumes(volumeIds: string[]): Promise<void> {
+    return this.serial(async () => {
+      for (const v of [...this.handles.values()].filter((h) => volumeIds.includes(h.id))) {
+        await this.jobs.dropJobsOf(v.record.no)
+        this.handles.delete(v.name)
+        readCache.forget(v.record.no)
+        await v.volume.drain().catch((err: unknown) => {
+          const e = asVvfsError(err)
+          this.log.warn({ event: 'volume.write_failed', volume: v.name, code: e.code, err: e.message }, `volume ${v.name}: a write under way when the lease was lost failed`)
+        })
+        v.thin.close()
+        for (const e of v.map.extentIndexes()) releaseSpace(this.pool, v.map.get(e)!)
+        this.log.warn({ event: 'relay.volume_lost', volume: v.name }, `volume ${v.name} is no longer served here: this relay's lease expired`)
+      }
+    }).catch((err: unknown) => {
+      const e = asVvfsError(err)
+      this.log.error({ event: 'relay.drop_failed', code: e.code, err: e.message }, 'could not stop serving the volumes of an expired lease')
     })
   }
 
