@@ -19,7 +19,7 @@ import { relaysForFile, storageServers } from './relays.js'
 
 const WRITER = resolve(import.meta.dirname, '../helpers/crash-writer.mjs')
 const TTL_MS = 3000
-const { relay } = relaysForFile(TTL_MS)
+const { relay, ownerAndStandby } = relaysForFile(TTL_MS)
 
 /** The writes the writer logged after their fsync returned, each read back from `file`: the ones that differ. */
 async function lostWrites(file: string, log: string): Promise<{ checked: number; lost: string[] }> {
@@ -49,12 +49,7 @@ async function waitFor(what: string, ms: number, ok: () => boolean | Promise<boo
 
 describe('takeover after kill -9 of the owner', () => {
   it('every write whose fsync returned before the kill reads back through the standby\'s mount', async () => {
-    const { keyFile, ports } = await storageServers(2)
-    const a = await relay('owner')
-    for (const [i, port] of ports.entries()) await a.client.call('storage.add', { name: `far${i}`, remote: `127.0.0.1:${port}`, peerKey: keyFile, capacity: '128M' })
-    await a.client.call('volume.create', { name: 'v', size: '96M' })
-    // The standby opens the catalog's storage servers at start: started after they were added.
-    const b = await relay('standby', ['--standby'])
+    const { a, b } = await ownerAndStandby({ owner: 'owner', standby: 'standby', systems: 'far', capacity: '128M', volume: 'v', size: '96M' })
     expect((await b.client.call('volume.list', {})).volumes).toEqual([])
 
     const log = join(a.dir, 'durable.log')

@@ -23,12 +23,24 @@ export function relaysForFile(ttlMs: number) {
     await cleanup()
     await stopAllEtcd()
   })
+  const relay = async (id: string, extra: string[] = []): Promise<DaemonHandle> => {
+    const d = await startDaemon({ extraArgs: ['--etcd', etcd!.url, '--relay-id', id, '--lease-ttl', `${ttlMs / 1000}s`, ...extra] })
+    daemons.push(d)
+    return d
+  }
   return {
     etcd: () => etcd!,
-    async relay(id: string, extra: string[] = []): Promise<DaemonHandle> {
-      const d = await startDaemon({ extraArgs: ['--etcd', etcd!.url, '--relay-id', id, '--lease-ttl', `${ttlMs / 1000}s`, ...extra] })
-      daemons.push(d)
-      return d
+    relay,
+    /**
+     * Relay `owner` with two storage servers added (`PREFIX0`, `PREFIX1`, `capacity` each) and volume
+     * `volume` made on it, then relay `standby` (--standby: started after, it opens the servers at start).
+     */
+    async ownerAndStandby(p: { owner: string; standby: string; systems: string; capacity: string; volume: string; size: string }): Promise<{ a: DaemonHandle; b: DaemonHandle }> {
+      const { keyFile, ports } = await storageServers(2)
+      const a = await relay(p.owner)
+      for (const [i, port] of ports.entries()) await a.client.call('storage.add', { name: `${p.systems}${i}`, remote: `127.0.0.1:${port}`, peerKey: keyFile, capacity: p.capacity })
+      await a.client.call('volume.create', { name: p.volume, size: p.size })
+      return { a, b: await relay(p.standby, ['--standby']) }
     },
   }
 }

@@ -10,10 +10,10 @@ import { existsSync } from 'node:fs'
 import { open } from 'node:fs/promises'
 import { describe, expect, it } from 'vitest'
 import { cliFor } from '../helpers/cli.js'
-import { relaysForFile, storageServers } from './relays.js'
+import { relaysForFile } from './relays.js'
 
 const TTL_MS = 3000
-const { relay } = relaysForFile(TTL_MS)
+const { ownerAndStandby } = relaysForFile(TTL_MS)
 
 async function writeAndSync(file: string, data: Buffer, offset: number): Promise<void> {
   const fh = await open(file, 'r+')
@@ -38,11 +38,7 @@ async function readBack(file: string, length: number): Promise<Buffer> {
 
 describe('volume move', () => {
   it('hands a volume to another relay with a gap of at most 1 s; every fsync\'d byte reads back there; moved back, the first relay serves it again', async () => {
-    const { keyFile, ports } = await storageServers(2)
-    const a = await relay('left')
-    for (const [i, port] of ports.entries()) await a.client.call('storage.add', { name: `far${i}`, remote: `127.0.0.1:${port}`, peerKey: keyFile, capacity: '64M' })
-    await a.client.call('volume.create', { name: 'v', size: '8M' })
-    const b = await relay('right', ['--standby'])
+    const { a, b } = await ownerAndStandby({ owner: 'left', standby: 'right', systems: 'far', capacity: '64M', volume: 'v', size: '8M' })
     const image = Buffer.alloc(8 * 1024 * 1024)
     for (let i = 0; i < image.length; i += 4) image.writeUInt32LE((i * 40503) >>> 0, i)
     await writeAndSync(a.file('v'), image, 0)
