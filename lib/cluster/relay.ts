@@ -20,8 +20,8 @@
  *
  * Failure modes: etcd unreachable at start → the daemon does not start
  * (PEER_UNAVAILABLE). Lease lost while running → every volume of the relay
- * answers FENCED (EIO) from then on; the relay keeps running, owning nothing,
- * until it is restarted (it then claims what is free again).
+ * answers FENCED (EIO) from then on; the Manager stops serving them
+ * (onVolumesLost) and the relay rejoins under a new lease, owning nothing.
  *
  * Takeover (watchReleased, takeOver): every relay watches the owner keys;
  * when one goes (the owner's lease expired, or it released the volume) the
