@@ -61,7 +61,7 @@ bench: setup
 	node dist/bench/remote.js
 	node dist/bench/replication.js
 
-# Issue 15: relays in a cluster — failover time, etcd vs file catalog throughput (BENCH_HA_RUNS, BENCH_HA_TTL_MS, BENCH_SECONDS).
+# Issue 15: relays in a cluster — failover time, etcd vs file catalog throughput, graceful volume move gap (BENCH_HA_RUNS, BENCH_HA_TTL_MS, BENCH_SECONDS, BENCH_HA_MOVES).
 bench-ha: setup
 	node dist/bench/ha.js
 

@@ -41,11 +41,12 @@ async function waitHealthy(url: string, proc: ChildProcess, logPath: string, tim
   }
 }
 
-export async function startEtcd(): Promise<EtcdServer> {
+/** `host`: the address its client URL listens on (default 127.0.0.1; a test's network namespace reaches another). */
+export async function startEtcd(opts: { host?: string } = {}): Promise<EtcdServer> {
   const dir = mkdtempSync(join(tmpdir(), 'vvfs-etcd-'))
   const clientPort = await freePort()
   const peerPort = await freePort()
-  const url = `http://127.0.0.1:${clientPort}`
+  const url = `http://${opts.host ?? '127.0.0.1'}:${clientPort}`
   const logPath = join(dir, 'etcd.log')
   const args = [
     '--name', 'test',

@@ -13,7 +13,7 @@ import { asVvfsError, VvfsError } from '../errors.js'
 import { LOG_FORMATS, LOG_LEVELS, type LogLevel } from '../log.js'
 import { checkName, formatSize, parseDuration, parseSize } from '../units.js'
 import type { ClusterOptions } from '../cluster/options.js'
-import { relayCommands } from '../cluster/cli.js'
+import { relayCommands, volumeMoveCommand } from '../cluster/cli.js'
 import { fields, table } from './output.js'
 import { copyOptions, migrationCommands, startedJob } from './jobs.js'
 import { COMPLETION_KEY, namesToComplete } from './completion.js'
@@ -340,6 +340,7 @@ export function buildCli(rawArgs: string[]) {
           const r = await call(argv, 'volume.list', {})
           print(argv, r.volumes, () => volumeRows(r.volumes))
         })
+        .command(volumeMoveCommand(withClient, print)) // issue 15
         .command(
           'show <name>',
           'show a volume and its extent map (runs of consecutive extents on one storage system)',

@@ -32,7 +32,7 @@
  * their TTL on election), so keep-alives resume on the same lease.
  */
 import { hostname } from 'node:os'
-import type { Etcd3, Lease } from 'etcd3'
+import { EtcdLeaseInvalidError, type Etcd3, type Lease } from 'etcd3'
 import { VvfsError } from '../errors.js'
 import type { Logger } from '../log.js'
 import { etcdError } from '../manager/etcd-catalog.js'
@@ -168,8 +168,9 @@ export class RelayLease {
       }
     } catch (err) {
       if (this.closed) return
-      // etcd answers a keep-alive of an expired lease with "lease not found".
-      if (/not found/i.test((err as Error).message)) return this.markLost()
+      // etcd answers a keep-alive of an expired lease with "lease not found"; the etcd3 client once it
+      // knows, with EtcdLeaseInvalidError (the message was missed: a relay cut off past its TTL never learned it).
+      if (err instanceof EtcdLeaseInvalidError || /not found/i.test((err as Error).message)) return this.markLost()
       if (this.wasValid && !this.acknowledging()) this.wasValid = false
       this.log.warn({ event: 'relay.keepalive_failed', relay: this.relayId, lease: this.leaseId, err: (err as Error).message, acknowledging: this.acknowledging() }, 'lease keep-alive failed')
     }

@@ -20,20 +20,28 @@
  *
  * Failure modes: etcd unreachable at start → the daemon does not start
  * (PEER_UNAVAILABLE). Lease lost while running → every volume of the relay
- * answers FENCED (EIO) from then on; the relay keeps running, owning nothing,
- * until it is restarted (it then claims what is free again).
+ * answers FENCED (EIO) from then on; the Manager stops serving them
+ * (onVolumesLost) and the relay rejoins under a new lease, owning nothing.
  *
- * Not built (DESIGN.md, "Relays in a cluster"): takeover of a volume by
- * another relay — the map records live in the owner's local MapStore, so a
- * new owner could not load them.
+ * Takeover (watchReleased, takeOver): every relay watches the owner keys;
+ * when one goes (the owner's lease expired, or it released the volume) the
+ * Manager asks takeOver(), which claims the volume (of several relays one
+ * wins) and fences the storage servers at the new token before the Manager
+ * rebuilds the map from the servers' map log (lib/relay/map-log.ts) and
+ * serves the volume.
  */
+import type { Watcher } from 'etcd3'
 import type { Etcd3 } from 'etcd3'
 import { VvfsError } from '../errors.js'
 import type { Logger } from '../log.js'
-import { etcdClient } from '../manager/etcd-catalog.js'
+import { etcdClient, etcdError } from '../manager/etcd-catalog.js'
 import { DEFAULT_LEASE_TTL_MS, type ClusterOptions } from './options.js'
 import { Ownership, type Owner } from './ownership.js'
 import { listRelays, RelayLease } from './relay-lease.js'
+
+function handoverKey(prefix: string, volumeId: string): string {
+  return `${prefix}handover/${volumeId}`
+}
 
 export interface RelayInfo {
   relay: string
@@ -50,12 +58,20 @@ export class ClusterRelay {
   /** Volume id → ownership, for the volumes this relay owns. */
   private readonly owned = new Map<string, Owner>()
   private fencedTo = 0
+  private ttlMs = DEFAULT_LEASE_TTL_MS
+  private closed = false
+  /** Called (by leaseLost) with the volumes this relay owned when etcd said its lease expired: the Manager stops serving them. */
+  onVolumesLost: ((volumeIds: string[]) => void) | undefined
+  private watcher: Watcher | null = null
+  /** Volumes being handed over (`volume move`): owned in etcd, not acknowledging. */
+  private readonly moving = new Map<string, Owner>()
 
   private constructor(
     private readonly client: Etcd3,
     private readonly prefix: string,
-    readonly lease: RelayLease,
-    readonly ownership: Ownership,
+    /** Replaced when the relay rejoins after its lease was lost. */
+    public lease: RelayLease,
+    public ownership: Ownership,
     readonly standby: boolean,
     private readonly fence: (token: number) => Promise<void>,
     private readonly log: Logger,
@@ -67,7 +83,8 @@ export class ClusterRelay {
     try {
       const lease = await RelayLease.start({ client, prefix, relayId: opts.relayId, ttlMs: opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, log })
       const relay = new ClusterRelay(client, prefix, lease, new Ownership(client, prefix, lease), opts.standby === true, fence, log)
-      lease.onLost = () => relay.owned.clear()
+      relay.ttlMs = opts.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS
+      lease.onLost = () => relay.leaseLost()
       log.info({ event: 'relay.joined', relay: opts.relayId, lease: lease.leaseId, ttlMs: lease.ttlMs, standby: relay.standby }, 'joined the cluster')
       return relay
     } catch (err) {
@@ -81,10 +98,11 @@ export class ClusterRelay {
   }
 
   /**
-   * At start: claims each volume whose map this relay holds (it made it:
-   * `relay` in its record) and nobody owns — not with --standby — then
-   * fences. Returns the ids this relay owns. Another relay's volume is never
-   * claimed here: its map records are in that relay's MapStore.
+   * At start: claims each volume this relay served last (`relay` in its
+   * record: it made it or took it over) and nobody owns — not with
+   * --standby — then fences. Returns the ids this relay owns. Another
+   * relay's volume is taken only when its owner key goes (takeOver), and
+   * only with a map log.
    */
   async claimAtStart(volumes: readonly { id: string; name: string; relay?: string }[]): Promise<Set<string>> {
     if (!this.standby) {
@@ -105,13 +123,112 @@ export class ClusterRelay {
     await this.fenceOwned()
   }
 
+  /**
+   * Takes a volume whose owner went away: claims it and fences the servers
+   * at the new token. Null when another relay claimed it first (or this
+   * relay's lease is lost).
+   */
+  async takeOver(volumeId: string, name: string): Promise<Owner | null> {
+    if (this.lease.isLost) return null
+    const owner = await this.ownership.claim(volumeId, name)
+    if (!this.isMine(owner)) {
+      this.log.info({ event: 'relay.volume_elsewhere', volume: name, owner: owner.relay, token: owner.token }, `volume ${name} was taken by relay ${owner.relay}`)
+      return null
+    }
+    this.owned.set(volumeId, owner)
+    try {
+      await this.fenceOwned()
+    } catch (err) {
+      // Not fenced: the old owner could still write. Give the volume back rather than serve it.
+      this.owned.delete(volumeId)
+      await this.ownership.release(volumeId).catch(() => {})
+      throw err
+    }
+    return owner
+  }
+
+  /**
+   * `vvfs volume move`: names `to` as the relay that takes the volume
+   * (PREFIX/handover/ID under this relay's lease, so it goes if this relay
+   * dies), then gives the volume up. Other relays leave it alone
+   * (handoverTarget).
+   */
+  async handOver(volumeId: string, to: string): Promise<void> {
+    await this.lease.lease
+      .put(handoverKey(this.prefix, volumeId))
+      .value(to)
+      .exec()
+      .catch((err: unknown) => {
+        throw etcdError(err, `cannot record the handover of volume ${volumeId}`)
+      })
+    await this.release(volumeId)
+  }
+
+  /** The relay a volume is being handed to, if a handover is under way. */
+  async handoverTarget(volumeId: string): Promise<string | undefined> {
+    const value = await this.client
+      .get(handoverKey(this.prefix, volumeId))
+      .string()
+      .catch((err: unknown) => {
+        throw etcdError(err, `cannot read the handover of volume ${volumeId}`)
+      })
+    return value ?? undefined
+  }
+
+  async clearHandover(volumeId: string): Promise<void> {
+    await this.client
+      .delete()
+      .key(handoverKey(this.prefix, volumeId))
+      .exec()
+      .catch((err: unknown) => {
+        throw etcdError(err, `cannot clear the handover of volume ${volumeId}`)
+      })
+  }
+
+  /** Whether a relay of this name is in the cluster (its lease alive). */
+  async hasRelay(relayId: string): Promise<boolean> {
+    return (await listRelays(this.client, this.prefix)).some((r) => r.relay === relayId && r.leaseTtlMs > 0)
+  }
+
+  /** Calls `released` with a volume id each time a volume loses its owner (the Manager decides whether to take it). */
+  async watchReleased(released: (volumeId: string) => void): Promise<void> {
+    this.watcher = await this.ownership.watchOwners(released)
+  }
+
+  /** The token this relay holds a volume with (undefined: not owned here). */
+  tokenOf(volumeId: string): number | undefined {
+    return this.owned.get(volumeId)?.token
+  }
+
   async release(volumeId: string): Promise<void> {
     this.owned.delete(volumeId)
+    this.moving.delete(volumeId)
     await this.ownership.release(volumeId)
   }
 
   owns(volumeId: string): boolean {
     return this.owned.has(volumeId)
+  }
+
+  /** Owned, or owned and not acknowledging while a `volume move` drains it: its records still go to its map log. */
+  holds(volumeId: string): boolean {
+    return this.owned.has(volumeId) || this.moving.has(volumeId)
+  }
+
+  /** `volume move`: stops acknowledging the volume's I/O (FENCED) while it is drained; still owned in etcd. */
+  stopServing(volumeId: string): void {
+    const owner = this.owned.get(volumeId)
+    if (!owner) return
+    this.moving.set(volumeId, owner)
+    this.owned.delete(volumeId)
+  }
+
+  /** The drain failed: acknowledges the volume's I/O again. */
+  resumeServing(volumeId: string): void {
+    const owner = this.moving.get(volumeId)
+    if (!owner) return
+    this.owned.set(volumeId, owner)
+    this.moving.delete(volumeId)
   }
 
   /** Throws FENCED unless this relay may acknowledge `what` on the volume now. */
@@ -134,8 +251,47 @@ export class ClusterRelay {
       .sort((a, b) => a.relay.localeCompare(b.relay))
   }
 
+  /**
+   * etcd says the lease expired: every volume owned is lost (another relay
+   * may have taken it and fenced the servers). The Manager stops serving
+   * them; the relay rejoins the cluster under a new lease as a non-owner —
+   * retrying until etcd answers — and may take volumes over again later.
+   */
+  private leaseLost(): void {
+    const lost = [...this.owned.keys(), ...this.moving.keys()]
+    this.owned.clear()
+    this.moving.clear()
+    this.onVolumesLost?.(lost)
+    void this.rejoin()
+  }
+
+  private async rejoin(): Promise<void> {
+    const old = this.lease
+    await old.close(false).catch(() => {})
+    for (let attempt = 1; !this.closed; attempt++) {
+      try {
+        const lease = await RelayLease.start({ client: this.client, prefix: this.prefix, relayId: this.relayId, ttlMs: this.ttlMs, log: this.log })
+        if (this.closed) {
+          await lease.close(true)
+          return
+        }
+        this.lease = lease
+        this.ownership = new Ownership(this.client, this.prefix, lease)
+        lease.onLost = () => this.leaseLost()
+        this.log.info({ event: 'relay.rejoined', relay: this.relayId, lease: lease.leaseId, attempt }, 'rejoined the cluster under a new lease, owning nothing')
+        return
+      } catch (err) {
+        this.log.warn({ event: 'relay.rejoin_failed', relay: this.relayId, attempt, err: (err as Error).message }, 'could not rejoin the cluster yet')
+        await new Promise((r) => setTimeout(r, Math.min(1000, this.ttlMs / 3)))
+      }
+    }
+  }
+
   /** A clean stop revokes the lease: another relay may take the volumes at once. */
   async close(): Promise<void> {
+    this.closed = true
+    await this.watcher?.cancel().catch(() => {})
+    this.watcher = null
     await this.lease.close(true)
     this.client.close()
     this.log.info({ event: 'relay.left', relay: this.relayId }, 'left the cluster')

@@ -622,6 +622,13 @@ export const METHODS = {
     }),
     errors: ['NOT_SUPPORTED', 'PEER_UNAVAILABLE'],
   }),
+  // issue 15
+  'volume.move': method({
+    summary: 'Hands a volume this relay owns over to another relay of the cluster: this relay stops serving it (host I/O answers EIO), drains it, syncs its map log and releases it; the named relay takes it over; returns once it serves it.',
+    params: z.strictObject({ name: Name, relay: z.string().min(1) }),
+    result: z.object({ volume: z.string(), from: z.string(), to: z.string(), token: z.number(), gapMs: z.number() }),
+    errors: [...NAME_ERRORS, 'VOLUME_NOT_FOUND', 'NOT_SUPPORTED', 'NOT_OWNER', 'RELAY_NOT_FOUND', 'TIMEOUT', 'PEER_UNAVAILABLE', 'VOLUME_BUSY'],
+  }),
   'events.subscribe': method({
     summary: 'Sends events to this connection as `event` notifications (all types if none given).',
     params: z.strictObject({ types: z.array(EventType).optional() }),

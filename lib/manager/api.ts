@@ -60,6 +60,7 @@ export function managerHandlers(manager: Manager, socketPath: string): Handlers 
     'fault.list': async () => ({ faults: manager.listFaults() }),
     'fault.clear': async (p) => ({ cleared: manager.clearFaults(p.id) }),
     'relay.list': async () => ({ relays: await manager.relays() }), // issue 15
+    'volume.move': (p) => manager.moveVolume(p.name, p.relay), // issue 15
     'events.subscribe': async (p, ctx) => {
       const types = p.types?.length ? p.types : EventType.options
       ctx.subscribe(types)

@@ -90,8 +90,10 @@ export interface VolumeRecord {
   home?: number
   /** Issue 13: a replication secondary of this pair — read-only for hosts. */
   replicaOf?: string
-  /** Issue 15: the relay of a cluster that made the volume and holds its map (only it may serve it). */
+  /** Issue 15: the relay of a cluster that made the volume or took it over last (it claims it at start). */
   relay?: string
+  /** Issue 15: the storage server (sid) that keeps the volume's map log (lib/relay/map-log.ts): any relay can take it over. */
+  mapLog?: number
 }
 
 export type PoolFullMode = 'error' | 'queue'

@@ -43,6 +43,8 @@ export class JobManager {
   private readonly samples = new Map<number, { t: number; current: number }[]>()
   private readonly lastProgressEvent = new Map<number, number>()
   private policyTimer: NodeJS.Timeout | null = null
+  /** Issue 15: whether this relay serves a volume (null: not in a cluster, it serves all). */
+  private serves: ((volNo: number) => boolean) | null = null
   /** What drivers get; also what a kind's start request is checked against. */
   readonly env: JobEnv
 
@@ -83,8 +85,11 @@ export class JobManager {
   }
 
   /** Marks the space jobs hold (before stray records are cleaned) and opens their drivers. */
-  async restore(): Promise<void> {
+  async restore(serves?: (volNo: number) => boolean): Promise<void> {
+    this.serves = serves ?? null
     for (const committed of this.h.catalog.read().data.jobs.filter((j) => j.status !== 'concluded')) {
+      // Issue 15: in a cluster only the jobs of volumes this relay serves (another relay runs the others).
+      if (serves && !committed.volNos.every(serves)) continue
       const job = draftOf<JobRecord>(committed)
       const driver = await this.kindDriver(job.kind).open(job, this.env)
       driver.reserveHeld?.()
@@ -93,6 +98,33 @@ export class JobManager {
     const live = new Set(this.drivers.keys())
     for (const k of new Set(this.kinds.values())) await k.cleanStale?.(live, this.env)
     for (const d of this.drivers.values()) await d.prepare?.()
+  }
+
+  /**
+   * Issue 15: a volume this relay took over — opens and starts the jobs of
+   * it that are not concluded (and whose volumes are all served here),
+   * from what the rebuilt map cache holds (a migration from its bitmap).
+   */
+  async adoptJobsOf(volNo: number): Promise<number[]> {
+    const adopted: number[] = []
+    for (const committed of this.h.catalog.read().data.jobs) {
+      if (committed.status === 'concluded' || !committed.volNos.includes(volNo) || this.drivers.has(committed.id)) continue
+      if (this.serves && !committed.volNos.every(this.serves)) continue
+      const job = draftOf<JobRecord>(committed)
+      const driver = await this.kindDriver(job.kind).open(job, this.env)
+      driver.reserveHeld?.()
+      this.drivers.set(job.id, driver)
+      this.launch(driver)
+      adopted.push(job.id)
+    }
+    return adopted
+  }
+
+  /** Issue 15: a volume this relay lost (lease expired) — its jobs stop here and are forgotten (the new owner resumes them). */
+  async dropJobsOf(volNo: number): Promise<void> {
+    const drivers = [...this.drivers.values()].filter((d) => d.job.volNos.includes(volNo))
+    for (const d of drivers) this.drivers.delete(d.job.id)
+    await Promise.all(drivers.map((d) => d.halt()))
   }
 
   /** Starts the drivers (after the mounts are up) and the policy timer. */

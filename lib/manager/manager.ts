@@ -18,7 +18,7 @@ import { asVvfsError, VvfsError } from '../errors.js'
 import { HostMount, type HostView, type MountTimeouts } from '../fuse/host-mount.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
 import type { Logger } from '../log.js'
-import type { ExtentEntry } from '../relay/extent-entry.js'
+import { releaseSpace, type ExtentEntry } from '../relay/extent-entry.js'
 import { extentPrefix } from '../relay/key-space.js'
 import { MapStore } from '../relay/map-store.js'
 import { buildVolumeStack } from '../relay/stack.js'
@@ -46,7 +46,8 @@ import type { PrimaryPair } from '../replication/primary.js'
 import type { JobRecord, ReplicateJobRecord } from '../migration/job.js'
 import type { ReplicationInfo } from '../control/schema.js'
 // issue 14: storage systems on storage servers
-import { addRemoteSystem, fenceRemoteSystem, openRemoteSystem, remoteEpoch, remoteLink } from '../storage/remote/systems.js'
+import { addRemoteSystem, fenceRemoteSystem, openRemoteSystem, remoteEpoch, remoteLink, remoteStoreOf } from '../storage/remote/systems.js'
+import { VolumeMapLog } from '../relay/map-log.js'
 // issue 15: several relays, one catalog in etcd
 import type { ClusterOptions } from '../cluster/options.js'
 import { ClusterRelay, type RelayInfo } from '../cluster/relay.js'
@@ -98,6 +99,8 @@ export class Manager implements HostView {
   readonly replication: ReplicationService
   /** Issue 15: this daemon as a relay of a cluster (--etcd); null when alone. */
   private cluster: ClusterRelay | null = null
+  /** Issue 15: the map log the MapStore appends to (in a cluster). */
+  private mapLogs: VolumeMapLog | null = null
 
   private constructor(
     readonly stateDir: string,
@@ -214,6 +217,8 @@ export class Manager implements HostView {
       manager = new Manager(stateDir, catalog, pool, maps, opts.log, opts, memory)
       manager.warnOverBudget()
       manager.cluster = cluster
+      if (cluster) maps.mirror = manager.mapLog() // issue 15: map batches logged on storage servers
+      if (cluster) cluster.onVolumesLost = (ids) => void manager?.dropLostVolumes(ids) // issue 15
       await manager.restore()
       return manager
     } catch (err) {
@@ -241,18 +246,19 @@ export class Manager implements HostView {
     const byNo = new Map<number, Committed<VolumeRecord>>()
     for (const rec of data.volumes) byNo.set(rec.no, rec)
 
+    const ready = data.volumes.filter((v) => v.state === 'ready')
+    // issue 15: in a cluster, only the volumes this relay owns are served here, their maps rebuilt from the map log
+    const served = this.cluster ? await this.cluster.claimAtStart(ready) : null
+    if (served) for (const rec of ready.filter((v) => served.has(v.id))) await this.rebuildMap(rec)
     // Read every map record; live volumes' stacks adopt theirs, the rest are cleaned.
     const { entries, stray } = await readVolumeMaps(this.maps, (volNo, extent) => {
       const rec = byNo.get(volNo)
       return rec !== undefined && rec.state === 'ready' && extent * EXTENT_SIZE < rec.size
     })
-    const ready = data.volumes.filter((v) => v.state === 'ready')
-    // issue 15: in a cluster, only the volumes this relay owns are served here
-    const served = this.cluster ? await this.cluster.claimAtStart(ready) : null
     for (const rec of ready.filter((v) => served?.has(v.id) ?? true)) this.handles.set(rec.name, this.makeHandle(draftOf<VolumeRecord>(rec), entries.get(rec.no)))
     // Space held by migration jobs is marked before stray records are cleaned.
     // Replication jobs replay their journals here, before the mounts (issue 13).
-    await this.jobs.restore()
+    await this.jobs.restore(this.cluster ? (volNo) => this.byNo(volNo) !== undefined : undefined) // issue 15: the served volumes' jobs only
     await this.replication.open()
     await this.cleanStray(stray)
     // Anything past a volume's end (a shrink cut short by a crash) reads as zeros.
@@ -274,6 +280,7 @@ export class Manager implements HostView {
     this.spaceWatch.rearm()
     if (this.opts.mount !== false) for (const host of now.hosts) await this.mountHost(host)
     this.jobs.start()
+    await this.cluster?.watchReleased((volumeId) => void this.takeOver(volumeId)) // issue 15
     this.log.info(
       { event: 'daemon.restored', volumes: this.handles.size, storage: now.storage.length, hosts: now.hosts.length, strayRecords: stray.length },
       'state restored',
@@ -322,6 +329,14 @@ export class Manager implements HostView {
       handle.thin.close()
     }
     await this.mover.close()
+    // issue 15: the map log is on storage servers: synced before they close
+    if (this.maps.mirror) {
+      await this.maps.sync().catch((err: unknown) => {
+        const e = asVvfsError(err)
+        this.log.error({ event: 'relay.map_log_sync_failed', code: e.code, err: e.message }, 'the map log could not be synced at shutdown')
+      })
+      this.maps.mirror = null
+    }
     for (const system of this.pool.list()) {
       // A remote system whose server is down cannot sync: that must not keep the others from closing (issue 14).
       await system.close().catch((err: unknown) => {
@@ -703,7 +718,12 @@ export class Manager implements HostView {
         for (const h of hosts) if (!d.hosts.some((r) => r.name === h)) throw new VvfsError('HOST_NOT_FOUND', `no host named ${h}`)
         const rec: VolumeRecord = { name: p.name, id: randomUUID(), no: d.nextVolumeNo++, size: p.size, hosts, createdAt: new Date().toISOString(), state: 'ready' }
         if (p.replicaOf !== undefined) rec.replicaOf = p.replicaOf
-        if (this.cluster) rec.relay = this.cluster.relayId // issue 15
+        if (this.cluster) {
+          // issue 15: the relay serving it, and the storage server keeping its map log (the first remote one)
+          rec.relay = this.cluster.relayId
+          const log = this.pool.list().find((sys) => remoteStoreOf(sys) !== null)
+          if (log) rec.mapLog = log.sid
+        }
         d.volumes.push(rec)
         return structuredClone(rec)
       })
@@ -1091,6 +1111,151 @@ export class Manager implements HostView {
     return this.cluster.relays()
   }
 
+  /** The map log of a cluster relay: routes each volume's records to its VolumeRecord.mapLog server. */
+  private mapLog(): VolumeMapLog {
+    const log = new VolumeMapLog({
+      logOf: (volNo) => {
+        const rec = this.catalog.read().data.volumes.find((v) => v.no === volNo)
+        // Only a volume this relay owns is logged (its other records are a cache: never written to another owner's log).
+        if (rec?.mapLog === undefined || !this.cluster?.holds(rec.id)) return null
+        const store = this.pool.has(rec.mapLog) ? remoteStoreOf(this.pool.get(rec.mapLog)) : null
+        if (!store) throw new VvfsError('STORAGE_NOT_FOUND', `the storage server keeping volume ${rec.name}'s map log (#${rec.mapLog}) is not in this relay's pool`)
+        return store
+      },
+      jobVolume: (jobNo) => this.catalog.read().data.jobs.find((j) => j.id === jobNo)?.volNos[0],
+    })
+    this.mapLogs = log
+    return log
+  }
+
+  /** Issue 15: replaces the cached map of a volume this relay owns (fenced) with its map log's. */
+  private async rebuildMap(rec: Committed<VolumeRecord>): Promise<void> {
+    if (rec.mapLog === undefined || !this.mapLogs) return
+    const store = this.pool.has(rec.mapLog) ? remoteStoreOf(this.pool.get(rec.mapLog)) : null
+    if (!store) throw new VvfsError('STORAGE_NOT_FOUND', `the storage server keeping volume ${rec.name}'s map log (#${rec.mapLog}) is not in this relay's pool`)
+    const records = await this.mapLogs.rebuild(this.maps, rec.no, store)
+    this.log.info({ event: 'relay.map_loaded', volume: rec.name, records }, `volume ${rec.name}: map rebuilt from its map log (${records} records)`)
+  }
+
+  /**
+   * Issue 15: a volume lost its owner (lease expired, or released): if its
+   * map log is reachable here, claim it, fence, rebuild its map from the
+   * log, serve it (its file appears in this relay's host mounts) and record
+   * this relay as its relay. Another relay may win the claim: then nothing.
+   */
+  private takeOver(volumeId: string): Promise<void> {
+    return this.serial(() => this.takeOverNow(volumeId)).catch((err: unknown) => {
+      const e = asVvfsError(err)
+      this.log.error({ event: 'relay.takeover_failed', volume: volumeId, code: e.code, err: e.message }, 'could not take a volume over')
+    })
+  }
+
+  /** takeOver() inside the serial queue. */
+  private async takeOverNow(volumeId: string): Promise<void> {
+    const cluster = this.cluster
+    const rec = this.catalog.read().data.volumes.find((v) => v.id === volumeId)
+    if (!cluster || !rec || rec.state !== 'ready' || rec.mapLog === undefined || !this.pool.has(rec.mapLog) || this.handles.has(rec.name)) return
+    const target = await cluster.handoverTarget(rec.id)
+    if (target !== undefined && target !== cluster.relayId) return // `volume move` to another relay
+    const started = Date.now()
+    const owner = await cluster.takeOver(rec.id, rec.name)
+    if (!owner) return
+    try {
+      await this.rebuildMap(rec)
+      const { entries } = await readVolumeMaps(this.maps, (_volNo, extent) => extent * EXTENT_SIZE < rec.size, rec.no)
+      const handle = this.makeHandle(draftOf<VolumeRecord>(rec), entries.get(rec.no))
+      this.handles.set(rec.name, handle)
+      await this.updateVolume(rec.no, (r) => void (r.relay = cluster.relayId))
+      const jobs = await this.jobs.adoptJobsOf(rec.no)
+      this.log.info({ event: 'relay.volume_taken', volume: rec.name, token: owner.token, jobs, ms: Date.now() - started }, `took volume ${rec.name} over (token ${owner.token})`)
+    } catch (err) {
+      this.handles.delete(rec.name)
+      await cluster.release(rec.id).catch(() => {})
+      throw err
+    }
+  }
+
+  /**
+   * Issue 15, `vvfs volume move NAME --relay R`: this relay stops
+   * acknowledging the volume's I/O (FENCED: the host sees EIO), drains it,
+   * syncs the map log, stops serving it and gives its space back to its own
+   * tables, names R in etcd and releases the volume; R takes it over (the
+   * others leave it to R). Returns once R serves it (its catalog record
+   * names R), with the gap: from when this relay stopped acknowledging.
+   * If R has not taken it within HANDOVER_WAIT_MS this relay takes it back.
+   */
+  moveVolume(name: string, to: string): Promise<{ volume: string; from: string; to: string; token: number; gapMs: number }> {
+    return this.serial(async () => {
+      const cluster = this.cluster
+      if (!cluster) throw new VvfsError('NOT_SUPPORTED', 'this daemon is not in a cluster (start it with --etcd URL --relay-id NAME)')
+      const v = this.volumeNamed(name)
+      if (!cluster.owns(v.id)) throw new VvfsError('NOT_OWNER', `relay ${cluster.relayId} does not own volume ${name}`)
+      if (to === cluster.relayId) throw new VvfsError('INVALID_ARGUMENT', `volume ${name} is already served by relay ${to}`)
+      if (v.record.mapLog === undefined) throw new VvfsError('NOT_SUPPORTED', `volume ${name} has no map log (it was made without a storage server in the pool): only its relay can serve it`)
+      const job = this.jobs.activeJobOf(v.record.no)
+      if (job) throw new VvfsError('VOLUME_BUSY', `volume ${name} is in job ${job.id} (${job.status}); wait for it, or let a takeover resume it`)
+      if (!(await cluster.hasRelay(to))) throw new VvfsError('RELAY_NOT_FOUND', `no relay ${to} in the cluster`)
+      const stoppedAt = Date.now()
+      cluster.stopServing(v.id)
+      try {
+        await v.volume.drain()
+        await v.thin.settle()
+        await this.maps.sync()
+      } catch (err) {
+        cluster.resumeServing(v.id)
+        throw err
+      }
+      this.handles.delete(name)
+      readCache.forget(v.record.no)
+      v.thin.close()
+      for (const e of v.map.extentIndexes()) releaseSpace(this.pool, v.map.get(e)!)
+      await cluster.handOver(v.id, to)
+      const end = Date.now() + HANDOVER_WAIT_MS
+      for (;;) {
+        const rec = this.catalog.read().data.volumes.find((r) => r.id === v.id)
+        const owner = (await cluster.ownership.owners()).find((o) => o.volumeId === v.id)
+        if (rec?.relay === to && owner?.relay === to) {
+          const gapMs = Date.now() - stoppedAt
+          await cluster.clearHandover(v.id)
+          this.log.info({ event: 'volume.moved', volume: name, from: cluster.relayId, to, token: owner.token, gapMs }, `volume ${name} handed over to relay ${to}`)
+          return { volume: name, from: cluster.relayId, to, token: owner.token, gapMs }
+        }
+        if (Date.now() > end) break
+        await new Promise((r) => setTimeout(r, 20))
+      }
+      await cluster.clearHandover(v.id)
+      await this.takeOverNow(v.id)
+      throw new VvfsError('TIMEOUT', `relay ${to} did not take volume ${name} within ${HANDOVER_WAIT_MS / 1000}s${this.handles.has(name) ? '; this relay serves it again' : ''}`)
+    })
+  }
+
+  /**
+   * Issue 15: this relay's lease expired — the volumes it owned may be
+   * another relay's now. Their jobs stop, their files leave this relay's
+   * mounts, their space goes back to this relay's tables (taken over again
+   * later, they are adopted again). Writes still under way fail (FENCED or
+   * refused by the fenced servers), and are logged.
+   */
+  private dropLostVolumes(volumeIds: string[]): Promise<void> {
+    return this.serial(async () => {
+      for (const v of [...this.handles.values()].filter((h) => volumeIds.includes(h.id))) {
+        await this.jobs.dropJobsOf(v.record.no)
+        this.handles.delete(v.name)
+        readCache.forget(v.record.no)
+        await v.volume.drain().catch((err: unknown) => {
+          const e = asVvfsError(err)
+          this.log.warn({ event: 'volume.write_failed', volume: v.name, code: e.code, err: e.message }, `volume ${v.name}: a write under way when the lease was lost failed`)
+        })
+        v.thin.close()
+        for (const e of v.map.extentIndexes()) releaseSpace(this.pool, v.map.get(e)!)
+        this.log.warn({ event: 'relay.volume_lost', volume: v.name }, `volume ${v.name} is no longer served here: this relay's lease expired`)
+      }
+    }).catch((err: unknown) => {
+      const e = asVvfsError(err)
+      this.log.error({ event: 'relay.drop_failed', code: e.code, err: e.message }, 'could not stop serving the volumes of an expired lease')
+    })
+  }
+
   /** Changes one volume's catalog record (its handle's copy follows the commit). */
   private async updateVolume(volNo: number, change: (rec: VolumeRecord) => void): Promise<void> {
     await this.catalog.update((d) => {
@@ -1112,6 +1277,9 @@ export class Manager implements HostView {
     this.events.emit('event', event)
   }
 }
+
+/** Issue 15: how long `volume move` waits for the named relay to serve the volume before taking it back. */
+const HANDOVER_WAIT_MS = 10_000
 
 function percent(part: number, whole: number): number {
   return whole === 0 ? 0 : Math.round((1000 * part) / whole) / 10

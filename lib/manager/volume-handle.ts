@@ -29,7 +29,7 @@ export interface VolumeHooks {
   persistSize(handle: VolumeHandle, size: number): Promise<void>
   resized(handle: VolumeHandle, from: number, to: number): void
   /** Issue 15: throws (FENCED) when this relay may no longer acknowledge a write or fsync of the volume. */
-  acknowledge?(what: 'a write' | 'an fsync'): void
+  acknowledge?(what: 'a write' | 'an fsync' | 'a read'): void
 }
 
 export class VolumeHandle implements ServedVolume {
@@ -124,6 +124,12 @@ export class VolumeHandle implements ServedVolume {
 
   read(offset: number, length: number, into: Buffer): Promise<number> {
     this.hooks.hostIo()
+    // Issue 15: a relay that lost the volume (or its lease window) answers FENCED, not a map another relay may have changed.
+    try {
+      this.hooks.acknowledge?.('a read')
+    } catch (err) {
+      return Promise.reject(err)
+    }
     return this.volume.read(offset, length, into)
   }
 

@@ -144,6 +144,29 @@ export function isRetainedKey(key: Buffer): boolean {
   return key[0] === RETAINED
 }
 
+// ---- issue 15: which volume a key belongs to (the map log, lib/relay/map-log.ts)
+
+/** Every key kind that belongs to one volume (a prefix scan of each finds all of a volume's keys). */
+export function volumeKeyKinds(): Buffer[] {
+  return [EXTENT, RETAINED, COPY_BITMAP, DIRTY_BITMAP, PROGRESS].map((k) => Buffer.from([k]))
+}
+
+/** The volume a MapStore key belongs to (a job's progress: its job's volume, `jobVolume`); undefined for the sync marker or an unknown job. */
+export function volumeOfKey(key: Buffer, jobVolume: (jobNo: number) => number | undefined): number | undefined {
+  switch (key[0]) {
+    case EXTENT:
+      return key.readUInt32BE(1)
+    case RETAINED:
+    case COPY_BITMAP:
+    case DIRTY_BITMAP:
+      return key.readUInt32BE(5)
+    case PROGRESS:
+      return jobVolume(key.readUInt32BE(1))
+    default:
+      return undefined
+  }
+}
+
 // ---- the extent record (volume map entries and retained sources)
 
 const RECORD_FORMAT = 1

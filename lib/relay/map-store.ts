@@ -34,6 +34,15 @@
  * whole batch (none of its records is written). Cost and the measurements:
  * DESIGN.md, "Persistence and crash safety".
  *
+ * Issue 15, the map log (`mirror`, lib/relay/map-log.ts): in a cluster
+ * every batch is appended to the storage servers that keep the map logs of
+ * its volumes after its dependencies are durable and before it is written
+ * here (a failed append fails the batch: none of its records is written,
+ * its writes are not acknowledged); deleteNow() is appended too; sync()
+ * syncs the logs as well as this store. The servers' logs are then the
+ * map, and this store a cache another relay rebuilds from them
+ * (replaceCached).
+ *
  * Opening it takes LevelDB's lock: a second daemon on the same state
  * directory fails here, before it touches anything else.
  */
@@ -53,6 +62,12 @@ export interface MapPut {
   dependsOn?: Dependencies
 }
 
+/** Issue 15: where batches are logged besides this store (lib/relay/map-log.ts). */
+export interface MapMirror {
+  append(records: { key: Buffer; value: Buffer | null }[]): Promise<void>
+  sync(): Promise<void>
+}
+
 interface Waiter {
   resolve: () => void
   reject: (err: unknown) => void
@@ -65,6 +80,8 @@ export class MapStore {
   private scheduled = false
   private readonly writes = new WriteGenerations()
   private seq = 0
+  /** Issue 15: the map log, in a cluster (set before anything is written). */
+  mirror: MapMirror | null = null
 
   private constructor(private readonly db: ClassicLevel<Buffer, Buffer>) {}
 
@@ -128,6 +145,7 @@ export class MapStore {
 
   async deleteNow(keys: Buffer[]): Promise<void> {
     if (!keys.length) return
+    await this.mirror?.append(keys.map((key) => ({ key, value: null })))
     try {
       await this.db.batch(keys.map((key) => ({ type: 'del' as const, key })))
     } finally {
@@ -138,6 +156,22 @@ export class MapStore {
   /** Makes every record put before the call durable. */
   async sync(): Promise<void> {
     while (this.flushing || this.pending.size > 0) await this.flush()
+    await Promise.all([this.mirror?.sync(), this.syncLocal()])
+  }
+
+  /**
+   * Issue 15: rebuilds cached records from the map log (a relay that took a
+   * volume over): deletes `drop`, writes `put`, here only — never logged.
+   */
+  async replaceCached(drop: Buffer[], put: { key: Buffer; value: Buffer }[]): Promise<void> {
+    try {
+      await this.db.batch([...drop.map((key) => ({ type: 'del' as const, key })), ...put.map(({ key, value }) => ({ type: 'put' as const, key, value }))])
+    } finally {
+      this.writes.complete()
+    }
+  }
+
+  private async syncLocal(): Promise<void> {
     await this.writes.sync(async () => {
       try {
         await this.db.put(SYNC_KEY, Buffer.from(String(Date.now())), { sync: true })
@@ -147,8 +181,10 @@ export class MapStore {
     })
   }
 
+  /** Flushes and syncs this store, then closes it (the map log is synced by whoever closes the storage systems under it: Manager.close, before them). */
   async close(): Promise<void> {
-    await this.sync()
+    while (this.flushing || this.pending.size > 0) await this.flush()
+    await this.syncLocal()
     await this.db.close()
   }
 
@@ -173,6 +209,7 @@ export class MapStore {
         })
         try {
           await this.syncDependencies(dependencies)
+          await this.mirror?.append(ops.map((op) => ({ key: op.key, value: op.type === 'put' ? op.value : null })))
           await this.db.batch(ops)
           this.writes.complete()
           for (const w of waiters) w.resolve()

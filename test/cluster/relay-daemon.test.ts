@@ -10,32 +10,14 @@
  * - a clean stop revokes the lease: its volumes are free at once.
  */
 import { closeSync, constants, openSync, readSync } from 'node:fs'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import type { Result } from '../../lib/control/schema.js'
-import { cleanupAll, removeDir, startDaemon, type DaemonHandle } from '../helpers/daemon.js'
 import { cliFor } from '../helpers/cli.js'
-import { startEtcd, stopAllEtcd, type EtcdServer } from '../helpers/etcd.js'
 import { writeSynced } from '../helpers/synced-write.js'
+import { relaysForFile } from './relays.js'
 
 const TTL_MS = 3000
-let etcd: EtcdServer
-const daemons: DaemonHandle[] = []
-
-beforeAll(async () => {
-  etcd = await startEtcd()
-}, 30_000)
-afterAll(async () => {
-  etcd?.resume()
-  await cleanupAll()
-  await stopAllEtcd()
-  for (const d of daemons) removeDir(d.dir)
-})
-
-async function relay(id: string, extra: string[] = []): Promise<DaemonHandle> {
-  const d = await startDaemon({ extraArgs: ['--etcd', etcd.url, '--relay-id', id, '--lease-ttl', `${TTL_MS / 1000}s`, ...extra] })
-  daemons.push(d)
-  return d
-}
+const { etcd: etcdServer, relay } = relaysForFile(TTL_MS)
 
 /** write + fsync + close of 64 KiB of `byte` at `offset`; the first errno code, if any. */
 function writeBlock(file: string, offset: number, byte: number): string | undefined {
@@ -70,7 +52,7 @@ describe('relays in a cluster', () => {
     expect(writeBlock(file, 0, 1)).toBeUndefined()
     // etcd stops answering: the owner keeps serving until ⅔·TTL after its last good keep-alive, then EIO.
     const pausedAt = Date.now()
-    etcd.pause()
+    etcdServer().pause()
     let failedAfter = -1
     for (let i = 0; Date.now() - pausedAt < TTL_MS; i++) {
       if (writeBlock(file, (i % 64) * 65536, 2) === 'EIO') {
@@ -82,7 +64,7 @@ describe('relays in a cluster', () => {
     expect(failedAfter).toBeGreaterThanOrEqual(0)
     expect(failedAfter).toBeLessThanOrEqual((2 / 3) * TTL_MS + 300)
     // etcd answers again at once, ~⅓·TTL before the lease could run out: the owner acknowledges again.
-    etcd.resume()
+    etcdServer().resume()
     let back = false
     for (let i = 0; i < 100 && !back; i++) {
       back = writeBlock(file, 0, 3) === undefined
@@ -110,7 +92,7 @@ describe('etcd restarted under a relay', () => {
     let restarting: Promise<void> | undefined
     const started = Date.now()
     for (let i = 0; Date.now() - started < 6000; i++) {
-      if (i === 20) restarting = etcd.restart()
+      if (i === 20) restarting = etcdServer().restart()
       const slot = i % 200
       const byte = (i % 250) + 1
       if (writeBlock(file, slot * 65536, byte) === undefined) acked.set(slot, byte)

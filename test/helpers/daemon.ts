@@ -65,16 +65,18 @@ async function waitForSocket(path: string, proc: ChildProcess, logPath: string, 
   }
 }
 
-export function spawnDaemon(args: string[], logPath: string, env: NodeJS.ProcessEnv = {}): ChildProcess {
+/** `netns`: run it in that network namespace only (nsenter --net: its FUSE mounts stay visible here). */
+export function spawnDaemon(args: string[], logPath: string, env: NodeJS.ProcessEnv = {}, netns?: string): ChildProcess {
   const fd = openSync(logPath, 'a')
   try {
-    return spawn(process.execPath, [VVFS, 'daemon', ...args], { stdio: ['ignore', fd, fd], env: { ...process.env, ...env } })
+    const [cmd, argv] = netns ? ['nsenter', [`--net=/run/netns/${netns}`, process.execPath, VVFS, 'daemon', ...args]] : [process.execPath, [VVFS, 'daemon', ...args]]
+    return spawn(cmd, argv, { stdio: ['ignore', fd, fd], env: { ...process.env, ...env } })
   } finally {
     closeSync(fd)
   }
 }
 
-export async function startDaemon(opts: { dir?: string; extraArgs?: string[]; env?: NodeJS.ProcessEnv; powerLoss?: boolean } = {}): Promise<DaemonHandle> {
+export async function startDaemon(opts: { dir?: string; extraArgs?: string[]; env?: NodeJS.ProcessEnv; powerLoss?: boolean; netns?: string } = {}): Promise<DaemonHandle> {
   const dir = opts.dir ?? tempDir()
   const state = join(dir, 'state')
   const mount = join(dir, 'mnt')
@@ -135,12 +137,12 @@ export async function startDaemon(opts: { dir?: string; extraArgs?: string[]; en
         handle.client?.close()
         unmountUnder(dir)
       }
-      handle.proc = spawnDaemon(args, logPath, underInterposer(env ?? opts.env))
+      handle.proc = spawnDaemon(args, logPath, underInterposer(env ?? opts.env), opts.netns)
       live.add(handle)
       handle.client = await waitForSocket(socket, handle.proc, logPath)
     },
   }
-  handle.proc = spawnDaemon(args, logPath, underInterposer(opts.env))
+  handle.proc = spawnDaemon(args, logPath, underInterposer(opts.env), opts.netns)
   live.add(handle)
   handle.client = await waitForSocket(socket, handle.proc, logPath)
   return handle

@@ -54,6 +54,7 @@
  * sent again, the session's check fails and so does every call, the sync
  * included (IO_ERROR): a write acknowledged as synced is never lost.
  */
+import { appendedBytes, decodeMapRecords, encodeMapAppend, encodeMapRead, MAP_APPEND_MAX_BYTES, MAP_READ_MAX_BYTES, type MapLogRecord, type StampedMapRecord } from './map-log.js'
 import { VvfsError } from '../../errors.js'
 import { CHUNK_SIZE } from '../../layout.js'
 import type { Logger } from '../../log.js'
@@ -368,6 +369,45 @@ export class RemoteChunkStore implements ChunkStore {
     const fence = decodeToken(await this.call(Op.FENCE, encodeToken(token), Date.now() + this.deadlineMs))
     this.epoch = Math.max(this.epoch, token)
     return fence
+  }
+
+  // ---- issue 15: the map log (map-log.ts)
+
+  /**
+   * Appends map records under this relay's epoch (FENCED once another relay
+   * raised the fence): split at record boundaries into bodies of at most
+   * MAP_APPEND_MAX_BYTES, sent one after another (each body is applied
+   * atomically; a batch larger than one body is not). With `sync`, durable
+   * before it returns, and so is every earlier append.
+   */
+  async appendMapRecords(seq: number, records: MapLogRecord[], sync: boolean): Promise<void> {
+    this.checkOpen()
+    const end = Date.now() + this.deadlineMs
+    let part: MapLogRecord[] = []
+    let bytes = 0
+    for (const r of records) {
+      if (part.length > 0 && bytes + appendedBytes(r) > MAP_APPEND_MAX_BYTES) {
+        await this.call(Op.MAP_APPEND, encodeMapAppend({ token: this.epoch, seq, sync: false, records: part }), end)
+        part = []
+        bytes = 0
+      }
+      part.push(r)
+      bytes += appendedBytes(r)
+    }
+    if (part.length > 0 || sync) await this.call(Op.MAP_APPEND, encodeMapAppend({ token: this.epoch, seq, sync, records: part }), end)
+  }
+
+  /** Every map record under `prefix`, in key order (paged by MAP_READ_MAX_BYTES). */
+  async readMapRecords(prefix: Buffer): Promise<StampedMapRecord[]> {
+    const end = Date.now() + this.deadlineMs
+    const out: StampedMapRecord[] = []
+    let after: Buffer | null = null
+    for (;;) {
+      const page = decodeMapRecords(await this.call(Op.MAP_READ, encodeMapRead(prefix, after, MAP_READ_MAX_BYTES), end))
+      out.push(...page.records)
+      if (!page.more || page.records.length === 0) return out
+      after = page.records[page.records.length - 1]!.key
+    }
   }
 
   async close(): Promise<void> {

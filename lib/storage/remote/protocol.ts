@@ -12,6 +12,8 @@
  *   STORED    stored addresses in a range, at most limit → address list
  *   SYNC      make earlier batches durable               → empty
  *   FENCE     raise the fencing token                    → the token now
+ *   MAP_APPEND keyed map records of a relay (fenced)      → empty       (map-log.ts)
+ *   MAP_READ  map records under a key prefix, paged       → records     (map-log.ts)
  *
  * Encoding: big-endian binary, chunk payloads raw (never JSON or base64).
  * Addresses (pca) are u48 — slot × 256 + position for any capacity up to
@@ -50,6 +52,9 @@ export const Op = {
   STORED: 5,
   SYNC: 6,
   FENCE: 7,
+  /** Issue 15: a relay's map records, kept for the relay that takes a volume over (map-log.ts). */
+  MAP_APPEND: 8,
+  MAP_READ: 9,
 } as const
 export type Op = (typeof Op)[keyof typeof Op]
 
@@ -70,7 +75,7 @@ const BATCH_UNLOGGED = 1
 const BATCH_SYNC = 2
 const SYNC_FLUSH_UNLOGGED = 1
 
-function malformed(what: string, length: number): VvfsError {
+export function malformed(what: string, length: number): VvfsError {
   return new VvfsError('PEER_PROTOCOL', `malformed ${what} (${length} bytes)`)
 }
 
@@ -83,7 +88,7 @@ function checkCount(n: number, what: string): void {
 }
 
 /** A bounds-checked reader over one body; every read past the end is PEER_PROTOCOL. */
-class Reader {
+export class Reader {
   private at = 0
   constructor(
     private readonly b: Buffer,
@@ -117,7 +122,7 @@ class Reader {
 }
 
 /** A writer into a body of known size. */
-class Writer {
+export class Writer {
   private at = 0
   readonly b: Buffer
   constructor(size: number, alloc: (size: number) => Buffer = Buffer.allocUnsafe) {

@@ -64,6 +64,7 @@ import {
   STORAGE_PROTOCOL_MIN,
   STORAGE_SERVICE,
 } from './protocol.js'
+import { decodeMapAppend, decodeMapRead, encodeMapRecords, ServerMapLog } from './map-log.js'
 
 /**
  * Request bodies (a relay's batches) and READ_RUN replies of 64 KiB or more
@@ -147,6 +148,10 @@ export class StorageServer {
   private boot: Buffer = Buffer.alloc(BOOT_BYTES)
   /** This process's incarnation (IdentityReply.incarnation): unlogged batches live no longer than it. */
   private readonly incarnation = randomBytes(INCARNATION_BYTES)
+  /** Issue 15: the relays' map records (map-log.ts), opened at start in DIR/maplog. */
+  private mapLog: ServerMapLog | null = null
+  /** Issue 15: mutations refused FENCED since start (`refused` in stats). */
+  private refusedFenced = 0
 
   constructor(private readonly opts: StorageServerOptions) {
     this.wire = new WireServer({
@@ -199,6 +204,30 @@ export class StorageServer {
       await this.raise(token)
       return encodeToken(this.fence)
     })
+    // Issue 15: map records, fenced like data (map-log.ts).
+    this.wire.handle(Op.MAP_APPEND, async (b, ctx) => {
+      this.storeFor(ctx)
+      const append = decodeMapAppend(b)
+      const log = this.openMapLog()
+      await this.mutate(append.token, () => log.append(append))
+      return Buffer.alloc(0)
+    })
+    this.wire.handle(Op.MAP_READ, async (b, ctx) => {
+      this.storeFor(ctx)
+      const { prefix, after, maxBytes } = decodeMapRead(b)
+      const { records, more } = await this.openMapLog().read(prefix, after, maxBytes)
+      return encodeMapRecords(records, more)
+    })
+  }
+
+  private openMapLog(): ServerMapLog {
+    if (!this.mapLog) throw new VvfsError('SHUTTING_DOWN', 'the storage server holds no open map log')
+    return this.mapLog
+  }
+
+  /** Issue 15: mutations (data, syncs, map records) refused FENCED since the server started. */
+  get refused(): number {
+    return this.refusedFenced
   }
 
   /** The fence now (for tests and logs). */
@@ -234,12 +263,15 @@ export class StorageServer {
     if (!Number.isSafeInteger(this.fence) || this.fence < 0) throw new VvfsError('STATE_CORRUPT', `${this.opts.dir}/fence holds '${fence.trim()}'`)
     this.boot = await machineBoot()
     if (this.state.identity) this.store = await this.opts.openStore({ ...this.state.identity, path: this.storePath, create: false })
+    this.mapLog = await ServerMapLog.open(join(this.opts.dir, 'maplog'))
     let addr: { host: string; port: number }
     try {
       addr = await this.wire.listen()
     } catch (err) {
       await this.store?.close().catch(() => {})
       this.store = null
+      await this.mapLog?.close().catch(() => {})
+      this.mapLog = null
       throw err
     }
     this.log.info({ event: 'storage.serving', dir: this.opts.dir, identity: this.state.identity, fence: this.fence, ...addr }, 'storage server ready')
@@ -253,6 +285,9 @@ export class StorageServer {
     await this.persisting.catch(() => {})
     const store = this.store
     this.store = null
+    const mapLog = this.mapLog
+    this.mapLog = null
+    await mapLog?.close()
     if (store) {
       // Unlogged batches live only in the store's memory until a flushing sync: a clean stop keeps them (a kill -9 may not).
       await store.sync({ flushUnlogged: true }).finally(() => store.close())
@@ -323,6 +358,10 @@ export class StorageServer {
 
   /** Refuses a token below the fence; raises the fence in memory for a higher one. */
   private admit(token: number): void {
+    if (token < this.fence) {
+      this.refusedFenced++
+      this.log.warn({ event: 'storage.refused', code: 'FENCED', token, fence: this.fence, refused: this.refusedFenced }, 'a mutation with a token below the fence was refused')
+    }
     if (token < this.fence) throw new VvfsError('FENCED', `fencing token ${token} is below ${this.fence}: another relay owns this storage system now`, { details: { token, fence: this.fence } })
   }
 

@@ -95,3 +95,8 @@ export async function fenceRemoteSystem(system: StorageSystem, epoch: number): P
   if (!store) throw new VvfsError('NOT_SUPPORTED', `storage system ${system.name} is local: only a storage server keeps a fence`)
   return store.fence(epoch)
 }
+
+/** Issue 15: the remote store under a system, for the map log (lib/relay/map-log.ts); null for a local one. */
+export function remoteStoreOf(system: StorageSystem): RemoteChunkStore | null {
+  return stores.get(system) ?? null
+}

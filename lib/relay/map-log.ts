@@ -1,0 +1,118 @@
+/**
+ * The map log, the relay's side (issue 15, DESIGN.md "Relays in a
+ * cluster"): every MapStore batch of a volume that has a map log is
+ * appended, before it is written to the local MapStore and so before the
+ * writes it records are acknowledged, to the storage server that keeps the
+ * volume's log (VolumeRecord.mapLog) — stamped with the owner's fencing
+ * token (the remote store's epoch) and this relay's batch sequence, keyed
+ * by volume number + MapStore key (lib/storage/remote/map-log.ts). The
+ * local MapStore is a cache: a relay that takes the volume over fences the
+ * servers, then rebuilds its cache from the log (rebuild) and serves.
+ *
+ * Owns: the routing of keys to logs, the batch sequence, which logs an
+ * append reached since their last sync. Never: decides ownership (the
+ * ClusterRelay) or reads records (VolumeMap, the job drivers).
+ *
+ * Concurrency: the MapStore sends one batch at a time, so the appends of a
+ * volume reach its log in the MapStore's order; a batch spanning several
+ * logs is appended to them in parallel, and written locally only when all
+ * answered. sync() runs after the MapStore's pending batches completed, so
+ * every log an earlier append reached is marked and synced.
+ *
+ * Crash order: a record is on the log server before the local batch, so
+ * the log is never behind what was acknowledged; a relay killed between
+ * the two leaves the log ahead of its cache — the records of writes never
+ * acknowledged, which may hold either version (as after any crash). Failure
+ * modes: an append refused (FENCED: another relay owns the volume now;
+ * TIMEOUT, PEER_UNAVAILABLE) fails the batch and so the writes; keys of
+ * volumes with no map log (no remote storage server when they were made)
+ * are kept locally only, and such a volume cannot be taken over.
+ */
+import { VvfsError } from '../errors.js'
+import type { RemoteChunkStore } from '../storage/remote/client.js'
+import type { MapLogRecord } from '../storage/remote/map-log.js'
+import { volumeKeyKinds, volumeOfKey } from './key-space.js'
+import type { MapMirror, MapStore } from './map-store.js'
+
+/** What the log needs of a remote store: RemoteChunkStore's map-log calls. */
+export type MapLogServer = Pick<RemoteChunkStore, 'appendMapRecords' | 'readMapRecords'>
+
+export interface MapLogRouting {
+  /** The server keeping a volume's map log; null: the volume has none (its records stay local). */
+  logOf(volNo: number): MapLogServer | null
+  /** The volume a job works on (its progress key names only the job). */
+  jobVolume(jobNo: number): number | undefined
+}
+
+function logKey(volNo: number, key: Buffer): Buffer {
+  const k = Buffer.allocUnsafe(4 + key.length)
+  k.writeUInt32BE(volNo, 0)
+  key.copy(k, 4)
+  return k
+}
+
+function volumePrefix(volNo: number): Buffer {
+  const k = Buffer.allocUnsafe(4)
+  k.writeUInt32BE(volNo, 0)
+  return k
+}
+
+export class VolumeMapLog implements MapMirror {
+  private seq = 0
+  /** Logs appended to since their last sync. */
+  private readonly unsynced = new Set<MapLogServer>()
+
+  constructor(private readonly routing: MapLogRouting) {}
+
+  async append(records: { key: Buffer; value: Buffer | null }[]): Promise<void> {
+    const byLog = new Map<MapLogServer, MapLogRecord[]>()
+    for (const r of records) {
+      const volNo = volumeOfKey(r.key, (jobNo) => this.routing.jobVolume(jobNo))
+      if (volNo === undefined) continue
+      const log = this.routing.logOf(volNo)
+      if (!log) continue
+      const list = byLog.get(log)
+      const rec = { key: logKey(volNo, r.key), value: r.value }
+      if (list) list.push(rec)
+      else byLog.set(log, [rec])
+    }
+    if (byLog.size === 0) return
+    const seq = ++this.seq
+    await Promise.all(
+      [...byLog].map(async ([log, recs]) => {
+        this.unsynced.add(log)
+        await log.appendMapRecords(seq, recs, false)
+      }),
+    )
+  }
+
+  async sync(): Promise<void> {
+    const logs = [...this.unsynced]
+    this.unsynced.clear()
+    const results = await Promise.allSettled(logs.map((log) => log.appendMapRecords(++this.seq, [], true)))
+    const failed = results.findIndex((r) => r.status === 'rejected')
+    if (failed >= 0) {
+      for (const [i, r] of results.entries()) if (r.status === 'rejected') this.unsynced.add(logs[i]!)
+      const err = (results[failed] as PromiseRejectedResult).reason as unknown
+      throw err instanceof VvfsError ? err : new VvfsError('IO_ERROR', `map log sync failed: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
+  /**
+   * Replaces every cached record of the volume in `maps` with the log's
+   * (the relay has fenced the servers: nobody appends to it any more but
+   * this relay). Returns how many records the log held.
+   */
+  async rebuild(maps: MapStore, volNo: number, log: MapLogServer): Promise<number> {
+    const logged = await log.readMapRecords(volumePrefix(volNo))
+    const drop: Buffer[] = []
+    for (const kind of volumeKeyKinds()) {
+      for await (const [key] of maps.scan(kind)) if (volumeOfKey(key, (jobNo) => this.routing.jobVolume(jobNo)) === volNo) drop.push(key)
+    }
+    await maps.replaceCached(
+      drop,
+      logged.map((r) => ({ key: r.key.subarray(4), value: r.value })),
+    )
+    return logged.length
+  }
+}

@@ -1,0 +1,84 @@
+/**
+ * Issue 15, the map log on a storage server (lib/storage/remote/map-log.ts,
+ * lib/relay/map-log.ts), against a real server in this process: records are
+ * kept per key with their (token, seq) stamp and read back by volume, paged;
+ * a stale owner's append is refused FENCED and none of it is stored; the
+ * server counts the refusals; a relay's MapStore rebuilt from the log holds
+ * exactly the log's records of the volume and keeps other volumes' records.
+ */
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
+import { extentKey, progressKey } from '../../lib/relay/key-space.js'
+import { VolumeMapLog } from '../../lib/relay/map-log.js'
+import { MapStore } from '../../lib/relay/map-store.js'
+import { cleanup, newKey, openStore, startServer } from '../remote/servers.js'
+
+afterEach(cleanup)
+
+const vol = (volNo: number, key: Buffer) => Buffer.concat([Buffer.from([0, 0, 0, volNo]), key])
+
+describe('map log on a storage server', () => {
+  it('keeps the latest record per key with its stamp, deletes, pages a large volume, and refuses a stale owner\'s append (FENCED, nothing stored, counted)', async () => {
+    const { key } = await newKey()
+    const { port, server } = await startServer(key)
+    const owner = openStore(key, port, { epoch: 3 })
+    await owner.appendMapRecords(1, [{ key: vol(1, extentKey(1, 0)), value: Buffer.from('a') }, { key: vol(1, extentKey(1, 1)), value: Buffer.from('b') }], false)
+    await owner.appendMapRecords(2, [{ key: vol(1, extentKey(1, 0)), value: Buffer.from('c') }, { key: vol(1, extentKey(1, 1)), value: null }], true)
+    await owner.appendMapRecords(3, [{ key: vol(2, extentKey(2, 0)), value: Buffer.from('other') }], false)
+    const got = await owner.readMapRecords(Buffer.from([0, 0, 0, 1]))
+    expect(got.map((r) => [r.key, r.token, r.seq, r.value.toString()])).toEqual([[vol(1, extentKey(1, 0)), 3, 2, 'c']])
+
+    // More than one reply's worth: read back whole, in key order.
+    const big = Array.from({ length: 3000 }, (_, i) => ({ key: vol(3, extentKey(3, i)), value: Buffer.alloc(400, i % 251) }))
+    await owner.appendMapRecords(4, big, false)
+    const back = await owner.readMapRecords(Buffer.from([0, 0, 0, 3]))
+    expect(back.length).toBe(3000)
+    expect(back.every((r, i) => r.key.equals(big[i]!.key) && r.value.equals(big[i]!.value))).toBe(true)
+
+    const next = openStore(key, port, { epoch: 3 })
+    await next.fence(4)
+    await expect(owner.appendMapRecords(5, [{ key: vol(1, extentKey(1, 0)), value: Buffer.from('stale') }, { key: vol(1, extentKey(1, 7)), value: Buffer.from('stale') }], false)).rejects.toMatchObject({ code: 'FENCED' })
+    await expect(owner.appendMapRecords(6, [], true)).rejects.toMatchObject({ code: 'FENCED' })
+    expect((await next.readMapRecords(Buffer.from([0, 0, 0, 1]))).map((r) => r.value.toString())).toEqual(['c'])
+    expect(server.refused).toBe(2)
+  })
+
+  it('a MapStore with the log: every batch is on the server before it is local; rebuilt from the log elsewhere it holds the volume\'s records and keeps the others\'', async () => {
+    const { key } = await newKey()
+    const { port } = await startServer(key)
+    const dir = await mkdtemp(join(tmpdir(), 'vvfs-maplog-'))
+    try {
+      const server = openStore(key, port, { epoch: 1 })
+      const routing = { logOf: (volNo: number) => (volNo === 1 ? server : null), jobVolume: (jobNo: number) => (jobNo === 9 ? 1 : undefined) }
+      const owner = await MapStore.open(join(dir, 'owner'))
+      owner.mirror = new VolumeMapLog(routing)
+      await owner.putMany([
+        { key: extentKey(1, 0), produce: () => Buffer.from('e0') },
+        { key: extentKey(1, 5), produce: () => Buffer.from('e5') },
+        { key: progressKey(9), produce: () => Buffer.from('p9') },
+        { key: extentKey(2, 0), produce: () => Buffer.from('local only') },
+      ])
+      await owner.put(extentKey(1, 5), () => null)
+      await owner.sync()
+      await owner.close()
+
+      const standby = await MapStore.open(join(dir, 'standby'))
+      await standby.put(extentKey(1, 3), () => Buffer.from('stale cache'))
+      await standby.put(extentKey(4, 0), () => Buffer.from('another volume'))
+      const n = await new VolumeMapLog(routing).rebuild(standby, 1, server)
+      expect(n).toBe(2)
+      const all: [string, string][] = []
+      for (const kind of ['e', 'p']) for await (const [k, v] of standby.scan(Buffer.from(kind))) all.push([k.toString('hex'), v.toString()])
+      expect(all).toEqual([
+        [extentKey(1, 0).toString('hex'), 'e0'],
+        [extentKey(4, 0).toString('hex'), 'another volume'],
+        [progressKey(9).toString('hex'), 'p9'],
+      ])
+      await standby.close()
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+})
