@@ -36,7 +36,16 @@ export interface ReclaimResult {
 /** What reclaim uses of a volume: its byte face, its open state and its extent operations. */
 export type ReclaimableVolume = Pick<VolumeHandle, 'name' | 'size' | 'allocatedBytes' | 'isOpenForWrite' | 'openCounts' | 'blockWriters' | 'read' | 'discard' | 'extents'>
 
+/**
+ * How long reclaim waits for writers to close before refusing: `losetup -d`
+ * returns before the kernel's release of the file reaches the daemon (FUSE
+ * sends RELEASE in the background); under load test/system/reclaim.test.ts
+ * saw the loop device still counted right after it was detached.
+ */
+const WRITERS_CLOSE_MS = 2000
+
 export async function reclaimVolume(v: ReclaimableVolume, opts: { dryRun: boolean; force: boolean }): Promise<ReclaimResult> {
+  for (const end = Date.now() + WRITERS_CLOSE_MS; v.isOpenForWrite() && !opts.force && Date.now() < end; ) await new Promise((r) => setTimeout(r, 20))
   if (v.isOpenForWrite() && !opts.force) {
     throw new VvfsError(
       'VOLUME_BUSY',
