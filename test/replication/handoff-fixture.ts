@@ -8,18 +8,16 @@
  *
  * Cleanup: the caller's afterAll runs cleanupAll and removes `dirs()`.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
-import { closeSync, constants, existsSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { closeSync, constants, openSync, readSync } from 'node:fs'
 import { expect } from 'vitest'
+import { SeqWriter, secondarySteady as steadyOf } from './seq-check.js'
 import type { DaemonHandle } from '../helpers/daemon.js'
-import { caughtUp, pairStatus, startPair, waitForPair, type Pair } from './daemons.js'
+import { caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
 import { BLOCK, offsetOf, seqOfBlock } from './seq-blocks.mjs'
 
 export const SIZE = 8 * 1024 * 1024
 export const BLOCKS = SIZE / BLOCK
 export const PAIR = 'handoff'
-const WRITER = join(import.meta.dirname, 'seq-writer.mjs')
 
 /**
  * A volume file's image read with O_DIRECT: past the kernel's page cache,
@@ -54,53 +52,15 @@ export function prefixOf(image: Buffer, label: string): number {
   return m
 }
 
-/** The numbered writer (seq-writer.mjs) in its own process; its acknowledgements in a file. */
-export class Writer {
-  private proc: ChildProcess | null = null
-  private exit: Promise<void> = Promise.resolve()
-  issued = 0
-
-  constructor(private readonly ackLog: string) {}
-
-  start(file: string, first: number): void {
-    writeFileSync(this.ackLog, '')
-    this.proc = spawn(process.execPath, [WRITER, file, String(BLOCKS), String(first), this.ackLog], { stdio: 'ignore' })
-    this.exit = new Promise((r) => this.proc!.once('exit', () => r()))
-    this.issued = first
-  }
-
-  /** The last acknowledged number of this run (first − 1 if none). */
-  acked(): number {
-    const lines = existsSync(this.ackLog) ? readFileSync(this.ackLog, 'utf8').trim().split('\n').filter(Boolean) : []
-    return lines.length ? Number(lines[lines.length - 1]) : this.issued - 1
-  }
-
-  /** Waits (at most `ms`) until this run's first write was acknowledged: kills land while writes flow. */
-  async firstAck(ms: number): Promise<void> {
-    const end = Date.now() + ms
-    while (this.acked() < this.issued && Date.now() < end) await new Promise((r) => setTimeout(r, 20))
-  }
-
-  async stop(): Promise<void> {
-    this.proc?.kill('SIGTERM')
-    await this.exit
-  }
-
-  exited(): Promise<void> {
-    return this.exit
+/** The numbered writer (seq-check.ts) over one volume of BLOCKS blocks. */
+export class Writer extends SeqWriter {
+  constructor(ackLog: string) {
+    super(ackLog, BLOCKS)
   }
 }
 
-/** Waits until the secondary's applied number holds still (a batch it was applying when the primary died is done). */
-export async function secondarySteady(d: DaemonHandle): Promise<void> {
-  let last = -1
-  for (;;) {
-    const s = await pairStatus(d, PAIR, 'secondary')
-    if (s && s.lastApplied === last) return
-    last = s?.lastApplied ?? -1
-    await new Promise((r) => setTimeout(r, 150))
-  }
-}
+/** Waits until the pair's secondary applied number holds still. */
+export const secondarySteady = (d: DaemonHandle): Promise<void> => steadyOf(d, PAIR)
 
 /** Two daemons; the primary's volume `vol` homed on a1 (a second system a2), replicated as PAIR and caught up. */
 export async function startHandoffPair(): Promise<Pair> {

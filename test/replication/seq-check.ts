@@ -47,9 +47,9 @@ export class SeqWriter {
   ) {}
 
   /** Starts writing `first`, `first` + 1, … to `files` (write s to files[s % n]). */
-  start(files: string[], first: number): void {
+  start(files: string | string[], first: number): void {
     writeFileSync(this.ackLog, '')
-    this.proc = spawn(process.execPath, [WRITER, files.join(','), String(this.blocks), String(first), this.ackLog], { stdio: 'ignore' })
+    this.proc = spawn(process.execPath, [WRITER, ([] as string[]).concat(files).join(','), String(this.blocks), String(first), this.ackLog], { stdio: 'ignore' })
     this.exit = new Promise((r) => this.proc!.once('exit', () => r()))
     this.issued = first
   }
