@@ -129,6 +129,8 @@ interface PromotedRecord {
   journalDir: string
   /** The replica configuration before the promote (resolve --discard local restores it). */
   replica: PairConfig
+  /** The old primary's listener as it last reported it before the promote: reverse's default after a restart here, before its next report. */
+  peerListen?: string | null
   at: string
 }
 
@@ -305,6 +307,7 @@ export class FailoverService {
         promotedAt: s.appliedSeq,
         journalDir: journalDirOf(this.promoteJournalBase(pair), record.epoch),
         replica: config,
+        peerListen: this.reports.get(pair)?.side.listen ?? null,
         at: new Date().toISOString(),
       }
       this.records.set(pair, r)
@@ -520,7 +523,8 @@ export class FailoverService {
   }
 
   private peerAddress(pair: string, to?: string): string {
-    const a = to ?? this.reports.get(pair)?.side.listen ?? undefined
+    const r = this.records.get(pair)
+    const a = to ?? this.reports.get(pair)?.side.listen ?? (r?.role === 'promoted' ? r.peerListen : undefined) ?? undefined
     if (!a) throw new VvfsError('INVALID_ARGUMENT', `the old primary of pair ${pair} has not reported its address here: give --to ADDR:PORT`)
     parseHostPort(a)
     return a

@@ -61,12 +61,18 @@ describe('failover and failback', () => {
     for (const [offset, length] of writes) writeAt(secondary.file('db-copy'), offset, Buffer.alloc(length, 0xcd))
     const written = writes.reduce((a, [, l]) => a + l, 0)
     const touched = new Set(writes.map(([o]) => Math.floor(o / EXTENT_SIZE))).size
-    // The promote and the writes since it survive kill -9 of the promoted side.
-    await secondary.kill9()
-    await secondary.restart()
-    expect(() => openSync(primary.file('db'), 'r+')).toThrow(/EROFS|read-only/)
+    // The promote and the writes since it survive kill -9 of the promoted side. The old primary is paused
+    // meanwhile, so no report of its address reaches the restarted side before reverse: the promote remembered it.
+    primary.proc.kill('SIGSTOP')
+    try {
+      await secondary.kill9()
+      await secondary.restart()
+    } finally {
+      primary.proc.kill('SIGCONT')
+    }
     const reversed = json(vvfs(secondary)('replicate', 'reverse', 'db-copy', '--json'))
     expect(reversed).toMatchObject({ pair: 'db-copy', role: 'primary' })
+    expect(() => openSync(primary.file('db'), 'r+')).toThrow(/EROFS|read-only/)
     const done = await waitForPair(secondary, 'db-copy', 'primary', (s) => caughtUp(s) && s.lastApplied > 0)
     expect(done.bytesShipped).toBeGreaterThanOrEqual(written)
     expect(done.bytesShipped).toBeLessThanOrEqual(written + touched * EXTENT_SIZE)
