@@ -4,7 +4,7 @@
  * metadata or a pending journal transaction uses, and it must refuse what it
  * cannot read with certainty.
  */
-import { copyFileSync, readFileSync, truncateSync, writeFileSync } from 'node:fs'
+import { copyFileSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { VvfsError } from '../../lib/errors.js'
@@ -255,6 +255,37 @@ const JOURNALS: { name: string; cmd?: string; mkfs: string[]; mount: string[]; e
 ]
 
 /**
+ * Copies a device or file the kernel may be writing to as it stood at one
+ * instant: two copies in a row that are identical mean no write landed in any
+ * region between its first and second read, so each region held the copied
+ * bytes when the first copy ended. A single `cp` of a live backing file can
+ * read a transaction's log blocks before the kernel wrote them and its commit
+ * block after, an image no crash leaves (the commit is written after its
+ * blocks complete); the 1K-block variant's reader then met garbage where a
+ * logged superblock belonged and refused the image ("different layout").
+ */
+function copyAtOneInstant(from: string, to: string): void {
+  const again = `${to}.again`
+  // jbd2 writes most log blocks through buffers outside the block device's
+  // page cache, so a page of the log cached by an earlier read goes stale: each
+  // read starts by dropping the clean cached pages (dirty ones, the kernel's
+  // view of metadata not yet written back, stay).
+  const copy = (dst: string) => {
+    sh('dd', [`if=${from}`, 'iflag=nocache', 'count=0', 'status=none'])
+    sh('dd', [`if=${from}`, `of=${dst}`, 'bs=1M', 'conv=sparse', 'status=none'])
+  }
+  for (let attempt = 0; attempt < 20; attempt++) {
+    copy(to)
+    copy(again)
+    const same = readFileSync(to).equals(readFileSync(again))
+    rmSync(again)
+    if (same) return
+    sh('sleep', ['0.3'])
+  }
+  throw new Error(`${from} kept changing while copied: no image of one instant`)
+}
+
+/**
  * Gives `target` (the image as it was before a mount) the superblock and
  * journal of `source` (a copy taken while mounted): the disk of a crash in
  * which nothing was written back since the mount. Valid only while the
@@ -297,11 +328,11 @@ for (const variant of JOURNALS) {
           write('escape', 'b')
           sh('rm', [join(mnt, 'old')])
           sh('sleep', ['1.2'])
-          sh('cp', ['--sparse=always', base, images.crash])
-          sh('dd', [`if=${dev}`, `of=${images.live}`, 'bs=1M', 'status=none'])
+          copyAtOneInstant(base, images.crash)
+          copyAtOneInstant(dev, images.live)
           sh('rm', [join(mnt, 'b')])
           sh('sleep', ['1.2'])
-          sh('cp', ['--sparse=always', base, images.crash2])
+          copyAtOneInstant(base, images.crash2)
         } finally {
           umount(mnt)
         }
@@ -364,7 +395,7 @@ describe('a journal holding fast commits', () => {
       mountExt4(dev, mnt, ['commit=30'])
       try {
         for (const name of ['x', 'y']) sh('dd', [`if=${join(dir, 'medium')}`, `of=${join(mnt, name)}`, 'bs=64k', 'conv=fsync', 'status=none'])
-        sh('cp', ['--sparse=always', img, snap])
+        copyAtOneInstant(img, snap)
       } finally {
         umount(mnt)
       }
