@@ -133,10 +133,17 @@ export async function killRounds(o: KillRounds, expect: (cond: boolean, why: str
   for (let k = 0; kills < o.kills; k++) {
     writer.start(o.primaryFiles(), next)
     await writer.firstAck(5000)
-    await new Promise((r) => setTimeout(r, 50 + o.rand() * 400))
+    // Every third round the secondary is paused first, so the crash surely finds
+    // writes still to ship (on a loaded machine it otherwise keeps up every time).
+    const paused = k % 3 === 0
+    if (paused) secondary.proc.kill('SIGSTOP')
+    await new Promise((r) => setTimeout(r, (paused ? 300 : 50) + o.rand() * 400))
     const dice = o.rand()
     const victim: Victim = o.victim ?? (kills + 1 < o.kills && dice < 0.3 ? 'both' : dice < 0.65 ? 'primary' : 'secondary')
     kills += victim === 'both' ? 2 : 1
+    const resumeSecondary = () => {
+      if (paused && secondary.proc.exitCode === null && secondary.proc.signalCode === null) secondary.proc.kill('SIGCONT')
+    }
     let m: number
     let held: number
     if (victim === 'both') {
@@ -151,6 +158,7 @@ export async function killRounds(o: KillRounds, expect: (cond: boolean, why: str
       expect(held <= acked + 1, `round ${k}: the primary holds ${held}, more than the write under way after ${acked}`)
     } else if (victim === 'primary') {
       await primary.crash()
+      resumeSecondary()
       await writer.exited()
       const acked = writer.acked()
       await secondarySteady(secondary, pair)
