@@ -20,6 +20,9 @@ const { ownerAndStandby } = relaysForFile(TTL_MS)
 
 describe('ext4 on a volume taken over after kill -9 of its owner', () => {
   it('is clean under e2fsck -fn after the journal replay on the new owner, and every synced file reads back', async () => {
+    // Where the time goes, printed as it passes: a run that hits the timeout shows its last step.
+    const t0 = Date.now()
+    const step = (what: string) => console.log(`ext4-takeover: ${what} at ${Date.now() - t0} ms`)
     const { a, b } = await ownerAndStandby({ owner: 'ext4-owner', standby: 'ext4-standby', systems: 'fs', capacity: '128M', volume: 'disk', size: '128M' })
 
     const atA = join(a.dir, 'ext4')
@@ -32,6 +35,7 @@ describe('ext4 on a volume taken over after kill -9 of its owner', () => {
     const more = spawn('sh', ['-c', `i=0; while dd if=/dev/urandom of=${atA}/more$i bs=64k count=4 conv=fsync 2>/dev/null; do i=$((i+1)); done`], { stdio: 'ignore', detached: true })
     const moreExited = new Promise((r) => more.once('exit', r))
     await new Promise((r) => setTimeout(r, 1500 + Math.floor(Math.random() * 1000)))
+    step('kill -9 of the owner')
     await a.kill9()
     try {
       process.kill(-more.pid!, 'SIGKILL')
@@ -39,12 +43,15 @@ describe('ext4 on a volume taken over after kill -9 of its owner', () => {
       // the loop ended at dd's first failed write
     }
     await moreExited
+    step('the writer ended')
     umount(atA)
     detachLoop(devA)
+    step('unmounted on the dead owner')
 
     const end = Date.now() + 4 * TTL_MS
     while (!existsSync(b.file('disk')) && Date.now() < end) await new Promise((r) => setTimeout(r, 50))
     expect(existsSync(b.file('disk'))).toBe(true)
+    step('served by the standby')
     const atB = join(b.dir, 'ext4')
     const devB = attachLoop(b.file('disk'))
     try {
@@ -61,6 +68,7 @@ describe('ext4 on a volume taken over after kill -9 of its owner', () => {
     } finally {
       detachLoop(devB)
     }
+    step('checked')
     expect(await b.stop()).toBe(0)
   })
 })

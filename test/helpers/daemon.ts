@@ -41,6 +41,9 @@ export interface DaemonHandle {
   exited(): Promise<number | null>
 }
 
+/** How long a clean stop may take: a loaded CI machine stops a daemon in well under 5 s. */
+const STOP_MS = 45_000
+
 const live = new Set<DaemonHandle>()
 const loops = new Set<string>()
 const mounts = new Set<string>()
@@ -102,7 +105,16 @@ export async function startDaemon(opts: { dir?: string; extraArgs?: string[]; en
       if (proc.exitCode !== null) return proc.exitCode
       const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)))
       proc.kill('SIGTERM')
-      const code = await exited
+      // A daemon that ignores SIGTERM is a failure with its log, not a test that hangs to its timeout.
+      let timer: NodeJS.Timeout | undefined
+      const stuck = new Promise<'stuck'>((r) => (timer = setTimeout(() => r('stuck'), STOP_MS)))
+      const code = await Promise.race([exited, stuck])
+      clearTimeout(timer)
+      if (code === 'stuck') {
+        const tail = handle.log().split('\n').slice(-25).join('\n')
+        await handle.kill9()
+        throw new Error(`the daemon did not exit within ${STOP_MS / 1000} s of SIGTERM (killed); its log ends:\n${tail}`)
+      }
       live.delete(handle)
       return code
     },
