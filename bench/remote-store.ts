@@ -15,6 +15,9 @@
  *   node dist/bench/remote-store.js      BENCH_SECONDS=3 per load and side
  *   BENCH_ROUNDS=3 (medians)  BENCH_LOADS=randread,seqread (a subset)
  *   BENCH_PROF=DIR: the server runs with --cpu-prof into DIR
+ *   BENCH_UNMERGED=1: seqwrite also on a second store on the same server
+ *     without batch merging (applyWindow Infinity), with its CPU per MiB:
+ *     what merging (RemoteChunkStore's APPLY_WINDOW) saves
  *
  * Prints per load local, remote and remote/local, the median over rounds,
  * and the server's peak RSS. Cleanup (server, temp dir) in every case.
@@ -122,9 +125,12 @@ async function main(): Promise<void> {
         await sleep(100)
       }
     }
+    // BENCH_UNMERGED=1: the same server through a store that merges no batches (every batch its own request).
+    const unmerged = process.env.BENCH_UNMERGED === '1' ? (await RemoteChunkStore.connect({ host: '127.0.0.1', port, key, log, sid: 2, name: 'far', applyWindow: Infinity })).store : null
     const local = StorageSystem.over(await LevelChunkStore.open({ sid: 1, name: 'near', path: join(dir, 'near'), create: true }), { capacity: 1 << 30 })
     const far = StorageSystem.over(remote, { capacity: 1 << 30 })
-    systems.push(local, far)
+    const farUnmerged = unmerged ? StorageSystem.over(unmerged, { capacity: 1 << 30 }) : null
+    systems.push(local, far, ...(farUnmerged ? [farUnmerged] : []))
     const data = randomBytes(64 * 32 * CHUNK_SIZE)
     // Fill the span on both, so reads find data (the fio jobs read a volume written whole).
     for (const s of [local, far]) await runLoad(s, 'seqwrite', (SPAN_CHUNKS * CHUNK_SIZE) / 150e6, data)
@@ -146,6 +152,14 @@ async function main(): Promise<void> {
         const perMiB = (s: number, rate: number) => ((s * 1000) / ((rate * seconds) / 2 ** 20)).toFixed(1)
         ratios[load].push(f / l)
         const unit = load.startsWith('seq') ? `${(l / 1e6).toFixed(0)} vs ${(f / 1e6).toFixed(0)} MB/s` : `${(l / CHUNK_SIZE).toFixed(0)} vs ${(f / CHUNK_SIZE).toFixed(0)} IOPS`
+        if (farUnmerged && load === 'seqwrite') {
+          const u = await runLoad(farUnmerged, load, seconds, data)
+          const s3 = await cpuSeconds(server.pid!)
+          const c3 = process.cpuUsage()
+          process.stdout.write(
+            `round ${r + 1} seqwrite  unmerged ${(u / 1e6).toFixed(0)} MB/s (merged/unmerged ${(f / u).toFixed(2)})   CPU ms/MiB unmerged: relay ${perMiB(cpu(c2, c3), u)} + server ${perMiB(s3 - s2, u)}\n`,
+          )
+        }
         process.stdout.write(
           `round ${r + 1} ${load.padEnd(9)} local vs remote ${unit.padEnd(24)} ratio ${(f / l).toFixed(2)}   CPU ms/MiB: local ${perMiB(cpu(c0, c1), l)}, remote relay ${perMiB(cpu(c1, c2), f)} + server ${perMiB(s2 - s1, f)}; server wrote ${((w2 - w1) / (f * seconds)).toFixed(2)} bytes per byte\n`,
         )

@@ -12,6 +12,7 @@
  *   BENCH_SECONDS=10  seconds per fio job     BENCH_NETEM=0  skip the delayed server
  *   BENCH_TMP=/var/tmp                        BENCH_KEEP=1   keep the temp dir
  *   BENCH_PROF=DIR  the storage servers write CPU profiles into DIR
+ *   BENCH_JOBS=randread,seqread  a subset of the jobs (the volumes are written whole first either way)
  *
  * Placement: each volume is written whole (dd) right after its system is
  * added and while it has the most free space, so every extent of it lies on
@@ -125,7 +126,8 @@ async function main(): Promise<void> {
     // a minute, and the ratio of two runs seconds apart says more than of two a minute apart (the four
     // local jobs used to run before the four remote ones; their ratios moved by 2x between runs).
     for (const [system] of volumes) results[system] = {}
-    for (const job of JOBS) {
+    const only = process.env.BENCH_JOBS?.split(',')
+    for (const job of JOBS.filter((j) => !only || only.includes(j.name))) {
       for (const [system, file] of volumes) {
         say(`remote bench: ${job.label} on ${system}`)
         results[system][job.name] = await runJob(job, file, seconds, join(OUT, 'fio-remote', `${system}-${job.name}.json`))

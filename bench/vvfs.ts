@@ -58,7 +58,9 @@ export class Vvfs {
     const mountDir = join(dir, 'mnt')
     const logPath = join(dir, 'vvfs-daemon.log')
     const logFile = createWriteStream(logPath)
-    const svc = startService(process.execPath, [VVFS_BIN, 'daemon', '--state', stateDir, '--mount', mountDir, '--log-level', 'warn', ...extraArgs], { logFile, env: cleanEnv(), cwd: dir })
+    // BENCH_DAEMON_PROF=DIR: the daemon writes a CPU profile there when it stops.
+    const prof = process.env.BENCH_DAEMON_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_DAEMON_PROF}`] : []
+    const svc = startService(process.execPath, [...prof, VVFS_BIN, 'daemon', '--state', stateDir, '--mount', mountDir, '--log-level', 'warn', ...extraArgs], { logFile, env: cleanEnv(), cwd: dir })
     const vvfs = new Vvfs(stateDir, mountDir, logPath, svc)
     vvfs.stopStep = cleanup.add(`stop vvfs daemon (pid ${svc.pid})`, async () => {
       await vvfs.quiesce()

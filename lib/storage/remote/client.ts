@@ -15,7 +15,15 @@
  * rest queued by the WireClient) and answered in any order. A read longer
  * than MAX_READ_CHUNKS is several requests in flight at once. A batch is one
  * request (it must be atomic), so it must fit STORAGE_MAX_BODY — one extent
- * of data.
+ * of data. At most APPLY_WINDOW batch requests are on the wire at once; the
+ * batches that arrive meanwhile wait here, in order, and leave together: the
+ * next request takes every waiting batch it can (puts and deletes only, of
+ * one kind — logged or not — and one token, up to MAX_APPLY_CHUNKS chunks) as
+ * ONE batch, their writes in arrival order (a later write of a chunk wins, as
+ * in one batch). Merging keeps every order a caller can see: the relay's
+ * locks never let two batches of one chunk be under way together, and a
+ * merged batch is atomic, which is more than each asked for; a batch with
+ * clears or `sync` goes alone. The batches of a request share its answer.
  *
  * Fencing: every mutation carries a token — the batch's own, else the
  * store's `epoch` (the relay's, `storage fence` raises it).
@@ -96,6 +104,26 @@ export const DEFAULT_REMOTE_DEADLINE_MS = 5000
  */
 export const RETAIN_FLUSH_BYTES = 64 * 1024 * 1024
 
+/**
+ * Batch requests on the wire at once; batches beyond wait and are merged
+ * (see the file comment). 4: with the write-behind's 64 writes of 128 KiB
+ * queued, a request then carries up to an extent, so the server does one
+ * LevelDB write, one frame and one answer per MiB instead of eight —
+ * bench/remote-store.js seqwrite (store level, remote alone), server CPU per
+ * MB 4.0-5.1 ms unmerged; see bench/README for the merged figures.
+ */
+export const APPLY_WINDOW = 4
+/** Chunks one merged batch holds at most: one extent, so its body fits STORAGE_MAX_BODY. */
+export const MAX_APPLY_CHUNKS = MAX_READ_CHUNKS
+
+/** A batch waiting for a place in the window (see APPLY_WINDOW). */
+interface WaitingBatch {
+  batch: ChunkBatch & { unlogged: boolean; token: number }
+  end: number
+  resolve: () => void
+  reject: (err: unknown) => void
+}
+
 /** Reconnect attempts 50 ms apart doubling to 1 s: a restarted server is found within a second, well inside a request's deadline, and an attempt a second costs nothing. */
 const DEFAULT_BACKOFF = { initialMs: 50, maxMs: 1000 }
 
@@ -115,6 +143,8 @@ export interface RemoteStoreOptions {
   backoff?: { initialMs: number; maxMs: number }
   /** RETAIN_FLUSH_BYTES unless given (tests). */
   retainFlushBytes?: number
+  /** APPLY_WINDOW unless given (Infinity: every batch its own request, as before merging; bench/remote-store.js compares). */
+  applyWindow?: number
 }
 
 /** What `storage list` shows of a remote store's link. */
@@ -159,6 +189,9 @@ export class RemoteChunkStore implements ChunkStore {
   private retainedBytesNow = 0
   /** Counts acknowledged batches: a flushing sync covers the retained ones up to the count when it was sent. */
   private acked = 0
+  /** Batch requests on the wire, and the batches waiting for a place among them (APPLY_WINDOW). */
+  private appliesOnWire = 0
+  private readonly waitingBatches: WaitingBatch[] = []
   /** The flushing sync the store asked for itself (retained bytes over the bound). */
   private flushing: Promise<void> | null = null
   private connecting: Promise<void> | null = null
@@ -268,23 +301,60 @@ export class RemoteChunkStore implements ChunkStore {
     checkBatch(batch)
     if ((batch.writes?.length ?? 0) === 0 && (batch.clears?.length ?? 0) === 0 && !batch.sync) return
     const unlogged = batch.unlogged === true && batch.sync !== true
-    const body = encodeApply({ ...batch, unlogged }, batch.token ?? this.epoch, this.bodies.take.bind(this.bodies))
-    if (body.length > STORAGE_MAX_BODY)
-      throw new VvfsError('INVALID_ARGUMENT', `a batch of ${body.length} bytes is larger than one request (${STORAGE_MAX_BODY}); a remote batch holds at most one extent`)
     const end = Date.now() + this.deadlineMs
     // Kept bytes are bounded: past twice the bound a batch waits for the flush the store asked for.
     if (this.flushing && this.retainedBytesNow >= 2 * this.retainFlushBytes) await withDeadline(this.flushing, end, () => new VvfsError('TIMEOUT', 'the flush of retained batches took longer than the deadline'))
     this.unsynced = true // before: a restart may come between the server's answer and ours
     this.applies++
     try {
-      await this.call(Op.APPLY, body, end)
-      // Kept from its acknowledgement (a restart before it made call() send it again): see the file comment.
-      // Else reused: acknowledged, so the socket has sent all of it (a failed call's body may still be queued there).
-      if (unlogged || this.retained.length > 0) this.retain(body)
-      else this.bodies.give(body)
+      await new Promise<void>((resolve, reject) => {
+        this.waitingBatches.push({ batch: { ...batch, unlogged, token: batch.token ?? this.epoch }, end, resolve, reject })
+        this.sendBatches()
+      })
     } finally {
       this.applies++ // a sync that began before this answer may not cover the batch
     }
+  }
+
+  /** Sends waiting batches while the window has room, each request as many as merge (see the file comment). */
+  private sendBatches(): void {
+    while (this.appliesOnWire < (this.opts.applyWindow ?? APPLY_WINDOW) && this.waitingBatches.length > 0) {
+      const group = [this.waitingBatches.shift() as WaitingBatch]
+      const first = group[0].batch
+      let chunks = first.writes?.length ?? 0
+      if (mergeable(first)) {
+        for (let next = this.waitingBatches[0]; next !== undefined; next = this.waitingBatches[0]) {
+          const n = next.batch.writes?.length ?? 0
+          if (!mergeable(next.batch) || next.batch.unlogged !== first.unlogged || next.batch.token !== first.token || chunks + n > MAX_APPLY_CHUNKS) break
+          group.push(this.waitingBatches.shift() as WaitingBatch)
+          chunks += n
+        }
+      }
+      this.appliesOnWire++
+      this.sendBatch(group).then(
+        () => group.forEach((w) => w.resolve()),
+        (err: unknown) => group.forEach((w) => w.reject(err)),
+      ).finally(() => {
+        this.appliesOnWire--
+        this.sendBatches()
+      })
+    }
+  }
+
+  /** One APPLY request carrying the batches of `group` as one (a group of several holds puts and deletes only). */
+  private async sendBatch(group: WaitingBatch[]): Promise<void> {
+    const first = group[0].batch
+    const batch = group.length === 1 ? first : { writes: group.flatMap((w) => w.batch.writes ?? []), unlogged: first.unlogged }
+    const body = encodeApply(batch, first.token, this.bodies.take.bind(this.bodies))
+    if (body.length > STORAGE_MAX_BODY) {
+      this.bodies.give(body)
+      throw new VvfsError('INVALID_ARGUMENT', `a batch of ${body.length} bytes is larger than one request (${STORAGE_MAX_BODY}); a remote batch holds at most one extent`)
+    }
+    await this.call(Op.APPLY, body, Math.min(...group.map((w) => w.end)))
+    // Kept from its acknowledgement (a restart before it made call() send it again): see the file comment.
+    // Else reused: acknowledged, so the socket has sent all of it (a failed call's body may still be queued there).
+    if (first.unlogged || this.retained.length > 0) this.retain(body)
+    else this.bodies.give(body)
   }
 
   /** Bytes of acknowledged batches kept for a server restart (bounded by twice retainFlushBytes, plus batches in flight). */
@@ -507,6 +577,11 @@ export class RemoteChunkStore implements ChunkStore {
       details: { cause: e.code, ...(e.details ?? {}) },
     })
   }
+}
+
+/** Whether a batch may be merged with others: puts and deletes only, no sync, at most an extent. */
+function mergeable(b: ChunkBatch): boolean {
+  return b.sync !== true && (b.clears?.length ?? 0) === 0 && (b.writes?.length ?? 0) > 0 && (b.writes?.length ?? 0) <= MAX_APPLY_CHUNKS
 }
 
 /** Waits for every part (so none is left running unobserved), then throws the first failure. */

@@ -39,10 +39,18 @@ function deadlineMs(): number | undefined {
   return Number.isFinite(v) && v > 0 ? v : undefined
 }
 
+/** Setting: batch requests on the wire per remote store (default APPLY_WINDOW; VVFS_REMOTE_APPLY_WINDOW overrides, 0: no limit and so no merging — bench/remote.ts compares). */
+function applyWindow(): number | undefined {
+  const raw = process.env.VVFS_REMOTE_APPLY_WINDOW
+  const v = Number(raw)
+  if (raw === undefined || raw === '' || !Number.isInteger(v) || v < 0) return undefined
+  return v === 0 ? Infinity : v
+}
+
 async function storeOptions(rec: { sid: number; name: string; remote: RemoteRecord }, log: Logger, claim: boolean) {
   const { host, port } = parseHostPort(rec.remote.address)
   const key = await loadPeerKey(rec.remote.peerKey)
-  return { host, port, key, log, sid: rec.sid, name: rec.name, epoch: rec.remote.epoch, claim, deadlineMs: deadlineMs() }
+  return { host, port, key, log, sid: rec.sid, name: rec.name, epoch: rec.remote.epoch, claim, deadlineMs: deadlineMs(), applyWindow: applyWindow() }
 }
 
 /** At start: the system of a catalog record, its link coming up in the background. */
