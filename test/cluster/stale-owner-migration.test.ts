@@ -136,7 +136,7 @@ describe('stale owner, paused mid-migration', () => {
     image.copy(back, at, at, at + unsynced.data.length)
     expect(back.equals(image)).toBe(true)
     // Its stop syncs what it still held: refused too, and counted.
-    expect(await Promise.race([a.stop(), sleep(15_000).then(() => 'no exit in 15 s')])).toBe(0)
+    expect(await Promise.race([a.stop(), sleep(15_000).then(() => `no exit in 15 s; its log ends:\n${a.log().split('\n').slice(-25).join('\n')}`)])).toBe(0)
     const atEnd = await refused()
     const countedRefusals = atEnd.from! - atStart.from! + (atEnd.to! - atStart.to!)
     const reported = serverRefusals(a.log().slice(logBefore))
