@@ -19,7 +19,7 @@ import { RelayLease } from '../../lib/cluster/relay-lease.js'
 import { silentLogger } from '../../lib/log.js'
 import { cleanupAll, removeDir, startDaemon, type DaemonHandle } from '../helpers/daemon.js'
 import { startEtcd, stopAllEtcd, type EtcdServer } from '../helpers/etcd.js'
-import { writeSynced } from '../helpers/synced-write.js'
+import { errnoOf, writeSynced } from '../helpers/synced-write.js'
 import { chunkOf, cleanup, freePort, newKey, openStore, spawnServer, tempDir } from '../remote/servers.js'
 
 const TTL_MS = 3000
@@ -27,12 +27,15 @@ let etcd: EtcdServer
 let client: Etcd3 | undefined
 let lease: RelayLease | undefined
 let d: DaemonHandle | undefined
+/** A descriptor the test holds open on the old relay's volume file (closed after the test, also when it failed). */
+let unsynced: number | undefined
 
 beforeAll(async () => {
   etcd = await startEtcd()
 }, 30_000)
 afterAll(async () => {
   if (d?.proc.exitCode === null) d.proc.kill('SIGCONT')
+  if (unsynced !== undefined) errnoOf(() => closeSync(unsynced!))
   await cleanupAll()
   if (d) removeDir(d.dir)
   await lease?.close(true)
@@ -59,10 +62,10 @@ describe('stale owner', () => {
     // The relay fenced the server at its token when it took the volume: its writes carry it.
     expect(far.epoch).toBe(oldToken)
 
-    // A write the host has not synced when the pause lands (whatever of it the old relay sends or syncs later meets the fence).
-    const fd = openSync(d.file('v'), constants.O_RDWR)
-    writeSync(fd, chunkOf(5), 0, 4096, 8 * 4096)
-    closeSync(fd)
+    // A write the host has not synced when the pause lands, its file kept open (a close flushes: it would sync it).
+    // Nothing else syncs it, so the old relay's next sync — at the latest its stop's — meets the fence.
+    unsynced = openSync(d.file('v'), constants.O_RDWR)
+    writeSync(unsynced, chunkOf(5), 0, 4096, 8 * 4096)
     d.proc.kill('SIGSTOP')
     client = new Etcd3({ hosts: [etcd.url] })
     lease = await RelayLease.start({ client, prefix: 'vvfs/', relayId: 'new', ttlMs: TTL_MS, log: silentLogger() })
@@ -98,6 +101,8 @@ describe('stale owner', () => {
     // Its stop syncs the write it held unsynced when paused: refused too. The server counted every refusal
     // the old relay met (one refusal may be logged on several lines: at least one counted for any logged).
     expect(await Promise.race([d.stop(), sleep(15_000).then(() => 'no exit in 15 s')])).toBe(0)
+    errnoOf(() => closeSync(unsynced!))
+    unsynced = undefined
     const refusedByServer = (await store.fenceStatus()).refused - refusedBefore
     const reported = (d.log().slice(logBefore).match(/fencing token \d+ is below \d+/g) ?? []).length
     expect(reported).toBeGreaterThan(0)
