@@ -195,6 +195,11 @@ export class ClusterRelay {
     this.watcher = await this.ownership.watchOwners(released)
   }
 
+  /** The token the storage servers of this relay's pool were fenced at (0: none yet): a server added later is fenced at it. */
+  get fenceToken(): number {
+    return this.fencedTo
+  }
+
   /** The token this relay holds a volume with (undefined: not owned here). */
   tokenOf(volumeId: string): number | undefined {
     return this.owned.get(volumeId)?.token

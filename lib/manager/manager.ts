@@ -527,6 +527,14 @@ export class Manager implements HostView {
       throw new VvfsError('INVALID_SIZE', `capacity ${formatSize(capacity)} is not between one extent and ${formatSize(MAX_CAPACITY)}`)
     }
     const rec: StorageRecord = { sid, name: p.name, path: p.remote, capacity, createdAt: new Date().toISOString(), remote: { ...remote, epoch }, ...(p.reserve ? { reserve: true } : {}) }
+    // issue 15: a server added to a relay that owns volumes is fenced at its token before anything is written there
+    // (it wrote with token 0, which a later owner's fence refuses but an older one's would not)
+    if (this.cluster && this.cluster.fenceToken > 0) {
+      await fenceRemoteSystem(system, this.cluster.fenceToken).catch(async (err: unknown) => {
+        await system.close().catch(() => {})
+        throw err
+      })
+    }
     return this.recordNewStorage(rec, system, clashes)
   }
 

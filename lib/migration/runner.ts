@@ -321,7 +321,7 @@ export class MigrationRunner {
           if (this.deps.hostOps() === ops) size = Math.min(2 * size, this.groupLimit())
           else {
             size = 1
-            await new Promise((r) => setTimeout(r, (Date.now() - t0) * HOST_SHARE))
+            await this.rest((Date.now() - t0) * HOST_SHARE)
           }
         }
       }
@@ -774,7 +774,23 @@ export class MigrationRunner {
     if (!rate) return
     const due = this.startedCopyAt + (1000 * this.copiedSinceStart) / rate
     const wait = due - Date.now()
-    if (wait > 0) await new Promise((r) => setTimeout(r, wait))
+    if (wait > 0) await this.rest(wait)
+  }
+
+  /**
+   * Waits `ms`, or until the job is halted, paused or stopped (wake): a halt
+   * never waits one out (issue 15: a step that spanned a relay's SIGSTOP made
+   * its host-share wait 5× the pause, and the stopped relay's process stayed
+   * up that long after its clean stop).
+   */
+  private rest(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, ms)
+      this.wake = () => {
+        clearTimeout(t)
+        resolve()
+      }
+    })
   }
 
   private async setStatus(status: JobStatus): Promise<void> {

@@ -320,9 +320,14 @@ export class StorageSystem implements DataLog {
     if (this.closed) return
     this.closing = true
     await this.compacting?.catch(() => {})
-    await this.sync()
-    this.closed = true
-    await this.base.close()
+    try {
+      await this.sync()
+    } finally {
+      // A refused last sync (FENCED: another relay owns the server now; the server gone) still closes the
+      // store: a remote store's connection left open kept a stopped relay's process from exiting (issue 15).
+      this.closed = true
+      await this.base.close()
+    }
   }
 
   private wrote(unlogged: boolean): void {

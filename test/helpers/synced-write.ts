@@ -10,12 +10,17 @@ export function errnoOf(fn: () => void): string | undefined {
   }
 }
 
-/** Writes `data` at `offset`, fsyncs and closes; the first errno code if any step failed (close flushes too). */
+/**
+ * Writes `data` at `offset`, fsyncs and closes; the first errno code if any step failed (close flushes too).
+ * The file is closed after a failure too: a descriptor left open kept the volume file open in the daemon, whose
+ * stop then waited out its unmount grace for it.
+ */
 export function writeSynced(file: string, offset: number, data: Buffer): string | undefined {
   const fd = openSync(file, constants.O_RDWR)
   const failed = errnoOf(() => {
     writeSync(fd, data, 0, data.length, offset)
     fsyncSync(fd)
   })
-  return failed ?? errnoOf(() => closeSync(fd))
+  const closed = errnoOf(() => closeSync(fd))
+  return failed ?? closed
 }

@@ -63,6 +63,7 @@
  * included (IO_ERROR): a write acknowledged as synced is never lost.
  */
 import { appendedBytes, decodeMapRecords, encodeMapAppend, encodeMapRead, MAP_APPEND_MAX_BYTES, MAP_READ_MAX_BYTES, type MapLogRecord, type StampedMapRecord } from './map-log.js'
+import { decodeFenceStatus, type FenceStatus } from './protocol.js' // issue 15
 import { VvfsError } from '../../errors.js'
 import { CHUNK_SIZE } from '../../layout.js'
 import type { Logger } from '../../log.js'
@@ -435,6 +436,11 @@ export class RemoteChunkStore implements ChunkStore {
   }
 
   /** Raises the server's fence to `token` (FENCED if it is already higher); returns the fence now. Mutations from here on carry it. */
+  /** Issue 15: the server's fence and its count of mutations refused FENCED since it started. */
+  async fenceStatus(): Promise<FenceStatus> {
+    return decodeFenceStatus(await this.call(Op.FENCE_STATUS, Buffer.alloc(0), Date.now() + this.deadlineMs))
+  }
+
   async fence(token: number): Promise<number> {
     const fence = decodeToken(await this.call(Op.FENCE, encodeToken(token), Date.now() + this.deadlineMs))
     this.epoch = Math.max(this.epoch, token)

@@ -6,6 +6,7 @@
  * only the operations, one request type each, mirroring ChunkStore:
  *
  *   IDENTITY  claim or check who the server's store is   → identity, capacity, fence
+ *   FENCE_STATUS (issue 15)                               → fence u48 | refused u48
  *   READ_RUN  chunks [first, first+count)                → their bytes (zeros where none)
  *   READ_MANY scattered chunks                           → chunk set
  *   APPLY     one atomic batch of clears, puts, deletes  → empty
@@ -55,6 +56,8 @@ export const Op = {
   /** Issue 15: a relay's map records, kept for the relay that takes a volume over (map-log.ts). */
   MAP_APPEND: 8,
   MAP_READ: 9,
+  /** Issue 15: the server's fence and how many mutations it refused FENCED (an older server answers it as unknown). */
+  FENCE_STATUS: 10,
 } as const
 export type Op = (typeof Op)[keyof typeof Op]
 
@@ -431,4 +434,27 @@ export function decodeToken(b: Buffer): number {
   const t = r.u48()
   r.end()
   return t
+}
+
+// ---- FENCE_STATUS (issue 15)
+
+export interface FenceStatus {
+  /** The highest fencing token the server has seen. */
+  fence: number
+  /** Mutations (data, syncs, map records) the server refused FENCED since it started. */
+  refused: number
+}
+
+export function encodeFenceStatus(s: FenceStatus): Buffer {
+  checkU48(s.fence, 'fencing token')
+  checkU48(s.refused, 'refusal count')
+  return new Writer(12).u48(s.fence).u48(s.refused).done()
+}
+
+export function decodeFenceStatus(b: Buffer): FenceStatus {
+  const r = new Reader(b, 'FENCE_STATUS reply')
+  const fence = r.u48()
+  const refused = r.u48()
+  r.end()
+  return { fence, refused }
 }

@@ -65,6 +65,7 @@ import {
   STORAGE_SERVICE,
 } from './protocol.js'
 import { decodeMapAppend, decodeMapRead, encodeMapRecords, ServerMapLog } from './map-log.js'
+import { encodeFenceStatus } from './protocol.js' // issue 15
 
 /**
  * Request bodies (a relay's batches) and READ_RUN replies of 64 KiB or more
@@ -217,6 +218,11 @@ export class StorageServer {
       const { prefix, after, maxBytes } = decodeMapRead(b)
       const { records, more } = await this.openMapLog().read(prefix, after, maxBytes)
       return encodeMapRecords(records, more)
+    })
+    // Issue 15: the fence and the FENCED refusals, for operators and tests (a stale owner's writes counted).
+    this.wire.handle(Op.FENCE_STATUS, async (_b, ctx) => {
+      this.storeFor(ctx)
+      return encodeFenceStatus({ fence: this.fence, refused: this.refusedFenced })
     })
   }
 
