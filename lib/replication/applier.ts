@@ -21,6 +21,8 @@
  *
  * Concurrency: batches are handled one at a time in arrival order (the wire
  * may carry several in flight); each sees the state the previous one left.
+ * A resync's data requests that arrive while another operation runs are
+ * committed together as one batch when their turn comes (group commit).
  *
  * Failure modes: a target failure (IO_ERROR) fails that batch; the applier
  * then reloads its state from the target before the next one (a failed
@@ -55,6 +57,14 @@ export interface ApplyTarget {
   apply(changes: TargetChange[], state: SecondaryState): Promise<void>
 }
 
+/** A resync data request waiting for the next group commit. */
+interface ResyncRequest {
+  sender: Sender
+  changes: TargetChange[]
+  done: (ack: Ack) => void
+  fail: (err: unknown) => void
+}
+
 export interface Ack {
   /** Everything through this number is applied: the primary may trim through it. */
   appliedSeq: number
@@ -73,6 +83,7 @@ export class Applier {
   private state: SecondaryState
   private queue: Promise<unknown> = Promise.resolve()
   private stale = false
+  private readonly resyncWaiting: ResyncRequest[] = []
 
   private constructor(
     private readonly target: ApplyTarget,
@@ -155,18 +166,52 @@ export class Applier {
     })
   }
 
-  /** Copied data of a resync (whole extents or parts), applied at once. */
+  /**
+   * Copied data of a resync (whole extents or parts), applied at once. The
+   * requests that arrive while one commits are committed together, as one
+   * durable batch: the primary keeps several extents in flight, and one
+   * synced batch per request bounded the initial sync (15.5 MB/s against a
+   * migration's 83.6, bench/replication.ts). Each request is still checked
+   * alone; a refused one fails by itself.
+   */
   resyncData(sender: Sender, changes: TargetChange[]): Promise<Ack> {
-    return this.serial(async () => {
-      this.checkCurrentHome(sender)
-      if (!this.state.resyncing) throw new VvfsError('JOB_STATE', 'resync data without a resync under way', { details: { reason: 'no-resync' } })
-      for (const c of changes) {
-        if (!this.volumes.has(c.volume)) throw new VvfsError('VOLUME_NOT_FOUND', `resync data for volume ${c.volume}, which is not in this pair`, { details: { reason: 'unknown-volume' } })
-        if (c.kind !== 'write' && c.kind !== 'zero' && c.kind !== 'resize') throw new VvfsError('PEER_PROTOCOL', `resync data of kind ${c.kind}`)
-      }
-      await this.commit(changes, this.state)
-      return this.ack(0, 0, null)
+    return new Promise<Ack>((done, fail) => {
+      this.resyncWaiting.push({ sender, changes, done, fail })
+      if (this.resyncWaiting.length === 1) void this.serial(() => this.commitResyncData()).catch(() => undefined)
     })
+  }
+
+  private async commitResyncData(): Promise<void> {
+    const admitted: ResyncRequest[] = []
+    for (const r of this.resyncWaiting.splice(0)) {
+      try {
+        this.checkResyncData(r.sender, r.changes)
+        admitted.push(r)
+      } catch (err) {
+        r.fail(err)
+      }
+    }
+    if (admitted.length === 0) return
+    try {
+      await this.commit(
+        admitted.flatMap((r) => r.changes),
+        this.state,
+      )
+    } catch (err) {
+      for (const r of admitted) r.fail(err)
+      throw err
+    }
+    const ack = this.ack(0, 0, null)
+    for (const r of admitted) r.done(ack)
+  }
+
+  private checkResyncData(sender: Sender, changes: TargetChange[]): void {
+    this.checkCurrentHome(sender)
+    if (!this.state.resyncing) throw new VvfsError('JOB_STATE', 'resync data without a resync under way', { details: { reason: 'no-resync' } })
+    for (const c of changes) {
+      if (!this.volumes.has(c.volume)) throw new VvfsError('VOLUME_NOT_FOUND', `resync data for volume ${c.volume}, which is not in this pair`, { details: { reason: 'unknown-volume' } })
+      if (c.kind !== 'write' && c.kind !== 'zero' && c.kind !== 'resize') throw new VvfsError('PEER_PROTOCOL', `resync data of kind ${c.kind}`)
+    }
   }
 
   /** The copy finished; the image is consistent once entries through `consistentAt` are applied. */

@@ -71,6 +71,13 @@ const TRIM_EVERY_MS = 500
 const RETRY_MS = { initial: 100, max: 2000 }
 /** Resync data per request: three 256 KiB pieces fit one 1 MiB frame. */
 const PIECES_PER_REQUEST = 3
+/**
+ * Extents a resync copies at once. One at a time, the initial sync ran at
+ * 15.5 MB/s against a migration's 83.6 MB/s copy of the same GiB
+ * (bench/replication.ts): each request waited for the secondary's synced
+ * apply. With several in flight the secondary commits what is queued as one.
+ */
+const RESYNC_WINDOW = 4
 
 /** One volume of a pair: a pair is one volume, or a consistency group of several sharing the journal's sequence. */
 export interface PairMember {
@@ -436,19 +443,41 @@ export class PrimaryPair {
     this.copied = 0
     this.copyTotal = marks.filter((m) => m.extent !== SIZE_MARK).length * EXTENT_SIZE
     const started = Date.now()
-    for (const mark of marks) {
-      if (!this.running || this.pausedFlag) throw new VvfsError('SHUTTING_DOWN', 'resync interrupted')
+    // Up to RESYNC_WINDOW extents in flight; a mark is cleared only once its extent's data is acknowledged (synced there).
+    const inFlight = new Set<Promise<void>>()
+    let failed: unknown = null
+    let handedOff = false
+    const copyOne = async (mark: DirtyMark) => {
       await this.copyExtent(stream, mark)
       // A handoff during the copy moved the marks to the new home's journal (its own generations): copy them again as the new epoch.
-      if (stream.sender.epoch !== this.sender.epoch) return
+      if (stream.sender.epoch !== this.sender.epoch) {
+        handedOff = true
+        return
+      }
       await this.journal.clearMarks([mark], generation)
       if (mark.extent !== SIZE_MARK) this.copied += EXTENT_SIZE
       this.spec.onProgress?.(this.copied, this.copyTotal)
+    }
+    for (const mark of marks) {
+      if (failed || handedOff) break
+      if (!this.running || this.pausedFlag) {
+        failed = new VvfsError('SHUTTING_DOWN', 'resync interrupted')
+        break
+      }
+      const one = copyOne(mark).catch((err: unknown) => {
+        failed ??= err
+      })
+      inFlight.add(one)
+      void one.finally(() => inFlight.delete(one))
+      if (inFlight.size >= RESYNC_WINDOW) await Promise.race(inFlight)
       if (this.spec.rate > 0) {
-        const due = started + (this.copied * 1000) / this.spec.rate
+        const due = started + ((this.copied + inFlight.size * EXTENT_SIZE) * 1000) / this.spec.rate
         if (due > Date.now()) await sleep(due - Date.now())
       }
     }
+    await Promise.all(inFlight)
+    if (failed) throw failed
+    if (handedOff) return
     await this.journal.drain()
     const consistentAt = this.journal.positions.lastAccepted
     const end = await stream.endResync(consistentAt)

@@ -131,4 +131,21 @@ describe('applier: failures and resync', () => {
     expect([img[0], img[4096], img[8192]]).toEqual([11, 12, 8])
     await expect(applier.resyncData(fromA, [])).rejects.toMatchObject({ code: 'JOB_STATE' })
   })
+
+  it('commits the resync data that arrives while one batch commits as one batch; a refused request fails alone', async () => {
+    const { target, applier } = await open()
+    await applier.beginResync(fromA, 10)
+    const piece = (extent: number, fill: number, volume = 1) => ({ volume, kind: 'write' as const, offset: extent * 65536, length: 4096, data: Buffer.alloc(4096, fill) })
+    const before = target.batches
+    // Eight requests in flight at once (the primary's window), one of them for a volume not in the pair.
+    const sent = [1, 2, 3, 4, 5, 6, 7, 8].map((i) => applier.resyncData(fromA, [piece(i, i, i === 5 ? 9 : 1)]))
+    const results = await Promise.allSettled(sent)
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'fulfilled', 'fulfilled'])
+    expect((results[4] as PromiseRejectedResult).reason).toMatchObject({ code: 'VOLUME_NOT_FOUND' })
+    // All arrived before the first commit began: the seven valid ones are one batch (one sync).
+    expect(target.batches - before).toBe(1)
+    const img = target.images().get(1) as Buffer
+    expect([1, 2, 3, 4, 5, 6, 7, 8].map((i) => img[i * 65536])).toEqual([1, 2, 3, 4, 0, 6, 7, 8])
+    expect(applier.status).toMatchObject({ appliedSeq: 10, resyncing: true })
+  })
 })
