@@ -20,12 +20,11 @@
  * - the migration completes on the heir; every extent is on `to`.
  */
 import { closeSync, constants, existsSync, openSync, readFileSync, writeSync } from 'node:fs'
-import { open } from 'node:fs/promises'
 import { afterAll, describe, expect, it } from 'vitest'
 import type { RemoteChunkStore } from '../../lib/storage/remote/client.js'
 import { PeerKey } from '../../lib/wire/auth.js'
 import type { DaemonHandle } from '../helpers/daemon.js'
-import { errnoOf, writeSynced } from '../helpers/synced-write.js'
+import { errnoOf, writeAndFsync, writeSynced } from '../helpers/synced-write.js'
 import { openStore, placement, waitForJob } from '../remote/servers.js'
 import { relaysForFile, storageServers } from './relays.js'
 
@@ -51,16 +50,6 @@ async function waitFor(what: string, ms: number, ok: () => boolean | Promise<boo
   }
 }
 
-async function writeAt(file: string, data: Buffer, offset: number): Promise<void> {
-  const fh = await open(file, 'r+')
-  try {
-    await fh.write(data, 0, data.length, offset)
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-}
-
 /** The old relay's log lines in which a storage server refused its token (one refusal may be logged on several lines). */
 function serverRefusals(log: string): number {
   return (log.match(/fencing token \d+ is below \d+/g) ?? []).length
@@ -74,7 +63,7 @@ describe('stale owner, paused mid-migration', () => {
     await a.client.call('volume.create', { name: 'w', size: '12M' })
     const image = Buffer.alloc(12 * MiB)
     for (let i = 0; i < image.length; i += 4) image.writeUInt32LE((i * 2654435761) >>> 0, i)
-    await writeAt(a.file('w'), image, 0)
+    await writeAndFsync(a.file('w'), image, 0)
     await a.client.call('storage.add', { name: 'to', remote: `127.0.0.1:${ports[1]}`, peerKey: keyFile, capacity: '64M' })
     const b = await relay('heir', ['--standby'])
 
@@ -108,7 +97,7 @@ describe('stale owner, paused mid-migration', () => {
     for (const [name, s] of servers) expect((await s.fenceStatus()).fence, `${name}'s fence`).toBeGreaterThanOrEqual(heirToken)
     // The heir writes (the first MiB: copied by the old relay before the pause, so its stale copy would clash).
     const heirWrite = Buffer.alloc(MiB, 0x5a)
-    await writeAt(b.file('w'), heirWrite, 0)
+    await writeAndFsync(b.file('w'), heirWrite, 0)
     heirWrite.copy(image, 0)
 
     const logBefore = a.log().length

@@ -10,20 +10,11 @@ import { existsSync } from 'node:fs'
 import { open } from 'node:fs/promises'
 import { describe, expect, it } from 'vitest'
 import { cliFor } from '../helpers/cli.js'
+import { writeAndFsync } from '../helpers/synced-write.js'
 import { relaysForFile } from './relays.js'
 
 const TTL_MS = 3000
 const { ownerAndStandby } = relaysForFile(TTL_MS)
-
-async function writeAndSync(file: string, data: Buffer, offset: number): Promise<void> {
-  const fh = await open(file, 'r+')
-  try {
-    await fh.write(data, 0, data.length, offset)
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-}
 
 async function readBack(file: string, length: number): Promise<Buffer> {
   const fh = await open(file, 'r')
@@ -41,7 +32,7 @@ describe('volume move', () => {
     const { a, b } = await ownerAndStandby({ owner: 'left', standby: 'right', systems: 'far', capacity: '64M', volume: 'v', size: '8M' })
     const image = Buffer.alloc(8 * 1024 * 1024)
     for (let i = 0; i < image.length; i += 4) image.writeUInt32LE((i * 40503) >>> 0, i)
-    await writeAndSync(a.file('v'), image, 0)
+    await writeAndFsync(a.file('v'), image, 0)
 
     const moved = cliFor(() => a.socket)('volume', 'move', 'v', '--relay', 'right', '--json')
     expect(moved.code, moved.err).toBe(0)
@@ -56,7 +47,7 @@ describe('volume move', () => {
       ['right', ['v']],
     ])
     image.fill(7, 0, 65536)
-    await writeAndSync(b.file('v'), image.subarray(0, 65536), 0)
+    await writeAndFsync(b.file('v'), image.subarray(0, 65536), 0)
 
     const human = cliFor(() => b.socket)('volume', 'move', 'v', '--relay', 'left')
     expect(human.code, human.err).toBe(0)

@@ -1,5 +1,6 @@
 /** Host I/O on a volume file as a test's writer does it: write + fsync + close, reporting the errno instead of throwing. */
 import { closeSync, constants, fsyncSync, openSync, writeSync } from 'node:fs'
+import { open } from 'node:fs/promises'
 
 export function errnoOf(fn: () => void): string | undefined {
   try {
@@ -23,4 +24,15 @@ export function writeSynced(file: string, offset: number, data: Buffer): string 
   })
   const closed = errnoOf(() => closeSync(fd))
   return failed ?? closed
+}
+
+/** Writes `data` at `offset`, fsyncs and closes without blocking the test's event loop; throws what failed. */
+export async function writeAndFsync(file: string, data: Buffer, offset: number): Promise<void> {
+  const fh = await open(file, 'r+')
+  try {
+    await fh.write(data, 0, data.length, offset)
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
 }
