@@ -71,6 +71,14 @@ describe('the storage protocol', () => {
     expect(await codeOf(() => decodeApply(flags))).toBe('PEER_PROTOCOL')
   })
 
+  it('refuses runs of chunks past the 48-bit address space with PEER_PROTOCOL (a STORED run past it reached the store and came back IO_ERROR)', async () => {
+    const top = 2 ** 48 - 1
+    expect(await codeOf(() => decodeStored(encodeStored(0xffffffff, top - 0xffff, 100)))).toBe('PEER_PROTOCOL')
+    expect(await codeOf(() => decodeReadRun(encodeReadRun(top, 2)))).toBe('PEER_PROTOCOL')
+    expect(await codeOf(() => decodeApply(encodeApply({ clears: [{ first: top, count: 2 }] }, 0)))).toBe('PEER_PROTOCOL')
+    expect(decodeStored(encodeStored(top, 1, 100))).toMatchObject({ first: top, count: 1 })
+  })
+
   it('refuses to encode what does not fit its field (INVALID_ARGUMENT), before anything is sent', async () => {
     expect(await codeOf(() => encodeReadRun(2 ** 48, 1))).toBe('INVALID_ARGUMENT')
     expect(await codeOf(() => encodeApply({ writes: [{ pca: 1, data: Buffer.alloc(10) }] }, 0))).toBe('INVALID_ARGUMENT')

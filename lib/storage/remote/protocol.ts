@@ -90,6 +90,11 @@ function checkCount(n: number, what: string): void {
   if (!Number.isSafeInteger(n) || n < 0 || n > 0xffffffff) throw new VvfsError('INVALID_ARGUMENT', `${what} ${n} is not an unsigned 32-bit integer`)
 }
 
+/** A decoded run of chunk addresses must end within the u48 address space (a store's keys would overflow past it: found by test/remote/protocol-fuzz.test.ts, answered IO_ERROR before). */
+function checkRun(first: number, count: number, what: string): void {
+  if (first + count > U48_MAX + 1) throw new VvfsError('PEER_PROTOCOL', `${what}: chunks ${first}+${count} run past the address space`)
+}
+
 /** A bounds-checked reader over one body; every read past the end is PEER_PROTOCOL. */
 export class Reader {
   private at = 0
@@ -257,6 +262,7 @@ export function decodeReadRun(b: Buffer): { first: number; count: number } {
   const count = r.u32()
   r.end()
   if (count > MAX_READ_CHUNKS) throw new VvfsError('PEER_PROTOCOL', `READ_RUN of ${count} chunks (at most ${MAX_READ_CHUNKS})`)
+  checkRun(first, count, 'READ_RUN request')
   return { first, count }
 }
 
@@ -366,7 +372,11 @@ export function decodeApply(b: Buffer): ApplyRequest {
   const nClears = r.u32()
   if (nClears * 10 > r.left) throw malformed('APPLY request', b.length)
   const clears: { first: number; count: number }[] = []
-  for (let i = 0; i < nClears; i++) clears.push({ first: r.u48(), count: r.u32() })
+  for (let i = 0; i < nClears; i++) {
+    const clear = { first: r.u48(), count: r.u32() }
+    checkRun(clear.first, clear.count, 'APPLY clear')
+    clears.push(clear)
+  }
   const nWrites = r.u32()
   if (nWrites * 7 > r.left) throw malformed('APPLY request', b.length)
   const heads: { pca: number; present: boolean }[] = []
@@ -391,6 +401,7 @@ export function decodeStored(b: Buffer): { first: number; count: number; limit: 
   const count = r.u48()
   const limit = r.u32()
   r.end()
+  checkRun(first, count, 'STORED request')
   return { first, count, limit: Math.min(limit, MAX_STORED) }
 }
 
