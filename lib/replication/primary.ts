@@ -439,7 +439,8 @@ export class PrimaryPair {
     this.applied = ack.appliedSeq
     this.consistent = false
     const generation = this.journal.markGeneration
-    const marks = this.journal.dirtyMarks().sort((a, b) => a.extent - b.extent)
+    // The size first, alone: extents past the secondary's old end (a grow while behind) would be refused OUT_OF_RANGE before it (grow-while-behind.test.ts).
+    const marks = this.journal.dirtyMarks().sort((a, b) => (a.extent === SIZE_MARK ? -1 : b.extent === SIZE_MARK ? 1 : a.extent - b.extent))
     this.copied = 0
     this.copyTotal = marks.filter((m) => m.extent !== SIZE_MARK).length * EXTENT_SIZE
     const started = Date.now()
@@ -467,6 +468,10 @@ export class PrimaryPair {
       const one = copyOne(mark).catch((err: unknown) => {
         failed ??= err
       })
+      if (mark.extent === SIZE_MARK) {
+        await one
+        continue
+      }
       inFlight.add(one)
       void one.finally(() => inFlight.delete(one))
       if (inFlight.size >= RESYNC_WINDOW) await Promise.race(inFlight)

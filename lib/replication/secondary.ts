@@ -116,6 +116,7 @@ export class ReplicaStore implements ApplyTarget {
   }
 
   async apply(changes: TargetChange[], state: SecondaryState): Promise<void> {
+    this.checkRanges(changes)
     const ops: { type: 'put'; key: Buffer; value: Buffer }[] = []
     let n = this.lastRecord
     for (const c of changes) ops.push({ type: 'put', key: recordKey(++n), value: encodeEntry({ ...c, seq: n, epoch: 1 }) })
@@ -128,6 +129,27 @@ export class ReplicaStore implements ApplyTarget {
     this.lastRecord = n
     for (const c of changes) await this.applyToVolume(c)
     if (Date.now() - this.lastCheckpointAt >= CHECKPOINT_MS) await this.makeCheckpoint()
+  }
+
+  /**
+   * Refuses a batch with a change past its volume's end (sizes as the batch's
+   * own resizes leave them) before any of it is stored: a stored record is
+   * redone at every open, so one that cannot be applied would keep the pair
+   * from opening. The primary's resync sent such writes (a grow while behind:
+   * grow-while-behind.test.ts); a peer holding the key could too.
+   */
+  private checkRanges(changes: TargetChange[]): void {
+    const sizes = new Map<number, number>()
+    for (const c of changes) {
+      const v = this.volumes.get(c.volume)
+      if (!v) throw new VvfsError('VOLUME_NOT_FOUND', `replica store: no local volume for primary volume ${c.volume}`, { details: { reason: 'unknown-volume' } })
+      if (c.kind === 'resize') sizes.set(c.volume, c.length)
+      else if (c.kind !== 'flush') {
+        const size = sizes.get(c.volume) ?? v.size
+        if (c.offset + c.length > size)
+          throw new VvfsError('OUT_OF_RANGE', `replica store: a ${c.kind} of ${c.length} bytes at ${c.offset} past the end of volume ${c.volume} (${size} bytes); nothing of the batch applied`, { details: { reason: 'past-end' } })
+      }
+    }
   }
 
   /** Flushes the volumes and drops the redo records they now hold durably. */
