@@ -10,7 +10,9 @@
  *
  * A kill -9 in the middle of a group's promote (VVFS_CRASH_AT, lib/
  * crash-points.ts): before its record → no volume promoted; after the first
- * volume was made writable → after the restart every volume is.
+ * volume was made writable → after the restart every volume is. A forced
+ * promote while the primary still ships reads the applied number only once
+ * the pair is fenced and settled: no batch lands past it.
  */
 import { openSync, closeSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -60,6 +62,17 @@ function writable(file: string): boolean {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EROFS') return false
     throw err
+  }
+}
+
+/** The daemon killed itself at its crash point (within `ms`). */
+async function diedAtCrashPoint(d: DaemonHandle, ms = 30_000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`the daemon did not die at its crash point within ${ms} ms`)), ms)))
+  try {
+    await Promise.race([d.exited(), late])
+  } finally {
+    clearTimeout(timer)
   }
 }
 
@@ -131,6 +144,23 @@ describe('a consistency group promoted on the secondary', () => {
     expect(filledWith(secondary.file(LOCAL[1]!), BLOCK, BLOCK, 0xb2)).toBe(true)
   })
 
+  it('a forced promote while the primary ships: no batch is applied past the promote number (the defect: promote read the number before the batches in flight landed)', { timeout: 120_000 }, async () => {
+    p = await startPair()
+    const { primary, secondary } = p
+    const writer = await groupWritten(p)
+    // Batches arrive while the promote runs: the pair is fenced and settled before its number is read.
+    const promoted = json(vvfs(secondary)('replicate', 'promote', GROUP, '--force', '--json'))
+    const at = promoted.promotedAt!
+    await writer.stop()
+    const m = checkPromoted(secondary, at)
+    // The primary's last acknowledgement from the secondary: at most the promote's number.
+    const prim = await waitForPair(primary, GROUP, 'primary', (s) => s.link === 'down')
+    expect(prim.lastApplied, `the secondary acknowledged applying ${prim.lastApplied}, promoted at ${at}`).toBeLessThanOrEqual(at)
+    expect(prim.lastError?.code).toBe('EPOCH_STALE')
+    // What the volumes hold is the old primary's writes through that number: a prefix the primary holds too.
+    expect(m).toBeLessThanOrEqual(prefixOf([primary.file('red'), primary.file('blue')].map((f) => readFileSync(f)), BLOCKS, 'primary'))
+  })
+
   it('kill -9 in the middle of a group promote: before its record no volume is promoted, after the first volume every one is', { timeout: 120_000 }, async () => {
     p = await startPair()
     const { primary, secondary } = p
@@ -143,7 +173,7 @@ describe('a consistency group promoted on the secondary', () => {
     // Killed before the promote's record: nothing changed.
     await secondary.restart({ VVFS_CRASH_AT: 'replication.promote.before-record' })
     await expect(secondary.client.call('replicate.promote', { pair: GROUP, force: true })).rejects.toThrow()
-    await secondary.exited()
+    await diedAtCrashPoint(secondary)
     await secondary.restart({})
     expect(await pairStatus(secondary, GROUP, 'secondary')).toMatchObject({ group: GROUP, volume: LOCAL.join(','), lastApplied: applied })
     expect(await pairStatus(secondary, GROUP, 'primary')).toBeUndefined()
@@ -153,7 +183,7 @@ describe('a consistency group promoted on the secondary', () => {
     // Killed after the first volume was made writable, before the second: the restart finishes both.
     await secondary.restart({ VVFS_CRASH_AT: 'replication.promote.member' })
     await expect(secondary.client.call('replicate.promote', { pair: GROUP, force: true })).rejects.toThrow()
-    await secondary.exited()
+    await diedAtCrashPoint(secondary)
     await secondary.restart({})
     expect(checkPromoted(secondary, applied)).toBe(m)
     expect(await pairStatus(secondary, GROUP, 'secondary')).toBeUndefined()
