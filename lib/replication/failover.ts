@@ -17,9 +17,13 @@
  * A consistency group's pair (issue 13.6) is promoted as one: its volumes
  * share one promoted journal (one sequence, as on the primary) and become
  * writable at the one applied number of the group — the applier is fenced
- * and settled first, so that number is what every volume holds. Demote,
- * reverse and resolve are built for one volume per pair only: for a group
- * they are refused (NOT_SUPPORTED, reason `group`) before changing anything.
+ * and settled first, so that number is what every volume holds. Demote and
+ * reverse take a group's volumes together too (TAKE_OVER names each with
+ * the number it had at the old primary). Resolve is built for one volume
+ * per pair only: for a group it is refused (NOT_SUPPORTED, reason `group`)
+ * before changing anything — and so a group's reverse never copies
+ * extents: the old primary refuses it when it holds changes past the
+ * promote (peer-ahead).
  *
  * Demote (on the old primary): the volume turns read-only (writers must be
  * closed), the pair drains (bounded), the extents changed past what the
@@ -116,8 +120,8 @@ export interface FailoverHost {
   primaries(): { job: ReplicateJobRecord; pair: PrimaryPair }[]
   /** Ends a primary pair's job (its journal dropped). */
   stopPair(pair: string): Promise<void>
-  /** Starts the reverse pair's job: `volume` to `to`, shipping from `journalDir` under `chain`. */
-  startReverse(p: { volume: string; to: string; pair: string; peerKey: string; chain: EpochChain; journalDir: string }): Promise<void>
+  /** Starts the reverse pair's job: `volumes` (a group's all, in order) to `to`, shipping from `journalDir` under `chain`. */
+  startReverse(p: { volumes: string[]; group: string | null; to: string; pair: string; peerKey: string; chain: EpochChain; journalDir: string }): Promise<void>
   /** The daemon's --peer-key file. */
   peerKeyFile(): string | undefined
   emitFailover(body: FailoverEvent): void
@@ -160,8 +164,12 @@ interface DemotedRecord {
   lastSeq: number
   /** What the secondary had applied when this side stopped. */
   peerApplied: number
-  /** Extents changed past peerApplied (SIZE_MARK: the size). */
+  /** Extents changed past peerApplied (SIZE_MARK: the size); a group's first volume's. */
   changed: number[]
+  /** Issue 13.6: every volume of a consistency group, its number and extents changed past peerApplied (absent for one volume). */
+  members?: { name: string; no: number; changed: number[] }[]
+  /** Issue 13.6: the consistency group's name (with members). */
+  group?: string | null
   peer: string
   peerKey: string
   at: string
@@ -378,33 +386,34 @@ export class FailoverService {
     this.host.emitFailover({ pair, volume, action: 'promoted', epoch: record.epoch, reason: force ? 'forced' : 'primary gone or demoted' })
   }
 
-  /** `replicate demote PAIR` on the primary. */
+  /** `replicate demote PAIR` on the primary; a consistency group's volumes together (issue 13.6). */
   demote(pair: string): Promise<void> {
     return this.host.exclusive(async () => {
       if (this.demotedRecord(pair)) throw new VvfsError('FAILOVER_STATE', `pair ${pair} is already demoted here`, { details: { reason: 'demoted' } })
       const p = this.host.primaryOf(pair)
       if (!p) throw new VvfsError('PAIR_NOT_FOUND', `no replication pair named ${pair} runs from this daemon`)
-      if (p.job.volNos.length > 1) throw groupNotSupported('demote', pair, p.job.volNos.length, `stop the pair here (vvfs replicate stop ${pair}), then promote it on the secondary`)
       const volume = p.pair.status().volume
-      const v = this.volume(volume)
-      const release = await this.withoutWriters(v, 'demoting')
+      const volumes = volume.split(',').map((name) => this.volume(name))
+      const release = await this.withoutWritersAll(volumes, 'demoting')
       try {
-        await this.host.setReplicaOf(volume, pair)
+        for (const v of volumes) await this.host.setReplicaOf(v.name, pair)
         const end = Date.now() + DRAIN_MS
         let s = p.pair.status()
         while (!(s.link === 'up' && s.lastApplied >= s.lastWritten) && Date.now() < end) {
           await sleep(50)
           s = p.pair.status()
         }
-        const changed = await changedSince(p.pair.journal, v.no, s.lastApplied)
+        const members: { name: string; no: number; changed: number[] }[] = []
+        for (const v of volumes) members.push({ name: v.name, no: v.no, changed: await changedSince(p.pair.journal, v.no, s.lastApplied) })
         const r: DemotedRecord = {
           pair,
           role: 'demoted',
-          volume,
+          volume: volumes[0]!.name,
           chain: p.job.chain,
           lastSeq: p.pair.journal.positions.lastAccepted,
           peerApplied: s.lastApplied,
-          changed,
+          changed: members[0]!.changed,
+          ...(volumes.length > 1 ? { members, group: p.pair.status().group } : {}),
           peer: p.job.peer,
           peerKey: p.job.peerKey,
           at: new Date().toISOString(),
@@ -413,7 +422,8 @@ export class FailoverService {
         await this.save()
         await this.host.stopPair(pair)
         const drained = r.lastSeq <= r.peerApplied
-        this.log.warn({ event: 'replication.demoted', pair, volume, lastSeq: r.lastSeq, peerApplied: r.peerApplied, changed: changed.length }, `pair ${pair} demoted: ${volume} is read-only`)
+        const changed = members.reduce((n, m) => n + m.changed.length, 0)
+        this.log.warn({ event: 'replication.demoted', pair, volume, lastSeq: r.lastSeq, peerApplied: r.peerApplied, changed }, `pair ${pair} demoted: ${volume} read-only`)
         this.host.emitFailover({ pair, volume, action: 'demoted', epoch: r.chain[r.chain.length - 1]!.epoch, reason: drained ? 'drained' : `the secondary applied ${r.peerApplied} of ${r.lastSeq}` })
       } finally {
         release()
@@ -485,8 +495,8 @@ export class FailoverService {
     return [...this.records.values()].map((r) => ({
       pair: r.pair,
       role: r.role,
-      volume: r.role === 'promoted' ? promotedVolumes(r).join(',') : r.volume,
-      group: r.role === 'promoted' ? r.replica.group : null,
+      volume: r.role === 'promoted' ? promotedVolumes(r).join(',') : (r.members?.map((m) => m.name).join(',') ?? r.volume),
+      group: r.role === 'promoted' ? r.replica.group : (r.group ?? null),
       epoch: r.chain[r.chain.length - 1]!.epoch,
       lastSeq: r.role === 'promoted' ? (this.promoted.get(r.pair)?.journal.positions.lastAccepted ?? r.promotedAt) : r.lastSeq,
       promotedAt: r.role === 'promoted' ? r.promotedAt : null,
@@ -542,6 +552,19 @@ export class FailoverService {
     const v = this.host.failoverVolume(name)
     if (!v) throw new VvfsError('VOLUME_NOT_FOUND', `no volume named ${name} here`)
     return v
+  }
+
+  /** withoutWriters for every volume of a pair (a group's all); the ones blocked are let go if one stays busy. */
+  private async withoutWritersAll(volumes: FailoverVolume[], why: string): Promise<() => void> {
+    const releases: (() => void)[] = []
+    const releaseAll = () => releases.forEach((release) => release())
+    try {
+      for (const v of volumes) releases.push(await this.withoutWriters(v, why))
+    } catch (err) {
+      releaseAll()
+      throw err
+    }
+    return releaseAll
   }
 
   /** Blocks writable opens and waits for open writers to close (VOLUME_BUSY if they stay). */
@@ -628,7 +651,7 @@ export class FailoverService {
   private async takeOver(pair: string, opts: { to?: string; peerKey?: string }, discard: boolean): Promise<void> {
     const r = this.promotedRecord(pair)
     if (!r) throw new VvfsError('FAILOVER_STATE', `pair ${pair} is not promoted here: reverse runs on the promoted side`, { details: { reason: 'not-promoted' } })
-    if (r.volumes) throw groupNotSupported(discard ? 'resolve' : 'reverse', pair, r.volumes.length, `replicate its volumes anew (vvfs replicate start ${r.volumes.join(' ')} --group … --to …)`)
+    if (r.volumes && discard) throw groupNotSupported('resolve', pair, r.volumes.length, `replicate its volumes anew from the side to keep (vvfs replicate start ${r.volumes.join(' ')} --group … --to …)`)
     const address = this.peerAddress(pair, opts.to)
     const { file, key } = await this.peerKeyOf(opts.peerKey)
     const history = HistoryReplyMessage.decode(await this.ask(address, key, FailoverRequest.HISTORY, HistoryMessage.encode({ format: MESSAGE_FORMAT, pair, side: this.side(pair)! })))
@@ -641,24 +664,35 @@ export class FailoverService {
         throw new VvfsError('FAILOVER_STATE', `the old primary holds writes past ${r.promotedAt} that this side lacks: resolve ${pair} --discard local|peer`, { details: { reason: 'peer-ahead' } })
       if (history.side.role === 'primary') throw new VvfsError('FAILOVER_STATE', `pair ${pair} still runs as primary on the peer: demote it there first`, { details: { reason: 'peer-primary' } })
     }
-    const v = this.volume(r.volume)
-    const release = await this.withoutWriters(v, 'reversing')
+    const names = promotedVolumes(r)
+    const volumes = names.map((name) => this.volume(name))
+    const v = volumes[0]!
+    // Issue 13.6: a group's volumes, each with the number its entries carried at the old primary.
+    const members = r.volumes ? volumes.map((m) => ({ no: m.no, size: m.size, was: r.replica.volumes.find((x) => x.name === m.name)!.no })) : undefined
+    const release = await this.withoutWritersAll(volumes, 'reversing')
     try {
       const answer = ExtentsReplyMessage.decode(
-        await this.ask(address, key, FailoverRequest.TAKE_OVER, TakeOverMessage.encode({ format: MESSAGE_FORMAT, pair, chain: [...r.chain], commonSeq: r.promotedAt, volume: { no: v.no, size: v.size }, discard })),
+        await this.ask(
+          address,
+          key,
+          FailoverRequest.TAKE_OVER,
+          TakeOverMessage.encode({ format: MESSAGE_FORMAT, pair, chain: [...r.chain], commonSeq: r.promotedAt, volume: { no: v.no, size: v.size }, ...(members ? { members } : {}), discard }),
+        ),
       )
+      if (members && answer.extents.length > 0) throw new VvfsError('PEER_PROTOCOL', `pair ${pair}: the old primary of a group answered changed extents`)
       const rt = this.promoted.get(pair)
       if (!rt) throw new VvfsError('INTERNAL', `pair ${pair}: the promoted journal is not open`)
-      // What the peer changed past the promote point is copied over; the size always (a resize entry, no data).
-      await rt.journal.addMarks([...answer.extents.filter((x) => x !== SIZE_MARK), SIZE_MARK].map((extent) => ({ volume: v.no, extent })))
+      // What the peer changed past the promote point is copied over; the size of every volume always (a resize entry, no data).
+      await rt.journal.addMarks([...answer.extents.filter((x) => x !== SIZE_MARK).map((extent) => ({ volume: v.no, extent })), ...volumes.map((m) => ({ volume: m.no, extent: SIZE_MARK }))])
       await this.closePromoted(r, false)
-      await this.host.startReverse({ volume: r.volume, to: address, pair, peerKey: file, chain: r.chain, journalDir: this.promoteJournalBase(pair) })
+      await this.host.startReverse({ volumes: names, group: r.volumes ? r.replica.group : null, to: address, pair, peerKey: file, chain: r.chain, journalDir: this.promoteJournalBase(pair) })
       this.records.delete(pair)
       this.splitSeen.delete(pair)
       await this.save()
       const copied = answer.extents.filter((x) => x !== SIZE_MARK).length
-      this.log.warn({ event: 'replication.reversed', pair, volume: r.volume, to: address, copied, discard }, `pair ${pair} reversed: ${r.volume} → ${address} (${copied} extents to copy)`)
-      this.host.emitFailover({ pair, volume: r.volume, action: discard ? 'resolved' : 'reversed', epoch: r.chain[r.chain.length - 1]!.epoch, reason: discard ? `the peer's changes discarded (${copied} extents)` : 'reversed' })
+      const volume = names.join(',')
+      this.log.warn({ event: 'replication.reversed', pair, volume, to: address, copied, discard }, `pair ${pair} reversed: ${volume} → ${address} (${copied} extents to copy)`)
+      this.host.emitFailover({ pair, volume, action: discard ? 'resolved' : 'reversed', epoch: r.chain[r.chain.length - 1]!.epoch, reason: discard ? `the peer's changes discarded (${copied} extents)` : 'reversed' })
     } finally {
       release()
     }
@@ -705,8 +739,8 @@ export class FailoverService {
     let extents: number[]
     let lastSeq: number
     if (running) {
-      if (running.job.volNos.length > 1) throw groupNotSupported('take-over', t.pair, running.job.volNos.length, 'the group stays the primary here')
       if (!t.discard) throw new VvfsError('FAILOVER_STATE', `pair ${t.pair} runs here as the primary: demote it first`, { details: { reason: 'peer-primary' } })
+      if (running.job.volNos.length > 1) throw groupNotSupported('take-over with discard', t.pair, running.job.volNos.length, 'the group stays the primary here')
       volume = running.pair.status().volume
       const v = this.volume(volume)
       const release = await this.withoutWriters(v, 'yielding')
@@ -721,8 +755,11 @@ export class FailoverService {
     } else if (demoted) {
       volume = demoted.volume
       lastSeq = demoted.lastSeq
+      if (Boolean(demoted.members) !== Boolean(t.members) || (demoted.members && demoted.members.length !== t.members!.length))
+        throw new VvfsError('FAILOVER_STATE', `pair ${t.pair} here has ${demoted.members?.length ?? 1} volumes, the sender's ${t.members?.length ?? 1}: not the same pair`, { details: { reason: 'other-pair' } })
+      if (demoted.members && t.discard) throw groupNotSupported('take-over with discard', t.pair, demoted.members.length, 'the group stays as it is')
       // Changed extents are recorded past what the secondary had applied; none past commonSeq if we gave out no later number.
-      extents = demoted.lastSeq > t.commonSeq ? demoted.changed : []
+      extents = demoted.lastSeq > t.commonSeq ? (demoted.members ?? [demoted]).flatMap((m) => m.changed) : []
       if (extents.length > 0 && !t.discard)
         throw new VvfsError('FAILOVER_STATE', `this side holds writes past ${t.commonSeq}: resolve ${t.pair} --discard local|peer`, { details: { reason: 'peer-ahead' } })
     } else {
@@ -732,10 +769,19 @@ export class FailoverService {
       if (a && last && sameRecord(last, t.chain[t.chain.length - 1]!)) return { format: 1, extents: [], lastSeq: a.status.appliedSeq }
       throw new VvfsError('PAIR_NOT_FOUND', `pair ${t.pair} is neither running nor demoted here`)
     }
-    await this.host.setReplicaOf(volume, t.pair)
-    const v = this.volume(volume)
+    // Issue 13.6: a group's volumes by the numbers they had here; one volume's is `volume`.
+    const local = demoted?.members
+      ? t.members!.map((m) => {
+          const mine = demoted.members!.find((x) => x.no === m.was)
+          if (!mine) throw new VvfsError('FAILOVER_STATE', `pair ${t.pair}: the sender's volume ${m.no} was volume ${m.was}, not one of this group's`, { details: { reason: 'other-pair' } })
+          return { no: m.no, name: mine.name }
+        })
+      : [{ no: t.volume.no, name: volume }]
+    for (const m of local) await this.host.setReplicaOf(m.name, t.pair)
     const state: SecondaryState = { appliedSeq: t.commonSeq, chain: t.chain, resyncing: false, consistentAt: null }
-    await this.secondaries.adopt({ pair: t.pair, group: null, volumes: [{ no: t.volume.no, name: volume, size: v.size }], peer, createdAt: new Date().toISOString(), chain: t.chain }, state)
+    const volumes = local.map((m) => ({ ...m, size: this.volume(m.name).size }))
+    await this.secondaries.adopt({ pair: t.pair, group: demoted?.group ?? null, volumes, peer, createdAt: new Date().toISOString(), chain: t.chain }, state)
+    volume = local.map((m) => m.name).join(',')
     if (demoted) {
       this.records.delete(t.pair)
       await this.save()
@@ -760,6 +806,7 @@ export class FailoverService {
   private volumeOf(pair: string): string {
     const r = this.records.get(pair)
     if (r?.role === 'promoted') return promotedVolumes(r).join(',')
+    if (r?.role === 'demoted' && r.members) return r.members.map((m) => m.name).join(',')
     return r?.volume ?? this.host.primaryOf(pair)?.pair.status().volume ?? this.secondaries.config(pair)?.volumes.map((v) => v.name).join(',') ?? '?'
   }
 

@@ -5,8 +5,9 @@
  * on the secondary makes both volumes writable together at the group's one
  * applied number: both are the same prefix 1..m of the combined sequence
  * (prefixOf throws if one volume is ahead of the other), and the promote
- * survives a kill -9. Status shows the group on both sides. Demote, reverse
- * and resolve are refused for a group (NOT_SUPPORTED), changing nothing.
+ * survives a kill -9. Status shows the group on both sides. Resolve is
+ * refused for a group (NOT_SUPPORTED), changing nothing. Demote and
+ * reverse of a group: group-failback.test.ts.
  *
  * A kill -9 in the middle of a group's promote (VVFS_CRASH_AT, lib/
  * crash-points.ts): before its record → no volume promoted; after the first
@@ -106,11 +107,6 @@ describe('a consistency group promoted on the secondary', () => {
     expect(refused.code).toBe(1)
     expect(refused.err).toMatch(/PROMOTE_REFUSED/)
     for (const name of LOCAL) expect(writable(secondary.file(name))).toBe(false)
-    // Demote is built for one volume per pair: refused for the group, which keeps running.
-    const demote = vvfs(primary)('replicate', 'demote', GROUP)
-    expect(demote.code).toBe(1)
-    expect(demote.err).toMatch(/NOT_SUPPORTED.*consistency group/)
-    expect((await pairStatus(primary, GROUP, 'primary'))?.state).toBe('replicating')
 
     // The primary dies with the writer writing (and the secondary maybe behind).
     secondary.proc.kill('SIGSTOP')
@@ -125,12 +121,10 @@ describe('a consistency group promoted on the secondary', () => {
     expect(promoted).toMatchObject({ pair: GROUP, state: 'promoted', role: 'primary', group: GROUP, volume: LOCAL.join(','), promotedAt: applied, epoch: 2 })
     const m = checkPromoted(secondary, applied)
     expect(m, 'the promoted group holds some of the writes').toBeGreaterThan(0)
-    // Reverse and resolve are refused for a group, before anything changes.
-    for (const args of [['reverse', GROUP, '--to', `127.0.0.1:${p.primaryPort}`], ['resolve', GROUP, '--discard', 'peer', '--to', `127.0.0.1:${p.primaryPort}`]]) {
-      const r = vvfs(secondary)('replicate', ...args)
-      expect(r.code, args.join(' ')).toBe(1)
-      expect(r.err).toMatch(/NOT_SUPPORTED.*consistency group/)
-    }
+    // Resolve is built for one volume per pair only: refused for a group, before anything changes.
+    const resolve = vvfs(secondary)('replicate', 'resolve', GROUP, '--discard', 'local', '--to', `127.0.0.1:${p.primaryPort}`)
+    expect(resolve.code).toBe(1)
+    expect(resolve.err).toMatch(/NOT_SUPPORTED.*consistency group/)
     // Writes on both volumes, kept across kill -9 of the promoted side.
     writeAt(secondary.file(LOCAL[0]!), 0, Buffer.alloc(BLOCK, 0xa1))
     writeAt(secondary.file(LOCAL[1]!), BLOCK, Buffer.alloc(BLOCK, 0xb2))
