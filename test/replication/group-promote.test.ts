@@ -6,91 +6,26 @@
  * applied number: both are the same prefix 1..m of the combined sequence
  * (prefixOf throws if one volume is ahead of the other), and the promote
  * survives a kill -9. Status shows the group on both sides. Resolve is
- * refused for a group (NOT_SUPPORTED), changing nothing. Demote and
- * reverse of a group: group-failback.test.ts.
- *
- * A kill -9 in the middle of a group's promote (VVFS_CRASH_AT, lib/
- * crash-points.ts): before its record → no volume promoted; after the first
- * volume was made writable → after the restart every volume is. A forced
- * promote while the primary still ships reads the applied number only once
- * the pair is fenced and settled: no batch lands past it.
+ * refused for a group (NOT_SUPPORTED), changing nothing. A forced promote
+ * while the primary still ships reads the applied number only once the
+ * pair is fenced and settled: no batch lands past it. Demote and reverse of
+ * a group: group-failback.test.ts; a kill -9 mid-promote:
+ * group-promote-crash.test.ts.
  */
-import { openSync, closeSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { readFileSync } from 'node:fs'
 import { afterEach, describe, expect, it } from 'vitest'
-import type { ReplicationInfo } from '../../lib/control/schema.js'
-import type { DaemonHandle } from '../helpers/daemon.js'
 import { writeAt } from '../helpers/files.js'
-import { caughtUp, pairStatus, startPair, waitForPair, type Pair } from './daemons.js'
+import { startPair, waitForPair, type Pair } from './daemons.js'
 import { filledWith, json, vvfs } from './failover-helpers.js'
 import { BLOCK } from './seq-blocks.mjs'
-import { prefixOf, secondarySteady, SeqWriter, removePair } from './seq-check.js'
-
-const SIZE = 4 * 1024 * 1024
-const BLOCKS = SIZE / BLOCK
-const GROUP = 'pg'
-const LOCAL = ['pg-red', 'pg-blue']
+import { prefixOf, secondarySteady, removePair } from './seq-check.js'
+import { BLOCKS, checkPromoted, GROUP, groupWritten, LOCAL, statusJson, writable } from './group-fixture.js'
 
 let p: Pair | undefined
 afterEach(async () => {
   await removePair(p)
   p = undefined
 })
-
-/** Two volumes replicated as group `pg`; the writer has written (and the secondary applied) some of the combined sequence. */
-async function groupWritten(pair: Pair): Promise<SeqWriter> {
-  const { primary } = pair
-  for (const name of ['red', 'blue']) await primary.client.call('volume.create', { name, size: SIZE })
-  const started = json(vvfs(primary)('replicate', 'start', 'red', 'blue', '--group', GROUP, '--to', pair.secondaryAddress, '--peer-key', pair.keyFile, '--json'))
-  expect(started).toMatchObject({ pair: GROUP, group: GROUP, volume: 'red,blue', role: 'primary' })
-  await waitForPair(primary, GROUP, 'primary', caughtUp)
-  const writer = new SeqWriter(join(pair.dir, 'acked.log'), BLOCKS)
-  writer.start([primary.file('red'), primary.file('blue')], 1)
-  await writer.firstAck(10_000)
-  // Enough writes that both volumes hold many: wait on the count, not a time.
-  const end = Date.now() + 20_000
-  while (writer.acked() < 60 && Date.now() < end) await new Promise((r) => setTimeout(r, 20))
-  expect(writer.acked()).toBeGreaterThanOrEqual(60)
-  return writer
-}
-
-const images = (d: DaemonHandle) => LOCAL.map((name) => readFileSync(d.file(name)))
-
-function writable(file: string): boolean {
-  try {
-    closeSync(openSync(file, 'r+'))
-    return true
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EROFS') return false
-    throw err
-  }
-}
-
-/** The daemon killed itself at its crash point (within `ms`). */
-async function diedAtCrashPoint(d: DaemonHandle, ms = 30_000): Promise<void> {
-  let timer: NodeJS.Timeout | undefined
-  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`the daemon did not die at its crash point within ${ms} ms`)), ms)))
-  try {
-    await Promise.race([d.exited(), late])
-  } finally {
-    clearTimeout(timer)
-  }
-}
-
-function statusJson(d: DaemonHandle, pair: string): ReplicationInfo[] {
-  const r = vvfs(d)('replicate', 'status', pair, '--json')
-  expect(r.code, r.err).toBe(0)
-  return (JSON.parse(r.out) as { pairs: ReplicationInfo[] }).pairs
-}
-
-/** The promoted group's row: both volumes, one number, writable, each the same prefix. */
-function checkPromoted(d: DaemonHandle, promotedAt: number): number {
-  const [row, ...more] = statusJson(d, GROUP)
-  expect(more).toEqual([])
-  expect(row).toMatchObject({ pair: GROUP, role: 'primary', state: 'promoted', group: GROUP, volume: LOCAL.join(','), promotedAt, epoch: 2 })
-  for (const name of LOCAL) expect(writable(d.file(name)), `${name} writable`).toBe(true)
-  return prefixOf(images(d), BLOCKS, 'promoted group')
-}
 
 describe('a consistency group promoted on the secondary', () => {
   it('after kill -9 of the primary: both volumes writable together, the same prefix of the combined sequence, at one applied number; survives kill -9', { timeout: 120_000 }, async () => {
@@ -155,31 +90,4 @@ describe('a consistency group promoted on the secondary', () => {
     expect(m).toBeLessThanOrEqual(prefixOf([primary.file('red'), primary.file('blue')].map((f) => readFileSync(f)), BLOCKS, 'primary'))
   })
 
-  it('kill -9 in the middle of a group promote: before its record no volume is promoted, after the first volume every one is', { timeout: 120_000 }, async () => {
-    p = await startPair()
-    const { primary, secondary } = p
-    const writer = await groupWritten(p)
-    await writer.stop()
-    await waitForPair(primary, GROUP, 'primary', caughtUp)
-    const m = prefixOf(images(secondary), BLOCKS, 'secondary before the promote')
-    const applied = (await pairStatus(secondary, GROUP, 'secondary'))!.lastApplied
-
-    // Killed before the promote's record: nothing changed.
-    await secondary.restart({ VVFS_CRASH_AT: 'replication.promote.before-record' })
-    await expect(secondary.client.call('replicate.promote', { pair: GROUP, force: true })).rejects.toThrow()
-    await diedAtCrashPoint(secondary)
-    await secondary.restart({})
-    expect(await pairStatus(secondary, GROUP, 'secondary')).toMatchObject({ group: GROUP, volume: LOCAL.join(','), lastApplied: applied })
-    expect(await pairStatus(secondary, GROUP, 'primary')).toBeUndefined()
-    for (const name of LOCAL) expect(writable(secondary.file(name)), `${name} still a replica`).toBe(false)
-    expect(prefixOf(images(secondary), BLOCKS, 'secondary after a kill before the record')).toBe(m)
-
-    // Killed after the first volume was made writable, before the second: the restart finishes both.
-    await secondary.restart({ VVFS_CRASH_AT: 'replication.promote.member' })
-    await expect(secondary.client.call('replicate.promote', { pair: GROUP, force: true })).rejects.toThrow()
-    await diedAtCrashPoint(secondary)
-    await secondary.restart({})
-    expect(checkPromoted(secondary, applied)).toBe(m)
-    expect(await pairStatus(secondary, GROUP, 'secondary')).toBeUndefined()
-  })
 })
