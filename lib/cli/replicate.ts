@@ -151,7 +151,7 @@ export function replicationCommands<T>(y: Argv<T>, call: Call, print: Print) {
       )
       .command(
         'demote <pair>',
-        'on the primary: make the volume read-only and stop shipping (after the secondary applied what it can)',
+        'on the primary: make the volume (a group\'s volumes, together) read-only and stop shipping (after the secondary applied what it can)',
         (y) => y.positional('pair', { type: 'string', demandOption: true }),
         async (argv) => {
           const r = await call(argv as unknown as Common, (c) => c.call('replicate.demote', { pair: argv.pair! }))

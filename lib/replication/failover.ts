@@ -392,6 +392,7 @@ export class FailoverService {
       if (this.demotedRecord(pair)) throw new VvfsError('FAILOVER_STATE', `pair ${pair} is already demoted here`, { details: { reason: 'demoted' } })
       const p = this.host.primaryOf(pair)
       if (!p) throw new VvfsError('PAIR_NOT_FOUND', `no replication pair named ${pair} runs from this daemon`)
+      // The pair's volumes, comma-joined in status (names hold no comma).
       const volume = p.pair.status().volume
       const volumes = volume.split(',').map((name) => this.volume(name))
       const release = await this.withoutWritersAll(volumes, 'demoting')
