@@ -565,19 +565,19 @@ export const METHODS = {
     errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'PROMOTE_REFUSED', 'FAILOVER_STATE', 'NOT_SUPPORTED'],
   }),
   'replicate.demote': method({
-    summary: 'On the primary: makes the volume read-only, lets the secondary apply what it can (bounded), records what it lacks, and ends the pair here.',
+    summary: 'On the primary: makes the volume (a consistency group\'s volumes together) read-only, lets the secondary apply what it can (bounded), records what it lacks, and ends the pair here.',
     params: z.strictObject({ pair: Name }),
     result: ReplicationInfo,
-    errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'FAILOVER_STATE', 'VOLUME_BUSY', 'NOT_SUPPORTED'],
+    errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'FAILOVER_STATE', 'VOLUME_BUSY'],
   }),
   'replicate.reverse': method({
     summary: 'On the promoted side: the old (demoted) primary becomes the replica; ships what was written since the promote and copies only extents the old side changed past it.',
     params: z.strictObject({ pair: Name, to: z.string().min(1).max(300).optional(), peerKey: Path.optional() }),
     result: ReplicationInfo,
-    errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'FAILOVER_STATE', 'SPLIT_BRAIN', 'VOLUME_BUSY', 'INVALID_ARGUMENT', 'PEER_UNAVAILABLE', 'PEER_AUTH_FAILED', 'NOT_SUPPORTED'],
+    errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'FAILOVER_STATE', 'SPLIT_BRAIN', 'VOLUME_BUSY', 'INVALID_ARGUMENT', 'PEER_UNAVAILABLE', 'PEER_AUTH_FAILED'],
   }),
   'replicate.resolve': method({
-    summary: 'On the promoted side, after a split-brain: discards the changes of one side (local: this side becomes the replica again; peer: the peer does) and resyncs the pair.',
+    summary: 'On the promoted side, after a split-brain: discards the changes of one side (local: this side becomes the replica again; peer: the peer does) and resyncs the pair. Not for a consistency group yet (NOT_SUPPORTED).',
     params: z.strictObject({ pair: Name, discard: z.enum(['local', 'peer']), to: z.string().min(1).max(300).optional(), peerKey: Path.optional() }),
     result: ReplicationInfo,
     errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'FAILOVER_STATE', 'VOLUME_BUSY', 'INVALID_ARGUMENT', 'PEER_UNAVAILABLE', 'PEER_AUTH_FAILED', 'NOT_SUPPORTED'],
