@@ -51,6 +51,7 @@ function detail(p: ReplicationInfo): string {
     ['rate', `${formatSize(p.rate)}/s`],
     ['sync', p.sync.total ? `${formatSize(p.sync.copied)} of ${formatSize(p.sync.total)}` : '-'],
     ['last error', p.lastError ? `${p.lastError.code}: ${p.lastError.message}` : '-'],
+    ...(p.promotedAt !== undefined ? ([['promoted at', `${p.promotedAt} (every volume of the pair holds the old primary's writes 1..${p.promotedAt})`]] as [string, string][]) : []),
     ...failoverFields(p),
   ])
 }
@@ -141,7 +142,7 @@ export function replicationCommands<T>(y: Argv<T>, call: Call, print: Print) {
       // issue 13.7: failover and failback
       .command(
         'promote <pair>',
-        'on the secondary: make the pair\'s volume writable (a new epoch); refused while the primary is reachable and the pair healthy',
+        'on the secondary: make the pair\'s volume (a group\'s volumes, together) writable (a new epoch); refused while the primary is reachable and the pair healthy',
         (y) => y.positional('pair', { type: 'string', demandOption: true }).option('force', { type: 'boolean', describe: 'promote even so (split-brain if both sides are then written)' }),
         async (argv) => {
           const r = await call(argv as unknown as Common, (c) => c.call('replicate.promote', { pair: argv.pair!, force: argv.force }))
@@ -150,7 +151,7 @@ export function replicationCommands<T>(y: Argv<T>, call: Call, print: Print) {
       )
       .command(
         'demote <pair>',
-        'on the primary: make the volume read-only and stop shipping (after the secondary applied what it can)',
+        'on the primary: make the volume (a group\'s volumes, together) read-only and stop shipping (after the secondary applied what it can)',
         (y) => y.positional('pair', { type: 'string', demandOption: true }),
         async (argv) => {
           const r = await call(argv as unknown as Common, (c) => c.call('replicate.demote', { pair: argv.pair! }))

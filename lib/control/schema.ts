@@ -217,6 +217,8 @@ export const ReplicationInfo = z.object({
   bytesShipped: z.number().min(0).optional(),
   /** Issue 13.7: failover — this side's and the peer's last reported history, compared by the epoch chain. */
   failover: z.lazy(() => FailoverView).optional(),
+  /** Issue 13.6/13.7: on a promoted side, the number applied at the promote — every volume of the pair (a group's all together) is the old primary's writes 1..promotedAt plus what was written here since. */
+  promotedAt: z.number().min(0).optional(),
 })
 
 /**
@@ -557,13 +559,13 @@ export const METHODS = {
   'replicate.list': method({ summary: 'Every replication pair of this daemon, primary and secondary sides.', params: Empty, result: z.object({ pairs: z.array(ReplicationInfo) }), errors: [] }),
   // issue 13.7: failover and failback
   'replicate.promote': method({
-    summary: 'On the secondary: makes the pair\'s volume writable, starting a new epoch. Refused while the secondary is inconsistent or its primary reachable and the pair healthy, unless force.',
+    summary: 'On the secondary: makes the pair\'s volume (a consistency group\'s volumes together, at one applied number) writable, starting a new epoch. Refused while the secondary is inconsistent or its primary reachable and the pair healthy, unless force.',
     params: z.strictObject({ pair: Name, force: z.boolean().optional() }),
     result: ReplicationInfo,
     errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'PROMOTE_REFUSED', 'FAILOVER_STATE', 'NOT_SUPPORTED'],
   }),
   'replicate.demote': method({
-    summary: 'On the primary: makes the volume read-only, lets the secondary apply what it can (bounded), records what it lacks, and ends the pair here.',
+    summary: 'On the primary: makes the volume (a consistency group\'s volumes together) read-only, lets the secondary apply what it can (bounded), records what it lacks, and ends the pair here.',
     params: z.strictObject({ pair: Name }),
     result: ReplicationInfo,
     errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'FAILOVER_STATE', 'VOLUME_BUSY'],
@@ -575,10 +577,10 @@ export const METHODS = {
     errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'FAILOVER_STATE', 'SPLIT_BRAIN', 'VOLUME_BUSY', 'INVALID_ARGUMENT', 'PEER_UNAVAILABLE', 'PEER_AUTH_FAILED'],
   }),
   'replicate.resolve': method({
-    summary: 'On the promoted side, after a split-brain: discards the changes of one side (local: this side becomes the replica again; peer: the peer does) and resyncs the pair.',
+    summary: 'On the promoted side, after a split-brain: discards the changes of one side (local: this side becomes the replica again; peer: the peer does) and resyncs the pair. Not for a consistency group yet (NOT_SUPPORTED).',
     params: z.strictObject({ pair: Name, discard: z.enum(['local', 'peer']), to: z.string().min(1).max(300).optional(), peerKey: Path.optional() }),
     result: ReplicationInfo,
-    errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'FAILOVER_STATE', 'VOLUME_BUSY', 'INVALID_ARGUMENT', 'PEER_UNAVAILABLE', 'PEER_AUTH_FAILED'],
+    errors: [...NAME_ERRORS, 'PAIR_NOT_FOUND', 'FAILOVER_STATE', 'VOLUME_BUSY', 'INVALID_ARGUMENT', 'PEER_UNAVAILABLE', 'PEER_AUTH_FAILED', 'NOT_SUPPORTED'],
   }),
   'fault.add': method({
     summary: 'Injects I/O errors (EIO, ENOSPC) or delays into a storage system\'s reads, writes or syncs (daemon started with --allow-faults).',

@@ -970,7 +970,7 @@ export class Manager implements HostView {
           this.jobs.cancel(job.id)
           await this.jobs.settled(job.id)
         },
-        startReverse: async (p) => void (await this.jobs.startReplication({ volumes: [p.volume], to: p.to, pair: p.pair, peerKey: p.peerKey, chain: [...p.chain], journalDir: p.journalDir })),
+        startReverse: async (p) => void (await this.jobs.startReplication({ volumes: p.volumes, group: p.group ?? undefined, to: p.to, pair: p.pair, peerKey: p.peerKey, chain: [...p.chain], journalDir: p.journalDir })),
         peerKeyFile: () => this.opts.peerKey,
         emitFailover: (body) => this.emit('replication.failover', body),
         exclusive: (fn) => this.serial(fn),

@@ -11,12 +11,15 @@
  *             the other's address (a primary, a demoted side) — the
  *             secondary's view of whether its primary is reachable, and how
  *             split-brain is seen on both sides.
- *   TAKE_OVER JSON {format, pair, chain, commonSeq, volume, discard}
+ *   TAKE_OVER JSON {format, pair, chain, commonSeq, volume, members?, discard}
  *                                                  → {format, extents, lastSeq}
  *             "become the replica of my volume from commonSeq on": the
  *             receiver (a demoted side, or with discard a primary whose
  *             changes the operator discards) answers the extents it changed
- *             past commonSeq, which the sender's resync copies over.
+ *             past commonSeq, which the sender's resync copies over. A
+             consistency group's take-over names every volume (`members`);
+             the receiver then answers no extents (it refuses if it has
+             changes past commonSeq: a group is never resolved).
  *   REMARK    JSON {format, pair, extents}         → {format, extents: []}
  *             "I discarded my changes and am your replica again: copy these
  *             extents of mine" (resolve --discard local on a promoted side).
@@ -70,6 +73,12 @@ const TakeOverSchema = z.strictObject({
   commonSeq: Seq,
   /** The new primary's volume: its number (entries carry it) and size. */
   volume: z.strictObject({ no: z.number().int().min(0).max(0xffffffff), size: Seq }),
+  /** Issue 13.6, a consistency group: every volume of the new primary (its number and size) with the number it had at the receiver (`was`, which entries carried there); `volume` is the first. */
+  members: z
+    .array(z.strictObject({ no: z.number().int().min(0).max(0xffffffff), size: Seq, was: z.number().int().min(0).max(0xffffffff) }))
+    .min(2)
+    .max(64)
+    .optional(),
   /** The operator discards the receiver's changes past commonSeq (resolve --discard peer); false: refuse if it has any. */
   discard: z.boolean(),
 })

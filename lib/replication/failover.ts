@@ -14,6 +14,17 @@
  * without --force while the secondary is inconsistent, or while its primary
  * reported itself a running primary in the last PEER_ALIVE_MS.
  *
+ * A consistency group's pair (issue 13.6) is promoted as one: its volumes
+ * share one promoted journal (one sequence, as on the primary) and become
+ * writable at the one applied number of the group — the applier is fenced
+ * and settled first, so that number is what every volume holds. Demote and
+ * reverse take a group's volumes together too (TAKE_OVER names each with
+ * the number it had at the old primary). Resolve is built for one volume
+ * per pair only: for a group it is refused (NOT_SUPPORTED, reason `group`)
+ * before changing anything — and so a group's reverse never copies
+ * extents: the old primary refuses it when it holds changes past the
+ * promote (peer-ahead).
+ *
  * Demote (on the old primary): the volume turns read-only (writers must be
  * closed), the pair drains (bounded), the extents changed past what the
  * secondary applied are recorded, and the pair's job ends.
@@ -44,7 +55,13 @@
  * Crash order: a record is written (atomically: temp file, fsync, rename)
  * before the step it describes; open() finishes what a record says
  * (promoted: store dropped, journal attached, volume writable; demoted: the
- * pair's job ended), so a crash mid-step ends in the step done. A crash in
+ * pair's job ended), so a crash mid-step ends in the step done. A group's
+ * promote is one record for all its volumes, written once before the first
+ * of them changes (nothing before it writes): a kill -9 before the rename
+ * leaves every volume a replica (none promoted), after it open() — before
+ * the mounts — makes every one writable (all promoted), never some
+ * (test/replication/group-promote.test.ts, VVFS_CRASH_AT
+ * replication.promote.before-record and replication.promote.member). A crash in
  * demote before its record leaves the pair running on a read-only volume:
  * run demote again. A crash of
  * the promoted side between the peer's TAKE_OVER and the start of the
@@ -55,6 +72,7 @@
 import { mkdir, open, readFile, rename, rm } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import type { FailoverView } from '../control/schema.js'
+import { crashPoint } from '../crash-points.js'
 import { VvfsError, asVvfsError } from '../errors.js'
 import { EXTENT_SIZE } from '../layout.js'
 import type { Logger } from '../log.js'
@@ -102,8 +120,8 @@ export interface FailoverHost {
   primaries(): { job: ReplicateJobRecord; pair: PrimaryPair }[]
   /** Ends a primary pair's job (its journal dropped). */
   stopPair(pair: string): Promise<void>
-  /** Starts the reverse pair's job: `volume` to `to`, shipping from `journalDir` under `chain`. */
-  startReverse(p: { volume: string; to: string; pair: string; peerKey: string; chain: EpochChain; journalDir: string }): Promise<void>
+  /** Starts the reverse pair's job: `volumes` (a group's all, in order) to `to`, shipping from `journalDir` under `chain`. */
+  startReverse(p: { volumes: string[]; group: string | null; to: string; pair: string; peerKey: string; chain: EpochChain; journalDir: string }): Promise<void>
   /** The daemon's --peer-key file. */
   peerKeyFile(): string | undefined
   emitFailover(body: FailoverEvent): void
@@ -122,7 +140,10 @@ export interface FailoverEvent {
 interface PromotedRecord {
   pair: string
   role: 'promoted'
+  /** The pair's volume here (a group's first). */
   volume: string
+  /** Issue 13.6: every volume of a consistency group, promoted together (absent for one volume). */
+  volumes?: string[]
   chain: EpochChain
   /** The applied number at the promote: the last number both sides hold alike, unless the old primary held more. */
   promotedAt: number
@@ -143,14 +164,26 @@ interface DemotedRecord {
   lastSeq: number
   /** What the secondary had applied when this side stopped. */
   peerApplied: number
-  /** Extents changed past peerApplied (SIZE_MARK: the size). */
+  /** Extents changed past peerApplied (SIZE_MARK: the size); a group's first volume's. */
   changed: number[]
+  /** Issue 13.6: every volume of a consistency group, its number and extents changed past peerApplied (absent for one volume). */
+  members?: { name: string; no: number; changed: number[] }[]
+  /** Issue 13.6: the consistency group's name (with members). */
+  group?: string | null
   peer: string
   peerKey: string
   at: string
 }
 
 type FailoverRecord = PromotedRecord | DemotedRecord
+
+/** The volumes a promote made writable: a group's all, else the one. */
+const promotedVolumes = (r: PromotedRecord): string[] => r.volumes ?? [r.volume]
+
+/** Issue 13.6: demote, reverse and resolve are built for one volume per pair only (see the file comment). */
+function groupNotSupported(verb: string, pair: string, volumes: number, instead: string): VvfsError {
+  return new VvfsError('NOT_SUPPORTED', `${verb} is not supported for a consistency group yet (pair ${pair} has ${volumes} volumes): ${instead}`, { details: { reason: 'group' } })
+}
 
 type Relation = FailoverView['relation']
 
@@ -198,6 +231,8 @@ export class FailoverService {
   private readonly reports = new Map<string, { side: SideReport; at: number }>()
   private readonly clients = new Map<string, WireClient>()
   private readonly splitSeen = new Set<string>()
+  /** Pairs whose promote is under way (promote: fenced). */
+  private readonly fenced = new Set<string>()
   private listenAddress: string | null = null
   private timer: NodeJS.Timeout | null = null
   private reporting = false
@@ -224,6 +259,15 @@ export class FailoverService {
     const list = raw ? (JSON.parse(raw) as FailoverRecord[]) : []
     this.records = new Map(list.map((r) => [r.pair, r]))
     for (const r of list) {
+      if (r.role === 'promoted' && r.volumes) {
+        // Issue 13.6: a group's volumes deleted since its promote leave it; the rest stay promoted.
+        const left = r.volumes.filter((name) => this.host.failoverVolume(name))
+        if (left.length > 0 && left.length < r.volumes.length) {
+          r.volumes = left
+          r.volume = left[0]!
+          await this.save()
+        }
+      }
       if (!this.host.failoverVolume(r.volume)) {
         // Its volume was deleted: nothing is left to fail over.
         this.log.warn({ event: 'replication.failover_dropped', pair: r.pair, volume: r.volume, role: r.role }, `pair ${r.pair}: volume ${r.volume} is gone; its ${r.role} record is dropped`)
@@ -255,7 +299,8 @@ export class FailoverService {
     for (const c of this.clients.values()) await c.close().catch(() => undefined)
     this.clients.clear()
     for (const [pair, rt] of this.promoted) {
-      this.host.failoverVolume((this.records.get(pair) as PromotedRecord | undefined)?.volume ?? '')?.layer.detach()
+      const r = this.promotedRecord(pair)
+      for (const name of r ? promotedVolumes(r) : []) this.host.failoverVolume(name)?.layer.detach()
       await rt.journal.close().catch(() => undefined)
       await rt.log.close().catch(() => undefined)
     }
@@ -275,75 +320,101 @@ export class FailoverService {
 
   // --- the operator's verbs ------------------------------------------------------
 
-  /** `replicate promote PAIR [--force]` on the secondary. */
+  /**
+   * `replicate promote PAIR [--force]` on the secondary; PAIR may be a
+   * consistency group's (issue 13.6): its volumes are promoted together.
+   * The pair is fenced first (the old primary's requests refused) and its
+   * applier settled, so the applied number read is the one the volumes hold
+   * — no batch lands between the number and the store's drop.
+   */
   promote(pair: string, force: boolean): Promise<void> {
     return this.host.exclusive(async () => {
       if (this.promotedRecord(pair)) throw new VvfsError('FAILOVER_STATE', `pair ${pair} is already promoted here`, { details: { reason: 'promoted' } })
       const config = this.secondaries.config(pair)
       const applier = this.secondaries.lookup(pair)
       if (!config || !applier) throw new VvfsError('PAIR_NOT_FOUND', `no secondary pair named ${pair} here`)
-      if (config.volumes.length !== 1) throw new VvfsError('NOT_SUPPORTED', `pair ${pair} is a group of ${config.volumes.length} volumes: promote one volume's pair`)
-      const s = applier.status
-      if (!force) {
-        if (!s.consistent)
-          throw new VvfsError('PROMOTE_REFUSED', `pair ${pair} is not consistent here (a sync or resync is under way): its image is no point in time of the primary; --force to promote anyway`, {
-            details: { reason: 'inconsistent' },
-          })
-        const peer = this.reports.get(pair)
-        if (peer && peer.side.role === 'primary' && Date.now() - peer.at < PEER_ALIVE_MS)
-          throw new VvfsError('PROMOTE_REFUSED', `the primary of pair ${pair} is reachable and the pair healthy (last report ${Date.now() - peer.at} ms ago): demote it first, or --force`, {
-            details: { reason: 'primary-reachable' },
-          })
+      this.fenced.add(pair)
+      try {
+        await applier.settled()
+        await this.promoteFenced(pair, config, applier.status, force)
+      } finally {
+        this.fenced.delete(pair)
       }
-      const volume = config.volumes[0]!.name
-      const v = this.volume(volume)
-      const last = s.chain[s.chain.length - 1]!
-      const record = handoff(s.chain, `${this.host.home(v.no)}@promote-e${last.epoch + 1}`, s.appliedSeq)
-      const r: PromotedRecord = {
-        pair,
-        role: 'promoted',
-        volume,
-        chain: [...s.chain, record],
-        promotedAt: s.appliedSeq,
-        journalDir: journalDirOf(this.promoteJournalBase(pair), record.epoch),
-        replica: config,
-        peerListen: this.reports.get(pair)?.side.listen ?? null,
-        at: new Date().toISOString(),
-      }
-      this.records.set(pair, r)
-      await this.save()
-      await this.finishPromote(r)
-      this.log.warn({ event: 'replication.promoted', pair, volume, epoch: record.epoch, at: r.promotedAt, force }, `pair ${pair} promoted: ${volume} is writable (epoch ${record.epoch} from ${record.firstSeq})`)
-      this.host.emitFailover({ pair, volume, action: 'promoted', epoch: record.epoch, reason: force ? 'forced' : 'primary gone or demoted' })
     })
   }
 
-  /** `replicate demote PAIR` on the primary. */
+  /** Whether the pair is being promoted here: its old primary's requests are refused meanwhile. */
+  promoting(pair: string): boolean {
+    return this.fenced.has(pair)
+  }
+
+  private async promoteFenced(pair: string, config: PairConfig, s: Readonly<SecondaryState> & { consistent: boolean }, force: boolean): Promise<void> {
+    if (!force) {
+      if (!s.consistent)
+        throw new VvfsError('PROMOTE_REFUSED', `pair ${pair} is not consistent here (a sync or resync is under way): its image is no point in time of the primary; --force to promote anyway`, {
+          details: { reason: 'inconsistent' },
+        })
+      const peer = this.reports.get(pair)
+      if (peer && peer.side.role === 'primary' && Date.now() - peer.at < PEER_ALIVE_MS)
+        throw new VvfsError('PROMOTE_REFUSED', `the primary of pair ${pair} is reachable and the pair healthy (last report ${Date.now() - peer.at} ms ago): demote it first, or --force`, {
+          details: { reason: 'primary-reachable' },
+        })
+    }
+    const names = config.volumes.map((v) => v.name)
+    const v = this.volume(names[0]!)
+    const last = s.chain[s.chain.length - 1]!
+    const record = handoff(s.chain, `${this.host.home(v.no)}@promote-e${last.epoch + 1}`, s.appliedSeq)
+    const r: PromotedRecord = {
+      pair,
+      role: 'promoted',
+      volume: v.name,
+      ...(names.length > 1 ? { volumes: names } : {}),
+      chain: [...s.chain, record],
+      promotedAt: s.appliedSeq,
+      journalDir: journalDirOf(this.promoteJournalBase(pair), record.epoch),
+      replica: config,
+      peerListen: this.reports.get(pair)?.side.listen ?? null,
+      at: new Date().toISOString(),
+    }
+    crashPoint('replication.promote.before-record')
+    // The one durable record of the promote, for every volume of a group: after it, open() finishes the promote.
+    this.records.set(pair, r)
+    await this.save()
+    await this.finishPromote(r)
+    const volume = names.join(',')
+    this.log.warn({ event: 'replication.promoted', pair, volume, epoch: record.epoch, at: r.promotedAt, force }, `pair ${pair} promoted: ${volume} writable (epoch ${record.epoch} from ${record.firstSeq})`)
+    this.host.emitFailover({ pair, volume, action: 'promoted', epoch: record.epoch, reason: force ? 'forced' : 'primary gone or demoted' })
+  }
+
+  /** `replicate demote PAIR` on the primary; a consistency group's volumes together (issue 13.6). */
   demote(pair: string): Promise<void> {
     return this.host.exclusive(async () => {
       if (this.demotedRecord(pair)) throw new VvfsError('FAILOVER_STATE', `pair ${pair} is already demoted here`, { details: { reason: 'demoted' } })
       const p = this.host.primaryOf(pair)
       if (!p) throw new VvfsError('PAIR_NOT_FOUND', `no replication pair named ${pair} runs from this daemon`)
+      // The pair's volumes, comma-joined in status (names hold no comma).
       const volume = p.pair.status().volume
-      const v = this.volume(volume)
-      const release = await this.withoutWriters(v, 'demoting')
+      const volumes = volume.split(',').map((name) => this.volume(name))
+      const release = await this.withoutWritersAll(volumes, 'demoting')
       try {
-        await this.host.setReplicaOf(volume, pair)
+        for (const v of volumes) await this.host.setReplicaOf(v.name, pair)
         const end = Date.now() + DRAIN_MS
         let s = p.pair.status()
         while (!(s.link === 'up' && s.lastApplied >= s.lastWritten) && Date.now() < end) {
           await sleep(50)
           s = p.pair.status()
         }
-        const changed = await changedSince(p.pair.journal, v.no, s.lastApplied)
+        const members: { name: string; no: number; changed: number[] }[] = []
+        for (const v of volumes) members.push({ name: v.name, no: v.no, changed: await changedSince(p.pair.journal, v.no, s.lastApplied) })
         const r: DemotedRecord = {
           pair,
           role: 'demoted',
-          volume,
+          volume: volumes[0]!.name,
           chain: p.job.chain,
           lastSeq: p.pair.journal.positions.lastAccepted,
           peerApplied: s.lastApplied,
-          changed,
+          changed: members[0]!.changed,
+          ...(volumes.length > 1 ? { members, group: p.pair.status().group } : {}),
           peer: p.job.peer,
           peerKey: p.job.peerKey,
           at: new Date().toISOString(),
@@ -352,7 +423,8 @@ export class FailoverService {
         await this.save()
         await this.host.stopPair(pair)
         const drained = r.lastSeq <= r.peerApplied
-        this.log.warn({ event: 'replication.demoted', pair, volume, lastSeq: r.lastSeq, peerApplied: r.peerApplied, changed: changed.length }, `pair ${pair} demoted: ${volume} is read-only`)
+        const changed = members.reduce((n, m) => n + m.changed.length, 0)
+        this.log.warn({ event: 'replication.demoted', pair, volume, lastSeq: r.lastSeq, peerApplied: r.peerApplied, changed }, `pair ${pair} demoted: ${volume} read-only`)
         this.host.emitFailover({ pair, volume, action: 'demoted', epoch: r.chain[r.chain.length - 1]!.epoch, reason: drained ? 'drained' : `the secondary applied ${r.peerApplied} of ${r.lastSeq}` })
       } finally {
         release()
@@ -409,14 +481,26 @@ export class FailoverService {
     return { role: me.role, lastSeq: me.lastSeq, peer, relation, commonSeq }
   }
 
-  /** Rows for pairs only failover knows here (promoted, demoted): the rest are the pairs' own. */
-  extraPairs(): { pair: string; role: 'promoted' | 'demoted'; volume: string; epoch: number; lastSeq: number; peer: string; journal: Journal | null }[] {
+  /** Rows for pairs only failover knows here (promoted, demoted): the rest are the pairs' own. A promoted group's row names all its volumes. */
+  extraPairs(): {
+    pair: string
+    role: 'promoted' | 'demoted'
+    volume: string
+    group: string | null
+    epoch: number
+    lastSeq: number
+    promotedAt: number | null
+    peer: string
+    journal: Journal | null
+  }[] {
     return [...this.records.values()].map((r) => ({
       pair: r.pair,
       role: r.role,
-      volume: r.volume,
+      volume: r.role === 'promoted' ? promotedVolumes(r).join(',') : (r.members?.map((m) => m.name).join(',') ?? r.volume),
+      group: r.role === 'promoted' ? r.replica.group : (r.group ?? null),
       epoch: r.chain[r.chain.length - 1]!.epoch,
       lastSeq: r.role === 'promoted' ? (this.promoted.get(r.pair)?.journal.positions.lastAccepted ?? r.promotedAt) : r.lastSeq,
+      promotedAt: r.role === 'promoted' ? r.promotedAt : null,
       peer: r.role === 'promoted' ? (this.reports.get(r.pair)?.side.listen ?? r.replica.peer) : r.peer,
       journal: this.promoted.get(r.pair)?.journal ?? null,
     }))
@@ -451,6 +535,7 @@ export class FailoverService {
       await this.host.exclusive(async () => {
         const p = this.host.primaryOf(m.pair)
         if (!p) throw new VvfsError('PAIR_NOT_FOUND', `pair ${m.pair} does not run from here as a primary`)
+        if (p.job.volNos.length > 1) throw groupNotSupported('remark', m.pair, p.job.volNos.length, 'the group stays as it is')
         await p.pair.journal.addMarks(m.extents.map((extent) => ({ volume: p.job.volNos[0]!, extent })))
         // The loop may be idle in shipping: restart it so it copies the marks first.
         await p.pair.halt()
@@ -470,6 +555,19 @@ export class FailoverService {
     return v
   }
 
+  /** withoutWriters for every volume of a pair (a group's all); the ones blocked are let go if one stays busy. */
+  private async withoutWritersAll(volumes: FailoverVolume[], why: string): Promise<() => void> {
+    const releases: (() => void)[] = []
+    const releaseAll = () => releases.forEach((release) => release())
+    try {
+      for (const v of volumes) releases.push(await this.withoutWriters(v, why))
+    } catch (err) {
+      releaseAll()
+      throw err
+    }
+    return releaseAll
+  }
+
   /** Blocks writable opens and waits for open writers to close (VOLUME_BUSY if they stay). */
   private async withoutWriters(v: FailoverVolume, why: string): Promise<() => void> {
     const release = v.blockWriters(why)
@@ -484,31 +582,38 @@ export class FailoverService {
     return release
   }
 
-  /** Promote's steps after its record: the replica store dropped, the journal attached, the volume writable. Idempotent. */
+  /**
+   * Promote's steps after its record: the replica store dropped, the journal
+   * attached to every volume of the pair (a group's share it, as on the
+   * primary: one sequence), each volume writable. Idempotent.
+   */
   private async finishPromote(r: PromotedRecord): Promise<void> {
     await this.secondaries.release(r.pair)
-    const v = this.volume(r.volume)
+    const volumes = promotedVolumes(r).map((name) => this.volume(name))
     if (!this.promoted.has(r.pair)) {
       await mkdir(dirname(r.journalDir), { recursive: true })
       const log = await LevelDurableLog.open(r.journalDir)
       try {
         const journal = await Journal.open(log, { epoch: r.chain[r.chain.length - 1]!.epoch, firstSeq: r.promotedAt + 1, syncEveryCommit: false })
-        await v.layer.replay(journal)
-        v.layer.attach(journal)
+        for (const v of volumes) await v.layer.replay(journal)
+        for (const v of volumes) v.layer.attach(journal)
         this.promoted.set(r.pair, { journal, log })
       } catch (err) {
         await log.close().catch(() => undefined)
         throw err
       }
     }
-    await this.host.setReplicaOf(r.volume, undefined)
+    for (const v of volumes) {
+      await this.host.setReplicaOf(v.name, undefined)
+      crashPoint('replication.promote.member')
+    }
   }
 
   /** Closes the promoted journal (detached from the volume); `drop` deletes it. */
   private async closePromoted(r: PromotedRecord, drop: boolean): Promise<void> {
     const rt = this.promoted.get(r.pair)
     if (rt) {
-      this.volume(r.volume).layer.detach()
+      for (const name of promotedVolumes(r)) this.volume(name).layer.detach()
       await rt.journal.close()
       await rt.log.close()
       this.promoted.delete(r.pair)
@@ -547,6 +652,7 @@ export class FailoverService {
   private async takeOver(pair: string, opts: { to?: string; peerKey?: string }, discard: boolean): Promise<void> {
     const r = this.promotedRecord(pair)
     if (!r) throw new VvfsError('FAILOVER_STATE', `pair ${pair} is not promoted here: reverse runs on the promoted side`, { details: { reason: 'not-promoted' } })
+    if (r.volumes && discard) throw groupNotSupported('resolve', pair, r.volumes.length, `replicate its volumes anew from the side to keep (vvfs replicate start ${r.volumes.join(' ')} --group … --to …)`)
     const address = this.peerAddress(pair, opts.to)
     const { file, key } = await this.peerKeyOf(opts.peerKey)
     const history = HistoryReplyMessage.decode(await this.ask(address, key, FailoverRequest.HISTORY, HistoryMessage.encode({ format: MESSAGE_FORMAT, pair, side: this.side(pair)! })))
@@ -559,24 +665,35 @@ export class FailoverService {
         throw new VvfsError('FAILOVER_STATE', `the old primary holds writes past ${r.promotedAt} that this side lacks: resolve ${pair} --discard local|peer`, { details: { reason: 'peer-ahead' } })
       if (history.side.role === 'primary') throw new VvfsError('FAILOVER_STATE', `pair ${pair} still runs as primary on the peer: demote it there first`, { details: { reason: 'peer-primary' } })
     }
-    const v = this.volume(r.volume)
-    const release = await this.withoutWriters(v, 'reversing')
+    const names = promotedVolumes(r)
+    const volumes = names.map((name) => this.volume(name))
+    const v = volumes[0]!
+    // Issue 13.6: a group's volumes, each with the number its entries carried at the old primary.
+    const members = r.volumes ? volumes.map((m) => ({ no: m.no, size: m.size, was: r.replica.volumes.find((x) => x.name === m.name)!.no })) : undefined
+    const release = await this.withoutWritersAll(volumes, 'reversing')
     try {
       const answer = ExtentsReplyMessage.decode(
-        await this.ask(address, key, FailoverRequest.TAKE_OVER, TakeOverMessage.encode({ format: MESSAGE_FORMAT, pair, chain: [...r.chain], commonSeq: r.promotedAt, volume: { no: v.no, size: v.size }, discard })),
+        await this.ask(
+          address,
+          key,
+          FailoverRequest.TAKE_OVER,
+          TakeOverMessage.encode({ format: MESSAGE_FORMAT, pair, chain: [...r.chain], commonSeq: r.promotedAt, volume: { no: v.no, size: v.size }, ...(members ? { members } : {}), discard }),
+        ),
       )
+      if (members && answer.extents.length > 0) throw new VvfsError('PEER_PROTOCOL', `pair ${pair}: the old primary of a group answered changed extents`)
       const rt = this.promoted.get(pair)
       if (!rt) throw new VvfsError('INTERNAL', `pair ${pair}: the promoted journal is not open`)
-      // What the peer changed past the promote point is copied over; the size always (a resize entry, no data).
-      await rt.journal.addMarks([...answer.extents.filter((x) => x !== SIZE_MARK), SIZE_MARK].map((extent) => ({ volume: v.no, extent })))
+      // What the peer changed past the promote point is copied over; the size of every volume always (a resize entry, no data).
+      await rt.journal.addMarks([...answer.extents.filter((x) => x !== SIZE_MARK).map((extent) => ({ volume: v.no, extent })), ...volumes.map((m) => ({ volume: m.no, extent: SIZE_MARK }))])
       await this.closePromoted(r, false)
-      await this.host.startReverse({ volume: r.volume, to: address, pair, peerKey: file, chain: r.chain, journalDir: this.promoteJournalBase(pair) })
+      await this.host.startReverse({ volumes: names, group: r.volumes ? r.replica.group : null, to: address, pair, peerKey: file, chain: r.chain, journalDir: this.promoteJournalBase(pair) })
       this.records.delete(pair)
       this.splitSeen.delete(pair)
       await this.save()
       const copied = answer.extents.filter((x) => x !== SIZE_MARK).length
-      this.log.warn({ event: 'replication.reversed', pair, volume: r.volume, to: address, copied, discard }, `pair ${pair} reversed: ${r.volume} → ${address} (${copied} extents to copy)`)
-      this.host.emitFailover({ pair, volume: r.volume, action: discard ? 'resolved' : 'reversed', epoch: r.chain[r.chain.length - 1]!.epoch, reason: discard ? `the peer's changes discarded (${copied} extents)` : 'reversed' })
+      const volume = names.join(',')
+      this.log.warn({ event: 'replication.reversed', pair, volume, to: address, copied, discard }, `pair ${pair} reversed: ${volume} → ${address} (${copied} extents to copy)`)
+      this.host.emitFailover({ pair, volume, action: discard ? 'resolved' : 'reversed', epoch: r.chain[r.chain.length - 1]!.epoch, reason: discard ? `the peer's changes discarded (${copied} extents)` : 'reversed' })
     } finally {
       release()
     }
@@ -585,6 +702,7 @@ export class FailoverService {
   /** resolve --discard local: this side's changes since the promote go; it becomes the old primary's replica again. */
   private async giveBack(pair: string, opts: { to?: string; peerKey?: string }): Promise<void> {
     const r = this.promotedRecord(pair)!
+    if (r.volumes) throw groupNotSupported('resolve', pair, r.volumes.length, `replicate its volumes anew from the side to keep`)
     const address = this.peerAddress(pair, opts.to)
     const { key } = await this.peerKeyOf(opts.peerKey)
     const v = this.volume(r.volume)
@@ -623,6 +741,7 @@ export class FailoverService {
     let lastSeq: number
     if (running) {
       if (!t.discard) throw new VvfsError('FAILOVER_STATE', `pair ${t.pair} runs here as the primary: demote it first`, { details: { reason: 'peer-primary' } })
+      if (running.job.volNos.length > 1) throw groupNotSupported('take-over with discard', t.pair, running.job.volNos.length, 'the group stays the primary here')
       volume = running.pair.status().volume
       const v = this.volume(volume)
       const release = await this.withoutWriters(v, 'yielding')
@@ -637,8 +756,11 @@ export class FailoverService {
     } else if (demoted) {
       volume = demoted.volume
       lastSeq = demoted.lastSeq
+      if (Boolean(demoted.members) !== Boolean(t.members) || (demoted.members && demoted.members.length !== t.members!.length))
+        throw new VvfsError('FAILOVER_STATE', `pair ${t.pair} here has ${demoted.members?.length ?? 1} volumes, the sender's ${t.members?.length ?? 1}: not the same pair`, { details: { reason: 'other-pair' } })
+      if (demoted.members && t.discard) throw groupNotSupported('take-over with discard', t.pair, demoted.members.length, 'the group stays as it is')
       // Changed extents are recorded past what the secondary had applied; none past commonSeq if we gave out no later number.
-      extents = demoted.lastSeq > t.commonSeq ? demoted.changed : []
+      extents = demoted.lastSeq > t.commonSeq ? (demoted.members ?? [demoted]).flatMap((m) => m.changed) : []
       if (extents.length > 0 && !t.discard)
         throw new VvfsError('FAILOVER_STATE', `this side holds writes past ${t.commonSeq}: resolve ${t.pair} --discard local|peer`, { details: { reason: 'peer-ahead' } })
     } else {
@@ -648,10 +770,19 @@ export class FailoverService {
       if (a && last && sameRecord(last, t.chain[t.chain.length - 1]!)) return { format: 1, extents: [], lastSeq: a.status.appliedSeq }
       throw new VvfsError('PAIR_NOT_FOUND', `pair ${t.pair} is neither running nor demoted here`)
     }
-    await this.host.setReplicaOf(volume, t.pair)
-    const v = this.volume(volume)
+    // Issue 13.6: a group's volumes by the numbers they had here; one volume's is `volume`.
+    const local = demoted?.members
+      ? t.members!.map((m) => {
+          const mine = demoted.members!.find((x) => x.no === m.was)
+          if (!mine) throw new VvfsError('FAILOVER_STATE', `pair ${t.pair}: the sender's volume ${m.no} was volume ${m.was}, not one of this group's`, { details: { reason: 'other-pair' } })
+          return { no: m.no, name: mine.name }
+        })
+      : [{ no: t.volume.no, name: volume }]
+    for (const m of local) await this.host.setReplicaOf(m.name, t.pair)
     const state: SecondaryState = { appliedSeq: t.commonSeq, chain: t.chain, resyncing: false, consistentAt: null }
-    await this.secondaries.adopt({ pair: t.pair, group: null, volumes: [{ no: t.volume.no, name: volume, size: v.size }], peer, createdAt: new Date().toISOString(), chain: t.chain }, state)
+    const volumes = local.map((m) => ({ ...m, size: this.volume(m.name).size }))
+    await this.secondaries.adopt({ pair: t.pair, group: demoted?.group ?? null, volumes, peer, createdAt: new Date().toISOString(), chain: t.chain }, state)
+    volume = local.map((m) => m.name).join(',')
     if (demoted) {
       this.records.delete(t.pair)
       await this.save()
@@ -675,6 +806,8 @@ export class FailoverService {
 
   private volumeOf(pair: string): string {
     const r = this.records.get(pair)
+    if (r?.role === 'promoted') return promotedVolumes(r).join(',')
+    if (r?.role === 'demoted' && r.members) return r.members.map((m) => m.name).join(',')
     return r?.volume ?? this.host.primaryOf(pair)?.pair.status().volume ?? this.secondaries.config(pair)?.volumes.map((v) => v.name).join(',') ?? '?'
   }
 

@@ -90,7 +90,8 @@ export class ReplicationService {
     const { host, port } = parseHostPort(address)
     const key = await loadPeerKey(keyFile)
     const server = new WireServer({ host, port, key, service: REPLICATION_SERVICE, log: this.log })
-    serveReplication(server, (pair) => this.secondaries.lookup(pair), this.log, (h, peer) => {
+    serveReplication(server, (pair) => this.unlessPromoting(pair) && this.secondaries.lookup(pair), this.log, (h, peer) => {
+      this.unlessPromoting(h.pair)
       const promoted = this.failover.promotedRecord(h.pair)
       if (promoted)
         throw refusal('stale-epoch', `pair ${h.pair} was promoted here: epoch ${promoted.chain[promoted.chain.length - 1]!.epoch} numbers from ${promoted.promotedAt + 1}`, { takenOverAt: promoted.promotedAt + 1 })
@@ -102,6 +103,12 @@ export class ReplicationService {
     this.failover.listening(`${bound.host}:${bound.port}`)
     this.log.info({ event: 'replication.listening', host: bound.host, port: bound.port }, `replication listener on ${bound.host}:${bound.port}`)
     return bound
+  }
+
+  /** Issue 13.6/13.7: while a pair is being promoted, its old primary's requests are refused (the promote reads the applied number the volumes hold). */
+  private unlessPromoting(pair: string): true {
+    if (this.failover.promoting(pair)) throw new VvfsError('FAILOVER_STATE', `pair ${pair} is being promoted here`, { details: { reason: 'promoting' } })
+    return true
   }
 
   /** The replication job of a pair (primary side), if it runs here. */
@@ -164,7 +171,7 @@ export class ReplicationService {
         role: r.role === 'promoted' ? 'primary' : 'secondary',
         job: null,
         volume: r.volume,
-        group: null,
+        group: r.group,
         peer: r.peer,
         state: r.role,
         link: 'down',
@@ -181,6 +188,7 @@ export class ReplicationService {
         rate: 0,
         sync: { copied: 0, total: 0 },
         lastError: null,
+        ...(r.promotedAt !== null ? { promotedAt: r.promotedAt } : {}),
       }
     })
   }
