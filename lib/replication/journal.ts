@@ -51,9 +51,9 @@
  */
 import { VvfsError } from '../errors.js'
 import { EXTENT_SIZE } from '../layout.js'
-import { SIZE_MARK, markKey, type DirtyMark, type DurableLog, type JournalMode, type LogBatch, type LogRecord } from './durable-log.js'
+import { SIZE_MARK, markKey, type DirtyMark, type DurableLog, type JournalMode, type LogBatch, type LogRecord, type NewRecord } from './durable-log.js'
 import { WriteGenerations } from '../storage/write-generations.js'
-import { decodeEntry, encodedSize, encodeEntry, entryOf, type Change, type JournalEntry } from './entry.js'
+import { decodeEntry, encodedSize, encodeEntryParts, entryOf, type Change, type JournalEntry } from './entry.js'
 
 export type JournalPolicy = 'bitmap' | 'throttle'
 
@@ -134,7 +134,7 @@ interface Waiter {
 }
 
 interface Batch {
-  entries: LogRecord[]
+  entries: NewRecord[]
   /** The ranges of those entries, to mark dirty if the batch fails. */
   ranges: Change[]
   addDirty: DirtyMark[]
@@ -403,10 +403,11 @@ export class Journal {
 
   private journal(change: Change, size: number, after: number): Appended {
     const seq = ++this.lastAccepted
-    const record = encodeEntry(entryOf(change, seq, this.epoch))
+    // The data is not copied: the journal layer holds the write's buffer until its entry is logged (journal-layer.ts).
+    const parts = encodeEntryParts(entryOf(change, seq, this.epoch))
     this.sizes.push(size)
     this.retainedBytes = after
-    this.next.entries.push({ seq, record })
+    this.next.entries.push({ seq, parts })
     this.next.ranges.push(change)
     let durable = this.waitForNext()
     if (after > this.settings.limitBytes) {
