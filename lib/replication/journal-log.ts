@@ -464,7 +464,8 @@ export class SegmentDurableLog implements DurableLog {
       const data = Buffer.allocUnsafe(size)
       if (size > 0 && (await readAsync(fd, data, 0, size, 0)).bytesRead !== size) throw corrupt(`segment ${segmentName(no)} is shorter than its size`)
       const whole = this.replaySegment(seg, data)
-      if (whole === size) continue
+      // An empty segment is torn too: every segment opens with its checkpoint (a power cut empties one never synced).
+      if (whole === size && whole > 0) continue
       if (!isLast) throw corrupt(`segment ${segmentName(no)} has a bad frame at byte ${whole} and is not the last`)
       if (whole === 0) {
         // Its checkpoint never landed (a crash while the segment was created): it holds nothing.
