@@ -146,6 +146,11 @@ export function entryChecksumOk(b: Buffer): boolean {
 }
 const ZERO_CRC = Buffer.alloc(4)
 
+/** The sequence number in a record's header (check entryChecksumOk first). */
+export function entrySeqOf(b: Buffer): number {
+  return readU53(b, 12, (why) => new VvfsError('STATE_CORRUPT', `malformed journal entry: ${why}`, { details: { reason: 'malformed-entry' } }))
+}
+
 /** The rules every entry obeys, whoever made it. */
 function checkEntry(e: JournalEntry, code: ErrorCode): void {
   const bad = (why: string) => new VvfsError(code, `invalid journal entry ${e.seq}: ${why}`, { details: { reason: 'malformed-entry' } })
