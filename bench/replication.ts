@@ -21,8 +21,9 @@
  *   BENCH_ONLY=writes   only the write ratios (no migration, lag or outage runs)
  *   BENCH_ONLY=journal  only unreplicated and journal-alone writes (no end-to-end)
  *   BENCH_JOBS=seqwrite only these fio jobs (comma-separated: seqwrite,randwrite)
- *   BENCH_PERF=FILE     `perf record -g` of the primary during the journal-alone
- *                       jobs (the daemons run with --perf-basic-prof)
+ *   BENCH_PERF=FILE     `perf record -g` of the daemons during the journal-alone
+ *                       jobs (the daemons run with --perf-basic-prof);
+ *                       BENCH_PERF_PHASE=end-to-end: during those instead
  *
  * Results: stdout and bench/out/replication.json. Cleanup (daemons, temp
  * dir) runs in every case, also on Ctrl-C.
@@ -103,11 +104,17 @@ async function main(): Promise<void> {
     const file = join(primary.mountDir, 'vol')
     // Random data: zeros are not stored, so they would place (and sync) nothing.
     await must('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', 'count=1024', 'oflag=direct', 'conv=notrunc'], { timeoutMs: 600_000 })
-    const jobs = async (label: string) => {
+    const jobs = async (label: string, pids: number[] = []) => {
+      const perfPhase = process.env.BENCH_PERF && label === (process.env.BENCH_PERF_PHASE ?? 'journal-alone')
+      const perf = perfPhase ? spawn('perf', ['record', '-F', '499', '-g', '-o', process.env.BENCH_PERF!, '-p', pids.join(',')], { stdio: 'ignore' }) : null
       fio[label] = {}
       for (const job of WRITES) {
         say(`replication bench: ${job.label}, ${label}`)
         fio[label][job.name] = await runJob(job as JobSpec, file, seconds, join(OUT, 'fio-replication', `${label}-${job.name}.json`))
+      }
+      if (perf) {
+        perf.kill('SIGINT')
+        await new Promise((r) => perf.once('exit', r))
       }
     }
     await jobs('unreplicated')
@@ -128,17 +135,12 @@ async function main(): Promise<void> {
     }, 200)
     figures.initialSyncMBps = 1024 / ((Date.now() - t0) / 1000) * 1.048576
     if (ONLY !== 'journal') {
-      await jobs('end-to-end')
+      await jobs('end-to-end', [primary.pid, secondary.pid])
       await waitFor('catch-up after the end-to-end jobs', 600_000, async () => ((await primaryStatus(primary))?.lag.entries === 0 ? true : undefined), 200)
     }
 
     await secondary.stop()
-    const perf = process.env.BENCH_PERF ? spawn('perf', ['record', '-F', '499', '-g', '-o', process.env.BENCH_PERF, '-p', String(primary.pid)], { stdio: 'ignore' }) : null
-    await jobs('journal-alone')
-    if (perf) {
-      perf.kill('SIGINT')
-      await new Promise((r) => perf.once('exit', r))
-    }
+    await jobs('journal-alone', [primary.pid])
     if (ONLY === '') {
       secondary = await Vvfs.start(join(dir, 'b'), cleanup, secondaryArgs)
       await waitFor('catch-up after the journal-alone jobs', 900_000, async () => ((await primaryStatus(primary))?.lag.entries === 0 ? true : undefined), 500)
