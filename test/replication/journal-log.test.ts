@@ -66,7 +66,7 @@ const BACKENDS: [string, () => Promise<Backend>][] = [
   ],
 ]
 
-describe.each(BACKENDS)('the DurableLog contract: %s', (_name, make) => {
+describe.each(BACKENDS)('the DurableLog contract: %s', { timeout: 30_000 }, (_name, make) => {
   it('a new log loads as never committed to', async () => {
     const { log } = await make()
     expect(await log.load()).toEqual({ mode: null, trimmedThrough: 0, retained: [], dirty: [] })
@@ -127,7 +127,7 @@ describe.each(BACKENDS)('the DurableLog contract: %s', (_name, make) => {
   })
 })
 
-describe('the segment log', () => {
+describe('the segment log', { timeout: 30_000 }, () => {
   const SEG = 16 * 1024
   const segFiles = async (dir: string) => (await readdir(dir)).filter((n) => n.endsWith('.seg')).sort()
   /** A log of entries 1..n, closed. */
