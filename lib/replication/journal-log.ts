@@ -22,10 +22,10 @@
  *                 | u32 marks | marks — the whole state but the entries, the
  *                 first frame of every segment.
  *
- * Durability: a commit appends its frame with one write (writev) on the
- * calling thread — a page-cache copy, ~30 µs per 128 KiB on this machine,
- * cheaper than a thread-pool round trip — so "logged" (it survives a kill -9)
- * holds when commit returns; `sync` adds an fdatasync. syncLogged() is an
+ * Durability: a commit appends its frame with one writev — on the calling
+ * thread when small (a 4 KiB write's frame: cheaper than a thread-pool round
+ * trip), on the pool from POOL_APPEND_BYTES — so "logged" (it survives a
+ * kill -9) holds when commit resolves; `sync` adds an fdatasync. syncLogged() is an
  * fdatasync of the segment being appended, beside later appends (it covers
  * what was written before it began). A segment is synced before the next is
  * created, and a new segment's checkpoint is synced and its directory entry
