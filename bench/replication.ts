@@ -18,10 +18,17 @@
  *
  *   node dist/bench/replication.js     BENCH_SECONDS=10 per fio job
  *   BENCH_TMP=/var/tmp  BENCH_KEEP=1 keep the temp dir
+ *   BENCH_ONLY=writes   only the write ratios (no migration, lag or outage runs)
+ *   BENCH_ONLY=journal  only unreplicated and journal-alone writes (no end-to-end)
+ *   BENCH_JOBS=seqwrite only these fio jobs (comma-separated: seqwrite,randwrite)
+ *   BENCH_PERF=FILE     `perf record -g` of the daemons during the journal-alone
+ *                       jobs (the daemons run with --perf-basic-prof);
+ *                       BENCH_PERF_PHASE=end-to-end: during those instead
  *
  * Results: stdout and bench/out/replication.json. Cleanup (daemons, temp
  * dir) runs in every case, also on Ctrl-C.
  */
+import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -31,7 +38,9 @@ import { Cleanup, freePort, must, onInterrupt, run, say, sleep, waitFor } from '
 import { ROOT, Vvfs } from './vvfs.js'
 
 const OUT = join(ROOT, 'bench', 'out')
-const WRITES = JOBS.filter((j) => j.name === 'randwrite' || j.name === 'seqwrite')
+const ONLY = process.env.BENCH_ONLY ?? ''
+const PICKED = (process.env.BENCH_JOBS ?? 'seqwrite,randwrite').split(',')
+const WRITES = JOBS.filter((j) => (j.name === 'randwrite' || j.name === 'seqwrite') && PICKED.includes(j.name))
 const TARGETS = { journal: { randwrite: 0.7, seqwrite: 0.6 }, endToEnd: { randwrite: 0.5, seqwrite: 0.5 } } as const
 
 interface PairJson {
@@ -95,20 +104,28 @@ async function main(): Promise<void> {
     const file = join(primary.mountDir, 'vol')
     // Random data: zeros are not stored, so they would place (and sync) nothing.
     await must('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', 'count=1024', 'oflag=direct', 'conv=notrunc'], { timeoutMs: 600_000 })
-    const jobs = async (label: string) => {
+    const jobs = async (label: string, pids: number[] = []) => {
+      const perfPhase = process.env.BENCH_PERF && label === (process.env.BENCH_PERF_PHASE ?? 'journal-alone')
+      const perf = perfPhase ? spawn('perf', ['record', '-F', '499', '-g', '-o', process.env.BENCH_PERF!, '-p', pids.join(',')], { stdio: 'ignore' }) : null
       fio[label] = {}
       for (const job of WRITES) {
         say(`replication bench: ${job.label}, ${label}`)
         fio[label][job.name] = await runJob(job as JobSpec, file, seconds, join(OUT, 'fio-replication', `${label}-${job.name}.json`))
       }
+      if (perf) {
+        perf.kill('SIGINT')
+        await new Promise((r) => perf.once('exit', r))
+      }
     }
     await jobs('unreplicated')
 
-    // A migration's copy of the same allocated GiB, on the same daemon, for the initial sync's ratio.
-    await primary.cli(['storage', 'add', 'a2', '--capacity', '1100M'])
-    const m0 = Date.now()
-    await primary.cli(['migrate', 'vol', '--to', 'a2', '--wait'])
-    figures.migrationCopyMBps = 1024 / ((Date.now() - m0) / 1000) * 1.048576
+    if (ONLY === '') {
+      // A migration's copy of the same allocated GiB, on the same daemon, for the initial sync's ratio.
+      await primary.cli(['storage', 'add', 'a2', '--capacity', '1100M'])
+      const m0 = Date.now()
+      await primary.cli(['migrate', 'vol', '--to', 'a2', '--wait'])
+      figures.migrationCopyMBps = 1024 / ((Date.now() - m0) / 1000) * 1.048576
+    }
 
     const t0 = Date.now()
     await primary.cli(['replicate', 'start', 'vol', '--to', `127.0.0.1:${port}`, '--peer-key', keyFile, '--journal-limit', '8G'])
@@ -117,49 +134,53 @@ async function main(): Promise<void> {
       return s && s.state === 'replicating' && s.consistent ? true : undefined
     }, 200)
     figures.initialSyncMBps = 1024 / ((Date.now() - t0) / 1000) * 1.048576
-    await jobs('end-to-end')
-    await waitFor('catch-up after the end-to-end jobs', 600_000, async () => ((await primaryStatus(primary))?.lag.entries === 0 ? true : undefined), 200)
-
-    await secondary.stop()
-    await jobs('journal-alone')
-    secondary = await Vvfs.start(join(dir, 'b'), cleanup, secondaryArgs)
-    await waitFor('catch-up after the journal-alone jobs', 900_000, async () => ((await primaryStatus(primary))?.lag.entries === 0 ? true : undefined), 500)
-
-    // Lag at half the unreplicated 4 KiB write rate.
-    const halfIops = (fio.unreplicated?.randwrite?.iops ?? 0) / 2
-    figures.lagLoadIops = halfIops
-    const lags: number[] = []
-    const load = steadyWriter(file, halfIops, seconds)
-    const sampleUntil = Date.now() + seconds * 1000
-    while (Date.now() < sampleUntil) {
-      const s = await primaryStatus(primary)
-      if (s) lags.push(s.lag.seconds)
-      await sleep(100)
+    if (ONLY !== 'journal') {
+      await jobs('end-to-end', [primary.pid, secondary.pid])
+      await waitFor('catch-up after the end-to-end jobs', 600_000, async () => ((await primaryStatus(primary))?.lag.entries === 0 ? true : undefined), 200)
     }
-    await load
-    figures.lagMedianMs = percentile(lags, 0.5) * 1000
-    figures.lagP99Ms = percentile(lags, 0.99) * 1000
-    figures.lagSamples = lags.length
 
-    // A peer outage under the same load, then how long until the lag is under 1 s.
-    const outageLoad = steadyWriter(file, halfIops, outage + 70)
-    await sleep(2000)
     await secondary.stop()
-    await sleep(outage * 1000)
-    secondary = await Vvfs.start(join(dir, 'b'), cleanup, secondaryArgs)
-    const back = Date.now()
-    let recovered = NaN
-    while (Date.now() - back < 65_000) {
-      const s = await primaryStatus(primary)
-      if (s && s.link === 'up' && s.lag.seconds < 1 && s.state === 'replicating') {
-        recovered = (Date.now() - back) / 1000
-        break
+    await jobs('journal-alone', [primary.pid])
+    if (ONLY === '') {
+      secondary = await Vvfs.start(join(dir, 'b'), cleanup, secondaryArgs)
+      await waitFor('catch-up after the journal-alone jobs', 900_000, async () => ((await primaryStatus(primary))?.lag.entries === 0 ? true : undefined), 500)
+
+      // Lag at half the unreplicated 4 KiB write rate.
+      const halfIops = (fio.unreplicated?.randwrite?.iops ?? 0) / 2
+      figures.lagLoadIops = halfIops
+      const lags: number[] = []
+      const load = steadyWriter(file, halfIops, seconds)
+      const sampleUntil = Date.now() + seconds * 1000
+      while (Date.now() < sampleUntil) {
+        const s = await primaryStatus(primary)
+        if (s) lags.push(s.lag.seconds)
+        await sleep(100)
       }
-      await sleep(200)
+      await load
+      figures.lagMedianMs = percentile(lags, 0.5) * 1000
+      figures.lagP99Ms = percentile(lags, 0.99) * 1000
+      figures.lagSamples = lags.length
+
+      // A peer outage under the same load, then how long until the lag is under 1 s.
+      const outageLoad = steadyWriter(file, halfIops, outage + 70)
+      await sleep(2000)
+      await secondary.stop()
+      await sleep(outage * 1000)
+      secondary = await Vvfs.start(join(dir, 'b'), cleanup, secondaryArgs)
+      const back = Date.now()
+      let recovered = NaN
+      while (Date.now() - back < 65_000) {
+        const s = await primaryStatus(primary)
+        if (s && s.link === 'up' && s.lag.seconds < 1 && s.state === 'replicating') {
+          recovered = (Date.now() - back) / 1000
+          break
+        }
+        await sleep(200)
+      }
+      figures.outageSeconds = outage
+      figures.lagUnder1sAfterSeconds = recovered
+      await outageLoad
     }
-    figures.outageSeconds = outage
-    figures.lagUnder1sAfterSeconds = recovered
-    await outageLoad
   } finally {
     await cleanup.all()
   }
@@ -179,11 +200,12 @@ async function main(): Promise<void> {
     return { job: job.name, unit, unreplicated: u, journalAlone: j, endToEnd: e, journalRatio: j / u, endToEndRatio: e / u }
   })
   const syncRatio = (figures.initialSyncMBps ?? NaN) / (figures.migrationCopyMBps ?? NaN)
-  lines.push(
+  if (ONLY !== '') lines.push(`BENCH_ONLY=${ONLY}: no initial sync ratio, lag or outage figures${ONLY === 'journal' ? ', no end-to-end runs' : ''}`)
+  else lines.push(
     `initial sync: ${figures.initialSyncMBps?.toFixed(1)} MB/s (1 GiB allocated); a migration's copy of it ${figures.migrationCopyMBps?.toFixed(1)} MB/s: ratio ${syncRatio.toFixed(2)} ≥0.5 ${syncRatio >= 0.5 ? 'met' : 'MISS'}`,
   )
-  lines.push(`lag at ${figures.lagLoadIops?.toFixed(0)} IOPS (half the unreplicated 4K rate): median ${figures.lagMedianMs?.toFixed(0)} ms (< 250), p99 ${figures.lagP99Ms?.toFixed(0)} ms (< 1000), ${figures.lagSamples} samples`)
-  lines.push(`after a ${figures.outageSeconds} s peer outage: lag under 1 s after ${Number.isNaN(figures.lagUnder1sAfterSeconds) ? 'more than 65' : figures.lagUnder1sAfterSeconds?.toFixed(1)} s (target ≤ 60)`)
+  if (ONLY === '') lines.push(`lag at ${figures.lagLoadIops?.toFixed(0)} IOPS (half the unreplicated 4K rate): median ${figures.lagMedianMs?.toFixed(0)} ms (< 250), p99 ${figures.lagP99Ms?.toFixed(0)} ms (< 1000), ${figures.lagSamples} samples`)
+  if (ONLY === '') lines.push(`after a ${figures.outageSeconds} s peer outage: lag under 1 s after ${Number.isNaN(figures.lagUnder1sAfterSeconds) ? 'more than 65' : figures.lagUnder1sAfterSeconds?.toFixed(1)} s (target ≤ 60)`)
   for (const [label, jobs] of Object.entries(fio)) for (const [job, r] of Object.entries(jobs)) if (r && !r.ok) lines.push(`${label} ${job}: ${r.error}`)
   process.stdout.write(lines.join('\n') + '\n')
   await writeFile(join(OUT, 'replication.json'), JSON.stringify({ seconds, rows, figures, fio }, null, 2) + '\n')

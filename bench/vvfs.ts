@@ -60,6 +60,8 @@ export class Vvfs {
     const logFile = createWriteStream(logPath)
     // BENCH_DAEMON_PROF=DIR: the daemon writes a CPU profile there when it stops.
     const prof = process.env.BENCH_DAEMON_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_DAEMON_PROF}`] : []
+    // BENCH_PERF (bench/replication.ts): JIT symbols for `perf record`.
+    if (process.env.BENCH_PERF) prof.push('--perf-basic-prof-only-functions')
     const svc = startService(process.execPath, [...prof, VVFS_BIN, 'daemon', '--state', stateDir, '--mount', mountDir, '--log-level', 'warn', ...extraArgs], { logFile, env: cleanEnv(), cwd: dir })
     const vvfs = new Vvfs(stateDir, mountDir, logPath, svc)
     vvfs.stopStep = cleanup.add(`stop vvfs daemon (pid ${svc.pid})`, async () => {

@@ -3,8 +3,8 @@
  * survive a crash of the primary — its entries by sequence number, the
  * number it trimmed through (so numbering resumes past it even when every
  * entry is trimmed), its mode, and its dirty-extent marks (the `bitmap`
- * policy's record of changes that got no entry). The real one is a LevelDB
- * store on the volume's home storage system (level-log.ts); MemoryDurableLog
+ * policy's record of changes that got no entry). The real one is a segment
+ * log on the volume's home storage system (journal-log.ts); MemoryDurableLog
  * below is the model the tests kill at will.
  *
  * Contract: `commit` applies one batch atomically and resolves only once it
@@ -34,8 +34,14 @@ export interface LogRecord {
   record: Buffer
 }
 
+/** An entry on its way into the log: its record in pieces (entry.ts encodeEntryParts — a write's data is the caller's buffer, not a copy; it must not change until commit returns). */
+export interface NewRecord {
+  seq: number
+  parts: Buffer[]
+}
+
 export interface LogBatch {
-  entries?: LogRecord[]
+  entries?: NewRecord[]
   /** Drops entries with seq ≤ this and remembers the number. */
   trimThrough?: number
   addDirty?: DirtyMark[]
@@ -83,7 +89,7 @@ function applyBatch(s: ModelState, b: LogBatch): void {
     s.trimmedThrough = b.trimThrough
     for (const seq of [...s.entries.keys()]) if (seq <= b.trimThrough) s.entries.delete(seq)
   }
-  for (const e of b.entries ?? []) if (e.seq > s.trimmedThrough) s.entries.set(e.seq, e.record)
+  for (const e of b.entries ?? []) if (e.seq > s.trimmedThrough) s.entries.set(e.seq, Buffer.concat(e.parts))
   for (const m of b.addDirty ?? []) s.dirty.set(markKey(m), m)
   for (const m of b.removeDirty ?? []) s.dirty.delete(markKey(m))
   if (b.mode) s.mode = b.mode

@@ -15,7 +15,7 @@
  * count of the range (a write's data length); for `resize` it is the new
  * size (offset 0); a `flush` has neither. 40 bytes per 4 KiB write is 1/102
  * of the data — under the 1/32 budget of issue 13 with room for the log's
- * own framing (test/replication/journal.test.ts measures it on LevelDB).
+ * own framing (test/replication/journal.test.ts measures it on disk).
  *
  * Failure modes: decodeEntry never trusts a field — a wrong format, kind,
  * reserved bits, length/data mismatch, a range past 2^53 or a checksum
@@ -86,18 +86,32 @@ export function encodedSize(e: Pick<JournalEntry, 'data'>): number {
 }
 
 export function encodeEntry(e: JournalEntry): Buffer {
+  const parts = encodeEntryParts(e)
+  return parts.length === 1 ? parts[0] : Buffer.concat(parts)
+}
+
+/**
+ * The record as its header and the write's data itself (not copied): what
+ * the journal hands its log, which writes the pieces with one writev. The
+ * checksum is the same as encodeEntry's (crc32 runs on over the pieces).
+ */
+export function encodeEntryParts(e: JournalEntry): Buffer[] {
   checkEntry(e, 'INVALID_ARGUMENT')
-  const out = Buffer.alloc(encodedSize(e))
-  out.writeUInt8(ENTRY_FORMAT, 0)
-  out.writeUInt8(ENTRY_KINDS.indexOf(e.kind) + 1, 1)
-  out.writeUInt32BE(e.volume, 4)
-  out.writeUInt32BE(e.epoch, 8)
-  writeU53(out, 12, e.seq)
-  writeU53(out, 20, e.offset)
-  writeU53(out, 28, e.length)
-  if (e.data) e.data.copy(out, ENTRY_HEADER_BYTES)
-  out.writeUInt32BE(crc32(out), 36)
-  return out
+  const head = Buffer.alloc(ENTRY_HEADER_BYTES)
+  head.writeUInt8(ENTRY_FORMAT, 0)
+  head.writeUInt8(ENTRY_KINDS.indexOf(e.kind) + 1, 1)
+  head.writeUInt32BE(e.volume, 4)
+  head.writeUInt32BE(e.epoch, 8)
+  writeU53(head, 12, e.seq)
+  writeU53(head, 20, e.offset)
+  writeU53(head, 28, e.length)
+  const crc = crc32(head)
+  if (!e.data) {
+    head.writeUInt32BE(crc, 36)
+    return [head]
+  }
+  head.writeUInt32BE(crc32(e.data, crc), 36)
+  return [head, e.data]
 }
 
 /** Decodes one record, refusing anything malformed with `code` (see the file comment). The data is a copy. */
@@ -122,6 +136,19 @@ export function decodeEntry(b: Buffer, code: ErrorCode): JournalEntry {
   const e: JournalEntry = { seq, epoch: b.readUInt32BE(8), volume: b.readUInt32BE(4), kind, offset, length, data }
   checkEntry(e, code)
   return e
+}
+
+/** Whether a record's checksum matches its bytes (a torn or altered record fails), without copying it. */
+export function entryChecksumOk(b: Buffer): boolean {
+  if (b.length < ENTRY_HEADER_BYTES) return false
+  const head = crc32(b.subarray(0, 36))
+  return crc32(b.subarray(ENTRY_HEADER_BYTES), crc32(ZERO_CRC, head)) === b.readUInt32BE(36)
+}
+const ZERO_CRC = Buffer.alloc(4)
+
+/** The sequence number in a record's header (check entryChecksumOk first). */
+export function entrySeqOf(b: Buffer): number {
+  return readU53(b, 12, (why) => new VvfsError('STATE_CORRUPT', `malformed journal entry: ${why}`, { details: { reason: 'malformed-entry' } }))
 }
 
 /** The rules every entry obeys, whoever made it. */

@@ -87,7 +87,7 @@ import { ExtentsReplyMessage, FailoverRequest, HistoryMessage, HistoryReplyMessa
 import { Journal } from './journal.js'
 import { journalDirOf } from './journal-chain.js'
 import type { JournalLayer } from './journal-layer.js'
-import { LevelDurableLog } from './level-log.js'
+import { SegmentDurableLog } from './journal-log.js'
 import { MESSAGE_FORMAT, REPLICATION_SERVICE } from './messages.js'
 import type { PrimaryPair } from './primary.js'
 import type { PairConfig, SecondaryPairs } from './secondary.js'
@@ -189,7 +189,7 @@ type Relation = FailoverView['relation']
 
 interface PromotedRuntime {
   journal: Journal
-  log: LevelDurableLog
+  log: SegmentDurableLog
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
@@ -592,7 +592,7 @@ export class FailoverService {
     const volumes = promotedVolumes(r).map((name) => this.volume(name))
     if (!this.promoted.has(r.pair)) {
       await mkdir(dirname(r.journalDir), { recursive: true })
-      const log = await LevelDurableLog.open(r.journalDir)
+      const log = await SegmentDurableLog.open(r.journalDir)
       try {
         const journal = await Journal.open(log, { epoch: r.chain[r.chain.length - 1]!.epoch, firstSeq: r.promotedAt + 1, syncEveryCommit: false })
         for (const v of volumes) await v.layer.replay(journal)

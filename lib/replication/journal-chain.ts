@@ -50,7 +50,7 @@ import { markKey, type DirtyMark, type DurableLog, type LogRecord } from './dura
 import { decodeEntry } from './entry.js'
 import { handoff, rangeOf, storageOfHome, type EpochChain, type EpochRecord } from './epoch.js'
 import { Journal, marksOf, type JournalOptions } from './journal.js'
-import { LevelDurableLog } from './level-log.js'
+import { SegmentDurableLog } from './journal-log.js'
 
 /** Where the logs of a pair's epochs are kept. */
 export interface JournalLogs {
@@ -70,15 +70,15 @@ export function journalDirOf(base: string, epoch: number): string {
 
 /** Deletes every epoch's log of a pair (replicate stop). */
 export async function removeJournalDirs(base: string): Promise<void> {
-  const logs = levelJournalLogs(base)
+  const logs = segmentJournalLogs(base)
   for (const e of await logs.epochs()) await logs.remove(e)
 }
 
-/** LevelDB logs in directories beside each other (STATE/journals/job-<id>[.e<epoch>]). */
-export function levelJournalLogs(base: string): JournalLogs {
+/** Segment logs (journal-log.ts) in directories beside each other (STATE/journals/job-<id>[.e<epoch>]). */
+export function segmentJournalLogs(base: string): JournalLogs {
   const exists = async (epoch: number) => (await epochsOf(base)).includes(epoch)
   return {
-    open: (epoch) => LevelDurableLog.open(journalDirOf(base, epoch)),
+    open: (epoch) => SegmentDurableLog.open(journalDirOf(base, epoch)),
     exists,
     remove: (epoch) => rm(journalDirOf(base, epoch), { recursive: true, force: true }),
     epochs: () => epochsOf(base),
@@ -151,7 +151,7 @@ export interface LostEntries {
 /**
  * Above this many retained bytes of A, the handoff does not read A's entries
  * to list their extents (the list then says "everything allocated"): reading
- * 64 MiB of LevelDB values takes ~0.1 s on this machine, paid while host
+ * 64 MiB of entries took ~0.1 s on this machine (LevelDB; a segment log reads them in 4 MiB spans), paid while host
  * changes are held.
  */
 const PENDING_READ_MAX_BYTES = 64 * 1024 * 1024

@@ -143,7 +143,9 @@ export class JournalLayer implements ChunkLayer {
     const below = this.lower.write(first, data, synced)
     const accepted = Promise.all([below.accepted, logged]).then(() => undefined)
     accepted.catch(() => undefined)
-    const stored = Promise.all([below.stored, accepted])
+    // Settles only after the entry is logged: the log may still be reading the caller's buffer until then (no copy).
+    const stored = logged
+      .then(() => Promise.all([below.stored, accepted]))
       .then(
         () => this.settled(seqs),
         (err: unknown) => {

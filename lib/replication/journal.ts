@@ -51,9 +51,9 @@
  */
 import { VvfsError } from '../errors.js'
 import { EXTENT_SIZE } from '../layout.js'
-import { SIZE_MARK, markKey, type DirtyMark, type DurableLog, type JournalMode, type LogBatch, type LogRecord } from './durable-log.js'
+import { SIZE_MARK, markKey, type DirtyMark, type DurableLog, type JournalMode, type LogBatch, type LogRecord, type NewRecord } from './durable-log.js'
 import { WriteGenerations } from '../storage/write-generations.js'
-import { decodeEntry, encodedSize, encodeEntry, entryOf, type Change, type JournalEntry } from './entry.js'
+import { decodeEntry, encodedSize, encodeEntryParts, entryChecksumOk, entryOf, entrySeqOf, type Change, type JournalEntry } from './entry.js'
 
 export type JournalPolicy = 'bitmap' | 'throttle'
 
@@ -134,7 +134,7 @@ interface Waiter {
 }
 
 interface Batch {
-  entries: LogRecord[]
+  entries: NewRecord[]
   /** The ranges of those entries, to mark dirty if the batch fails. */
   ranges: Change[]
   addDirty: DirtyMark[]
@@ -265,10 +265,12 @@ export class Journal {
     const through = this.lastDurable
     if (fromSeq > through) return []
     const records = await this.log.read(fromSeq, through, maxBytes)
+    // Checked without decoding (a decode copies the record): its checksum, and the number in its header. The secondary decodes it.
     records.forEach((r, i) => {
-      const e = decodeEntry(r.record, 'STATE_CORRUPT')
-      if (e.seq !== fromSeq + i || r.seq !== e.seq)
-        throw new VvfsError('STATE_CORRUPT', `journal log holds entry ${e.seq} where ${fromSeq + i} belongs`, { details: { reason: 'journal-gap' } })
+      if (!entryChecksumOk(r.record)) throw new VvfsError('STATE_CORRUPT', `journal entry ${r.seq} fails its checksum`, { details: { reason: 'malformed-entry' } })
+      const seq = entrySeqOf(r.record)
+      if (seq !== fromSeq + i || r.seq !== seq)
+        throw new VvfsError('STATE_CORRUPT', `journal log holds entry ${seq} where ${fromSeq + i} belongs`, { details: { reason: 'journal-gap' } })
     })
     if (records.length === 0)
       throw new VvfsError('STATE_CORRUPT', `journal entry ${fromSeq} is durable but not in the log`, { details: { reason: 'journal-gap' } })
@@ -403,10 +405,11 @@ export class Journal {
 
   private journal(change: Change, size: number, after: number): Appended {
     const seq = ++this.lastAccepted
-    const record = encodeEntry(entryOf(change, seq, this.epoch))
+    // The data is not copied: the journal layer holds the write's buffer until its entry is logged (journal-layer.ts).
+    const parts = encodeEntryParts(entryOf(change, seq, this.epoch))
     this.sizes.push(size)
     this.retainedBytes = after
-    this.next.entries.push({ seq, record })
+    this.next.entries.push({ seq, parts })
     this.next.ranges.push(change)
     let durable = this.waitForNext()
     if (after > this.settings.limitBytes) {

@@ -19,7 +19,7 @@
  * are applied (RESYNC_END consistentAt).
  *
  * Durability: an entry is acknowledged to the host once logged (the
- * journal's LevelDB log: it survives a crash of the process, as the
+ * journal's segment log, journal-log.ts: it survives a crash of the process, as the
  * volume's own data does until a flush), synced at the host's flush, and
  * synced before it is read for shipping — only synced entries ship.
  *
@@ -28,7 +28,7 @@
  * data is durable (at most every TRIM_EVERY_MS).
  *
  * Crash order: the journal (entries, marks, trim point) is durable in its
- * own LevelDB; the pair's record (the job) holds the address, chain and
+ * own segment log; the pair's record (the job) holds the address, chain and
  * settings. At open the retained entries are replayed into the volume
  * (JournalLayer.replay) before any host I/O; the loop then asks the
  * secondary where it is (CREATE is idempotent) and resumes: a resync whose
@@ -58,7 +58,7 @@ import { MAX_ENTRY_DATA, type JournalEntry } from './entry.js'
 import type { EpochChain, Sender } from './epoch.js'
 import { ReplicationStream } from './endpoint.js'
 import { DEFAULT_JOURNAL_SETTINGS, type Journal, type JournalSettings, type ModeChange } from './journal.js'
-import { JournalChain, levelJournalLogs, type ChainCommit, type HandoffLayer, type HandoffPending } from './journal-chain.js'
+import { JournalChain, segmentJournalLogs, type ChainCommit, type HandoffLayer, type HandoffPending } from './journal-chain.js'
 import type { JournalLayer } from './journal-layer.js'
 import { entriesThatFit, MAX_MESSAGE_BYTES, REPLICATION_SERVICE } from './messages.js'
 
@@ -95,7 +95,7 @@ export interface PrimaryPairSpec {
   group: string | null
   /** In the order the secondary names them; at least one. */
   members: PairMember[]
-  /** The journal's LevelDB directory (epoch 1's; later epochs' beside it, journal-chain.ts). */
+  /** The journal's log directory (epoch 1's; later epochs' beside it, journal-chain.ts). */
   journalDir: string
   host: string
   port: number
@@ -218,7 +218,7 @@ export class PrimaryPair {
     const onModeChange = (c: ModeChange) => ref.pair?.modeChanged(c)
     // Entries are acknowledged once logged (a process crash keeps them, as it keeps the volume's own unlogged data) and synced before they are shipped.
     const journals = await JournalChain.open({
-      logs: levelJournalLogs(spec.journalDir),
+      logs: segmentJournalLogs(spec.journalDir),
       layer: membersLayer(spec.members),
       chain: spec.chain,
       journal: { settings: spec.journal, onModeChange, syncEveryCommit: false },

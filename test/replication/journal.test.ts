@@ -7,7 +7,7 @@ import { EXTENT_SIZE } from '../../lib/layout.js'
 import { MemoryDurableLog, SIZE_MARK, type DurableLog, type LogBatch } from '../../lib/replication/durable-log.js'
 import { ENTRY_HEADER_BYTES, type Change } from '../../lib/replication/entry.js'
 import { Journal, type ModeChange } from '../../lib/replication/journal.js'
-import { LevelDurableLog } from '../../lib/replication/level-log.js'
+import { SegmentDurableLog } from '../../lib/replication/journal-log.js'
 import { rng } from '../helpers/model.js'
 
 const dirs: string[] = []
@@ -73,8 +73,8 @@ describe('journal: numbering and acknowledgement order', () => {
     expect(j.positions).toMatchObject({ lastAccepted: resolved.length, lastDurable: resolved.length })
   })
 
-  it('commits the appends of one turn as one synced batch (group commit), also on LevelDB', async () => {
-    const log = new CountingLog(await LevelDurableLog.open(await tempDir()))
+  it('commits the appends of one turn as one synced batch (group commit), also on its segment log', async () => {
+    const log = new CountingLog(await SegmentDurableLog.open(await tempDir()))
     const j = await Journal.open(log, { epoch: 1 })
     const before = log.commits.length
     const acks = Array.from({ length: 200 }, (_, i) => j.append(write(i * 4096)).durable)
@@ -160,16 +160,16 @@ describe('journal: only durable entries are shipped, and power cuts keep exactly
     log.release()
   })
 
-  it('keeps entries, trim point and marks across a close and reopen of its LevelDB log', async () => {
+  it('keeps entries, trim point and marks across a close and reopen of its segment log', async () => {
     const dir = await tempDir()
-    const log = await LevelDurableLog.open(dir)
+    const log = await SegmentDurableLog.open(dir)
     const j = await Journal.open(log, { epoch: 3, settings: { limitBytes: 5 * (4096 + ENTRY_HEADER_BYTES) } })
     for (let i = 0; i < 5; i++) await j.append(write(i * 4096, i + 1)).durable
     await j.append(write(3 * EXTENT_SIZE)).durable // over the limit: a mark
     await j.trim(2)
     await j.close()
     await log.close()
-    const log2 = await LevelDurableLog.open(dir)
+    const log2 = await SegmentDurableLog.open(dir)
     const j2 = await Journal.open(log2, { epoch: 3 })
     expect(j2.positions).toMatchObject({ mode: 'bitmap', lastAccepted: 5, trimmedThrough: 2, retainedEntries: 3, dirtyMarks: 1 })
     expect((await j2.read(3, 1 << 20)).map((e) => [e.seq, e.epoch, e.data?.[0]])).toEqual([
@@ -184,13 +184,13 @@ describe('journal: only durable entries are shipped, and power cuts keep exactly
 })
 
 describe('journal: metadata overhead', () => {
-  it('costs at most 1/32 of the data for 4 KiB writes, measured on disk in LevelDB', async () => {
+  it('costs at most 1/32 of the data for 4 KiB writes, measured on disk in its segment log', async () => {
     const dir = await tempDir()
-    const log = await LevelDurableLog.open(dir)
+    const log = await SegmentDurableLog.open(dir)
     const j = await Journal.open(log, { epoch: 1 })
     const sizeOf = async () => {
       let n = 0
-      for (const f of await readdir(dir)) if (/\.(log|ldb)$/.test(f)) n += (await stat(join(dir, f))).size
+      for (const f of await readdir(dir)) if (f.endsWith('.seg')) n += (await stat(join(dir, f))).size
       return n
     }
     const before = await sizeOf()

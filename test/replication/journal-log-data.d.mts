@@ -1,0 +1,1 @@
+export function dataOf(seq: number): Buffer
