@@ -4,7 +4,10 @@
  * volume on a local storage system, in the same run and the same daemon;
  * then (BENCH_NETEM=1, the default) the same jobs against a server in a
  * network namespace of its own with 1 ms of delay added by tc netem on its
- * interface (shown, no target). Targets: remote ≥ 0.8 of local for 1 MiB
+ * interface (shown, no target) — or, on a kernel without sch_netem, behind
+ * bench/delay-proxy.ts, a userspace relay that delivers the server's replies
+ * 1 ms late (labelled "proxy" in the output; how it differs from netem: see
+ * that file). Targets: remote ≥ 0.8 of local for 1 MiB
  * sequential read and write, ≥ 0.5 for 4 KiB random. Also the peak RSS
  * (VmHWM) of each server.
  *
@@ -13,6 +16,12 @@
  *   BENCH_TMP=/var/tmp                        BENCH_KEEP=1   keep the temp dir
  *   BENCH_PROF=DIR  the storage servers write CPU profiles into DIR
  *   BENCH_JOBS=randread,seqread  a subset of the jobs (the volumes are written whole first either way)
+ *
+ * Before each job the bench waits until the daemon and the servers are idle
+ * (CPU below SETTLE_BUSY for a second, at most SETTLE_MAX_MS): the LevelDB
+ * compaction a job leaves behind would otherwise run during the next job,
+ * which is another system's (the profile of seq write on the server showed
+ * the local store's compaction taking 45% of the daemon's CPU in it).
  *
  * Placement: each volume is written whole (dd) right after its system is
  * added and while it has the most free space, so every extent of it lies on
@@ -26,11 +35,15 @@ import { createWriteStream } from 'node:fs'
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { JOBS, runJob, type JobName, type JobResult } from './fio.js'
-import { Cleanup, freePort, must, onInterrupt, run, say, startService, stopService, waitFor, type Service } from './proc.js'
+import { Cleanup, freePort, must, onInterrupt, run, say, sleep, startService, stopService, waitFor, type Service } from './proc.js'
 import { ROOT, Vvfs, VVFS_BIN } from './vvfs.js'
 
 const OUT = join(ROOT, 'bench', 'out')
 const GiB = 1024 ** 3
+/** Idle enough to start a job: the processes together use under this share of one core. */
+const SETTLE_BUSY = 0.15
+/** Longest wait for idle before a job starts anyway (a compaction of a 1 GiB store ends well within it). */
+const SETTLE_MAX_MS = 30_000
 
 /** The issue's targets: remote / local per job. */
 const TARGETS: Record<JobName, number> = { seqwrite: 0.8, seqread: 0.8, randwrite: 0.5, randread: 0.5 }
@@ -86,6 +99,45 @@ async function delayedNamespace(cleanup: Cleanup): Promise<{ ns: string; host: s
   return { ns, host: `${net}.2` }
 }
 
+/** CPU ticks (user + system, all threads) of a process; 0 when it is gone. */
+async function cpuTicks(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return f.length > 13 ? Number(f[11]) + Number(f[12]) : 0
+}
+
+/** Waits until `pids` together used less than SETTLE_BUSY of a core over a second (see the file comment); returns the ms waited. */
+async function settle(pids: number[]): Promise<number> {
+  const t0 = Date.now()
+  const total = async () => (await Promise.all(pids.map(cpuTicks))).reduce((a, b) => a + b, 0)
+  let before = await total()
+  while (Date.now() - t0 < SETTLE_MAX_MS) {
+    await sleep(1000)
+    const now = await total()
+    if ((now - before) / 100 < SETTLE_BUSY) break // USER_HZ is 100
+    before = now
+  }
+  return Date.now() - t0
+}
+
+/**
+ * The 1 ms delay without netem: a loopback server behind bench/delay-proxy.ts
+ * (server → relay delivered 1 ms late, as netem on the server's egress).
+ */
+async function delayedByProxy(dir: string, keyFile: string, cleanup: Cleanup): Promise<Server> {
+  const server = await startServer(dir, 'far-1ms', '127.0.0.1', keyFile, cleanup)
+  const port = await freePort()
+  const logFile = createWriteStream(join(dir, 'delay-proxy.log'))
+  const svc = startService(process.execPath, [join(ROOT, 'dist', 'bench', 'delay-proxy.js'), '--listen', `127.0.0.1:${port}`, '--to', server.address, '--delay-ms', '1'], { logFile })
+  cleanup.add('stop the delay proxy', async () => void (await stopService(svc, 'SIGTERM', 10_000)))
+  await waitFor('the delay proxy to listen', 30_000, async () => {
+    if (svc.hasExited()) throw new Error(`the delay proxy exited (${await svc.exited})`)
+    const r = await run('ss', ['-Hltn', `sport = :${port}`])
+    return r.stdout.includes(`:${port}`) ? true : undefined
+  })
+  return { ...server, address: `127.0.0.1:${port}` }
+}
+
 /** Adds a system, then a 1 GiB volume written whole, so it lies on that system. */
 async function volumeOn(vvfs: Vvfs, volume: string, storage: string[], expect: string): Promise<string> {
   await vvfs.cli(['storage', 'add', ...storage])
@@ -102,6 +154,8 @@ async function volumeOn(vvfs: Vvfs, volume: string, storage: string[], expect: s
 async function main(): Promise<void> {
   const seconds = Number(process.env.BENCH_SECONDS ?? '10')
   const netem = process.env.BENCH_NETEM !== '0'
+  /** How the 1 ms server got its delay: tc netem, the userspace proxy, or none. */
+  let delay: 'netem' | 'proxy' | 'none' = 'none'
   const cleanup = new Cleanup()
   onInterrupt(cleanup)
   await mkdir(join(OUT, 'fio-remote'), { recursive: true })
@@ -115,8 +169,10 @@ async function main(): Promise<void> {
     const servers = [await startServer(dir, 'far', '127.0.0.1', keyFile, cleanup)]
     if (netem) {
       // A kernel without sch_netem has no delay to add: the rest still runs.
-      const delayed = await delayedNamespace(cleanup).catch((err: Error) => say(`remote bench: no 1 ms server (${err.message})`))
+      const delayed = await delayedNamespace(cleanup).catch((err: Error) => say(`remote bench: no tc netem (${err.message}); the 1 ms server is behind bench/delay-proxy.js`))
       if (delayed) servers.push(await startServer(dir, 'far-1ms', delayed.host, keyFile, cleanup, delayed.ns))
+      else servers.push(await delayedByProxy(dir, keyFile, cleanup))
+      delay = delayed ? 'netem' : 'proxy'
     }
     const vvfs = await Vvfs.start(dir, cleanup)
     // Each system a little over 1 GiB, added in turn: the new one always has the most free space.
@@ -129,7 +185,8 @@ async function main(): Promise<void> {
     const only = process.env.BENCH_JOBS?.split(',')
     for (const job of JOBS.filter((j) => !only || only.includes(j.name))) {
       for (const [system, file] of volumes) {
-        say(`remote bench: ${job.label} on ${system}`)
+        const waited = await settle([vvfs.pid, ...servers.map((s) => s.svc.pid)])
+        say(`remote bench: ${job.label} on ${system} (after ${(waited / 1000).toFixed(0)} s to settle)`)
         results[system][job.name] = await runJob(job, file, seconds, join(OUT, 'fio-remote', `${system}-${job.name}.json`))
       }
     }
@@ -139,7 +196,7 @@ async function main(): Promise<void> {
     await cleanup.all()
   }
   const figure = (r: JobResult | undefined, metric: 'mbps' | 'iops') => (r?.ok ? r[metric] : NaN)
-  const lines = ['job                 local        remote       ratio  target   remote+1ms   ratio']
+  const lines = [`job                 local        remote       ratio  target   remote+1ms   ratio   (1 ms: ${delay === 'proxy' ? 'userspace proxy, server→relay' : delay === 'netem' ? 'tc netem on the server' : 'not run'})`]
   const rows = JOBS.map((job) => {
     const local = figure(results.local?.[job.name], job.metric)
     const remote = figure(results.far?.[job.name], job.metric)
@@ -154,7 +211,7 @@ async function main(): Promise<void> {
   lines.push(`peak RSS: ${Object.entries(rss).map(([k, v]) => `${k} ${(v / 2 ** 20).toFixed(0)} MiB`).join(', ')}`)
   for (const [system, jobs] of Object.entries(results)) for (const [job, r] of Object.entries(jobs)) if (r && !r.ok) lines.push(`${system} ${job}: ${r.error}`)
   process.stdout.write(lines.join('\n') + '\n')
-  await writeFile(join(OUT, 'remote.json'), JSON.stringify({ seconds, netem, rows, rss, results, volumeBytes: GiB }, null, 2) + '\n')
+  await writeFile(join(OUT, 'remote.json'), JSON.stringify({ seconds, netem, delay, rows, rss, results, volumeBytes: GiB }, null, 2) + '\n')
 }
 
 main().catch((err: unknown) => {

@@ -66,6 +66,8 @@ export interface WireClientOptions {
 
 export const DEFAULT_DEADLINE_MS = 5000
 const DEFAULT_CONNECT_TIMEOUT_MS = 3000
+/** A connection's reused read buffer: Node's own read size (it allocated a new one of these per read). */
+const RECEIVE_BUFFER_BYTES = 64 * 1024
 const DEFAULT_BACKOFF = { initialMs: 100, maxMs: 5000 }
 
 interface Request {
@@ -207,7 +209,16 @@ export class WireClient extends EventEmitter {
 
   private connect(): void {
     this.setState('connecting')
-    const socket = connect({ host: this.opts.host, port: this.opts.port })
+    // Reads land in one buffer per connection, reused (PeerLink.receiveVolatile): no new 64 KiB buffer per socket read.
+    const socket = connect({
+      host: this.opts.host,
+      port: this.opts.port,
+      onread: { buffer: Buffer.allocUnsafeSlow(RECEIVE_BUFFER_BYTES), callback: (n: number, buf: Uint8Array) => {
+          link.receiveVolatile(Buffer.from(buf.buffer, buf.byteOffset, n))
+          return true // keep reading
+        },
+      },
+    })
     const owner: LinkOwner = {
       onFrame: (f, authenticated) => this.onFrame(session, f, authenticated),
       onClose: (reason) => this.onClose(session, reason),

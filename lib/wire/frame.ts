@@ -95,6 +95,8 @@ export type BodyTarget = (kind: FrameKind, id: number, length: number) => Buffer
 /** Chunks shorter than this are copied into a shared block rather than kept: a peer sending one byte per TCP segment must not make us hold a Buffer object (~100 bytes) per byte. */
 const SMALL_CHUNK = 4096
 const BLOCK_BYTES = 16 * 1024
+/** The spill buffer's first size (pushVolatile); it grows to the largest partial frame it had to keep. */
+const SPILL_MIN_BYTES = 64 * 1024
 
 /** Incremental decoder over one socket's chunks; see the file comment. */
 export class FrameDecoder {
@@ -107,6 +109,10 @@ export class FrameDecoder {
   private blockUsed = 0
   private header: Buffer | null = null
   private failure: VvfsError | null = null
+
+  /** The buffer of the chunk being decoded by pushVolatile, and the spill buffer: bodies are never views of either. */
+  private volatile: ArrayBufferLike | null = null
+  private spill: Buffer | null = null
 
   /** Where the owner wants a frame's body put (see setBodyTarget). */
   private target: BodyTarget | null = null
@@ -134,6 +140,41 @@ export class FrameDecoder {
   /** Bytes received and not yet returned as a frame. */
   get buffered(): number {
     return this.bufferedBytes
+  }
+
+  /**
+   * A chunk the caller reuses once this call returns (a socket's `onread`
+   * buffer): the frames it completes are returned now, with bodies copied out
+   * of it, and its remaining bytes are copied into a spill buffer the decoder
+   * owns and reuses — a new 64 KiB buffer per socket read made V8 run a full
+   * mark-compact about every 64 MiB received (its external-memory trigger):
+   * 3–4 a second in the relay during a remote sequential read, a third of
+   * its CPU (perf, bench/remote.js). `each` gets every frame in order; what
+   * it throws ends decoding as next() does.
+   */
+  pushVolatile(chunk: Buffer, each: (frame: Frame) => void): void {
+    this.push(chunk)
+    this.volatile = chunk.buffer
+    try {
+      let frame: Frame | null
+      while ((frame = this.next()) !== null) each(frame)
+    } finally {
+      this.volatile = null
+      if (!this.failure) this.spillRest(chunk.buffer)
+    }
+  }
+
+  /** Copies the buffered bytes that lie in `volatile` (and those already spilled) to the start of the spill buffer. */
+  private spillRest(volatile: ArrayBufferLike): void {
+    const rest = this.chunks.slice(this.head)
+    if (!rest.some((c) => c.buffer === volatile)) return
+    const spill = this.spill && this.spill.length >= this.bufferedBytes ? this.spill : Buffer.allocUnsafeSlow(Math.max(SPILL_MIN_BYTES, this.bufferedBytes))
+    // Spilled bytes first (they come first and may move down within the spill buffer: copy, which handles overlap), then the rest.
+    let at = 0
+    for (const c of rest) at += c.copy(spill, at)
+    this.spill = spill
+    this.chunks = [spill.subarray(0, at)]
+    this.head = 0
   }
 
   push(chunk: Buffer): void {
@@ -213,7 +254,7 @@ export class FrameDecoder {
     this.bufferedBytes -= n
     const first = this.chunks[this.head]
     let out: Buffer
-    if (first.length >= n && !into) {
+    if (first.length >= n && !into && first.buffer !== this.volatile && first.buffer !== this.spill?.buffer) {
       out = first.subarray(0, n)
       if (first.length === n) this.head++
       else this.chunks[this.head] = first.subarray(n)

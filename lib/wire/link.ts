@@ -125,20 +125,38 @@ export class PeerLink {
     try {
       this.decoder.push(chunk)
       let frame: Frame | null
-      while (!this.closed && (frame = this.decoder.next()) !== null) {
-        let authenticated = false
-        if (frame.mac) {
-          if (!this.receiveMac) throw new VvfsError('PEER_PROTOCOL', 'a MAC before authentication')
-          if (!this.receiveMac.verify(frame.header, frame.body, frame.mac)) throw new VvfsError('PEER_AUTH_FAILED', 'frame MAC does not match')
-          authenticated = true
-        } else if (this.receiveMac && frame.kind !== FrameKind.ERROR) {
-          throw new VvfsError('PEER_AUTH_FAILED', 'a frame without MAC after authentication')
-        }
-        this.owner.onFrame(frame, authenticated)
-      }
+      while (!this.closed && (frame = this.decoder.next()) !== null) this.onFrame(frame)
     } catch (err) {
       this.drop(asVvfsError(err, 'PEER_PROTOCOL'))
     }
+  }
+
+  /**
+   * Bytes read into a buffer the socket reuses (its `onread` option: the
+   * creator of the socket passes them here instead of 'data' events): decoded
+   * at once, nothing kept that points into `chunk` (FrameDecoder.pushVolatile).
+   */
+  receiveVolatile(chunk: Buffer): void {
+    if (this.closed) return
+    try {
+      this.decoder.pushVolatile(chunk, (frame) => {
+        if (!this.closed) this.onFrame(frame)
+      })
+    } catch (err) {
+      this.drop(asVvfsError(err, 'PEER_PROTOCOL'))
+    }
+  }
+
+  private onFrame(frame: Frame): void {
+    let authenticated = false
+    if (frame.mac) {
+      if (!this.receiveMac) throw new VvfsError('PEER_PROTOCOL', 'a MAC before authentication')
+      if (!this.receiveMac.verify(frame.header, frame.body, frame.mac)) throw new VvfsError('PEER_AUTH_FAILED', 'frame MAC does not match')
+      authenticated = true
+    } else if (this.receiveMac && frame.kind !== FrameKind.ERROR) {
+      throw new VvfsError('PEER_AUTH_FAILED', 'a frame without MAC after authentication')
+    }
+    this.owner.onFrame(frame, authenticated)
   }
 
   private finish(reason: VvfsError | null): void {
