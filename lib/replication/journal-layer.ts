@@ -143,6 +143,8 @@ export class JournalLayer implements ChunkLayer {
     const below = this.lower.write(first, data, synced)
     const accepted = Promise.all([below.accepted, logged]).then(() => undefined)
     accepted.catch(() => undefined)
+    // Handled below once the entry is logged; a refusal below (POOL_FULL) can come first and was an unhandled rejection until then.
+    below.stored.catch(() => undefined)
     // Settles only after the entry is logged: the log may still be reading the caller's buffer until then (no copy).
     const stored = logged
       .then(() => Promise.all([below.stored, accepted]))
