@@ -714,7 +714,13 @@ export class FailoverService {
       const changed = await changedSince(rt.journal, v.no, r.promotedAt)
       const primaryNo = r.replica.volumes[0]!.no
       // The old primary marks our changed extents (its volume numbers) before we accept it again: a failure here leaves nothing lost.
-      await this.ask(address, key, FailoverRequest.REMARK, RemarkMessage.encode({ format: MESSAGE_FORMAT, pair, extents: [...changed.filter((x) => x !== SIZE_MARK), SIZE_MARK] }))
+      try {
+        await this.ask(address, key, FailoverRequest.REMARK, RemarkMessage.encode({ format: MESSAGE_FORMAT, pair, extents: [...changed.filter((x) => x !== SIZE_MARK), SIZE_MARK] }))
+      } catch (err) {
+        // Not resolved: the volume stays promoted, writable again.
+        await this.host.setReplicaOf(r.volume, undefined)
+        throw err
+      }
       await this.closePromoted(r, true)
       const chain = r.chain.slice(0, -1)
       const state: SecondaryState = { appliedSeq: r.promotedAt, chain, resyncing: false, consistentAt: null }

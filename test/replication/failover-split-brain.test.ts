@@ -6,7 +6,7 @@
  * `--discard local` (this side does) — then the pair resyncs and the images
  * match. Promote with the primary gone (kill -9) needs no --force.
  */
-import { openSync } from 'node:fs'
+import { closeSync, openSync } from 'node:fs'
 import { afterAll, describe, expect, it } from 'vitest'
 import { cleanupAll, removeDir } from '../helpers/daemon.js'
 import { writeAt } from '../helpers/files.js'
@@ -64,6 +64,10 @@ describe('split-brain', () => {
     await primary.kill9()
     await waitForPair(replica, 'db-copy', 'secondary', (s) => (s.failover?.peer?.seenSecondsAgo ?? 0) > 3.5, 15_000)
     expect(json(vvfs(replica)('replicate', 'promote', 'db-copy', '--json'))).toMatchObject({ state: 'promoted', epoch: 3 })
+    // Resolve --discard local with the old primary down: refused, and the volume stays promoted and writable (the defect: it stayed read-only).
+    const refused = vvfs(replica)('replicate', 'resolve', 'db-copy', '--discard', 'local')
+    expect(refused.code).toBe(1)
+    expect(() => closeSync(openSync(replica.file('db'), 'r+'))).not.toThrow()
     writeAt(replica.file('db'), 7 * MiB, Buffer.alloc(K4, 0x77))
     await primary.restart()
     writeAt(primary.file('db-copy'), 3 * MiB, Buffer.alloc(K4, 0x33))
