@@ -17,12 +17,13 @@
  *             receiver (a demoted side, or with discard a primary whose
  *             changes the operator discards) answers the extents it changed
  *             past commonSeq, which the sender's resync copies over. A
-             consistency group's take-over names every volume (`members`);
-             the receiver then answers no extents (it refuses if it has
-             changes past commonSeq: a group is never resolved).
- *   REMARK    JSON {format, pair, extents}         → {format, extents: []}
+ *             consistency group's take-over names every volume (`members`);
+ *             the receiver answers each one's extents (`members`, by the
+ *             sender's volume numbers) and `extents` empty.
+ *   REMARK    JSON {format, pair, extents, members?} → {format, extents: []}
  *             "I discarded my changes and am your replica again: copy these
- *             extents of mine" (resolve --discard local on a promoted side).
+ *             extents of mine" (resolve --discard local on a promoted side);
+ *             a group's names each volume by the receiver's number.
  *
  * Strict decoding with messages.ts's jsonMessage: FRAME_TOO_LARGE past the
  * wire's body limit, PEER_PROTOCOL for anything malformed (chains are
@@ -83,9 +84,16 @@ const TakeOverSchema = z.strictObject({
   discard: z.boolean(),
 })
 export type TakeOver = z.infer<typeof TakeOverSchema>
-const ExtentsReplySchema = z.strictObject({ format: z.literal(MESSAGE_FORMAT), extents: Extents, lastSeq: Seq })
+/** Issue 13.6: a consistency group's changed extents, one volume each (`no`: the volume's number at the side that is to copy them). */
+const MemberExtents = z
+  .array(z.strictObject({ no: z.number().int().min(0).max(0xffffffff), extents: Extents }))
+  .min(2)
+  .max(64)
+  .optional()
+export type MemberExtentList = NonNullable<z.infer<typeof MemberExtents>>
+const ExtentsReplySchema = z.strictObject({ format: z.literal(MESSAGE_FORMAT), extents: Extents, members: MemberExtents, lastSeq: Seq })
 export type ExtentsReply = z.infer<typeof ExtentsReplySchema>
-const RemarkSchema = z.strictObject({ format: z.literal(MESSAGE_FORMAT), pair: Name, extents: Extents })
+const RemarkSchema = z.strictObject({ format: z.literal(MESSAGE_FORMAT), pair: Name, extents: Extents, members: MemberExtents })
 export type Remark = z.infer<typeof RemarkSchema>
 
 export const HistoryMessage = jsonMessage('history', HistorySchema, (h) => checkedChain('history', h.side.chain))

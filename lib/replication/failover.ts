@@ -17,13 +17,10 @@
  * A consistency group's pair (issue 13.6) is promoted as one: its volumes
  * share one promoted journal (one sequence, as on the primary) and become
  * writable at the one applied number of the group — the applier is fenced
- * and settled first, so that number is what every volume holds. Demote and
- * reverse take a group's volumes together too (TAKE_OVER names each with
- * the number it had at the old primary). Resolve is built for one volume
- * per pair only: for a group it is refused (NOT_SUPPORTED, reason `group`)
- * before changing anything — and so a group's reverse never copies
- * extents: the old primary refuses it when it holds changes past the
- * promote (peer-ahead).
+ * and settled first, so that number is what every volume holds. Demote,
+ * reverse and resolve take a group's volumes together too (TAKE_OVER names
+ * each with the number it had at the old primary; its answer and REMARK
+ * carry each volume's changed extents).
  *
  * Demote (on the old primary): the volume turns read-only (writers must be
  * closed), the pair drains (bounded), the extents changed past what the
@@ -44,10 +41,11 @@
  * lacks → split-brain, shown in status on both sides, event
  * `replication.failover` once; nothing is shipped either way (the promoted
  * side refuses the old epoch). `resolve --discard peer|local` on the
- * promoted side: peer = reverse, copying the peer's changed extents over;
- * local = this side becomes the replica again at the common number, after
- * the old primary recorded this side's changed extents as dirty (REMARK)
- * and resyncs them.
+ * promoted side: peer = reverse, the old primary (running: it yields, as a
+ * demote would) answering the extents it changed past the promote point,
+ * which are copied over; local = this side becomes the replica again at the
+ * common number, after the old primary recorded this side's changed extents
+ * as dirty (REMARK) and resyncs them. A group's every volume, in one command.
  *
  * Concurrency: control requests and the peer's TAKE_OVER/REMARK run in the
  * manager's queue (host.exclusive); HISTORY only reads and records reports.
@@ -63,11 +61,26 @@
  * (test/replication/group-promote.test.ts, VVFS_CRASH_AT
  * replication.promote.before-record and replication.promote.member). A crash in
  * demote before its record leaves the pair running on a read-only volume:
- * run demote again. A crash of
- * the promoted side between the peer's TAKE_OVER and the start of the
- * reverse job: run reverse again (the peer is already a replica: it answers
- * no extents; extents it answered the first time are lost — after a
- * resolve, run it on a fresh pair).
+ * run demote again; after it open() finishes it (every volume read-only,
+ * the job ended).
+ *
+ * A resolve is all or none for a group as well (group-resolve-crash.test.ts,
+ * VVFS_CRASH_AT replication.resolve.* here, replication.take-over.* on the
+ * old primary). Its record (`resolving` in the promoted record) is written
+ * before any volume changes. --discard local: every volume turns read-only,
+ * the old primary is told (REMARK, idempotent), then `told` is recorded:
+ * a crash or a refusal before that turns every volume writable again (not
+ * resolved: run it again), after it open() finishes (the journal dropped,
+ * the replica adopted: resolved). --discard peer: our volumes never change
+ * role; the old primary's do. A running old primary yields durably: its
+ * demoted record (each volume's changes past the promote point) first, so
+ * a crash leaves it the primary or demoted, whole; it writes its answer
+ * (STATE/replication/failover/<pair>.taken.json) before it adopts our
+ * replica, and answers it again to a repeated TAKE_OVER; we record the
+ * answer (`told`) before using it. A crash of either side then: run resolve
+ * again — the extents the old primary changed are copied either way. A
+ * crash between the reverse job's start and the record's removal: open()
+ * sees the job and drops the record. The same holds for one volume.
  */
 import { mkdir, open, readFile, rename, rm } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
@@ -83,7 +96,17 @@ import { parseHostPort, type WireServer } from '../wire/server.js'
 import type { SecondaryState } from './applier.js'
 import { SIZE_MARK } from './durable-log.js'
 import { compareHistories, handoff, refusal, sameRecord, type EpochChain } from './epoch.js'
-import { ExtentsReplyMessage, FailoverRequest, HistoryMessage, HistoryReplyMessage, RemarkMessage, TakeOverMessage, type SideReport, type TakeOver } from './failover-messages.js'
+import {
+  ExtentsReplyMessage,
+  FailoverRequest,
+  HistoryMessage,
+  HistoryReplyMessage,
+  RemarkMessage,
+  TakeOverMessage,
+  type MemberExtentList,
+  type SideReport,
+  type TakeOver,
+} from './failover-messages.js'
 import { Journal } from './journal.js'
 import { journalDirOf } from './journal-chain.js'
 import type { JournalLayer } from './journal-layer.js'
@@ -152,7 +175,32 @@ interface PromotedRecord {
   replica: PairConfig
   /** The old primary's listener as it last reported it before the promote: reverse's default after a restart here, before its next report. */
   peerListen?: string | null
+  /** A resolve under way (written before any volume changes): see resolveLocal and takeOver. */
+  resolving?: Resolving
   at: string
+}
+
+/**
+ * A resolve's durable progress on the promoted side. `local`: until `told`
+ * (the old primary recorded our changed extents) a restart turns every
+ * volume writable again (not resolved); once told it finishes (every volume
+ * the replica). `peer`: `answer` is what the old primary answered (its
+ * changed extents, by our volume numbers) once it became our replica: a
+ * re-run copies those (the peer answers none the second time).
+ */
+interface Resolving {
+  discard: 'local' | 'peer'
+  told: boolean
+  answer?: { no: number; extents: number[] }[]
+  at: string
+}
+
+/** What a side that became the replica answered (STATE/replication/failover/<pair>.taken.json): a take-over repeated for the same epoch answers it again. */
+interface TakenRecord {
+  /** The sender's last epoch record: the take-over this answered. */
+  last: EpochChain[number]
+  extents: number[]
+  members?: MemberExtentList
 }
 
 interface DemotedRecord {
@@ -180,10 +228,23 @@ type FailoverRecord = PromotedRecord | DemotedRecord
 /** The volumes a promote made writable: a group's all, else the one. */
 const promotedVolumes = (r: PromotedRecord): string[] => r.volumes ?? [r.volume]
 
-/** Issue 13.6: demote, reverse and resolve are built for one volume per pair only (see the file comment). */
-function groupNotSupported(verb: string, pair: string, volumes: number, instead: string): VvfsError {
-  return new VvfsError('NOT_SUPPORTED', `${verb} is not supported for a consistency group yet (pair ${pair} has ${volumes} volumes): ${instead}`, { details: { reason: 'group' } })
+/** Writes `value` as JSON atomically: temp file, fsync, rename. */
+async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
+  await mkdir(dirname(file), { recursive: true })
+  const tmp = `${file}.tmp`
+  const f = await open(tmp, 'w')
+  try {
+    await f.writeFile(JSON.stringify(value, null, 1))
+    await f.sync()
+  } finally {
+    await f.close()
+  }
+  await rename(tmp, file)
 }
+
+/** Extents to copy as dirty marks of the volumes named by number (SIZE_MARK entries dropped: the size is marked per volume apart). */
+const marksOf = (members: { no: number; extents: number[] }[]) => members.flatMap((m) => m.extents.filter((x) => x !== SIZE_MARK).map((extent) => ({ volume: m.no, extent })))
+const extentCount = (members: { extents: number[] }[]) => members.reduce((n, m) => n + m.extents.filter((x) => x !== SIZE_MARK).length, 0)
 
 type Relation = FailoverView['relation']
 
@@ -218,6 +279,25 @@ export async function changedSince(journal: Journal, volNo: number, after: numbe
     }
   }
   return [...out].sort((a, b) => a - b)
+}
+
+/** A running primary pair's demoted record: each volume's extents changed past `peerApplied` (what the other side holds). */
+async function demotedRecordOf(pair: string, p: { job: ReplicateJobRecord; pair: PrimaryPair }, volumes: FailoverVolume[], peerApplied: number): Promise<DemotedRecord> {
+  const members: { name: string; no: number; changed: number[] }[] = []
+  for (const v of volumes) members.push({ name: v.name, no: v.no, changed: await changedSince(p.pair.journal, v.no, peerApplied) })
+  return {
+    pair,
+    role: 'demoted',
+    volume: volumes[0]!.name,
+    chain: p.job.chain,
+    lastSeq: p.pair.journal.positions.lastAccepted,
+    peerApplied,
+    changed: members[0]!.changed,
+    ...(volumes.length > 1 ? { members, group: p.pair.status().group } : {}),
+    peer: p.job.peer,
+    peerKey: p.job.peerKey,
+    at: new Date().toISOString(),
+  }
 }
 
 export class FailoverService {
@@ -281,8 +361,28 @@ export class FailoverService {
           // The reverse job started before the record went: the promote is over.
           this.records.delete(r.pair)
           await this.save()
-        } else await this.finishPromote(r)
-      } else if (this.host.primaryOf(r.pair)) await this.host.stopPair(r.pair)
+        } else if (r.resolving?.discard === 'local' && r.resolving.told) {
+          // The old primary recorded our changes: the resolve finishes, every volume the replica.
+          await this.finishResolveLocal(r)
+          this.log.warn({ event: 'replication.resolve_finished', pair: r.pair, volume: promotedVolumes(r).join(',') }, `pair ${r.pair}: an interrupted resolve --discard local finished at restart`)
+        } else {
+          if (r.resolving && !r.resolving.told) {
+            // Interrupted before the peer was told: not resolved; every volume stays promoted (finishPromote makes each writable again).
+            this.log.warn({ event: 'replication.resolve_undone', pair: r.pair, discard: r.resolving.discard }, `pair ${r.pair}: an interrupted resolve --discard ${r.resolving.discard} did not happen; run it again`)
+            delete r.resolving
+            await this.save()
+          }
+          await this.finishPromote(r)
+        }
+      } else if (this.secondaries.lookup(r.pair) && this.secondaries.lookup(r.pair)!.status.chain.length > r.chain.length) {
+        // The take-over adopted the promoted side's chain before the record went: this side is its replica.
+        this.records.delete(r.pair)
+        await this.save()
+      } else {
+        // Demoted (or yielding to a resolve): every volume read-only, the pair's job ended — finished here if a crash cut it.
+        for (const name of r.members?.map((m) => m.name) ?? [r.volume]) if (this.host.failoverVolume(name)) await this.host.setReplicaOf(name, r.pair)
+        if (this.host.primaryOf(r.pair)) await this.host.stopPair(r.pair)
+      }
     }
     this.timer = setInterval(() => void this.report(), REPORT_EVERY_MS)
     this.timer.unref()
@@ -404,26 +504,12 @@ export class FailoverService {
           await sleep(50)
           s = p.pair.status()
         }
-        const members: { name: string; no: number; changed: number[] }[] = []
-        for (const v of volumes) members.push({ name: v.name, no: v.no, changed: await changedSince(p.pair.journal, v.no, s.lastApplied) })
-        const r: DemotedRecord = {
-          pair,
-          role: 'demoted',
-          volume: volumes[0]!.name,
-          chain: p.job.chain,
-          lastSeq: p.pair.journal.positions.lastAccepted,
-          peerApplied: s.lastApplied,
-          changed: members[0]!.changed,
-          ...(volumes.length > 1 ? { members, group: p.pair.status().group } : {}),
-          peer: p.job.peer,
-          peerKey: p.job.peerKey,
-          at: new Date().toISOString(),
-        }
+        const r = await demotedRecordOf(pair, p, volumes, s.lastApplied)
         this.records.set(pair, r)
         await this.save()
         await this.host.stopPair(pair)
         const drained = r.lastSeq <= r.peerApplied
-        const changed = members.reduce((n, m) => n + m.changed.length, 0)
+        const changed = (r.members ?? [r]).reduce((n, m) => n + m.changed.length, 0)
         this.log.warn({ event: 'replication.demoted', pair, volume, lastSeq: r.lastSeq, peerApplied: r.peerApplied, changed }, `pair ${pair} demoted: ${volume} read-only`)
         this.host.emitFailover({ pair, volume, action: 'demoted', epoch: r.chain[r.chain.length - 1]!.epoch, reason: drained ? 'drained' : `the secondary applied ${r.peerApplied} of ${r.lastSeq}` })
       } finally {
@@ -445,7 +531,7 @@ export class FailoverService {
         throw new VvfsError('FAILOVER_STATE', `pair ${pair} is not promoted here: run resolve on the promoted side${promotedThere ? ' (the peer)' : ''}`, { details: { reason: 'not-promoted' } })
       }
       if (discard === 'peer') await this.takeOver(pair, opts, true)
-      else await this.giveBack(pair, opts)
+      else await this.resolveLocal(pair, opts)
     })
   }
 
@@ -535,12 +621,17 @@ export class FailoverService {
       await this.host.exclusive(async () => {
         const p = this.host.primaryOf(m.pair)
         if (!p) throw new VvfsError('PAIR_NOT_FOUND', `pair ${m.pair} does not run from here as a primary`)
-        if (p.job.volNos.length > 1) throw groupNotSupported('remark', m.pair, p.job.volNos.length, 'the group stays as it is')
-        await p.pair.journal.addMarks(m.extents.map((extent) => ({ volume: p.job.volNos[0]!, extent })))
+        // Issue 13.6: a group's marks name each volume by our number; one volume's are its.
+        if ((p.job.volNos.length > 1) !== Boolean(m.members))
+          throw new VvfsError('FAILOVER_STATE', `pair ${m.pair} here has ${p.job.volNos.length} volumes, the sender's ${m.members?.length ?? 1}: not the same pair`, { details: { reason: 'other-pair' } })
+        const members = m.members ?? [{ no: p.job.volNos[0]!, extents: m.extents }]
+        for (const x of members) if (!p.job.volNos.includes(x.no)) throw new VvfsError('FAILOVER_STATE', `pair ${m.pair}: volume ${x.no} is not one of this group's`, { details: { reason: 'other-pair' } })
+        await p.pair.journal.addMarks(members.flatMap((x) => x.extents.map((extent) => ({ volume: x.no, extent }))))
         // The loop may be idle in shipping: restart it so it copies the marks first.
         await p.pair.halt()
         p.pair.start()
-        this.log.warn({ event: 'replication.remarked', pair: m.pair, extents: m.extents.length }, `pair ${m.pair}: the promoted side discarded its changes; ${m.extents.length} extents to copy`)
+        const count = members.reduce((n, x) => n + x.extents.length, 0)
+        this.log.warn({ event: 'replication.remarked', pair: m.pair, extents: count }, `pair ${m.pair}: the promoted side discarded its changes; ${count} extents to copy`)
         this.host.emitFailover({ pair: m.pair, volume: p.pair.status().volume, action: 'resolved', epoch: p.pair.status().epoch, reason: 'the peer discarded its changes' })
       })
       return ExtentsReplyMessage.encode({ format: MESSAGE_FORMAT, extents: [], lastSeq: 0 })
@@ -648,155 +739,232 @@ export class FailoverService {
     }
   }
 
-  /** reverse, or resolve --discard peer: the peer becomes our replica from the promote point; its changes past it are copied over. */
+  /**
+   * reverse, or resolve --discard peer: the peer becomes our replica from the
+   * promote point; its changes past it (each volume's, for a group) are
+   * copied over. With discard the resolve's record goes first (nothing of
+   * ours changes before it: our volumes stay writable throughout), then the
+   * peer's answer is recorded before it is used, so a re-run after a crash
+   * copies what the peer answered (the peer, our replica already, answers it
+   * again from its taken record too).
+   */
   private async takeOver(pair: string, opts: { to?: string; peerKey?: string }, discard: boolean): Promise<void> {
     const r = this.promotedRecord(pair)
     if (!r) throw new VvfsError('FAILOVER_STATE', `pair ${pair} is not promoted here: reverse runs on the promoted side`, { details: { reason: 'not-promoted' } })
-    if (r.volumes && discard) throw groupNotSupported('resolve', pair, r.volumes.length, `replicate its volumes anew from the side to keep (vvfs replicate start ${r.volumes.join(' ')} --group … --to …)`)
     const address = this.peerAddress(pair, opts.to)
     const { file, key } = await this.peerKeyOf(opts.peerKey)
-    const history = HistoryReplyMessage.decode(await this.ask(address, key, FailoverRequest.HISTORY, HistoryMessage.encode({ format: MESSAGE_FORMAT, pair, side: this.side(pair)! })))
-    if (history.side) this.noteReport(pair, history.side)
-    if (!discard && history.side) {
-      const c = compareHistories(this.side(pair)!, history.side)
-      if (c.relation === 'split-brain')
-        throw refusal('split-brain', `pair ${pair} split: both sides were written after ${c.commonSeq}; name the side whose changes are discarded (vvfs replicate resolve ${pair} --discard local|peer)`, { commonSeq: c.commonSeq })
-      if (history.side.lastSeq > r.promotedAt)
-        throw new VvfsError('FAILOVER_STATE', `the old primary holds writes past ${r.promotedAt} that this side lacks: resolve ${pair} --discard local|peer`, { details: { reason: 'peer-ahead' } })
-      if (history.side.role === 'primary') throw new VvfsError('FAILOVER_STATE', `pair ${pair} still runs as primary on the peer: demote it there first`, { details: { reason: 'peer-primary' } })
-    }
     const names = promotedVolumes(r)
     const volumes = names.map((name) => this.volume(name))
     const v = volumes[0]!
     // Issue 13.6: a group's volumes, each with the number its entries carried at the old primary.
     const members = r.volumes ? volumes.map((m) => ({ no: m.no, size: m.size, was: r.replica.volumes.find((x) => x.name === m.name)!.no })) : undefined
+    let answer = discard && r.resolving?.discard === 'peer' ? r.resolving.answer : undefined
+    if (!answer) {
+      const history = HistoryReplyMessage.decode(await this.ask(address, key, FailoverRequest.HISTORY, HistoryMessage.encode({ format: MESSAGE_FORMAT, pair, side: this.side(pair)! })))
+      if (history.side) this.noteReport(pair, history.side)
+      if (!discard && history.side) {
+        const c = compareHistories(this.side(pair)!, history.side)
+        if (c.relation === 'split-brain')
+          throw refusal('split-brain', `pair ${pair} split: both sides were written after ${c.commonSeq}; name the side whose changes are discarded (vvfs replicate resolve ${pair} --discard local|peer)`, { commonSeq: c.commonSeq })
+        if (history.side.lastSeq > r.promotedAt)
+          throw new VvfsError('FAILOVER_STATE', `the old primary holds writes past ${r.promotedAt} that this side lacks: resolve ${pair} --discard local|peer`, { details: { reason: 'peer-ahead' } })
+        if (history.side.role === 'primary') throw new VvfsError('FAILOVER_STATE', `pair ${pair} still runs as primary on the peer: demote it there first`, { details: { reason: 'peer-primary' } })
+      }
+    }
     const release = await this.withoutWritersAll(volumes, 'reversing')
     try {
-      const answer = ExtentsReplyMessage.decode(
-        await this.ask(
-          address,
-          key,
-          FailoverRequest.TAKE_OVER,
-          TakeOverMessage.encode({ format: MESSAGE_FORMAT, pair, chain: [...r.chain], commonSeq: r.promotedAt, volume: { no: v.no, size: v.size }, ...(members ? { members } : {}), discard }),
-        ),
-      )
-      if (members && answer.extents.length > 0) throw new VvfsError('PEER_PROTOCOL', `pair ${pair}: the old primary of a group answered changed extents`)
+      if (!answer) {
+        if (discard) {
+          crashPoint('replication.resolve.before-record')
+          r.resolving = { discard: 'peer', told: false, at: new Date().toISOString() }
+          await this.save()
+        }
+        const reply = ExtentsReplyMessage.decode(
+          await this.ask(
+            address,
+            key,
+            FailoverRequest.TAKE_OVER,
+            TakeOverMessage.encode({ format: MESSAGE_FORMAT, pair, chain: [...r.chain], commonSeq: r.promotedAt, volume: { no: v.no, size: v.size }, ...(members ? { members } : {}), discard }),
+          ),
+        )
+        answer = reply.members ?? [{ no: v.no, extents: reply.extents }]
+        for (const m of answer) if (!volumes.some((x) => x.no === m.no)) throw new VvfsError('PEER_PROTOCOL', `pair ${pair}: the old primary answered extents of volume ${m.no}, not one of the pair's`)
+        if (discard) {
+          r.resolving = { discard: 'peer', told: true, answer, at: r.resolving!.at }
+          await this.save()
+          crashPoint('replication.resolve.after-peer')
+        }
+      }
       const rt = this.promoted.get(pair)
       if (!rt) throw new VvfsError('INTERNAL', `pair ${pair}: the promoted journal is not open`)
       // What the peer changed past the promote point is copied over; the size of every volume always (a resize entry, no data).
-      await rt.journal.addMarks([...answer.extents.filter((x) => x !== SIZE_MARK).map((extent) => ({ volume: v.no, extent })), ...volumes.map((m) => ({ volume: m.no, extent: SIZE_MARK }))])
+      await rt.journal.addMarks([...marksOf(answer), ...volumes.map((m) => ({ volume: m.no, extent: SIZE_MARK }))])
       await this.closePromoted(r, false)
       await this.host.startReverse({ volumes: names, group: r.volumes ? r.replica.group : null, to: address, pair, peerKey: file, chain: r.chain, journalDir: this.promoteJournalBase(pair) })
       this.records.delete(pair)
       this.splitSeen.delete(pair)
       await this.save()
-      const copied = answer.extents.filter((x) => x !== SIZE_MARK).length
+      const copied = extentCount(answer)
       const volume = names.join(',')
       this.log.warn({ event: 'replication.reversed', pair, volume, to: address, copied, discard }, `pair ${pair} reversed: ${volume} → ${address} (${copied} extents to copy)`)
       this.host.emitFailover({ pair, volume, action: discard ? 'resolved' : 'reversed', epoch: r.chain[r.chain.length - 1]!.epoch, reason: discard ? `the peer's changes discarded (${copied} extents)` : 'reversed' })
+    } catch (err) {
+      // Refused or unreachable before the peer answered: no resolve under way (a peer that did become our replica answers again from its taken record).
+      if (r.resolving && !r.resolving.told && this.records.get(pair) === r) {
+        delete r.resolving
+        await this.save()
+      }
+      throw err
     } finally {
       release()
     }
   }
 
-  /** resolve --discard local: this side's changes since the promote go; it becomes the old primary's replica again. */
-  private async giveBack(pair: string, opts: { to?: string; peerKey?: string }): Promise<void> {
+  /**
+   * resolve --discard local: this side's changes since the promote go; it
+   * becomes the old primary's replica again, every volume of a group
+   * together. The resolve's record first; each volume read-only; the old
+   * primary told our changed extents (REMARK, which it marks to copy); then
+   * `told` recorded; then the journal dropped and the replica adopted. A
+   * crash (or a refusal) before `told` makes every volume writable again
+   * (not resolved); after it, open() finishes (resolved).
+   */
+  private async resolveLocal(pair: string, opts: { to?: string; peerKey?: string }): Promise<void> {
     const r = this.promotedRecord(pair)!
-    if (r.volumes) throw groupNotSupported('resolve', pair, r.volumes.length, `replicate its volumes anew from the side to keep`)
     const address = this.peerAddress(pair, opts.to)
     const { key } = await this.peerKeyOf(opts.peerKey)
-    const v = this.volume(r.volume)
-    const release = await this.withoutWriters(v, 'discarding')
+    const names = promotedVolumes(r)
+    const volumes = names.map((name) => this.volume(name))
+    const release = await this.withoutWritersAll(volumes, 'discarding')
     try {
       const rt = this.promoted.get(pair)
       if (!rt) throw new VvfsError('INTERNAL', `pair ${pair}: the promoted journal is not open`)
-      await this.host.setReplicaOf(r.volume, pair)
-      const changed = await changedSince(rt.journal, v.no, r.promotedAt)
-      const primaryNo = r.replica.volumes[0]!.no
-      // The old primary marks our changed extents (its volume numbers) before we accept it again: a failure here leaves nothing lost.
+      crashPoint('replication.resolve.before-record')
+      r.resolving = { discard: 'local', told: false, at: new Date().toISOString() }
+      await this.save()
+      const members: { no: number; extents: number[] }[] = []
       try {
-        await this.ask(address, key, FailoverRequest.REMARK, RemarkMessage.encode({ format: MESSAGE_FORMAT, pair, extents: [...changed.filter((x) => x !== SIZE_MARK), SIZE_MARK] }))
+        for (const v of volumes) {
+          await this.host.setReplicaOf(v.name, pair)
+          crashPoint('replication.resolve.member')
+        }
+        // Our changed extents by the old primary's volume numbers, the size always.
+        for (const v of volumes) members.push({ no: r.replica.volumes.find((x) => x.name === v.name)!.no, extents: [...(await changedSince(rt.journal, v.no, r.promotedAt)).filter((x) => x !== SIZE_MARK), SIZE_MARK] })
+        crashPoint('replication.resolve.before-peer')
+        await this.ask(address, key, FailoverRequest.REMARK, RemarkMessage.encode({ format: MESSAGE_FORMAT, pair, extents: r.volumes ? [] : members[0]!.extents, ...(r.volumes ? { members } : {}) }))
       } catch (err) {
-        // Not resolved: the volume stays promoted, writable again.
-        await this.host.setReplicaOf(r.volume, undefined)
+        // The old primary did not record our changes: nothing is resolved, every volume writable again.
+        delete r.resolving
+        await this.save()
+        for (const v of volumes) await this.host.setReplicaOf(v.name, undefined)
         throw err
       }
-      await this.closePromoted(r, true)
-      const chain = r.chain.slice(0, -1)
-      const state: SecondaryState = { appliedSeq: r.promotedAt, chain, resyncing: false, consistentAt: null }
-      await this.secondaries.adopt({ ...r.replica, volumes: [{ no: primaryNo, name: r.volume, size: v.size }], chain }, state)
-      this.records.delete(pair)
-      this.splitSeen.delete(pair)
+      r.resolving.told = true
       await this.save()
-      this.log.warn({ event: 'replication.resolved', pair, volume: r.volume, discarded: changed.length }, `pair ${pair}: local changes since ${r.promotedAt} discarded; ${r.volume} is the replica again`)
-      this.host.emitFailover({ pair, volume: r.volume, action: 'resolved', epoch: chain[chain.length - 1]!.epoch, reason: `local changes discarded (${changed.length} extents)` })
+      crashPoint('replication.resolve.after-peer')
+      await this.finishResolveLocal(r)
+      const discarded = extentCount(members)
+      const volume = names.join(',')
+      this.log.warn({ event: 'replication.resolved', pair, volume, discarded }, `pair ${pair}: local changes since ${r.promotedAt} discarded; ${volume} the replica again`)
+      this.host.emitFailover({ pair, volume, action: 'resolved', epoch: r.chain[r.chain.length - 2]!.epoch, reason: `local changes discarded (${discarded} extents)` })
     } finally {
       release()
     }
   }
 
-  /** TAKE_OVER from the promoted side: become its replica from commonSeq on; answer what we changed past it. */
-  private async becomeReplica(t: TakeOver, peer: string): Promise<{ format: 1; extents: number[]; lastSeq: number }> {
+  /** resolve --discard local after the old primary was told: the journal dropped, every volume the replica at the promote point. Idempotent (open() runs it after a crash). */
+  private async finishResolveLocal(r: PromotedRecord): Promise<void> {
+    const names = promotedVolumes(r)
+    await this.closePromoted(r, true)
+    for (const name of names) await this.host.setReplicaOf(name, r.pair)
+    const chain = r.chain.slice(0, -1)
+    const state: SecondaryState = { appliedSeq: r.promotedAt, chain, resyncing: false, consistentAt: null }
+    const volumes = r.replica.volumes.filter((x) => names.includes(x.name)).map((x) => ({ ...x, size: this.volume(x.name).size }))
+    await this.secondaries.adopt({ ...r.replica, volumes, chain }, state)
+    this.records.delete(r.pair)
+    this.splitSeen.delete(r.pair)
+    await this.save()
+  }
+
+  /**
+   * TAKE_OVER from the promoted side: become its replica from commonSeq on;
+   * answer what we changed past it (a group: each volume's). A running
+   * primary yields (discard) as a demote would, durably: its record (each
+   * volume's changes past commonSeq) before any volume changes, so a crash
+   * leaves the group either the primary still or demoted whole; the answer
+   * is kept (taken record) before the replica is adopted.
+   */
+  private async becomeReplica(t: TakeOver, peer: string): Promise<{ format: 1; extents: number[]; members?: MemberExtentList; lastSeq: number }> {
     const running = this.host.primaryOf(t.pair)
-    const demoted = this.demotedRecord(t.pair)
+    let demoted = this.demotedRecord(t.pair)
     const mine = running?.job.chain ?? demoted?.chain
     if (mine && !sameRecord(mine[0]!, t.chain[0]!))
       throw new VvfsError('FAILOVER_STATE', `pair ${t.pair} here began as epoch 1 at ${mine[0]!.home}, the sender's at ${t.chain[0]!.home}: not the same pair`, { details: { reason: 'other-pair' } })
-    let volume: string
-    let extents: number[]
-    let lastSeq: number
+    const count = running ? running.job.volNos.length : demoted ? (demoted.members?.length ?? 1) : 0
+    if (count > 0 && count !== (t.members?.length ?? 1))
+      throw new VvfsError('FAILOVER_STATE', `pair ${t.pair} here has ${count} volumes, the sender's ${t.members?.length ?? 1}: not the same pair`, { details: { reason: 'other-pair' } })
     if (running) {
       if (!t.discard) throw new VvfsError('FAILOVER_STATE', `pair ${t.pair} runs here as the primary: demote it first`, { details: { reason: 'peer-primary' } })
-      if (running.job.volNos.length > 1) throw groupNotSupported('take-over with discard', t.pair, running.job.volNos.length, 'the group stays the primary here')
-      volume = running.pair.status().volume
-      const v = this.volume(volume)
-      const release = await this.withoutWriters(v, 'yielding')
-      try {
-        await this.host.setReplicaOf(volume, t.pair)
-        lastSeq = running.pair.journal.positions.lastAccepted
-        extents = await changedSince(running.pair.journal, v.no, t.commonSeq)
-        await this.host.stopPair(t.pair)
-      } finally {
-        release()
-      }
-    } else if (demoted) {
-      volume = demoted.volume
-      lastSeq = demoted.lastSeq
-      if (Boolean(demoted.members) !== Boolean(t.members) || (demoted.members && demoted.members.length !== t.members!.length))
-        throw new VvfsError('FAILOVER_STATE', `pair ${t.pair} here has ${demoted.members?.length ?? 1} volumes, the sender's ${t.members?.length ?? 1}: not the same pair`, { details: { reason: 'other-pair' } })
-      if (demoted.members && t.discard) throw groupNotSupported('take-over with discard', t.pair, demoted.members.length, 'the group stays as it is')
-      // Changed extents are recorded past what the secondary had applied; none past commonSeq if we gave out no later number.
-      extents = demoted.lastSeq > t.commonSeq ? (demoted.members ?? [demoted]).flatMap((m) => m.changed) : []
-      if (extents.length > 0 && !t.discard)
-        throw new VvfsError('FAILOVER_STATE', `this side holds writes past ${t.commonSeq}: resolve ${t.pair} --discard local|peer`, { details: { reason: 'peer-ahead' } })
-    } else {
-      // A take-over repeated after the promoted side crashed before starting its job: we are its replica already.
+      demoted = await this.yieldPrimary(t, running)
+    }
+    if (!demoted) {
+      // A take-over repeated after the promoted side crashed before starting its job: we are its replica already; the same answer again.
       const a = this.secondaries.lookup(t.pair)
       const last = a?.status.chain[a.status.chain.length - 1]
-      if (a && last && sameRecord(last, t.chain[t.chain.length - 1]!)) return { format: 1, extents: [], lastSeq: a.status.appliedSeq }
+      if (a && last && sameRecord(last, t.chain[t.chain.length - 1]!)) {
+        const kept = await this.taken(t.pair, last)
+        return { format: 1, extents: kept?.extents ?? [], ...(kept?.members ? { members: kept.members } : {}), lastSeq: a.status.appliedSeq }
+      }
       throw new VvfsError('PAIR_NOT_FOUND', `pair ${t.pair} is neither running nor demoted here`)
     }
-    // Issue 13.6: a group's volumes by the numbers they had here; one volume's is `volume`.
-    const local = demoted?.members
+    const lastSeq = demoted.lastSeq
+    // Changed extents are recorded past what the secondary had applied; none past commonSeq if we gave out no later number.
+    const past = demoted.lastSeq > t.commonSeq
+    // Issue 13.6: a group's volumes by the numbers they had here (with their changes); one volume's is `volume`.
+    const local = demoted.members
       ? t.members!.map((m) => {
-          const mine = demoted.members!.find((x) => x.no === m.was)
-          if (!mine) throw new VvfsError('FAILOVER_STATE', `pair ${t.pair}: the sender's volume ${m.no} was volume ${m.was}, not one of this group's`, { details: { reason: 'other-pair' } })
-          return { no: m.no, name: mine.name }
+          const own = demoted.members!.find((x) => x.no === m.was)
+          if (!own) throw new VvfsError('FAILOVER_STATE', `pair ${t.pair}: the sender's volume ${m.no} was volume ${m.was}, not one of this group's`, { details: { reason: 'other-pair' } })
+          return { no: m.no, name: own.name, changed: past ? own.changed : [] }
         })
-      : [{ no: t.volume.no, name: volume }]
+      : [{ no: t.volume.no, name: demoted.volume, changed: past ? demoted.changed : [] }]
+    const extents = local.flatMap((m) => m.changed)
+    if (extents.length > 0 && !t.discard)
+      throw new VvfsError('FAILOVER_STATE', `this side holds writes past ${t.commonSeq}: resolve ${t.pair} --discard local|peer`, { details: { reason: 'peer-ahead' } })
+    const answer: TakenRecord = { last: t.chain[t.chain.length - 1]!, extents: t.members ? [] : extents, ...(t.members ? { members: local.map((m) => ({ no: m.no, extents: m.changed })) } : {}) }
+    await writeJsonAtomic(this.takenFile(t.pair), answer)
     for (const m of local) await this.host.setReplicaOf(m.name, t.pair)
     const state: SecondaryState = { appliedSeq: t.commonSeq, chain: t.chain, resyncing: false, consistentAt: null }
-    const volumes = local.map((m) => ({ ...m, size: this.volume(m.name).size }))
-    await this.secondaries.adopt({ pair: t.pair, group: demoted?.group ?? null, volumes, peer, createdAt: new Date().toISOString(), chain: t.chain }, state)
-    volume = local.map((m) => m.name).join(',')
-    if (demoted) {
-      this.records.delete(t.pair)
-      await this.save()
-    }
+    const volumes = local.map((m) => ({ no: m.no, name: m.name, size: this.volume(m.name).size }))
+    await this.secondaries.adopt({ pair: t.pair, group: demoted.group ?? null, volumes, peer, createdAt: new Date().toISOString(), chain: t.chain }, state)
+    crashPoint('replication.take-over.adopted')
+    const volume = local.map((m) => m.name).join(',')
+    this.records.delete(t.pair)
+    await this.save()
     this.splitSeen.delete(t.pair)
     this.log.warn({ event: 'replication.taken_over', pair: t.pair, volume, from: t.commonSeq, discarded: extents.length }, `pair ${t.pair}: ${volume} is now the replica of ${peer}`)
     this.host.emitFailover({ pair: t.pair, volume, action: t.discard ? 'resolved' : 'reversed', epoch: t.chain[t.chain.length - 1]!.epoch, reason: `now the replica, from ${t.commonSeq}` })
-    return { format: 1, extents, lastSeq }
+    return { format: 1, extents: answer.extents, ...(answer.members ? { members: answer.members } : {}), lastSeq }
+  }
+
+  /** A running primary yields to resolve --discard peer: demoted durably (its record, each volume's changes past commonSeq, first), then read-only, its job ended. */
+  private async yieldPrimary(t: TakeOver, running: { job: ReplicateJobRecord; pair: PrimaryPair }): Promise<DemotedRecord> {
+    const names = running.pair.status().volume.split(',')
+    const volumes = names.map((name) => this.volume(name))
+    const release = await this.withoutWritersAll(volumes, 'yielding')
+    try {
+      const r = await demotedRecordOf(t.pair, running, volumes, t.commonSeq)
+      this.records.set(t.pair, r)
+      await this.save()
+      for (const v of volumes) {
+        await this.host.setReplicaOf(v.name, t.pair)
+        crashPoint('replication.take-over.member')
+      }
+      await this.host.stopPair(t.pair)
+      return r
+    } finally {
+      release()
+    }
   }
 
   private noteReport(pair: string, side: SideReport): void {
@@ -856,16 +1024,24 @@ export class FailoverService {
   }
 
   /** Writes the records atomically (temp file, fsync, rename). */
-  private async save(): Promise<void> {
-    await mkdir(dirname(this.file), { recursive: true })
-    const tmp = `${this.file}.tmp`
-    const f = await open(tmp, 'w')
+  private save(): Promise<void> {
+    return writeJsonAtomic(this.file, [...this.records.values()])
+  }
+
+  private takenFile(pair: string): string {
+    return join(this.stateDir, 'replication', 'failover', `${pair}.taken.json`)
+  }
+
+  /** The answer this side gave when it became the replica at the sender's `last` epoch, if it did. */
+  private async taken(pair: string, last: EpochChain[number]): Promise<TakenRecord | undefined> {
+    let raw: string
     try {
-      await f.writeFile(JSON.stringify([...this.records.values()], null, 1))
-      await f.sync()
-    } finally {
-      await f.close()
+      raw = await readFile(this.takenFile(pair), 'utf8')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw err
     }
-    await rename(tmp, this.file)
+    const t = JSON.parse(raw) as TakenRecord
+    return sameRecord(t.last, last) ? t : undefined
   }
 }

@@ -5,7 +5,8 @@
  * the old primary's two volumes become the group's replicas, only what was
  * written since the promote ships (at most its bytes plus one extent per
  * extent touched — never a full copy), the images of both volumes match,
- * and no split-brain is reported. Resolve stays refused for a group.
+ * and no split-brain is reported. A group's split-brain and its resolve:
+ * group-resolve.test.ts.
  */
 import { afterAll, expect, it } from 'vitest'
 import { EXTENT_SIZE } from '../../lib/layout.js'
@@ -13,29 +14,21 @@ import type { DaemonHandle } from '../helpers/daemon.js'
 import { writeAt } from '../helpers/files.js'
 import { caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
 import { json, same, vvfs } from './failover-helpers.js'
+import { GROUP, groupOfFourExtents, LOCAL, PRIMARY, readOnly } from './group-fixture.js'
 import { removePair } from './seq-check.js'
 
 const MiB = 1024 * 1024
-const GROUP = 'pg'
-const PRIMARY = ['red', 'blue']
-const LOCAL = ['pg-red', 'pg-blue']
 
 let p: Pair | undefined
 afterAll(() => removePair(p))
 
-const readOnly = (d: DaemonHandle, names: string[]) => names.forEach((name) => expect(() => writeAt(d.file(name), 0, Buffer.alloc(1))).toThrow(/EROFS|read-only/))
 const splitLogged = (d: DaemonHandle) => d.log().includes('replication.split_brain')
 
 it('demote, promote, write, reverse a group: both volumes together; ships at most what was written plus one extent per extent touched; images identical; no split-brain', { timeout: 120_000 }, async () => {
   p = await startPair()
   const { primary, secondary } = p
-  for (const name of PRIMARY) await primary.client.call('volume.create', { name, size: 16 * MiB })
   // Four allocated extents per volume: a full copy would ship 8 MiB.
-  PRIMARY.forEach((name, i) => {
-    for (let x = 0; x < 4; x++) writeAt(primary.file(name), x * 4 * MiB, Buffer.alloc(EXTENT_SIZE, 0x10 + 4 * i + x))
-  })
-  json(vvfs(primary)('replicate', 'start', ...PRIMARY, '--group', GROUP, '--to', p.secondaryAddress, '--peer-key', p.keyFile, '--json'))
-  await waitForPair(primary, GROUP, 'primary', caughtUp)
+  await groupOfFourExtents(p)
   // A write on each just before the demote: demote lets the secondary apply them first.
   PRIMARY.forEach((name, i) => writeAt(primary.file(name), 14 * MiB, Buffer.alloc(4096, 0xd0 + i)))
   const demoted = json(vvfs(primary)('replicate', 'demote', GROUP, '--json'))
@@ -58,10 +51,6 @@ it('demote, promote, write, reverse a group: both volumes together; ships at mos
   for (const [name, offset, length] of writes) writeAt(secondary.file(name), offset, Buffer.alloc(length, 0xcd))
   const written = writes.reduce((a, [, , l]) => a + l, 0)
   const touched = new Set(writes.map(([name, o]) => `${name}:${Math.floor(o / EXTENT_SIZE)}`)).size
-  // Resolve is built for one volume per pair only: refused for the group, nothing changed.
-  const resolve = vvfs(secondary)('replicate', 'resolve', GROUP, '--discard', 'peer')
-  expect(resolve.code).toBe(1)
-  expect(resolve.err).toMatch(/NOT_SUPPORTED.*consistency group/)
 
   const reversed = json(vvfs(secondary)('replicate', 'reverse', GROUP, '--json'))
   expect(reversed).toMatchObject({ pair: GROUP, role: 'primary', group: GROUP, volume: LOCAL.join(',') })

@@ -5,12 +5,12 @@
  * on the secondary makes both volumes writable together at the group's one
  * applied number: both are the same prefix 1..m of the combined sequence
  * (prefixOf throws if one volume is ahead of the other), and the promote
- * survives a kill -9. Status shows the group on both sides. Resolve is
- * refused for a group (NOT_SUPPORTED), changing nothing. A forced promote
+ * survives a kill -9. Status shows the group on both sides. Resolve with
+ * the old primary down is refused, changing nothing. A forced promote
  * while the primary still ships reads the applied number only once the
  * pair is fenced and settled: no batch lands past it. Demote and reverse of
  * a group: group-failback.test.ts; a kill -9 mid-promote:
- * group-promote-crash.test.ts.
+ * group-promote-crash.test.ts; a group's resolve: group-resolve*.test.ts.
  */
 import { readFileSync } from 'node:fs'
 import { afterEach, describe, expect, it } from 'vitest'
@@ -56,10 +56,12 @@ describe('a consistency group promoted on the secondary', () => {
     expect(promoted).toMatchObject({ pair: GROUP, state: 'promoted', role: 'primary', group: GROUP, volume: LOCAL.join(','), promotedAt: applied, epoch: 2 })
     const m = checkPromoted(secondary, applied)
     expect(m, 'the promoted group holds some of the writes').toBeGreaterThan(0)
-    // Resolve is built for one volume per pair only: refused for a group, before anything changes.
+    // Resolve --discard local needs the old primary to record our changes: with it down, refused, and every volume stays promoted, writable.
     const resolve = vvfs(secondary)('replicate', 'resolve', GROUP, '--discard', 'local', '--to', `127.0.0.1:${p.primaryPort}`)
     expect(resolve.code).toBe(1)
-    expect(resolve.err).toMatch(/NOT_SUPPORTED.*consistency group/)
+    expect(resolve.err).toMatch(/^vvfs: [A-Z_]+: /m)
+    expect(statusJson(secondary, GROUP)[0]).toMatchObject({ state: 'promoted', volume: LOCAL.join(',') })
+    for (const name of LOCAL) expect(writable(secondary.file(name)), `${name} still writable`).toBe(true)
     // Writes on both volumes, kept across kill -9 of the promoted side.
     writeAt(secondary.file(LOCAL[0]!), 0, Buffer.alloc(BLOCK, 0xa1))
     writeAt(secondary.file(LOCAL[1]!), BLOCK, Buffer.alloc(BLOCK, 0xb2))
