@@ -22,9 +22,10 @@
  * each with the number it had at the old primary; its answer and REMARK
  * carry each volume's changed extents).
  *
- * Demote (on the old primary): the volume turns read-only (writers must be
- * closed), the pair drains (bounded), the extents changed past what the
- * secondary applied are recorded, and the pair's job ends.
+ * Demote (on the old primary): writers must be closed (and new ones are
+ * refused), the pair drains (bounded), the extents changed past what the
+ * secondary applied are recorded, the volume turns read-only, and the
+ * pair's job ends.
  *
  * Reverse (on the promoted side): the old primary becomes the replica of
  * this volume from the common number on (TAKE_OVER: it adopts our chain at
@@ -59,10 +60,12 @@
  * leaves every volume a replica (none promoted), after it open() — before
  * the mounts — makes every one writable (all promoted), never some
  * (test/replication/group-promote.test.ts, VVFS_CRASH_AT
- * replication.promote.before-record and replication.promote.member). A crash in
- * demote before its record leaves the pair running on a read-only volume:
- * run demote again; after it open() finishes it (every volume read-only,
- * the job ended).
+ * replication.promote.before-record and replication.promote.member). A
+ * demote's record goes before any volume turns read-only (writers are
+ * blocked meanwhile): a crash before it leaves the pair running, every
+ * volume writable — run demote again; after it open() finishes it (every
+ * volume read-only, the job ended; group-promote-crash.test.ts,
+ * replication.demote.member).
  *
  * A resolve is all or none for a group as well (group-resolve-crash.test.ts,
  * VVFS_CRASH_AT replication.resolve.* here, replication.take-over.* on the
@@ -497,7 +500,8 @@ export class FailoverService {
       const volumes = volume.split(',').map((name) => this.volume(name))
       const release = await this.withoutWritersAll(volumes, 'demoting')
       try {
-        for (const v of volumes) await this.host.setReplicaOf(v.name, pair)
+        // No writer is open and none can open from here: the secondary drains; the volumes turn read-only only after the record, so a crash leaves
+        // every one writable (not demoted: run it again) or, after the record, open() makes every one read-only (demoted) — never a part of a group.
         const end = Date.now() + DRAIN_MS
         let s = p.pair.status()
         while (!(s.link === 'up' && s.lastApplied >= s.lastWritten) && Date.now() < end) {
@@ -507,6 +511,10 @@ export class FailoverService {
         const r = await demotedRecordOf(pair, p, volumes, s.lastApplied)
         this.records.set(pair, r)
         await this.save()
+        for (const v of volumes) {
+          await this.host.setReplicaOf(v.name, pair)
+          crashPoint('replication.demote.member')
+        }
         await this.host.stopPair(pair)
         const drained = r.lastSeq <= r.peerApplied
         const changed = (r.members ?? [r]).reduce((n, m) => n + m.changed.length, 0)

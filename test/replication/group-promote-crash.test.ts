@@ -5,14 +5,20 @@
  * the restart no volume is promoted (both still replicas, the same prefix);
  * after the first volume was made writable, before the second: after the
  * restart every volume is promoted, at the group's one applied number.
+ * The same for a group's demote on the primary: killed after its first
+ * volume turned read-only, the restart ends it demoted whole (the defect:
+ * that volume stayed read-only, the other writable, the pair running).
  */
-import { afterAll, expect, it } from 'vitest'
+import { afterEach, expect, it } from 'vitest'
 import { caughtUp, pairStatus, startPair, waitForPair, type Pair } from './daemons.js'
 import { prefixOf, removePair } from './seq-check.js'
-import { BLOCKS, checkPromoted, diedAtCrashPoint, GROUP, groupWritten, images, LOCAL, writable } from './group-fixture.js'
+import { BLOCKS, checkPromoted, diedAtCrashPoint, GROUP, groupOfFourExtents, groupWritten, images, LOCAL, PRIMARY, statusJson, writable } from './group-fixture.js'
 
 let p: Pair | undefined
-afterAll(() => removePair(p))
+afterEach(async () => {
+  await removePair(p)
+  p = undefined
+})
 
 it('kill -9 in the middle of a group promote: before its record no volume is promoted, after the first volume every one is', { timeout: 120_000 }, async () => {
   p = await startPair()
@@ -40,4 +46,17 @@ it('kill -9 in the middle of a group promote: before its record no volume is pro
   await secondary.restart({})
   expect(checkPromoted(secondary, applied)).toBe(m)
   expect(await pairStatus(secondary, GROUP, 'secondary')).toBeUndefined()
+})
+
+it('kill -9 in the middle of a group demote, after its first volume turned read-only: the restart ends every volume demoted, never one', { timeout: 120_000 }, async () => {
+  p = await startPair()
+  const { primary } = p
+  await groupOfFourExtents(p)
+  await primary.restart({ VVFS_CRASH_AT: 'replication.demote.member' })
+  await waitForPair(primary, GROUP, 'primary', caughtUp)
+  await expect(primary.client.call('replicate.demote', { pair: GROUP })).rejects.toThrow()
+  await diedAtCrashPoint(primary)
+  await primary.restart({})
+  for (const name of PRIMARY) expect(writable(primary.file(name)), `${name} read-only`).toBe(false)
+  expect(statusJson(primary, GROUP)).toMatchObject([{ state: 'demoted', volume: PRIMARY.join(',') }])
 })
