@@ -34,7 +34,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ControlClient } from '../lib/control/client.js'
 import { JOBS, runJob, type JobResult, type JobSpec } from './fio.js'
-import { Cleanup, freePort, must, onInterrupt, run, say, sleep, waitFor } from './proc.js'
+import { Cleanup, cpuSeconds, freePort, must, onInterrupt, run, say, sleep, waitFor } from './proc.js'
 import { ROOT, Vvfs } from './vvfs.js'
 
 const OUT = join(ROOT, 'bench', 'out')
@@ -135,8 +135,13 @@ async function main(): Promise<void> {
     }, 200)
     figures.initialSyncMBps = 1024 / ((Date.now() - t0) / 1000) * 1.048576
     if (ONLY !== 'journal') {
+      // CPU-seconds of each daemon per GiB replicated (jobs and catch-up): what the two shared cores pay, whatever else loads them.
+      const cpu0 = [await cpuSeconds(primary.pid), await cpuSeconds(secondary.pid)]
       await jobs('end-to-end', [primary.pid, secondary.pid])
       await waitFor('catch-up after the end-to-end jobs', 600_000, async () => ((await primaryStatus(primary))?.lag.entries === 0 ? true : undefined), 200)
+      const gib = Object.values(fio['end-to-end'] ?? {}).reduce((n, r) => n + (r?.ioBytes ?? 0), 0) / 2 ** 30
+      figures.primaryCpuPerGiB = ((await cpuSeconds(primary.pid)) - cpu0[0]!) / gib
+      figures.secondaryCpuPerGiB = ((await cpuSeconds(secondary.pid)) - cpu0[1]!) / gib
     }
 
     await secondary.stop()
@@ -199,6 +204,8 @@ async function main(): Promise<void> {
     )
     return { job: job.name, unit, unreplicated: u, journalAlone: j, endToEnd: e, journalRatio: j / u, endToEndRatio: e / u }
   })
+  if (figures.secondaryCpuPerGiB !== undefined)
+    lines.push(`end to end, CPU-seconds per GiB replicated (the jobs and the catch-up): primary ${figures.primaryCpuPerGiB?.toFixed(2)}, secondary ${figures.secondaryCpuPerGiB?.toFixed(2)}`)
   const syncRatio = (figures.initialSyncMBps ?? NaN) / (figures.migrationCopyMBps ?? NaN)
   if (ONLY !== '') lines.push(`BENCH_ONLY=${ONLY}: no initial sync ratio, lag or outage figures${ONLY === 'journal' ? ', no end-to-end runs' : ''}`)
   else lines.push(
