@@ -85,8 +85,10 @@ const PIECES_PER_REQUEST = 3
  * 15.5 MB/s against a migration's 83.6 MB/s copy of the same GiB
  * (bench/replication.ts): each request waited for the secondary's synced
  * apply. With the data written straight into the secondary's volumes
- * (RESYNC_FLUSH below) 8 in flight measured better than 4 (the
- * replpipe commit's message has the figures).
+ * (RESYNC_FLUSH below), BENCH_ONLY=sync on a noisy shared 2-core machine:
+ * 8 in flight 0.55, 0.36, 0.30, 0.44, 0.47 of the migration copy; 4 in
+ * flight 0.56, 0.44, 0.40 (before, through the redo log: 0.25). Not clearly
+ * apart; 8 kept.
  */
 const RESYNC_WINDOW = 8
 /**
