@@ -20,6 +20,7 @@
  *   BENCH_TMP=/var/tmp  BENCH_KEEP=1 keep the temp dir
  *   BENCH_ONLY=writes   only the write ratios (no migration, lag or outage runs)
  *   BENCH_ONLY=journal  only unreplicated and journal-alone writes (no end-to-end)
+ *   BENCH_ONLY=sync     only the initial sync's ratio to a migration copy (no fio, lag or outage runs)
  *   BENCH_JOBS=seqwrite only these fio jobs (comma-separated: seqwrite,randwrite)
  *   BENCH_PERF=FILE     `perf record -g` of the daemons during the journal-alone
  *                       jobs (the daemons run with --perf-basic-prof);
@@ -117,9 +118,9 @@ async function main(): Promise<void> {
         await new Promise((r) => perf.once('exit', r))
       }
     }
-    await jobs('unreplicated')
+    if (ONLY !== 'sync') await jobs('unreplicated')
 
-    if (ONLY === '') {
+    if (ONLY === '' || ONLY === 'sync') {
       // A migration's copy of the same allocated GiB, on the same daemon, for the initial sync's ratio.
       await primary.cli(['storage', 'add', 'a2', '--capacity', '1100M'])
       const m0 = Date.now()
@@ -134,7 +135,7 @@ async function main(): Promise<void> {
       return s && s.state === 'replicating' && s.consistent ? true : undefined
     }, 200)
     figures.initialSyncMBps = 1024 / ((Date.now() - t0) / 1000) * 1.048576
-    if (ONLY !== 'journal') {
+    if (ONLY !== 'journal' && ONLY !== 'sync') {
       // CPU-seconds of each daemon per GiB replicated (jobs and catch-up): what the two shared cores pay, whatever else loads them.
       const cpu0 = [await cpuSeconds(primary.pid), await cpuSeconds(secondary.pid)]
       await jobs('end-to-end', [primary.pid, secondary.pid])
@@ -144,8 +145,10 @@ async function main(): Promise<void> {
       figures.secondaryCpuPerGiB = ((await cpuSeconds(secondary.pid)) - cpu0[1]!) / gib
     }
 
-    await secondary.stop()
-    await jobs('journal-alone', [primary.pid])
+    if (ONLY !== 'sync') {
+      await secondary.stop()
+      await jobs('journal-alone', [primary.pid])
+    }
     if (ONLY === '') {
       secondary = await Vvfs.start(join(dir, 'b'), cleanup, secondaryArgs)
       await waitFor('catch-up after the journal-alone jobs', 900_000, async () => ((await primaryStatus(primary))?.lag.entries === 0 ? true : undefined), 500)
@@ -191,8 +194,8 @@ async function main(): Promise<void> {
   }
   const base = fio.unreplicated ?? {}
   const metric = (job: JobSpec, r: JobResult | undefined) => (r?.ok ? (job.metric === 'iops' ? r.iops : r.mbps) : NaN)
-  const lines = ['job                 unreplicated   journal alone  ratio target     end to end     ratio target']
-  const rows = WRITES.map((job) => {
+  const lines = ONLY === 'sync' ? [] : ['job                 unreplicated   journal alone  ratio target     end to end     ratio target']
+  const rows = (ONLY === 'sync' ? [] : WRITES).map((job) => {
     const u = metric(job, base[job.name])
     const j = metric(job, fio['journal-alone']?.[job.name])
     const e = metric(job, fio['end-to-end']?.[job.name])
@@ -207,7 +210,7 @@ async function main(): Promise<void> {
   if (figures.secondaryCpuPerGiB !== undefined)
     lines.push(`end to end, CPU-seconds per GiB replicated (the jobs and the catch-up): primary ${figures.primaryCpuPerGiB?.toFixed(2)}, secondary ${figures.secondaryCpuPerGiB?.toFixed(2)}`)
   const syncRatio = (figures.initialSyncMBps ?? NaN) / (figures.migrationCopyMBps ?? NaN)
-  if (ONLY !== '') lines.push(`BENCH_ONLY=${ONLY}: no initial sync ratio, lag or outage figures${ONLY === 'journal' ? ', no end-to-end runs' : ''}`)
+  if (ONLY !== '' && ONLY !== 'sync') lines.push(`BENCH_ONLY=${ONLY}: no initial sync ratio, lag or outage figures${ONLY === 'journal' ? ', no end-to-end runs' : ''}`)
   else lines.push(
     `initial sync: ${figures.initialSyncMBps?.toFixed(1)} MB/s (1 GiB allocated); a migration's copy of it ${figures.migrationCopyMBps?.toFixed(1)} MB/s: ratio ${syncRatio.toFixed(2)} ≥0.5 ${syncRatio >= 0.5 ? 'met' : 'MISS'}`,
   )

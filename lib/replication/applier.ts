@@ -22,13 +22,28 @@
  * Concurrency: batches are handled one at a time in arrival order (the wire
  * may carry several in flight); each sees the state the previous one left.
  * A resync's data requests that arrive while another operation runs are
- * committed together as one batch when their turn comes (group commit).
+ * handled together when their turn comes.
+ *
+ * A resync's copied data (RESYNC_DATA) goes straight into the volumes when
+ * the target can (ApplyTarget.writeDirect), not through its synced batches:
+ * the image is marked inconsistent (`resyncing`) until RESYNC_END anyway, so
+ * it need not be a prefix meanwhile, and one synced batch per group of
+ * requests bounded the initial sync (0.25 of a migration's copy,
+ * bench/replication.ts). Such data is durable only once a RESYNC_FLUSH
+ * (resyncFlush) after it was answered, and only if this applier wrote it:
+ * each applier (each daemon start) has a random `incarnation`, carried by
+ * every answer; a flush names the incarnation its data's answers carried and
+ * is refused (EPOCH_STALE, reason other-incarnation) by any other — a daemon
+ * restarted between the data and the flush may have lost the data, and its
+ * flush must not let the primary clear that data's dirty marks.
+ * Resizes in a resync still go through the synced batches (durable at once).
  *
  * Failure modes: a target failure (IO_ERROR) fails that batch; the applier
  * then reloads its state from the target before the next one (a failed
  * batch may or may not have landed; the reloaded applied number says which,
  * and the primary resends from there).
  */
+import { randomBytes } from 'node:crypto'
 import { VvfsError, type WireError } from '../errors.js'
 import { adoptChain, admit, recordOf, refusal, validateChain, type EpochChain, type Sender } from './epoch.js'
 import type { JournalEntry } from './entry.js'
@@ -55,6 +70,14 @@ export interface ApplyTarget {
   load(): Promise<SecondaryState | null>
   /** Applies the changes in order and records `state`, atomically and durably. */
   apply(changes: TargetChange[], state: SecondaryState): Promise<void>
+  /**
+   * A resync's copied data (writes and zeros) straight into the volumes, not
+   * durable until flushDirect(); absent: the data goes through apply().
+   * Range-checked before any of it is written.
+   */
+  writeDirect?(changes: TargetChange[]): Promise<void>
+  /** Makes everything writeDirect() wrote durable, and nothing recorded earlier may be redone over it. */
+  flushDirect?(): Promise<void>
 }
 
 /** A resync data request waiting for the next group commit. */
@@ -73,6 +96,8 @@ export interface Ack {
   /** Why the batch was refused (nothing of it applied); null when it was not. */
   refused: WireError | null
   consistent: boolean
+  /** The answering applier's incarnation (random per daemon start): a RESYNC_FLUSH covers only data answered by the same one. */
+  incarnation?: string
 }
 
 export interface PairView {
@@ -84,6 +109,8 @@ export class Applier {
   private queue: Promise<unknown> = Promise.resolve()
   private stale = false
   private readonly resyncWaiting: ResyncRequest[] = []
+  /** Random per open (so per daemon start): data written straight into the volumes is durable only by a flush of the same incarnation. */
+  readonly incarnation = randomBytes(8).toString('hex')
 
   private constructor(
     private readonly target: ApplyTarget,
@@ -167,12 +194,12 @@ export class Applier {
   }
 
   /**
-   * Copied data of a resync (whole extents or parts), applied at once. The
-   * requests that arrive while one commits are committed together, as one
-   * durable batch: the primary keeps several extents in flight, and one
-   * synced batch per request bounded the initial sync (15.5 MB/s against a
-   * migration's 83.6, bench/replication.ts). Each request is still checked
-   * alone; a refused one fails by itself.
+   * Copied data of a resync (whole extents or parts). The requests that
+   * arrive while another operation runs are handled together: resizes as one
+   * durable batch (apply), then the data written straight into the volumes
+   * (writeDirect: durable at the next resyncFlush of this incarnation), or
+   * with the resizes as one batch when the target cannot. Each request is
+   * still checked alone; a refused one fails by itself.
    */
   resyncData(sender: Sender, changes: TargetChange[]): Promise<Ack> {
     return new Promise<Ack>((done, fail) => {
@@ -192,17 +219,50 @@ export class Applier {
       }
     }
     if (admitted.length === 0) return
+    const direct = this.target.writeDirect ? admitted.filter((r) => r.changes.every((c) => c.kind !== 'resize')) : []
+    const batched = admitted.filter((r) => !direct.includes(r))
     try {
-      await this.commit(
-        admitted.flatMap((r) => r.changes),
-        this.state,
-      )
+      if (batched.length > 0) await this.commit(batched.flatMap((r) => r.changes), this.state)
+      // Each request alone, so a refused one (past the end) fails by itself; the writes of one request run in order.
+      for (const r of direct) {
+        try {
+          await this.target.writeDirect!(r.changes)
+        } catch (err) {
+          r.fail(err instanceof VvfsError ? err : new VvfsError('IO_ERROR', `writing resync data on the secondary failed: ${(err as Error).message}`, { cause: err }))
+          continue
+        }
+        r.done(this.resyncAck())
+      }
     } catch (err) {
       for (const r of admitted) r.fail(err)
       throw err
     }
-    const ack = this.ack(0, 0, null)
-    for (const r of admitted) r.done(ack)
+    for (const r of batched) r.done(this.resyncAck())
+  }
+
+  /**
+   * RESYNC_FLUSH: makes the resync data this incarnation wrote straight into
+   * the volumes durable. Refused (nothing flushed) without a resync under way,
+   * from anyone but the current home, and when `incarnation` (what the
+   * data's answers carried) is not this applier's — the data may be lost.
+   */
+  resyncFlush(sender: Sender, incarnation: string): Promise<Ack> {
+    return this.serial(async () => {
+      this.checkCurrentHome(sender)
+      if (!this.state.resyncing) throw new VvfsError('JOB_STATE', 'a resync flush without a resync under way', { details: { reason: 'no-resync' } })
+      if (incarnation !== this.incarnation)
+        throw new VvfsError('EPOCH_STALE', `a resync flush for data answered by incarnation ${incarnation}; this is ${this.incarnation} (the secondary restarted: that data may be lost)`, {
+          details: { reason: 'other-incarnation', incarnation: this.incarnation },
+        })
+      if (this.target.flushDirect) {
+        try {
+          await this.target.flushDirect()
+        } catch (err) {
+          throw err instanceof VvfsError ? err : new VvfsError('IO_ERROR', `flushing resync data on the secondary failed: ${(err as Error).message}`, { cause: err })
+        }
+      }
+      return this.resyncAck()
+    })
   }
 
   private checkResyncData(sender: Sender, changes: TargetChange[]): void {
@@ -247,6 +307,11 @@ export class Applier {
 
   private ack(applied: number, duplicates: number, refused: VvfsError | null): Ack {
     return { appliedSeq: this.state.appliedSeq, applied, duplicates, refused: refused ? refused.toWire() : null, consistent: isConsistent(this.state) }
+  }
+
+  /** The answer to resync data and flushes: with this applier's incarnation. */
+  private resyncAck(): Ack {
+    return { ...this.ack(0, 0, null), incarnation: this.incarnation }
   }
 
   /** Runs one operation after the previous one, reloading state after a failed batch. */

@@ -25,10 +25,12 @@ import {
   decodePairStatus,
   decodeResyncBegin,
   decodeResyncEnd,
+  decodeResyncFlush,
   decodeStatusRequest,
   encodeAck,
   encodeResyncBegin,
   encodeResyncEnd,
+  encodeResyncFlush,
   encodeEntries,
   encodeHello,
   encodePairStatus,
@@ -81,6 +83,7 @@ export function serveReplication(server: WireServer, pairs: PairLookup, log: Log
   })
   route(ReplicationRequest.RESYNC_BEGIN, decodeResyncBegin, async (r) => encodeAck(await applierOf(r.pair).beginResync(r.sender, r.baseSeq)))
   route(ReplicationRequest.RESYNC_DATA, decodeEntries, async (b) => encodeAck(await applierOf(b.pair).resyncData(b.sender, b.entries)))
+  route(ReplicationRequest.RESYNC_FLUSH, decodeResyncFlush, async (r) => encodeAck(await applierOf(r.pair).resyncFlush(r.sender, r.incarnation)))
   route(ReplicationRequest.RESYNC_END, decodeResyncEnd, async (r) => encodeAck(await applierOf(r.pair).endResync(r.sender, r.consistentAt)))
   route(ReplicationRequest.STATUS, decodeStatusRequest, async (r) => {
     const s = applierOf(r.pair).status
@@ -118,6 +121,11 @@ export class ReplicationStream {
   /** Copied data (write or zero entries; their numbers are not used). */
   async resyncData(entries: JournalEntry[]): Promise<Ack> {
     return decodeAck(await this.client.request(ReplicationRequest.RESYNC_DATA, encodeEntries({ pair: this.pair, sender: this.sender, entries })))
+  }
+
+  /** Makes the resync data answered by `incarnation` durable on the secondary (refused by another incarnation). */
+  async resyncFlush(incarnation: string): Promise<Ack> {
+    return decodeAck(await this.client.request(ReplicationRequest.RESYNC_FLUSH, encodeResyncFlush({ format: 1, pair: this.pair, sender: this.sender, incarnation })))
   }
 
   async endResync(consistentAt: number): Promise<Ack> {

@@ -9,6 +9,7 @@
  *   STATUS   JSON {format, pair}                                → PairStatus (JSON)
  *   CREATE   as HELLO, creating the pair and its read-only volumes if new
  *   RESYNC_BEGIN / RESYNC_DATA (ENTRIES' form) / RESYNC_END      → Ack (JSON)
+ *   RESYNC_FLUSH JSON {format, pair, sender, incarnation}       → Ack (JSON)
  *
  * ENTRIES, all big-endian: format u8 (1) | pair length u8 | pair (UTF-8) |
  * sender epoch u32 | home length u8 | home | count u16 | count × (record
@@ -43,6 +44,13 @@ export const ReplicationRequest = {
   RESYNC_DATA: 0x0106,
   /** JSON {format, pair, sender, consistentAt} → Ack: the copy is done. */
   RESYNC_END: 0x0107,
+  /**
+   * JSON {format, pair, sender, incarnation} → Ack: makes the resync data
+   * answered by that incarnation of the secondary durable (refused by any
+   * other incarnation: applier.ts). Data acks and this ack carry the answering
+   * incarnation.
+   */
+  RESYNC_FLUSH: 0x0108,
 } as const
 
 export const MESSAGE_FORMAT = 1
@@ -88,12 +96,16 @@ export type Hello = z.infer<typeof HelloSchema>
 
 const WireErrorSchema = z.strictObject({ code: z.enum(ERROR_CODES), message: z.string().max(4096), details: z.record(z.string(), z.unknown()).optional() })
 
+/** A secondary's incarnation (applier.ts): random per daemon start. */
+const Incarnation = z.string().regex(/^[0-9a-f]{1,64}$/)
+
 const AckSchema = z.strictObject({
   appliedSeq: Seq,
   applied: Seq,
   duplicates: Seq,
   refused: WireErrorSchema.nullable(),
   consistent: z.boolean(),
+  incarnation: Incarnation.optional(),
 })
 
 const StatusRequestSchema = z.strictObject({ format: z.literal(MESSAGE_FORMAT), pair: Name })
@@ -113,6 +125,8 @@ const ResyncBeginSchema = z.strictObject({ format: z.literal(MESSAGE_FORMAT), pa
 export type ResyncBegin = z.infer<typeof ResyncBeginSchema>
 const ResyncEndSchema = z.strictObject({ format: z.literal(MESSAGE_FORMAT), pair: Name, sender: SenderSchema, consistentAt: Seq })
 export type ResyncEnd = z.infer<typeof ResyncEndSchema>
+const ResyncFlushSchema = z.strictObject({ format: z.literal(MESSAGE_FORMAT), pair: Name, sender: SenderSchema, incarnation: Incarnation })
+export type ResyncFlush = z.infer<typeof ResyncFlushSchema>
 
 function encodeJson(what: string, value: unknown): Buffer {
   const b = Buffer.from(JSON.stringify(value), 'utf8')
@@ -164,6 +178,9 @@ const PairStatusMessage = jsonMessage('status', PairStatusSchema, (s) => checked
 
 const ResyncBeginMessage = jsonMessage('resync begin', ResyncBeginSchema)
 const ResyncEndMessage = jsonMessage('resync end', ResyncEndSchema)
+const ResyncFlushMessage = jsonMessage('resync flush', ResyncFlushSchema)
+export const encodeResyncFlush = ResyncFlushMessage.encode
+export const decodeResyncFlush = ResyncFlushMessage.decode
 export const encodeResyncBegin = ResyncBeginMessage.encode
 export const decodeResyncBegin = ResyncBeginMessage.decode
 export const encodeResyncEnd = ResyncEndMessage.encode

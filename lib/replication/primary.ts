@@ -18,6 +18,14 @@
  * consistent once entries through the number accepted at the end of the copy
  * are applied (RESYNC_END consistentAt).
  *
+ * A copy's data is written straight into the secondary's volumes (not its
+ * redo log: the secondary is marked inconsistent until RESYNC_END), so an
+ * extent's dirty mark is cleared only after a RESYNC_FLUSH that followed its
+ * data was answered by the same incarnation of the secondary daemon as the
+ * data (applier.ts): one every FLUSH_EVERY_BYTES and one before RESYNC_END.
+ * A kill or power cut of either side leaves the unflushed extents marked;
+ * they are copied again (test/replication/initial-sync-crash.test.ts).
+ *
  * Durability: an entry is acknowledged to the host once logged (the
  * journal's segment log, journal-log.ts: it survives a crash of the process, as the
  * volume's own data does until a flush), synced at the host's flush, and
@@ -51,6 +59,7 @@
 import { VvfsError, asVvfsError, type WireError } from '../errors.js'
 import { CHUNK_SIZE, EXTENT_SIZE } from '../layout.js'
 import type { Logger } from '../log.js'
+import type { Ack } from './applier.js'
 import type { PeerKey } from '../wire/auth.js'
 import { WireClient } from '../wire/client.js'
 import { SIZE_MARK, type DirtyMark } from './durable-log.js'
@@ -75,9 +84,22 @@ const PIECES_PER_REQUEST = 3
  * Extents a resync copies at once. One at a time, the initial sync ran at
  * 15.5 MB/s against a migration's 83.6 MB/s copy of the same GiB
  * (bench/replication.ts): each request waited for the secondary's synced
- * apply. With several in flight the secondary commits what is queued as one.
+ * apply. With the data written straight into the secondary's volumes
+ * (RESYNC_FLUSH below), BENCH_ONLY=sync on a noisy shared 2-core machine:
+ * 8 in flight 0.55, 0.36, 0.30, 0.44, 0.47 of the migration copy; 4 in
+ * flight 0.56, 0.44, 0.40 (before, through the redo log: 0.25). Not clearly
+ * apart; 8 kept.
  */
-const RESYNC_WINDOW = 4
+const RESYNC_WINDOW = 8
+/**
+ * Copied bytes between two RESYNC_FLUSHes: an extent's dirty mark is
+ * cleared only once a flush after its data was answered (by the same
+ * incarnation of the secondary). A synced commit of its own per resync
+ * request (~45 ms each) bounded the initial sync at 0.25 of a migration's
+ * copy; one flush per 64 MiB costs about as much as one such commit per 64
+ * extents. A crash loses at most this much copying.
+ */
+const FLUSH_EVERY_BYTES = 64 * 1024 * 1024
 
 /** One volume of a pair: a pair is one volume, or a consistency group of several sharing the journal's sequence. */
 export interface PairMember {
@@ -232,7 +254,11 @@ export class PrimaryPair {
     })
     const journal = journals.current
     const settings = { ...DEFAULT_JOURNAL_SETTINGS, ...spec.journal }
-    if (isNew) await journal.addMarks(everyAllocatedExtent(spec.members))
+    if (isNew) {
+      // Synced before the pair exists anywhere: a power cut must not leave a pair that believes there is nothing to copy.
+      await journal.addMarks(everyAllocatedExtent(spec.members))
+      await journal.sync()
+    }
     const p = journal.positions
     const initial: PairState = p.mode === 'bitmap' ? 'behind' : journal.dirtyMarks().length > 0 ? (isNew || p.trimmedThrough === 0 ? 'syncing' : 'resyncing') : 'replicating'
     ref.pair = new PrimaryPair(spec, journals, settings, initial)
@@ -435,6 +461,9 @@ export class PrimaryPair {
       base = Math.max(remoteApplied, this.journal.positions.trimmedThrough)
     }
     this.setState(initial ? 'syncing' : 'resyncing', 'copying dirty extents')
+    // The marks synced before the secondary gives up its image: entries are logged unsynced (syncEveryCommit false), and marks
+    // lost to a power cut here would end the resync "consistent" without their copies (initial-sync-crash.test.ts).
+    await this.journal.sync()
     const ack = await stream.beginResync(base)
     this.applied = ack.appliedSeq
     this.consistent = false
@@ -444,19 +473,48 @@ export class PrimaryPair {
     this.copied = 0
     this.copyTotal = marks.filter((m) => m.extent !== SIZE_MARK).length * EXTENT_SIZE
     const started = Date.now()
-    // Up to RESYNC_WINDOW extents in flight; a mark is cleared only once its extent's data is acknowledged (synced there).
+    // Up to RESYNC_WINDOW extents in flight. The secondary writes the data straight into its volumes: a mark is cleared only once
+    // a RESYNC_FLUSH after its data was answered by the same incarnation of the secondary (a restart between the two may have lost it).
     const inFlight = new Set<Promise<void>>()
     let failed: unknown = null
     let handedOff = false
-    const copyOne = async (mark: DirtyMark) => {
-      await this.copyExtent(stream, mark)
+    let incarnation: string | null = null
+    let unflushed: DirtyMark[] = []
+    let unflushedBytes = 0
+    const answeredBy = (ack: { refused: WireError | null; incarnation?: string }) => {
+      this.check(ack)
+      const by = ack.incarnation ?? ''
+      incarnation ??= by
+      if (by !== incarnation)
+        throw new VvfsError('PEER_UNAVAILABLE', `the secondary restarted during the copy (incarnation ${incarnation} → ${by}): its unflushed copies are sent again`, { details: { reason: 'other-incarnation' } })
+    }
+    const flush = async () => {
+      const covered = unflushed
+      unflushed = []
+      unflushedBytes = 0
+      if (covered.length === 0 || incarnation === null) return
+      answeredBy(await stream.resyncFlush(incarnation))
       // A handoff during the copy moved the marks to the new home's journal (its own generations): copy them again as the new epoch.
       if (stream.sender.epoch !== this.sender.epoch) {
         handedOff = true
         return
       }
-      await this.journal.clearMarks([mark], generation)
-      if (mark.extent !== SIZE_MARK) this.copied += EXTENT_SIZE
+      await this.journal.clearMarks(covered, generation)
+    }
+    const copyOne = async (mark: DirtyMark) => {
+      await this.copyExtent(stream, mark, answeredBy)
+      if (stream.sender.epoch !== this.sender.epoch) {
+        handedOff = true
+        return
+      }
+      if (mark.extent === SIZE_MARK) {
+        // A resize is applied through the secondary's synced batches: durable once answered.
+        await this.journal.clearMarks([mark], generation)
+      } else {
+        unflushed.push(mark)
+        unflushedBytes += EXTENT_SIZE
+        this.copied += EXTENT_SIZE
+      }
       this.spec.onProgress?.(this.copied, this.copyTotal)
     }
     for (const mark of marks) {
@@ -475,6 +533,9 @@ export class PrimaryPair {
       inFlight.add(one)
       void one.finally(() => inFlight.delete(one))
       if (inFlight.size >= RESYNC_WINDOW) await Promise.race(inFlight)
+      if (unflushedBytes >= FLUSH_EVERY_BYTES && !failed) await flush().catch((err: unknown) => {
+        failed ??= err
+      })
       if (this.spec.rate > 0) {
         const due = started + ((this.copied + inFlight.size * EXTENT_SIZE) * 1000) / this.spec.rate
         if (due > Date.now()) await sleep(due - Date.now())
@@ -482,6 +543,9 @@ export class PrimaryPair {
     }
     await Promise.all(inFlight)
     if (failed) throw failed
+    if (handedOff) return
+    // Everything copied is durable on the secondary before the copy is declared done.
+    await flush()
     if (handedOff) return
     await this.journal.drain()
     const consistentAt = this.journal.positions.lastAccepted
@@ -491,14 +555,15 @@ export class PrimaryPair {
     if (this.journal.positions.mode === 'journaling' && this.journal.dirtyMarks().length === 0) this.setState('replicating', `copy done; consistent once ${consistentAt} is applied`)
   }
 
-  private async copyExtent(stream: ReplicationStream, mark: DirtyMark): Promise<void> {
+  /** Sends one extent's data (or the size); `answered` checks each answer (refusal, the secondary's incarnation). */
+  private async copyExtent(stream: ReplicationStream, mark: DirtyMark, answered: (ack: Ack) => void): Promise<void> {
     const member = this.spec.members.find((m) => m.volNo === mark.volume)
     // A mark of a volume no longer in the pair (the journal outlived a member's removal) has nothing to copy.
     if (!member) return
     const size = member.size()
     const resize = (): JournalEntry => ({ seq: 1, epoch: this.sender.epoch, volume: member.volNo, kind: 'resize', offset: 0, length: size, data: null })
     if (mark.extent === SIZE_MARK) {
-      this.check(await stream.resyncData([resize()]))
+      answered(await stream.resyncData([resize()]))
       return
     }
     const start = mark.extent * EXTENT_SIZE
@@ -514,11 +579,11 @@ export class PrimaryPair {
       batch.push({ seq: 1, epoch: this.sender.epoch, volume: member.volNo, kind: zero ? 'zero' : 'write', offset: at, length: len, data: zero ? null : data })
       if (!zero) this.copiedBytes += len
       if (batch.length === PIECES_PER_REQUEST) {
-        this.check(await stream.resyncData(batch))
+        answered(await stream.resyncData(batch))
         batch = []
       }
     }
-    if (batch.length) this.check(await stream.resyncData(batch))
+    if (batch.length) answered(await stream.resyncData(batch))
   }
 
   private check(ack: { refused: WireError | null }): void {

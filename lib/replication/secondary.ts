@@ -152,6 +152,31 @@ export class ReplicaStore implements ApplyTarget {
     }
   }
 
+  /**
+   * A resync's copied data straight into the volumes (the Applier's
+   * writeDirect): no redo record, not durable until flushDirect(). Checked
+   * against the volumes' ends first: nothing of a change past the end is
+   * written.
+   */
+  async writeDirect(changes: TargetChange[]): Promise<void> {
+    this.checkRanges(changes)
+    for (const c of changes) {
+      if (c.kind === 'resize' || c.kind === 'flush') throw new VvfsError('PEER_PROTOCOL', `resync data of kind ${c.kind} cannot be written directly`)
+      await this.applyToVolume(c)
+    }
+  }
+
+  /**
+   * Makes what writeDirect() wrote durable (the Applier's flushDirect): a
+   * checkpoint first, so no redo record of a change applied before the
+   * direct writes is redone over them at the next open, then every volume
+   * flushed.
+   */
+  async flushDirect(): Promise<void> {
+    await this.makeCheckpoint()
+    for (const v of this.volumes.values()) await v.flush()
+  }
+
   /** Flushes the volumes and drops the redo records they now hold durably. */
   async makeCheckpoint(): Promise<void> {
     this.lastCheckpointAt = Date.now()
