@@ -48,8 +48,9 @@
 import type { RemoteRecord } from '../storage/remote/systems.js'
 import { createRequire } from 'node:module'
 import { existsSync } from 'node:fs'
-import { open, readFile, rename, type FileHandle } from 'node:fs/promises'
+import { open, readFile, type FileHandle } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
+import { writeFileDurably } from '../durable-file.js'
 import { VvfsError } from '../errors.js'
 import type { JobRecord } from '../migration/job.js'
 import { DEFAULT_POLICY, type ConsolidationPolicy } from '../migration/planner.js'
@@ -323,22 +324,8 @@ export class FileCatalog extends SerialCatalog {
   }
 
   private async write(text: string): Promise<void> {
-    const tmp = `${this.path}.tmp`
     try {
-      const file = await open(tmp, 'w', 0o600)
-      try {
-        await file.writeFile(text)
-        await file.sync()
-      } finally {
-        await file.close()
-      }
-      await rename(tmp, this.path)
-      const dir = await open(dirname(this.path), 'r')
-      try {
-        await dir.sync()
-      } finally {
-        await dir.close()
-      }
+      await writeFileDurably(this.path, text)
     } catch (err) {
       throw new VvfsError('IO_ERROR', `cannot write ${this.path}: ${(err as Error).message}`, { cause: err })
     }

@@ -85,10 +85,11 @@
  * crash between the reverse job's start and the record's removal: open()
  * sees the job and drops the record. The same holds for one volume.
  */
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises'
+import { mkdir, readFile, rm } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import type { FailoverView } from '../control/schema.js'
 import { crashPoint } from '../crash-points.js'
+import { writeFileDurably } from '../durable-file.js'
 import { VvfsError, asVvfsError } from '../errors.js'
 import { EXTENT_SIZE } from '../layout.js'
 import type { Logger } from '../log.js'
@@ -231,18 +232,10 @@ type FailoverRecord = PromotedRecord | DemotedRecord
 /** The volumes a promote made writable: a group's all, else the one. */
 const promotedVolumes = (r: PromotedRecord): string[] => r.volumes ?? [r.volume]
 
-/** Writes `value` as JSON atomically: temp file, fsync, rename. */
+/** Writes `value` as JSON atomically and durably (durable-file.ts). */
 async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
   await mkdir(dirname(file), { recursive: true })
-  const tmp = `${file}.tmp`
-  const f = await open(tmp, 'w')
-  try {
-    await f.writeFile(JSON.stringify(value, null, 1))
-    await f.sync()
-  } finally {
-    await f.close()
-  }
-  await rename(tmp, file)
+  await writeFileDurably(file, JSON.stringify(value, null, 1))
 }
 
 /** Extents to copy as dirty marks of the volumes named by number (SIZE_MARK entries dropped: the size is marked per volume apart). */

@@ -34,8 +34,9 @@
  * peer is the wire's business: it drops that connection only.
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, open, readFile, rename } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { mkdir, readFile } from 'node:fs/promises'
+import { writeFileDurably } from '../../durable-file.js'
+import { join } from 'node:path'
 import { VvfsError } from '../../errors.js'
 import { CHUNK_SIZE } from '../../layout.js'
 import type { Logger } from '../../log.js'
@@ -104,24 +105,6 @@ interface ServerState {
   identity: { sid: number; name: string } | null
 }
 
-/** Writes a small file so that after a crash it is either the old or the new content, and durable before returning. */
-export async function writeFileDurably(path: string, data: string): Promise<void> {
-  const tmp = `${path}.tmp`
-  const fh = await open(tmp, 'w', 0o600)
-  try {
-    await fh.writeFile(data)
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-  await rename(tmp, path)
-  const dir = await open(dirname(path), 'r')
-  try {
-    await dir.sync()
-  } finally {
-    await dir.close()
-  }
-}
 
 /** The machine's boot id as 16 bytes (VVFS_BOOT_ID replaces it: tests simulate a reboot with it). */
 async function machineBoot(): Promise<Buffer> {
