@@ -53,6 +53,9 @@ export class JournalLayer implements ChunkLayer {
   private wake: (() => void) | null = null
   /** Set while a handoff holds new changes (holdChanges); resolves when it lets them go. */
   private held: Promise<void> | null = null
+  /** Changes of this volume (not flushes) given a number so far, and that count when the last flush entry was numbered. */
+  private numbered = 0
+  private flushMarkedAt = 0
 
   constructor(
     private readonly lower: ChunkLayer,
@@ -123,6 +126,7 @@ export class JournalLayer implements ChunkLayer {
     const seqs: number[] = []
     for (let at = 0; at < data.length; at += MAX_ENTRY_DATA) {
       const a = journal.append({ kind: 'write', volume: this.volNo, offset: first * CHUNK_SIZE + at, data: data.subarray(at, Math.min(data.length, at + MAX_ENTRY_DATA)) })
+      this.numbered++
       durable.push(this.noted(a.seq, a.durable))
       if (a.seq !== null) seqs.push(a.seq)
     }
@@ -180,8 +184,24 @@ export class JournalLayer implements ChunkLayer {
     await this.change({ kind: 'resize', volume: this.volNo, size: bytes }, async () => undefined)
   }
 
-  /** A host's flush: the flush entry synced with every entry before it, then the data below. */
+  /**
+   * A host's flush: the flush entry synced with every entry before it, then
+   * the data below. A flush with no change of this volume numbered since the
+   * last flush entry gets no entry of its own (the same sync, then the same
+   * flush below): its marker would say nothing the last one did not, and it
+   * would count as a change in the epoch chain's comparison — a promoted
+   * volume that was only read (each close is a flush) showed split-brain
+   * against an old primary that had been ahead (group-promote.test.ts, one
+   * fresh-clone CI run in two).
+   */
   async flush(): Promise<void> {
+    while (this.held) await this.held
+    const journal = this.journal
+    if (journal && this.numbered === this.flushMarkedAt) {
+      await journal.syncLogged()
+      return this.lower.flush()
+    }
+    this.flushMarkedAt = this.numbered
     await this.change({ kind: 'flush', volume: this.volNo }, () => this.lower.flush())
   }
 
@@ -252,6 +272,7 @@ export class JournalLayer implements ChunkLayer {
     const journal = this.journal
     if (!journal) return below()
     const a = journal.append(change)
+    if (change.kind !== 'flush') this.numbered++
     try {
       // Write-ahead, as for writes: the change below only once its entry is synced.
       await this.noted(a.seq, a.durable)

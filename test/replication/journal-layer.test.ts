@@ -56,6 +56,27 @@ describe('the journal layer', () => {
     ])
   })
 
+  it('gives a flush an entry only when a change came since the last one: a promoted volume that was only read (each close a flush) must not look written in the epoch comparison', async () => {
+    const s = await stack()
+    const log = new MemoryDurableLog()
+    const journal = await Journal.open(log, { epoch: 1, syncEveryCommit: false })
+    s.layers.journal.attach(journal)
+    await s.volume.flush()
+    await s.volume.flush()
+    expect(journal.positions.lastAccepted).toBe(0) // nothing numbered: nothing changed
+    await s.volume.write(0, block(1))
+    await s.volume.flush()
+    await s.volume.flush()
+    expect((await journal.read(1, 1 << 20)).map((e) => e.kind)).toEqual(['write', 'flush'])
+    // The flush without an entry still makes what was logged durable: a power cut keeps it.
+    await s.volume.write(CHUNK_SIZE, block(2))
+    await s.volume.flush()
+    await s.volume.flush()
+    expect(journal.positions.lastDurable).toBe(4)
+    const reopened = await Journal.open(log.powerCut(), { epoch: 1, syncEveryCommit: false })
+    expect(reopened.positions.lastAccepted).toBe(4)
+  })
+
   it('never lets a change reach the data before its entry is synced (a crash between them would leave the primary a write the secondary never gets)', async () => {
     const s = await stack()
     const log = new MemoryDurableLog()
