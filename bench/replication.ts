@@ -91,6 +91,7 @@ async function main(): Promise<void> {
   if (process.env.BENCH_KEEP !== '1') cleanup.add(`remove ${dir}`, () => rm(dir, { recursive: true, force: true }))
   const fio: Record<string, Partial<Record<string, JobResult>>> = {}
   const figures: Record<string, number> = {}
+  const cpuPerGiB: Record<string, { primary: number; secondary: number }> = {}
   try {
     const keyFile = join(dir, 'peer.key')
     await writeFile(keyFile, randomBytes(32).toString('base64') + '\n', { mode: 0o600 })
@@ -105,13 +106,15 @@ async function main(): Promise<void> {
     const file = join(primary.mountDir, 'vol')
     // Random data: zeros are not stored, so they would place (and sync) nothing.
     await must('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', 'count=1024', 'oflag=direct', 'conv=notrunc'], { timeoutMs: 600_000 })
-    const jobs = async (label: string, pids: number[] = []) => {
+    /** `afterEach`: run after each job (end to end: the catch-up, so the job's CPU includes applying it). */
+    const jobs = async (label: string, pids: number[] = [], afterEach?: (job: string) => Promise<void>) => {
       const perfPhase = process.env.BENCH_PERF && label === (process.env.BENCH_PERF_PHASE ?? 'journal-alone')
       const perf = perfPhase ? spawn('perf', ['record', '-F', '499', '-g', '-o', process.env.BENCH_PERF!, '-p', pids.join(',')], { stdio: 'ignore' }) : null
       fio[label] = {}
       for (const job of WRITES) {
         say(`replication bench: ${job.label}, ${label}`)
         fio[label][job.name] = await runJob(job as JobSpec, file, seconds, join(OUT, 'fio-replication', `${label}-${job.name}.json`))
+        await afterEach?.(job.name)
       }
       if (perf) {
         perf.kill('SIGINT')
@@ -136,13 +139,15 @@ async function main(): Promise<void> {
     }, 200)
     figures.initialSyncMBps = 1024 / ((Date.now() - t0) / 1000) * 1.048576
     if (ONLY !== 'journal' && ONLY !== 'sync') {
-      // CPU-seconds of each daemon per GiB replicated (jobs and catch-up): what the two shared cores pay, whatever else loads them.
-      const cpu0 = [await cpuSeconds(primary.pid), await cpuSeconds(secondary.pid)]
-      await jobs('end-to-end', [primary.pid, secondary.pid])
-      await waitFor('catch-up after the end-to-end jobs', 600_000, async () => ((await primaryStatus(primary))?.lag.entries === 0 ? true : undefined), 200)
-      const gib = Object.values(fio['end-to-end'] ?? {}).reduce((n, r) => n + (r?.ioBytes ?? 0), 0) / 2 ** 30
-      figures.primaryCpuPerGiB = ((await cpuSeconds(primary.pid)) - cpu0[0]!) / gib
-      figures.secondaryCpuPerGiB = ((await cpuSeconds(secondary.pid)) - cpu0[1]!) / gib
+      // CPU-seconds of each daemon per GiB replicated, per job (the job and its catch-up): what the two shared cores pay, whatever else loads them.
+      let cpu = [await cpuSeconds(primary.pid), await cpuSeconds(secondary.pid)]
+      await jobs('end-to-end', [primary.pid, secondary.pid], async (name) => {
+        await waitFor(`catch-up after the end-to-end ${name} job`, 600_000, async () => ((await primaryStatus(primary))?.lag.entries === 0 ? true : undefined), 200)
+        const now = [await cpuSeconds(primary.pid), await cpuSeconds(secondary.pid)]
+        const gib = (fio['end-to-end']?.[name]?.ioBytes ?? NaN) / 2 ** 30
+        cpuPerGiB[name] = { primary: (now[0]! - cpu[0]!) / gib, secondary: (now[1]! - cpu[1]!) / gib }
+        cpu = now
+      })
     }
 
     if (ONLY !== 'sync') {
@@ -207,8 +212,7 @@ async function main(): Promise<void> {
     )
     return { job: job.name, unit, unreplicated: u, journalAlone: j, endToEnd: e, journalRatio: j / u, endToEndRatio: e / u }
   })
-  if (figures.secondaryCpuPerGiB !== undefined)
-    lines.push(`end to end, CPU-seconds per GiB replicated (the jobs and the catch-up): primary ${figures.primaryCpuPerGiB?.toFixed(2)}, secondary ${figures.secondaryCpuPerGiB?.toFixed(2)}`)
+  for (const [name, c] of Object.entries(cpuPerGiB)) lines.push(`end to end, ${name}: CPU-seconds per GiB replicated (the job and its catch-up): primary ${c.primary.toFixed(2)}, secondary ${c.secondary.toFixed(2)}`)
   const syncRatio = (figures.initialSyncMBps ?? NaN) / (figures.migrationCopyMBps ?? NaN)
   if (ONLY !== '' && ONLY !== 'sync') lines.push(`BENCH_ONLY=${ONLY}: no initial sync ratio, lag or outage figures${ONLY === 'journal' ? ', no end-to-end runs' : ''}`)
   else lines.push(
@@ -218,7 +222,7 @@ async function main(): Promise<void> {
   if (ONLY === '') lines.push(`after a ${figures.outageSeconds} s peer outage: lag under 1 s after ${Number.isNaN(figures.lagUnder1sAfterSeconds) ? 'more than 65' : figures.lagUnder1sAfterSeconds?.toFixed(1)} s (target ≤ 60)`)
   for (const [label, jobs] of Object.entries(fio)) for (const [job, r] of Object.entries(jobs)) if (r && !r.ok) lines.push(`${label} ${job}: ${r.error}`)
   process.stdout.write(lines.join('\n') + '\n')
-  await writeFile(join(OUT, 'replication.json'), JSON.stringify({ seconds, rows, figures, fio }, null, 2) + '\n')
+  await writeFile(join(OUT, 'replication.json'), JSON.stringify({ seconds, rows, figures, cpuPerGiB, fio }, null, 2) + '\n')
 }
 
 main().catch((err: unknown) => {
