@@ -6,7 +6,10 @@
 //        node powercut-child.mjs switch DIR  (a storage system at DIR: logged writes of
 //                                             chunks 0..N-1 just past one memtable, so
 //                                             LevelDB switches logs, then a sync)
-import { closeSync, fdatasyncSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs'
+//        node powercut-child.mjs names DIR   (the same name changes in DIR/nosync and in
+//                                             DIR/dirsync, and only the second fsynced)
+//        node powercut-child.mjs durable DIR (writeFileDurably of DIR/config, "new")
+import { closeSync, fdatasyncSync, fsyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs'
 import { open } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Worker } from 'node:worker_threads'
@@ -77,6 +80,34 @@ if (mode === 'files') {
   }
   await system.sync()
   process.stdout.write(`chunks ${n}\n`)
+} else if (mode === 'names') {
+  // Each directory holds "doc" (old) and "deleted" (doomed) from before.
+  for (const sub of ['nosync', 'dirsync']) {
+    const in_ = (name) => join(dir, sub, name)
+    // A file's fsync commits everything in its directory up to its creation,
+    // so the changes meant to be lost come after the last synced creation.
+    let fd = openSync(in_('synced'), 'w')
+    write(fd, 's', 10)
+    fsyncSync(fd)
+    fd = openSync(in_('doc.tmp'), 'w')
+    write(fd, 'n', 3)
+    fsyncSync(fd)
+    closeSync(fd)
+    renameSync(in_('doc.tmp'), in_('doc'))
+    fd = openSync(in_('fresh'), 'w')
+    write(fd, 'f', 10)
+    unlinkSync(in_('deleted'))
+    mkdirSync(in_('newdir'))
+    closeSync(openSync(in_('newdir/inner'), 'w'))
+    if (sub === 'dirsync') {
+      fd = openSync(join(dir, sub), 'r')
+      fsyncSync(fd)
+      closeSync(fd)
+    }
+  }
+} else if (mode === 'durable') {
+  const { writeFileDurably } = await import('../../dist/lib/durable-file.js')
+  await writeFileDurably(join(dir, 'config'), 'new')
 } else {
   throw new Error(`unknown mode ${mode}`)
 }

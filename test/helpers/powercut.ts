@@ -1,6 +1,6 @@
 /**
  * Power cuts for tests: what a directory (a daemon's state) would hold after
- * the power failed, given the sync log the powercut interposer
+ * the power failed, given the log the powercut interposer
  * (native/powercut/powercut.c, loaded with LD_PRELOAD) wrote while processes
  * worked in it. The model is LevelDB's db/fault_injection_test.cc: every file
  * keeps the bytes it had when it was last fsync'd/fdatasync'd and loses the
@@ -11,29 +11,41 @@
  * as a new temporary file, fsynced, then renamed over the old one), so the
  * unsynced part of a file is always its tail. An open(O_TRUNC) or ftruncate
  * is logged and modelled as "the truncation is durable, what followed it is
- * not" until the next sync. O_SYNC/O_DSYNC opens and sync()/syncfs() are
- * logged and refused here (not modelled) rather than silently mis-modelled.
+ * not" until the next sync. O_SYNC/O_DSYNC opens, sync()/syncfs() and
+ * renameat2(RENAME_EXCHANGE) are logged and refused here (not modelled)
+ * rather than silently mis-modelled.
  *
- * Names (create, rename, unlink) are kept as they were at the cut, which is
- * ext4 data=ordered: namespace changes go into one ordered journal, and every
- * fsync/fdatasync that has metadata to write (a new file, a new size) commits
- * all earlier ones with it; what a power cut typically leaves is exactly the
- * zero-length or short files of data not yet written back, which this models.
- * (Losing an unsynced rename or unlink is not modelled: undoing an unlink
- * needs data the file system no longer has.)
+ * Names (names: 'synced', the default), harshly: a namespace change (a
+ * create by open O_CREAT/fopen, mkdir, link, symlink; a rename; an unlink or
+ * rmdir) is durable only once its parent directory was fsynced after it (both
+ * directories for a rename), and the cut undoes every other one, newest
+ * first: a new name disappears (a directory with everything under it), a
+ * renamed file goes back to its old name and the file it replaced comes
+ * back, an unlinked file comes back (from the interposer's shadow hard link,
+ * with the data it had synced). One more thing makes a change durable, the
+ * ext4 (and xfs, btrfs) behaviour LevelDB relies on for its logs and tables,
+ * and that its fault_injection_test models too: an fsync/fdatasync of a
+ * file or directory commits its own creation and that of the directories
+ * above it, and so everything in each of those directories up to that
+ * creation (the journal commits in order). Renames and unlinks get no such
+ * help: a journal commit forced by some other file's fsync is not counted
+ * (the conservative side: real ext4 would commit them with it).
+ * names: 'kept' is the old model, names as they were at the cut (ext4 with
+ * a journal commit after the last change).
  *
  * Tracking is cumulative across clean restarts: a daemon's orderly exit
- * syncs nothing by itself, so the durable sizes are those at the start of
+ * syncs nothing by itself, so the durable state is that at the start of
  * tracking (or of the last cut) and what was synced since, whatever process
  * did it. Files are identified by device and inode, so renames need no
- * following; the interposer logs "gone" when an inode loses its last name,
- * because ext4 reuses inode numbers at once.
+ * following for their data; the interposer keeps an unlinked or replaced
+ * inode alive in its shadow directory (the log's path + ".shadow"), so its
+ * number is not reused, and logs "gone" when it could not.
  *
  * Concurrency: cut() must run after every process writing the log and the
  * directory is dead (the caller SIGKILLs the daemon and waits for it).
  */
-import { existsSync, lstatSync, readdirSync, readFileSync, renameSync, statSync, truncateSync, writeFileSync } from 'node:fs'
-import { join, resolve } from 'node:path'
+import { existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs'
+import { dirname, join, resolve } from 'node:path'
 
 const ROOT = resolve(import.meta.dirname, '../..')
 export const POWERCUT_SOURCE = join(ROOT, 'native/powercut/powercut.c')
@@ -53,7 +65,12 @@ export interface CutReport {
   /** Files that lost bytes, with what they kept and what they had. */
   truncated: { path: string; kept: number; had: number }[]
   droppedBytes: number
+  /** The namespace changes the cut undid, newest first ("rename A -> B"). */
+  undone: string[]
 }
+
+/** How the cut treats names: 'synced' undoes changes no directory fsync covered, 'kept' keeps them as they were. */
+export type NameModel = 'synced' | 'kept'
 
 interface FileFact {
   path: string
@@ -80,34 +97,86 @@ function regularFiles(dir: string): Map<string, FileFact> {
   return out
 }
 
+/** One log line and where it ends in the log (a directory sync covers the lines ending at or before its offset). */
+interface LogLine {
+  text: string
+  start: number
+  end: number
+}
+
+function logLines(log: string): LogLine[] {
+  if (!existsSync(log)) return []
+  const buf = readFileSync(log)
+  const out: LogLine[] = []
+  for (let start = 0, nl = buf.indexOf(10); nl >= 0; start = nl + 1, nl = buf.indexOf(10, start)) {
+    if (nl > start) out.push({ text: buf.toString('utf8', start, nl), start, end: nl + 1 })
+  }
+  return out
+}
+
+/** The first n space-separated fields of a line, and the rest (a path, which may hold spaces). */
+function fields(text: string, n: number): { f: string[]; rest: string } {
+  const f: string[] = []
+  let at = 0
+  for (let i = 0; i < n; i++) {
+    const sp = text.indexOf(' ', at)
+    if (sp < 0) throw new Error(`power cut: malformed log line "${text}"`)
+    f.push(text.slice(at, sp))
+    at = sp + 1
+  }
+  return { f, rest: text.slice(at) }
+}
+
+type NameChange =
+  | { what: 'create'; kind: string; parent: string; ino: string; path: string; end: number }
+  | { what: 'unlink'; kind: string; parent: string; ino: string; shadowed: boolean; path: string; end: number }
+  | { what: 'rename'; parents: string[]; ino: string; displaced: string | null; from: string; to: string; end: number }
+
+function lstatKey(path: string): string | null {
+  try {
+    const st = lstatSync(path, { bigint: true })
+    return key(st.dev, st.ino)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
+    throw err
+  }
+}
+
 /**
  * Tracks one directory: what is durable in it as of now (its files at their
- * current sizes: the test treats the start as the last sync of everything),
- * plus what the processes that append to `log` sync from now on.
+ * current sizes and names: the test treats the start as the last sync of
+ * everything), plus what the processes that append to `log` sync from now on.
  */
 export class PowerCutTracker {
   private durableAtStart = new Map<string, number>()
   private cuts = 0
+  readonly names: NameModel
 
   constructor(
     readonly dir: string,
     readonly log: string,
+    opts: { names?: NameModel } = {},
   ) {
+    this.names = opts.names ?? 'synced'
     this.markDurable()
+  }
+
+  /** Where the interposer keeps unlinked and replaced inodes (native/powercut/powercut.c). */
+  get shadowDir(): string {
+    return `${this.log}.shadow`
   }
 
   /** Everything in the directory as of now is on disk; the log starts over. */
   private markDurable(): void {
     this.durableAtStart = new Map([...regularFiles(this.dir)].map(([k, f]) => [k, f.size]))
     writeFileSync(this.log, '')
+    rmSync(this.shadowDir, { recursive: true, force: true })
   }
 
   /** What each file keeps: its size at start, then the last sync or truncation logged since. */
   durableSizes(): Map<string, number> {
     const durable = new Map(this.durableAtStart)
-    const lines = existsSync(this.log) ? readFileSync(this.log, 'utf8').split('\n') : []
-    for (const line of lines) {
-      if (!line) continue
+    for (const { text: line } of logLines(this.log)) {
       const [what, dev, ino, size] = line.split(' ')
       const k = key(dev!, ino!)
       switch (what) {
@@ -120,6 +189,13 @@ export class PowerCutTracker {
         case 'gone':
           durable.delete(k)
           break
+        case 'create':
+        case 'unlink':
+        case 'rename':
+        case 'dirsync':
+        case 'exchange':
+        case 'unmodelled':
+          break
         default:
           throw new Error(`power cut: "${line}" in ${this.log} is not modelled (see test/helpers/powercut.ts)`)
       }
@@ -128,13 +204,104 @@ export class PowerCutTracker {
   }
 
   /**
-   * The power fails: every file loses what was not synced. Call only when
-   * the processes writing there are dead. Tracking then starts over from
-   * what the cut left.
+   * The namespace changes no sync made durable, oldest first: a change is
+   * durable once a directory sync of its parent (of both, for a rename)
+   * began after it was logged, or once a sync of a file or directory created
+   * in that parent began after that creation (it commits everything in the
+   * parent up to the creation), or of anything below a directory created in
+   * it.
+   */
+  undurableNameChanges(): NameChange[] {
+    const covered = new Map<string, number>()
+    const cover = (dir: string, upTo: number) => covered.set(dir, Math.max(covered.get(dir) ?? -1, upTo))
+    const changes: NameChange[] = []
+    const createsOf = new Map<string, NameChange[]>()
+    const mkdirAt = new Map<string, NameChange>()
+    const refuse = (line: string) => {
+      throw new Error(`power cut: "${line}" in ${this.log} is not modelled (see test/helpers/powercut.ts)`)
+    }
+    // A sync of the inode `k` at `path`, begun at `start`: commits its own creation and its new ancestors'.
+    const synced = (k: string, path: string, start: number) => {
+      for (const c of createsOf.get(k) ?? []) if (c.end <= start) cover((c as { parent: string }).parent, c.end)
+      for (let d = dirname(path); d !== dirname(d); d = dirname(d)) {
+        const m = mkdirAt.get(d)
+        if (m && m.end <= start) cover((m as { parent: string }).parent, m.end)
+      }
+    }
+    for (const { text, start, end } of logLines(this.log)) {
+      const what = text.slice(0, text.indexOf(' ') >>> 0)
+      if (what === 'create') {
+        const { f, rest } = fields(text, 6)
+        const c: NameChange = { what: 'create', kind: f[1]!, parent: key(f[2]!, f[3]!), ino: key(f[4]!, f[5]!), path: rest, end }
+        changes.push(c)
+        if (c.kind === 'file' || c.kind === 'dir') createsOf.set(c.ino, [...(createsOf.get(c.ino) ?? []), c])
+        if (c.kind === 'dir') mkdirAt.set(c.path, c)
+      } else if (what === 'unlink') {
+        const { f, rest } = fields(text, 7)
+        changes.push({ what: 'unlink', kind: f[1]!, parent: key(f[2]!, f[3]!), ino: key(f[4]!, f[5]!), shadowed: f[6] === '1', path: rest, end })
+      } else if (what === 'rename') {
+        const { f, rest } = fields(text, 9)
+        const [from, to] = rest.split('\t')
+        const displaced = f[7] === '-' ? null : f[7] === '?' ? '?' : key(f[7]!, f[8]!)
+        changes.push({ what: 'rename', parents: [key(f[1]!, f[2]!), key(f[3]!, f[4]!)], ino: key(f[5]!, f[6]!), displaced, from: from!, to: to!, end })
+      } else if (what === 'dirsync') {
+        const { f, rest } = fields(text, 4)
+        cover(key(f[1]!, f[2]!), Number(f[3]))
+        synced(key(f[1]!, f[2]!), rest, start)
+      } else if (what === 'sync') {
+        const { f, rest } = fields(text, 4)
+        synced(key(f[1]!, f[2]!), rest, start)
+      } else if (what === 'exchange' || what === 'unmodelled') {
+        refuse(text)
+      }
+    }
+    const durable = (dir: string, end: number) => (covered.get(dir) ?? -1) >= end
+    return changes.filter((c) => (c.what === 'rename' ? !c.parents.every((p) => durable(p, c.end)) : !durable(c.parent, c.end)))
+  }
+
+  /** Undoes the changes, newest first; only those touching the tracked directory. */
+  private undoNames(): string[] {
+    const root = existsSync(this.dir) ? realpathSync(this.dir) : resolve(this.dir)
+    const inside = (p: string) => p === root || p.startsWith(`${root}/`)
+    const shadow = (k: string) => join(this.shadowDir, k.replace(':', '-'))
+    const wrong = (c: NameChange, why: string) => new Error(`power cut: cannot undo ${JSON.stringify(c)}: ${why} (see test/helpers/powercut.ts)`)
+    const undone: string[] = []
+    for (const c of this.undurableNameChanges().reverse()) {
+      if (c.what === 'create' && inside(c.path)) {
+        const now = lstatKey(c.path)
+        if (now === null) continue // under a directory whose creation was undone already
+        if (now !== c.ino) throw wrong(c, `${c.path} is another inode now`)
+        if (c.kind === 'dir') rmSync(c.path, { recursive: true })
+        else unlinkSync(c.path)
+        undone.push(`create ${c.path}`)
+      } else if (c.what === 'unlink' && inside(c.path)) {
+        if (lstatKey(c.path) !== null) throw wrong(c, `${c.path} exists`)
+        if (c.kind === 'dir') mkdirSync(c.path)
+        else if (c.shadowed) linkSync(shadow(c.ino), c.path)
+        else throw wrong(c, 'the interposer could not keep the file (not modelled)')
+        undone.push(`unlink ${c.path}`)
+      } else if (c.what === 'rename' && (inside(c.from) || inside(c.to))) {
+        if (lstatKey(c.to) !== c.ino) throw wrong(c, `${c.to} is not the renamed inode`)
+        if (lstatKey(c.from) !== null) throw wrong(c, `${c.from} exists`)
+        if (c.displaced === '?') throw wrong(c, 'the replaced entry was not kept (not modelled)')
+        renameSync(c.to, c.from)
+        if (c.displaced) linkSync(shadow(c.displaced), c.to)
+        undone.push(`rename ${c.from} -> ${c.to}`)
+      }
+    }
+    return undone
+  }
+
+  /**
+   * The power fails: names changed since their directory's last sync go back
+   * (names: 'synced'), and every file loses what was not synced. Call only
+   * when the processes writing there are dead. Tracking then starts over
+   * from what the cut left.
    */
   cut(): CutReport {
     const durable = this.durableSizes()
-    const report: CutReport = { truncated: [], droppedBytes: 0 }
+    const undone = this.names === 'synced' ? this.undoNames() : []
+    const report: CutReport = { truncated: [], droppedBytes: 0, undone }
     for (const [k, f] of regularFiles(this.dir)) {
       const kept = durable.get(k) ?? 0
       if (f.size <= kept) continue
@@ -142,10 +309,11 @@ export class PowerCutTracker {
       report.truncated.push({ path: f.path, kept, had: f.size })
       report.droppedBytes += f.size - kept
     }
-    // Kept for a post-mortem (VVFS_KEEP_TEST_DIRS=1): what was synced before this cut, and what it dropped.
+    // Kept for a post-mortem (VVFS_KEEP_TEST_DIRS=1): what was synced before this cut, and what it dropped and undid.
     this.cuts++
     renameSync(this.log, `${this.log}.${this.cuts}`)
-    writeFileSync(`${this.log}.${this.cuts}.cut`, report.truncated.map((t) => `${t.path} kept ${t.kept} of ${t.had}\n`).join(''))
+    const lines = [...undone.map((u) => `undone ${u}`), ...report.truncated.map((t) => `${t.path} kept ${t.kept} of ${t.had}`)]
+    writeFileSync(`${this.log}.${this.cuts}.cut`, lines.map((l) => `${l}\n`).join(''))
     this.markDurable()
     return report
   }

@@ -5,7 +5,10 @@
  * whichever thread synced, through renames, truncations and reused inodes.
  * And on a real LevelDB store: a logged write that was not synced survives a
  * kill -9 (the page cache does) but not a power cut; one a later sync covered
- * survives both, even when LevelDB switched logs in between.
+ * survives both, even when LevelDB switched logs in between. Names: a
+ * create, rename or unlink its directory's fsync did not cover is undone by
+ * the cut (a new file goes, a renamed file goes back, a deleted one returns),
+ * so writeFileDurably's directory fsync is what keeps its new content.
  */
 import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
@@ -14,7 +17,7 @@ import { afterAll, describe, expect, it } from 'vitest'
 import { STORE_OPTIONS } from '../../lib/storage/level-store.js'
 import { StorageSystem } from '../../lib/storage/storage-system.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
-import { PowerCutTracker, powercutEnv } from '../helpers/powercut.js'
+import { PowerCutTracker, powercutEnv, type NameModel } from '../helpers/powercut.js'
 
 const CHILD = resolve(import.meta.dirname, '../helpers/powercut-child.mjs')
 const dirs: string[] = []
@@ -27,7 +30,7 @@ function fresh(): { dir: string; work: string } {
 }
 
 /** Runs the child until it says ready, then SIGKILLs it and waits. */
-async function killedChild(mode: 'files' | 'store' | 'switch', work: string, env: NodeJS.ProcessEnv): Promise<void> {
+async function killedChild(mode: 'files' | 'store' | 'switch' | 'names' | 'durable', work: string, env: NodeJS.ProcessEnv): Promise<void> {
   const child = spawn(process.execPath, [CHILD, mode, work], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } })
   let err = ''
   child.stderr.on('data', (b) => (err += String(b)))
@@ -40,6 +43,17 @@ async function killedChild(mode: 'files' | 'store' | 'switch', work: string, env
   await exited
 }
 
+/** The child's 'names' case: DIR/nosync and DIR/dirsync each with "doc" (old) and "deleted" from before. */
+function namesFixture(names: NameModel): { work: string; tracker: PowerCutTracker } {
+  const { dir, work } = fresh()
+  for (const sub of ['nosync', 'dirsync']) {
+    mkdirSync(join(work, sub), { recursive: true })
+    writeFileSync(join(work, sub, 'doc'), 'old')
+    writeFileSync(join(work, sub, 'deleted'), 'D'.repeat(7))
+  }
+  return { work, tracker: new PowerCutTracker(work, join(dir, 'powercut.log'), { names }) }
+}
+
 const bytes = (path: string) => (existsSync(path) ? readFileSync(path, 'latin1') : null)
 
 describe('a power cut', () => {
@@ -49,15 +63,16 @@ describe('a power cut', () => {
     writeFileSync(join(work, 'existing'), 'E'.repeat(10))
     writeFileSync(join(work, 'overwritten'), 'O'.repeat(30))
     writeFileSync(join(work, 'replaced'), 'R'.repeat(20))
-    const tracker = new PowerCutTracker(work, join(dir, 'powercut.log'))
+    // Names as they were at the cut (the old model): this case is about file data.
+    const tracker = new PowerCutTracker(work, join(dir, 'powercut.log'), { names: 'kept' })
     await killedChild('files', work, powercutEnv(tracker.log))
     // Before the cut the page cache has it all.
     expect(bytes(join(work, 'synced'))).toBe('a'.repeat(100) + 'b'.repeat(50))
-    // The deleted file and the one renamed over were logged as gone, so a new
-    // file on either inode does not inherit their synced sizes.
+    // The deleted file and the one renamed over were kept by a shadow hard
+    // link (so no new file reuses their inodes before the cut).
     const log = readFileSync(tracker.log, 'utf8')
-    expect(log).toMatch(/^gone \d+ \d+ \S*\/gone$/m)
-    expect(log).toMatch(/^gone \d+ \d+ \S*\/replaced$/m)
+    expect(log).toMatch(/^unlink file \d+ \d+ \d+ \d+ 1 \S*\/gone$/m)
+    expect(log).toMatch(/^rename( \d+){8} \S*\/replaced\.tmp\t\S*\/replaced$/m)
     const report = tracker.cut()
     expect(bytes(join(work, 'synced')), 'fsync, then more').toBe('a'.repeat(100))
     expect(bytes(join(work, 'never')), 'never synced').toBe('')
@@ -90,6 +105,57 @@ describe('a power cut', () => {
     const { dir, work } = fresh()
     const tracker = new PowerCutTracker(work, join(dir, 'powercut.log'))
     writeFileSync(tracker.log, 'syncall\n')
+    expect(() => tracker.cut()).toThrow(/not modelled/)
+  })
+
+  it('undoes every name change its directory never synced: a new file goes, a rename goes back (the file it replaced returns), an unlinked file returns', async () => {
+    const { work, tracker } = namesFixture('synced')
+    await killedChild('names', work, powercutEnv(tracker.log))
+    const report = tracker.cut()
+    const at = (sub: string, name: string) => bytes(join(work, sub, name))
+    // No directory fsync.
+    expect(at('nosync', 'fresh'), 'created, never synced').toBeNull()
+    expect(at('nosync', 'synced'), 'created and fsynced: the fsync commits its own directory entry').toBe('s'.repeat(10))
+    expect(at('nosync', 'doc'), 'temp, fsync, rename: the old content is back at the name').toBe('old')
+    expect(at('nosync', 'doc.tmp'), 'and the temp file at its own').toBe('nnn')
+    expect(at('nosync', 'deleted'), 'unlinked').toBe('D'.repeat(7))
+    expect(existsSync(join(work, 'nosync', 'newdir')), 'mkdir').toBe(false)
+    // The same changes, then an fsync of the directory.
+    expect(at('dirsync', 'fresh'), 'created, its entry synced, its data not').toBe('')
+    expect(at('dirsync', 'synced')).toBe('s'.repeat(10))
+    expect(at('dirsync', 'doc'), 'temp, fsync, rename, directory fsync: the new content').toBe('nnn')
+    expect(at('dirsync', 'doc.tmp')).toBeNull()
+    expect(at('dirsync', 'deleted')).toBeNull()
+    expect(existsSync(join(work, 'dirsync', 'newdir')), 'mkdir, directory fsync').toBe(true)
+    expect(at('dirsync', 'newdir/inner'), 'but newdir itself was never synced').toBeNull()
+    expect(report.undone.length).toBe(6)
+    // The cut is the new start: a second cut undoes nothing.
+    expect(tracker.cut().undone).toEqual([])
+  })
+
+  it('keeps names as they were at the cut with names: "kept" (the model before directory entries)', async () => {
+    const { work, tracker } = namesFixture('kept')
+    await killedChild('names', work, powercutEnv(tracker.log))
+    expect(tracker.cut().undone).toEqual([])
+    expect(bytes(join(work, 'nosync', 'fresh'))).toBe('')
+    expect(bytes(join(work, 'nosync', 'doc'))).toBe('nnn')
+    expect(bytes(join(work, 'nosync', 'deleted'))).toBeNull()
+  })
+
+  it('keeps what writeFileDurably wrote (temp, fsync, rename, directory fsync) through a power cut right after it returned', async () => {
+    const { dir, work } = fresh()
+    mkdirSync(work)
+    writeFileSync(join(work, 'config'), 'old')
+    const tracker = new PowerCutTracker(work, join(dir, 'powercut.log'))
+    await killedChild('durable', work, powercutEnv(tracker.log))
+    tracker.cut()
+    expect(bytes(join(work, 'config'))).toBe('new')
+  })
+
+  it('refuses a rename that swapped two names (RENAME_EXCHANGE) rather than getting it wrong', () => {
+    const { dir, work } = fresh()
+    const tracker = new PowerCutTracker(work, join(dir, 'powercut.log'))
+    writeFileSync(tracker.log, `exchange ${join(work, 'a')}\t${join(work, 'b')}\n`)
     expect(() => tracker.cut()).toThrow(/not modelled/)
   })
 
