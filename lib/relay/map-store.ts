@@ -51,6 +51,7 @@ import { VvfsError } from '../errors.js'
 import type { DataLog } from '../storage/storage-system.js'
 import { WriteGenerations } from '../storage/write-generations.js'
 import { SYNC_KEY } from './key-space.js'
+import { openLevelDurably } from '../durable-file.js'
 
 type Producer = () => Buffer | null
 /** The stores whose logged writes the record points at (read with the value). */
@@ -88,7 +89,7 @@ export class MapStore {
   static async open(path: string): Promise<MapStore> {
     const db = new ClassicLevel<Buffer, Buffer>(path, { keyEncoding: 'buffer', valueEncoding: 'buffer', writeBufferSize: 4 * 1024 * 1024 })
     try {
-      await db.open()
+      await openLevelDurably(db, path)
     } catch (err) {
       const cause = (err as { cause?: { code?: string } }).cause
       if ((err as { code?: string }).code === 'LEVEL_LOCKED' || cause?.code === 'LEVEL_LOCKED' || /lock/i.test(String(err))) {

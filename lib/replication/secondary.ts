@@ -34,6 +34,7 @@ import { Applier, isConsistent, type ApplyTarget, type SecondaryState, type Targ
 import { decodeEntry, encodeEntry, readU53, writeU53 } from './entry.js'
 import type { EpochChain } from './epoch.js'
 import type { Hello } from './messages.js'
+import { openLevelDurably } from '../durable-file.js'
 
 /** What the daemon gives the secondary: its volumes. */
 export interface ReplicaHost {
@@ -89,7 +90,7 @@ export class ReplicaStore implements ApplyTarget {
   static async open(dir: string, config: PairConfig | null, host: ReplicaHost): Promise<ReplicaStore> {
     await mkdir(dir, { recursive: true })
     const db = new ClassicLevel<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer', compression: false, writeBufferSize: 4 * 1024 * 1024 })
-    await db.open()
+    await openLevelDurably(db, dir)
     try {
       const raw = await db.get(CONFIG_KEY)
       const stored = raw ? (JSON.parse(raw.toString('utf8')) as PairConfig) : null

@@ -33,6 +33,7 @@ import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS } from '../layout.js'
 import { checkBatch, checkRead, type ChunkBatch, type ChunkStore, type ChunkStoreCapabilities, type ChunkWrite, type CompactionControl, type StoreIdentity } from './chunk-store.js'
 import type { BudgetedStore, MemoryBudget, MemoryShare } from './memory-budget.js'
+import { openLevelDurably } from '../durable-file.js'
 
 const DATA = 0x64 // 'd'
 const IDENTITY_KEY = Buffer.from('m/identity')
@@ -180,7 +181,7 @@ export class LevelChunkStore implements ChunkStore, BudgetedStore {
       ...(opts.memory ? sizesOf(opts.memory.nextShare()) : {}),
     } as never)
     try {
-      await db.open()
+      await openLevelDurably(db, opts.path)
     } catch (err) {
       throw new VvfsError('IO_ERROR', `cannot open storage system ${opts.name} at ${opts.path}: ${(err as Error).message}`, { cause: err })
     }

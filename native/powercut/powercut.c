@@ -33,7 +33,9 @@
  *                                       exist), dir (mkdir), link, symlink
  *   unlink <kind> <pdev> <pino> <dev> <ino> <shadowed> <path>
  *                                       a name removed (kind file, dir, symlink,
- *                                       other); shadowed 1: the inode was
+ *                                       other: a socket, fifo or device, whose
+ *                                       bind()/mknod is not logged, so the cut
+ *                                       ignores it); shadowed 1: the inode was
  *                                       hard-linked into the shadow directory
  *                                       first, so a cut can bring it back
  *   rename <fpdev> <fpino> <tpdev> <tpino> <dev> <ino> <vdev> <vino> <from>\t<to>
@@ -274,10 +276,11 @@ static const char *kind_of(const struct stat *st) {
  * Hard-links the inode behind (dirfd, path) into the shadow directory as
  * <dev>-<ino>. Returns 2 if it made the link, 1 if one was there already
  * (the same inode: its number cannot be reused while the shadow holds it),
- * 0 if it could not (a directory, another file system).
+ * 0 if it could not or need not (a directory, a socket, another file
+ * system).
  */
 static int shadow(int dirfd, const char *path, const struct entry *e) {
-  if (!e->exists || S_ISDIR(e->st.st_mode)) return 0;
+  if (!e->exists || !(S_ISREG(e->st.st_mode) || S_ISLNK(e->st.st_mode))) return 0;
   char dst[PATH_CAP + 64];
   snprintf(dst, sizeof dst, "%s/%llu-%llu", shadow_dir, (unsigned long long)e->st.st_dev, (unsigned long long)e->st.st_ino);
   syscall(SYS_mkdirat, AT_FDCWD, shadow_dir, 0700);

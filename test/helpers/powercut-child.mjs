@@ -9,6 +9,9 @@
 //        node powercut-child.mjs names DIR   (the same name changes in DIR/nosync and in
 //                                             DIR/dirsync, and only the second fsynced)
 //        node powercut-child.mjs durable DIR (writeFileDurably of DIR/config, "new")
+//        node powercut-child.mjs maps DIR    (a new volume map store at DIR, nothing written)
+//        node powercut-child.mjs recreate DIR (DIR/d with a file, removed whole, made anew
+//                                             with another file, then DIR/sibling synced)
 import { closeSync, fdatasyncSync, fsyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs'
 import { open } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -108,6 +111,17 @@ if (mode === 'files') {
 } else if (mode === 'durable') {
   const { writeFileDurably } = await import('../../dist/lib/durable-file.js')
   await writeFileDurably(join(dir, 'config'), 'new')
+} else if (mode === 'maps') {
+  const { MapStore } = await import('../../dist/lib/relay/map-store.js')
+  await MapStore.open(dir)
+} else if (mode === 'recreate') {
+  const { rmSync } = await import('node:fs')
+  rmSync(at('d'), { recursive: true })
+  mkdirSync(at('d'))
+  closeSync(openSync(at('d/new'), 'w'))
+  const fd = openSync(at('sibling'), 'w')
+  write(fd, 's', 5)
+  fsyncSync(fd)
 } else {
   throw new Error(`unknown mode ${mode}`)
 }

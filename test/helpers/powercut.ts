@@ -17,19 +17,22 @@
  *
  * Names (names: 'synced', the default), harshly: a namespace change (a
  * create by open O_CREAT/fopen, mkdir, link, symlink; a rename; an unlink or
- * rmdir) is durable only once its parent directory was fsynced after it (both
- * directories for a rename), and the cut undoes every other one, newest
- * first: a new name disappears (a directory with everything under it), a
- * renamed file goes back to its old name and the file it replaced comes
- * back, an unlinked file comes back (from the interposer's shadow hard link,
- * with the data it had synced). One more thing makes a change durable, the
- * ext4 (and xfs, btrfs) behaviour LevelDB relies on for its logs and tables,
- * and that its fault_injection_test models too: an fsync/fdatasync of a
- * file or directory commits its own creation and that of the directories
- * above it, and so everything in each of those directories up to that
- * creation (the journal commits in order). Renames and unlinks get no such
- * help: a journal commit forced by some other file's fsync is not counted
- * (the conservative side: real ext4 would commit them with it).
+ * rmdir) is durable only once a sync that commits its directory began after
+ * it, and the cut undoes every other one, newest first: a new name
+ * disappears (a directory with everything under it), a renamed file goes
+ * back to its old name and the file it replaced comes back, an unlinked file
+ * comes back (from the interposer's shadow hard link, with the data it had
+ * synced). What commits a directory: an fsync of the directory itself (of
+ * both, for a rename); and, what ext4 does and LevelDB relies on (its
+ * CURRENT is renamed with no directory fsync, its logs and tables are
+ * created with none), an fsync/fdatasync of a file in it that has metadata
+ * to commit — created, grown or truncated since its last sync — which
+ * commits the journal with everything logged before it. Any sync also
+ * commits the creation of the new directories above what it synced. Harsher
+ * than ext4, whose journal commit covers every directory of the file system
+ * and also comes every 5 s: here a commit covers only the synced file's own
+ * directory, and time commits nothing. Sockets and fifos are not modelled
+ * (their bind()/mknod is not logged, and they hold no data).
  * names: 'kept' is the old model, names as they were at the cut (ext4 with
  * a journal commit after the last change).
  *
@@ -128,8 +131,8 @@ function fields(text: string, n: number): { f: string[]; rest: string } {
 }
 
 type NameChange =
-  | { what: 'create'; kind: string; parent: string; ino: string; path: string; end: number }
-  | { what: 'unlink'; kind: string; parent: string; ino: string; shadowed: boolean; path: string; end: number }
+  | { what: 'create'; kind: string; parent: string; ino: string; self: string; path: string; end: number }
+  | { what: 'unlink'; kind: string; parent: string; ino: string; self: string; shadowed: boolean; path: string; end: number }
   | { what: 'rename'; parents: string[]; ino: string; displaced: string | null; from: string; to: string; end: number }
 
 function lstatKey(path: string): string | null {
@@ -204,59 +207,91 @@ export class PowerCutTracker {
   }
 
   /**
-   * The namespace changes no sync made durable, oldest first: a change is
-   * durable once a directory sync of its parent (of both, for a rename)
-   * began after it was logged, or once a sync of a file or directory created
-   * in that parent began after that creation (it commits everything in the
-   * parent up to the creation), or of anything below a directory created in
-   * it.
+   * The namespace changes no sync made durable, oldest first. A change in a
+   * directory is durable once a sync began after it was logged that commits
+   * that directory: a directory sync of it (of both, for a rename), or a
+   * sync of a file in it that has metadata to commit (created, grown or
+   * truncated since its last sync: ext4 commits its journal, with everything
+   * logged before, LevelDB relies on it for CURRENT); and a sync of a file
+   * or directory commits the creation of every new directory above it.
    */
   undurableNameChanges(): NameChange[] {
     const covered = new Map<string, number>()
-    const cover = (dir: string, upTo: number) => covered.set(dir, Math.max(covered.get(dir) ?? -1, upTo))
+    const cover = (dir: string | undefined, upTo: number) => dir !== undefined && covered.set(dir, Math.max(covered.get(dir) ?? -1, upTo))
     const changes: NameChange[] = []
-    const createsOf = new Map<string, NameChange[]>()
-    const mkdirAt = new Map<string, NameChange>()
+    const dirAt = new Map<string, string>() // directory path -> dev:ino, as the events name them
+    const mkdirAt = new Map<string, { parent: string; end: number }>()
+    const removedDir = new Map<string, { parent: string; end: number }>() // directory incarnation -> its removal
+    const syncedSize = new Map(this.durableAtStart)
+    // A removed directory's inode number is reused at once (no shadow keeps it): each removal starts a new incarnation.
+    const removals = new Map<string, number>()
+    const dk = (dev: string, ino: string) => {
+      const k = key(dev, ino)
+      return removals.has(k) ? `${k}#${removals.get(k)}` : k
+    }
     const refuse = (line: string) => {
       throw new Error(`power cut: "${line}" in ${this.log} is not modelled (see test/helpers/powercut.ts)`)
     }
-    // A sync of the inode `k` at `path`, begun at `start`: commits its own creation and its new ancestors'.
-    const synced = (k: string, path: string, start: number) => {
-      for (const c of createsOf.get(k) ?? []) if (c.end <= start) cover((c as { parent: string }).parent, c.end)
-      for (let d = dirname(path); d !== dirname(d); d = dirname(d)) {
+    // A sync begun at `start` of the directory at `dir` or of something under it: the new directories above commit.
+    const ancestorsCommit = (dir: string, start: number) => {
+      for (let d = dir; d !== dirname(d); d = dirname(d)) {
         const m = mkdirAt.get(d)
-        if (m && m.end <= start) cover((m as { parent: string }).parent, m.end)
+        if (m && m.end <= start) cover(m.parent, m.end)
       }
     }
     for (const { text, start, end } of logLines(this.log)) {
       const what = text.slice(0, text.indexOf(' ') >>> 0)
       if (what === 'create') {
         const { f, rest } = fields(text, 6)
-        const c: NameChange = { what: 'create', kind: f[1]!, parent: key(f[2]!, f[3]!), ino: key(f[4]!, f[5]!), path: rest, end }
+        const c: NameChange = { what: 'create', kind: f[1]!, parent: dk(f[2]!, f[3]!), ino: key(f[4]!, f[5]!), self: dk(f[4]!, f[5]!), path: rest, end }
         changes.push(c)
-        if (c.kind === 'file' || c.kind === 'dir') createsOf.set(c.ino, [...(createsOf.get(c.ino) ?? []), c])
-        if (c.kind === 'dir') mkdirAt.set(c.path, c)
+        dirAt.set(dirname(c.path), c.parent)
+        if (c.kind === 'dir') {
+          dirAt.set(c.path, c.self)
+          mkdirAt.set(c.path, c)
+        }
       } else if (what === 'unlink') {
         const { f, rest } = fields(text, 7)
-        changes.push({ what: 'unlink', kind: f[1]!, parent: key(f[2]!, f[3]!), ino: key(f[4]!, f[5]!), shadowed: f[6] === '1', path: rest, end })
+        const u: NameChange = { what: 'unlink', kind: f[1]!, parent: dk(f[2]!, f[3]!), ino: key(f[4]!, f[5]!), self: dk(f[4]!, f[5]!), shadowed: f[6] === '1', path: rest, end }
+        changes.push(u)
+        dirAt.set(dirname(rest), u.parent)
+        if (u.kind === 'dir') {
+          removedDir.set(u.self, u)
+          removals.set(key(f[4]!, f[5]!), (removals.get(key(f[4]!, f[5]!)) ?? 0) + 1)
+        }
       } else if (what === 'rename') {
         const { f, rest } = fields(text, 9)
-        const [from, to] = rest.split('\t')
+        const [from, to] = rest.split('\t') as [string, string]
         const displaced = f[7] === '-' ? null : f[7] === '?' ? '?' : key(f[7]!, f[8]!)
-        changes.push({ what: 'rename', parents: [key(f[1]!, f[2]!), key(f[3]!, f[4]!)], ino: key(f[5]!, f[6]!), displaced, from: from!, to: to!, end })
+        changes.push({ what: 'rename', parents: [dk(f[1]!, f[2]!), dk(f[3]!, f[4]!)], ino: key(f[5]!, f[6]!), displaced, from, to, end })
+        dirAt.set(dirname(from), dk(f[1]!, f[2]!))
+        dirAt.set(dirname(to), dk(f[3]!, f[4]!))
       } else if (what === 'dirsync') {
         const { f, rest } = fields(text, 4)
-        cover(key(f[1]!, f[2]!), Number(f[3]))
-        synced(key(f[1]!, f[2]!), rest, start)
+        cover(dk(f[1]!, f[2]!), Number(f[3]))
+        dirAt.set(rest, dk(f[1]!, f[2]!))
+        ancestorsCommit(rest, start)
       } else if (what === 'sync') {
         const { f, rest } = fields(text, 4)
-        synced(key(f[1]!, f[2]!), rest, start)
+        const k = key(f[1]!, f[2]!)
+        if (syncedSize.get(k) !== Number(f[3])) {
+          cover(dirAt.get(dirname(rest)), start)
+          ancestorsCommit(dirname(rest), start)
+        }
+        syncedSize.set(k, Number(f[3]))
+      } else if (what === 'truncate') {
+        syncedSize.delete(key(...(text.split(' ').slice(1, 3) as [string, string])))
       } else if (what === 'exchange' || what === 'unmodelled') {
         refuse(text)
       }
     }
     const durable = (dir: string, end: number) => (covered.get(dir) ?? -1) >= end
-    return changes.filter((c) => (c.what === 'rename' ? !c.parents.every((p) => durable(p, c.end)) : !durable(c.parent, c.end)))
+    // An unlink in a directory whose own removal is durable needs no undoing: the entry went with the directory.
+    const gone = (dir: string) => {
+      const rmdir = removedDir.get(dir)
+      return rmdir !== undefined && durable(rmdir.parent, rmdir.end)
+    }
+    return changes.filter((c) => (c.what === 'rename' ? !c.parents.every((p) => durable(p, c.end)) : !durable(c.parent, c.end) && !(c.what === 'unlink' && gone(c.parent))))
   }
 
   /** Undoes the changes, newest first; only those touching the tracked directory. */
@@ -274,7 +309,8 @@ export class PowerCutTracker {
         if (c.kind === 'dir') rmSync(c.path, { recursive: true })
         else unlinkSync(c.path)
         undone.push(`create ${c.path}`)
-      } else if (c.what === 'unlink' && inside(c.path)) {
+      } else if (c.what === 'unlink' && c.kind !== 'other' && inside(c.path)) {
+        // Sockets and fifos (kind other) are not modelled: their bind()/mknod is not logged, and they hold no data.
         if (lstatKey(c.path) !== null) throw wrong(c, `${c.path} exists`)
         if (c.kind === 'dir') mkdirSync(c.path)
         else if (c.shadowed) linkSync(shadow(c.ino), c.path)

@@ -14,6 +14,7 @@ import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
+import { MapStore } from '../../lib/relay/map-store.js'
 import { STORE_OPTIONS } from '../../lib/storage/level-store.js'
 import { StorageSystem } from '../../lib/storage/storage-system.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
@@ -30,7 +31,7 @@ function fresh(): { dir: string; work: string } {
 }
 
 /** Runs the child until it says ready, then SIGKILLs it and waits. */
-async function killedChild(mode: 'files' | 'store' | 'switch' | 'names' | 'durable', work: string, env: NodeJS.ProcessEnv): Promise<void> {
+async function killedChild(mode: 'files' | 'store' | 'switch' | 'names' | 'durable' | 'maps' | 'recreate', work: string, env: NodeJS.ProcessEnv): Promise<void> {
   const child = spawn(process.execPath, [CHILD, mode, work], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } })
   let err = ''
   child.stderr.on('data', (b) => (err += String(b)))
@@ -133,6 +134,19 @@ describe('a power cut', () => {
     expect(tracker.cut().undone).toEqual([])
   })
 
+  it('does not bring back the entries of a directory whose own removal became durable (rm -rf, then a new directory at its path)', async () => {
+    const { dir, work } = fresh()
+    mkdirSync(join(work, 'd'), { recursive: true })
+    writeFileSync(join(work, 'd', 'old'), 'o')
+    const tracker = new PowerCutTracker(work, join(dir, 'powercut.log'))
+    await killedChild('recreate', work, powercutEnv(tracker.log))
+    tracker.cut()
+    // The sibling's fsync commits d's removal and re-creation (ext4 likely gave the new d the old one's
+    // inode number), not the new file in it; the old file went with the old d.
+    expect(readdirSync(join(work, 'd'))).toEqual([])
+    expect(bytes(join(work, 'sibling'))).toBe('sssss')
+  })
+
   it('keeps names as they were at the cut with names: "kept" (the model before directory entries)', async () => {
     const { work, tracker } = namesFixture('kept')
     await killedChild('names', work, powercutEnv(tracker.log))
@@ -150,6 +164,15 @@ describe('a power cut', () => {
     await killedChild('durable', work, powercutEnv(tracker.log))
     tracker.cut()
     expect(bytes(join(work, 'config'))).toBe('new')
+  })
+
+  it('on a new volume map store: the store opens after a power cut right after it was created, nothing written (LevelDB renames CURRENT without a directory fsync)', async () => {
+    const { dir } = fresh()
+    const maps = join(dir, 'maps')
+    const tracker = new PowerCutTracker(dir, join(dir, 'powercut.log'))
+    await killedChild('maps', maps, powercutEnv(tracker.log))
+    tracker.cut()
+    await (await MapStore.open(maps)).close()
   })
 
   it('refuses a rename that swapped two names (RENAME_EXCHANGE) rather than getting it wrong', () => {

@@ -32,6 +32,7 @@ import { mkdir } from 'node:fs/promises'
 import { ClassicLevel } from 'classic-level'
 import { VvfsError } from '../../errors.js'
 import { malformed, Reader, Writer } from './protocol.js'
+import { openLevelDurably } from '../../durable-file.js'
 
 const SYNC = 1
 /** A MAP_READ reply's records stop after this many bytes (the wire's body limit is 1 MiB + 16 KiB). */
@@ -146,7 +147,7 @@ export class ServerMapLog {
     await mkdir(path, { recursive: true, mode: 0o700 })
     const db = new ClassicLevel<Buffer, Buffer>(path, { keyEncoding: 'buffer', valueEncoding: 'buffer' })
     try {
-      await db.open()
+      await openLevelDurably(db, path)
     } catch (err) {
       throw new VvfsError('IO_ERROR', `cannot open the map log at ${path}: ${(err as Error).message}`, { cause: err })
     }
