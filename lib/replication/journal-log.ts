@@ -53,10 +53,11 @@
  * segment's file descriptor is closed once no read or sync is in flight.
  */
 import { close, fdatasync, fstat, ftruncate, open, read, unlink, writev, writevSync } from 'node:fs'
-import { constants, mkdir, open as openFile, readdir } from 'node:fs/promises'
+import { constants, mkdir, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { crc32 } from 'node:zlib'
+import { syncDirectory } from '../durable-file.js'
 import { VvfsError } from '../errors.js'
 import { entryChecksumOk, readU53, writeU53 } from './entry.js'
 import { markKey, type DirtyMark, type DurableLog, type JournalMode, type LogBatch, type LogContents, type LogRecord } from './durable-log.js'
@@ -437,21 +438,12 @@ export class SegmentDurableLog implements DurableLog {
     try {
       await writeAll(fd, frame, 0, false)
       await fdatasyncAsync(fd)
-      await this.syncDirectory()
+      await syncDirectory(this.path)
     } catch (err) {
       throw ioError('segment create', err)
     }
     seg.bytes = frame.reduce((n, b) => n + b.length, 0)
     return seg
-  }
-
-  private async syncDirectory(): Promise<void> {
-    const dir = await openFile(this.path, 'r')
-    try {
-      await dir.sync()
-    } finally {
-      await dir.close()
-    }
   }
 
   /** Reads every segment, drops a torn tail, and makes what remains durable (see the file comment). */
@@ -489,7 +481,7 @@ export class SegmentDurableLog implements DurableLog {
     const last = this.segments[this.segments.length - 1]
     if (!last) await this.startSegment()
     else await this.syncSegment(last, this.state.trimmedThrough)
-    await this.syncDirectory()
+    await syncDirectory(this.path)
   }
 
   /** Applies the frames of one segment; returns the bytes of whole, intact frames from its start. */
