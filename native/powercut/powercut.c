@@ -16,10 +16,14 @@
  * directory resolved through /proc/self/fd) so the cut can undo them.
  *
  * File data:
- *   sync <dev> <ino> <size> <path>      fsync/fdatasync of a regular file
+ *   sync <dev> <ino> <size> <covers> <path>
+ *                                       fsync/fdatasync of a regular file
  *                                       returned 0; size is from fstat before
  *                                       the call (bytes appended while it ran
- *                                       are not counted: the conservative side)
+ *                                       are not counted: the conservative side),
+ *                                       covers as for dirsync (the journal
+ *                                       commit it may force covers the events
+ *                                       logged before it began)
  *   truncate <dev> <ino> <len> <path>   ftruncate/truncate, or open(O_TRUNC) or
  *                                       fopen("w") of an existing file (len 0)
  *   gone <dev> <ino> <path>             the last name of a regular file was
@@ -57,7 +61,9 @@
  * over it) the inode is hard-linked there as <dev>-<ino>, so it keeps its
  * data and its inode number. The shadow lives until the cut (the tracker
  * empties it): a process deleting many large files leaves their blocks
- * allocated until then.
+ * allocated until then (the most at one cut in the power-cut cases of
+ * crash, migration-crash and prefix-kills: 99 files, 191 MB apparent size,
+ * 2026-12-04).
  *
  * Concurrency: no locks; each event is one write() of a line built on the
  * stack. The real functions are looked up once with dlsym(RTLD_NEXT) (a race
@@ -171,14 +177,21 @@ static int synced(int (*real)(int), int fd) {
   struct stat st, logst;
   int ok = fstat(fd, &st) == 0;
   int file = ok && S_ISREG(st.st_mode);
-  int dir = ok && S_ISDIR(st.st_mode) && fstat(log_fd, &logst) == 0;
+  int logged = fstat(log_fd, &logst) == 0;
+  int dir = ok && S_ISDIR(st.st_mode) && logged;
   int rc = real(fd);
   if (rc == 0 && (file || dir)) {
     int saved = errno;
     char path[PATH_CAP];
     fd_path(fd, path, sizeof path);
-    if (file) event_st("sync", &st, (long long)st.st_size, path);
-    else event_st("dirsync", &st, (long long)logst.st_size, path);
+    if (file) {
+      char line[PATH_CAP + 128];
+      int len = snprintf(line, sizeof line, "sync %llu %llu %lld %lld %s\n", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino, (long long)st.st_size,
+                         (long long)(logged ? logst.st_size : 0), path);
+      emit(line, len < (int)sizeof line ? len : (int)sizeof line - 1);
+    } else {
+      event_st("dirsync", &st, (long long)logst.st_size, path);
+    }
     errno = saved;
   }
   return rc;

@@ -103,7 +103,6 @@ function regularFiles(dir: string): Map<string, FileFact> {
 /** One log line and where it ends in the log (a directory sync covers the lines ending at or before its offset). */
 interface LogLine {
   text: string
-  start: number
   end: number
 }
 
@@ -112,7 +111,7 @@ function logLines(log: string): LogLine[] {
   const buf = readFileSync(log)
   const out: LogLine[] = []
   for (let start = 0, nl = buf.indexOf(10); nl >= 0; start = nl + 1, nl = buf.indexOf(10, start)) {
-    if (nl > start) out.push({ text: buf.toString('utf8', start, nl), start, end: nl + 1 })
+    if (nl > start) out.push({ text: buf.toString('utf8', start, nl), end: nl + 1 })
   }
   return out
 }
@@ -232,14 +231,14 @@ export class PowerCutTracker {
     const refuse = (line: string) => {
       throw new Error(`power cut: "${line}" in ${this.log} is not modelled (see test/helpers/powercut.ts)`)
     }
-    // A sync begun at `start` of the directory at `dir` or of something under it: the new directories above commit.
-    const ancestorsCommit = (dir: string, start: number) => {
+    // A sync of the directory at `dir` or of something under it, begun when the log ended at `covers`: the new directories above commit.
+    const ancestorsCommit = (dir: string, covers: number) => {
       for (let d = dir; d !== dirname(d); d = dirname(d)) {
         const m = mkdirAt.get(d)
-        if (m && m.end <= start) cover(m.parent, m.end)
+        if (m && m.end <= covers) cover(m.parent, m.end)
       }
     }
-    for (const { text, start, end } of logLines(this.log)) {
+    for (const { text, end } of logLines(this.log)) {
       const what = text.slice(0, text.indexOf(' ') >>> 0)
       if (what === 'create') {
         const { f, rest } = fields(text, 6)
@@ -270,13 +269,13 @@ export class PowerCutTracker {
         const { f, rest } = fields(text, 4)
         cover(dk(f[1]!, f[2]!), Number(f[3]))
         dirAt.set(rest, dk(f[1]!, f[2]!))
-        ancestorsCommit(rest, start)
+        ancestorsCommit(rest, Number(f[3]))
       } else if (what === 'sync') {
-        const { f, rest } = fields(text, 4)
+        const { f, rest } = fields(text, 5)
         const k = key(f[1]!, f[2]!)
         if (syncedSize.get(k) !== Number(f[3])) {
-          cover(dirAt.get(dirname(rest)), start)
-          ancestorsCommit(dirname(rest), start)
+          cover(dirAt.get(dirname(rest)), Number(f[4]))
+          ancestorsCommit(dirname(rest), Number(f[4]))
         }
         syncedSize.set(k, Number(f[3]))
       } else if (what === 'truncate') {

@@ -97,7 +97,7 @@ describe('a power cut', () => {
     writeFileSync(file, 'r'.repeat(64))
     const st = statSync(file)
     // What the interposer logs when a synced file is deleted and a new one gets its inode.
-    writeFileSync(tracker.log, `sync ${st.dev} ${st.ino} 64 ${join(work, 'old')}\ngone ${st.dev} ${st.ino} ${join(work, 'old')}\n`)
+    writeFileSync(tracker.log, `sync ${st.dev} ${st.ino} 64 0 ${join(work, 'old')}\ngone ${st.dev} ${st.ino} ${join(work, 'old')}\n`)
     expect(tracker.cut().droppedBytes).toBe(64)
     expect(bytes(file)).toBe('')
   })
