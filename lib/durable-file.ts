@@ -13,9 +13,12 @@
  * before the next journal commit left a new store whose CURRENT names an
  * empty MANIFEST: "Corruption: no meta-nextfile entry in descriptor", the
  * store does not open (powercut.test.ts, the new volume map store case).
+ * removeDurably: a directory tree removed, the removal durable when it
+ * returns (a secondary's dropped pair store came back after a power cut and
+ * re-created its deleted volume: secondary-delete-powercut.test.ts).
  * No concurrency of its own: one writer per path.
  */
-import { open, rename } from 'node:fs/promises'
+import { open, rename, rm } from 'node:fs/promises'
 import { dirname } from 'node:path'
 
 /** Entries created, renamed or removed in `dir` before this call are durable once it returns. */
@@ -50,4 +53,10 @@ export async function openLevelDurably(db: { open(): Promise<void>; close(): Pro
     await db.close()
     throw err
   }
+}
+
+/** Removes `path` (a whole tree; nothing if it is not there) and fsyncs its parent: after a power cut it stays gone. */
+export async function removeDurably(path: string): Promise<void> {
+  await rm(path, { recursive: true, force: true })
+  await syncDirectory(dirname(path))
 }

@@ -34,7 +34,7 @@ import { Applier, isConsistent, type ApplyTarget, type SecondaryState, type Targ
 import { decodeEntry, encodeEntry, readU53, writeU53 } from './entry.js'
 import type { EpochChain } from './epoch.js'
 import type { Hello } from './messages.js'
-import { openLevelDurably } from '../durable-file.js'
+import { openLevelDurably, removeDurably } from '../durable-file.js'
 
 /** What the daemon gives the secondary: its volumes. */
 export interface ReplicaHost {
@@ -189,10 +189,10 @@ export class ReplicaStore implements ApplyTarget {
     this.checkpoint = through
   }
 
-  /** Closes the store without a checkpoint (its volume is gone) and deletes it. */
+  /** Closes the store without a checkpoint (its volume is gone) and deletes it, durably: a store back after a power cut would be opened as a pair again. */
   async drop(): Promise<void> {
     await this.db.close()
-    await rm(this.dir, { recursive: true, force: true })
+    await removeDurably(this.dir)
   }
 
   async close(): Promise<void> {
