@@ -337,11 +337,13 @@ static void created_at(const char *kind, int dirfd, const char *path) {
 /* unlink/rmdir/remove: shadow, remove, log. */
 static int removed(int dirfd, const char *path, int (*call)(int, const char *, int), int flags) {
   if (logfd() < 0) return call(dirfd, path, flags);
+  int before = errno;
   struct entry e;
   struct name n;
   peek(dirfd, path, &e);
   where(dirfd, path, &n);
   int made = e.exists ? shadow(dirfd, path, &e) : 0;
+  errno = before;
   int rc = call(dirfd, path, flags);
   int saved = errno;
   if (rc != 0) {
@@ -395,6 +397,7 @@ static int moved(int fromfd, const char *from, int tofd, const char *to, unsigne
   REAL(renameat);
   int plain = flags == 0;
   if (logfd() < 0) return plain ? real_renameat(fromfd, from, tofd, to) : real_renameat2(fromfd, from, tofd, to, flags);
+  int before = errno;
   struct entry m, v;
   struct name nf, nt;
   peek(fromfd, from, &m);
@@ -406,6 +409,7 @@ static int moved(int fromfd, const char *from, int tofd, const char *to, unsigne
   int self = m.exists && v.exists && m.st.st_dev == v.st.st_dev && m.st.st_ino == v.st.st_ino;
   int displaced = v.exists && !self && !exchange;
   int made = displaced ? shadow(tofd, to, &v) : 0;
+  errno = before;
   int rc = plain ? real_renameat(fromfd, from, tofd, to) : real_renameat2(fromfd, from, tofd, to, flags);
   int saved = errno;
   if (rc != 0) {
