@@ -85,11 +85,11 @@
  * crash between the reverse job's start and the record's removal: open()
  * sees the job and drops the record. The same holds for one volume.
  */
-import { mkdir, readFile, rm } from 'node:fs/promises'
+import { mkdir, readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import type { FailoverView } from '../control/schema.js'
 import { crashPoint } from '../crash-points.js'
-import { writeFileDurably } from '../durable-file.js'
+import { removeDurably, writeFileDurably } from '../durable-file.js'
 import { VvfsError, asVvfsError } from '../errors.js'
 import { EXTENT_SIZE } from '../layout.js'
 import type { Logger } from '../log.js'
@@ -348,7 +348,7 @@ export class FailoverService {
         // Its volume was deleted: nothing is left to fail over.
         this.log.warn({ event: 'replication.failover_dropped', pair: r.pair, volume: r.volume, role: r.role }, `pair ${r.pair}: volume ${r.volume} is gone; its ${r.role} record is dropped`)
         this.records.delete(r.pair)
-        if (r.role === 'promoted') await rm(r.journalDir, { recursive: true, force: true })
+        if (r.role === 'promoted') await removeDurably(r.journalDir)
         await this.save()
         continue
       }
@@ -710,7 +710,7 @@ export class FailoverService {
       await rt.log.close()
       this.promoted.delete(r.pair)
     }
-    if (drop) await rm(r.journalDir, { recursive: true, force: true })
+    if (drop) await removeDurably(r.journalDir)
   }
 
   private async peerKeyOf(file?: string) {
