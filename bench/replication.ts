@@ -15,6 +15,11 @@
  *     the unreplicated IOPS: median and p99 (targets < 250 ms, < 1 s);
  *   - after a peer outage (BENCH_OUTAGE_SECONDS, default 30) under the same
  *     load: seconds until the lag is back under 1 s (target: within 60 s).
+ * Every fio job starts from compacted stores (`storage compact --wait` on
+ * each side): a job run right after others paid for their compaction — the
+ * journal-alone jobs came after the unreplicated ones and were charged 11.5
+ * CPU-seconds per GiB against 5.8–6.7 from compacted stores (one run each,
+ * 2026-12-04). The primary's CPU-seconds per GiB of each job are printed.
  *
  *   node dist/bench/replication.js     BENCH_SECONDS=10 per fio job
  *   BENCH_TMP=/var/tmp  BENCH_KEEP=1 keep the temp dir
@@ -24,7 +29,8 @@
  *   BENCH_JOBS=seqwrite only these fio jobs (comma-separated: seqwrite,randwrite)
  *   BENCH_PERF=FILE     `perf record -g` of the daemons during the journal-alone
  *                       jobs (the daemons run with --perf-basic-prof);
- *                       BENCH_PERF_PHASE=end-to-end: during those instead
+ *                       BENCH_PERF_PHASE=end-to-end: during those instead;
+ *                       BENCH_PERF_PHASE=all: every phase, into FILE.<phase>
  *
  * Results: stdout and bench/out/replication.json. Cleanup (daemons, temp
  * dir) runs in every case, also on Ctrl-C.
@@ -92,6 +98,8 @@ async function main(): Promise<void> {
   const fio: Record<string, Partial<Record<string, JobResult>>> = {}
   const figures: Record<string, number> = {}
   const cpuPerGiB: Record<string, { primary: number; secondary: number }> = {}
+  /** The primary daemon's CPU-seconds per GiB written during each job alone (no catch-up), per phase. */
+  const primaryCpuPerGiB: Record<string, Record<string, number>> = {}
   try {
     const keyFile = join(dir, 'peer.key')
     await writeFile(keyFile, randomBytes(32).toString('base64') + '\n', { mode: 0o600 })
@@ -101,6 +109,7 @@ async function main(): Promise<void> {
     const primary = await Vvfs.start(join(dir, 'a'), cleanup)
     let secondary = await Vvfs.start(join(dir, 'b'), cleanup, secondaryArgs)
     await primary.cli(['storage', 'add', 'a1', '--capacity', '1100M'])
+    const primaryStores = ['a1']
     await secondary.cli(['storage', 'add', 'b1', '--capacity', '1100M'])
     await primary.cli(['volume', 'create', 'vol', '--size', '1G'])
     const file = join(primary.mountDir, 'vol')
@@ -108,12 +117,20 @@ async function main(): Promise<void> {
     await must('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', 'count=1024', 'oflag=direct', 'conv=notrunc'], { timeoutMs: 600_000 })
     /** `afterEach`: run after each job (end to end: the catch-up, so the job's CPU includes applying it). */
     const jobs = async (label: string, pids: number[] = [], afterEach?: (job: string) => Promise<void>) => {
-      const perfPhase = process.env.BENCH_PERF && label === (process.env.BENCH_PERF_PHASE ?? 'journal-alone')
-      const perf = perfPhase ? spawn('perf', ['record', '-F', '499', '-g', '-o', process.env.BENCH_PERF!, '-p', pids.join(',')], { stdio: 'ignore' }) : null
+      const phase = process.env.BENCH_PERF_PHASE ?? 'journal-alone'
+      const perfPhase = process.env.BENCH_PERF && (label === phase || phase === 'all')
+      const perfFile = phase === 'all' ? `${process.env.BENCH_PERF}.${label}` : process.env.BENCH_PERF!
+      const perf = perfPhase ? spawn('perf', ['record', '-F', '499', '-g', '-o', perfFile, '-p', [primary.pid, ...pids].filter((p, i, a) => a.indexOf(p) === i).join(',')], { stdio: 'ignore' }) : null
       fio[label] = {}
+      primaryCpuPerGiB[label] = {}
       for (const job of WRITES) {
+        // Every job starts from compacted stores: otherwise a job pays for the compaction of the writes before it (the journal-alone jobs for the unreplicated ones, the end-to-end ones for the initial sync), and a short job leaves its own debt to the next.
+        for (const name of primaryStores) await primary.cli(['storage', 'compact', name, '--wait'], 600_000)
+        if (label === 'end-to-end') await secondary.cli(['storage', 'compact', 'b1', '--wait'], 600_000)
         say(`replication bench: ${job.label}, ${label}`)
+        const cpu0 = await cpuSeconds(primary.pid)
         fio[label][job.name] = await runJob(job as JobSpec, file, seconds, join(OUT, 'fio-replication', `${label}-${job.name}.json`))
+        primaryCpuPerGiB[label][job.name] = (await cpuSeconds(primary.pid) - cpu0) / ((fio[label][job.name]?.ioBytes ?? NaN) / 2 ** 30)
         await afterEach?.(job.name)
       }
       if (perf) {
@@ -126,6 +143,7 @@ async function main(): Promise<void> {
     if (ONLY === '' || ONLY === 'sync') {
       // A migration's copy of the same allocated GiB, on the same daemon, for the initial sync's ratio.
       await primary.cli(['storage', 'add', 'a2', '--capacity', '1100M'])
+      primaryStores.push('a2')
       const m0 = Date.now()
       await primary.cli(['migrate', 'vol', '--to', 'a2', '--wait'])
       figures.migrationCopyMBps = 1024 / ((Date.now() - m0) / 1000) * 1.048576
@@ -212,6 +230,7 @@ async function main(): Promise<void> {
     )
     return { job: job.name, unit, unreplicated: u, journalAlone: j, endToEnd: e, journalRatio: j / u, endToEndRatio: e / u }
   })
+  for (const [label, jobs] of Object.entries(primaryCpuPerGiB)) lines.push(`${label}: the primary's CPU-seconds per GiB written during the job: ${Object.entries(jobs).map(([n, c]) => `${n} ${c.toFixed(2)}`).join(', ')}`)
   for (const [name, c] of Object.entries(cpuPerGiB)) lines.push(`end to end, ${name}: CPU-seconds per GiB replicated (the job and its catch-up): primary ${c.primary.toFixed(2)}, secondary ${c.secondary.toFixed(2)}`)
   const syncRatio = (figures.initialSyncMBps ?? NaN) / (figures.migrationCopyMBps ?? NaN)
   if (ONLY !== '' && ONLY !== 'sync') lines.push(`BENCH_ONLY=${ONLY}: no initial sync ratio, lag or outage figures${ONLY === 'journal' ? ', no end-to-end runs' : ''}`)
@@ -222,7 +241,7 @@ async function main(): Promise<void> {
   if (ONLY === '') lines.push(`after a ${figures.outageSeconds} s peer outage: lag under 1 s after ${Number.isNaN(figures.lagUnder1sAfterSeconds) ? 'more than 65' : figures.lagUnder1sAfterSeconds?.toFixed(1)} s (target ≤ 60)`)
   for (const [label, jobs] of Object.entries(fio)) for (const [job, r] of Object.entries(jobs)) if (r && !r.ok) lines.push(`${label} ${job}: ${r.error}`)
   process.stdout.write(lines.join('\n') + '\n')
-  await writeFile(join(OUT, 'replication.json'), JSON.stringify({ seconds, rows, figures, cpuPerGiB, fio }, null, 2) + '\n')
+  await writeFile(join(OUT, 'replication.json'), JSON.stringify({ seconds, rows, figures, cpuPerGiB, primaryCpuPerGiB, fio }, null, 2) + '\n')
 }
 
 main().catch((err: unknown) => {
