@@ -109,10 +109,12 @@ describe('takeover of a volume under migration', () => {
     await a.kill9()
 
     await waitFor('the volume served by the new owner', 4 * TTL_MS, () => existsSync(b.file('w')))
+    // The file appears as soon as the volume is served; its jobs are adopted (their bitmaps read) just after.
+    const taken = new RegExp(`"event":"relay.volume_taken".*"jobs":\\[${job.id}\\]`)
+    await waitFor('the migration adopted by the new owner', 10_000, () => taken.test(b.log()))
     const resumed = await b.client.call('job.show', { id: job.id })
     // From its persisted progress (at most the steps under way are done again), not from the start.
     expect(resumed.progress.current).toBeGreaterThanOrEqual(before.progress.current - 2 * MiB)
-    expect(b.log()).toMatch(new RegExp(`"event":"relay.volume_taken".*"jobs":\\[${job.id}\\]`))
     const done = await waitForJob(b, job.id, { ms: 20_000 })
     expect(done.result).toBe('completed')
     expect(await placement(b, 'w')).toEqual(['to'])
