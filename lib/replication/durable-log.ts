@@ -5,7 +5,8 @@
  * entry is trimmed), its mode, and its dirty-extent marks (the `bitmap`
  * policy's record of changes that got no entry). The real one is a segment
  * log on the volume's home storage system (journal-log.ts); MemoryDurableLog
- * below is the model the tests kill at will.
+ * below is the model the tests kill at will. The secondary's redo log
+ * (secondary.ts) is a segment log too, its state kept as the batches' `meta`.
  *
  * Contract: `commit` applies one batch atomically and resolves only once it
  * is durable (synced); batches become durable in commit order (a later batch
@@ -47,6 +48,8 @@ export interface LogBatch {
   addDirty?: DirtyMark[]
   removeDirty?: DirtyMark[]
   mode?: JournalMode
+  /** The owner's own state, kept whole and atomically with the batch (the secondary's SecondaryState); load() gives the last one committed. */
+  meta?: Buffer
 }
 
 export interface LogContents {
@@ -56,6 +59,8 @@ export interface LogContents {
   /** Retained entries' sequence numbers and encoded sizes, ascending. */
   retained: { seq: number; bytes: number }[]
   dirty: DirtyMark[]
+  /** The last `meta` committed; null when none was. */
+  meta: Buffer | null
 }
 
 export interface DurableLog {
@@ -78,10 +83,11 @@ interface ModelState {
   trimmedThrough: number
   entries: Map<number, Buffer>
   dirty: Map<string, DirtyMark>
+  meta: Buffer | null
 }
 
 function cloneState(s: ModelState): ModelState {
-  return { mode: s.mode, trimmedThrough: s.trimmedThrough, entries: new Map(s.entries), dirty: new Map(s.dirty) }
+  return { mode: s.mode, trimmedThrough: s.trimmedThrough, entries: new Map(s.entries), dirty: new Map(s.dirty), meta: s.meta }
 }
 
 function applyBatch(s: ModelState, b: LogBatch): void {
@@ -93,6 +99,7 @@ function applyBatch(s: ModelState, b: LogBatch): void {
   for (const m of b.addDirty ?? []) s.dirty.set(markKey(m), m)
   for (const m of b.removeDirty ?? []) s.dirty.delete(markKey(m))
   if (b.mode) s.mode = b.mode
+  if (b.meta) s.meta = Buffer.from(b.meta)
 }
 
 /**
@@ -103,7 +110,7 @@ function applyBatch(s: ModelState, b: LogBatch): void {
  * process that made them is dead). `failNext()` makes the next commit fail.
  */
 export class MemoryDurableLog implements DurableLog {
-  private durable: ModelState = { mode: null, trimmedThrough: 0, entries: new Map(), dirty: new Map() }
+  private durable: ModelState = { mode: null, trimmedThrough: 0, entries: new Map(), dirty: new Map(), meta: null }
   private visible: ModelState = cloneState(this.durable)
   private pending: { batch: LogBatch; resolve: () => void }[] = []
   /** Logged batches no sync covered yet (a power cut drops them). */
@@ -158,6 +165,7 @@ export class MemoryDurableLog implements DurableLog {
       trimmedThrough: s.trimmedThrough,
       retained: [...s.entries].sort((a, b) => a[0] - b[0]).map(([seq, record]) => ({ seq, bytes: record.length })),
       dirty: [...s.dirty.values()],
+      meta: s.meta,
     }
   }
 

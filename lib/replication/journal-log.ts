@@ -15,11 +15,13 @@
  * The CRC covers the payload except the entry records, which carry their own
  * crc32 (entry.ts) — the data is checksummed once, when the change is
  * accepted. Payload kinds:
- *   1 batch:      u8 flags (1 trim, 2 mode) | u64 trim | u8 mode | u32 entries
- *                 | u32 marks added | u32 marks removed | marks (u32 volume,
- *                 u32 extent each) | entries (u64 seq | u32 bytes | record)
+ *   1 batch:      u8 flags (1 trim, 2 mode, 4 meta) | u64 trim | u8 mode
+ *                 | u32 entries | u32 marks added | u32 marks removed | marks
+ *                 (u32 volume, u32 extent each) | [u32 bytes | meta, flag 4]
+ *                 | entries (u64 seq | u32 bytes | record)
  *   2 checkpoint: u8 mode (0 none, 1 journaling, 2 bitmap) | u64 trim
- *                 | u32 marks | marks — the whole state but the entries, the
+ *                 | u32 marks | marks | [u32 bytes | meta, when the owner
+ *                 committed one] — the whole state but the entries, the
  *                 first frame of every segment.
  *
  * Durability: a commit appends its frame with one writev — on the calling
@@ -121,6 +123,7 @@ interface State {
   mode: JournalMode | null
   trimmedThrough: number
   dirty: Map<string, DirtyMark>
+  meta: Buffer | null
 }
 
 function writeMarks(b: Buffer, at: number, marks: DirtyMark[]): number {
@@ -148,12 +151,16 @@ function frameCrc(parts: Buffer[]): number {
 /** The buffers of one frame, header first, and its length. */
 function checkpointFrame(s: State): Buffer[] {
   const marks = [...s.dirty.values()]
-  const payload = Buffer.alloc(1 + 1 + 8 + 4 + marks.length * 8)
+  const payload = Buffer.alloc(1 + 1 + 8 + 4 + marks.length * 8 + (s.meta ? 4 + s.meta.length : 0))
   payload[0] = CHECKPOINT
   payload[1] = MODES.indexOf(s.mode)
   writeU53(payload, 2, s.trimmedThrough)
   payload.writeUInt32BE(marks.length, 10)
-  writeMarks(payload, 14, marks)
+  const end = writeMarks(payload, 14, marks)
+  if (s.meta) {
+    payload.writeUInt32BE(s.meta.length, end)
+    s.meta.copy(payload, end + 4)
+  }
   const head = Buffer.alloc(FRAME_HEADER)
   head.writeUInt32BE(payload.length, 0)
   head.writeUInt32BE(frameCrc([payload]), 4)
@@ -164,15 +171,20 @@ function batchFrame(batch: LogBatch): { parts: Buffer[]; bytes: number; recordAt
   const entries = batch.entries ?? []
   const add = batch.addDirty ?? []
   const remove = batch.removeDirty ?? []
-  const meta = Buffer.alloc(1 + 1 + 8 + 1 + 12 + (add.length + remove.length) * 8)
+  const owner = batch.meta
+  const meta = Buffer.alloc(1 + 1 + 8 + 1 + 12 + (add.length + remove.length) * 8 + (owner ? 4 + owner.length : 0))
   meta[0] = BATCH
-  meta[1] = (batch.trimThrough !== undefined ? 1 : 0) | (batch.mode ? 2 : 0)
+  meta[1] = (batch.trimThrough !== undefined ? 1 : 0) | (batch.mode ? 2 : 0) | (owner ? 4 : 0)
   writeU53(meta, 2, batch.trimThrough ?? 0)
   meta[10] = MODES.indexOf(batch.mode ?? null)
   meta.writeUInt32BE(entries.length, 11)
   meta.writeUInt32BE(add.length, 15)
   meta.writeUInt32BE(remove.length, 19)
-  writeMarks(meta, writeMarks(meta, 23, add), remove)
+  const marksEnd = writeMarks(meta, writeMarks(meta, 23, add), remove)
+  if (owner) {
+    meta.writeUInt32BE(owner.length, marksEnd)
+    owner.copy(meta, marksEnd + 4)
+  }
   const heads = Buffer.alloc(entries.length * 12)
   const parts: Buffer[] = [Buffer.alloc(FRAME_HEADER), meta]
   const recordAt: number[] = []
@@ -225,7 +237,7 @@ export class SegmentDurableLog implements DurableLog {
   private readonly segments: Segment[] = []
   /** Retained entries in number order. */
   private located: Located[] = []
-  private readonly state: State = { mode: null, trimmedThrough: 0, dirty: new Map() }
+  private readonly state: State = { mode: null, trimmedThrough: 0, dirty: new Map(), meta: null }
   /** A sync covered every frame through this trim point: segments wholly at or below it may go. */
   private durableTrim = 0
   private inFlight = 0
@@ -262,6 +274,7 @@ export class SegmentDurableLog implements DurableLog {
       trimmedThrough: this.state.trimmedThrough,
       retained: this.located.map((l) => ({ seq: l.seq, bytes: l.bytes })),
       dirty: [...this.state.dirty.values()],
+      meta: this.state.meta,
     }
   }
 
@@ -381,6 +394,7 @@ export class SegmentDurableLog implements DurableLog {
     for (const m of batch.addDirty ?? []) s.dirty.set(markKey(m), m)
     for (const m of batch.removeDirty ?? []) s.dirty.delete(markKey(m))
     if (batch.mode) s.mode = batch.mode
+    if (batch.meta) s.meta = batch.meta
   }
 
   /** fdatasync of `seg`; then the trim point it covered lets fully trimmed old segments go. */
@@ -501,6 +515,7 @@ export class SegmentDurableLog implements DurableLog {
           this.state.mode = parsed.mode
           this.state.trimmedThrough = parsed.trim
           for (const m of parsed.marks) this.state.dirty.set(markKey(m), m)
+          this.state.meta = parsed.meta
         }
       } else {
         this.apply(parsed.entries, parsed.batch, seg, parsed.recordAt.map((r) => at + FRAME_HEADER + r))
@@ -513,11 +528,11 @@ export class SegmentDurableLog implements DurableLog {
 }
 
 function hasContent(b: LogBatch): boolean {
-  return (b.entries?.length ?? 0) > 0 || (b.addDirty?.length ?? 0) > 0 || (b.removeDirty?.length ?? 0) > 0 || b.trimThrough !== undefined || b.mode !== undefined
+  return (b.entries?.length ?? 0) > 0 || (b.addDirty?.length ?? 0) > 0 || (b.removeDirty?.length ?? 0) > 0 || b.trimThrough !== undefined || b.mode !== undefined || b.meta !== undefined
 }
 
 type Parsed =
-  | { kind: typeof CHECKPOINT; mode: JournalMode | null; trim: number; marks: DirtyMark[] }
+  | { kind: typeof CHECKPOINT; mode: JournalMode | null; trim: number; marks: DirtyMark[]; meta: Buffer | null }
   | { kind: typeof BATCH; batch: Omit<LogBatch, 'entries'>; entries: { seq: number; bytes: number }[]; recordAt: number[] }
 
 /** One frame's payload, or null when it is torn or altered (its CRC or a record's checksum fails, or a length runs past it). */
@@ -527,17 +542,27 @@ function parseFrame(p: Buffer, crc: number): Parsed | null {
     if (p[0] === CHECKPOINT) {
       if (p.length < 14) return never()
       const n = p.readUInt32BE(10)
-      if (p.length !== 14 + n * 8 || frameCrc([p]) !== crc) return never()
+      const marksEnd = 14 + n * 8
+      // The owner's meta follows the marks when there is one (a journal's checkpoints end with them).
+      const metaBytes = p.length > marksEnd && marksEnd + 4 <= p.length ? p.readUInt32BE(marksEnd) : -1
+      if (p.length !== (metaBytes < 0 ? marksEnd : marksEnd + 4 + metaBytes) || frameCrc([p]) !== crc) return never()
       const mode = MODES[p[1]]
       if (mode === undefined) return never()
-      return { kind: CHECKPOINT, mode, trim: readU53(p, 2, corrupt), marks: readMarks(p, 14, n) }
+      const meta = metaBytes < 0 ? null : Buffer.from(p.subarray(marksEnd + 4))
+      return { kind: CHECKPOINT, mode, trim: readU53(p, 2, corrupt), marks: readMarks(p, 14, n), meta }
     }
     if (p[0] !== BATCH || p.length < 23) return never()
     const entries = p.readUInt32BE(11)
     const added = p.readUInt32BE(15)
     const removed = p.readUInt32BE(19)
-    const metaEnd = 23 + (added + removed) * 8
-    if (metaEnd > p.length) return never()
+    const marksEnd = 23 + (added + removed) * 8
+    if (marksEnd > p.length) return never()
+    let metaEnd = marksEnd
+    if (p[1] & 4) {
+      if (marksEnd + 4 > p.length) return never()
+      metaEnd = marksEnd + 4 + p.readUInt32BE(marksEnd)
+      if (metaEnd > p.length) return never()
+    }
     const heads = Buffer.alloc(entries * 12)
     const batch: Omit<LogBatch, 'entries'> = {}
     const found: { seq: number; bytes: number }[] = []
@@ -565,6 +590,7 @@ function parseFrame(p: Buffer, crc: number): Parsed | null {
     }
     batch.addDirty = readMarks(p, 23, added)
     batch.removeDirty = readMarks(p, 23 + added * 8, removed)
+    if (p[1] & 4) batch.meta = Buffer.from(p.subarray(marksEnd + 4, metaEnd))
     return { kind: BATCH, batch, entries: found, recordAt }
   } catch {
     return never()

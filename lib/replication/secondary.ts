@@ -5,23 +5,33 @@
  * this daemon (created by the pair's CREATE, visible in the mount).
  *
  * Atomicity of "applied number with the data" (issue 13.3): a batch's
- * changes and the new SecondaryState are one synced LevelDB batch in the
- * pair's store (a redo log, keyed by a local counter); the changes are then
- * applied to the volumes in order. Every second (and at close) the volumes
- * are flushed and a checkpoint — the last local number whose change is
- * durable in the volume — is written and the records through it dropped.
- * At open the records after the checkpoint are applied again, in order, and
- * flushed before the pair is served and before the host mounts come up, so
- * the image is always the primary's writes 1..appliedSeq (or, during a
- * resync, marked inconsistent). Applying a change twice in order is
- * harmless: every change sets bytes to given contents.
+ * changes and the new SecondaryState are one synced frame of the pair's redo
+ * log (a SegmentDurableLog, journal-log.ts, in DIR/redo: its entries
+ * numbered by a local counter, the state as the frame's meta); the changes
+ * are then applied to the volumes in order. Every second (and at close) the
+ * volumes are flushed and the log trimmed through the last local number
+ * whose change they now hold durably. At open the records after the trim
+ * point are applied again, in order, and flushed before the pair is served
+ * and before the host mounts come up, so the image is always the primary's
+ * writes 1..appliedSeq (or, during a resync, marked inconsistent). Applying
+ * a change twice in order is harmless: every change sets bytes to given
+ * contents. The pair's configuration is a LevelDB key in DIR, written once.
+ *
+ * The redo log was a LevelDB store until 2026-12-04: each applied byte went
+ * to its log, again to a level-0 table every 4 MiB and was read once more by
+ * the compaction that dropped it (bench/replication.ts, end to end: see
+ * docs/performance.md). A store of that format is redone and its state moved
+ * into the segment log at its first open (`upgrade`).
  *
  * Concurrency: the Applier runs one batch at a time; the store's apply is
  * only called from it. Pairs are created one at a time (a queue).
  *
- * Failure modes: a store that fails a batch rejects (IO_ERROR) and the
- * Applier reloads its state; a volume write that fails after the batch is
- * durable is retried at the next open (redo). A CREATE naming a volume that
+ * Failure modes: a store that fails a batch rejects (IO_ERROR) and stays
+ * failed — every later call rejects until the pair is opened again (a
+ * daemon restart), as LevelDB does after a failed log write: after a failed
+ * fdatasync nothing says which frames are durable, and a later sync that
+ * succeeds would not make them so. A volume write that fails after the batch
+ * is durable is retried at the next open (redo). A CREATE naming a volume that
  * exists and is not this pair's replica is refused (VOLUME_EXISTS).
  */
 import { ClassicLevel } from 'classic-level'
@@ -31,10 +41,11 @@ import { VvfsError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Volume } from '../relay/volume.js'
 import { Applier, isConsistent, type ApplyTarget, type SecondaryState, type TargetChange } from './applier.js'
-import { decodeEntry, encodeEntry, readU53, writeU53 } from './entry.js'
+import { decodeEntry, encodeEntryParts, readU53, writeU53 } from './entry.js'
 import type { EpochChain } from './epoch.js'
 import type { Hello } from './messages.js'
 import { openLevelDurably, removeDurably } from '../durable-file.js'
+import { SegmentDurableLog } from './journal-log.js'
 
 /** What the daemon gives the secondary: its volumes. */
 export interface ReplicaHost {
@@ -58,18 +69,14 @@ export interface PairConfig {
 }
 
 const CONFIG_KEY = Buffer.from('m/config')
-const STATE_KEY = Buffer.from('m/state')
-const CHECKPOINT_KEY = Buffer.from('m/checkpoint')
-const RECORD = 0x72 // 'r'
+/** The state and redo records of a store made before the segment log (upgrade()). */
+const LEGACY_STATE_KEY = Buffer.from('m/state')
+const LEGACY_CHECKPOINT_KEY = Buffer.from('m/checkpoint')
+const LEGACY_RECORD = 0x72 // 'r'
 /** How often applied changes are flushed in the volumes and the redo records dropped. */
 const CHECKPOINT_MS = 1000
-
-function recordKey(n: number): Buffer {
-  const k = Buffer.alloc(9)
-  k[0] = RECORD
-  writeU53(k, 1, n)
-  return k
-}
+/** Redo records read back at a time at open. */
+const REDO_READ_BYTES = 16 * 1024 * 1024
 
 const corrupt = (why: string) => new VvfsError('STATE_CORRUPT', `replica store: ${why}`)
 
@@ -78,9 +85,12 @@ export class ReplicaStore implements ApplyTarget {
   private lastRecord = 0
   private checkpoint = 0
   private lastCheckpointAt = Date.now()
+  /** Set by a failed log commit: the store refuses everything after it (see the file comment). */
+  private failed: VvfsError | null = null
 
   private constructor(
     private readonly db: ClassicLevel<Buffer, Buffer>,
+    private readonly log: SegmentDurableLog,
     private readonly dir: string,
     readonly config: PairConfig,
     private readonly volumes: Map<number, Volume>,
@@ -91,6 +101,7 @@ export class ReplicaStore implements ApplyTarget {
     await mkdir(dir, { recursive: true })
     const db = new ClassicLevel<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer', compression: false, writeBufferSize: 4 * 1024 * 1024 })
     await openLevelDurably(db, dir)
+    let log: SegmentDurableLog | null = null
     try {
       const raw = await db.get(CONFIG_KEY)
       const stored = raw ? (JSON.parse(raw.toString('utf8')) as PairConfig) : null
@@ -102,34 +113,48 @@ export class ReplicaStore implements ApplyTarget {
         const vol = host.replica(v.name, cfg.pair) ?? (await host.createReplica(v.name, v.size, cfg.pair))
         volumes.set(v.no, vol)
       }
-      const store = new ReplicaStore(db, dir, cfg, volumes, host)
+      log = await SegmentDurableLog.open(join(dir, 'redo'))
+      const store = new ReplicaStore(db, log, dir, cfg, volumes, host)
+      await store.upgrade()
       await store.redo()
       return store
     } catch (err) {
+      await log?.close().catch(() => undefined)
       await db.close().catch(() => undefined)
       throw err
     }
   }
 
   async load(): Promise<SecondaryState | null> {
-    const raw = await this.db.get(STATE_KEY)
-    return raw ? (JSON.parse(raw.toString('utf8')) as SecondaryState) : null
+    this.check()
+    const { meta } = await this.log.load()
+    return meta ? (JSON.parse(meta.toString('utf8')) as SecondaryState) : null
   }
 
   async apply(changes: TargetChange[], state: SecondaryState): Promise<void> {
+    this.check()
     this.checkRanges(changes)
-    const ops: { type: 'put'; key: Buffer; value: Buffer }[] = []
     let n = this.lastRecord
-    for (const c of changes) ops.push({ type: 'put', key: recordKey(++n), value: encodeEntry({ ...c, seq: n, epoch: 1 }) })
-    ops.push({ type: 'put', key: STATE_KEY, value: Buffer.from(JSON.stringify(state)) })
-    try {
-      await this.db.batch(ops, { sync: true })
-    } catch (err) {
-      throw new VvfsError('IO_ERROR', `replica store batch failed: ${(err as Error).message}`, { cause: err })
-    }
+    const entries = changes.map((c) => ({ seq: ++n, parts: encodeEntryParts({ ...c, seq: n, epoch: 1 }) }))
+    await this.commit({ entries, meta: Buffer.from(JSON.stringify(state)) })
     this.lastRecord = n
     for (const c of changes) await this.applyToVolume(c)
     if (Date.now() - this.lastCheckpointAt >= CHECKPOINT_MS) await this.makeCheckpoint()
+  }
+
+  /** A synced commit to the redo log; a failure fails the store for good (see the file comment). */
+  private async commit(batch: Parameters<SegmentDurableLog['commit']>[0]): Promise<void> {
+    try {
+      await this.log.commit(batch, true)
+    } catch (err) {
+      const e = err instanceof VvfsError ? err : new VvfsError('IO_ERROR', `replica store: ${(err as Error).message}`, { cause: err })
+      this.failed = new VvfsError('IO_ERROR', `replica store ${this.dir} failed a write earlier (${e.message}); it serves again once the daemon restarts`, { cause: e })
+      throw e
+    }
+  }
+
+  private check(): void {
+    if (this.failed) throw this.failed
   }
 
   /**
@@ -160,6 +185,7 @@ export class ReplicaStore implements ApplyTarget {
    * written.
    */
   async writeDirect(changes: TargetChange[]): Promise<void> {
+    this.check()
     this.checkRanges(changes)
     for (const c of changes) {
       if (c.kind === 'resize' || c.kind === 'flush') throw new VvfsError('PEER_PROTOCOL', `resync data of kind ${c.kind} cannot be written directly`)
@@ -174,45 +200,74 @@ export class ReplicaStore implements ApplyTarget {
    * flushed.
    */
   async flushDirect(): Promise<void> {
+    this.check()
     await this.makeCheckpoint()
     for (const v of this.volumes.values()) await v.flush()
   }
 
   /** Flushes the volumes and drops the redo records they now hold durably. */
   async makeCheckpoint(): Promise<void> {
+    this.check()
     this.lastCheckpointAt = Date.now()
     const through = this.lastRecord
     if (through === this.checkpoint) return
     for (const v of this.volumes.values()) await v.flush()
-    await this.db.put(CHECKPOINT_KEY, u53(through), { sync: true })
-    await this.db.clear({ gte: recordKey(0), lte: recordKey(through) })
+    await this.commit({ trimThrough: through })
     this.checkpoint = through
   }
 
   /** Closes the store without a checkpoint (its volume is gone) and deletes it, durably: a store back after a power cut would be opened as a pair again. */
   async drop(): Promise<void> {
+    await this.log.close()
     await this.db.close()
     await removeDurably(this.dir)
   }
 
   async close(): Promise<void> {
     try {
-      await this.makeCheckpoint()
+      if (!this.failed) await this.makeCheckpoint()
     } finally {
+      await this.log.close()
       await this.db.close()
     }
   }
 
-  /** Applies the records after the checkpoint again (a crash may have left their data unstored). */
+  /** Applies the records after the trim point again (a crash may have left their data unstored). */
   private async redo(): Promise<void> {
-    const raw = await this.db.get(CHECKPOINT_KEY)
-    this.checkpoint = this.lastRecord = raw ? readU53(raw, 0, corrupt) : 0
-    for await (const [k, v] of this.db.iterator({ gt: recordKey(this.checkpoint), lt: Buffer.from([RECORD + 1]) })) {
-      const n = readU53(k, 1, corrupt)
-      await this.applyToVolume(decodeEntry(v, 'STATE_CORRUPT'))
-      this.lastRecord = n
+    const contents = await this.log.load()
+    this.checkpoint = this.lastRecord = contents.trimmedThrough
+    const last = contents.retained.at(-1)?.seq ?? this.checkpoint
+    for (let from = this.checkpoint + 1; from <= last; ) {
+      const records = await this.log.read(from, last, REDO_READ_BYTES)
+      if (records.length === 0) throw corrupt(`redo record ${from} is missing from ${this.dir}`)
+      for (const r of records) {
+        await this.applyToVolume(decodeEntry(r.record, 'STATE_CORRUPT'))
+        this.lastRecord = r.seq
+      }
+      from = this.lastRecord + 1
     }
     await this.makeCheckpoint()
+  }
+
+  /**
+   * A store made before the segment log keeps its state and redo records in
+   * its LevelDB: they are redone into the volumes, which are flushed, and the
+   * state moves into the segment log (synced) before the LevelDB keys are
+   * deleted — a crash in between redoes the same records again and moves the
+   * same state, nothing newer having been applied meanwhile.
+   */
+  private async upgrade(): Promise<void> {
+    const state = await this.db.get(LEGACY_STATE_KEY)
+    if (!state) return
+    const raw = await this.db.get(LEGACY_CHECKPOINT_KEY)
+    const from = Buffer.alloc(9)
+    from[0] = LEGACY_RECORD
+    writeU53(from, 1, raw ? readU53(raw, 0, corrupt) : 0)
+    for await (const [, v] of this.db.iterator({ gt: from, lt: Buffer.from([LEGACY_RECORD + 1]) })) await this.applyToVolume(decodeEntry(v, 'STATE_CORRUPT'))
+    for (const v of this.volumes.values()) await v.flush()
+    await this.commit({ meta: state })
+    await this.db.clear({ gte: Buffer.from([LEGACY_RECORD]), lt: Buffer.from([LEGACY_RECORD + 1]) })
+    await this.db.batch([{ type: 'del', key: LEGACY_STATE_KEY }, { type: 'del', key: LEGACY_CHECKPOINT_KEY }], { sync: true })
   }
 
   private async applyToVolume(c: TargetChange): Promise<void> {
@@ -238,11 +293,6 @@ export class ReplicaStore implements ApplyTarget {
   }
 }
 
-function u53(n: number): Buffer {
-  const b = Buffer.alloc(8)
-  writeU53(b, 0, n)
-  return b
-}
 
 export interface SecondaryPairInfo {
   pair: string

@@ -296,10 +296,11 @@ export class PowerCutTracker {
       }
     }
     const durable = (dir: string, end: number) => (covered.get(dir) ?? -1) >= end
-    // An unlink in a directory whose own removal is durable needs no undoing: the entry went with the directory.
-    const gone = (dir: string) => {
+    // An unlink in a directory whose own removal is durable needs no undoing: the entry went with the directory —
+    // as did those in directories under it (rm -r of a tree, and a sync of only the top's parent).
+    const gone = (dir: string): boolean => {
       const rmdir = removedDir.get(dir)
-      return rmdir !== undefined && durable(rmdir.parent, rmdir.end)
+      return rmdir !== undefined && (durable(rmdir.parent, rmdir.end) || gone(rmdir.parent))
     }
     return changes.filter((c) => (c.what === 'rename' ? !c.parents.every((p) => durable(p, c.end)) : !durable(c.parent, c.end) && !(c.what === 'unlink' && gone(c.parent))))
   }

@@ -79,7 +79,7 @@ const BACKENDS: [string, () => Promise<Backend>][] = [
 describe.each(BACKENDS)('the DurableLog contract: %s', { timeout: 30_000 }, (_name, make) => {
   it('a new log loads as never committed to', async () => {
     const { log } = await make()
-    expect(await log.load()).toEqual({ mode: null, trimmedThrough: 0, retained: [], dirty: [] })
+    expect(await log.load()).toEqual({ mode: null, trimmedThrough: 0, retained: [], dirty: [], meta: null })
   })
 
   it('a synced commit survives a restart: entries, trim point, marks and mode, atomically', async () => {
@@ -128,6 +128,20 @@ describe.each(BACKENDS)('the DurableLog contract: %s', { timeout: 30_000 }, (_na
     expect((await log.load()).retained.map((r) => r.seq)).toEqual([1, 2, 3])
   })
 
+  it("keeps the owner's meta of the last synced commit with its entries, also once the segments it was committed in are trimmed away", async () => {
+    const b = await make()
+    await b.log.commit({ entries: [entry(1)], meta: Buffer.from('one') })
+    await b.log.commit({ entries: [entry(2)] })
+    expect((await (await b.restart()).load()).meta).toEqual(Buffer.from('one'))
+    // Past several 16 KiB segments, then trimmed: the meta lives on in the checkpoint that opens the segment left.
+    for (let s = 3; s <= 12; s++) await b.log.commit({ entries: [entry(s)], meta: Buffer.from(`m${s}`) })
+    await b.log.commit({ trimThrough: 12 })
+    await b.log.commit({ entries: [entry(13)] })
+    const log = await b.restart()
+    expect(await log.load()).toMatchObject({ trimmedThrough: 12, meta: Buffer.from('m12') })
+    expect((await log.load()).retained.map((r) => r.seq)).toEqual([13])
+  })
+
   it('refuses every call after close with SHUTTING_DOWN', async () => {
     const { log } = await make()
     await log.close()
@@ -166,6 +180,20 @@ describe('the segment log', { timeout: 30_000 }, () => {
     const again = await SegmentDurableLog.open(dir, { segmentBytes: SEG })
     expect(await again.load()).toMatchObject({ trimmedThrough: 30, retained: Array.from({ length: 10 }, (_, i) => ({ seq: 31 + i, bytes: 4136 })) })
     expect((await again.read(31, 40, 1 << 20)).map((r) => fillOf(r.record))).toEqual(Array.from({ length: 10 }, (_, i) => 31 + i))
+    await again.close()
+  })
+
+  it("carries the owner's meta in the checkpoint of every new segment: it survives the deletion of the segments it was committed in", async () => {
+    const dir = await tempDir()
+    const log = await SegmentDurableLog.open(dir, { segmentBytes: SEG })
+    await log.commit({ entries: [entry(1)], meta: Buffer.from('state after 1') })
+    for (let s = 2; s <= 20; s++) await log.commit({ entries: [entry(s)] })
+    await log.commit({ trimThrough: 20 })
+    await log.commit({ entries: [entry(21)] })
+    expect((await segFiles(dir))[0]).not.toBe('0000000000000001.seg')
+    await log.close()
+    const again = await SegmentDurableLog.open(dir, { segmentBytes: SEG })
+    expect(await again.load()).toMatchObject({ trimmedThrough: 20, meta: Buffer.from('state after 1') })
     await again.close()
   })
 

@@ -134,10 +134,11 @@ describe('a power cut', () => {
     expect(tracker.cut().undone).toEqual([])
   })
 
-  it('does not bring back the entries of a directory whose own removal became durable (rm -rf, then a new directory at its path)', async () => {
+  it('does not bring back the entries of a directory whose own removal became durable, nor of directories under it (rm -rf, then a new directory at its path)', async () => {
     const { dir, work } = fresh()
-    mkdirSync(join(work, 'd'), { recursive: true })
+    mkdirSync(join(work, 'd', 'sub'), { recursive: true })
     writeFileSync(join(work, 'd', 'old'), 'o')
+    writeFileSync(join(work, 'd', 'sub', 'deeper'), 'x')
     const tracker = new PowerCutTracker(work, join(dir, 'powercut.log'))
     await killedChild('recreate', work, powercutEnv(tracker.log))
     tracker.cut()
