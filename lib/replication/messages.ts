@@ -278,7 +278,8 @@ export function decodeEntries(body: Buffer): EntriesBatch {
     const len = body.readUInt32BE(at)
     at += 4
     need(len, `entry ${i}`)
-    entries.push(decodeEntry(body.subarray(at, (at += len)), 'PEER_PROTOCOL'))
+    // A view: the frame's body is this message's own (lib/wire/frame.ts never reuses one).
+    entries.push(decodeEntry(body.subarray(at, (at += len)), 'PEER_PROTOCOL', { view: true }))
   }
   if (at !== body.length) throw protocol('entries', `${body.length - at} bytes after the last entry`)
   return { pair, sender: { epoch, home }, entries }

@@ -241,7 +241,7 @@ export class ReplicaStore implements ApplyTarget {
       const records = await this.log.read(from, last, REDO_READ_BYTES)
       if (records.length === 0) throw corrupt(`redo record ${from} is missing from ${this.dir}`)
       for (const r of records) {
-        await this.applyToVolume(decodeEntry(r.record, 'STATE_CORRUPT'))
+        await this.applyToVolume(decodeEntry(r.record, 'STATE_CORRUPT', { view: true }))
         this.lastRecord = r.seq
       }
       from = this.lastRecord + 1

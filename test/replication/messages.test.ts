@@ -4,7 +4,7 @@ import { VvfsError } from '../../lib/errors.js'
 import { Applier } from '../../lib/replication/applier.js'
 import { MemoryDurableLog } from '../../lib/replication/durable-log.js'
 import { endpointFixture } from './wire-fixture.js'
-import { encodeEntry, type JournalEntry } from '../../lib/replication/entry.js'
+import { decodeEntry, encodeEntry, type JournalEntry } from '../../lib/replication/entry.js'
 import { genesis, handoff } from '../../lib/replication/epoch.js'
 import { Journal } from '../../lib/replication/journal.js'
 import {
@@ -70,6 +70,15 @@ describe('replication messages round-trip', () => {
     // Records from the log travel as they are.
     const records = entries.map(encodeEntry)
     expect(encodeEntries({ pair: 'db-replica', sender: hello.sender, records })).toEqual(encodeEntries({ pair: 'db-replica', sender: hello.sender, entries }))
+  })
+
+  it("an ENTRIES body's writes decode as views of the body (no second copy of every replicated byte); a record from elsewhere decodes as a copy", () => {
+    const body = encodeEntries({ pair: 'db-replica', sender: hello.sender, entries })
+    const data = decodeEntries(body).entries[0]!.data!
+    expect(data.buffer).toBe(body.buffer)
+    expect(data.equals(entries[0]!.data!)).toBe(true)
+    const record = encodeEntry(entries[0]!)
+    expect(decodeEntry(record, 'STATE_CORRUPT').data!.buffer).not.toBe(record.buffer)
   })
 
   it('entriesThatFit packs a batch up to the frame limit and never past it', () => {
