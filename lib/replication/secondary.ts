@@ -20,7 +20,7 @@
  * The redo log was a LevelDB store until 2026-12-04: each applied byte went
  * to its log, again to a level-0 table every 4 MiB and was read once more by
  * the compaction that dropped it (bench/replication.ts, end to end: see
- * docs/performance.md). A store of that format is redone and its state moved
+ * docs/limits.md). A store of that format is redone and its state moved
  * into the segment log at its first open (`upgrade`).
  *
  * Concurrency: the Applier runs one batch at a time; the store's apply is
