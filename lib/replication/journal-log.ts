@@ -141,6 +141,18 @@ function readMarks(b: Buffer, at: number, n: number): DirtyMark[] {
   return out
 }
 
+/** Bytes the owner's meta takes in a frame: u32 length and the bytes, or nothing. */
+function metaBytes(meta: Buffer | null | undefined): number {
+  return meta ? 4 + meta.length : 0
+}
+
+/** Writes the owner's meta at `at` (when there is one). */
+function writeMeta(b: Buffer, at: number, meta: Buffer | null | undefined): void {
+  if (!meta) return
+  b.writeUInt32BE(meta.length, at)
+  meta.copy(b, at + 4)
+}
+
 /** A frame's metadata CRC: the payload with the entry records left out (each has its own). */
 function frameCrc(parts: Buffer[]): number {
   let c = 0
@@ -151,16 +163,12 @@ function frameCrc(parts: Buffer[]): number {
 /** The buffers of one frame, header first, and its length. */
 function checkpointFrame(s: State): Buffer[] {
   const marks = [...s.dirty.values()]
-  const payload = Buffer.alloc(1 + 1 + 8 + 4 + marks.length * 8 + (s.meta ? 4 + s.meta.length : 0))
+  const payload = Buffer.alloc(1 + 1 + 8 + 4 + marks.length * 8 + metaBytes(s.meta))
   payload[0] = CHECKPOINT
   payload[1] = MODES.indexOf(s.mode)
   writeU53(payload, 2, s.trimmedThrough)
   payload.writeUInt32BE(marks.length, 10)
-  const end = writeMarks(payload, 14, marks)
-  if (s.meta) {
-    payload.writeUInt32BE(s.meta.length, end)
-    s.meta.copy(payload, end + 4)
-  }
+  writeMeta(payload, writeMarks(payload, 14, marks), s.meta)
   const head = Buffer.alloc(FRAME_HEADER)
   head.writeUInt32BE(payload.length, 0)
   head.writeUInt32BE(frameCrc([payload]), 4)
@@ -172,7 +180,7 @@ function batchFrame(batch: LogBatch): { parts: Buffer[]; bytes: number; recordAt
   const add = batch.addDirty ?? []
   const remove = batch.removeDirty ?? []
   const owner = batch.meta
-  const meta = Buffer.alloc(1 + 1 + 8 + 1 + 12 + (add.length + remove.length) * 8 + (owner ? 4 + owner.length : 0))
+  const meta = Buffer.alloc(1 + 1 + 8 + 1 + 12 + (add.length + remove.length) * 8 + metaBytes(owner))
   meta[0] = BATCH
   meta[1] = (batch.trimThrough !== undefined ? 1 : 0) | (batch.mode ? 2 : 0) | (owner ? 4 : 0)
   writeU53(meta, 2, batch.trimThrough ?? 0)
@@ -180,11 +188,7 @@ function batchFrame(batch: LogBatch): { parts: Buffer[]; bytes: number; recordAt
   meta.writeUInt32BE(entries.length, 11)
   meta.writeUInt32BE(add.length, 15)
   meta.writeUInt32BE(remove.length, 19)
-  const marksEnd = writeMarks(meta, writeMarks(meta, 23, add), remove)
-  if (owner) {
-    meta.writeUInt32BE(owner.length, marksEnd)
-    owner.copy(meta, marksEnd + 4)
-  }
+  writeMeta(meta, writeMarks(meta, writeMarks(meta, 23, add), remove), owner)
   const heads = Buffer.alloc(entries.length * 12)
   const parts: Buffer[] = [Buffer.alloc(FRAME_HEADER), meta]
   const recordAt: number[] = []

@@ -169,18 +169,13 @@ export class PowerCutTracker {
   }
 
   /**
-   * The caller synced every file and directory under `dir` itself, in a
-   * process outside the interposer (a test checking the state in its own
-   * process): everything as of now is on disk and tracking starts over.
-   * Without it, syncs made there are unknown to the model, and the next cut
-   * would drop bytes that process made durable.
+   * Everything in the directory as of now is on disk; the log starts over.
+   * Also for a caller that synced every file and directory under `dir`
+   * itself, in a process outside the interposer (a test checking the state
+   * in its own process): syncs made there are unknown to the model, and the
+   * next cut would otherwise drop bytes that process made durable.
    */
-  syncedOutside(): void {
-    this.markDurable()
-  }
-
-  /** Everything in the directory as of now is on disk; the log starts over. */
-  private markDurable(): void {
+  markDurable(): void {
     this.durableAtStart = new Map([...regularFiles(this.dir)].map(([k, f]) => [k, f.size]))
     writeFileSync(this.log, '')
     rmSync(this.shadowDir, { recursive: true, force: true })

@@ -347,7 +347,7 @@ it(`keeps a consecutive, intact journal with every synced entry across ${ROUNDS}
     // append may have begun and that append are made durable here and the tracker told, or the next cut
     // would drop them as never synced (a gap behind the next segment: VVFS_JOURNAL_LOG_SEED=94053).
     await syncTree(logDir)
-    tracker.syncedOutside()
+    tracker.markDurable()
     everDurable = Math.max(everDurable, p.lastAccepted + 1)
   }
 })
