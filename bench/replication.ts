@@ -27,10 +27,11 @@
  *   BENCH_ONLY=journal  only unreplicated and journal-alone writes (no end-to-end)
  *   BENCH_ONLY=sync     only the initial sync's ratio to a migration copy (no fio, lag or outage runs)
  *   BENCH_JOBS=seqwrite only these fio jobs (comma-separated: seqwrite,randwrite)
- *   BENCH_PERF=FILE     `perf record -g` of the daemons during the journal-alone
- *                       jobs (the daemons run with --perf-basic-prof);
+ *   BENCH_PERF=FILE     `perf record -g` of the daemons during each journal-alone
+ *                       job's fio run, into FILE.<job> (the daemons run with
+ *                       --perf-basic-prof);
  *                       BENCH_PERF_PHASE=end-to-end: during those instead;
- *                       BENCH_PERF_PHASE=all: every phase, into FILE.<phase>
+ *                       BENCH_PERF_PHASE=all: every phase, into FILE.<phase>.<job>
  *
  * Results: stdout and bench/out/replication.json. Cleanup (daemons, temp
  * dir) runs in every case, also on Ctrl-C.
@@ -120,7 +121,8 @@ async function main(): Promise<void> {
       const phase = process.env.BENCH_PERF_PHASE ?? 'journal-alone'
       const perfPhase = process.env.BENCH_PERF && (label === phase || phase === 'all')
       const perfFile = phase === 'all' ? `${process.env.BENCH_PERF}.${label}` : process.env.BENCH_PERF!
-      const perf = perfPhase ? spawn('perf', ['record', '-F', '499', '-g', '-o', perfFile, '-p', [primary.pid, ...pids].filter((p, i, a) => a.indexOf(p) === i).join(',')], { stdio: 'ignore' }) : null
+      // Only the fio window of each job, into FILE.<job>: the compaction before a job is not the job's cost.
+      const record = (job: string) => spawn('perf', ['record', '-F', '499', '-g', '-o', `${perfFile}.${job}`, '-p', [primary.pid, ...pids].filter((p, i, a) => a.indexOf(p) === i).join(',')], { stdio: 'ignore' })
       fio[label] = {}
       primaryCpuPerGiB[label] = {}
       for (const job of WRITES) {
@@ -130,13 +132,14 @@ async function main(): Promise<void> {
         say(`replication bench: ${job.label}, ${label}`)
         await beforeEach?.()
         const cpu0 = await cpuSeconds(primary.pid)
+        const perf = perfPhase ? record(job.name) : null
         fio[label][job.name] = await runJob(job as JobSpec, file, seconds, join(OUT, 'fio-replication', `${label}-${job.name}.json`))
+        if (perf) {
+          perf.kill('SIGINT')
+          await new Promise((r) => perf.once('exit', r))
+        }
         primaryCpuPerGiB[label][job.name] = (await cpuSeconds(primary.pid) - cpu0) / ((fio[label][job.name]?.ioBytes ?? NaN) / 2 ** 30)
         await afterEach?.(job.name)
-      }
-      if (perf) {
-        perf.kill('SIGINT')
-        await new Promise((r) => perf.once('exit', r))
       }
     }
     if (ONLY !== 'sync') await jobs('unreplicated')
