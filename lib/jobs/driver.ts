@@ -41,6 +41,13 @@ export interface JobDriver<R extends JobRecord = JobRecord> {
   complete(): void
   /** Stops after the current step without changing the status; settles when stopped. */
   halt(): Promise<void>
+  /**
+   * Issue 15: the job's volume is no longer served here (its lease was lost,
+   * or `volume move` handed it on): halts and closes what the job holds
+   * open here; the job stays in the catalog for the relay that serves the
+   * volume now. Kinds that hold nothing beyond halt() omit it.
+   */
+  release?(): Promise<void>
   progress(): { current: number; total: number }
   /** Undoes a `ready` job (a migration whose sources are kept); kinds that cannot, omit it. */
   rollback?(): void

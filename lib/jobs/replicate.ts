@@ -16,7 +16,7 @@
 import { VvfsError } from '../errors.js'
 import type { JobRecord, JobStatus, ReplicateJobRecord } from '../migration/job.js'
 import { genesis } from '../replication/epoch.js'
-import { removeJournalDirs } from '../replication/journal-chain.js'
+import { removeJournalDirs, segmentJournalLogs } from '../replication/journal-chain.js'
 import { PrimaryPair, type PairMember } from '../replication/primary.js'
 import { loadPeerKey } from '../wire/auth.js'
 import { parseHostPort } from '../wire/server.js'
@@ -77,6 +77,41 @@ export async function newReplication(env: JobEnv, p: ReplicateOptions): Promise<
   return job as NewJob
 }
 
+/**
+ * The pair's current journal is not in this daemon: another relay owned the
+ * volume until this one took it over (issue 15), or the journal was lost.
+ * Starts the pair over here as a new epoch whose resync covers everything
+ * the secondary may lack (PrimaryPair.takeOver), and commits the chain —
+ * with the journal now in this daemon's own state directory — in one
+ * catalog update; the secondary refuses what the old owner may still send
+ * (its numbers are all below the new epoch's, and the resync's base is past
+ * them).
+ */
+async function takeOver(job: ReplicateJobRecord, env: JobEnv, members: PairMember[]): Promise<void> {
+  const r = resources(env)
+  const home = r.home(job.volNos[0]!)
+  const chain = await PrimaryPair.takeOver({ members, journalDir: r.journalDir(job.id), chain: job.chain, journal: journalSettings(job) }, home)
+  const before = { chain: job.chain, journalDir: job.journalDir, handoffPending: job.handoffPending }
+  job.chain = [...chain]
+  delete job.journalDir
+  delete job.handoffPending
+  try {
+    await env.save(job)
+  } catch (err) {
+    Object.assign(job, before)
+    throw err
+  }
+  const record = chain[chain.length - 1]!
+  env.log.warn(
+    { event: 'replication.taken_over', pair: job.pair, epoch: record.epoch, home: record.home, firstSeq: record.firstSeq },
+    `pair ${job.pair}: its journal is not here (the volume was taken over from another relay, or the journal was lost): epoch ${record.epoch} starts here, and a resync sends the secondary what it may lack`,
+  )
+}
+
+function journalSettings(job: ReplicateJobRecord) {
+  return { ...(job.journalLimit ? { limitBytes: job.journalLimit, hardLimitBytes: Math.max(2 * job.journalLimit, job.journalLimit) } : {}), ...(job.journalPolicy ? { policy: job.journalPolicy } : {}) }
+}
+
 class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
   private finish!: () => void
   readonly done: Promise<void>
@@ -102,6 +137,10 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
     const volumeName = members.map((m) => m.name).join(',')
     const { host, port } = parseHostPort(job.peer)
     const key = await loadPeerKey(job.peerKey)
+    // A reversed pair (issue 13.7) starts from the promoted journal: no initial sync.
+    const isNew = job.status === 'created' && job.journalDir === undefined
+    const current = job.chain[job.chain.length - 1]!
+    if (!isNew && !(await segmentJournalLogs(job.journalDir ?? r.journalDir(job.id)).exists(current.epoch))) await takeOver(job, env, members)
     const ref: { driver?: ReplicateDriver } = {}
     const pair = await PrimaryPair.open(
       {
@@ -114,7 +153,7 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
         key,
         rate: job.rate,
         chain: job.chain,
-        journal: { ...(job.journalLimit ? { limitBytes: job.journalLimit, hardLimitBytes: Math.max(2 * job.journalLimit, job.journalLimit) } : {}), ...(job.journalPolicy ? { policy: job.journalPolicy } : {}) },
+        journal: journalSettings(job),
         // A handoff's epoch record and management information: one catalog update of this job's record.
         commitChain: async (c) => {
           const driver = ref.driver!
@@ -139,8 +178,7 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
           env.progressed(job)
         },
       },
-      // A reversed pair (issue 13.7) starts from the promoted journal: no initial sync.
-      job.status === 'created' && job.journalDir === undefined,
+      isNew,
     )
     ref.driver = new ReplicateDriver(job, env, pair)
     r.pairs.set(job.id, pair)
@@ -211,6 +249,13 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
 
   async halt(): Promise<void> {
     await this.pair.halt()
+    this.finish()
+  }
+
+  /** The volume is served elsewhere now: the pair stops here and its journal closes (kept: should the volume come back before another relay took it, it goes on from there). */
+  async release(): Promise<void> {
+    await this.pair.close()
+    resources(this.env).pairs.delete(this.job.id)
     this.finish()
   }
 

@@ -15,7 +15,7 @@
  * Never: moves data itself (the drivers do, through the relay).
  */
 import type { EventBody, JobInfo } from '../control/schema.js'
-import { VvfsError } from '../errors.js'
+import { VvfsError, asVvfsError } from '../errors.js'
 import type { JobDriver, JobEnv, JobKindDriver, JobResources, NewJob } from '../jobs/driver.js'
 import { moveJobs, newDrain, newMigration, type MoveOptions } from '../jobs/move.js'
 import { newReplication, replicateJobs, type ReplicateOptions } from '../jobs/replicate.js'
@@ -114,17 +114,26 @@ export class JobManager {
       const driver = await this.kindDriver(job.kind).open(job, this.env)
       driver.reserveHeld?.()
       this.drivers.set(job.id, driver)
+      // As at start: a replication job's journal is attached to the volume here (before it, the volume's writes were not journaled).
+      await driver.prepare?.()
       this.launch(driver)
       adopted.push(job.id)
     }
     return adopted
   }
 
-  /** Issue 15: a volume this relay lost (lease expired) — its jobs stop here and are forgotten (the new owner resumes them). */
+  /** Issue 15: a volume this relay lost (lease expired) or handed on (volume move) — its jobs stop here and are forgotten (the new owner resumes them). */
   async dropJobsOf(volNo: number): Promise<void> {
     const drivers = [...this.drivers.values()].filter((d) => d.job.volNos.includes(volNo))
     for (const d of drivers) this.drivers.delete(d.job.id)
-    await Promise.all(drivers.map((d) => d.halt()))
+    await Promise.all(
+      drivers.map((d) =>
+        (d.release ? d.release() : d.halt()).catch((err: unknown) => {
+          const e = asVvfsError(err)
+          this.h.log.error({ event: 'job.release_failed', job: d.job.id, code: e.code, err: e.message }, `job ${d.job.id}: releasing it here failed`)
+        }),
+      ),
+    )
   }
 
   /** Starts the drivers (after the mounts are up) and the policy timer. */

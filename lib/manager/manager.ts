@@ -1213,6 +1213,8 @@ export class Manager implements HostView {
         cluster.resumeServing(v.id)
         throw err
       }
+      // Its replication pair goes with it (R starts it over as a new epoch); nothing here ships for it after the handover.
+      await this.jobs.dropJobsOf(v.record.no)
       this.handles.delete(name)
       readCache.forget(v.record.no)
       v.thin.close()

@@ -112,6 +112,39 @@ export function handoff(chain: EpochChain, home: string, lastSeq: number): Epoch
   return { epoch: last.epoch + 1, home, firstSeq: lastSeq + 1, predecessor: { epoch: last.epoch, home: last.home, lastSeq } }
 }
 
+/**
+ * How far past the current epoch's first number a relay that took the pair
+ * over (issue 15: the old owner's journal stayed in its state directory)
+ * numbers from. It cannot know the old owner's last number; one epoch gives
+ * out at most this many (2^40: 3.5 years of 10,000 writes a second), so
+ * every number it gave is below the new epoch's. 2^53 / 2^40: a pair may be
+ * taken over about 8,000 times.
+ */
+export const TAKEOVER_SEQ_STRIDE = 2 ** 40
+
+/**
+ * The record a relay commits when it takes a pair over without the old
+ * owner's journal (journal-chain.ts, takeOverJournal): a new epoch at
+ * `home` (named `SYSTEM@takeover-eN`, like a promote's) numbering from
+ * TAKEOVER_SEQ_STRIDE past the current epoch's first number; the old epoch
+ * ends just before it. What the old owner numbered and the secondary lacks
+ * is resent by a resync, never shipped.
+ */
+export function takeover(chain: EpochChain, home: string): EpochRecord {
+  validateChain(chain)
+  const last = chain[chain.length - 1]
+  const firstSeq = last.firstSeq + TAKEOVER_SEQ_STRIDE
+  if (!Number.isSafeInteger(firstSeq)) throw new VvfsError('OUT_OF_RANGE', `epoch ${last.epoch} starts at ${last.firstSeq}: no sequence numbers are left for another takeover`)
+  const epoch = last.epoch + 1
+  return { epoch, home: `${storageOfHome(home)}@takeover-e${epoch}`, firstSeq, predecessor: { epoch: last.epoch, home: last.home, lastSeq: firstSeq - 1 } }
+}
+
+/** The number the chain's last takeover epoch numbers after (0 if it has none): the numbers below it were not all given out. */
+export function takenOverAfter(chain: EpochChain): number {
+  for (let i = chain.length - 1; i >= 0; i--) if (chain[i].home.includes('@takeover-')) return chain[i].firstSeq - 1
+  return 0
+}
+
 /** Throws PEER_PROTOCOL (reason invalid-chain) unless every record follows its predecessor. */
 export function validateChain(chain: EpochChain): void {
   const bad = (why: string) => refusal('invalid-chain', `invalid epoch chain: ${why}`)

@@ -48,7 +48,7 @@ import { VvfsError, asVvfsError } from '../errors.js'
 import type { Logger } from '../log.js'
 import { markKey, type DirtyMark, type DurableLog, type LogRecord } from './durable-log.js'
 import { decodeEntry } from './entry.js'
-import { handoff, rangeOf, storageOfHome, type EpochChain, type EpochRecord } from './epoch.js'
+import { handoff, rangeOf, storageOfHome, takeover, type EpochChain, type EpochRecord } from './epoch.js'
 import { Journal, marksOf, type JournalOptions } from './journal.js'
 import { SegmentDurableLog } from './journal-log.js'
 
@@ -100,6 +100,40 @@ async function epochsOf(base: string): Promise<number[]> {
     else if (n.startsWith(`${name}.e`) && /^\d+$/.test(n.slice(name.length + 2))) out.push(Number(n.slice(name.length + 2)))
   }
   return out.sort((a, b) => a - b)
+}
+
+/**
+ * A relay that took a replicated volume over (issue 15) has none of the old
+ * owner's journal: it was in the old owner's state directory. This starts
+ * the pair over here, before JournalChain.open: deletes any log of the pair
+ * left here by an earlier ownership, writes the log of a new epoch
+ * (epoch.ts, takeover: numbered past anything the old owner gave out) with
+ * `marks` — every extent the secondary may lack — synced, and answers the
+ * chain to commit. Crash order: the log is written before the chain is
+ * committed; a crash between leaves a log of an epoch the chain lacks,
+ * which the next open deletes (as a handoff that never committed) before
+ * starting over again.
+ */
+export async function takeOverJournal(p: {
+  logs: JournalLogs
+  chain: EpochChain
+  /** The volume's home storage system here. */
+  home: string
+  marks: DirtyMark[]
+  journal: Omit<JournalOptions, 'epoch' | 'firstSeq'>
+}): Promise<EpochChain> {
+  const record = takeover(p.chain, p.home)
+  for (const e of await p.logs.epochs()) await p.logs.remove(e)
+  const log = await p.logs.open(record.epoch)
+  try {
+    const journal = await Journal.open(log, { ...p.journal, epoch: record.epoch, firstSeq: record.firstSeq })
+    await journal.addMarks(p.marks)
+    await journal.sync()
+    await journal.close()
+  } finally {
+    await log.close()
+  }
+  return [...p.chain, record]
 }
 
 /** What of the journal layer a chain uses (JournalLayer). */

@@ -64,10 +64,10 @@ import type { PeerKey } from '../wire/auth.js'
 import { WireClient } from '../wire/client.js'
 import { SIZE_MARK, type DirtyMark } from './durable-log.js'
 import { MAX_ENTRY_DATA, type JournalEntry } from './entry.js'
-import type { EpochChain, Sender } from './epoch.js'
+import { takenOverAfter, type EpochChain, type Sender } from './epoch.js'
 import { ReplicationStream } from './endpoint.js'
 import { DEFAULT_JOURNAL_SETTINGS, type Journal, type JournalSettings, type ModeChange } from './journal.js'
-import { JournalChain, segmentJournalLogs, type ChainCommit, type HandoffLayer, type HandoffPending } from './journal-chain.js'
+import { JournalChain, segmentJournalLogs, takeOverJournal, type ChainCommit, type HandoffLayer, type HandoffPending } from './journal-chain.js'
 import type { JournalLayer } from './journal-layer.js'
 import { entriesThatFit, MAX_MESSAGE_BYTES, REPLICATION_SERVICE } from './messages.js'
 
@@ -183,6 +183,23 @@ function everyAllocatedExtent(members: PairMember[]): DirtyMark[] {
   return members.flatMap((m) => [...m.allocatedExtents().map((extent) => ({ volume: m.volNo, extent })), { volume: m.volNo, extent: SIZE_MARK }])
 }
 
+/**
+ * Above this many extents a volume's takeover resync marks its allocated
+ * extents only (64 GiB of 1 MiB extents: the marks are ~100 bytes each in
+ * memory); below, every extent — the old owner may have released extents
+ * whose data the secondary still holds.
+ */
+const TAKEOVER_EVERY_EXTENT_MAX = 65536
+
+/** What a secondary may differ in after a takeover: every extent of each member (allocated ones only past TAKEOVER_EVERY_EXTENT_MAX) and its size. */
+function everyExtentOf(members: PairMember[]): DirtyMark[] {
+  return members.flatMap((m) => {
+    const n = Math.ceil(m.size() / EXTENT_SIZE)
+    const extents = n <= TAKEOVER_EVERY_EXTENT_MAX ? Array.from({ length: n }, (_, i) => i) : m.allocatedExtents()
+    return [...extents.map((extent) => ({ volume: m.volNo, extent })), { volume: m.volNo, extent: SIZE_MARK }]
+  })
+}
+
 export class PrimaryPair {
   private stateNow: PairState
   private link: 'up' | 'down' = 'down'
@@ -235,6 +252,18 @@ export class PrimaryPair {
    * every job's held space is marked). A new pair's journal marks every
    * allocated extent (the initial sync).
    */
+  /**
+   * Issue 15 meets 13: this relay took the pair's volume over and has none
+   * of its journal (it stayed with the old owner), or this daemon lost it.
+   * Writes a new epoch's log here whose resync covers everything the
+   * secondary may lack (journal-chain.ts, takeOverJournal) and answers the
+   * chain the caller must commit before open(). `journalDir`: where this
+   * daemon keeps the pair's logs.
+   */
+  static takeOver(spec: Pick<PrimaryPairSpec, 'members' | 'journalDir' | 'chain' | 'journal'>, home: string): Promise<EpochChain> {
+    return takeOverJournal({ logs: segmentJournalLogs(spec.journalDir), chain: spec.chain, home, marks: everyExtentOf(spec.members), journal: { settings: spec.journal, syncEveryCommit: false } })
+  }
+
   static async open(spec: PrimaryPairSpec, isNew: boolean): Promise<PrimaryPair> {
     const ref: { pair?: PrimaryPair } = {}
     const onModeChange = (c: ModeChange) => ref.pair?.modeChanged(c)
@@ -333,7 +362,8 @@ export class PrimaryPair {
       lastApplied: applied,
       consistent: this.consistent,
       lag: {
-        entries: Math.max(0, p.lastAccepted - applied),
+        // After a takeover the numbers between what the secondary applied and the new epoch's first were never all given out: not counted.
+        entries: Math.max(0, p.lastAccepted - Math.max(applied, takenOverAfter(this.journals.chain))),
         bytes: Math.max(0, this.journals.bytesAfter(applied)),
         seconds: Math.round(Math.max(...this.spec.members.map((m) => m.layer.lagSeconds(applied))) * 1000) / 1000,
       },

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest'
 import { VvfsError } from '../../lib/errors.js'
 import { Applier } from '../../lib/replication/applier.js'
 import type { JournalEntry } from '../../lib/replication/entry.js'
-import { genesis, handoff, type Sender } from '../../lib/replication/epoch.js'
+import { genesis, handoff, takeover, TAKEOVER_SEQ_STRIDE, validateChain, type Sender } from '../../lib/replication/epoch.js'
 import { MemoryApplyTarget } from './model-target.js'
 
 const A = 'storage-a'
@@ -147,5 +147,35 @@ describe('applier: failures and resync', () => {
     const img = target.images().get(1) as Buffer
     expect([1, 2, 3, 4, 5, 6, 7, 8].map((i) => img[i * 65536])).toEqual([1, 2, 3, 4, 0, 6, 7, 8])
     expect(applier.status).toMatchObject({ appliedSeq: 10, resyncing: true })
+  })
+})
+
+describe('applier: a relay took the pair over (issue 15) without the old owner journal', () => {
+  it('adopts the takeover epoch; once its resync begins, nothing the old owner still sends is applied', async () => {
+    const { target, applier } = await open()
+    await applier.receive(fromA, [w(1, 0, 1), w(2, 0, 2)])
+    const chain = [...chainA, takeover(chainA, A)]
+    const taker: Sender = { epoch: 2, home: chain[1]!.home }
+    expect(chain[1]).toMatchObject({ epoch: 2, home: `${A}@takeover-e2`, firstSeq: 1 + TAKEOVER_SEQ_STRIDE, predecessor: { epoch: 1, home: A, lastSeq: TAKEOVER_SEQ_STRIDE } })
+    await applier.hello(taker, chain)
+    // The old owner, not yet fenced off, ships one more: applied (the resync will copy over it).
+    expect((await applier.receive(fromA, [w(3, 0, 3)])).appliedSeq).toBe(3)
+    // Only the current home may resync; its base is past every number the old owner could give.
+    await expect(applier.beginResync(fromA, TAKEOVER_SEQ_STRIDE)).rejects.toMatchObject({ details: { reason: 'stale-epoch' } })
+    await applier.beginResync(taker, TAKEOVER_SEQ_STRIDE)
+    const late = await applier.receive(fromA, [w(4, 0, 4)])
+    expect([late.applied, late.duplicates, late.refused]).toEqual([0, 1, null])
+    expect((target.images().get(1) as Buffer)[0]).toBe(3)
+    await applier.endResync(taker, TAKEOVER_SEQ_STRIDE)
+    expect((await applier.receive(taker, [w(TAKEOVER_SEQ_STRIDE + 1, 0, 9, 2)])).appliedSeq).toBe(TAKEOVER_SEQ_STRIDE + 1)
+    expect((target.images().get(1) as Buffer)[0]).toBe(9)
+  })
+
+  it('a chain of takeovers stays valid; when the numbers run out, a takeover is refused', () => {
+    let chain = [...chainA]
+    for (let i = 0; i < 100; i++) chain = [...chain, takeover(chain, A)]
+    expect(() => validateChain(chain)).not.toThrow()
+    const last = { ...chain[chain.length - 1]!, firstSeq: Number.MAX_SAFE_INTEGER - 10 }
+    expect(() => takeover([last].map((r) => ({ ...r, epoch: 1, predecessor: null })), A)).toThrow(expect.objectContaining({ code: 'OUT_OF_RANGE' }))
   })
 })
