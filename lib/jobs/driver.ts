@@ -45,9 +45,11 @@ export interface JobDriver<R extends JobRecord = JobRecord> {
    * Issue 15: the job's volume is no longer served here (its lease was lost,
    * or `volume move` handed it on): halts and closes what the job holds
    * open here; the job stays in the catalog for the relay that serves the
-   * volume now. Kinds that hold nothing beyond halt() omit it.
+   * volume now. Kinds that hold nothing beyond halt() omit it. `handover`:
+   * an orderly `volume move` (the volume's I/O drained), which may leave
+   * the next relay what it needs to go on without redoing work.
    */
-  release?(): Promise<void>
+  release?(opts?: { handover?: boolean }): Promise<void>
   progress(): { current: number; total: number }
   /** Undoes a `ready` job (a migration whose sources are kept); kinds that cannot, omit it. */
   rollback?(): void

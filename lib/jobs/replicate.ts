@@ -90,11 +90,14 @@ export async function newReplication(env: JobEnv, p: ReplicateOptions): Promise<
 async function takeOver(job: ReplicateJobRecord, env: JobEnv, members: PairMember[]): Promise<void> {
   const r = resources(env)
   const home = r.home(job.volNos[0]!)
-  const chain = await PrimaryPair.takeOver({ members, journalDir: r.journalDir(job.id), chain: job.chain, journal: journalSettings(job) }, home)
-  const before = { chain: job.chain, journalDir: job.journalDir, handoffPending: job.handoffPending }
+  const current = job.chain[job.chain.length - 1]!
+  const handedOverAt = job.handedOver?.epoch === current.epoch ? job.handedOver.lastSeq : undefined
+  const chain = await PrimaryPair.takeOver({ members, journalDir: r.journalDir(job.id), chain: job.chain, journal: journalSettings(job) }, home, handedOverAt)
+  const before = { chain: job.chain, journalDir: job.journalDir, handoffPending: job.handoffPending, handedOver: job.handedOver }
   job.chain = [...chain]
   delete job.journalDir
   delete job.handoffPending
+  delete job.handedOver
   try {
     await env.save(job)
   } catch (err) {
@@ -103,10 +106,15 @@ async function takeOver(job: ReplicateJobRecord, env: JobEnv, members: PairMembe
   }
   const record = chain[chain.length - 1]!
   env.log.warn(
-    { event: 'replication.taken_over', pair: job.pair, epoch: record.epoch, home: record.home, firstSeq: record.firstSeq },
-    `pair ${job.pair}: its journal is not here (the volume was taken over from another relay, or the journal was lost): epoch ${record.epoch} starts here, and a resync sends the secondary what it may lack`,
+    { event: 'replication.taken_over', pair: job.pair, epoch: record.epoch, home: record.home, firstSeq: record.firstSeq, resync: handedOverAt === undefined },
+    handedOverAt === undefined
+      ? `pair ${job.pair}: its journal is not here (the volume was taken over from another relay, or the journal was lost): epoch ${record.epoch} starts here, and a resync sends the secondary what it may lack`
+      : `pair ${job.pair}: handed over caught up at ${handedOverAt}: epoch ${record.epoch} numbers on from ${record.firstSeq} here, no resync`,
   )
 }
+
+/** How long a `volume move` waits for the secondary to apply the last entries (part of the move's gap; past it, the next relay resyncs). */
+const HANDOVER_SETTLE_MS = 2000
 
 function journalSettings(job: ReplicateJobRecord) {
   return { ...(job.journalLimit ? { limitBytes: job.journalLimit, hardLimitBytes: Math.max(2 * job.journalLimit, job.journalLimit) } : {}), ...(job.journalPolicy ? { policy: job.journalPolicy } : {}) }
@@ -141,6 +149,11 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
     const isNew = job.status === 'created' && job.journalDir === undefined
     const current = job.chain[job.chain.length - 1]!
     if (!isNew && !(await segmentJournalLogs(job.journalDir ?? r.journalDir(job.id)).exists(current.epoch))) await takeOver(job, env, members)
+    else if (job.handedOver) {
+      // This relay still has the journal (a move that did not complete, the volume taken back): it numbers on; the hand-over point is void.
+      delete job.handedOver
+      await env.save(job)
+    }
     const ref: { driver?: ReplicateDriver } = {}
     const pair = await PrimaryPair.open(
       {
@@ -252,11 +265,25 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
     this.finish()
   }
 
-  /** The volume is served elsewhere now: the pair stops here and its journal closes (kept: should the volume come back before another relay took it, it goes on from there). */
-  async release(): Promise<void> {
-    await this.pair.close()
-    resources(this.env).pairs.delete(this.job.id)
-    this.finish()
+  /**
+   * The volume is served elsewhere now: the pair stops here and its journal
+   * closes (kept: should the volume come back before another relay took it,
+   * it goes on from there). A handover (`volume move`) first lets the
+   * secondary catch up, for at most HANDOVER_SETTLE_MS of the move's gap,
+   * and records where it did: the next relay then goes on without a resync.
+   */
+  async release(opts: { handover?: boolean } = {}): Promise<void> {
+    try {
+      const lastSeq = opts.handover ? await this.pair.settle(HANDOVER_SETTLE_MS) : null
+      await this.pair.close()
+      resources(this.env).pairs.delete(this.job.id)
+      if (lastSeq !== null) {
+        this.job.handedOver = { epoch: this.job.chain[this.job.chain.length - 1]!.epoch, lastSeq }
+        await this.env.save(this.job)
+      }
+    } finally {
+      this.finish()
+    }
   }
 
   progress(): { current: number; total: number } {

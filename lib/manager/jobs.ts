@@ -105,8 +105,8 @@ export class JobManager {
    * it that are not concluded (and whose volumes are all served here),
    * from what the rebuilt map cache holds (a migration from its bitmap).
    */
-  async adoptJobsOf(volNo: number): Promise<number[]> {
-    const adopted: number[] = []
+  async adoptJobsOf(volNo: number, beforeLaunch?: () => void): Promise<number[]> {
+    const adopted: JobDriver[] = []
     for (const committed of this.h.catalog.read().data.jobs) {
       if (committed.status === 'concluded' || !committed.volNos.includes(volNo) || this.drivers.has(committed.id)) continue
       if (this.serves && !committed.volNos.every(this.serves)) continue
@@ -114,21 +114,22 @@ export class JobManager {
       const driver = await this.kindDriver(job.kind).open(job, this.env)
       driver.reserveHeld?.()
       this.drivers.set(job.id, driver)
-      // As at start: a replication job's journal is attached to the volume here (before it, the volume's writes were not journaled).
+      // As at start: a replication job's journal is attached to the volume here.
       await driver.prepare?.()
-      this.launch(driver)
-      adopted.push(job.id)
+      adopted.push(driver)
     }
-    return adopted
+    beforeLaunch?.()
+    for (const d of adopted) this.launch(d)
+    return adopted.map((d) => d.job.id)
   }
 
   /** Issue 15: a volume this relay lost (lease expired) or handed on (volume move) — its jobs stop here and are forgotten (the new owner resumes them). */
-  async dropJobsOf(volNo: number): Promise<void> {
+  async dropJobsOf(volNo: number, opts: { handover?: boolean } = {}): Promise<void> {
     const drivers = [...this.drivers.values()].filter((d) => d.job.volNos.includes(volNo))
     for (const d of drivers) this.drivers.delete(d.job.id)
     await Promise.all(
       drivers.map((d) =>
-        (d.release ? d.release() : d.halt()).catch((err: unknown) => {
+        (d.release ? d.release(opts) : d.halt()).catch((err: unknown) => {
           const e = asVvfsError(err)
           this.h.log.error({ event: 'job.release_failed', job: d.job.id, code: e.code, err: e.message }, `job ${d.job.id}: releasing it here failed`)
         }),

@@ -1172,9 +1172,22 @@ export class Manager implements HostView {
       await this.rebuildMap(rec)
       const { entries } = await readVolumeMaps(this.maps, (_volNo, extent) => extent * EXTENT_SIZE < rec.size, rec.no)
       const handle = this.makeHandle(draftOf<VolumeRecord>(rec), entries.get(rec.no))
+      // Served from here on, but its changes wait until its jobs are adopted: a replication pair's journal must number every
+      // change after the point it goes on from (a move's hand-over point leaves nothing to resync the ones it missed).
+      const held = handle.journal.holdChanges()
+      let released = false
+      const release = () => {
+        if (!released) held()
+        released = true
+      }
       this.handles.set(rec.name, handle)
-      await this.updateVolume(rec.no, (r) => void (r.relay = cluster.relayId))
-      const jobs = await this.jobs.adoptJobsOf(rec.no)
+      let jobs: number[]
+      try {
+        await this.updateVolume(rec.no, (r) => void (r.relay = cluster.relayId))
+        jobs = await this.jobs.adoptJobsOf(rec.no, release)
+      } finally {
+        release()
+      }
       this.log.info({ event: 'relay.volume_taken', volume: rec.name, token: owner.token, jobs, ms: Date.now() - started }, `took volume ${rec.name} over (token ${owner.token})`)
     } catch (err) {
       this.handles.delete(rec.name)
@@ -1213,8 +1226,8 @@ export class Manager implements HostView {
         cluster.resumeServing(v.id)
         throw err
       }
-      // Its replication pair goes with it (R starts it over as a new epoch); nothing here ships for it after the handover.
-      await this.jobs.dropJobsOf(v.record.no)
+      // Its replication pair goes with it (R goes on as a new epoch, without a resync if the secondary caught up here); nothing here ships for it after the handover.
+      await this.jobs.dropJobsOf(v.record.no, { handover: true })
       this.handles.delete(name)
       readCache.forget(v.record.no)
       v.thin.close()

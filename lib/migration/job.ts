@@ -101,6 +101,13 @@ export interface ReplicateJobRecord extends JobCommon, MoveJobFields {
   journalDir?: string
   /** The last handoff's management information (lib/replication/journal-chain.ts), committed with the chain. */
   handoffPending?: { epoch: number; since: number; marks: { volume: number; extent: number }[] | null }
+  /**
+   * Issue 15: `volume move` handed the volume on with the pair caught up —
+   * the secondary applied every number of `epoch` through `lastSeq`, and the
+   * old relay numbers no more — so the next relay numbers from lastSeq + 1
+   * without a resync. Cleared by the next open of the job.
+   */
+  handedOver?: { epoch: number; lastSeq: number }
   toSid?: undefined
   fromSid?: undefined
 }

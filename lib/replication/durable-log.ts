@@ -29,6 +29,13 @@ export interface DirtyMark {
   extent: number
 }
 export const SIZE_MARK = 0xffffffff
+/**
+ * Extent WHOLE_MARK: any byte of the volume may differ on the secondary,
+ * released ones included (a takeover: the old owner's journal is gone). The
+ * resync zeroes the whole secondary volume, durably, before it copies the
+ * extents marked beside it (the allocated ones).
+ */
+export const WHOLE_MARK = 0xfffffffe
 
 export interface LogRecord {
   seq: number

@@ -128,12 +128,16 @@ export const TAKEOVER_SEQ_STRIDE = 2 ** 40
  * `home` (named `SYSTEM@takeover-eN`, like a promote's) numbering from
  * TAKEOVER_SEQ_STRIDE past the current epoch's first number; the old epoch
  * ends just before it. What the old owner numbered and the secondary lacks
- * is resent by a resync, never shipped.
+ * is resent by a resync, never shipped. `lastSeq`: the old owner's last
+ * number when it is known (a `volume move` that left the pair caught up):
+ * the new epoch numbers right after it.
  */
-export function takeover(chain: EpochChain, home: string): EpochRecord {
+export function takeover(chain: EpochChain, home: string, lastSeq?: number): EpochRecord {
   validateChain(chain)
   const last = chain[chain.length - 1]
-  const firstSeq = last.firstSeq + TAKEOVER_SEQ_STRIDE
+  if (lastSeq !== undefined && (!Number.isSafeInteger(lastSeq) || lastSeq < last.firstSeq - 1))
+    throw new VvfsError('INVALID_ARGUMENT', `epoch ${last.epoch} starts at ${last.firstSeq}: its last number cannot be ${lastSeq}`)
+  const firstSeq = lastSeq !== undefined ? lastSeq + 1 : last.firstSeq + TAKEOVER_SEQ_STRIDE
   if (!Number.isSafeInteger(firstSeq)) throw new VvfsError('OUT_OF_RANGE', `epoch ${last.epoch} starts at ${last.firstSeq}: no sequence numbers are left for another takeover`)
   const epoch = last.epoch + 1
   return { epoch, home: `${storageOfHome(home)}@takeover-e${epoch}`, firstSeq, predecessor: { epoch: last.epoch, home: last.home, lastSeq: firstSeq - 1 } }

@@ -108,7 +108,7 @@ async function epochsOf(base: string): Promise<number[]> {
  * the pair over here, before JournalChain.open: deletes any log of the pair
  * left here by an earlier ownership, writes the log of a new epoch
  * (epoch.ts, takeover: numbered past anything the old owner gave out) with
- * `marks` — every extent the secondary may lack — synced, and answers the
+ * `marks` — what the secondary may lack — synced, and answers the
  * chain to commit. Crash order: the log is written before the chain is
  * committed; a crash between leaves a log of an epoch the chain lacks,
  * which the next open deletes (as a handoff that never committed) before
@@ -121,8 +121,10 @@ export async function takeOverJournal(p: {
   home: string
   marks: DirtyMark[]
   journal: Omit<JournalOptions, 'epoch' | 'firstSeq'>
+  /** The old owner's last number, when known (epoch.ts, takeover). */
+  lastSeq?: number
 }): Promise<EpochChain> {
-  const record = takeover(p.chain, p.home)
+  const record = takeover(p.chain, p.home, p.lastSeq)
   for (const e of await p.logs.epochs()) await p.logs.remove(e)
   const log = await p.logs.open(record.epoch)
   try {

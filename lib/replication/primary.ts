@@ -62,7 +62,7 @@ import type { Logger } from '../log.js'
 import type { Ack } from './applier.js'
 import type { PeerKey } from '../wire/auth.js'
 import { WireClient } from '../wire/client.js'
-import { SIZE_MARK, type DirtyMark } from './durable-log.js'
+import { SIZE_MARK, WHOLE_MARK, markKey, type DirtyMark } from './durable-log.js'
 import { MAX_ENTRY_DATA, type JournalEntry } from './entry.js'
 import { takenOverAfter, type EpochChain, type Sender } from './epoch.js'
 import { ReplicationStream } from './endpoint.js'
@@ -184,20 +184,21 @@ function everyAllocatedExtent(members: PairMember[]): DirtyMark[] {
 }
 
 /**
- * Above this many extents a volume's takeover resync marks its allocated
- * extents only (64 GiB of 1 MiB extents: the marks are ~100 bytes each in
- * memory); below, every extent — the old owner may have released extents
- * whose data the secondary still holds.
+ * What a secondary may differ in after a takeover: anything. Each member's
+ * size, and WHOLE_MARK — the resync zeroes the volume there, then marks the
+ * extents allocated at that moment (the journal is attached by then: a
+ * later change is an entry after the resync's base) and copies them.
  */
-const TAKEOVER_EVERY_EXTENT_MAX = 65536
+function everythingAfterTakeover(members: PairMember[]): DirtyMark[] {
+  return members.flatMap((m) => [
+    { volume: m.volNo, extent: SIZE_MARK },
+    { volume: m.volNo, extent: WHOLE_MARK },
+  ])
+}
 
-/** What a secondary may differ in after a takeover: every extent of each member (allocated ones only past TAKEOVER_EVERY_EXTENT_MAX) and its size. */
-function everyExtentOf(members: PairMember[]): DirtyMark[] {
-  return members.flatMap((m) => {
-    const n = Math.ceil(m.size() / EXTENT_SIZE)
-    const extents = n <= TAKEOVER_EVERY_EXTENT_MAX ? Array.from({ length: n }, (_, i) => i) : m.allocatedExtents()
-    return [...extents.map((extent) => ({ volume: m.volNo, extent })), { volume: m.volNo, extent: SIZE_MARK }]
-  })
+/** The order a resync copies marks in: each size first (extents past the old end are refused before it), then the whole-volume zeroes, then the extents. */
+function copyRank(m: DirtyMark): number {
+  return m.extent === SIZE_MARK ? 0 : m.extent === WHOLE_MARK ? 1 : 2
 }
 
 export class PrimaryPair {
@@ -260,8 +261,29 @@ export class PrimaryPair {
    * chain the caller must commit before open(). `journalDir`: where this
    * daemon keeps the pair's logs.
    */
-  static takeOver(spec: Pick<PrimaryPairSpec, 'members' | 'journalDir' | 'chain' | 'journal'>, home: string): Promise<EpochChain> {
-    return takeOverJournal({ logs: segmentJournalLogs(spec.journalDir), chain: spec.chain, home, marks: everyExtentOf(spec.members), journal: { settings: spec.journal, syncEveryCommit: false } })
+  static takeOver(spec: Pick<PrimaryPairSpec, 'members' | 'journalDir' | 'chain' | 'journal'>, home: string, handedOverAt?: number): Promise<EpochChain> {
+    // Handed over caught up (settle): the secondary lacks nothing, the new epoch numbers on from there.
+    const marks = handedOverAt === undefined ? everythingAfterTakeover(spec.members) : []
+    return takeOverJournal({ logs: segmentJournalLogs(spec.journalDir), chain: spec.chain, home, marks, journal: { settings: spec.journal, syncEveryCommit: false }, lastSeq: handedOverAt })
+  }
+
+  /**
+   * Before the volume is handed to another relay (`volume move`, its I/O
+   * already drained): syncs the journal and waits up to `timeoutMs` for the
+   * secondary to apply every entry. Answers the last number when it did (the
+   * next relay numbers on from it, takeOver), null when it did not (paused,
+   * link down, a resync under way: the next relay resyncs).
+   */
+  async settle(timeoutMs: number): Promise<number | null> {
+    await this.journal.drain()
+    await this.journal.sync()
+    const end = Date.now() + timeoutMs
+    for (;;) {
+      const p = this.journal.positions
+      if (p.mode === 'journaling' && this.journal.dirtyMarks().length === 0 && this.consistent && this.link === 'up' && this.applied >= p.lastAccepted) return p.lastAccepted
+      if (Date.now() > end || !this.running || this.pausedFlag) return null
+      await sleep(20)
+    }
   }
 
   static async open(spec: PrimaryPairSpec, isNew: boolean): Promise<PrimaryPair> {
@@ -497,11 +519,11 @@ export class PrimaryPair {
     const ack = await stream.beginResync(base)
     this.applied = ack.appliedSeq
     this.consistent = false
-    const generation = this.journal.markGeneration
     // The size first, alone: extents past the secondary's old end (a grow while behind) would be refused OUT_OF_RANGE before it (grow-while-behind.test.ts).
-    const marks = this.journal.dirtyMarks().sort((a, b) => (a.extent === SIZE_MARK ? -1 : b.extent === SIZE_MARK ? 1 : a.extent - b.extent))
+    // Then a takeover's zeroing of the whole volume, flushed before any extent is copied over it.
+    const marks = this.journal.dirtyMarks().sort((a, b) => copyRank(a) - copyRank(b) || a.extent - b.extent)
     this.copied = 0
-    this.copyTotal = marks.filter((m) => m.extent !== SIZE_MARK).length * EXTENT_SIZE
+    this.copyTotal = marks.filter((m) => copyRank(m) === 2).length * EXTENT_SIZE
     const started = Date.now()
     // Up to RESYNC_WINDOW extents in flight. The secondary writes the data straight into its volumes: a mark is cleared only once
     // a RESYNC_FLUSH after its data was answered by the same incarnation of the secondary (a restart between the two may have lost it).
@@ -509,8 +531,10 @@ export class PrimaryPair {
     let failed: unknown = null
     let handedOff = false
     let incarnation: string | null = null
-    let unflushed: DirtyMark[] = []
+    /** Copies answered but not yet flushed, each with the marks' generation when it began (clearMarks leaves marks set again since). */
+    let unflushed: { mark: DirtyMark; generation: number }[] = []
     let unflushedBytes = 0
+    const queued = new Set(marks.map(markKey))
     const answeredBy = (ack: { refused: WireError | null; incarnation?: string }) => {
       this.check(ack)
       const by = ack.incarnation ?? ''
@@ -529,9 +553,14 @@ export class PrimaryPair {
         handedOff = true
         return
       }
-      await this.journal.clearMarks(covered, generation)
+      for (const g of new Set(covered.map((c) => c.generation)))
+        await this.journal.clearMarks(
+          covered.filter((c) => c.generation === g).map((c) => c.mark),
+          g,
+        )
     }
     const copyOne = async (mark: DirtyMark) => {
+      const generation = this.journal.markGeneration
       await this.copyExtent(stream, mark, answeredBy)
       if (stream.sender.epoch !== this.sender.epoch) {
         handedOff = true
@@ -540,8 +569,19 @@ export class PrimaryPair {
       if (mark.extent === SIZE_MARK) {
         // A resize is applied through the secondary's synced batches: durable once answered.
         await this.journal.clearMarks([mark], generation)
+      } else if (mark.extent === WHOLE_MARK) {
+        // Zeroed there: now the extents allocated here are copied over it (marked before the zeroing's mark is cleared).
+        const member = this.spec.members.find((m) => m.volNo === mark.volume)
+        const added = (member?.allocatedExtents() ?? []).map((extent) => ({ volume: mark.volume, extent })).filter((m) => !queued.has(markKey(m)))
+        await this.journal.addMarks(added)
+        for (const m of added) queued.add(markKey(m))
+        marks.push(...added)
+        this.copyTotal += added.length * EXTENT_SIZE
+        // Nothing was sent for an empty volume (no answer, no incarnation): nothing to flush.
+        if (incarnation === null) await this.journal.clearMarks([mark], generation)
+        else unflushed.push({ mark, generation })
       } else {
-        unflushed.push(mark)
+        unflushed.push({ mark, generation })
         unflushedBytes += EXTENT_SIZE
         this.copied += EXTENT_SIZE
       }
@@ -558,6 +598,14 @@ export class PrimaryPair {
       })
       if (mark.extent === SIZE_MARK) {
         await one
+        continue
+      }
+      if (mark.extent === WHOLE_MARK) {
+        // Durable on the secondary (and cleared) before any extent is copied: a copy must never be zeroed after it.
+        await one
+        if (!failed) await flush().catch((err: unknown) => {
+          failed ??= err
+        })
         continue
       }
       inFlight.add(one)
@@ -594,6 +642,10 @@ export class PrimaryPair {
     const resize = (): JournalEntry => ({ seq: 1, epoch: this.sender.epoch, volume: member.volNo, kind: 'resize', offset: 0, length: size, data: null })
     if (mark.extent === SIZE_MARK) {
       answered(await stream.resyncData([resize()]))
+      return
+    }
+    if (mark.extent === WHOLE_MARK) {
+      if (size > 0) answered(await stream.resyncData([{ seq: 1, epoch: this.sender.epoch, volume: member.volNo, kind: 'zero', offset: 0, length: size, data: null }]))
       return
     }
     const start = mark.extent * EXTENT_SIZE
