@@ -13,6 +13,7 @@
  *
  * Progress: bytes of the initial sync or the current resync copied / to copy.
  */
+import { crashPoint } from '../crash-points.js'
 import { VvfsError } from '../errors.js'
 import type { JobRecord, JobStatus, ReplicateJobRecord } from '../migration/job.js'
 import { genesis } from '../replication/epoch.js'
@@ -93,6 +94,7 @@ async function takeOver(job: ReplicateJobRecord, env: JobEnv, members: PairMembe
   const current = job.chain[job.chain.length - 1]!
   const handedOverAt = job.handedOver?.epoch === current.epoch ? job.handedOver.lastSeq : undefined
   const chain = await PrimaryPair.takeOver({ members, journalDir: r.journalDir(job.id), chain: job.chain, journal: journalSettings(job) }, home, handedOverAt)
+  crashPoint('replication.takeover.prepared')
   const before = { chain: job.chain, journalDir: job.journalDir, handoffPending: job.handoffPending, handedOver: job.handedOver }
   job.chain = [...chain]
   delete job.journalDir

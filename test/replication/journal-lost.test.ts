@@ -16,7 +16,7 @@ import { TAKEOVER_SEQ_STRIDE } from '../../lib/replication/epoch.js'
 import { cleanupAll, removeDir } from '../helpers/daemon.js'
 import { writeAndFsync } from '../helpers/synced-write.js'
 import { caughtUp, waitForPair, type Pair } from './daemons.js'
-import { PAIR, readImage, startHandoffPair } from './handoff-fixture.js'
+import { diesAt, PAIR, readImage, startHandoffPair } from './handoff-fixture.js'
 
 let p: Pair | undefined
 afterAll(async () => {
@@ -24,7 +24,7 @@ afterAll(async () => {
   if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
 })
 
-it('a lost journal is started over as a new epoch past its numbers, and a whole-volume resync makes the images equal', { timeout: 90_000 }, async () => {
+it('a lost journal is started over as a new epoch past its numbers (also after a kill -9 before its record is committed), and a whole-volume resync makes the images equal', { timeout: 90_000 }, async () => {
   p = await startHandoffPair()
   const { primary, secondary } = p
   const file = primary.file('vol')
@@ -38,6 +38,11 @@ it('a lost journal is started over as a new epoch past its numbers, and a whole-
   await primary.stop()
   const journals = join(primary.dir, 'state', 'journals')
   for (const n of readdirSync(journals)) rmSync(join(journals, n), { recursive: true, force: true })
+  // A kill -9 between writing the new epoch's log and committing its record: the restart starts over (the chain is still epoch 1's).
+  // (restart() fails once the daemon dies before its socket is up; waited for by the exit, whatever the load makes of the socket's timeout.)
+  await primary.restart({ VVFS_CRASH_AT: 'replication.takeover.prepared' }).catch(() => undefined)
+  await diesAt(primary, 'replication.takeover.prepared', 60_000)
+  expect(readdirSync(journals)).toHaveLength(1)
   const logFrom = primary.log().length
   await primary.restart({})
   const taken = await waitForPair(primary, PAIR, 'primary', (s) => s.state === 'paused')
