@@ -13,6 +13,8 @@
  *
  * Progress: bytes of the initial sync or the current resync copied / to copy.
  */
+import { readdir, rm } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
 import { crashPoint } from '../crash-points.js'
 import { VvfsError } from '../errors.js'
 import type { JobRecord, JobStatus, ReplicateJobRecord } from '../migration/job.js'
@@ -276,7 +278,8 @@ class ReplicateDriver implements JobDriver<ReplicateJobRecord> {
    */
   async release(opts: { handover?: boolean } = {}): Promise<void> {
     try {
-      const lastSeq = opts.handover ? await this.pair.settle(HANDOVER_SETTLE_MS) : null
+      // A group's volumes move one at a time: the others stay served here unjournaled meanwhile, so only a pair of one volume hands over without a resync.
+      const lastSeq = opts.handover && this.job.volNos.length === 1 ? await this.pair.settle(HANDOVER_SETTLE_MS) : null
       await this.pair.close()
       resources(this.env).pairs.delete(this.job.id)
       if (lastSeq !== null) {
@@ -308,5 +311,32 @@ export const replicateJobs: JobKindDriver = {
   describe(job: JobRecord): JobDetails {
     const r = job as ReplicateJobRecord
     return { to: `${r.peer} (${r.pair})`, mode: 'direct', rate: r.rate, keepMs: 0 }
+  },
+  /**
+   * Journal logs no pair can open again: of jobs concluded or gone from the
+   * catalog (a `replicate stop` cut short after it deleted some, a pair
+   * stopped on another relay of the cluster). Logs of live jobs stay, also
+   * those of pairs another relay runs now (a relay that gets the volume back
+   * starts over and drops them then).
+   */
+  async cleanStale(_live, env) {
+    if (!env.replication) return
+    const root = dirname(env.replication.journalDir(0))
+    let names: string[]
+    try {
+      names = await readdir(root)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
+      throw err
+    }
+    const jobs = env.catalog.read().data.jobs
+    for (const name of names) {
+      const m = /^job-(\d+)(\.e\d+)?$/.exec(name)
+      if (!m) continue
+      const job = jobs.find((j) => j.id === Number(m[1]))
+      if (job?.kind === 'replicate' && job.status !== 'concluded') continue
+      await rm(join(root, name), { recursive: true, force: true })
+      env.log.info({ event: 'replication.stale_journal', dir: name }, `journal ${name} belongs to no live pair: deleted`)
+    }
   },
 }

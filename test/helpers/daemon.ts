@@ -55,7 +55,8 @@ export function tempDir(prefix = 'vvfs-test-'): string {
 async function waitForSocket(path: string, proc: ChildProcess, logPath: string, timeoutMs = 20_000): Promise<ControlClient> {
   const start = Date.now()
   for (;;) {
-    if (proc.exitCode !== null) throw new Error(`daemon exited with ${proc.exitCode}:\n${existsSync(logPath) ? readFileSync(logPath, 'utf8') : ''}`)
+    // A daemon killed by a signal (a crash point's SIGKILL) has no exit code, only a signal.
+    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`daemon exited with ${proc.exitCode ?? proc.signalCode}:\n${existsSync(logPath) ? readFileSync(logPath, 'utf8') : ''}`)
     if (existsSync(path)) {
       try {
         return await ControlClient.connect(path)

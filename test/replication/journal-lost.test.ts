@@ -8,7 +8,7 @@
  * and a discard of replicated data included.
  */
 import { execFileSync } from 'node:child_process'
-import { readdirSync, rmSync } from 'node:fs'
+import { mkdirSync, readdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, expect, it } from 'vitest'
 import { CHUNK_SIZE, EXTENT_SIZE } from '../../lib/layout.js'
@@ -58,4 +58,15 @@ it('a lost journal is started over as a new epoch past its numbers (also after a
   expect(Buffer.compare(readImage(file), copy), 'images differ after the resync').toBe(0)
   expect(copy.subarray(5 * EXTENT_SIZE, 6 * EXTENT_SIZE).every((b) => b === 0)).toBe(true)
   expect(copy[2 * EXTENT_SIZE + CHUNK_SIZE]).toBe(0xee)
+})
+
+it('at start, journal logs of pairs that are stopped or gone from the catalog are deleted; the live pair\'s stays', { timeout: 60_000 }, async () => {
+  const { primary } = p!
+  await primary.stop()
+  const journals = join(primary.dir, 'state', 'journals')
+  const live = readdirSync(journals)
+  for (const n of ['job-9999', 'job-9999.e2']) mkdirSync(join(journals, n))
+  await primary.restart({})
+  expect(readdirSync(journals)).toEqual(live)
+  await waitForPair(primary, PAIR, 'primary', caughtUp)
 })
