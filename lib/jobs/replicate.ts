@@ -11,6 +11,15 @@
  * leaves the journal attached so writes during shutdown are still recorded —
  * the manager closes the journals after the volumes drained.
  *
+ * Relay changes (issue 15): a relay that adopts the job of a volume it took
+ * over has none of its journal — nor has a daemon that lost it — and starts
+ * the pair over as a takeover epoch (`takeOver`: the new epoch's log, then
+ * its record in this job's catalog record; a crash between them is undone
+ * at the next open, crash point replication.takeover.prepared); `release`
+ * stops the pair on the relay that no longer serves the volume, and at a
+ * `volume move` records where the secondary caught up (`handedOver`), so
+ * the next relay numbers on without a resync.
+ *
  * Progress: bytes of the initial sync or the current resync copied / to copy.
  */
 import { readdir, rm } from 'node:fs/promises'
