@@ -100,6 +100,7 @@ import { parseHostPort, type WireServer } from '../wire/server.js'
 import type { SecondaryState } from './applier.js'
 import { SIZE_MARK } from './durable-log.js'
 import { compareHistories, handoff, refusal, sameRecord, type EpochChain } from './epoch.js'
+import { PeerClients } from './peer-clients.js'
 import {
   ExtentsReplyMessage,
   FailoverRequest,
@@ -305,7 +306,7 @@ export class FailoverService {
   }
   private readonly promoted = new Map<string, PromotedRuntime>()
   private readonly reports = new Map<string, { side: SideReport; at: number }>()
-  private readonly clients = new Map<string, WireClient>()
+  private readonly clients: PeerClients
   private readonly splitSeen = new Set<string>()
   /** Pairs whose promote is under way (promote: fenced). */
   private readonly fenced = new Set<string>()
@@ -322,6 +323,7 @@ export class FailoverService {
     private readonly log: Logger,
   ) {
     this.file = join(stateDir, 'replication', 'failover.json')
+    this.clients = new PeerClients(log, { deadlineMs: REPORT_EVERY_MS })
   }
 
   /** Loads the records and finishes what they describe (before the mounts): promoted journals attached, demoted pairs ended. */
@@ -392,8 +394,7 @@ export class FailoverService {
   async close(): Promise<void> {
     this.closed = true
     if (this.timer) clearInterval(this.timer)
-    for (const c of this.clients.values()) await c.close().catch(() => undefined)
-    this.clients.clear()
+    await this.clients.close()
     for (const [pair, rt] of this.promoted) {
       const r = this.promotedRecord(pair)
       for (const name of r ? promotedVolumes(r) : []) this.host.failoverVolume(name)?.layer.detach()
@@ -999,7 +1000,7 @@ export class FailoverService {
           const side = this.side(t.pair)
           if (!side) return
           try {
-            const client = await this.clientFor(t.address, t.keyFile)
+            const client = await this.clients.get(t.address, t.keyFile)
             const reply = HistoryReplyMessage.decode(await client.request(FailoverRequest.HISTORY, HistoryMessage.encode({ format: MESSAGE_FORMAT, pair: t.pair, side }), { deadlineMs: REPORT_EVERY_MS }))
             if (reply.side) this.noteReport(t.pair, reply.side)
           } catch {
@@ -1010,18 +1011,6 @@ export class FailoverService {
     } finally {
       this.reporting = false
     }
-  }
-
-  private async clientFor(address: string, keyFile: string): Promise<WireClient> {
-    const id = `${address} ${keyFile}`
-    let c = this.clients.get(id)
-    if (!c) {
-      const { host, port } = parseHostPort(address)
-      c = new WireClient({ host, port, key: await loadPeerKey(keyFile), service: REPLICATION_SERVICE, log: this.log, deadlineMs: REPORT_EVERY_MS, backoff: { initialMs: 200, maxMs: 1000 } })
-      c.start()
-      this.clients.set(id, c)
-    }
-    return c
   }
 
   /** Writes the records atomically (temp file, fsync, rename). */
