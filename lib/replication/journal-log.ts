@@ -325,17 +325,18 @@ export class SegmentDurableLog implements DurableLog {
           last++
           total += this.located[last].bytes
         }
-        want = this.located[last].at + this.located[last].bytes - first.at
+        // The run is taken out before the read waits: a trim committed meanwhile splices `located` (its segments stay open while inFlight).
+        const run = this.located.slice(i, last + 1)
+        want = run[run.length - 1].at + run[run.length - 1].bytes - first.at
         const span = Buffer.allocUnsafe(want)
         const { bytesRead } = await readAsync(first.segment.fd, span, 0, want, first.at).catch((err: unknown) => {
           throw ioError('read', err)
         })
         if (bytesRead !== want) throw corrupt(`segment ${segmentName(first.segment.no)} ends inside entry ${first.seq}`)
-        for (let k = i; k <= last; k++) {
-          const l = this.located[k]
-          out.push({ seq: l.seq, record: span.subarray(l.at - first.at, l.at - first.at + l.bytes) })
-        }
-        i = last + 1
+        for (const l of run) out.push({ seq: l.seq, record: span.subarray(l.at - first.at, l.at - first.at + l.bytes) })
+        i = this.firstAtOrAfter(run[run.length - 1].seq + 1)
+        // A trim past the run leaves a gap: the answer stays a run of consecutive numbers.
+        if (i < this.located.length && this.located[i].seq !== run[run.length - 1].seq + 1) break
       }
     } finally {
       this.release()

@@ -93,7 +93,7 @@ export async function migrationsDone(d: DaemonHandle, timeoutMs = 30_000): Promi
 /** Waits for a daemon started with VVFS_CRASH_AT to kill itself at that step (fails if it does not within `ms`). */
 export async function diesAt(d: DaemonHandle, point: string, ms = 20_000): Promise<void> {
   let timer: NodeJS.Timeout | undefined
-  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`the primary did not die at ${point} within ${ms} ms (no handoff?)`)), ms)))
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`the primary did not die at ${point} within ${ms} ms (no handoff?); its log ends:\n${d.log().split('\n').slice(-30).join('\n')}`)), ms)))
   try {
     await Promise.race([d.exited(), late])
   } finally {
