@@ -51,6 +51,7 @@ import { VolumeMapLog } from '../relay/map-log.js'
 // issue 15: several relays, one catalog in etcd
 import type { ClusterOptions } from '../cluster/options.js'
 import { ClusterRelay, type RelayInfo } from '../cluster/relay.js'
+import { ForeignSpace, type ForeignVolume } from '../cluster/foreign-space.js'
 import { EtcdCatalog } from './etcd-catalog.js'
 
 export const DEFAULT_HOST = 'local'
@@ -101,6 +102,8 @@ export class Manager implements HostView {
   private cluster: ClusterRelay | null = null
   /** Issue 15: the map log the MapStore appends to (in a cluster). */
   private mapLogs: VolumeMapLog | null = null
+  /** Issue 15: space of volumes not served here, on this relay's storage servers (lib/cluster/foreign-space.ts). */
+  private readonly foreignSpace: ForeignSpace
 
   private constructor(
     readonly stateDir: string,
@@ -112,6 +115,7 @@ export class Manager implements HostView {
     /** Issue 17: what the local stores' memtables and caches share (lib/storage/memory-budget.ts). */
     private readonly memory: MemoryBudget,
   ) {
+    this.foreignSpace = new ForeignSpace(pool, log)
     this.spaceWatch = new SpaceWatch(pool, () => catalog.read().data.pool, (c) => {
       this.log.warn({ event: 'pool.threshold', ...c }, `pool usage crossed ${c.warnPercent}%`)
       this.emit('pool.threshold', { ...c })
@@ -213,7 +217,8 @@ export class Manager implements HostView {
         pool.add(system)
       }
       // issue 15: the relay's lease before anything is served
-      const cluster = opts.cluster ? await ClusterRelay.start(opts.cluster, opts.log, (token) => fencePool(pool, token)) : null
+      // Each fence raised: this relay alone changes those servers until another fences higher; it learns what other volumes hold there.
+      const cluster = opts.cluster ? await ClusterRelay.start(opts.cluster, opts.log, (token) => fencePool(pool, token).then(() => manager?.holdForeignSpace())) : null
       manager = new Manager(stateDir, catalog, pool, maps, opts.log, opts, memory)
       manager.warnOverBudget()
       manager.cluster = cluster
@@ -1068,6 +1073,7 @@ export class Manager implements HostView {
 
   /** A live volume: its stack (lib/relay/stack.ts) over the entries found at start, if any. */
   private makeHandle(rec: VolumeRecord, entries?: Map<number, ExtentEntry>): VolumeHandle {
+    this.foreignSpace.forget(rec.no) // issue 15: its own map marks its space from here on
     const stack = buildVolumeStack({
       volNo: rec.no,
       size: rec.size,
@@ -1134,6 +1140,24 @@ export class Manager implements HostView {
     })
     this.mapLogs = log
     return log
+  }
+
+  /**
+   * Issue 15: marks in the free-space tables what every volume this relay
+   * neither serves nor owns holds on the storage servers of its pool, read
+   * from their map logs (ForeignSpace). Called each time it raised the fence.
+   */
+  private async holdForeignSpace(): Promise<void> {
+    const cluster = this.cluster
+    const mapLogs = this.mapLogs
+    if (!cluster || !mapLogs) return
+    const volumes: ForeignVolume[] = []
+    for (const rec of this.catalog.read().data.volumes) {
+      if (cluster.holds(rec.id) || this.byNo(rec.no) !== undefined || rec.mapLog === undefined || !this.pool.has(rec.mapLog)) continue
+      const store = remoteStoreOf(this.pool.get(rec.mapLog))
+      if (store) volumes.push({ no: rec.no, name: rec.name, entries: () => mapLogs.entriesOf(rec.no, store) })
+    }
+    await this.foreignSpace.refresh(volumes)
   }
 
   /** Issue 15: replaces the cached map of a volume this relay owns (fenced) with its map log's. */

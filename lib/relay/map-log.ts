@@ -31,7 +31,8 @@
 import { VvfsError } from '../errors.js'
 import type { RemoteChunkStore } from '../storage/remote/client.js'
 import type { MapLogRecord } from '../storage/remote/map-log.js'
-import { volumeKeyKinds, volumeOfKey } from './key-space.js'
+import type { ExtentEntry } from './extent-entry.js'
+import { decodeExtentRecord, isExtentKey, isRetainedKey, volumeKeyKinds, volumeOfKey } from './key-space.js'
 import type { MapMirror, MapStore } from './map-store.js'
 
 /** What the log needs of a remote store: RemoteChunkStore's map-log calls. */
@@ -114,5 +115,21 @@ export class VolumeMapLog implements MapMirror {
       logged.map((r) => ({ key: r.key.subarray(4), value: r.value })),
     )
     return logged.length
+  }
+
+  /**
+   * The extent entries (the map's and migrations' retained sources') a
+   * volume's log holds now, without touching the MapStore: the space of a
+   * volume served by another relay (lib/cluster/foreign-space.ts).
+   */
+  async entriesOf(volNo: number, log: MapLogServer): Promise<ExtentEntry[]> {
+    const out: ExtentEntry[] = []
+    for (const r of await log.readMapRecords(volumePrefix(volNo))) {
+      const key = r.key.subarray(4)
+      if (!isExtentKey(key) && !isRetainedKey(key)) continue
+      const { entry } = decodeExtentRecord(r.value)
+      if (entry) out.push(entry)
+    }
+    return out
   }
 }

@@ -61,3 +61,22 @@ describe('volume move', () => {
     expect(await b.stop()).toBe(0)
   })
 })
+
+describe('volume move of one of two volumes on the same storage servers', () => {
+  it('writes to the moved volume on its new relay never land on its neighbour\'s data; the neighbour moves after it whole', async () => {
+    const { a, b } = await ownerAndStandby({ owner: 'pair-left', standby: 'pair-right', systems: 'shared', capacity: '64M', volume: 'n1', size: '4M' })
+    await a.client.call('volume.create', { name: 'n2', size: '4M' })
+    const n2 = Buffer.alloc(4 * 1024 * 1024)
+    for (let i = 0; i < n2.length; i += 4) n2.writeUInt32LE((i * 2246822519) >>> 0, i)
+    await writeAndFsync(a.file('n1'), Buffer.alloc(1024 * 1024, 1), 0)
+    await writeAndFsync(a.file('n2'), n2, 0)
+    await a.client.call('volume.move', { name: 'n1', relay: 'pair-right' })
+    // New extents of n1, allocated by the new relay: before the fix they took n2's slots (3 of its 4 MiB overwritten).
+    await writeAndFsync(b.file('n1'), Buffer.alloc(3 * 1024 * 1024, 2), 1024 * 1024)
+    await a.client.call('volume.move', { name: 'n2', relay: 'pair-right' })
+    expect((await readBack(b.file('n2'), n2.length)).equals(n2)).toBe(true)
+    expect((await readBack(b.file('n1'), 4 * 1024 * 1024)).subarray(1024 * 1024).every((x) => x === 2)).toBe(true)
+    for (const d of [a, b]) expect(d.log()).not.toMatch(/relay.space_conflict|referenced twice/)
+    expect(await b.stop()).toBe(0)
+  })
+})
