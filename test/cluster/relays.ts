@@ -5,7 +5,7 @@
  * test paused it, every mount, loop device and daemon cleaned up, the
  * storage servers of test/remote/servers.ts stopped, etcd stopped.
  */
-import { afterAll, beforeAll } from 'vitest'
+import { afterAll, beforeAll, expect } from 'vitest'
 import { cleanupAll, removeDir, startDaemon, type DaemonHandle } from '../helpers/daemon.js'
 import { startEtcd, stopAllEtcd, type EtcdServer } from '../helpers/etcd.js'
 import { cleanup, freePort, newKey, spawnServer, tempDir } from '../remote/servers.js'
@@ -19,9 +19,12 @@ export function relaysForFile(ttlMs: number) {
   afterAll(async () => {
     etcd?.resume()
     await cleanupAll()
+    // No relay of the file found space it was about to hold already in use (one relay allocated over another's volume).
+    const conflicts = daemons.flatMap((d) => d.log().split('\n').filter((l) => l.includes('"event":"relay.space_conflict"')))
     for (const d of daemons) removeDir(d.dir)
     await cleanup()
     await stopAllEtcd()
+    expect(conflicts, 'a relay allocated over a volume served elsewhere').toEqual([])
   })
   const relay = async (id: string, extra: string[] = []): Promise<DaemonHandle> => {
     const d = await startDaemon({ extraArgs: ['--etcd', etcd!.url, '--relay-id', id, '--lease-ttl', `${ttlMs / 1000}s`, ...extra] })
