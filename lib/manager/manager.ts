@@ -1198,12 +1198,7 @@ export class Manager implements HostView {
       const handle = this.makeHandle(draftOf<VolumeRecord>(rec), entries.get(rec.no))
       // Served from here on, but its changes wait until its jobs are adopted: a replication pair's journal must number every
       // change after the point it goes on from (a move's hand-over point leaves nothing to resync the ones it missed).
-      const held = handle.journal.holdChanges()
-      let released = false
-      const release = () => {
-        if (!released) held()
-        released = true
-      }
+      const release = handle.journal.holdChanges()
       this.handles.set(rec.name, handle)
       let jobs: number[]
       try {

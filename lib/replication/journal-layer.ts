@@ -81,14 +81,16 @@ export class JournalLayer implements ChunkLayer {
   /**
    * Holds every change that arrives from now on until the returned release
    * is called (a handoff: see the file comment). Changes already numbered are
-   * not held. Only one hold at a time.
+   * not held. Only one hold at a time; its release may be called more than
+   * once (only the first lets go, so it never ends a later hold).
    */
   holdChanges(): () => void {
     if (this.held) throw new VvfsError('JOB_STATE', `changes of volume #${this.volNo} are already held (a handoff is under way)`)
     let release!: () => void
-    this.held = new Promise<void>((r) => (release = r))
+    const held = new Promise<void>((r) => (release = r))
+    this.held = held
     return () => {
-      this.held = null
+      if (this.held === held) this.held = null
       release()
     }
   }

@@ -56,6 +56,23 @@ describe('the journal layer', () => {
     ])
   })
 
+  it('holds changes until released; a release called again does not let go of a later hold', async () => {
+    const s = await stack()
+    const journal = await Journal.open(new MemoryDurableLog(), { epoch: 1 })
+    s.layers.journal.attach(journal)
+    const first = s.layers.journal.holdChanges()
+    first()
+    const second = s.layers.journal.holdChanges()
+    first() // a takeover's cleanup after its jobs were adopted, say
+    let written = false
+    const w = s.volume.write(0, block(1)).then(() => (written = true))
+    await new Promise((r) => setTimeout(r, 50))
+    expect(written).toBe(false)
+    second()
+    await w
+    expect((await journal.read(1, 1 << 20)).map((e) => e.kind)).toEqual(['write'])
+  })
+
   it('gives a flush an entry only when a change came since the last one: a promoted volume that was only read (each close a flush) must not look written in the epoch comparison', async () => {
     const s = await stack()
     const log = new MemoryDurableLog()
