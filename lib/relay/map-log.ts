@@ -17,7 +17,9 @@
  * volume reach its log in the MapStore's order; a batch spanning several
  * logs is appended to them in parallel, and written locally only when all
  * answered. sync() runs after the MapStore's pending batches completed, so
- * every log an earlier append reached is marked and synced.
+ * every log an earlier append reached is marked (once its append was
+ * answered) and synced — by a sync sent now or by one still in flight,
+ * which it waits for too.
  *
  * Crash order: a record is on the log server before the local batch, so
  * the log is never behind what was acknowledged; a relay killed between
@@ -60,8 +62,10 @@ function volumePrefix(volNo: number): Buffer {
 
 export class VolumeMapLog implements MapMirror {
   private seq = 0
-  /** Logs appended to since their last sync. */
+  /** Logs with an append answered since a sync of theirs was sent. */
   private readonly unsynced = new Set<MapLogServer>()
+  /** Syncs sent and not answered yet: a later sync() waits for them too (they may cover appends it must). */
+  private readonly syncing = new Set<Promise<void>>()
 
   constructor(private readonly routing: MapLogRouting) {}
 
@@ -81,22 +85,43 @@ export class VolumeMapLog implements MapMirror {
     const seq = ++this.seq
     await Promise.all(
       [...byLog].map(async ([log, recs]) => {
-        this.unsynced.add(log)
         await log.appendMapRecords(seq, recs, false)
+        // Once answered (applied on the server): a sync sent from now on covers it; one already sent may not.
+        this.unsynced.add(log)
       }),
     )
   }
 
+  /**
+   * Makes durable every append answered before the call: a sync of each log
+   * appended to since its last sync was sent, and every sync still
+   * unanswered — another caller's may be the one that took our log out of
+   * `unsynced` (2026-12-04 review: a second fsync returned while the first's
+   * sync was in flight, before its map records were durable).
+   */
   async sync(): Promise<void> {
+    const earlier = [...this.syncing]
     const logs = [...this.unsynced]
     this.unsynced.clear()
-    const results = await Promise.allSettled(logs.map((log) => log.appendMapRecords(++this.seq, [], true)))
-    const failed = results.findIndex((r) => r.status === 'rejected')
-    if (failed >= 0) {
-      for (const [i, r] of results.entries()) if (r.status === 'rejected') this.unsynced.add(logs[i]!)
-      const err = (results[failed] as PromiseRejectedResult).reason as unknown
+    const results = await Promise.allSettled([...earlier, ...logs.map((log) => this.syncLog(log))])
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failed) {
+      const err = failed.reason as unknown
       throw err instanceof VvfsError ? err : new VvfsError('IO_ERROR', `map log sync failed: ${(err as Error).message}`, { cause: err })
     }
+  }
+
+  private syncLog(log: MapLogServer): Promise<void> {
+    const sent: Promise<void> = log.appendMapRecords(++this.seq, [], true).then(
+      () => void this.syncing.delete(sent),
+      (err: unknown) => {
+        this.syncing.delete(sent)
+        this.unsynced.add(log) // what it was to cover is synced by the next sync()
+        throw err
+      },
+    )
+    this.syncing.add(sent)
+    return sent
   }
 
   /**

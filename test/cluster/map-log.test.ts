@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { extentKey, progressKey } from '../../lib/relay/key-space.js'
-import { VolumeMapLog } from '../../lib/relay/map-log.js'
+import { VolumeMapLog, type MapLogServer } from '../../lib/relay/map-log.js'
 import { MapStore } from '../../lib/relay/map-store.js'
 import { cleanup, newKey, openStore, startServer } from '../remote/servers.js'
 
@@ -80,5 +80,48 @@ describe('map log on a storage server', () => {
     } finally {
       await rm(dir, { recursive: true, force: true })
     }
+  })
+
+  it('a sync returns only once every append answered before it is durable, also while another caller\'s sync is in flight or an append lands behind one', async () => {
+    // A log server whose syncs are answered when the test says; appends are answered at once.
+    const syncs: { release: () => void; done: Promise<void> }[] = []
+    const server: MapLogServer = {
+      appendMapRecords: async (_seq, _records, sync) => {
+        if (!sync) return
+        let release!: () => void
+        const done = new Promise<void>((r) => (release = r))
+        syncs.push({ release, done })
+        await done
+      },
+      readMapRecords: async () => [],
+    }
+    const log = new VolumeMapLog({ logOf: () => server, jobVolume: () => undefined })
+    const settled = (p: Promise<void>) => {
+      const s = { done: false }
+      void p.then(() => (s.done = true))
+      return s
+    }
+    const tick = () => new Promise((r) => setTimeout(r, 10))
+
+    await log.append([{ key: extentKey(1, 0), value: Buffer.from('a') }])
+    const first = settled(log.sync())
+    // A second fsync (another volume, say) while the first's sync is on its way: its caller's append may be what that sync covers.
+    const second = settled(log.sync())
+    await tick()
+    expect([first.done, second.done, syncs.length]).toEqual([false, false, 1])
+    syncs[0]!.release()
+    await tick()
+    expect([first.done, second.done]).toEqual([true, true])
+
+    // An append answered after a sync was sent is not covered by it: the next sync sends its own.
+    const third = settled(log.sync())
+    await log.append([{ key: extentKey(1, 1), value: Buffer.from('b') }])
+    const fourth = settled(log.sync())
+    await tick()
+    expect(syncs.length).toBe(2)
+    expect(third.done).toBe(true) // nothing was unsynced when it was called
+    syncs[1]!.release()
+    await tick()
+    expect(fourth.done).toBe(true)
   })
 })
