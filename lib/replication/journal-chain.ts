@@ -205,6 +205,8 @@ interface Link {
 export class JournalChain {
   private links: Link[]
   private chainNow: EpochChain
+  /** Listings of the links' entries under way (handoff, absorbPredecessors): a trim then leaves a spent predecessor open for the next trim to drop. */
+  private listing = 0
   /** Entries of an earlier epoch this chain could not keep (its log lost); the pair resyncs. */
   lost: LostEntries | null
 
@@ -345,7 +347,7 @@ export class JournalChain {
       const first = this.links[0]!
       const through = Math.min(seq, first.lastSeq)
       if (through > first.journal.positions.trimmedThrough) await first.journal.trim(through)
-      if (first.journal.positions.trimmedThrough < first.lastSeq) return
+      if (first.journal.positions.trimmedThrough < first.lastSeq || this.listing > 0) return
       await this.drop(first)
       this.spec.log.info({ event: 'replication.handoff_done', pair: this.spec.pair, epoch: first.epoch }, `every entry of epoch ${first.epoch} is applied: its journal is deleted`)
     }
@@ -362,7 +364,7 @@ export class JournalChain {
     let n = 0
     while (this.links.length > 1) {
       const first = this.links[0]!
-      const marks = await marksOfEntries(first.journal, first.journal.positions.trimmedThrough, Infinity)
+      const marks = await this.whileListing(() => marksOfEntries(first.journal, first.journal.positions.trimmedThrough, Infinity))
       if (marks === null) throw new VvfsError('INTERNAL', 'reading a journal without a byte limit returned no list')
       await this.current.addMarks([...marks, ...first.journal.dirtyMarks()])
       n += marks.length
@@ -395,7 +397,7 @@ export class JournalChain {
       const since = Math.max(acknowledged, this.retainedFrom)
       const retained = this.links.reduce((n, l) => n + l.journal.positions.retainedBytes, 0)
       let pending: DirtyMark[] | null = null
-      if (pa.mode !== 'broken' && retained <= PENDING_READ_MAX_BYTES) pending = await marksOfLinks(this.links, since, PENDING_MAX_MARKS)
+      if (pa.mode !== 'broken' && retained <= PENDING_READ_MAX_BYTES) pending = await this.whileListing(() => marksOfLinks(this.links, since, PENDING_MAX_MARKS))
       const marks = inOrder ? [] : [...(pending ?? this.spec.everything?.() ?? []), ...this.links.flatMap((l) => l.journal.dirtyMarks())]
       if (!inOrder && pending === null && !this.spec.everything)
         throw new VvfsError('JOB_STATE', `the journal of epoch ${a.epoch} cannot be handed over: its changes since ${since} cannot be listed (mode ${pa.mode}, ${retained} bytes retained)`)
@@ -438,6 +440,15 @@ export class JournalChain {
     }
   }
 
+  private async whileListing<T>(list: () => Promise<T>): Promise<T> {
+    this.listing++
+    try {
+      return await list()
+    } finally {
+      this.listing--
+    }
+  }
+
   private async commitOrUndo(c: ChainCommit): Promise<void> {
     try {
       await this.spec.commit(c)
@@ -477,6 +488,9 @@ async function marksOfEntries(journal: Journal, after: number, max: number): Pro
   const seen = new Map<string, DirtyMark>()
   const p = journal.positions
   for (let from = Math.max(after, p.trimmedThrough) + 1; from <= p.lastDurable; ) {
+    // The shipper may trim while this reads: what it trimmed the secondary applied, so it needs no mark.
+    from = Math.max(from, journal.positions.trimmedThrough + 1)
+    if (from > p.lastDurable) break
     const records = await journal.readRecords(from, 16 * 1024 * 1024)
     for (const r of records) {
       const e = decodeEntry(r.record, 'STATE_CORRUPT')

@@ -295,4 +295,24 @@ describe('the journal handoff A → B (claims 1–7)', () => {
     )
     expect(commits.made[0]!.pending!.marks).toHaveLength(2)
   })
+
+  it('a trim that overtakes the handoff\'s listing of A\'s entries (the shipper runs on) leaves it to list the rest and commit (CI 2026-12-04)', async () => {
+    const { s, logs, commits, chain } = await fixture()
+    await write(s, [0, 1, 2, 3, 4, 5, 6, 7].map((x) => (x * EXTENT_SIZE) / CHUNK_SIZE), 1)
+    // A's log answers the listing's first read with two entries, and the secondary's acknowledgement trims through 5 meanwhile.
+    const a = logs.logs.get(1)!
+    const read = a.read.bind(a)
+    let first = true
+    a.read = async (from, through, maxBytes) => {
+      const records = await read(from, through, maxBytes)
+      if (!first) return records
+      first = false
+      void chain.trim(5)
+      return records.slice(0, 2)
+    }
+    await chain.handoff('b', 0)
+    expect(commits.chain.map((r) => r.home)).toEqual(['a', 'b'])
+    // Listed: entries 1–2 (read before the trim) and 6–8; 3–5 the secondary applied. Their extents are B's management information.
+    expect(commits.made[0]!.pending!.marks!.map((m) => m.extent).sort()).toEqual([0, 1, 5, 6, 7])
+  })
 })
