@@ -26,6 +26,12 @@ import { entryBytes } from '../relay/extent-entry.js'
 import type { PlacementRule } from '../relay/extent-ops.js'
 import { draftOf, type CatalogData } from './catalog.js'
 
+/** A new job's record, and what changes beside it in the same commit. */
+export interface JobRequest {
+  job: NewJob
+  alsoChange?: (draft: CatalogData) => void
+}
+
 export interface JobHost extends JobResources {
   movable(volNo: number): MovableVolume | undefined
   volumeName(volNo: number): string
@@ -39,6 +45,8 @@ export const JOB_KIND_DRIVERS: readonly JobKindDriver[] = [moveJobs, replicateJo
 
 export class JobManager {
   private readonly drivers = new Map<number, JobDriver>()
+  /** The last start queued (startJob): starts run one at a time. */
+  private starting: Promise<unknown> = Promise.resolve()
   private readonly kinds = new Map<JobKind, JobKindDriver>()
   private readonly samples = new Map<number, { t: number; current: number }[]>()
   private readonly lastProgressEvent = new Map<number, number>()
@@ -181,21 +189,36 @@ export class JobManager {
   // ---- starting jobs
 
   startMigration(p: MoveOptions & { volume: string; to: string; kind?: 'migrate' | 'consolidate'; reason?: string; auto?: boolean }): Promise<JobInfo> {
-    return this.startJob(newMigration(this.env, p))
+    return this.startJob(() => ({ job: newMigration(this.env, p) }))
   }
 
   /** Issue 13: a replication pair of a volume (lib/jobs/replicate.ts). */
-  async startReplication(p: ReplicateOptions): Promise<JobInfo> {
-    return this.startJob(await newReplication(this.env, p))
+  startReplication(p: ReplicateOptions): Promise<JobInfo> {
+    return this.startJob(async () => ({ job: await newReplication(this.env, p) }))
   }
 
   startDrain(p: MoveOptions & { system: string }): Promise<JobInfo> {
-    const { job, alsoChange } = newDrain(this.env, p)
-    return this.startJob(job, alsoChange)
+    return this.startJob(() => newDrain(this.env, p))
   }
 
-  /** Records a new job of any kind (with `alsoChange` in the same commit), then opens and starts its driver. */
-  async startJob(p: NewJob, alsoChange?: (draft: CatalogData) => void): Promise<JobInfo> {
+  /**
+   * Records a new job of any kind (with `alsoChange` in the same commit),
+   * then opens and starts its driver. Starts run one at a time, the
+   * request's checks (one job per volume) included, so a check sees every
+   * job started before it: a policy run is not in the Manager's queue
+   * (2026-12-04 review: it and a `migrate` could both pass the check while
+   * the other's driver was opening, and run two moves on one volume).
+   */
+  startJob(request: () => JobRequest | Promise<JobRequest>): Promise<JobInfo> {
+    const run = this.starting.then(async () => {
+      const { job, alsoChange } = await request()
+      return this.record(job, alsoChange)
+    })
+    this.starting = run.catch(() => undefined)
+    return run
+  }
+
+  private async record(p: NewJob, alsoChange?: (draft: CatalogData) => void): Promise<JobInfo> {
     const kind = this.kindDriver(p.kind)
     const createdAt = new Date().toISOString()
     const { result: job } = await this.h.catalog.update((d) => {

@@ -141,7 +141,7 @@ async function until(check: () => boolean): Promise<void> {
 describe('job drivers', () => {
   it('a job of a kind known only by its driver runs to ready, concludes on complete, and each status is committed and announced', async () => {
     const { catalog, jobs, events } = await setup()
-    const started = await jobs.startJob({ kind: MIRROR, volNos: [1] } as unknown as NewJob)
+    const started = await jobs.startJob(() => ({ job: { kind: MIRROR, volNos: [1] } as unknown as NewJob }))
     // The answer comes after the driver started: it is running.
     expect(started).toMatchObject({ id: 1, kind: 'mirror', status: 'running', volumes: ['v1'] })
     // The event follows the commit.
@@ -164,7 +164,7 @@ describe('job drivers', () => {
 
   it('a job left ready by a stop is reopened by its driver at start and can be completed then', async () => {
     const first = await setup()
-    await first.jobs.startJob({ kind: MIRROR, volNos: [1] } as unknown as NewJob)
+    await first.jobs.startJob(() => ({ job: { kind: MIRROR, volNos: [1] } as unknown as NewJob }))
     await until(() => first.events.some((e) => e.job.status === 'ready'))
     for (const c of closers.splice(0)) await c()
     expect(first.catalog.read().data.jobs[0]!.status).toBe('ready')
@@ -176,5 +176,19 @@ describe('job drivers', () => {
     again.jobs.complete(1)
     expect((await again.jobs.settled(1)).result).toBe('completed')
     expect(again.catalog.read().data.jobs[0]).toMatchObject({ status: 'concluded', result: 'completed' })
+  })
+
+  it('starts run one at a time with their checks: two starts for one volume at once make one job, the other is refused', async () => {
+    const { jobs, catalog } = await setup()
+    // The request's check is a move's (one job per volume, lib/jobs/move.ts checkIdle), made before anything is recorded.
+    const request = () => {
+      const busy = jobs.activeJobOf(1)
+      if (busy) throw new VvfsError('JOB_STATE', `volume v1 is already in job ${busy.id}`)
+      return { job: { kind: MIRROR, volNos: [1] } as unknown as NewJob }
+    }
+    const results = await Promise.allSettled([jobs.startJob(request), jobs.startJob(request)])
+    expect(results.map((r) => r.status).sort()).toEqual(['fulfilled', 'rejected'])
+    expect(results.find((r) => r.status === 'rejected')).toMatchObject({ reason: { code: 'JOB_STATE' } })
+    expect(catalog.read().data.jobs).toHaveLength(1)
   })
 })
