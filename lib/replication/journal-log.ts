@@ -245,6 +245,8 @@ export class SegmentDurableLog implements DurableLog {
   /** A sync covered every frame through this trim point: segments wholly at or below it may go. */
   private durableTrim = 0
   private inFlight = 0
+  /** The last append queued (commit): appends run one at a time. */
+  private appending: Promise<unknown> = Promise.resolve()
   private readonly retired: number[] = []
   private closed = false
 
@@ -284,12 +286,19 @@ export class SegmentDurableLog implements DurableLog {
 
   async commit(batch: LogBatch, sync = true): Promise<void> {
     this.check()
+    // One append at a time, in call order: each frame goes where the last ended (callers need not serialize, 2026-12-04 review).
+    const appended = this.appending.then(() => this.append(batch))
+    this.appending = appended.catch(() => undefined)
+    const seg = await appended
+    if (sync) await this.syncSegment(seg, this.state.trimmedThrough)
+  }
+
+  /** Appends the batch's frame (if it has content) to the segment being written; answers that segment. */
+  private async append(batch: LogBatch): Promise<Segment> {
+    this.check()
     let seg = this.segments[this.segments.length - 1]
     if (seg.bytes >= this.segmentBytes) seg = await this.startSegment()
-    if (!hasContent(batch)) {
-      if (sync) await this.syncSegment(seg, this.state.trimmedThrough)
-      return
-    }
+    if (!hasContent(batch)) return seg
     const frame = batchFrame(batch)
     const at = seg.bytes
     try {
@@ -299,7 +308,7 @@ export class SegmentDurableLog implements DurableLog {
     }
     seg.bytes += frame.bytes
     this.apply(batch.entries?.map((e, i) => ({ seq: e.seq, bytes: frame.recordBytes[i] })) ?? [], batch, seg, frame.recordAt.map((r) => at + r))
-    if (sync) await this.syncSegment(seg, this.state.trimmedThrough)
+    return seg
   }
 
   async read(from: number, through: number, maxBytes: number): Promise<LogRecord[]> {

@@ -429,9 +429,18 @@ export class SecondaryPairs {
     })
   }
 
+  /**
+   * Closes every store once the batches in flight finished: a listener's
+   * close does not wait for its handlers, and a checkpoint committed beside
+   * an apply would write its frame at the same place in the redo log.
+   */
   async close(): Promise<void> {
     await this.queue
-    for (const { store } of this.pairs.values()) await store.close().catch(() => undefined)
+    const known = [...this.pairs.values()]
     this.pairs.clear()
+    for (const { applier, store } of known) {
+      await applier.settled().catch(() => undefined)
+      await store.close().catch(() => undefined)
+    }
   }
 }

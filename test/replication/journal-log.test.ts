@@ -113,6 +113,16 @@ describe.each(BACKENDS)('the DurableLog contract: %s', { timeout: 30_000 }, (_na
     }
   })
 
+  it('commits made at once (not awaited one by one) are all kept, in call order, and survive a restart', async () => {
+    const b = await make()
+    await Promise.all(Array.from({ length: 30 }, (_, i) => b.log.commit({ entries: [entry(i + 1)] }, i % 3 === 0)))
+    await b.log.commit({})
+    const log = await b.restart()
+    expect((await log.load()).retained.map((r) => r.seq)).toEqual(Array.from({ length: 30 }, (_, i) => i + 1))
+    const records = await log.read(1, 30, 1 << 30)
+    expect(records.map((r) => [r.seq, fillOf(r.record)])).toEqual(Array.from({ length: 30 }, (_, i) => [i + 1, (i + 1) % 251]))
+  })
+
   it('reads ascending within [from, through], stopping after the first record that reaches maxBytes', async () => {
     const { log } = await make()
     await log.commit({ entries: Array.from({ length: 10 }, (_, i) => entry(i + 1)) })
