@@ -62,9 +62,9 @@ export class Writer extends SeqWriter {
 /** Waits until the pair's secondary applied number holds still. */
 export const secondarySteady = (d: DaemonHandle): Promise<void> => steadyOf(d, PAIR)
 
-/** Two daemons; the primary's volume `vol` homed on a1 (a second system a2), replicated as PAIR and caught up. */
-export async function startHandoffPair(): Promise<Pair> {
-  const p = await startPair()
+/** Two daemons; the primary's volume `vol` homed on a1 (a second system a2), replicated as PAIR and caught up. `powerLoss`: see startPair. */
+export async function startHandoffPair(opts: { powerLoss?: boolean } = {}): Promise<Pair> {
+  const p = await startPair(opts)
   await p.primary.client.call('storage.add', { name: 'a2', capacity: '1G' })
   await p.primary.client.call('volume.create', { name: 'vol', size: SIZE })
   await migrate(p.primary, 'a1')

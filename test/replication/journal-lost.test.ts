@@ -19,13 +19,18 @@ import { caughtUp, waitForPair, type Pair } from './daemons.js'
 import { diesAt, PAIR, readImage, startHandoffPair } from './handoff-fixture.js'
 
 let p: Pair | undefined
+const pairs: Pair[] = []
 afterAll(async () => {
   await cleanupAll()
-  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
+  for (const q of pairs) for (const d of [q.primary.dir, q.secondary.dir, q.dir]) removeDir(d)
 })
 
-it('a lost journal is started over as a new epoch past its numbers (also after a kill -9 before its record is committed), and a whole-volume resync makes the images equal', { timeout: 90_000 }, async () => {
-  p = await startHandoffPair()
+it.each([
+  ['a kill -9', false],
+  ['a power cut', true],
+])('a lost journal is started over as a new epoch past its numbers (also after %s before its record is committed, and after it), and a whole-volume resync makes the images equal', { timeout: 90_000 }, async (_crash, powerLoss) => {
+  p = await startHandoffPair({ powerLoss })
+  pairs.push(p)
   const { primary, secondary } = p
   const file = primary.file('vol')
   for (let i = 0; i < 8; i++) await writeAndFsync(file, Buffer.alloc(CHUNK_SIZE, i + 1), i * EXTENT_SIZE)
@@ -42,12 +47,19 @@ it('a lost journal is started over as a new epoch past its numbers (also after a
   // (restart() fails once the daemon dies before its socket is up; waited for by the exit, whatever the load makes of the socket's timeout.)
   await primary.restart({ VVFS_CRASH_AT: 'replication.takeover.prepared' }).catch(() => undefined)
   await diesAt(primary, 'replication.takeover.prepared', 60_000)
+  await primary.crash() // under power loss: what the new epoch's log had not synced is gone too
   expect(readdirSync(journals)).toHaveLength(1)
   const logFrom = primary.log().length
   await primary.restart({})
   const taken = await waitForPair(primary, PAIR, 'primary', (s) => s.state === 'paused')
   expect(taken.epoch).toBe(2)
   expect(primary.log().slice(logFrom)).toMatch(/"event":"replication.taken_over"/)
+  // A crash once the takeover epoch is committed: its log (synced before the commit) is there at the restart.
+  await primary.crash()
+  const againFrom = primary.log().length
+  await primary.restart({})
+  expect((await waitForPair(primary, PAIR, 'primary', (s) => s.state === 'paused')).epoch).toBe(2)
+  expect(primary.log().slice(againFrom)).not.toMatch(/"event":"replication.(taken_over|handoff_abandoned)"/)
   await primary.client.call('replicate.resume', { pair: PAIR })
   await writeAndFsync(file, Buffer.alloc(CHUNK_SIZE, 0x77), 6 * EXTENT_SIZE)
   const done = await waitForPair(primary, PAIR, 'primary', (s) => caughtUp(s) && s.lastWritten > TAKEOVER_SEQ_STRIDE)
