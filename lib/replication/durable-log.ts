@@ -216,11 +216,12 @@ export class MemoryDurableLog implements DurableLog {
   /** The batches logged before the call become durable (after release() while held). */
   async syncLogged(): Promise<void> {
     this.check()
-    const covered = this.loggedOnly.length
+    // The batches themselves, not a count: a synced commit meanwhile may make them durable and others be logged after.
+    const covered = new Set(this.loggedOnly)
     while (this.holding) await new Promise((r) => setTimeout(r, 5))
     await new Promise((r) => setImmediate(r))
     // A power cut meanwhile dropped them: nothing to make durable.
-    for (const u of this.loggedOnly.splice(0, Math.min(covered, this.loggedOnly.length))) applyBatch(this.durable, u)
+    while (this.loggedOnly.length > 0 && covered.has(this.loggedOnly[0]!)) applyBatch(this.durable, this.loggedOnly.shift()!)
     this.syncs++
   }
 

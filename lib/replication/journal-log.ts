@@ -367,10 +367,12 @@ export class SegmentDurableLog implements DurableLog {
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
-    const fds = [...this.segments.map((s) => s.fd), ...this.retired.splice(0)]
+    // A read or sync still under way (a predecessor dropped while the shipper reads it) keeps its descriptor until it ends.
+    this.retired.push(...this.segments.map((s) => s.fd))
     this.segments.length = 0
     this.located = []
-    for (const fd of fds) await closeAsync(fd).catch(() => undefined)
+    if (this.inFlight > 0) return
+    for (const fd of this.retired.splice(0)) await closeAsync(fd).catch(() => undefined)
   }
 
   // --- internals -----------------------------------------------------------

@@ -175,6 +175,21 @@ describe.each(BACKENDS)('the DurableLog contract: %s', { timeout: 30_000 }, (_na
   })
 })
 
+describe('the in-memory model', () => {
+  it('syncLogged makes durable only what was logged before it was called, not batches logged after a synced commit overtook it', async () => {
+    const log = new MemoryDurableLog()
+    log.hold()
+    await log.commit({ entries: [entry(1)] }, false)
+    const sync = log.syncLogged()
+    const synced = log.commit({ entries: [entry(2)] })
+    log.release()
+    await synced
+    await log.commit({ entries: [entry(3)] }, false) // logged, never synced
+    await sync
+    expect([...log.powerCut().durableEntries().keys()]).toEqual([1, 2])
+  })
+})
+
 describe('the segment log', { timeout: 30_000 }, () => {
   const SEG = 16 * 1024
   const segFiles = async (dir: string) => (await readdir(dir)).filter((n) => n.endsWith('.seg')).sort()
