@@ -315,6 +315,11 @@ export class Manager implements HostView {
   async close(): Promise<void> {
     if (this.closing) return
     this.closing = true
+    // Operations already queued (a takeover that adds a volume, a delete) end first, for at most the grace period: the
+    // volumes closed below are then all there are.
+    let grace: NodeJS.Timeout | undefined
+    await Promise.race([this.queue, new Promise((r) => (grace = setTimeout(r, this.opts.graceMs ?? 5000)))])
+    clearTimeout(grace)
     clearInterval(this.writeBack)
     // Injected faults end here: what is stopping gets flushed for real.
     this.faults?.clear()
@@ -1288,6 +1293,8 @@ export class Manager implements HostView {
           const e = asVvfsError(err)
           this.log.warn({ event: 'volume.write_failed', volume: v.name, code: e.code, err: e.message }, `volume ${v.name}: a write under way when the lease was lost failed`)
         })
+        // Its background work (promotions, releases) ends before its space is given back, as at a move: they change the same map.
+        await v.thin.settle().catch(() => undefined)
         v.thin.close()
         for (const e of v.map.extentIndexes()) releaseSpace(this.pool, v.map.get(e)!)
         this.log.warn({ event: 'relay.volume_lost', volume: v.name }, `volume ${v.name} is no longer served here: this relay's lease expired`)
