@@ -195,8 +195,14 @@ export class ReadAhead implements ChunkLayer {
 
   private drop(first: number, count: number): void {
     if (this.cache.size === 0) return
+    const firstExtent = Math.floor(first / EXTENT_CHUNKS)
     const last = Math.floor((first + count - 1) / EXTENT_CHUNKS)
-    for (let e = Math.floor(first / EXTENT_CHUNKS); e <= last; e++) this.evict(e)
+    // A range wider than the cache (a discard of a whole volume) is walked by the cache's extents.
+    if (last - firstExtent + 1 > this.cache.size) {
+      for (const e of [...this.cache.keys()]) if (e >= firstExtent && e <= last) this.evict(e)
+      return
+    }
+    for (let e = firstExtent; e <= last; e++) this.evict(e)
   }
 
   /**
