@@ -128,6 +128,8 @@ const COPY_LANES = 4
  * slot's clear stopped reading the slot: level-store.ts).
  */
 const RELEASE_LANES = 8
+/** Retained records dropped (and synced) together before their sources are cleared: one MapStore sync per 64 MiB released. */
+const RELEASE_GROUP = 64
 
 /**
  * The group starting at todo[i]: up to `size` pending extents whose indexes
@@ -518,20 +520,30 @@ export class MigrationRunner {
     // The switches away from the sources first: a source cleared under a map
     // record still pointing at it would lose the extent at a power cut.
     await this.deps.maps.sync()
-    let n = 0
     const sources = [...this.retained.all()]
-    let k = 0
-    // RELEASE_LANES at a time, each source cleared before its record is dropped.
-    const lane = async (): Promise<void> => {
-      while (k < sources.length) {
-        const [volNo, e, entry] = sources[k++]!
-        const v = this.deps.volume(volNo)
-        if (v) await v.extents.discardEntry(entry)
-        await this.deps.maps.putMany([this.retained.drop(volNo, e)])
-        if (++n === 1) crashPoint('migration.release')
+    // Then by groups: the group's retained records dropped durably, then its
+    // sources cleared and their space freed (RELEASE_LANES at a time). A
+    // retained record names its source as the copy a cancel returns to —
+    // without copying when the extent is clean — so it must be gone before
+    // the source is cleared (2026-12-04 review: cleared first, a crash left
+    // records of cleared sources, and a cancel after the restart switched
+    // those extents back to zeros). A crash after a group's drop leaves its
+    // sources unreferenced: their slots are free at the restart, and a slot
+    // is cleared before it is handed out again.
+    for (let at = 0; at < sources.length; at += RELEASE_GROUP) {
+      const group = sources.slice(at, at + RELEASE_GROUP)
+      await this.deps.maps.putMany(group.map(([volNo, e]) => this.retained.drop(volNo, e)))
+      await this.deps.maps.sync()
+      let k = 0
+      const lane = async (): Promise<void> => {
+        while (k < group.length) {
+          const [volNo, , entry] = group[k++]!
+          await this.deps.volume(volNo)?.extents.discardEntry(entry)
+        }
       }
+      await Promise.all(Array.from({ length: RELEASE_LANES }, lane))
+      if (at === 0) crashPoint('migration.release')
     }
-    await Promise.all(Array.from({ length: RELEASE_LANES }, lane))
   }
 
   /** Returns every volume of the job whole to its source systems (cancel, failure, rollback). */
