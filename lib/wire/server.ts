@@ -334,7 +334,8 @@ class ServerConnection implements LinkOwner {
       case FrameKind.REQUEST:
         return this.onRequest(f)
       case FrameKind.PING:
-        this.link.send({ kind: FrameKind.PONG, id: f.id })
+        // Held back like any answer: a peer that pings and never reads must not grow the write buffer without bound.
+        this.holdBack(this.link.send({ kind: FrameKind.PONG, id: f.id }))
         return
       case FrameKind.ERROR:
         return this.peerReported(f)
@@ -348,7 +349,7 @@ class ServerConnection implements LinkOwner {
     if (this.inFlight >= limits.maxInFlight) throw new VvfsError('PEER_BUSY', `more than ${limits.maxInFlight} requests in flight (the announced cap)`)
     const handler = this.server.handlerOf(f.type)
     if (!handler) {
-      this.link.sendError(f.id, new VvfsError('METHOD_NOT_FOUND', `no handler for request type ${f.type}`))
+      this.holdBack(this.link.sendError(f.id, new VvfsError('METHOD_NOT_FOUND', `no handler for request type ${f.type}`)))
       return
     }
     this.inFlight++
@@ -386,7 +387,11 @@ class ServerConnection implements LinkOwner {
       written?.()
       return
     }
-    const flowing = reply ? this.link.send(reply, written) : this.link.sendError(id, err as VvfsError)
+    this.holdBack(reply ? this.link.send(reply, written) : this.link.sendError(id, err as VvfsError))
+  }
+
+  /** Stops reading from a peer that does not read its answers (the write buffer past REPLY_HIGH_WATER) until they drain. */
+  private holdBack(flowing: boolean): void {
     const socket = this.link.socket
     if (!flowing && socket.writableLength > REPLY_HIGH_WATER && !socket.isPaused()) {
       socket.pause()

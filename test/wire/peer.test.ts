@@ -308,6 +308,32 @@ describe('bad peers: each dropped with a logged reason while the good one is ser
     expect(echoed.count * body.length).toBeLessThan(32 * 1024 * 1024)
   })
 
+  it('stops reading a peer that pings, or asks for request types nobody serves, and never reads the answers', async () => {
+    for (const frame of [(id: number) => ({ kind: FrameKind.PING, id }), (id: number) => ({ kind: FrameKind.REQUEST, type: 0xffff, id, body: Buffer.alloc(0) })]) {
+      const key = newKey()
+      const { port, server } = await startServer(key)
+      // The answers the server holds for its peers (its sockets' write buffers).
+      const connections = (server as unknown as { connections: Set<{ link: { socket: Socket } }> }).connections
+      const held = () => Math.max(0, ...[...connections].map((c) => c.link.socket.writableLength))
+      const raw = await RawPeer.connect(port)
+      cleanups.push(() => raw.destroy())
+      await raw.handshake(key, 'storage')
+      raw.socket.pause()
+      // Each small frame asks for an answer of about its size: 400,000 of them is ~16 MB of answers, past the server's
+      // 4 MiB high-water mark. Before 2026-12-04 these answers ignored it: the server read on and held them all.
+      let sent = 0
+      let most = 0
+      while (sent < 400_000) {
+        for (let i = 0; i < 2000; i++) raw.send(frame(++sent))
+        if (raw.socket.writableLength > 1024 * 1024 && !(await Promise.race([once(raw.socket, 'drain').then(() => true), new Promise((r) => setTimeout(() => r(false), 1500))]))) break
+        most = Math.max(most, held())
+      }
+      most = Math.max(most, held())
+      expect(most, `the server held ${most} bytes of answers after ${sent} frames`).toBeLessThan(6 * 1024 * 1024)
+      raw.destroy()
+    }
+  }, 90_000)
+
   it('keeps answering its good client within a bound while 200 idle connections come and go, with bounded memory', async () => {
     const key = newKey()
     const { server, port, dropped } = await startServer(key, { handshakeDeadlineMs: 1000, maxPendingHandshakes: 32 })

@@ -301,7 +301,8 @@ export class StorageServer {
     if (id.sid !== req.sid || (req.claim && id.name !== req.name))
       throw new VvfsError('STORAGE_PATH_IN_USE', `this server holds storage system ${id.name} (id ${id.sid}), not ${req.name} (id ${req.sid})`)
     const store = this.store as ChunkStore
-    if (!this.checked.has(ctx.sessionId)) {
+    // A session already gone (its connection dropped while this ran) is not remembered: its abort has fired and would never clear it.
+    if (!this.checked.has(ctx.sessionId) && !ctx.signal.aborted) {
       this.checked.add(ctx.sessionId)
       ctx.signal.addEventListener('abort', () => this.checked.delete(ctx.sessionId), { once: true })
     }
