@@ -110,7 +110,7 @@ export function journalAt(home: string) {
 export function expectNoResync(d: DaemonHandle): void {
   const log = d.log()
   for (const event of ['replication.full_resync', 'replication.handoff_resync', 'replication.handoff_absorbed', 'replication.handoff_lost'])
-    expect(log.includes(`"event":"${event}"`), `the primary logged ${event}`).toBe(false)
+    expect(log.includes(`"event":"${event}"`), `the primary logged ${event}: ${log.split('\n').filter((l) => l.includes(`"event":"${event}"`)).join('\n')}`).toBe(false)
   expect(/"event":"replication.state"[^\n]*"to":"resyncing"/.test(log), 'the pair went resyncing').toBe(false)
 }
 
