@@ -87,13 +87,24 @@ function invalidName(name: unknown, what: string): VvfsError {
 
 /** Durations like `30s`, `10m`, `2h`, `7d` (for retention windows and timeouts). */
 export function parseDuration(input: unknown, what = 'duration'): number {
-  if (typeof input === 'number' && Number.isFinite(input) && input >= 0) return input
+  let ms: number | undefined
+  if (typeof input === 'number' && Number.isFinite(input) && input >= 0) ms = input
   if (typeof input === 'string') {
     const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(input)
     if (m) {
       const mult = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h' | 'd']
-      return Math.round(Number(m[1]) * mult)
+      ms = Math.round(Number(m[1]) * mult)
     }
   }
-  throw new VvfsError('INVALID_ARGUMENT', `${what} ${JSON.stringify(input)} is not a duration (examples: 30s, 10m, 2h, 7d)`)
+  if (ms === undefined) throw new VvfsError('INVALID_ARGUMENT', `${what} ${JSON.stringify(input)} is not a duration (examples: 30s, 10m, 2h, 7d)`)
+  if (ms > MAX_DURATION_MS) throw new VvfsError('INVALID_ARGUMENT', `${what} ${JSON.stringify(input)} is longer than the longest vvfs waits for (24 days)`)
+  return ms
 }
+
+/**
+ * The longest duration a setting may have: a Node timer's limit (2^31-1 ms,
+ * 24.8 days). Past it a timer fires after 1 ms (a `migrate.policy` interval
+ * of 25 days ran the policy every millisecond), and a retention window of
+ * 10^16 ms is no date (2026-12-04 review).
+ */
+export const MAX_DURATION_MS = 2 ** 31 - 1

@@ -59,4 +59,10 @@ describe('durations', () => {
     expect(parseDuration('7d')).toBe(7 * 86_400_000)
     expect(code(() => parseDuration('soon'))).toBe('INVALID_ARGUMENT')
   })
+
+  it('refuses what no timer can wait for: past 2^31-1 ms (24.8 days) a timer fires at once', () => {
+    expect(parseDuration('24d')).toBe(24 * 86_400_000)
+    expect(parseDuration(2 ** 31 - 1)).toBe(2 ** 31 - 1)
+    for (const long of ['25d', 2 ** 31, 1e16]) expect(code(() => parseDuration(long)), String(long)).toBe('INVALID_ARGUMENT')
+  })
 })
