@@ -947,6 +947,10 @@ export class Manager implements HostView {
           if (!replica(name, pair)) await this.createVolume({ name: checkName(name), size, replicaOf: pair })
           return replica(name, pair)!
         },
+        checkReplica: (name, pair) => {
+          checkName(name)
+          if (!replica(name, pair) && this.catalog.read().data.volumes.some((v) => v.name === name)) throw new VvfsError('VOLUME_EXISTS', `volume ${name} already exists`)
+        },
         resizeReplica: async (name, size) => void (await this.resizeVolume(name, size)),
         journalLayer: (volNo) => [...this.handles.values()].find((h) => h.record.no === volNo)?.journal,
         volumeSize: (volNo) => [...this.handles.values()].find((h) => h.record.no === volNo)?.size ?? 0,

@@ -53,6 +53,8 @@ export interface ReplicaHost {
   replica(name: string, pair: string): Volume | undefined
   /** Creates read-only volume `name` of `size` as a replica of `pair` (VOLUME_EXISTS if the name is taken). */
   createReplica(name: string, size: number, pair: string): Promise<Volume>
+  /** Throws what createReplica would for this name (invalid, or taken by a volume that is not this pair's replica), creating nothing. */
+  checkReplica(name: string, pair: string): void
   resizeReplica(name: string, size: number): Promise<void>
 }
 
@@ -343,6 +345,9 @@ export class SecondaryPairs {
       }
       const names = h.volumes.length === 1 ? [{ ...h.volumes[0]!, name: h.pair }] : h.volumes.map((v) => ({ ...v, name: `${h.pair}-${v.name}` }))
       const config: PairConfig = { pair: h.pair, group: h.group, volumes: names.map((v) => ({ no: v.no, name: v.name, size: v.size })), peer, createdAt: new Date().toISOString(), chain: h.chain }
+      // Every name checked before any volume is made: a refused CREATE leaves no replica volumes behind (2026-12-04 review).
+      if (new Set(config.volumes.map((v) => v.name)).size !== config.volumes.length) throw new VvfsError('INVALID_ARGUMENT', `pair ${h.pair}: two volumes would have one name`)
+      for (const v of config.volumes) this.host.checkReplica(v.name, h.pair)
       for (const v of config.volumes) await this.host.createReplica(v.name, v.size, h.pair)
       const store = await ReplicaStore.open(join(this.dir, h.pair), config, this.host)
       const applier = await Applier.open(store, { volumes: config.volumes.map((v) => v.no), chain: h.chain })

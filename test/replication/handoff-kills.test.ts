@@ -81,9 +81,10 @@ it(`the secondary stays a prefix of the primary's acknowledged writes across ${K
     home = to
     next = held + 1
   }
+  // The seed and rounds first: a failure below is replayed with VVFS_REPL_SEED.
+  console.log(`VVFS_REPL_SEED=${startSeed}: ${rounds.join(' ')}`)
   expectNoResync(primary)
   expect(expectSameImages(p), `rounds: ${rounds.join(' ')}`).toBeGreaterThan(0)
-  if (process.env.VVFS_REPL_VERBOSE) console.log(`seed ${startSeed}: ${rounds.join(' ')}`)
   // Some kills landed with writes still to ship (the paused rounds at least).
   expect(rounds.some((r) => Number(r.split(':')[1]!.split('/')[0]) < Number(r.split('/')[1]!.split('@')[0])), rounds.join(' ')).toBe(true)
 })

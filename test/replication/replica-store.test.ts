@@ -44,7 +44,7 @@ it('refuses a batch with a write past the end before storing any of it, and the 
   const dir = tempDir('vvfs-replica-store-')
   dirs.push(dir)
   const { volume, writes } = fakeVolume(1 << 20)
-  const host: ReplicaHost = { replica: () => volume, createReplica: async () => volume, resizeReplica: async () => undefined }
+  const host: ReplicaHost = { replica: () => volume, createReplica: async () => volume, checkReplica: () => undefined, resizeReplica: async () => undefined }
   const config: PairConfig = { pair: 'p', group: null, volumes: [{ no: 1, name: 'v', size: 1 << 20 }], peer: '127.0.0.1:1', createdAt: new Date().toISOString(), chain: [genesis('a')] }
   const state = (appliedSeq: number): SecondaryState => ({ appliedSeq, chain: [genesis('a')], resyncing: false, consistentAt: null })
   let store = await ReplicaStore.open(dir, config, host)
@@ -70,7 +70,7 @@ function pairOf() {
   const dir = tempDir('vvfs-replica-store-')
   dirs.push(dir)
   const { volume, writes } = fakeVolume(1 << 20)
-  const host: ReplicaHost = { replica: () => volume, createReplica: async () => volume, resizeReplica: async () => undefined }
+  const host: ReplicaHost = { replica: () => volume, createReplica: async () => volume, checkReplica: () => undefined, resizeReplica: async () => undefined }
   const config: PairConfig = { pair: 'p', group: null, volumes: [{ no: 1, name: 'v', size: 1 << 20 }], peer: '127.0.0.1:1', createdAt: new Date().toISOString(), chain: [genesis('a')] }
   return { dir, host, config, writes }
 }
