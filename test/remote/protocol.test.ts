@@ -79,6 +79,14 @@ describe('the storage protocol', () => {
     expect(decodeStored(encodeStored(top, 1, 100))).toMatchObject({ first: top, count: 1 })
   })
 
+  it('refuses an APPLY that clears more than 64 extents of chunks with PEER_PROTOCOL (a 1 MiB body asked for 27 million deletions)', async () => {
+    const many = Array.from({ length: 106_494 }, () => ({ first: 0, count: 256 }))
+    expect(await codeOf(() => decodeApply(encodeApply({ clears: many }, 0)))).toBe('PEER_PROTOCOL')
+    expect(await codeOf(() => decodeApply(encodeApply({ clears: [{ first: 0, count: 2 ** 32 - 1 }] }, 0)))).toBe('PEER_PROTOCOL')
+    // What a relay sends: one extent's slot.
+    expect(decodeApply(encodeApply({ clears: [{ first: 256, count: 256 }] }, 0)).batch.clears).toEqual([{ first: 256, count: 256 }])
+  })
+
   it('refuses to encode what does not fit its field (INVALID_ARGUMENT), before anything is sent', async () => {
     expect(await codeOf(() => encodeReadRun(2 ** 48, 1))).toBe('INVALID_ARGUMENT')
     expect(await codeOf(() => encodeApply({ writes: [{ pca: 1, data: Buffer.alloc(10) }] }, 0))).toBe('INVALID_ARGUMENT')

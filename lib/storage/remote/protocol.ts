@@ -33,7 +33,7 @@
  * before checking it against the body's actual length.
  */
 import { VvfsError } from '../../errors.js'
-import { CHUNK_SIZE } from '../../layout.js'
+import { CHUNK_SIZE, EXTENT_CHUNKS } from '../../layout.js'
 import type { ChunkBatch, ChunkWrite, StoreIdentity } from '../chunk-store.js'
 
 /**
@@ -360,6 +360,14 @@ export function setApplyToken(body: Buffer, token: number): void {
   body.writeUIntBE(token, 1, 6)
 }
 
+/**
+ * The most chunks one APPLY may clear: a relay clears one extent's slot (256
+ * chunks) per batch. A server builds a deletion per chunk cleared (or lists
+ * the stored keys of a longer run): 106,000 clears of 256 in one 1 MiB body
+ * asked it for 27 million deletions at once (2026-12-04 review).
+ */
+export const MAX_APPLY_CLEAR_CHUNKS = 64 * EXTENT_CHUNKS
+
 export interface ApplyRequest {
   batch: ChunkBatch
   token: number
@@ -372,9 +380,12 @@ export function decodeApply(b: Buffer): ApplyRequest {
   const nClears = r.u32()
   if (nClears * 10 > r.left) throw malformed('APPLY request', b.length)
   const clears: { first: number; count: number }[] = []
+  let cleared = 0
   for (let i = 0; i < nClears; i++) {
     const clear = { first: r.u48(), count: r.u32() }
     checkRun(clear.first, clear.count, 'APPLY clear')
+    cleared += clear.count
+    if (cleared > MAX_APPLY_CLEAR_CHUNKS) throw new VvfsError('PEER_PROTOCOL', `an APPLY clears more than ${MAX_APPLY_CLEAR_CHUNKS} chunks`)
     clears.push(clear)
   }
   const nWrites = r.u32()
