@@ -31,7 +31,9 @@
  * daemon restart), as LevelDB does after a failed log write: after a failed
  * fdatasync nothing says which frames are durable, and a later sync that
  * succeeds would not make them so. A volume write that fails after the batch
- * is durable is retried at the next open (redo). A CREATE naming a volume that
+ * is durable (or a flush that reports one) fails the store too: its record,
+ * which says it is applied, is kept for the next open to redo, never trimmed
+ * by a checkpoint meanwhile. A CREATE naming a volume that
  * exists and is not this pair's replica is refused (VOLUME_EXISTS).
  */
 import { ClassicLevel } from 'classic-level'
@@ -140,19 +142,28 @@ export class ReplicaStore implements ApplyTarget {
     const entries = changes.map((c) => ({ seq: ++n, parts: encodeEntryParts({ ...c, seq: n, epoch: 1 }) }))
     await this.commit({ entries, meta: Buffer.from(JSON.stringify(state)) })
     this.lastRecord = n
-    for (const c of changes) await this.applyToVolume(c)
+    // The state says these are applied: one that did not land fails the store, so no checkpoint trims its record
+    // before the next open redoes it (2026-12-04 review: a later checkpoint trimmed it, the pair reported it applied).
+    await this.orFail(async () => {
+      for (const c of changes) await this.applyToVolume(c)
+    })
     if (Date.now() - this.lastCheckpointAt >= CHECKPOINT_MS) await this.makeCheckpoint()
   }
 
-  /** A synced commit to the redo log; a failure fails the store for good (see the file comment). */
-  private async commit(batch: Parameters<SegmentDurableLog['commit']>[0]): Promise<void> {
+  /** Runs `work`; its failure fails the store for good (see the file comment), then rejects. */
+  private async orFail(work: () => Promise<void>): Promise<void> {
     try {
-      await this.log.commit(batch, true)
+      await work()
     } catch (err) {
       const e = err instanceof VvfsError ? err : new VvfsError('IO_ERROR', `replica store: ${(err as Error).message}`, { cause: err })
-      this.failed = new VvfsError('IO_ERROR', `replica store ${this.dir} failed a write earlier (${e.message}); it serves again once the daemon restarts`, { cause: e })
+      this.failed ??= new VvfsError('IO_ERROR', `replica store ${this.dir} failed a write earlier (${e.message}); it serves again once the daemon restarts`, { cause: e })
       throw e
     }
+  }
+
+  /** A synced commit to the redo log; a failure fails the store for good (see the file comment). */
+  private commit(batch: Parameters<SegmentDurableLog['commit']>[0]): Promise<void> {
+    return this.orFail(() => this.log.commit(batch, true))
   }
 
   private check(): void {
@@ -213,7 +224,10 @@ export class ReplicaStore implements ApplyTarget {
     this.lastCheckpointAt = Date.now()
     const through = this.lastRecord
     if (through === this.checkpoint) return
-    for (const v of this.volumes.values()) await v.flush()
+    // A flush reports a failed write-behind once: the store fails with it, or the next checkpoint would trim its record.
+    await this.orFail(async () => {
+      for (const v of this.volumes.values()) await v.flush()
+    })
     await this.commit({ trimThrough: through })
     this.checkpoint = through
   }

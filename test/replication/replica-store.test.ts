@@ -151,3 +151,31 @@ it('after a failed redo log write the store refuses every later batch until it i
   await store.apply([write(4096, 2)], stateAt(2))
   await store.close()
 })
+
+it('a volume write that fails after its batch is durable fails the store, and the next open redoes it (no checkpoint trims it meanwhile)', async () => {
+  const { dir, host, config, writes } = pairOf()
+  const volume = host.replica('v', 'p') as unknown as { write: (offset: number, data: Buffer) => Promise<number> }
+  const write0 = volume.write
+  let failNext = false
+  volume.write = async (offset, data) => {
+    if (failNext) {
+      failNext = false
+      throw new VvfsError('POOL_FULL', 'injected: no room')
+    }
+    return write0(offset, data)
+  }
+  let store = await ReplicaStore.open(dir, config, host)
+  await store.apply([write(0, 1)], stateAt(1))
+  failNext = true
+  expect(await codeOf(store.apply([write(4096, 2)], stateAt(2)))).toBe('POOL_FULL')
+  // Failed for good: no later batch, and no checkpoint that would drop write 2's record as if it had landed.
+  expect(await codeOf(store.apply([write(8192, 3)], stateAt(3)))).toBe('IO_ERROR')
+  expect(await codeOf(store.makeCheckpoint())).toBe('IO_ERROR')
+  await store.close().catch(() => undefined)
+  expect(writes).toEqual([0])
+  store = await ReplicaStore.open(dir, config, host) // redoes the records after its checkpoint
+  expect((await store.load())?.appliedSeq).toBe(2)
+  expect(writes).toContain(4096)
+  await store.close()
+})
+
