@@ -26,7 +26,7 @@
  * extent-entry.ts (entryChunks, releaseSpace, markSpace), not here.
  */
 import { VvfsError } from '../errors.js'
-import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
+import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE, forEachExtent } from '../layout.js'
 import type { ChunkMover } from '../storage/chunk-mover.js'
 import type { CopyStyle } from '../storage/chunk-copy.js'
 import type { Pool } from '../storage/pool.js'
@@ -34,7 +34,6 @@ import type { StorageSystem } from '../storage/storage-system.js'
 import { entryChunks, entrySystems, markSpace, releaseSpace, type ExtentEntry, type Fragment } from './extent-entry.js'
 import type { MapPut } from './map-store.js'
 import type { RangeLock } from './range-lock.js'
-import { forEachExtent } from './thin.js'
 import type { VolumeMap } from './volume-map.js'
 
 /** Where new allocations of this volume may go (a migration pins them to its destination). */

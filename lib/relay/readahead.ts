@@ -27,7 +27,7 @@
  * more than WINDOW extents, or publishes the volume's last extent (it may
  * end inside a chunk, and a mirror would serve past the end of the volume).
  */
-import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE } from '../layout.js'
+import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE, forEachHeldExtent } from '../layout.js'
 import type { ChunkLayer, Write } from './chunk-layer.js'
 import type { RangeLock } from './range-lock.js'
 
@@ -195,14 +195,7 @@ export class ReadAhead implements ChunkLayer {
 
   private drop(first: number, count: number): void {
     if (this.cache.size === 0) return
-    const firstExtent = Math.floor(first / EXTENT_CHUNKS)
-    const last = Math.floor((first + count - 1) / EXTENT_CHUNKS)
-    // A range wider than the cache (a discard of a whole volume) is walked by the cache's extents.
-    if (last - firstExtent + 1 > this.cache.size) {
-      for (const e of [...this.cache.keys()]) if (e >= firstExtent && e <= last) this.evict(e)
-      return
-    }
-    for (let e = firstExtent; e <= last; e++) this.evict(e)
+    forEachHeldExtent(this.cache, first, count, (e) => this.evict(e))
   }
 
   /**

@@ -66,7 +66,7 @@
  * data and records are written.
  */
 import { VvfsError } from '../errors.js'
-import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE, isZeroChunk } from '../layout.js'
+import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE, forEachExtent, forEachHeldExtent, isZeroChunk } from '../layout.js'
 import type { Pool } from '../storage/pool.js'
 import type { ChunkWrite, StorageSystem } from '../storage/storage-system.js'
 import { acceptance, type Acceptance, type ChunkLayer, type Write } from './chunk-layer.js'
@@ -212,7 +212,7 @@ export class ThinLayer implements ChunkLayer {
     this.runEnd = -1
     const work: Promise<void>[] = []
     const dropped: { extent: number; chunk: number; frag: Fragment }[] = []
-    forEachMappedExtent(this.map, first, count, (extent, inExtent, n) => {
+    forEachHeldExtent({ size: this.map.extentCount(), keys: () => this.map.extentIndexes() }, first, count, (extent, inExtent, n) => {
       const entry = this.map.get(extent)
       if (!entry) return
       if (entry.kind === 'whole') {
@@ -675,36 +675,3 @@ function writesFor(plan: WritePlan, system: StorageSystem): ChunkWrite[] {
   return list
 }
 
-/**
- * forEachExtent over the extents of chunks [first, first + count) that the
- * map holds: a range wider than the map has entries is walked by the map's
- * extents, so a discard of a whole 8 PiB volume costs its allocated extents,
- * not 2^33 steps on the event loop (2026-12-04 review: a peer's discard entry
- * stalled the daemon for minutes, and again at each redo).
- */
-function forEachMappedExtent(map: VolumeMap, first: number, count: number, fn: (extent: number, inExtent: number, n: number) => void): void {
-  if (count <= 0) return
-  const firstExtent = Math.floor(first / EXTENT_CHUNKS)
-  const lastExtent = Math.floor((first + count - 1) / EXTENT_CHUNKS)
-  if (lastExtent - firstExtent + 1 <= map.extentCount()) return forEachExtent(first, count, fn)
-  const end = first + count
-  for (const extent of map.extentIndexes().sort((a, b) => a - b)) {
-    if (extent < firstExtent || extent > lastExtent) continue
-    const from = Math.max(first, extent * EXTENT_CHUNKS)
-    const to = Math.min(end, (extent + 1) * EXTENT_CHUNKS)
-    fn(extent, from - extent * EXTENT_CHUNKS, to - from)
-  }
-}
-
-/** Calls fn once per extent touched by chunks [first, first + count). */
-export function forEachExtent(first: number, count: number, fn: (extent: number, inExtent: number, n: number, byteOffset: number) => void): void {
-  let c = first
-  const end = first + count
-  while (c < end) {
-    const extent = Math.floor(c / EXTENT_CHUNKS)
-    const inExtent = c - extent * EXTENT_CHUNKS
-    const n = Math.min(EXTENT_CHUNKS - inExtent, end - c)
-    fn(extent, inExtent, n, (c - first) * CHUNK_SIZE)
-    c += n
-  }
-}

@@ -264,19 +264,10 @@ export async function changedSince(journal: Journal, volNo: number, after: numbe
   await journal.sync()
   const out = new Set<number>()
   for (const m of journal.dirtyMarks()) if (m.volume === volNo) out.add(m.extent)
-  const p = journal.positions
-  for (let from = Math.max(after, p.trimmedThrough) + 1; from <= p.lastDurable; ) {
-    // A trim while this reads (the pair still runs): the secondary applied those entries, they differ in nothing.
-    from = Math.max(from, journal.positions.trimmedThrough + 1)
-    if (from > p.lastDurable) break
-    const entries = await journal.read(from, 16 * 1024 * 1024)
-    if (entries.length === 0) break
-    for (const e of entries) {
-      from = e.seq + 1
-      if (e.volume !== volNo || e.kind === 'flush') continue
-      if (e.kind === 'resize') out.add(SIZE_MARK)
-      else for (const x of extentsOf(e.offset, e.length)) out.add(x)
-    }
+  for await (const e of journal.entriesAfter(after)) {
+    if (e.volume !== volNo || e.kind === 'flush') continue
+    if (e.kind === 'resize') out.add(SIZE_MARK)
+    else for (const x of extentsOf(e.offset, e.length)) out.add(x)
   }
   return [...out].sort((a, b) => a - b)
 }

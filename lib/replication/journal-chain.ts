@@ -47,7 +47,6 @@ import { crashPoint } from '../crash-points.js'
 import { VvfsError, asVvfsError } from '../errors.js'
 import type { Logger } from '../log.js'
 import { markKey, type DirtyMark, type DurableLog, type LogRecord } from './durable-log.js'
-import { decodeEntry } from './entry.js'
 import { handoff, rangeOf, storageOfHome, takeover, type EpochChain, type EpochRecord } from './epoch.js'
 import { Journal, marksOf, type JournalOptions } from './journal.js'
 import { SegmentDurableLog } from './journal-log.js'
@@ -486,20 +485,10 @@ async function marksOfLinks(links: readonly Link[], after: number, max: number):
 /** The extents touched by a journal's retained entries after `after` (null when more than `max`). */
 async function marksOfEntries(journal: Journal, after: number, max: number): Promise<DirtyMark[] | null> {
   const seen = new Map<string, DirtyMark>()
-  const p = journal.positions
-  for (let from = Math.max(after, p.trimmedThrough) + 1; from <= p.lastDurable; ) {
-    // The shipper may trim while this reads: what it trimmed the secondary applied, so it needs no mark.
-    from = Math.max(from, journal.positions.trimmedThrough + 1)
-    if (from > p.lastDurable) break
-    const records = await journal.readRecords(from, 16 * 1024 * 1024)
-    for (const r of records) {
-      const e = decodeEntry(r.record, 'STATE_CORRUPT')
-      const change = e.kind === 'resize' ? { kind: 'resize' as const, volume: e.volume, size: e.length } : e.kind === 'flush' ? { kind: 'flush' as const, volume: e.volume } : { kind: 'discard' as const, volume: e.volume, offset: e.offset, length: e.length }
-      for (const m of marksOf(change)) seen.set(markKey(m), m)
-      if (seen.size > max) return null
-      from = r.seq + 1
-    }
-    if (records.length === 0) break
+  for await (const e of journal.entriesAfter(after)) {
+    const change = e.kind === 'resize' ? { kind: 'resize' as const, volume: e.volume, size: e.length } : e.kind === 'flush' ? { kind: 'flush' as const, volume: e.volume } : { kind: 'discard' as const, volume: e.volume, offset: e.offset, length: e.length }
+    for (const m of marksOf(change)) seen.set(markKey(m), m)
+    if (seen.size > max) return null
   }
   return [...seen.values()]
 }

@@ -252,6 +252,28 @@ export class Journal {
   }
 
   /** Durable entries from `fromSeq` on (at least one if any, then up to maxBytes in total); [] when none is durable yet. */
+  /**
+   * The retained entries after `after`, through the last durable one when
+   * called, decoded, oldest first. Entries a trim removes while this runs
+   * are skipped: trimmed means the secondary applied them (a handoff's or a
+   * demote's listing runs beside the shipper; 2026-12-04, it failed
+   * OUT_OF_RANGE when a trim overtook it).
+   */
+  async *entriesAfter(after: number): AsyncGenerator<JournalEntry> {
+    const through = this.lastDurable
+    for (let from = after + 1; ; ) {
+      from = Math.max(from, this.trimmedThrough + 1)
+      if (from > through) return
+      const records = await this.readRecords(from, 16 * 1024 * 1024)
+      if (records.length === 0) return
+      for (const r of records) {
+        if (r.seq > through) return
+        yield decodeEntry(r.record, 'STATE_CORRUPT')
+        from = r.seq + 1
+      }
+    }
+  }
+
   async read(fromSeq: number, maxBytes: number): Promise<JournalEntry[]> {
     return (await this.readRecords(fromSeq, maxBytes)).map((r) => decodeEntry(r.record, 'STATE_CORRUPT'))
   }
