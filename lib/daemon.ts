@@ -10,6 +10,7 @@ import { managerHandlers } from './manager/api.js'
 import { Manager } from './manager/manager.js'
 import type { MountTimeouts } from './fuse/host-mount.js'
 import { VERSION } from './version.js'
+import { tuneGarbageCollector } from './gc-tuning.js'
 import { VvfsError } from './errors.js'
 import type { ClusterOptions } from './cluster/options.js'
 import { checkHttpAccess, parseHttpAddress, readToken, WebServer, type HttpAddress } from './http/server.js'
@@ -106,6 +107,7 @@ async function startWebView(manager: Manager, address: HttpAddress, token: strin
  * socket answers) stops it cleanly once started, instead of killing it.
  */
 export async function runDaemon(opts: DaemonOptions): Promise<number> {
+  tuneGarbageCollector()
   const log = createLogger(opts.logLevel, opts.logFormat)
   let signalled: NodeJS.Signals | null = null
   let onStarted: ((running: RunningDaemon) => void) | null = null

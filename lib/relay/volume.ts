@@ -26,6 +26,7 @@
  * description if one happened since it last looked — so a reader's close
  * (blkid, md5sum) never takes the error away from the writer's fsync.
  */
+import { BufferPool } from '../buffer-pool.js'
 import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE } from '../layout.js'
 import type { ChunkLayer } from './chunk-layer.js'
@@ -35,8 +36,8 @@ const END = Number.MAX_SAFE_INTEGER
 
 /** Bytes of acknowledged writes that may still be on their way to storage. */
 export const WRITE_BEHIND = 8 * 1024 * 1024
-/** The largest write the host sends (FUSE max_write); copies of these are reused. */
-const HOST_WRITE = 128 * 1024
+/** Copies of writes from this size on are made in reused buffers (smaller ones come from Node's own pool). */
+const REUSED_COPY_MIN_BYTES = 4096
 
 /** What one open file description has learned of failed write-backs: the count it has seen. */
 export interface ErrorCursor {
@@ -53,7 +54,8 @@ export class Volume {
   private lastFailure: unknown = null
   /** The cursor of callers that hold none (in-process users, shutdown). */
   private readonly ownCursor: ErrorCursor = { seen: 0 }
-  private readonly spare: Buffer[] = []
+  /** Buffers for the copies of acknowledged writes, reused: a new one per write (a replica's 256 KiB entries) fed V8's external-memory GC trigger (lib/buffer-pool.ts). */
+  private readonly copies: BufferPool
 
   constructor(
     private readonly lower: ChunkLayer,
@@ -63,6 +65,7 @@ export class Volume {
     private readonly writeBehind = WRITE_BEHIND,
   ) {
     this.locks = locks ?? new RangeLock()
+    this.copies = new BufferPool(REUSED_COPY_MIN_BYTES, writeBehind)
   }
 
   get size(): number {
@@ -134,8 +137,9 @@ export class Volume {
   private writeBehindOf(first: number, chunks: Buffer, lent: boolean, release: () => void): Promise<void> {
     // The host's buffer is only lent until the write is answered: keep a
     // copy, in a reused buffer when it fits one.
-    const pooled = lent && chunks.length <= HOST_WRITE ? (this.spare.pop() ?? Buffer.allocUnsafe(HOST_WRITE)) : null
-    const own = pooled ? pooled.subarray(0, chunks.copy(pooled)) : lent ? Buffer.from(chunks) : chunks
+    const pooled = lent ? this.copies.take(chunks.length) : null
+    if (pooled) chunks.copy(pooled)
+    const own = pooled ?? chunks
     this.behindBytes += own.length
     const write = this.lower.write(first, own)
     const work: Promise<void> = write.stored
@@ -157,7 +161,7 @@ export class Volume {
         this.behind.delete(stored)
         this.behindBytes -= own.length
         release()
-        if (pooled && this.spare.length < this.writeBehind / HOST_WRITE) this.spare.push(pooled)
+        if (pooled) this.copies.give(pooled)
       })
     // What drain waits for: a refusal before acceptance is the writer's to
     // report, not a later flush's.

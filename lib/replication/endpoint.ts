@@ -31,7 +31,7 @@ import {
   encodeResyncBegin,
   encodeResyncEnd,
   encodeResyncFlush,
-  encodeEntries,
+  encodeEntriesParts,
   encodeHello,
   encodePairStatus,
   encodeStatusRequest,
@@ -106,7 +106,7 @@ export class ReplicationStream {
 
   /** Ships durable log records (as read from the journal's log, not re-encoded). */
   async ship(records: Buffer[]): Promise<Ack> {
-    return decodeAck(await this.client.request(ReplicationRequest.ENTRIES, encodeEntries({ pair: this.pair, sender: this.sender, records })))
+    return decodeAck(await this.client.request(ReplicationRequest.ENTRIES, encodeEntriesParts({ pair: this.pair, sender: this.sender, records })))
   }
 
   /** Creates the pair on the secondary if new (its volumes read-only there); otherwise a hello. */
@@ -120,7 +120,7 @@ export class ReplicationStream {
 
   /** Copied data (write or zero entries; their numbers are not used). */
   async resyncData(entries: JournalEntry[]): Promise<Ack> {
-    return decodeAck(await this.client.request(ReplicationRequest.RESYNC_DATA, encodeEntries({ pair: this.pair, sender: this.sender, entries })))
+    return decodeAck(await this.client.request(ReplicationRequest.RESYNC_DATA, encodeEntriesParts({ pair: this.pair, sender: this.sender, entries })))
   }
 
   /** Makes the resync data answered by `incarnation` durable on the secondary (refused by another incarnation). */

@@ -64,8 +64,12 @@ const protocol = (what: string, why: string) => new VvfsError('PEER_PROTOCOL', `
 
 function checkSize(what: string, body: Buffer): void {
   if (!Buffer.isBuffer(body)) throw protocol(what, 'not bytes')
-  if (body.length > MAX_MESSAGE_BYTES)
-    throw new VvfsError('FRAME_TOO_LARGE', `replication ${what} of ${body.length} bytes exceeds ${MAX_MESSAGE_BYTES}`, { details: { length: body.length, limit: MAX_MESSAGE_BYTES } })
+  checkLength(what, body.length)
+}
+
+function checkLength(what: string, length: number): void {
+  if (length > MAX_MESSAGE_BYTES)
+    throw new VvfsError('FRAME_TOO_LARGE', `replication ${what} of ${length} bytes exceeds ${MAX_MESSAGE_BYTES}`, { details: { length, limit: MAX_MESSAGE_BYTES } })
 }
 
 // --- JSON messages ---------------------------------------------------------
@@ -211,6 +215,17 @@ export function entriesHeaderBytes(pair: string, sender: Sender): number {
 
 /** Encodes a batch; `records` may be given as the log's bytes (not re-encoded). */
 export function encodeEntries(batch: { pair: string; sender: Sender; records: Buffer[] } | EntriesBatch): Buffer {
+  return Buffer.concat(encodeEntriesParts(batch))
+}
+
+/**
+ * A batch's body in pieces: the header, then each record's length and the
+ * record itself, not copied (the wire sends the pieces as they are:
+ * WireClient.request). Joining them cost a new buffer of the batch's size
+ * per message — towards V8's external-memory trigger of a full GC every
+ * 64 MiB (lib/buffer-pool.ts).
+ */
+export function encodeEntriesParts(batch: { pair: string; sender: Sender; records: Buffer[] } | EntriesBatch): Buffer[] {
   const records = 'records' in batch ? batch.records : batch.entries.map(encodeEntry)
   const pair = Buffer.from(batch.pair, 'utf8')
   const home = Buffer.from(batch.sender.home, 'utf8')
@@ -228,14 +243,15 @@ export function encodeEntries(batch: { pair: string; sender: Sender; records: Bu
   at += home.copy(head, at)
   head.writeUInt16BE(records.length, at)
   const parts: Buffer[] = [head]
-  for (const r of records) {
-    const len = Buffer.alloc(4)
-    len.writeUInt32BE(r.length)
-    parts.push(len, r)
-  }
-  const out = Buffer.concat(parts)
-  checkSize('entries', out)
-  return out
+  const lengths = Buffer.alloc(4 * records.length)
+  let bytes = head.length + lengths.length
+  records.forEach((r, i) => {
+    lengths.writeUInt32BE(r.length, 4 * i)
+    parts.push(lengths.subarray(4 * i, 4 * i + 4), r)
+    bytes += r.length
+  })
+  checkLength('entries', bytes)
+  return parts
 }
 
 /** How many of `records` (from the first) fit one ENTRIES body of at most maxBody bytes (at least one is the caller's check). */
@@ -278,7 +294,8 @@ export function decodeEntries(body: Buffer): EntriesBatch {
     const len = body.readUInt32BE(at)
     at += 4
     need(len, `entry ${i}`)
-    // A view: the frame's body is this message's own (lib/wire/frame.ts never reuses one).
+    // A view: the body is this message's until its handler settled (a pooled body is reused after that: the
+    // secondary's handlers keep no entry past their answer — its volumes copy what they are given).
     entries.push(decodeEntry(body.subarray(at, (at += len)), 'PEER_PROTOCOL', { view: true }))
   }
   if (at !== body.length) throw protocol('entries', `${body.length - at} bytes after the last entry`)

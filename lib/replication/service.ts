@@ -34,9 +34,15 @@ import { SecondaryPairs, type ReplicaHost } from './secondary.js'
 import { serveReplication } from './endpoint.js'
 import { REPLICATION_SERVICE } from './messages.js'
 import { loadPeerKey } from '../wire/auth.js'
+import { BufferPool } from '../buffer-pool.js'
 import { parseHostPort, WireServer } from '../wire/server.js'
 import { FailoverService, type FailoverHost } from './failover.js'
 import { refusal } from './epoch.js'
+
+/** Request bodies from this size on are received into reused buffers (smaller ones cost little: Node's own pool). */
+const REUSED_BODY_MIN_BYTES = 64 * 1024
+/** Idle reused bodies kept: eight of the largest ENTRIES message (MAX_MESSAGE_BYTES, 1 MiB). */
+const REUSED_BODIES_IDLE_BYTES = 8 * 1024 * 1024
 
 export interface ReplicationHost extends ReplicaHost, FailoverHost {
   journalLayer(volNo: number): JournalLayer | undefined
@@ -89,7 +95,10 @@ export class ReplicationService {
   async listen(address: string, keyFile: string): Promise<{ host: string; port: number }> {
     const { host, port } = parseHostPort(address)
     const key = await loadPeerKey(keyFile)
-    const server = new WireServer({ host, port, key, service: REPLICATION_SERVICE, log: this.log })
+    // Bodies of 64 KiB and more are received into reused buffers: no handler keeps its body past its answer
+    // (the secondary's volumes copy what they are given; endpoint.ts).
+    const requestBodies = new BufferPool(REUSED_BODY_MIN_BYTES, REUSED_BODIES_IDLE_BYTES)
+    const server = new WireServer({ host, port, key, service: REPLICATION_SERVICE, log: this.log, requestBodies })
     serveReplication(server, (pair) => this.unlessPromoting(pair) && this.secondaries.lookup(pair), this.log, (h, peer) => {
       this.unlessPromoting(h.pair)
       const promoted = this.failover.promotedRecord(h.pair)

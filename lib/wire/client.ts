@@ -42,7 +42,7 @@ import {
   type PeerKey,
   type SessionContext,
 } from './auth.js'
-import { FrameKind, type Frame } from './frame.js'
+import { bodyLength, FrameKind, type Frame, type OutgoingBody } from './frame.js'
 import { PeerLink, type LinkOwner } from './link.js'
 import { decodeReady, DEFAULT_SERVER_LIMITS } from './server.js'
 
@@ -72,7 +72,9 @@ const DEFAULT_BACKOFF = { initialMs: 100, maxMs: 5000 }
 
 interface Request {
   type: number
-  body: Buffer
+  body: OutgoingBody
+  /** Its bytes (bodyLength). */
+  bytes: number
   /** Where the reply's body goes when it has exactly this length (see request()). */
   replyInto: Buffer | null
   resolve: (b: Buffer) => void
@@ -164,16 +166,19 @@ export class WireClient extends EventEmitter {
    * FrameDecoder.setBodyTarget) and resolved as it; the caller must not
    * read it before the answer, nor count on its contents after a failure.
    * Once the request's deadline passed, a late reply no longer goes there.
+   * A body in pieces is sent as they are, not joined; like a single buffer,
+   * the caller keeps them unchanged until the request settles.
    */
-  request(type: number, body: Buffer, opts: { deadlineMs?: number; replyInto?: Buffer } = {}): Promise<Buffer> {
+  request(type: number, body: OutgoingBody, opts: { deadlineMs?: number; replyInto?: Buffer } = {}): Promise<Buffer> {
     if (this.stateNow === 'closed') return Promise.reject(new VvfsError('SHUTTING_DOWN', 'the client is closed'))
     // checked against the limit the server announced; before it did, when the request is sent (pump)
     const s = this.session
-    if (s?.phase === 'ready' && body.length > s.maxBodyBytes)
-      return Promise.reject(new VvfsError('FRAME_TOO_LARGE', `request body of ${body.length} bytes exceeds the server's limit of ${s.maxBodyBytes}`))
+    const bytes = bodyLength(body)
+    if (s?.phase === 'ready' && bytes > s.maxBodyBytes)
+      return Promise.reject(new VvfsError('FRAME_TOO_LARGE', `request body of ${bytes} bytes exceeds the server's limit of ${s.maxBodyBytes}`))
     const deadlineMs = opts.deadlineMs ?? this.deadlineMs
     return new Promise<Buffer>((resolve, reject) => {
-      const req: Request = { type, body, replyInto: opts.replyInto ?? null, resolve, reject, id: null, expired: false, timer: setTimeout(() => this.expire(req, deadlineMs), deadlineMs) }
+      const req: Request = { type, body, bytes, replyInto: opts.replyInto ?? null, resolve, reject, id: null, expired: false, timer: setTimeout(() => this.expire(req, deadlineMs), deadlineMs) }
       this.queue.push(req)
       this.pump()
     })
@@ -376,9 +381,9 @@ export class WireClient extends EventEmitter {
     if (!s || s.phase !== 'ready') return
     while (this.queue.length > 0 && s.inFlight.size < s.maxInFlight) {
       const req = this.queue.shift() as Request
-      if (req.body.length > s.maxBodyBytes) {
+      if (req.bytes > s.maxBodyBytes) {
         clearTimeout(req.timer)
-        req.reject(new VvfsError('FRAME_TOO_LARGE', `request body of ${req.body.length} bytes exceeds the server's limit of ${s.maxBodyBytes}`))
+        req.reject(new VvfsError('FRAME_TOO_LARGE', `request body of ${req.bytes} bytes exceeds the server's limit of ${s.maxBodyBytes}`))
         continue
       }
       const id = this.takeId(s.inFlight)

@@ -69,11 +69,23 @@ export interface Frame {
   mac: Buffer | null
 }
 
+/** A body to send: one buffer, or its pieces in order (written as they are, never joined: a replication batch's records). */
+export type OutgoingBody = Buffer | readonly Buffer[]
+
 export interface OutgoingFrame {
   kind: FrameKind
   type?: number
   id?: number
-  body?: Buffer
+  body?: OutgoingBody
+}
+
+/** Bytes of a body to send. */
+export function bodyLength(body: OutgoingBody | undefined): number {
+  if (!body) return 0
+  if (Buffer.isBuffer(body)) return body.length
+  let n = 0
+  for (const p of body as readonly Buffer[]) n += p.length
+  return n
 }
 
 /** The header of a frame; the body and MAC trailer are written after it as they are (no copy). */
@@ -85,7 +97,7 @@ export function encodeHeader(f: OutgoingFrame, withMac: boolean): Buffer {
   h.writeUInt16BE(withMac ? FLAG_MAC : 0, 6)
   h.writeUInt16BE(f.type ?? 0, 8)
   h.writeUInt32BE(f.id ?? 0, 12)
-  h.writeUInt32BE(f.body?.length ?? 0, 16)
+  h.writeUInt32BE(bodyLength(f.body), 16)
   return h
 }
 

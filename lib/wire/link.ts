@@ -22,7 +22,7 @@
 import type { Socket } from 'node:net'
 import { asVvfsError, VvfsError } from '../errors.js'
 import type { FrameMac } from './auth.js'
-import { encodeHeader, FrameDecoder, FrameKind, type BodyTarget, type Frame, type OutgoingFrame } from './frame.js'
+import { bodyLength, encodeHeader, FrameDecoder, FrameKind, type BodyTarget, type Frame, type OutgoingFrame } from './frame.js'
 
 /** The largest body before authentication: the biggest handshake message is 67 bytes, an ERROR up to ~200. */
 export const PRE_AUTH_MAX_BODY = 256
@@ -87,16 +87,16 @@ export class PeerLink {
       written?.()
       return false
     }
-    const body = f.body ?? Buffer.alloc(0)
+    const pieces: readonly Buffer[] = f.body === undefined ? [] : Buffer.isBuffer(f.body) ? [f.body] : f.body
     const header = encodeHeader(f, this.sendMac !== null)
-    const mac = this.sendMac ? this.sendMac.sign(header, body) : Buffer.alloc(0)
-    if (body.length <= SMALL_FRAME) {
+    const mac = this.sendMac ? this.sendMac.sign(header, pieces) : Buffer.alloc(0)
+    if (bodyLength(f.body) <= SMALL_FRAME) {
       // One buffer, one write: a write of three (cork, writev) cost more than the copy of a small body.
-      return this.socket.write(Buffer.concat([header, body, mac]), written && (() => written()))
+      return this.socket.write(Buffer.concat([header, ...pieces, mac]), written && (() => written()))
     }
     this.socket.cork()
     this.socket.write(header)
-    this.socket.write(body)
+    for (const piece of pieces) if (piece.length > 0) this.socket.write(piece)
     const ok = this.socket.write(mac, written && (() => written()))
     this.socket.uncork()
     return ok

@@ -41,7 +41,7 @@ import {
   type PeerKey,
   type SessionContext,
 } from './auth.js'
-import type { BufferPool } from './buffer-pool.js'
+import type { BufferPool } from '../buffer-pool.js'
 import { FrameKind, type Frame } from './frame.js'
 import { PeerLink, type LinkOwner } from './link.js'
 

@@ -76,6 +76,24 @@ describe('the MAC of every frame', () => {
   })
 })
 
+describe('the MAC of a body sent in pieces (a replication batch: header, lengths, records)', () => {
+  it('is the MAC of the pieces joined, under both protocol versions, however they are cut', () => {
+    const key = new PeerKey(randomBytes(32))
+    const body = randomBytes(5000)
+    const header = encodeHeader({ kind: FrameKind.REQUEST, type: 1, id: 1, body }, true)
+    for (const version of [1, 2]) {
+      const c = { ...context(), version }
+      for (const cuts of [[], [0], [1, 2], [7, 16, 17, 4999], [2500]]) {
+        const edges = [0, ...cuts, body.length]
+        const cut = edges.slice(1).map((end, i) => body.subarray(edges[i], end))
+        expect(Buffer.concat(cut).equals(body)).toBe(true)
+        const mac = new FrameMac(key, 'client→server', c).sign(header, cut)
+        expect(new FrameMac(key, 'client→server', c).verify(header, body, mac), `version ${version}, cuts ${cuts.join(',')}`).toBe(true)
+      }
+    }
+  })
+})
+
 describe('ADDR:PORT of --listen and of peers', () => {
   it('takes an explicit address and port, and nothing less', () => {
     expect(parseHostPort('127.0.0.1:7000')).toEqual({ host: '127.0.0.1', port: 7000 })

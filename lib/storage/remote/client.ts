@@ -68,7 +68,7 @@ import { VvfsError } from '../../errors.js'
 import { CHUNK_SIZE } from '../../layout.js'
 import type { Logger } from '../../log.js'
 import type { PeerKey } from '../../wire/auth.js'
-import { BufferPool } from '../../wire/buffer-pool.js'
+import { BufferPool } from '../../buffer-pool.js'
 import { WireClient, type ClientState } from '../../wire/client.js'
 import { checkBatch, checkRead, type ChunkBatch, type ChunkStore, type ChunkStoreCapabilities, type StoreIdentity } from '../chunk-store.js'
 import {

@@ -17,6 +17,7 @@ import { loadPeerKey } from '../../wire/auth.js'
 import { parseHostPort } from '../../wire/server.js'
 import { LevelChunkStore } from '../level-store.js'
 import { StorageServer, type StoreOpener } from './server.js'
+import { tuneGarbageCollector } from '../../gc-tuning.js'
 
 export interface ServeOptions {
   dir: string
@@ -32,6 +33,7 @@ export interface ServeOptions {
 const openStore: StoreOpener = (o) => LevelChunkStore.open(o)
 
 export async function runStorageServer(opts: ServeOptions): Promise<number> {
+  tuneGarbageCollector()
   const log = createLogger(opts.logLevel ?? 'info', opts.logFormat)
   let signalled = false
   let server: StorageServer | null = null

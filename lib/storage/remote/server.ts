@@ -41,7 +41,7 @@ import { VvfsError } from '../../errors.js'
 import { CHUNK_SIZE } from '../../layout.js'
 import type { Logger } from '../../log.js'
 import type { PeerKey } from '../../wire/auth.js'
-import { BufferPool } from '../../wire/buffer-pool.js'
+import { BufferPool } from '../../buffer-pool.js'
 import { WireServer, type RequestContext, type ServerLimits } from '../../wire/server.js'
 import type { ChunkStore, StoreIdentity } from '../chunk-store.js'
 import {
