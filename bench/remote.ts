@@ -36,7 +36,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { JOBS, runJob, type JobName, type JobResult } from './fio.js'
 import { Cleanup, freePort, must, onInterrupt, run, say, sleep, startService, stopService, waitFor, type Service } from './proc.js'
-import { ROOT, Vvfs, VVFS_BIN } from './vvfs.js'
+import { benchNodeFlags, ROOT, Vvfs, VVFS_BIN } from './vvfs.js'
 
 const OUT = join(ROOT, 'bench', 'out')
 const GiB = 1024 ** 3
@@ -65,7 +65,7 @@ async function startServer(dir: string, name: string, host: string, keyFile: str
   const port = await freePort()
   // BENCH_PROF=DIR: the servers write a CPU profile there when they stop.
   const prof = process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []
-  const args = [...prof, VVFS_BIN, 'storage', 'serve', '--dir', join(dir, name), '--listen', `${host}:${port}`, '--peer-key', keyFile, '--log-level', 'warn', '--log-format', 'json']
+  const args = [...prof, ...benchNodeFlags(), VVFS_BIN, 'storage', 'serve', '--dir', join(dir, name), '--listen', `${host}:${port}`, '--peer-key', keyFile, '--log-level', 'warn', '--log-format', 'json']
   const logFile = createWriteStream(join(dir, `${name}.log`))
   const svc = ns ? startService('ip', ['netns', 'exec', ns, process.execPath, ...args], { logFile }) : startService(process.execPath, args, { logFile })
   cleanup.add(`stop storage server ${name}`, async () => void (await stopService(svc, 'SIGTERM', 30_000)))

@@ -29,6 +29,16 @@ function cleanEnv(): NodeJS.ProcessEnv {
   return env
 }
 
+/**
+ * BENCH_NODE_FLAGS: more node flags for the daemons and storage servers a
+ * bench starts, e.g. `--trace-gc` (its output lands in each one's log) or
+ * `--heap-growing-percent=0` (V8's own heap growth, for a before/after of
+ * lib/gc-tuning.ts).
+ */
+export function benchNodeFlags(): string[] {
+  return (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean)
+}
+
 export class Vvfs {
   readonly socket: string
   /** How the daemon ended, once stopped: exit code or signal, and how long SIGTERM took. */
@@ -62,8 +72,7 @@ export class Vvfs {
     const prof = process.env.BENCH_DAEMON_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_DAEMON_PROF}`] : []
     // BENCH_PERF (bench/replication.ts): JIT symbols for `perf record`.
     if (process.env.BENCH_PERF) prof.push('--perf-basic-prof-only-functions')
-    // BENCH_NODE_FLAGS: more node flags for the daemon (e.g. --trace-gc; its output lands in the daemon's log).
-    if (process.env.BENCH_NODE_FLAGS) prof.push(...process.env.BENCH_NODE_FLAGS.split(' ').filter(Boolean))
+    prof.push(...benchNodeFlags())
     const svc = startService(process.execPath, [...prof, VVFS_BIN, 'daemon', '--state', stateDir, '--mount', mountDir, '--log-level', 'warn', ...extraArgs], { logFile, env: cleanEnv(), cwd: dir })
     const vvfs = new Vvfs(stateDir, mountDir, logPath, svc)
     vvfs.stopStep = cleanup.add(`stop vvfs daemon (pid ${svc.pid})`, async () => {

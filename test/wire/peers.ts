@@ -77,7 +77,7 @@ export class RawPeer {
   }
 
   send(f: OutgoingFrame): void {
-    const body = f.body ?? Buffer.alloc(0)
+    const body = f.body === undefined ? Buffer.alloc(0) : Buffer.concat(Buffer.isBuffer(f.body) ? [f.body] : f.body)
     const header = encodeHeader(f, this.sendMac !== null)
     this.socket.write(Buffer.concat([header, body, this.sendMac ? this.sendMac.sign(header, body) : Buffer.alloc(0)]))
   }
