@@ -11,10 +11,10 @@
  * 0.75–0.9, 23 % of the primary's CPU and 35 % of the secondary's (perf and
  * --trace-gc --trace-incremental-marking, bench/replication.ts end to end,
  * 2026-12-05). With the heap allowed 3× what a mark-compact keeps (200 %), the same
- * run had 22 mark-compacts on the primary instead of ~230, CPU-seconds per
+ * run had 23 mark-compacts on the primary instead of ~230, CPU-seconds per
  * GiB replicated went from 9.7 to 7.2 (primary) and from 9.0 to 5.0
  * (secondary), and the end-to-end rate from 155 to 198 MB/s; 100 % was not
- * enough (9.5 and 7.6, mark-compacts every ~200 ms). The cost: up to ~40 MiB
+ * enough (9.5 and 7.6, a mark-compact every ~150 ms). The cost: up to ~40 MiB
  * more heap before a collection.
  *
  * V8 reads this flag each time it sets the limit, so setting it after start
