@@ -18,7 +18,8 @@
  * classes of their own. So messages of varying lengths reuse each other's
  * buffers.
  *
- * Owns: at most `maxBytes` of idle buffers; takes back only views it handed
+ * Owns: at most `maxBytes` of idle buffers (a buffer given back makes room
+ * by dropping idle ones of other classes); takes back only views it handed
  * out (a view into a socket's chunk must never be reused).
  *
  * Concurrency: single-threaded (the event loop); a buffer is either idle
@@ -53,6 +54,18 @@ export class BufferPool {
     const whole = this.ours.get(b)
     if (!whole) return
     this.ours.delete(b)
+    if (whole.length > this.maxBytes) return
+    // Room from idle buffers of other classes, the oldest class first: a pool left full of one size (a burst of
+    // 4 KiB writes) would otherwise refuse every other size for good, and each of those would be a new buffer.
+    for (const [size, list] of this.idle) {
+      if (this.idleBytes + whole.length <= this.maxBytes) break
+      if (size === whole.length) continue
+      while (list.length > 0 && this.idleBytes + whole.length > this.maxBytes) {
+        list.pop()
+        this.idleBytes -= size
+      }
+      if (list.length === 0) this.idle.delete(size)
+    }
     if (this.idleBytes + whole.length > this.maxBytes) return
     let list = this.idle.get(whole.length)
     if (!list) this.idle.set(whole.length, (list = []))

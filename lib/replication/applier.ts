@@ -204,7 +204,16 @@ export class Applier {
   resyncData(sender: Sender, changes: TargetChange[]): Promise<Ack> {
     return new Promise<Ack>((done, fail) => {
       this.resyncWaiting.push({ sender, changes, done, fail })
-      if (this.resyncWaiting.length === 1) void this.serial(() => this.commitResyncData()).catch(() => undefined)
+      if (this.resyncWaiting.length !== 1) return
+      let reached = false
+      void this.serial(() => {
+        reached = true
+        return this.commitResyncData()
+      }).catch((err: unknown) => {
+        // The run never reached the waiting requests (a stale state that cannot be reloaded: the target failed for
+        // good): they fail with it. They used to wait forever, each holding its body (2026-12-05 review).
+        if (!reached) for (const r of this.resyncWaiting.splice(0)) r.fail(err)
+      })
     })
   }
 

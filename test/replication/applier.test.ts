@@ -150,6 +150,19 @@ describe('applier: failures and resync', () => {
   })
 })
 
+describe('applier: a target that failed for good', () => {
+  it('refuses resync data after a failed batch whose state cannot be reloaded, instead of leaving it unanswered', async () => {
+    const { target, applier } = await open()
+    await applier.beginResync(fromA, 10)
+    target.failNext()
+    await expect(applier.receive(fromA, [w(11, 0, 1)])).rejects.toBeInstanceOf(VvfsError)
+    target.failLoads()
+    const piece = { volume: 1, kind: 'write' as const, offset: 0, length: 4096, data: Buffer.alloc(4096, 7) }
+    const unanswered = new Promise<'unanswered'>((r) => setTimeout(() => r('unanswered'), 2000).unref())
+    for (let i = 0; i < 2; i++) await expect(Promise.race([applier.resyncData(fromA, [piece]), unanswered])).rejects.toThrow(/load failure/)
+  })
+})
+
 describe('applier: a relay took the pair over (issue 15) without the old owner journal', () => {
   it('adopts the takeover epoch; once its resync begins, nothing the old owner still sends is applied', async () => {
     const { target, applier } = await open()

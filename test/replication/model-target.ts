@@ -43,6 +43,7 @@ export class MemoryApplyTarget implements ApplyTarget {
   private pending: { changes: TargetChange[]; state: SecondaryState; resolve: () => void }[] = []
   private holding = false
   private failures = 0
+  private loadsFail = false
   batches = 0
 
   hold(): void {
@@ -58,6 +59,11 @@ export class MemoryApplyTarget implements ApplyTarget {
     this.failures++
   }
 
+  /** From now on load() rejects (a store that failed for good, as ReplicaStore after a failed commit). */
+  failLoads(): void {
+    this.loadsFail = true
+  }
+
   powerCut(): this {
     this.pending = []
     this.holding = false
@@ -65,6 +71,7 @@ export class MemoryApplyTarget implements ApplyTarget {
   }
 
   async load(): Promise<SecondaryState | null> {
+    if (this.loadsFail) throw new Error('injected load failure: the store failed for good')
     return this.durable.state ? structuredClone(this.durable.state) : null
   }
 

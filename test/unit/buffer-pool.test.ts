@@ -51,6 +51,19 @@ describe('a BufferPool', () => {
     expect(pool.take(128 * 1024).buffer).not.toBe(a.buffer) // given back twice, handed out once
   })
 
+  it('left full of one size by a burst, still keeps and reuses a buffer of another size given back', () => {
+    const pool = new BufferPool(4096, 64 * 1024)
+    const small = Array.from({ length: 16 }, () => pool.take(4096))
+    for (const b of small) pool.give(b)
+    expect(pool.held).toBe(64 * 1024)
+    const big = pool.take(32 * 1024)
+    pool.give(big)
+    expect(pool.held).toBe(64 * 1024) // room made from the 4 KiB ones
+    expect(pool.take(32 * 1024).buffer).toBe(big.buffer)
+    expect(pool.take(4096).length).toBe(4096) // eight 4 KiB buffers are still idle
+    expect(pool.held).toBe(28 * 1024)
+  })
+
   it('keeps at most its idle bound', () => {
     const pool = new BufferPool(64 * 1024, 256 * 1024)
     const taken = [pool.take(128 * 1024), pool.take(128 * 1024), pool.take(128 * 1024)]
