@@ -136,7 +136,7 @@ export class Volume {
   /** Stores `chunks` in the background once accepted; the lock is released when stored. */
   private writeBehindOf(first: number, chunks: Buffer, lent: boolean, release: () => void): Promise<void> {
     // The host's buffer is only lent until the write is answered: keep a
-    // copy, in a reused buffer when it fits one.
+    // copy, in a reused buffer.
     const pooled = lent ? this.copies.take(chunks.length) : null
     if (pooled) chunks.copy(pooled)
     const own = pooled ?? chunks

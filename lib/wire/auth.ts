@@ -49,7 +49,7 @@
 import { createCipheriv, createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import { readFile, stat } from 'node:fs/promises'
 import { VvfsError } from '../errors.js'
-import { MAC_BYTES } from './frame.js'
+import { bodyPieces, MAC_BYTES, type OutgoingBody } from './frame.js'
 
 /** 32 bytes: the HMAC-SHA256 block strength; `head -c 32 /dev/urandom | base64 > key` makes one (44 characters). */
 export const MIN_KEY_BYTES = 32
@@ -196,8 +196,8 @@ export class FrameMac {
   }
 
   /** The MAC of the next frame in this direction (advances the counter); a body in pieces has the MAC of the pieces joined. */
-  sign(header: Buffer, body: Buffer | readonly Buffer[]): Buffer {
-    return this.compute(header, Buffer.isBuffer(body) ? [body] : body)
+  sign(header: Buffer, body: OutgoingBody): Buffer {
+    return this.compute(header, bodyPieces(body))
   }
 
   /** Checks the next frame in this direction (advances the counter). */

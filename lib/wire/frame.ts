@@ -79,12 +79,15 @@ export interface OutgoingFrame {
   body?: OutgoingBody
 }
 
+/** A body to send as its pieces (none for no body). */
+export function bodyPieces(body: OutgoingBody | undefined): readonly Buffer[] {
+  return body === undefined ? [] : Buffer.isBuffer(body) ? [body] : (body as readonly Buffer[])
+}
+
 /** Bytes of a body to send. */
 export function bodyLength(body: OutgoingBody | undefined): number {
-  if (!body) return 0
-  if (Buffer.isBuffer(body)) return body.length
   let n = 0
-  for (const p of body as readonly Buffer[]) n += p.length
+  for (const p of bodyPieces(body)) n += p.length
   return n
 }
 

@@ -22,7 +22,7 @@
 import type { Socket } from 'node:net'
 import { asVvfsError, VvfsError } from '../errors.js'
 import type { FrameMac } from './auth.js'
-import { bodyLength, encodeHeader, FrameDecoder, FrameKind, type BodyTarget, type Frame, type OutgoingFrame } from './frame.js'
+import { bodyLength, bodyPieces, encodeHeader, FrameDecoder, FrameKind, type BodyTarget, type Frame, type OutgoingFrame } from './frame.js'
 
 /** The largest body before authentication: the biggest handshake message is 67 bytes, an ERROR up to ~200. */
 export const PRE_AUTH_MAX_BODY = 256
@@ -87,7 +87,7 @@ export class PeerLink {
       written?.()
       return false
     }
-    const pieces: readonly Buffer[] = f.body === undefined ? [] : Buffer.isBuffer(f.body) ? [f.body] : f.body
+    const pieces = bodyPieces(f.body)
     const header = encodeHeader(f, this.sendMac !== null)
     const mac = this.sendMac ? this.sendMac.sign(header, pieces) : Buffer.alloc(0)
     if (bodyLength(f.body) <= SMALL_FRAME) {

@@ -11,14 +11,14 @@ import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { cleanupAll, removeDir } from '../helpers/daemon.js'
+import { cleanupAll } from '../helpers/daemon.js'
 import { writeAt } from '../helpers/files.js'
 import { decodeAck, encodeEntries, ReplicationRequest, REPLICATION_SERVICE } from '../../lib/replication/messages.js'
 import type { JournalEntry } from '../../lib/replication/entry.js'
 import { loadPeerKey, PeerKey } from '../../lib/wire/auth.js'
 import { encodeHeader, FrameKind } from '../../lib/wire/frame.js'
 import { RawPeer, until } from '../wire/peers.js'
-import { caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
+import { removePairDirs, caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
 
 const MiB = 1024 * 1024
 let p: Pair
@@ -34,7 +34,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await cleanupAll()
-  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
+  removePairDirs(p)
 })
 
 /** The secondary daemon's log lines with this event (JSON lines). */

@@ -5,13 +5,13 @@
  * orphan read-only volume, on each try).
  */
 import { afterAll, expect, it } from 'vitest'
-import { cleanupAll, removeDir } from '../helpers/daemon.js'
-import { startPair, type Pair } from './daemons.js'
+import { cleanupAll } from '../helpers/daemon.js'
+import { removePairDirs, startPair, type Pair } from './daemons.js'
 
 let p: Pair | undefined
 afterAll(async () => {
   await cleanupAll()
-  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
+  removePairDirs(p)
 })
 
 it('a group whose second replica name is taken on the secondary is refused there whole: no replica volume is made', { timeout: 60_000 }, async () => {

@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import type { ReplicationInfo } from '../../lib/control/schema.js'
-import { startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js'
+import { removeDir, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js'
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -30,6 +30,11 @@ export interface Pair {
   primaryPort: number
   secondaryPort: number
   secondaryAddress: string
+}
+
+/** Removes a pair's directories (its daemons stopped first: cleanupAll); nothing when the test never started one. */
+export function removePairDirs(p: Pair | undefined): void {
+  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
 }
 
 /** Two daemons with --listen/--peer-key, one storage system each; `powerLoss`: crash() is a power cut (test/helpers/powercut). */

@@ -8,9 +8,9 @@
  */
 import { closeSync, openSync } from 'node:fs'
 import { afterAll, describe, expect, it } from 'vitest'
-import { cleanupAll, removeDir } from '../helpers/daemon.js'
+import { cleanupAll } from '../helpers/daemon.js'
 import { writeAt } from '../helpers/files.js'
-import { caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
+import { removePairDirs, caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
 import { filledWith, json, same, vvfs } from './failover-helpers.js'
 
 const MiB = 1024 * 1024
@@ -19,7 +19,7 @@ let p: Pair
 
 afterAll(async () => {
   await cleanupAll()
-  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
+  removePairDirs(p)
 })
 
 describe('split-brain', () => {

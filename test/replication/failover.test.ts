@@ -8,9 +8,9 @@
 import { openSync } from 'node:fs'
 import { afterAll, describe, expect, it } from 'vitest'
 import { EXTENT_SIZE } from '../../lib/layout.js'
-import { cleanupAll, removeDir, type DaemonHandle } from '../helpers/daemon.js'
+import { cleanupAll, type DaemonHandle } from '../helpers/daemon.js'
 import { writeAt } from '../helpers/files.js'
-import { caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
+import { removePairDirs, caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
 import { json, same, vvfs } from './failover-helpers.js'
 
 const MiB = 1024 * 1024
@@ -18,7 +18,7 @@ let p: Pair
 
 afterAll(async () => {
   await cleanupAll()
-  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
+  removePairDirs(p)
 })
 
 const splitLogged = (d: DaemonHandle) => d.log().includes('replication.split_brain')

@@ -8,16 +8,16 @@
  */
 import { readFileSync } from 'node:fs'
 import { afterAll, expect, it } from 'vitest'
-import { cleanupAll, removeDir } from '../helpers/daemon.js'
+import { cleanupAll } from '../helpers/daemon.js'
 import { writeAt } from '../helpers/files.js'
-import { caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
+import { removePairDirs, caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
 
 const MiB = 1024 * 1024
 let p: Pair | undefined
 
 afterAll(async () => {
   await cleanupAll()
-  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
+  removePairDirs(p)
 })
 
 it('a grow and writes past the old end while behind: the resync sizes the secondary first; images match', { timeout: 90_000 }, async () => {

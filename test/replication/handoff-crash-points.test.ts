@@ -12,14 +12,14 @@
  */
 import { join } from 'node:path'
 import { afterAll, expect, it } from 'vitest'
-import { cleanupAll, removeDir } from '../helpers/daemon.js'
-import { pairStatus, waitForPair, type Pair } from './daemons.js'
+import { cleanupAll } from '../helpers/daemon.js'
+import { removePairDirs, pairStatus, waitForPair, type Pair } from './daemons.js'
 import { diesAt, expectNoResync, expectSameImages, journalAt, migrate, migrationsDone, PAIR, prefixOf, readImage, secondarySteady, startHandoffPair, Writer } from './handoff-fixture.js'
 
 let p: Pair | undefined
 afterAll(async () => {
   await cleanupAll()
-  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
+  removePairDirs(p)
 })
 
 const POINTS = [

@@ -21,8 +21,8 @@
  */
 import { join } from 'node:path'
 import { afterAll, expect, it } from 'vitest'
-import { cleanupAll, removeDir } from '../helpers/daemon.js'
-import { pairStatus, waitForPair, type Pair } from './daemons.js'
+import { cleanupAll } from '../helpers/daemon.js'
+import { removePairDirs, pairStatus, waitForPair, type Pair } from './daemons.js'
 import { diesAt, expectNoResync, expectSameImages, journalAt, migrate, migrationsDone, PAIR, prefixOf, readImage, secondarySteady, startHandoffPair, Writer } from './handoff-fixture.js'
 
 const KILLS = Number(process.env.VVFS_HANDOFF_KILLS ?? 5)
@@ -34,7 +34,7 @@ const crashPointOf = (k: number): string | null => (k % 5 === 2 ? 'replication.h
 let p: Pair | undefined
 afterAll(async () => {
   await cleanupAll()
-  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
+  removePairDirs(p)
 })
 
 it(`the secondary stays a prefix of the primary's acknowledged writes across ${KILLS} kill -9s of the primary while it migrates a1 ⇄ a2`, { timeout: 30_000 + KILLS * 12_000 }, async () => {

@@ -11,14 +11,14 @@ import { closeSync, constants, openSync, readdirSync, rmSync, writeSync } from '
 import { join } from 'node:path'
 import { afterAll, expect, it } from 'vitest'
 import { CHUNK_SIZE, EXTENT_SIZE } from '../../lib/layout.js'
-import { cleanupAll, removeDir } from '../helpers/daemon.js'
-import { caughtUp, waitForPair, type Pair } from './daemons.js'
+import { cleanupAll } from '../helpers/daemon.js'
+import { removePairDirs, caughtUp, waitForPair, type Pair } from './daemons.js'
 import { migrate, migrationsDone, PAIR, readImage, startHandoffPair } from './handoff-fixture.js'
 
 let p: Pair | undefined
 afterAll(async () => {
   await cleanupAll()
-  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
+  removePairDirs(p)
 })
 
 /** Synchronous 4 KiB writes (O_DIRECT|O_SYNC) of `fill` at the given byte offsets. */

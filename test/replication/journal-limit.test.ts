@@ -10,9 +10,9 @@ import { readFileSync } from 'node:fs'
 import { afterAll, expect, it } from 'vitest'
 import type { VvfsEvent } from '../../lib/control/schema.js'
 import { ControlClient } from '../../lib/control/client.js'
-import { cleanupAll, removeDir } from '../helpers/daemon.js'
+import { cleanupAll } from '../helpers/daemon.js'
 import { writeAt } from '../helpers/files.js'
-import { caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
+import { removePairDirs, caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
 
 const MiB = 1024 * 1024
 let p: Pair | undefined
@@ -21,7 +21,7 @@ let events: ControlClient | undefined
 afterAll(async () => {
   events?.close()
   await cleanupAll()
-  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
+  removePairDirs(p)
 })
 
 it('past the journal limit with the peer down: behind, host writes go on, resync when it returns, images match', { timeout: 90_000 }, async () => {

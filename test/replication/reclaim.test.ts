@@ -10,8 +10,8 @@ import { randomBytes } from 'node:crypto'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { cleanupAll, removeDir, sh } from '../helpers/daemon.js'
-import { caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
+import { cleanupAll, sh } from '../helpers/daemon.js'
+import { removePairDirs, caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
 import { vvfs } from './failover-helpers.js'
 
 const MiB = 1024 * 1024
@@ -19,7 +19,7 @@ let p: Pair
 
 afterAll(async () => {
   await cleanupAll()
-  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
+  removePairDirs(p)
 })
 
 /** The volume-file ranges (bytes) of a file in the ext4 on `image`. */

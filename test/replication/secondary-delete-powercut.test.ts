@@ -8,16 +8,16 @@
  */
 import { afterAll, expect, it } from 'vitest'
 import { writeAt } from '../helpers/files.js'
-import { cleanupAll, removeDir } from '../helpers/daemon.js'
+import { cleanupAll } from '../helpers/daemon.js'
 import { cliFor } from '../helpers/cli.js'
-import { caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
+import { removePairDirs, caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
 
 const MiB = 1024 * 1024
 let p: Pair | undefined
 
 afterAll(async () => {
   await cleanupAll()
-  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
+  removePairDirs(p)
 })
 
 it('a deleted secondary volume stays deleted across a power cut right after the delete', { timeout: 120_000 }, async () => {

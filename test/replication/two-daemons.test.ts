@@ -7,16 +7,16 @@
 import { openSync, readFileSync } from 'node:fs'
 import { writeAt } from '../helpers/files.js'
 import { afterAll, describe, expect, it } from 'vitest'
-import { cleanupAll, removeDir } from '../helpers/daemon.js'
+import { cleanupAll } from '../helpers/daemon.js'
 import { cliFor } from '../helpers/cli.js'
-import { caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
+import { removePairDirs, caughtUp, startPair, waitForPair, type Pair } from './daemons.js'
 
 const MiB = 1024 * 1024
 let p: Pair
 
 afterAll(async () => {
   await cleanupAll()
-  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
+  removePairDirs(p)
 })
 
 describe('replication between two daemons', () => {

@@ -8,13 +8,13 @@ import { spawn } from 'node:child_process'
 import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs'
 import { afterAll, expect, it } from 'vitest'
 import { cliFor, onTerminal } from '../helpers/cli.js'
-import { cleanupAll, removeDir, VVFS } from '../helpers/daemon.js'
-import { caughtUp, readImage, startPair, waitForPair, type Pair } from './daemons.js'
+import { cleanupAll, VVFS } from '../helpers/daemon.js'
+import { removePairDirs, caughtUp, readImage, startPair, waitForPair, type Pair } from './daemons.js'
 
 let p: Pair | undefined
 afterAll(async () => {
   await cleanupAll()
-  if (p) for (const d of [p.primary.dir, p.secondary.dir, p.dir]) removeDir(d)
+  removePairDirs(p)
 })
 
 /** Runs `line` on a pseudo-terminal to its end: exit status and what the terminal showed. */

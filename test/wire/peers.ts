@@ -19,7 +19,7 @@ import {
   type PeerKey,
   type SessionContext,
 } from '../../lib/wire/auth.js'
-import { encodeHeader, FrameDecoder, FrameKind, type Frame, type OutgoingFrame } from '../../lib/wire/frame.js'
+import { bodyPieces, encodeHeader, FrameDecoder, FrameKind, type Frame, type OutgoingFrame } from '../../lib/wire/frame.js'
 
 export interface LogLine {
   event?: string
@@ -77,7 +77,7 @@ export class RawPeer {
   }
 
   send(f: OutgoingFrame): void {
-    const body = f.body === undefined ? Buffer.alloc(0) : Buffer.concat(Buffer.isBuffer(f.body) ? [f.body] : f.body)
+    const body = Buffer.concat(bodyPieces(f.body))
     const header = encodeHeader(f, this.sendMac !== null)
     this.socket.write(Buffer.concat([header, body, this.sendMac ? this.sendMac.sign(header, body) : Buffer.alloc(0)]))
   }
