@@ -29,12 +29,15 @@ export interface Target {
   min: number
 }
 
-/** vvfs as a share of the null FUSE ceiling, same job, same run. */
+/**
+ * vvfs as a share of the null FUSE ceiling, same job, same run: issue 17's
+ * targets (the first ones, 0.35 / 0.5 / 0.25 / 0.5, were met 2026-12-02).
+ */
 export const TARGETS: readonly Target[] = [
-  { job: 'seqwrite', min: 0.35 },
-  { job: 'seqread', min: 0.5 },
-  { job: 'randwrite', min: 0.25 },
-  { job: 'randread', min: 0.5 },
+  { job: 'seqwrite', min: 0.6 },
+  { job: 'seqread', min: 0.9 },
+  { job: 'randwrite', min: 0.6 },
+  { job: 'randread', min: 0.7 },
 ]
 
 export interface TargetResult extends Target {

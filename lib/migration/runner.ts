@@ -452,11 +452,15 @@ export class MigrationRunner {
         }
       }
       // Every lane runs to its end before the group fails: no copy is left writing into space forgotten below.
-      const lanes = await Promise.allSettled(Array.from({ length: COPY_LANES }, lane))
-      for (const l of lanes) if (l.status === 'rejected') throw l.reason
       const destinations = new Set<number>()
       for (const m of moves) for (const sid of entrySystems(m.next)) destinations.add(sid)
-      await Promise.all([...destinations].map((sid) => this.deps.pool.get(sid).syncLogged()))
+      const targets = [...destinations].map((sid) => this.deps.pool.get(sid))
+      const losses = targets.map((s) => s.writeLosses)
+      const lanes = await Promise.allSettled(Array.from({ length: COPY_LANES }, lane))
+      for (const l of lanes) if (l.status === 'rejected') throw l.reason
+      await Promise.all(targets.map((s) => s.syncLogged()))
+      // A copy a restarted storage server may have lost must not be switched to (errseq).
+      targets.forEach((s, i) => s.lossesSince(losses[i]!, `copies of this group`))
       for (let n = 0; n < moves.length; n++) crashPoint('migration.copy')
       const dirty = this.dirty.get(v.volNo)
       const firstMoves = moves.map((m) => !this.retained.has(v.volNo, m.e))

@@ -154,10 +154,13 @@ export class VolumeExtents implements ExtentOps {
   async copy(from: ExtentEntry, to: ExtentEntry, style: CopyStyle, opts: { unsynced?: boolean } = {}): Promise<number> {
     const mover = this.mover
     if (!mover) throw new VvfsError('INTERNAL', `volume ${this.volNo} was built without a chunk mover`)
+    const targets = [...entrySystems(to)].map((sid) => this.pool.get(sid))
+    const losses = targets.map((s) => s.writeLosses)
     let bytes = 0
     for (const g of copyPairs(from, to)) bytes += await mover.copy({ ...g, style })
     if (opts.unsynced) return bytes
-    await Promise.all([...entrySystems(to)].map((sid) => this.pool.get(sid).syncLogged()))
+    await Promise.all(targets.map((s) => s.syncLogged()))
+    targets.forEach((s, i) => s.lossesSince(losses[i]!, `the copy of extent data`))
     return bytes
   }
 

@@ -38,7 +38,7 @@ import { decodeExtentRecord, isExtentKey, isRetainedKey, volumeKeyKinds, volumeO
 import type { MapMirror, MapStore } from './map-store.js'
 
 /** What the log needs of a remote store: RemoteChunkStore's map-log calls. */
-export type MapLogServer = Pick<RemoteChunkStore, 'appendMapRecords' | 'readMapRecords'>
+export type MapLogServer = Pick<RemoteChunkStore, 'appendMapRecords' | 'readMapRecords' | 'writeLosses'>
 
 export interface MapLogRouting {
   /** The server keeping a volume's map log; null: the volume has none (its records stay local). */
@@ -62,8 +62,8 @@ function volumePrefix(volNo: number): Buffer {
 
 export class VolumeMapLog implements MapMirror {
   private seq = 0
-  /** Logs with an append answered since a sync of theirs was sent. */
-  private readonly unsynced = new Set<MapLogServer>()
+  /** Logs with an append answered since a sync of theirs was sent, each with its writeLosses before the first of those appends (errseq). */
+  private readonly unsynced = new Map<MapLogServer, number>()
   /** Syncs sent and not answered yet: a later sync() waits for them too (they may cover appends it must). */
   private readonly syncing = new Set<Promise<void>>()
 
@@ -85,9 +85,10 @@ export class VolumeMapLog implements MapMirror {
     const seq = ++this.seq
     await Promise.all(
       [...byLog].map(async ([log, recs]) => {
+        const losses = log.writeLosses
         await log.appendMapRecords(seq, recs, false)
         // Once answered (applied on the server): a sync sent from now on covers it; one already sent may not.
-        this.unsynced.add(log)
+        this.unsynced.set(log, Math.min(losses, this.unsynced.get(log) ?? losses))
       }),
     )
   }
@@ -103,20 +104,23 @@ export class VolumeMapLog implements MapMirror {
     const earlier = [...this.syncing]
     const logs = [...this.unsynced]
     this.unsynced.clear()
-    const results = await Promise.allSettled([...earlier, ...logs.map((log) => this.syncLog(log))])
+    const results = await Promise.allSettled([...earlier, ...logs.map(([log, losses]) => this.syncLog(log, losses))])
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
     if (failed) {
       const err = failed.reason as unknown
       throw err instanceof VvfsError ? err : new VvfsError('IO_ERROR', `map log sync failed: ${(err as Error).message}`, { cause: err })
     }
+    // The log server's machine restarted before the sync: appends answered before it may be gone (reported once, as errseq).
+    if (logs.some(([log, losses]) => log.writeLosses > losses))
+      throw new VvfsError('IO_ERROR', `map records may have been lost: a map log server's machine restarted before a sync covered them`, { details: { reason: 'writes-lost' } })
   }
 
-  private syncLog(log: MapLogServer): Promise<void> {
+  private syncLog(log: MapLogServer, losses: number): Promise<void> {
     const sent: Promise<void> = log.appendMapRecords(++this.seq, [], true).then(
       () => void this.syncing.delete(sent),
       (err: unknown) => {
         this.syncing.delete(sent)
-        this.unsynced.add(log) // what it was to cover is synced by the next sync()
+        this.unsynced.set(log, Math.min(losses, this.unsynced.get(log) ?? losses)) // what it was to cover is synced by the next sync()
         throw err
       },
     )

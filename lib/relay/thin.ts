@@ -135,8 +135,12 @@ export class ThinLayer implements ChunkLayer {
   /** Whole extents whose first record is still being written. */
   private readonly recording = new Map<number, Promise<void>>()
   private readonly maintenance = new Map<number, Promise<void>>()
-  /** Storage systems written (data, deletions, clears) since the last flush. */
-  private readonly written = new Map<StorageSystem, number>()
+  /**
+   * Storage systems written (data, deletions, clears) since the last flush:
+   * the mark of the latest note, and the system's writeLosses when it was
+   * first noted (errseq: a loss after that is this volume's to report).
+   */
+  private readonly written = new Map<StorageSystem, { mark: number; losses: number }>()
   private marks = 0
   /** The chunk after the last write planned, and the length of the sequential run it ended (the allocation policy's run). */
   private runEnd = -1
@@ -254,9 +258,22 @@ export class ThinLayer implements ChunkLayer {
     // write here had completed has ended (writing() notes a write again when
     // it settles): a second flush meanwhile syncs it too (joining the running
     // sync when that covers its writes), never skips it.
-    const marked = [...this.written]
-    await Promise.all(marked.map(([system]) => system.sync()))
-    for (const [system, mark] of marked) if (this.written.get(system) === mark) this.written.delete(system)
+    const marked = [...this.written].map(([system, w]) => ({ system, w, mark: w.mark }))
+    await Promise.all(marked.map(({ system }) => system.sync()))
+    // A storage server's machine that restarted before these syncs may have
+    // taken writes of this volume with it: reported to this flush, once
+    // (errseq), whichever volume's sync first met the restart.
+    let lost: unknown = null
+    for (const { system, w, mark } of marked) {
+      try {
+        system.lossesSince(w.losses, `writes of this volume`)
+      } catch (err) {
+        lost ??= err
+      }
+      w.losses = system.writeLosses
+      if (w.mark === mark && this.written.get(system) === w) this.written.delete(system)
+    }
+    if (lost) throw lost
     await this.maps.sync()
   }
 
@@ -637,8 +654,12 @@ export class ThinLayer implements ChunkLayer {
    * fsynced file; test/relay/concurrent-flush.test.ts).
    */
   writing<T>(system: StorageSystem, op: (system: StorageSystem) => Promise<T>): Promise<T> {
-    this.written.set(system, ++this.marks)
-    const note = () => void this.written.set(system, ++this.marks)
+    const note = () => {
+      const w = this.written.get(system)
+      if (w) w.mark = ++this.marks
+      else this.written.set(system, { mark: ++this.marks, losses: system.writeLosses })
+    }
+    note()
     const work = op(system)
     work.then(note, note)
     return work

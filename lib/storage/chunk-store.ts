@@ -89,6 +89,16 @@ export interface ChunkStore {
   /** Makes every logged batch completed before the call durable; with flushUnlogged also the unlogged ones. */
   sync(opts?: { flushUnlogged?: boolean; token?: number }): Promise<void>
   /**
+   * How many times batches this store acknowledged and no sync had covered
+   * may have been lost while the store itself lives on (a storage server
+   * whose machine restarted); absent: never. A sync does not report such a
+   * loss: it is the writer's to hear, as Linux's errseq_t gives a failed
+   * write-back to each file that wrote — the writer notes this count before
+   * its first write since its own last sync and, after syncing, fails if it
+   * moved (StorageSystem.lossesSince).
+   */
+  readonly writeLosses?: number
+  /**
    * Only when capabilities.compaction: rewrites the files holding chunk data
    * so that space taken by overwritten and deleted chunks is given back to
    * the file system. Changes no chunk's contents and makes nothing less

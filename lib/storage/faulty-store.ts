@@ -57,6 +57,10 @@ export class FaultyStore implements ChunkStore {
     return this.inner.sync(opts)
   }
 
+  get writeLosses(): number | undefined {
+    return this.inner.writeLosses
+  }
+
   close(): Promise<void> {
     return this.inner.close()
   }

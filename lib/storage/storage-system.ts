@@ -192,6 +192,21 @@ export class StorageSystem implements DataLog {
     return this.logged.pending
   }
 
+  /**
+   * errseq (ChunkStore.writeLosses): the store's count of possible losses of
+   * acknowledged, unsynced writes. A writer notes it before its first write
+   * since its own last sync; after its sync, lossesSince says whether what
+   * it wrote in between may be gone.
+   */
+  get writeLosses(): number {
+    return this.store.writeLosses ?? 0
+  }
+
+  /** IO_ERROR when writes made after `seen` (a writeLosses noted before them) may have been lost; call after the sync that was to make them durable. */
+  lossesSince(seen: number, what: string): void {
+    if (this.writeLosses > seen) throw new VvfsError('IO_ERROR', `storage system ${this.name}: ${what} may have been lost (the storage server's machine restarted before a sync covered them)`, { details: { reason: 'writes-lost', storage: this.name } })
+  }
+
   /** Whether unlogged writes no sync has covered yet sit in a memtable (a kill -9 would lose them). */
   get holdsUnsyncedUnlogged(): boolean {
     return this.lastUnlogged > this.writes.durable

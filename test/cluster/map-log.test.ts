@@ -94,6 +94,7 @@ describe('map log on a storage server', () => {
         await done
       },
       readMapRecords: async () => [],
+      writeLosses: 0,
     }
     const log = new VolumeMapLog({ logOf: () => server, jobVolume: () => undefined })
     const settled = (p: Promise<void>) => {
@@ -123,5 +124,23 @@ describe('map log on a storage server', () => {
     syncs[1]!.release()
     await tick()
     expect(fourth.done).toBe(true)
+  })
+
+  it('map records a restart of the log server\'s machine may have taken fail the sync that was to make them durable, once (errseq)', async () => {
+    // The remote store counts a machine restart that came while appends were unsynced (RemoteChunkStore.writeLosses).
+    const server = { appendMapRecords: async () => {}, readMapRecords: async () => [], writeLosses: 0 }
+    const log = new VolumeMapLog({ logOf: () => server, jobVolume: () => undefined })
+    await log.append([{ key: extentKey(1, 0), value: Buffer.from('a') }])
+    server.writeLosses++
+    await expect(log.sync()).rejects.toMatchObject({ code: 'IO_ERROR', details: { reason: 'writes-lost' } })
+    await log.sync() // reported once
+    // Appended after the restart: synced as usual.
+    await log.append([{ key: extentKey(1, 1), value: Buffer.from('b') }])
+    await log.sync()
+    // Synced before a restart: nothing of it to report.
+    await log.append([{ key: extentKey(1, 2), value: Buffer.from('c') }])
+    await log.sync()
+    server.writeLosses++
+    await log.sync()
   })
 })

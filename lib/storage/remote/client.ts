@@ -176,8 +176,11 @@ export class RemoteChunkStore implements ChunkStore {
   private lastReply: IdentityReply | null = null
   /** A batch was acknowledged that no sync has covered since. */
   private unsynced = false
-  /** The server's machine restarted while `unsynced`: the next sync fails with IO_ERROR. */
-  private lostSinceSync = false
+  /** A map record was appended that no syncing append has covered since (counted like `applies`). */
+  private mapUnsynced = false
+  private mapAppends = 0
+  /** ChunkStore.writeLosses: the server's machine restarted while `unsynced` or `mapUnsynced`. */
+  private losses = 0
   /** Counts batches begun and answered: a sync covers `unsynced` only if none moved while it ran. */
   private applies = 0
   /**
@@ -371,7 +374,7 @@ export class RemoteChunkStore implements ChunkStore {
     this.retained.push({ seq: ++this.acked, body })
     this.retainedBytesNow += body.length
     if (this.retainedBytesNow >= this.retainFlushBytes && !this.flushing) {
-      // Not this.sync(): the caller's next sync must still report a machine restart (lostSinceSync), and only it.
+      // A flushing sync of the store's own, beside its callers' syncs (a machine restart is theirs to hear: writeLosses).
       const acked = this.acked
       this.flushing = this.call(Op.SYNC, encodeSync(true, this.epoch), Date.now() + this.deadlineMs)
         .then(() => this.release(acked))
@@ -429,10 +432,11 @@ export class RemoteChunkStore implements ChunkStore {
     // A retry of the sync on a restarted server went after the replay of the kept batches (call → check), so it covers them too.
     if (opts.flushUnlogged === true) this.release(acked)
     if (this.applies === applies) this.unsynced = false
-    if (this.lostSinceSync) {
-      this.lostSinceSync = false
-      throw new VvfsError('IO_ERROR', `remote storage ${this.opts.name}: the server's machine restarted; writes acknowledged before it and not synced may be lost`)
-    }
+  }
+
+  /** See ChunkStore.writeLosses: each writer whose unsynced writes a machine restart may have taken hears of it at its own next sync, not only the first to sync. */
+  get writeLosses(): number {
+    return this.losses
   }
 
   /** Raises the server's fence to `token` (FENCED if it is already higher); returns the fence now. Mutations from here on carry it. */
@@ -459,6 +463,11 @@ export class RemoteChunkStore implements ChunkStore {
   async appendMapRecords(seq: number, records: MapLogRecord[], sync: boolean): Promise<void> {
     this.checkOpen()
     const end = Date.now() + this.deadlineMs
+    if (records.length > 0) {
+      this.mapUnsynced = true // before: a restart may come between the server's answer and ours
+      this.mapAppends++
+    }
+    const appends = this.mapAppends
     let part: MapLogRecord[] = []
     let bytes = 0
     for (const r of records) {
@@ -471,6 +480,7 @@ export class RemoteChunkStore implements ChunkStore {
       bytes += appendedBytes(r)
     }
     if (part.length > 0 || sync) await this.call(Op.MAP_APPEND, encodeMapAppend({ token: this.epoch, seq, sync, records: part }), end)
+    if (sync && this.mapAppends === appends) this.mapUnsynced = false
   }
 
   /** Every map record under `prefix`, in key order (paged by MAP_READ_MAX_BYTES). */
@@ -532,9 +542,9 @@ export class RemoteChunkStore implements ChunkStore {
           const reply = decodeIdentityReply(b)
           if (reply.identity.sid !== this.opts.sid || reply.identity.chunkSize !== CHUNK_SIZE)
             throw new VvfsError('STORAGE_PATH_IN_USE', `${this.capabilities.location} holds storage system ${reply.identity.name} (id ${reply.identity.sid}), not ${this.opts.name}`)
-          if (this.lastReply && !this.lastReply.boot.equals(reply.boot) && this.unsynced) {
-            // The server's machine restarted with batches no sync covered: they may be gone. The next sync says so.
-            this.lostSinceSync = true
+          if (this.lastReply && !this.lastReply.boot.equals(reply.boot) && (this.unsynced || this.mapUnsynced)) {
+            // The server's machine restarted with batches or map records no sync covered: they may be gone. Each writer's next sync says so (writeLosses).
+            this.losses++
             this.opts.log.error({ event: 'storage.remote.rebooted', storage: this.opts.name }, `remote storage ${this.opts.name}: the server's machine restarted; writes since the last sync may be lost`)
           }
           // A restarted server process (or one that does not say which it is) lost the unlogged batches no flushing sync covered.
