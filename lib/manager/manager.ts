@@ -1146,6 +1146,10 @@ export class Manager implements HostView {
         return store
       },
       jobVolume: (jobNo) => this.catalog.read().data.jobs.find((j) => j.id === jobNo)?.volNos[0],
+      // Each open description of the volume hears it at its next fsync, whoever's sync met it.
+      writesLost: (volNo, err) => {
+        for (const h of this.handles.values()) if (h.record.no === volNo) h.volume.writeBackFailed(err)
+      },
     })
     this.mapLogs = log
     return log

@@ -45,6 +45,18 @@ export interface MapLogRouting {
   logOf(volNo: number): MapLogServer | null
   /** The volume a job works on (its progress key names only the job). */
   jobVolume(jobNo: number): number | undefined
+  /**
+   * Records of the volume a sync was to make durable may have been lost (the
+   * log server's machine restarted first): the volume's hosts are to hear it,
+   * whoever's sync met it (the manager counts it as a failed write-back).
+   */
+  writesLost?(volNo: number, err: VvfsError): void
+}
+
+/** Appends answered since a sync of their log was sent: the log's writeLosses before the first of them (errseq), and whose records they were. */
+interface Unsynced {
+  losses: number
+  volumes: Set<number>
 }
 
 function logKey(volNo: number, key: Buffer): Buffer {
@@ -62,33 +74,33 @@ function volumePrefix(volNo: number): Buffer {
 
 export class VolumeMapLog implements MapMirror {
   private seq = 0
-  /** Logs with an append answered since a sync of theirs was sent, each with its writeLosses before the first of those appends (errseq). */
-  private readonly unsynced = new Map<MapLogServer, number>()
+  /** Logs with an append answered since a sync of theirs was sent. */
+  private readonly unsynced = new Map<MapLogServer, Unsynced>()
   /** Syncs sent and not answered yet: a later sync() waits for them too (they may cover appends it must). */
   private readonly syncing = new Set<Promise<void>>()
 
   constructor(private readonly routing: MapLogRouting) {}
 
   async append(records: { key: Buffer; value: Buffer | null }[]): Promise<void> {
-    const byLog = new Map<MapLogServer, MapLogRecord[]>()
+    const byLog = new Map<MapLogServer, { recs: MapLogRecord[]; volumes: Set<number> }>()
     for (const r of records) {
       const volNo = volumeOfKey(r.key, (jobNo) => this.routing.jobVolume(jobNo))
       if (volNo === undefined) continue
       const log = this.routing.logOf(volNo)
       if (!log) continue
-      const list = byLog.get(log)
-      const rec = { key: logKey(volNo, r.key), value: r.value }
-      if (list) list.push(rec)
-      else byLog.set(log, [rec])
+      let to = byLog.get(log)
+      if (!to) byLog.set(log, (to = { recs: [], volumes: new Set() }))
+      to.recs.push({ key: logKey(volNo, r.key), value: r.value })
+      to.volumes.add(volNo)
     }
     if (byLog.size === 0) return
     const seq = ++this.seq
     await Promise.all(
-      [...byLog].map(async ([log, recs]) => {
+      [...byLog].map(async ([log, to]) => {
         const losses = log.writeLosses
-        await log.appendMapRecords(seq, recs, false)
+        await log.appendMapRecords(seq, to.recs, false)
         // Once answered (applied on the server): a sync sent from now on covers it; one already sent may not.
-        this.unsynced.set(log, Math.min(losses, this.unsynced.get(log) ?? losses))
+        this.noteUnsynced(log, { losses, volumes: to.volumes })
       }),
     )
   }
@@ -104,23 +116,38 @@ export class VolumeMapLog implements MapMirror {
     const earlier = [...this.syncing]
     const logs = [...this.unsynced]
     this.unsynced.clear()
-    const results = await Promise.allSettled([...earlier, ...logs.map(([log, losses]) => this.syncLog(log, losses))])
+    const results = await Promise.allSettled([...earlier, ...logs.map(([log, u]) => this.syncLog(log, u))])
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
     if (failed) {
       const err = failed.reason as unknown
       throw err instanceof VvfsError ? err : new VvfsError('IO_ERROR', `map log sync failed: ${(err as Error).message}`, { cause: err })
     }
-    // The log server's machine restarted before the sync: appends answered before it may be gone (reported once, as errseq).
-    if (logs.some(([log, losses]) => log.writeLosses > losses))
-      throw new VvfsError('IO_ERROR', `map records may have been lost: a map log server's machine restarted before a sync covered them`, { details: { reason: 'writes-lost' } })
+    // The log server's machine restarted before the sync: appends answered
+    // before it may be gone. This sync fails, and every volume whose records
+    // they were is told (errseq: this caller may be another volume's flush).
+    const lost = logs.filter(([log, u]) => log.writeLosses > u.losses)
+    if (lost.length === 0) return
+    const err = new VvfsError('IO_ERROR', `map records may have been lost: a map log server's machine restarted before a sync covered them`, { details: { reason: 'writes-lost' } })
+    for (const [, u] of lost) for (const volNo of u.volumes) this.routing.writesLost?.(volNo, err)
+    throw err
   }
 
-  private syncLog(log: MapLogServer, losses: number): Promise<void> {
+  /** Adds appends answered (or a failed sync's) to what the next sync of `log` covers. */
+  private noteUnsynced(log: MapLogServer, u: Unsynced): void {
+    const had = this.unsynced.get(log)
+    if (!had) this.unsynced.set(log, { losses: u.losses, volumes: new Set(u.volumes) })
+    else {
+      had.losses = Math.min(had.losses, u.losses)
+      for (const v of u.volumes) had.volumes.add(v)
+    }
+  }
+
+  private syncLog(log: MapLogServer, u: Unsynced): Promise<void> {
     const sent: Promise<void> = log.appendMapRecords(++this.seq, [], true).then(
       () => void this.syncing.delete(sent),
       (err: unknown) => {
         this.syncing.delete(sent)
-        this.unsynced.set(log, Math.min(losses, this.unsynced.get(log) ?? losses)) // what it was to cover is synced by the next sync()
+        this.noteUnsynced(log, u) // what it was to cover is synced by the next sync()
         throw err
       },
     )

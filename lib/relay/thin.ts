@@ -141,6 +141,8 @@ export class ThinLayer implements ChunkLayer {
    * first noted (errseq: a loss after that is this volume's to report).
    */
   private readonly written = new Map<StorageSystem, { mark: number; losses: number }>()
+  /** Told of every loss a flush finds (the stack builder: the Volume counts it for each open description). */
+  writesLost: (err: unknown) => void = () => {}
   private marks = 0
   /** The chunk after the last write planned, and the length of the sequential run it ended (the allocation policy's run). */
   private runEnd = -1
@@ -273,7 +275,10 @@ export class ThinLayer implements ChunkLayer {
       w.losses = system.writeLosses
       if (w.mark === mark && this.written.get(system) === w) this.written.delete(system)
     }
-    if (lost) throw lost
+    if (lost) {
+      this.writesLost(lost)
+      throw lost
+    }
     await this.maps.sync()
   }
 
@@ -575,6 +580,7 @@ export class ThinLayer implements ChunkLayer {
     const placement = this.pool.allocateSlot(this.placement())
     if (!placement) return
     const whole: WholeExtent = { kind: 'whole', sid: placement.system.sid, slot: placement.address }
+    const losses = placement.system.writeLosses
     try {
       await this.writing(placement.system, (s) => s.clearSlot(whole.slot))
       const buf = Buffer.allocUnsafe(EXTENT_SIZE)
@@ -585,6 +591,8 @@ export class ThinLayer implements ChunkLayer {
       // sync it before the batch too; syncing here first means a failed
       // sync only frees the slot, with no record written either way).
       await placement.system.syncLogged()
+      // Not switched to a copy a restart of the server's machine may have taken: the fragments stay (errseq).
+      placement.system.lossesSince(losses, `the promoted copy of extent ${extent}`)
     } catch (err) {
       this.pool.releaseSlot(whole.sid, whole.slot)
       throw err

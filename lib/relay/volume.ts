@@ -44,6 +44,11 @@ export interface ErrorCursor {
   seen: number
 }
 
+/** A flush's error saying acknowledged writes were lost below (StorageSystem.lossesSince, the map log): counted by writeBackFailed. */
+export function isWritesLost(err: unknown): boolean {
+  return err instanceof VvfsError && err.details?.reason === 'writes-lost'
+}
+
 export class Volume {
   readonly locks: RangeLock
   /** Acknowledged writes still being stored. */
@@ -234,7 +239,25 @@ export class Volume {
 
   async flush(cursor?: ErrorCursor): Promise<void> {
     await this.drain(cursor)
-    await this.lower.flush()
+    try {
+      await this.lower.flush()
+    } catch (err) {
+      // Counted by writeBackFailed (the layer that found it): reported below, once to each description.
+      if (!isWritesLost(err)) throw err
+    }
+    await this.drain(cursor)
+  }
+
+  /**
+   * Acknowledged writes found lost below the volume after they were stored
+   * (a storage server's machine restarted before a sync covered them: the
+   * thin layer's and the map log's errseq). Counted as a failed write-back,
+   * so every open description hears it once at its next flush or fsync —
+   * whoever's flush (another description's close, a journal trim) met it.
+   */
+  writeBackFailed(err: unknown): void {
+    this.failures++
+    this.lastFailure = err
   }
 
   /** [offset, offset + length) was read from a copy above the relay (lib/fuse's read cache). */

@@ -143,4 +143,20 @@ describe('map log on a storage server', () => {
     server.writeLosses++
     await log.sync()
   })
+
+  it('every volume whose map records a restart may have taken is told (its hosts\' next fsync), whoever\'s sync met it; a volume with nothing unsynced is not', async () => {
+    const server = { appendMapRecords: async () => {}, readMapRecords: async () => [], writeLosses: 0 }
+    const told: number[] = []
+    const log = new VolumeMapLog({ logOf: () => server, jobVolume: () => undefined, writesLost: (volNo) => told.push(volNo) })
+    await log.append([{ key: extentKey(3, 0), value: Buffer.from('c') }])
+    await log.sync() // volume 3's records are durable
+    await log.append([
+      { key: extentKey(1, 0), value: Buffer.from('a') },
+      { key: extentKey(2, 0), value: Buffer.from('b') },
+    ])
+    server.writeLosses++
+    // A background sync (a release, a job's progress) meets it first: both volumes are told all the same.
+    await expect(log.sync()).rejects.toMatchObject({ code: 'IO_ERROR' })
+    expect(told.sort()).toEqual([1, 2])
+  })
 })

@@ -34,6 +34,8 @@ class RestartingStore implements ChunkStore {
   writeLosses = 0
   /** Called at the start of every sync (a test restarts the machine there: the sync's reconnect meets the new boot). */
   beforeSync: (() => void) | null = null
+  /** Called with every batch before it is applied. */
+  onApply: ((batch: ChunkBatch) => void) | null = null
   constructor(private inner: MemoryChunkStore) {}
   get identity() {
     return this.inner.identity
@@ -53,6 +55,7 @@ class RestartingStore implements ChunkStore {
     return this.inner.readMany(pcas)
   }
   apply(batch: ChunkBatch) {
+    this.onApply?.(batch)
     return this.inner.apply(batch)
   }
   stored(first: number, count: number, limit?: number) {
@@ -85,14 +88,26 @@ async function threeVolumes() {
   const volumes = [1, 2, 3].map((volNo) => buildVolumeStack({ volNo, size: 4 * EXTENT_SIZE, pool, maps, mover: new InlineChunkMover((sid) => pool.get(sid)), readAhead: false }))
   closers.push(async () => {
     for (const v of volumes) {
-      await v.volume.drain()
+      await v.volume.drain().catch(() => undefined) // a loss the test's own cursors heard
       await v.thin.settle()
       v.thin.close()
     }
     for (const s of pool.list()) await s.close()
     await maps.close()
   })
-  return { store, volumes: volumes.map((v) => v.volume) }
+  return { store, stacks: volumes, volumes: volumes.map((v) => v.volume) }
+}
+
+/** Restarts the store's machine at the next sync after `arm` returned true for a batch. */
+function restartAtSyncAfter(store: RestartingStore, arm: (batch: ChunkBatch) => boolean): void {
+  store.onApply = (batch) => {
+    if (!arm(batch)) return
+    store.onApply = null
+    store.beforeSync = () => {
+      store.beforeSync = null
+      store.restartMachine()
+    }
+  }
 }
 
 describe('writes a restart of a storage server\'s machine may have taken', () => {
@@ -118,6 +133,47 @@ describe('writes a restart of a storage server\'s machine may have taken', () =>
     await b.flush()
     await c.write(CHUNK_SIZE, Buffer.alloc(CHUNK_SIZE, 0xc2))
     await c.flush()
+  })
+
+  it('the writer hears it at its fsync even when another description\'s close, or a flush below the volume (a journal trim), met the loss first', async () => {
+    const { store, stacks } = await threeVolumes()
+    const { volume, thin } = stacks[0]!
+    const writer = { seen: 0 }
+    const reader = { seen: 0 }
+    const trimmed = { seen: 0 }
+    await volume.write(0, Buffer.alloc(CHUNK_SIZE, 0xaa))
+    await volume.drain()
+    store.restartMachine()
+    // A reader's close (FUSE flush) comes first: it is told too (it shares the file), and it must not take the error from the writer.
+    await expect(volume.flush(reader)).rejects.toMatchObject({ code: 'IO_ERROR', details: { reason: 'writes-lost' } })
+    await expect(volume.flush(writer)).rejects.toMatchObject({ code: 'IO_ERROR', details: { reason: 'writes-lost' } })
+    // Once to each.
+    await volume.flush(writer)
+    await volume.flush(reader)
+
+    // A flush below the volume (the journal's dataDurableThrough) meets the next loss first.
+    await volume.write(0, Buffer.alloc(CHUNK_SIZE, 0xab))
+    await volume.drain(writer)
+    store.restartMachine()
+    await expect(thin.flush()).rejects.toMatchObject({ code: 'IO_ERROR' })
+    await expect(volume.flush(writer)).rejects.toMatchObject({ code: 'IO_ERROR', details: { reason: 'writes-lost' } })
+    await expect(volume.flush(trimmed)).rejects.toMatchObject({ code: 'IO_ERROR' }) // a description that never looked hears the latest once
+    await volume.flush(trimmed)
+    await volume.flush(writer)
+  })
+
+  it('an extent\'s promotion into a whole slot is not switched to a copy the restart may have taken: the fragments stay mapped', async () => {
+    const { store, stacks } = await threeVolumes()
+    const { volume, thin, map } = stacks[0]!
+    const failures: { what: string; err: unknown }[] = []
+    thin.onFailure = (f) => failures.push(f)
+    // 64 single-chunk writes make the extent due for promotion; the machine restarts as the promotion's copy (one batch of 64 chunks) is synced.
+    restartAtSyncAfter(store, (batch) => (batch.writes?.length ?? 0) >= 64)
+    for (let c = 0; c < 64; c++) await volume.write(c * CHUNK_SIZE, Buffer.alloc(CHUNK_SIZE, c + 1))
+    await volume.flush().catch(() => undefined) // the host's fsync may meet the restart too
+    await thin.settle()
+    expect(failures.map((f) => [f.what, (f.err as { details?: { reason?: string } }).details?.reason])).toEqual([['promote', 'writes-lost']])
+    expect(map.get(0)?.kind).toBe('fragments')
   })
 
   it('a migration never switches to a copy the restart may have taken: it stops on the error and, resumed, ends whole', async () => {

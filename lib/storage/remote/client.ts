@@ -480,7 +480,10 @@ export class RemoteChunkStore implements ChunkStore {
       bytes += appendedBytes(r)
     }
     if (part.length > 0 || sync) await this.call(Op.MAP_APPEND, encodeMapAppend({ token: this.epoch, seq, sync, records: part }), end)
-    if (sync && this.mapAppends === appends) this.mapUnsynced = false
+    // Counted again once answered (as `applies`): a syncing append answered between the parts of a long one must not clear it.
+    if (records.length > 0) this.mapAppends++
+    // A syncing append covers what was answered before it, if no other append began or ended meanwhile.
+    if (sync && this.mapAppends === appends + (records.length > 0 ? 1 : 0)) this.mapUnsynced = false
   }
 
   /** Every map record under `prefix`, in key order (paged by MAP_READ_MAX_BYTES). */
