@@ -71,6 +71,7 @@ import type { ExtentOps, PlacementRule } from '../relay/extent-ops.js'
 import { decodeProgress, encodeProgress, progressKey } from '../relay/key-space.js'
 import type { MapStore } from '../relay/map-store.js'
 import type { Pool } from '../storage/pool.js'
+import { writeDurably } from '../storage/storage-system.js'
 import { CopyBitmap } from './bitmap.js'
 import type { JobRecord, JobResult, JobStatus } from './job.js'
 import type { MigrateLayer } from './layer.js'
@@ -454,13 +455,11 @@ export class MigrationRunner {
       // Every lane runs to its end before the group fails: no copy is left writing into space forgotten below.
       const destinations = new Set<number>()
       for (const m of moves) for (const sid of entrySystems(m.next)) destinations.add(sid)
-      const targets = [...destinations].map((sid) => this.deps.pool.get(sid))
-      const losses = targets.map((s) => s.writeLosses)
-      const lanes = await Promise.allSettled(Array.from({ length: COPY_LANES }, lane))
-      for (const l of lanes) if (l.status === 'rejected') throw l.reason
-      await Promise.all(targets.map((s) => s.syncLogged()))
       // A copy a restarted storage server may have lost must not be switched to (errseq).
-      targets.forEach((s, i) => s.lossesSince(losses[i]!, `copies of this group`))
+      await writeDurably([...destinations].map((sid) => this.deps.pool.get(sid)), 'copies of this group', async () => {
+        const lanes = await Promise.allSettled(Array.from({ length: COPY_LANES }, lane))
+        for (const l of lanes) if (l.status === 'rejected') throw l.reason
+      })
       for (let n = 0; n < moves.length; n++) crashPoint('migration.copy')
       const dirty = this.dirty.get(v.volNo)
       const firstMoves = moves.map((m) => !this.retained.has(v.volNo, m.e))

@@ -30,7 +30,7 @@ import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE, forEachExtent } from '../layout
 import type { ChunkMover } from '../storage/chunk-mover.js'
 import type { CopyStyle } from '../storage/chunk-copy.js'
 import type { Pool } from '../storage/pool.js'
-import type { StorageSystem } from '../storage/storage-system.js'
+import { writeDurably, type StorageSystem } from '../storage/storage-system.js'
 import { entryChunks, entrySystems, markSpace, releaseSpace, type ExtentEntry, type Fragment } from './extent-entry.js'
 import type { MapPut } from './map-store.js'
 import type { RangeLock } from './range-lock.js'
@@ -154,14 +154,13 @@ export class VolumeExtents implements ExtentOps {
   async copy(from: ExtentEntry, to: ExtentEntry, style: CopyStyle, opts: { unsynced?: boolean } = {}): Promise<number> {
     const mover = this.mover
     if (!mover) throw new VvfsError('INTERNAL', `volume ${this.volNo} was built without a chunk mover`)
-    const targets = [...entrySystems(to)].map((sid) => this.pool.get(sid))
-    const losses = targets.map((s) => s.writeLosses)
-    let bytes = 0
-    for (const g of copyPairs(from, to)) bytes += await mover.copy({ ...g, style })
-    if (opts.unsynced) return bytes
-    await Promise.all(targets.map((s) => s.syncLogged()))
-    targets.forEach((s, i) => s.lossesSince(losses[i]!, `the copy of extent data`))
-    return bytes
+    const copy = async () => {
+      let bytes = 0
+      for (const g of copyPairs(from, to)) bytes += await mover.copy({ ...g, style })
+      return bytes
+    }
+    if (opts.unsynced) return copy()
+    return writeDurably([...entrySystems(to)].map((sid) => this.pool.get(sid)), 'the copy of extent data', copy)
   }
 
   async switchExtent(extent: number, expected: ExtentEntry, next: ExtentEntry, extra: MapPut[] = []): Promise<void> {

@@ -68,7 +68,7 @@
 import { VvfsError } from '../errors.js'
 import { CHUNK_SIZE, EXTENT_CHUNKS, EXTENT_SIZE, forEachExtent, forEachHeldExtent, isZeroChunk } from '../layout.js'
 import type { Pool } from '../storage/pool.js'
-import type { ChunkWrite, StorageSystem } from '../storage/storage-system.js'
+import { writeDurably, type ChunkWrite, type StorageSystem } from '../storage/storage-system.js'
 import { acceptance, type Acceptance, type ChunkLayer, type Write } from './chunk-layer.js'
 import type { Fragment, FragmentedExtent, WholeExtent } from './extent-entry.js'
 import type { PlacementRule } from './extent-ops.js'
@@ -580,19 +580,18 @@ export class ThinLayer implements ChunkLayer {
     const placement = this.pool.allocateSlot(this.placement())
     if (!placement) return
     const whole: WholeExtent = { kind: 'whole', sid: placement.system.sid, slot: placement.address }
-    const losses = placement.system.writeLosses
     try {
-      await this.writing(placement.system, (s) => s.clearSlot(whole.slot))
-      const buf = Buffer.allocUnsafe(EXTENT_SIZE)
-      const chunks = [...entry.frags.keys()]
-      await this.readFragments(entry, 0, EXTENT_CHUNKS, buf, 0)
-      await placement.system.write(chunks.map((c) => ({ pca: whole.slot * EXTENT_CHUNKS + c, data: buf.subarray(c * CHUNK_SIZE, (c + 1) * CHUNK_SIZE) })))
       // Durable before the record that points at it (the MapStore would
       // sync it before the batch too; syncing here first means a failed
-      // sync only frees the slot, with no record written either way).
-      await placement.system.syncLogged()
-      // Not switched to a copy a restart of the server's machine may have taken: the fragments stay (errseq).
-      placement.system.lossesSince(losses, `the promoted copy of extent ${extent}`)
+      // sync only frees the slot, with no record written either way), and
+      // not switched to if a restart of the server's machine may have taken it.
+      await writeDurably([placement.system], `the promoted copy of extent ${extent}`, async () => {
+        await this.writing(placement.system, (s) => s.clearSlot(whole.slot))
+        const buf = Buffer.allocUnsafe(EXTENT_SIZE)
+        const chunks = [...entry.frags.keys()]
+        await this.readFragments(entry, 0, EXTENT_CHUNKS, buf, 0)
+        await placement.system.write(chunks.map((c) => ({ pca: whole.slot * EXTENT_CHUNKS + c, data: buf.subarray(c * CHUNK_SIZE, (c + 1) * CHUNK_SIZE) })))
+      })
     } catch (err) {
       this.pool.releaseSlot(whole.sid, whole.slot)
       throw err

@@ -360,3 +360,18 @@ export class StorageSystem implements DataLog {
     if (this.closed) throw new VvfsError('SHUTTING_DOWN', `storage system ${this.name} is closed`)
   }
 }
+
+/**
+ * Runs `write` (writes to `systems`), then makes what it wrote durable there
+ * with a log sync of each; IO_ERROR (writes-lost) if a restart of a storage
+ * server's machine may have taken it meanwhile (errseq: the counts are noted
+ * before `write` starts). For copies that a record will point at only once
+ * they are durable: a migration's, a promotion's.
+ */
+export async function writeDurably<T>(systems: StorageSystem[], what: string, write: () => Promise<T>): Promise<T> {
+  const losses = systems.map((s) => s.writeLosses)
+  const result = await write()
+  await Promise.all(systems.map((s) => s.syncLogged()))
+  systems.forEach((s, i) => s.lossesSince(losses[i]!, what))
+  return result
+}
