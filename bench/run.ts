@@ -7,6 +7,8 @@
  *   BENCH_ONLY=fio,ext4      sections to run: fio, ext4, mkfs, migration (default all)
  *   BENCH_TMP=/var/tmp       where the temp dir goes (default /var/tmp)
  *   BENCH_KEEP=1             keep the temp dir (logs, images) instead of removing it
+ *   BENCH_DAEMON_ARGS=...    more `vvfs daemon` arguments, e.g. "--memory 128M"
+ *   BENCH_NODE_FLAGS=...     more node flags for the daemon, e.g. --trace-gc
  *
  * Sections, in the order they run: mkfs (space of mkfs.ext4 on a 64 GiB thin
  * volume vs qcow2 — first, while the stores are quiet, so du measures only

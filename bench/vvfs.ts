@@ -39,6 +39,14 @@ export function benchNodeFlags(): string[] {
   return (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean)
 }
 
+/**
+ * BENCH_DAEMON_ARGS: more arguments for `vvfs daemon`, e.g. `--memory 128M`
+ * (the storage systems' memory budget, for a before/after of its default).
+ */
+export function benchDaemonArgs(): string[] {
+  return (process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filter(Boolean)
+}
+
 export class Vvfs {
   readonly socket: string
   /** How the daemon ended, once stopped: exit code or signal, and how long SIGTERM took. */
@@ -73,7 +81,7 @@ export class Vvfs {
     // BENCH_PERF (bench/replication.ts): JIT symbols for `perf record`.
     if (process.env.BENCH_PERF) prof.push('--perf-basic-prof-only-functions')
     prof.push(...benchNodeFlags())
-    const svc = startService(process.execPath, [...prof, VVFS_BIN, 'daemon', '--state', stateDir, '--mount', mountDir, '--log-level', 'warn', ...extraArgs], { logFile, env: cleanEnv(), cwd: dir })
+    const svc = startService(process.execPath, [...prof, VVFS_BIN, 'daemon', '--state', stateDir, '--mount', mountDir, '--log-level', 'warn', ...extraArgs, ...benchDaemonArgs()], { logFile, env: cleanEnv(), cwd: dir })
     const vvfs = new Vvfs(stateDir, mountDir, logPath, svc)
     vvfs.stopStep = cleanup.add(`stop vvfs daemon (pid ${svc.pid})`, async () => {
       await vvfs.quiesce()

@@ -11,6 +11,7 @@ import { Manager } from './manager/manager.js'
 import type { MountTimeouts } from './fuse/host-mount.js'
 import { VERSION } from './version.js'
 import { tuneGarbageCollector } from './gc-tuning.js'
+import { tuneMalloc } from './malloc-tuning.js'
 import { VvfsError } from './errors.js'
 import type { ClusterOptions } from './cluster/options.js'
 import { checkHttpAccess, parseHttpAddress, readToken, WebServer, type HttpAddress } from './http/server.js'
@@ -108,6 +109,7 @@ async function startWebView(manager: Manager, address: HttpAddress, token: strin
  */
 export async function runDaemon(opts: DaemonOptions): Promise<number> {
   tuneGarbageCollector()
+  tuneMalloc()
   const log = createLogger(opts.logLevel, opts.logFormat)
   let signalled: NodeJS.Signals | null = null
   let onStarted: ((running: RunningDaemon) => void) | null = null

@@ -43,3 +43,7 @@ run(bin('node-gyp'), gypArgs, join(root, 'native', 'peercred'))
 // The catalog's cross-process commit lock (native/flock: flock(2), which
 // Node lacks). The daemon refuses to start without it.
 run(bin('node-gyp'), gypArgs, join(root, 'native', 'flock'))
+// The allocator's settings (native/malloc: mallopt and malloc_trim, which
+// Node lacks; lib/malloc-tuning.ts says why). The daemon and storage
+// servers refuse to start without it.
+run(bin('node-gyp'), gypArgs, join(root, 'native', 'malloc'))

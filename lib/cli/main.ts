@@ -89,6 +89,14 @@ function poolText(p: Result<'pool.status'>): string {
   )
 }
 
+/** `status`'s memory line: the process, then the storage systems' budget and each one's share. */
+export function memoryLine(m: Result<'status'>['memory']): string {
+  const process = `${formatSize(m.rss)} resident (peak ${formatSize(m.peakRss)}), JS heap ${formatSize(m.heapUsed)} of ${formatSize(m.heapTotal)}`
+  if (m.stores === 0) return `${process}; storage budget ${formatSize(m.budget)}, no local storage systems`
+  const share = `${formatSize(m.writeBufferSize)} write buffers, ${formatSize(m.cacheSize)} caches`
+  return `${process}; storage budget ${formatSize(m.budget)} over ${m.stores} local systems (${share}${m.overBudget ? ', OVER the budget at their floors' : ''})`
+}
+
 function volumeText(v: Result<'volume.show'>, perExtent: boolean): string {
   const head = fields([
     ['name', v.name],
@@ -202,6 +210,7 @@ export function buildCli(rawArgs: string[]) {
           ['hosts', s.hosts],
           ['volumes', s.volumes],
           ['read cache', `${s.readCache.served} reads served, ${s.readCache.published} extents published`],
+          ['memory', memoryLine(s.memory)],
         ]),
       )
     })

@@ -20,13 +20,11 @@
  * removed: start fails with SOCKET_PATH_IN_USE.
  */
 import { EventEmitter } from 'node:events'
-import { existsSync } from 'node:fs'
 import { chmod, lstat, unlink } from 'node:fs/promises'
-import { createRequire } from 'node:module'
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
-import { dirname, join } from 'node:path'
 import { asVvfsError, isErrorCode, VvfsError, type ErrorCode } from '../errors.js'
 import type { Logger } from '../log.js'
+import { loadNativeAddon } from '../native-addon.js'
 import { METHODS, isMethodName, rpcCode, type CallContext, type Handlers, type VvfsEvent } from './schema.js'
 
 export const MAX_LINE = 1024 * 1024
@@ -51,14 +49,9 @@ interface PeerCred {
   gid: number
 }
 
-/** The SO_PEERCRED addon, found from lib/ (tests) or dist/lib/ (the daemon). */
+/** The SO_PEERCRED addon. */
 function loadPeerCred(): (fd: number) => PeerCred {
-  for (let dir = import.meta.dirname; ; dir = dirname(dir)) {
-    const file = join(dir, 'native', 'peercred', 'build', 'Release', 'peercred.node')
-    if (existsSync(file)) return (createRequire(import.meta.url)(file) as { peerCred: (fd: number) => PeerCred }).peerCred
-    if (dirname(dir) === dir) break
-  }
-  throw new VvfsError('NOT_SUPPORTED', 'the peer-credential check native/peercred is not built (run node scripts/build-native.mjs)')
+  return loadNativeAddon<{ peerCred: (fd: number) => PeerCred }>('peercred', 'the peer-credential check').peerCred
 }
 
 type Id = string | number | null

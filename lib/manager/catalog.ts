@@ -46,11 +46,10 @@
  * (the relay's MapStore).
  */
 import type { RemoteRecord } from '../storage/remote/systems.js'
-import { createRequire } from 'node:module'
-import { existsSync } from 'node:fs'
 import { open, readFile, type FileHandle } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { writeFileDurably } from '../durable-file.js'
+import { loadNativeAddon } from '../native-addon.js'
 import { VvfsError } from '../errors.js'
 import type { JobRecord } from '../migration/job.js'
 import { DEFAULT_POLICY, type ConsolidationPolicy } from '../migration/planner.js'
@@ -234,16 +233,6 @@ interface FlockAddon {
   unlock(fd: number): void
 }
 
-/** The flock addon, found from lib/ (tests) or dist/lib/ (the daemon). */
-function loadFlock(): FlockAddon {
-  for (let dir = import.meta.dirname; ; dir = dirname(dir)) {
-    const file = join(dir, 'native', 'flock', 'build', 'Release', 'flock.node')
-    if (existsSync(file)) return createRequire(import.meta.url)(file) as FlockAddon
-    if (dirname(dir) === dir) break
-  }
-  throw new VvfsError('NOT_SUPPORTED', 'the catalog lock native/flock is not built (run node scripts/build-native.mjs)')
-}
-
 let flock: FlockAddon | undefined
 
 export function deepFreeze<T>(value: T): Committed<T> {
@@ -303,7 +292,7 @@ export class FileCatalog extends SerialCatalog {
   }
 
   private async lock(): Promise<FileHandle> {
-    flock ??= loadFlock()
+    flock ??= loadNativeAddon<FlockAddon>('flock', 'the catalog lock')
     const file = await open(join(dirname(this.path), 'catalog.lock'), 'a', 0o600)
     const deadline = Date.now() + LOCK_WAIT_MS
     try {

@@ -11,6 +11,7 @@
  */
 import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
+import { readFileSync } from 'node:fs'
 import { mkdir, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { EventBody, EventType, FaultInfo, HostInfo, JobInfo, PoolStatus, StorageInfo, VolumeDetail, VolumeInfo, VvfsEvent } from '../control/schema.js'
@@ -391,7 +392,15 @@ export class Manager implements HostView {
       hosts: this.catalog.read().data.hosts.length,
       volumes: this.handles.size,
       readCache: (({ served, published }) => ({ served, published }))(readCache.stats()),
+      memory: this.memoryStatus(),
     }
+  }
+
+  /** `status`'s memory: the process's, and how the storage systems' budget is divided (issue 17). */
+  private memoryStatus() {
+    const { rss, heapUsed, heapTotal, external } = process.memoryUsage()
+    const { writeBufferSize, cacheSize, overBudget } = this.memory.currentShare()
+    return { rss, peakRss: peakRss(), heapUsed, heapTotal, external, budget: this.memory.bytes, stores: this.memory.size, writeBufferSize, cacheSize, overBudget }
   }
 
   // ---- storage systems
@@ -1337,6 +1346,16 @@ export class Manager implements HostView {
 
 /** Issue 15: how long `volume move` waits for the named relay to serve the volume before taking it back. */
 const HANDOVER_WAIT_MS = 10_000
+
+/** The process's highest resident memory (VmHWM of /proc/self/status, a few hundred bytes read from the kernel); 0 where there is none. */
+function peakRss(): number {
+  try {
+    const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(readFileSync('/proc/self/status', 'latin1'))
+    return m ? Number(m[1]) * 1024 : 0
+  } catch {
+    return 0
+  }
+}
 
 function percent(part: number, whole: number): number {
   return whole === 0 ? 0 : Math.round((1000 * part) / whole) / 10

@@ -7,6 +7,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { codeOf } from '../helpers/errors.js'
+import { DEFAULT_MEMORY_BUDGET, shareOf } from '../../lib/storage/memory-budget.js'
 import { cliFor, daemonForFile } from '../helpers/cli.js'
 
 const { daemon, vvfs } = daemonForFile()
@@ -23,6 +24,18 @@ describe('the vvfs CLI', () => {
     // Columns line up: every row starts its second column at the same place.
     const col = lines[0]!.indexOf('CAPACITY')
     for (const l of lines.slice(1)) expect(l[col - 1]).toBe(' ')
+  })
+
+  it("status shows the daemon's memory and how the storage systems' budget is divided among them", () => {
+    const s = JSON.parse(vvfs('status', '--json').out)
+    const m = s.memory
+    expect(m.heapUsed).toBeGreaterThan(0)
+    expect(m.heapTotal).toBeGreaterThanOrEqual(m.heapUsed)
+    expect(m.rss).toBeGreaterThan(m.heapUsed)
+    expect(m.peakRss).toBeGreaterThanOrEqual(m.rss)
+    const share = shareOf(DEFAULT_MEMORY_BUDGET, 2)
+    expect(m).toMatchObject({ budget: DEFAULT_MEMORY_BUDGET, stores: 2, writeBufferSize: share.writeBufferSize, cacheSize: share.cacheSize, overBudget: false })
+    expect(vvfs('status').out).toMatch(/memory\s+\d+(\.\d)? MiB resident \(peak \d+(\.\d)? MiB\), JS heap .+; storage budget 192 MiB over 2 local systems \(36 MiB write buffers, 16 MiB caches\)/)
   })
 
   it('creates a volume and prints its id and size', () => {

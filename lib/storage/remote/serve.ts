@@ -18,6 +18,7 @@ import { parseHostPort } from '../../wire/server.js'
 import { LevelChunkStore } from '../level-store.js'
 import { StorageServer, type StoreOpener } from './server.js'
 import { tuneGarbageCollector } from '../../gc-tuning.js'
+import { tuneMalloc } from '../../malloc-tuning.js'
 
 export interface ServeOptions {
   dir: string
@@ -34,6 +35,7 @@ const openStore: StoreOpener = (o) => LevelChunkStore.open(o)
 
 export async function runStorageServer(opts: ServeOptions): Promise<number> {
   tuneGarbageCollector()
+  tuneMalloc()
   const log = createLogger(opts.logLevel ?? 'info', opts.logFormat)
   let signalled = false
   let server: StorageServer | null = null
