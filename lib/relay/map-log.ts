@@ -59,6 +59,9 @@ interface Unsynced {
   volumes: Set<number>
 }
 
+/** Records per append when a log is rewritten (relog): extent records are ~50 bytes, so ~200 KiB per frame. */
+const RELOG_BATCH = 4096
+
 function logKey(volNo: number, key: Buffer): Buffer {
   const k = Buffer.allocUnsafe(4 + key.length)
   k.writeUInt32BE(volNo, 0)
@@ -78,8 +81,48 @@ export class VolumeMapLog implements MapMirror {
   private readonly unsynced = new Map<MapLogServer, Unsynced>()
   /** Syncs sent and not answered yet: a later sync() waits for them too (they may cover appends it must). */
   private readonly syncing = new Set<Promise<void>>()
+  /** Volumes whose log may have lost records (a sync met its server's machine restart): rewritten from the cache by relog(). */
+  private readonly stale = new Set<number>()
 
   constructor(private readonly routing: MapLogRouting) {}
+
+  get relogPending(): boolean {
+    return this.stale.size > 0
+  }
+
+  /**
+   * Rewrites the log of each volume that may have lost records from the
+   * relay's cache (`scan`: the MapStore's records): every cached record the
+   * log lacks or holds another value of, and a deletion of every key the log
+   * holds and the cache does not (a lost deletion). Without it, a record the
+   * restart took stayed missing for good — later writes to an extent already
+   * allocated append nothing — and a relay that took the volume over would
+   * rebuild a map without it. The MapStore runs it between its batches
+   * (nothing else appends meanwhile); its appends are synced by the next
+   * sync like any others. A volume stays stale until its rewrite succeeded.
+   */
+  async relog(scan: (prefix: Buffer) => AsyncIterable<[Buffer, Buffer]>): Promise<void> {
+    for (const volNo of [...this.stale]) {
+      const log = this.routing.logOf(volNo)
+      if (log) {
+        const logged = new Map<string, Buffer>()
+        for (const r of await log.readMapRecords(volumePrefix(volNo))) logged.set(r.key.subarray(4).toString('latin1'), r.value)
+        const out: { key: Buffer; value: Buffer | null }[] = []
+        for (const kind of volumeKeyKinds()) {
+          for await (const [key, value] of scan(kind)) {
+            if (volumeOfKey(key, (jobNo) => this.routing.jobVolume(jobNo)) !== volNo) continue
+            const k = key.toString('latin1')
+            const had = logged.get(k)
+            logged.delete(k)
+            if (!had?.equals(value)) out.push({ key, value })
+          }
+        }
+        for (const k of logged.keys()) out.push({ key: Buffer.from(k, 'latin1'), value: null })
+        for (let i = 0; i < out.length; i += RELOG_BATCH) await this.append(out.slice(i, i + RELOG_BATCH))
+      }
+      this.stale.delete(volNo)
+    }
+  }
 
   async append(records: { key: Buffer; value: Buffer | null }[]): Promise<void> {
     const byLog = new Map<MapLogServer, { recs: MapLogRecord[]; volumes: Set<number> }>()
@@ -128,7 +171,12 @@ export class VolumeMapLog implements MapMirror {
     const lost = logs.filter(([log, u]) => log.writeLosses > u.losses)
     if (lost.length === 0) return
     const err = new VvfsError('IO_ERROR', `map records may have been lost: a map log server's machine restarted before a sync covered them`, { details: { reason: 'writes-lost' } })
-    for (const [, u] of lost) for (const volNo of u.volumes) this.routing.writesLost?.(volNo, err)
+    for (const [, u] of lost) {
+      for (const volNo of u.volumes) {
+        this.stale.add(volNo)
+        this.routing.writesLost?.(volNo, err)
+      }
+    }
     throw err
   }
 

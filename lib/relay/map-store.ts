@@ -41,7 +41,10 @@
  * its writes are not acknowledged); deleteNow() is appended too; sync()
  * syncs the logs as well as this store. The servers' logs are then the
  * map, and this store a cache another relay rebuilds from them
- * (replaceCached).
+ * (replaceCached). A log that lost records (its server's machine restarted
+ * before a sync) is rewritten from this store (mirror.relog) before the
+ * next batch is appended and before any sync succeeds again; deleteNow and
+ * a relog run one at a time, so a rewrite never races a deletion.
  *
  * Opening it takes LevelDB's lock: a second daemon on the same state
  * directory fails here, before it touches anything else.
@@ -67,6 +70,10 @@ export interface MapPut {
 export interface MapMirror {
   append(records: { key: Buffer; value: Buffer | null }[]): Promise<void>
   sync(): Promise<void>
+  /** Some log lost records (its server's machine restarted): it is to be rewritten from this store before it counts as durable again. */
+  readonly relogPending: boolean
+  /** Rewrites what relogPending names from this store's records (`scan`); runs while nothing else appends. */
+  relog(scan: (prefix: Buffer) => AsyncIterable<[Buffer, Buffer]>): Promise<void>
 }
 
 interface Waiter {
@@ -80,6 +87,8 @@ export class MapStore {
   private flushing = false
   private scheduled = false
   private readonly writes = new WriteGenerations()
+  /** deleteNow and relog, one at a time (outsideBatches). */
+  private unbatched: Promise<void> = Promise.resolve()
   private seq = 0
   /** Issue 15: the map log, in a cluster (set before anything is written). */
   mirror: MapMirror | null = null
@@ -146,20 +155,53 @@ export class MapStore {
 
   async deleteNow(keys: Buffer[]): Promise<void> {
     if (!keys.length) return
-    await this.mirror?.append(keys.map((key) => ({ key, value: null })))
-    try {
-      await this.db.batch(keys.map((key) => ({ type: 'del' as const, key })))
-    } finally {
-      this.writes.complete()
-    }
+    await this.outsideBatches(async () => {
+      await this.mirror?.append(keys.map((key) => ({ key, value: null })))
+      try {
+        await this.db.batch(keys.map((key) => ({ type: 'del' as const, key })))
+      } finally {
+        this.writes.complete()
+      }
+    })
   }
 
-  /** Makes every record put before the call durable. */
+  /**
+   * Makes every record put before the call durable. A map log that lost
+   * records is rewritten first (relog): until that has succeeded, no sync
+   * does.
+   */
   async sync(): Promise<void> {
     while (this.flushing || this.pending.size > 0) await this.flush()
+    if (this.mirror?.relogPending) await this.relogAlone()
     // Both to their end before an error is thrown: a caller that may treat it as another volume's (writes-lost) must not return before the local sync did.
     const results = await Promise.allSettled([this.mirror?.sync(), this.syncLocal()])
     for (const r of results) if (r.status === 'rejected') throw r.reason
+  }
+
+  /** Runs `fn` after the deleteNow / relog before it has ended: a relog's scan never races a deletion's append. */
+  private outsideBatches<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.unbatched.then(fn)
+    this.unbatched = run.then(
+      () => undefined,
+      () => undefined,
+    )
+    return run
+  }
+
+  /** The relog, with no batch in flight and none starting until it ends (puts meanwhile wait in `pending`). */
+  private async relogAlone(): Promise<void> {
+    while (this.flushing) await this.flush()
+    this.flushing = true
+    try {
+      await this.relog()
+    } finally {
+      this.flushing = false
+      if (this.pending.size > 0 || this.waiters.length > 0) void this.flush()
+    }
+  }
+
+  private relog(): Promise<void> {
+    return this.outsideBatches(() => this.mirror!.relog((prefix) => this.scan(prefix)))
   }
 
   /**
@@ -212,6 +254,8 @@ export class MapStore {
         })
         try {
           await this.syncDependencies(dependencies)
+          // A log that lost records is rewritten before more is appended to it (a failed rewrite fails the batch: its writes are not acknowledged).
+          if (this.mirror?.relogPending) await this.relog()
           await this.mirror?.append(ops.map((op) => ({ key: op.key, value: op.type === 'put' ? op.value : null })))
           await this.db.batch(ops)
           this.writes.complete()

@@ -13,6 +13,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { extentKey, progressKey } from '../../lib/relay/key-space.js'
 import { VolumeMapLog, type MapLogServer } from '../../lib/relay/map-log.js'
 import { MapStore } from '../../lib/relay/map-store.js'
+import { VvfsError } from '../../lib/errors.js'
 import { cleanup, newKey, openStore, startServer } from '../remote/servers.js'
 
 afterEach(cleanup)
@@ -159,4 +160,84 @@ describe('map log on a storage server', () => {
     await expect(log.sync()).rejects.toMatchObject({ code: 'IO_ERROR' })
     expect(told.sort()).toEqual([1, 2])
   })
+
+  it('a log that lost records to its machine restart is rewritten from the cache before the next sync or batch succeeds: lost puts and lost deletions alike', async () => {
+    const server = new PowerCutLog()
+    const dir = await mkdtemp(join(tmpdir(), 'vvfs-maplog-'))
+    try {
+      const maps = await MapStore.open(join(dir, 'maps'))
+      maps.mirror = new VolumeMapLog({ logOf: (volNo) => (volNo === 1 ? server : null), jobVolume: () => undefined })
+      const put = (key: Buffer, value: string | null) => maps.put(key, () => (value === null ? null : Buffer.from(value)))
+      await Promise.all([put(extentKey(1, 0), 'e0'), put(extentKey(1, 1), 'e1'), put(extentKey(2, 0), 'local only')])
+      await maps.sync()
+      // Written and acknowledged, not yet synced: a new record, a changed one, a deletion. Then the log server's machine restarts.
+      await Promise.all([put(extentKey(1, 1), 'e1 v2'), put(extentKey(1, 2), 'e2'), put(extentKey(1, 0), null)])
+      server.powerCut()
+      expect(server.durable()).toEqual({ [hex(extentKey(1, 0))]: 'e0', [hex(extentKey(1, 1))]: 'e1' })
+      await expect(maps.sync()).rejects.toMatchObject({ code: 'IO_ERROR', details: { reason: 'writes-lost' } })
+      // The next sync rewrites the log first: it then holds exactly the cache's records of the volume.
+      await maps.sync()
+      const expected = { [hex(extentKey(1, 1))]: 'e1 v2', [hex(extentKey(1, 2))]: 'e2' }
+      expect(server.durable()).toEqual(expected)
+      // Only what differed was sent again.
+      expect(server.appended).toBe(2 + 3 + 3)
+
+      // Lost again, and this time a batch comes first: it is appended after the rewrite, never before it.
+      await put(extentKey(1, 3), 'e3')
+      server.powerCut()
+      await expect(maps.sync()).rejects.toMatchObject({ code: 'IO_ERROR' })
+      server.down = true
+      await expect(put(extentKey(1, 4), 'e4')).rejects.toMatchObject({ code: 'PEER_UNAVAILABLE' })
+      await expect(maps.sync()).rejects.toMatchObject({ code: 'PEER_UNAVAILABLE' }) // no sync succeeds while the rewrite cannot be done
+      server.down = false
+      await put(extentKey(1, 4), 'e4 again')
+      await maps.sync()
+      expect(server.durable()).toEqual({ ...expected, [hex(extentKey(1, 3))]: 'e3', [hex(extentKey(1, 4))]: 'e4 again' })
+      await maps.close()
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
 })
+
+const hex = (key: Buffer) => key.toString('hex')
+
+/** A map log server whose machine can lose what no sync covered (RemoteChunkStore's writeLosses counts such a restart). */
+class PowerCutLog implements MapLogServer {
+  writeLosses = 0
+  down = false
+  appended = 0
+  private current = new Map<string, Buffer>()
+  private synced = new Map<string, Buffer>()
+
+  async appendMapRecords(_seq: number, recs: { key: Buffer; value: Buffer | null }[], sync: boolean): Promise<void> {
+    if (this.down) throw new VvfsError('PEER_UNAVAILABLE', 'log server down')
+    for (const r of recs) {
+      const k = r.key.toString('latin1')
+      if (r.value === null) this.current.delete(k)
+      else this.current.set(k, Buffer.from(r.value))
+    }
+    this.appended += recs.length
+    if (sync) this.synced = new Map(this.current)
+  }
+
+  async readMapRecords(prefix: Buffer) {
+    if (this.down) throw new VvfsError('PEER_UNAVAILABLE', 'log server down')
+    return [...this.current]
+      .filter(([k]) => Buffer.from(k, 'latin1').subarray(0, prefix.length).equals(prefix))
+      .sort(([a], [b]) => Buffer.compare(Buffer.from(a, 'latin1'), Buffer.from(b, 'latin1')))
+      .map(([k, value]) => ({ key: Buffer.from(k, 'latin1'), value, token: 1, seq: 0 }))
+  }
+
+  powerCut(): void {
+    this.current = new Map(this.synced)
+    this.writeLosses++
+  }
+
+  /** Volume 1's durable records, by the MapStore key (hex) the log key carries. */
+  durable(): Record<string, string> {
+    const out: Record<string, string> = {}
+    for (const [k, v] of this.synced) out[Buffer.from(k, 'latin1').subarray(4).toString('hex')] = v.toString()
+    return out
+  }
+}
