@@ -88,7 +88,11 @@ export function buildVolumeStack(spec: VolumeStackSpec): VolumeStack {
   const journal = new JournalLayer(layers[layers.length - 1]!, spec.volNo, locks)
   layers.push(journal)
   const volume: Volume = new Volume(layers[layers.length - 1]!, spec.size, locks, spec.writeBehind ?? WRITE_BEHIND)
-  // A loss the thin layer's errseq finds reaches every open description, whoever's flush met it.
-  thin.writesLost = (err) => volume.writeBackFailed(err)
+  // A loss the thin layer's errseq finds reaches every open description, whoever's flush met it; a replicated
+  // volume's journal applies again what it retains (the data of acknowledged writes that may be gone).
+  thin.writesLost = (err) => {
+    journal.dataLost()
+    volume.writeBackFailed(err)
+  }
   return { locks, map, thin, extents, migrate, readAhead, journal, volume, layers: layers.reverse() }
 }

@@ -25,7 +25,10 @@
  * in order, to the layers below and flushed before any host I/O, so the
  * primary holds everything the secondary may hold (write-ahead redo). An
  * entry touching an extent marked dirty is skipped: that extent changed later
- * without an entry, and the resync copies it from the primary's data.
+ * without an entry, and the resync copies it from the primary's data. The
+ * same redo runs while the volume is in use when a flush below finds that a
+ * storage server's machine restart may have taken stored writes (dataLost),
+ * under an exclusive lock of the whole volume, before anything is trimmed.
  *
  * Handoff (journal-chain.ts, claims 1–7): `holdChanges()` holds every new
  * change at the door — it is numbered only after the hold is released, still
@@ -56,6 +59,9 @@ export class JournalLayer implements ChunkLayer {
   /** Changes of this volume (not flushes) given a number so far, and that count when the last flush entry was numbered. */
   private numbered = 0
   private flushMarkedAt = 0
+  /** Writes below may have been lost (dataLost): the retained entries are to be applied again before anything is trimmed. */
+  private redoNeeded = false
+  private redoing: Promise<void> | null = null
 
   constructor(
     private readonly lower: ChunkLayer,
@@ -231,8 +237,55 @@ export class JournalLayer implements ChunkLayer {
     const last = journal.positions.lastAccepted
     let through = last
     for (const s of this.pending) if (s - 1 < through) through = s - 1
-    await this.lower.flush()
+    try {
+      await this.lower.flush()
+    } catch (err) {
+      // A loss below (dataLost, called before the flush throws) is redone here; anything else refuses the trim.
+      if (!this.redoNeeded) throw err
+    }
+    while (this.redoNeeded) await this.redo()
     return through
+  }
+
+  /**
+   * Writes of this volume may be gone from its data (a flush below found that
+   * a storage server's machine restarted before they were synced: the thin
+   * layer's errseq, wired in lib/relay/stack.ts). Their entries are still in
+   * the journal — nothing is trimmed before the data holds it — so they are
+   * applied again (redo, as at open) at once, and before anything is trimmed.
+   * The hosts are told all the same (their next fsync fails, once).
+   */
+  dataLost(): void {
+    if (!this.journal) return
+    this.redoNeeded = true
+    // Not awaited: it may be called from inside a flush that the redo's lock would wait for. A failure is retried and reported by the next trim round (dataDurableThrough).
+    setImmediate(() => void this.redo().catch(() => undefined))
+  }
+
+  /**
+   * The redo: with the whole volume locked exclusive (no host change or
+   * read, no migration copy, is under way, and every change numbered so far
+   * has been stored — Volume holds its locks until then), the retained
+   * entries are applied again in order, skipping extents marked dirty, and
+   * flushed (replay). One at a time; a loss met by its own flush makes it
+   * needed again.
+   */
+  private redo(): Promise<void> {
+    this.redoing ??= (async () => {
+      const release = await this.locks.acquire(0, Number.MAX_SAFE_INTEGER, 'exclusive')
+      try {
+        const journal = this.journal
+        this.redoNeeded = false
+        if (journal) await this.replay(journal)
+      } catch (err) {
+        this.redoNeeded = this.journal !== null
+        throw err
+      } finally {
+        release()
+        this.redoing = null
+      }
+    })()
+    return this.redoing
   }
 
   /**

@@ -11,7 +11,10 @@ import { CHUNK_SIZE, EXTENT_SIZE } from '../../lib/layout.js'
 import { MemoryDurableLog } from '../../lib/replication/durable-log.js'
 import { Journal } from '../../lib/replication/journal.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
-import { memorySystems, openStack, type Stack } from '../helpers/stack.js'
+import { memorySystems, openStack, type Stack, type SystemFactory } from '../helpers/stack.js'
+import { RestartingStore } from '../helpers/restarting-store.js'
+import { MemoryChunkStore } from '../../lib/storage/memory-store.js'
+import { StorageSystem } from '../../lib/storage/storage-system.js'
 
 let open: { stack: Stack; dir: string }[] = []
 afterEach(async () => {
@@ -30,6 +33,19 @@ async function stack(): Promise<Stack> {
 }
 
 const block = (fill: number) => Buffer.alloc(CHUNK_SIZE, fill)
+
+/** A stack over one in-memory store on a "server machine" that can restart under it (unsynced writes gone). */
+async function restartableStack(): Promise<{ s: Stack; store: RestartingStore }> {
+  const dir = tempDir('vvfs-jlayer-')
+  let store!: RestartingStore
+  const systemsFrom: SystemFactory = async (o) => {
+    store = new RestartingStore(MemoryChunkStore.create({ sid: o.sid, name: o.name }))
+    return StorageSystem.over(store, { capacity: o.capacity })
+  }
+  const s = await openStack({ dir, systems: 1, capacity: 16 * EXTENT_SIZE, size: 8 * EXTENT_SIZE, systemsFrom }, true)
+  open.push({ stack: s, dir })
+  return { s, store }
+}
 
 describe('the journal layer', () => {
   it('answers a host write only once its entry is durable, numbering changes in the order they are applied', async () => {
@@ -174,6 +190,35 @@ describe('the journal layer', () => {
     expect(out.equals(block(7))).toBe(true)
     await s.volume.read(2 * EXTENT_SIZE, CHUNK_SIZE, out)
     expect(out.equals(block(0))).toBe(true)
+  })
+
+  it('applies again the retained entries whose data a storage server\'s machine restart took, before the trim, whoever\'s flush met the loss', async () => {
+    for (const firstToMeetIt of ['trim', 'host fsync'] as const) {
+      const { s, store } = await restartableStack()
+      const journal = await Journal.open(new MemoryDurableLog(), { epoch: 1 })
+      s.layers.journal.attach(journal)
+      await s.volume.write(0, block(1))
+      await s.volume.write(EXTENT_SIZE + CHUNK_SIZE, block(2))
+      await s.volume.drain() // stored, not synced: the journal still holds both (nothing is trimmed before the data is durable)
+      store.restartMachine()
+      if (firstToMeetIt === 'trim') {
+        // The bug: this round refused, the next trimmed entries 1–2 while the data was gone.
+        expect(await s.layers.journal.dataDurableThrough()).toBe(journal.positions.lastAccepted)
+      } else {
+        await expect(s.volume.flush()).rejects.toMatchObject({ details: { reason: 'writes-lost' } })
+        await new Promise((r) => setTimeout(r, 50)) // redone at once, not only at the next trim round
+      }
+      const out = Buffer.alloc(CHUNK_SIZE)
+      await s.volume.read(0, CHUNK_SIZE, out)
+      expect(out.equals(block(1)), firstToMeetIt).toBe(true)
+      await s.volume.read(EXTENT_SIZE + CHUNK_SIZE, CHUNK_SIZE, out)
+      expect(out.equals(block(2)), firstToMeetIt).toBe(true)
+      // Durable now: a restart after the trim round takes nothing.
+      expect(await s.layers.journal.dataDurableThrough()).toBe(journal.positions.lastAccepted)
+      store.restartMachine()
+      await s.volume.read(EXTENT_SIZE + CHUNK_SIZE, CHUNK_SIZE, out)
+      expect(out.equals(block(2)), firstToMeetIt).toBe(true)
+    }
   })
 
   it('acknowledges once logged, ships only what a sync made durable, and a host flush syncs (syncEveryCommit false)', async () => {
