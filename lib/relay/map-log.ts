@@ -97,31 +97,45 @@ export class VolumeMapLog implements MapMirror {
    * holds and the cache does not (a lost deletion). Without it, a record the
    * restart took stayed missing for good — later writes to an extent already
    * allocated append nothing — and a relay that took the volume over would
-   * rebuild a map without it. The MapStore runs it between its batches
-   * (nothing else appends meanwhile); its appends are synced by the next
-   * sync like any others. A volume stays stale until its rewrite succeeded.
+   * rebuild a map without it. Records appended after the loss and before
+   * the rewrite do no harm: it compares the log as it is then with the
+   * cache. The MapStore runs it before its next sync, with no batch in
+   * flight; its appends are synced by that sync. A volume stays stale until
+   * its rewrite succeeded, or until it is no longer this relay's (FENCED,
+   * its log's system removed).
    */
   async relog(scan: (prefix: Buffer) => AsyncIterable<[Buffer, Buffer]>): Promise<void> {
+    let failed: unknown = null
     for (const volNo of [...this.stale]) {
-      const log = this.routing.logOf(volNo)
-      if (log) {
-        const logged = new Map<string, Buffer>()
-        for (const r of await log.readMapRecords(volumePrefix(volNo))) logged.set(r.key.subarray(4).toString('latin1'), r.value)
-        const out: { key: Buffer; value: Buffer | null }[] = []
-        for (const kind of volumeKeyKinds()) {
-          for await (const [key, value] of scan(kind)) {
-            if (volumeOfKey(key, (jobNo) => this.routing.jobVolume(jobNo)) !== volNo) continue
-            const k = key.toString('latin1')
-            const had = logged.get(k)
-            logged.delete(k)
-            if (!had?.equals(value)) out.push({ key, value })
-          }
-        }
-        for (const k of logged.keys()) out.push({ key: Buffer.from(k, 'latin1'), value: null })
-        for (let i = 0; i < out.length; i += RELOG_BATCH) await this.append(out.slice(i, i + RELOG_BATCH))
+      try {
+        const log = this.routing.logOf(volNo)
+        if (log) await this.rewrite(volNo, log, scan)
+        this.stale.delete(volNo)
+      } catch (err) {
+        // Gone from this relay (another owns the volume now, or its log's storage system was removed): nothing of ours to rewrite.
+        const code = err instanceof VvfsError ? err.code : null
+        if (code === 'FENCED' || code === 'STORAGE_NOT_FOUND') this.stale.delete(volNo)
+        else failed ??= err
       }
-      this.stale.delete(volNo)
     }
+    if (failed) throw failed
+  }
+
+  private async rewrite(volNo: number, log: MapLogServer, scan: (prefix: Buffer) => AsyncIterable<[Buffer, Buffer]>): Promise<void> {
+    const logged = new Map<string, Buffer>()
+    for (const r of await log.readMapRecords(volumePrefix(volNo))) logged.set(r.key.subarray(4).toString('latin1'), r.value)
+    const out: { key: Buffer; value: Buffer | null }[] = []
+    for (const kind of volumeKeyKinds()) {
+      for await (const [key, value] of scan(kind)) {
+        if (volumeOfKey(key, (jobNo) => this.routing.jobVolume(jobNo)) !== volNo) continue
+        const k = key.toString('latin1')
+        const had = logged.get(k)
+        logged.delete(k)
+        if (!had?.equals(value)) out.push({ key, value })
+      }
+    }
+    for (const k of logged.keys()) out.push({ key: Buffer.from(k, 'latin1'), value: null })
+    for (let i = 0; i < out.length; i += RELOG_BATCH) await this.append(out.slice(i, i + RELOG_BATCH))
   }
 
   async append(records: { key: Buffer; value: Buffer | null }[]): Promise<void> {
@@ -165,19 +179,6 @@ export class VolumeMapLog implements MapMirror {
       const err = failed.reason as unknown
       throw err instanceof VvfsError ? err : new VvfsError('IO_ERROR', `map log sync failed: ${(err as Error).message}`, { cause: err })
     }
-    // The log server's machine restarted before the sync: appends answered
-    // before it may be gone. This sync fails, and every volume whose records
-    // they were is told (errseq: this caller may be another volume's flush).
-    const lost = logs.filter(([log, u]) => log.writeLosses > u.losses)
-    if (lost.length === 0) return
-    const err = new VvfsError('IO_ERROR', `map records may have been lost: a map log server's machine restarted before a sync covered them`, { details: { reason: 'writes-lost' } })
-    for (const [, u] of lost) {
-      for (const volNo of u.volumes) {
-        this.stale.add(volNo)
-        this.routing.writesLost?.(volNo, err)
-      }
-    }
-    throw err
   }
 
   /** Adds appends answered (or a failed sync's) to what the next sync of `log` covers. */
@@ -190,9 +191,25 @@ export class VolumeMapLog implements MapMirror {
     }
   }
 
+  /**
+   * One log's sync. The log server's machine restarted before it (errseq):
+   * appends answered before may be gone, so it fails — for every caller
+   * waiting on it, not only the one that sent it (a second fsync must not
+   * return while the first learns of the loss) — every volume whose records
+   * they were is told, and is rewritten by the next relog.
+   */
   private syncLog(log: MapLogServer, u: Unsynced): Promise<void> {
     const sent: Promise<void> = log.appendMapRecords(++this.seq, [], true).then(
-      () => void this.syncing.delete(sent),
+      () => {
+        this.syncing.delete(sent)
+        if (log.writeLosses <= u.losses) return
+        const err = new VvfsError('IO_ERROR', `map records may have been lost: a map log server's machine restarted before a sync covered them`, { details: { reason: 'writes-lost' } })
+        for (const volNo of u.volumes) {
+          this.stale.add(volNo)
+          this.routing.writesLost?.(volNo, err)
+        }
+        throw err
+      },
       (err: unknown) => {
         this.syncing.delete(sent)
         this.noteUnsynced(log, u) // what it was to cover is synced by the next sync()

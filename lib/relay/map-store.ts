@@ -42,9 +42,9 @@
  * syncs the logs as well as this store. The servers' logs are then the
  * map, and this store a cache another relay rebuilds from them
  * (replaceCached). A log that lost records (its server's machine restarted
- * before a sync) is rewritten from this store (mirror.relog) before the
- * next batch is appended and before any sync succeeds again; deleteNow and
- * a relog run one at a time, so a rewrite never races a deletion.
+ * before a sync) is rewritten from this store (mirror.relog) before any
+ * sync succeeds again, with no batch in flight; deleteNow and a relog run
+ * one at a time, so a rewrite never races a deletion.
  *
  * Opening it takes LevelDB's lock: a second daemon on the same state
  * directory fails here, before it touches anything else.
@@ -193,16 +193,13 @@ export class MapStore {
     while (this.flushing) await this.flush()
     this.flushing = true
     try {
-      await this.relog()
+      await this.outsideBatches(() => this.mirror!.relog((prefix) => this.scan(prefix)))
     } finally {
       this.flushing = false
       if (this.pending.size > 0 || this.waiters.length > 0) void this.flush()
     }
   }
 
-  private relog(): Promise<void> {
-    return this.outsideBatches(() => this.mirror!.relog((prefix) => this.scan(prefix)))
-  }
 
   /**
    * Issue 15: rebuilds cached records from the map log (a relay that took a
@@ -254,8 +251,6 @@ export class MapStore {
         })
         try {
           await this.syncDependencies(dependencies)
-          // A log that lost records is rewritten before more is appended to it (a failed rewrite fails the batch: its writes are not acknowledged).
-          if (this.mirror?.relogPending) await this.relog()
           await this.mirror?.append(ops.map((op) => ({ key: op.key, value: op.type === 'put' ? op.value : null })))
           await this.db.batch(ops)
           this.writes.complete()

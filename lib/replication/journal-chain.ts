@@ -139,7 +139,7 @@ export async function takeOverJournal(p: {
 
 /** What of the journal layer a chain uses (JournalLayer). */
 export interface HandoffLayer {
-  attach(journal: Journal): void
+  attach(journal: Journal, retained?: () => Journal[]): void
   replay(journal: Journal): Promise<number>
   holdChanges(): () => void
 }
@@ -299,7 +299,7 @@ export class JournalChain {
       const n = await this.spec.layer.replay(l.journal)
       if (n > 0) this.spec.log.info({ event: 'replication.replayed', pair: this.spec.pair, epoch: l.epoch, entries: n }, 'journal replayed into the volume')
     }
-    this.spec.layer.attach(this.current)
+    this.spec.layer.attach(this.current, () => this.links.map((l) => l.journal))
   }
 
   /** The current home's journal (it numbers every change). */
@@ -414,7 +414,7 @@ export class JournalChain {
       this.links[this.links.length - 1]!.lastSeq = lastA
       this.links.push({ epoch: record.epoch, journal, log, lastSeq: Infinity })
       made = null
-      this.spec.layer.attach(journal)
+      this.spec.layer.attach(journal, () => this.links.map((l) => l.journal))
       if (!inOrder) while (this.links.length > 1) await this.drop(this.links[0]!)
       this.spec.log.info(
         { event: 'replication.handoff', pair: this.spec.pair, epoch: record.epoch, from: a.epoch, home, firstSeq: record.firstSeq, inOrder },

@@ -61,7 +61,10 @@ export class JournalLayer implements ChunkLayer {
   private flushMarkedAt = 0
   /** Writes below may have been lost (dataLost): the retained entries are to be applied again before anything is trimmed. */
   private redoNeeded = false
+  /** Losses reported so far (dataLost): a redo clears redoNeeded only if none came while it ran. */
+  private losses = 0
   private redoing: Promise<void> | null = null
+  private retained: (() => Journal[]) | null = null
 
   constructor(
     private readonly lower: ChunkLayer,
@@ -69,13 +72,20 @@ export class JournalLayer implements ChunkLayer {
     private readonly locks: RangeLock,
   ) {}
 
-  /** Starts journaling into `journal` (the caller replayed it first). */
-  attach(journal: Journal): void {
+  /**
+   * Starts journaling into `journal` (the caller replayed it first).
+   * `retained`: every journal still holding entries of the volume, oldest
+   * first (a handoff's predecessors, then `journal`) — what a redo replays;
+   * by default `journal` alone.
+   */
+  attach(journal: Journal, retained?: () => Journal[]): void {
     this.journal = journal
+    this.retained = retained ?? null
   }
 
   detach(): void {
     this.journal = null
+    this.retained = null
     this.pending.clear()
     this.acceptedAt.length = 0
   }
@@ -243,7 +253,8 @@ export class JournalLayer implements ChunkLayer {
       // A loss below (dataLost, called before the flush throws) is redone here; anything else refuses the trim.
       if (!this.redoNeeded) throw err
     }
-    while (this.redoNeeded) await this.redo()
+    // A redo under way (a host's fsync met the loss first) is waited for: its entries must not be trimmed before it applied them.
+    while (this.redoNeeded || this.redoing) await (this.redoing ?? this.redo())
     return through
   }
 
@@ -258,8 +269,12 @@ export class JournalLayer implements ChunkLayer {
   dataLost(): void {
     if (!this.journal) return
     this.redoNeeded = true
-    // Not awaited: it may be called from inside a flush that the redo's lock would wait for. A failure is retried and reported by the next trim round (dataDurableThrough).
-    setImmediate(() => void this.redo().catch(() => undefined))
+    this.losses++
+    // Not awaited: it may be called from inside a flush that the redo's lock would wait for. A failure is retried and
+    // reported by the next trim round (dataDurableThrough); none starts if a trim round's redo already did it.
+    setImmediate(() => {
+      if (this.redoNeeded) this.redo().catch(() => undefined)
+    })
   }
 
   /**
@@ -274,12 +289,11 @@ export class JournalLayer implements ChunkLayer {
     this.redoing ??= (async () => {
       const release = await this.locks.acquire(0, Number.MAX_SAFE_INTEGER, 'exclusive')
       try {
+        const losses = this.losses
         const journal = this.journal
-        this.redoNeeded = false
-        if (journal) await this.replay(journal)
-      } catch (err) {
-        this.redoNeeded = this.journal !== null
-        throw err
+        if (journal) for (const j of this.retained?.() ?? [journal]) await this.replay(j)
+        // Done only if no loss was reported meanwhile (its flush, or a host's, may have met another restart).
+        if (this.losses === losses || !this.journal) this.redoNeeded = false
       } finally {
         release()
         this.redoing = null

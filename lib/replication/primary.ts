@@ -165,7 +165,7 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 /** The members' journal layers as one (a group's members share the journal chain). */
 function membersLayer(members: PairMember[]): HandoffLayer {
   return {
-    attach: (journal) => members.forEach((m) => m.layer.attach(journal)),
+    attach: (journal, retained) => members.forEach((m) => m.layer.attach(journal, retained)),
     replay: async (journal) => {
       let n = 0
       for (const m of members) n += await m.layer.replay(journal)

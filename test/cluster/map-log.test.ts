@@ -182,17 +182,47 @@ describe('map log on a storage server', () => {
       // Only what differed was sent again.
       expect(server.appended).toBe(2 + 3 + 3)
 
-      // Lost again, and this time a batch comes first: it is appended after the rewrite, never before it.
+      // Lost again, and this time batches come before the next sync: the rewrite compares the log with the cache as they are then.
       await put(extentKey(1, 3), 'e3')
       server.powerCut()
       await expect(maps.sync()).rejects.toMatchObject({ code: 'IO_ERROR' })
       server.down = true
       await expect(put(extentKey(1, 4), 'e4')).rejects.toMatchObject({ code: 'PEER_UNAVAILABLE' })
       await expect(maps.sync()).rejects.toMatchObject({ code: 'PEER_UNAVAILABLE' }) // no sync succeeds while the rewrite cannot be done
+      expect(await maps.get(extentKey(1, 4))).toBeUndefined() // the refused batch was not written here either
       server.down = false
       await put(extentKey(1, 4), 'e4 again')
       await maps.sync()
       expect(server.durable()).toEqual({ ...expected, [hex(extentKey(1, 3))]: 'e3', [hex(extentKey(1, 4))]: 'e4 again' })
+      await maps.close()
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+
+  it('a second sync waiting on the one that meets the restart fails too; a volume another relay now owns (FENCED) is not rewritten and holds up nothing', async () => {
+    const server = new PowerCutLog()
+    const dir = await mkdtemp(join(tmpdir(), 'vvfs-maplog-'))
+    try {
+      const maps = await MapStore.open(join(dir, 'maps'))
+      const told: number[] = []
+      maps.mirror = new VolumeMapLog({ logOf: (volNo) => (volNo === 1 ? server : null), jobVolume: () => undefined, writesLost: (volNo) => told.push(volNo) })
+      await maps.put(extentKey(1, 0), () => Buffer.from('e0'))
+      // The machine restarts while the first sync is on the wire; a second fsync arrives meanwhile.
+      server.beforeSync = () => server.powerCut()
+      const first = maps.sync()
+      const second = maps.sync()
+      await expect(first).rejects.toMatchObject({ details: { reason: 'writes-lost' } })
+      // The bug: it waited for the first's log sync, which went through, and returned as if its records were durable.
+      await expect(second).rejects.toMatchObject({ details: { reason: 'writes-lost' } })
+      expect(told).toEqual([1])
+
+      // Another relay takes the volume over before the rewrite: ours is refused, and our other syncs go on.
+      server.fencedAt = server.appended
+      await maps.sync()
+      await maps.put(extentKey(2, 0), () => Buffer.from('local'))
+      await maps.sync()
+      expect(server.durable()).toEqual({})
       await maps.close()
     } finally {
       await rm(dir, { recursive: true, force: true })
@@ -207,11 +237,21 @@ class PowerCutLog implements MapLogServer {
   writeLosses = 0
   down = false
   appended = 0
+  /** Called as a sync arrives (a test restarts the machine there). */
+  beforeSync: (() => void) | null = null
+  /** Appends of records from this count on are refused FENCED (another relay fenced the log). */
+  fencedAt = Infinity
   private current = new Map<string, Buffer>()
   private synced = new Map<string, Buffer>()
 
   async appendMapRecords(_seq: number, recs: { key: Buffer; value: Buffer | null }[], sync: boolean): Promise<void> {
     if (this.down) throw new VvfsError('PEER_UNAVAILABLE', 'log server down')
+    if (recs.length > 0 && this.appended >= this.fencedAt) throw new VvfsError('FENCED', 'another relay owns the log')
+    if (sync && this.beforeSync) {
+      const restart = this.beforeSync
+      this.beforeSync = null
+      restart()
+    }
     for (const r of recs) {
       const k = r.key.toString('latin1')
       if (r.value === null) this.current.delete(k)

@@ -221,6 +221,29 @@ describe('the journal layer', () => {
     }
   })
 
+  it('a trim round that comes while the redo runs waits for it: nothing is trimmed before it was applied again', async () => {
+    const { s, store } = await restartableStack()
+    const journal = await Journal.open(new MemoryDurableLog(), { epoch: 1 })
+    const layer = s.layers.journal
+    layer.attach(journal)
+    await s.volume.write(0, block(1))
+    await s.volume.drain()
+    store.restartMachine()
+    let redone = false
+    const replay = layer.replay.bind(layer)
+    layer.replay = async (j) => {
+      await new Promise((r) => setTimeout(r, 100)) // a long journal
+      const n = await replay(j)
+      redone = true
+      return n
+    }
+    await expect(s.volume.flush()).rejects.toMatchObject({ details: { reason: 'writes-lost' } })
+    await new Promise((r) => setImmediate(r)) // the redo has started
+    await layer.dataDurableThrough()
+    // The bug: the trim's own flush succeeded (the loss was reported already) and it answered at once.
+    expect(redone).toBe(true)
+  })
+
   it('acknowledges once logged, ships only what a sync made durable, and a host flush syncs (syncEveryCommit false)', async () => {
     const s = await stack()
     const log = new MemoryDurableLog()
