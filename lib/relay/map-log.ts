@@ -81,8 +81,8 @@ export class VolumeMapLog implements MapMirror {
   private readonly unsynced = new Map<MapLogServer, Unsynced>()
   /** Syncs sent and not answered yet: a later sync() waits for them too (they may cover appends it must). */
   private readonly syncing = new Set<Promise<void>>()
-  /** Volumes whose log may have lost records (a sync met its server's machine restart): rewritten from the cache by relog(). */
-  private readonly stale = new Set<number>()
+  /** Volumes whose log may have lost records (a sync met its server's machine restart), with how many such losses: rewritten from the cache by relog(). */
+  private readonly stale = new Map<number, number>()
 
   constructor(private readonly routing: MapLogRouting) {}
 
@@ -106,11 +106,12 @@ export class VolumeMapLog implements MapMirror {
    */
   async relog(scan: (prefix: Buffer) => AsyncIterable<[Buffer, Buffer]>): Promise<void> {
     let failed: unknown = null
-    for (const volNo of [...this.stale]) {
+    for (const [volNo, losses] of [...this.stale]) {
       try {
         const log = this.routing.logOf(volNo)
         if (log) await this.rewrite(volNo, log, scan)
-        this.stale.delete(volNo)
+        // Not if another loss was found meanwhile: what the rewrite appended, or read, may be gone again.
+        if (this.stale.get(volNo) === losses) this.stale.delete(volNo)
       } catch (err) {
         // Gone from this relay (another owns the volume now, or its log's storage system was removed): nothing of ours to rewrite.
         const code = err instanceof VvfsError ? err.code : null
@@ -179,6 +180,10 @@ export class VolumeMapLog implements MapMirror {
       const err = failed.reason as unknown
       throw err instanceof VvfsError ? err : new VvfsError('IO_ERROR', `map log sync failed: ${(err as Error).message}`, { cause: err })
     }
+    // A loss another caller's sync found after our MapStore's rewrite ran: not durable until rewritten (the next sync's relog).
+    if (this.stale.size > 0) {
+      throw new VvfsError('IO_ERROR', `map records of volume(s) ${[...this.stale.keys()].join(', ')} may have been lost and are not yet written again`, { details: { reason: 'writes-lost' } })
+    }
   }
 
   /** Adds appends answered (or a failed sync's) to what the next sync of `log` covers. */
@@ -205,7 +210,7 @@ export class VolumeMapLog implements MapMirror {
         if (log.writeLosses <= u.losses) return
         const err = new VvfsError('IO_ERROR', `map records may have been lost: a map log server's machine restarted before a sync covered them`, { details: { reason: 'writes-lost' } })
         for (const volNo of u.volumes) {
-          this.stale.add(volNo)
+          this.stale.set(volNo, (this.stale.get(volNo) ?? 0) + 1)
           this.routing.writesLost?.(volNo, err)
         }
         throw err

@@ -172,7 +172,7 @@ export class MapStore {
    */
   async sync(): Promise<void> {
     while (this.flushing || this.pending.size > 0) await this.flush()
-    if (this.mirror?.relogPending) await this.relogAlone()
+    while (this.mirror?.relogPending) await this.relogAlone()
     // Both to their end before an error is thrown: a caller that may treat it as another volume's (writes-lost) must not return before the local sync did.
     const results = await Promise.allSettled([this.mirror?.sync(), this.syncLocal()])
     for (const r of results) if (r.status === 'rejected') throw r.reason

@@ -47,6 +47,9 @@ import { markKey } from './durable-log.js'
 import { MAX_ENTRY_DATA, type Change } from './entry.js'
 import type { Journal } from './journal.js'
 
+/** A redo that failed (a journal closed under it by a handoff, a store not answering) is tried again after this long. */
+const REDO_RETRY_MS = 1000
+
 export class JournalLayer implements ChunkLayer {
   private journal: Journal | null = null
   /** Numbers whose change has not settled below yet. */
@@ -86,6 +89,7 @@ export class JournalLayer implements ChunkLayer {
   detach(): void {
     this.journal = null
     this.retained = null
+    this.redoNeeded = false
     this.pending.clear()
     this.acceptedAt.length = 0
   }
@@ -272,9 +276,14 @@ export class JournalLayer implements ChunkLayer {
     this.losses++
     // Not awaited: it may be called from inside a flush that the redo's lock would wait for. A failure is retried and
     // reported by the next trim round (dataDurableThrough); none starts if a trim round's redo already did it.
-    setImmediate(() => {
-      if (this.redoNeeded) this.redo().catch(() => undefined)
-    })
+    this.redoLater(0)
+  }
+
+  /** A redo in `ms` unless none is needed by then (a trim round's did it); joins one under way. */
+  private redoLater(ms: number): void {
+    setTimeout(() => {
+      if (this.redoNeeded && this.journal) this.redo().catch(() => undefined)
+    }, ms).unref()
   }
 
   /**
@@ -288,15 +297,21 @@ export class JournalLayer implements ChunkLayer {
   private redo(): Promise<void> {
     this.redoing ??= (async () => {
       const release = await this.locks.acquire(0, Number.MAX_SAFE_INTEGER, 'exclusive')
+      let failed = false
       try {
         const losses = this.losses
         const journal = this.journal
         if (journal) for (const j of this.retained?.() ?? [journal]) await this.replay(j)
         // Done only if no loss was reported meanwhile (its flush, or a host's, may have met another restart).
         if (this.losses === losses || !this.journal) this.redoNeeded = false
+      } catch (err) {
+        failed = true
+        throw err
       } finally {
         release()
         this.redoing = null
+        // Another loss came meanwhile, or this one failed (a journal closed under it, a store not answering): again, at once or after a pause.
+        if (this.redoNeeded && this.journal) this.redoLater(failed ? REDO_RETRY_MS : 0)
       }
     })()
     return this.redoing
@@ -316,7 +331,15 @@ export class JournalLayer implements ChunkLayer {
     let replayed = 0
     const p = journal.positions
     for (let from = p.trimmedThrough + 1; from <= p.lastDurable; ) {
-      const entries = await journal.read(from, 16 * 1024 * 1024)
+      let entries: Awaited<ReturnType<Journal['read']>>
+      try {
+        entries = await journal.read(from, 16 * 1024 * 1024)
+      } catch (err) {
+        // Trimmed meanwhile (a redo while the primary trims what a flush without a loss made durable): on from what is left.
+        if (!(err instanceof VvfsError && err.code === 'OUT_OF_RANGE') || journal.positions.trimmedThrough < from) throw err
+        from = journal.positions.trimmedThrough + 1
+        continue
+      }
       if (entries.length === 0) break
       for (const e of entries) {
         from = e.seq + 1

@@ -9,6 +9,7 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { CHUNK_SIZE, EXTENT_SIZE } from '../../lib/layout.js'
 import { MemoryDurableLog } from '../../lib/replication/durable-log.js'
+import { VvfsError } from '../../lib/errors.js'
 import { Journal } from '../../lib/replication/journal.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
 import { memorySystems, openStack, type Stack, type SystemFactory } from '../helpers/stack.js'
@@ -242,6 +243,38 @@ describe('the journal layer', () => {
     await layer.dataDurableThrough()
     // The bug: the trim's own flush succeeded (the loss was reported already) and it answered at once.
     expect(redone).toBe(true)
+  })
+
+  it('the redo applies every epoch\'s retained entries (a handoff\'s predecessor still kept), and tries again after a failure or a loss meanwhile, with no trim round', async () => {
+    const { s, store } = await restartableStack()
+    const layer = s.layers.journal
+    // Epoch 1's journal still holds an entry of this volume (not trimmed yet) beside epoch 2's, the current one.
+    const older = await Journal.open(new MemoryDurableLog(), { epoch: 1 })
+    const current = await Journal.open(new MemoryDurableLog(), { epoch: 2, firstSeq: 2 })
+    await s.volume.write(2 * EXTENT_SIZE, block(5))
+    older.append({ kind: 'write', volume: 1, offset: 2 * EXTENT_SIZE, data: block(5) })
+    await older.drain()
+    layer.attach(current, () => [older, current])
+    await s.volume.write(0, block(6))
+    await s.volume.drain()
+    store.restartMachine()
+    let calls = 0
+    const replay = layer.replay.bind(layer)
+    layer.replay = async (j) => {
+      calls++
+      if (calls === 1) throw new VvfsError('IO_ERROR', 'the journal\'s store did not answer') // retried after a pause
+      if (calls === 2) layer.dataLost() // a host's flush met another loss while this redo ran: one more at once
+      return replay(j)
+    }
+    await expect(s.volume.flush()).rejects.toMatchObject({ details: { reason: 'writes-lost' } })
+    await new Promise((r) => setTimeout(r, 1500))
+    // 1 failed; then [older, current] twice.
+    expect(calls).toBe(5)
+    const out = Buffer.alloc(CHUNK_SIZE)
+    await s.volume.read(2 * EXTENT_SIZE, CHUNK_SIZE, out)
+    expect(out.equals(block(5))).toBe(true)
+    await s.volume.read(0, CHUNK_SIZE, out)
+    expect(out.equals(block(6))).toBe(true)
   })
 
   it('acknowledges once logged, ships only what a sync made durable, and a host flush syncs (syncEveryCommit false)', async () => {
