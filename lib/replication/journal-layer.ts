@@ -47,8 +47,13 @@ import { markKey } from './durable-log.js'
 import { MAX_ENTRY_DATA, type Change } from './entry.js'
 import type { Journal } from './journal.js'
 
-/** A redo that failed (a journal closed under it by a handoff, a store not answering) is tried again after this long. */
+/**
+ * A redo that failed (a journal closed under it by a handoff, a store not
+ * answering) is tried again after this long, doubling up to REDO_RETRY_MAX_MS
+ * while it keeps failing: each try locks the whole volume until it fails.
+ */
 const REDO_RETRY_MS = 1000
+const REDO_RETRY_MAX_MS = 60_000
 
 export class JournalLayer implements ChunkLayer {
   private journal: Journal | null = null
@@ -68,6 +73,8 @@ export class JournalLayer implements ChunkLayer {
   private losses = 0
   private redoing: Promise<void> | null = null
   private retained: (() => Journal[]) | null = null
+  /** The pause before the next try after a failed redo (backoff). */
+  private redoRetryMs = REDO_RETRY_MS
 
   constructor(
     private readonly lower: ChunkLayer,
@@ -304,6 +311,7 @@ export class JournalLayer implements ChunkLayer {
         if (journal) for (const j of this.retained?.() ?? [journal]) await this.replay(j)
         // Done only if no loss was reported meanwhile (its flush, or a host's, may have met another restart).
         if (this.losses === losses || !this.journal) this.redoNeeded = false
+        this.redoRetryMs = REDO_RETRY_MS
       } catch (err) {
         failed = true
         throw err
@@ -311,7 +319,10 @@ export class JournalLayer implements ChunkLayer {
         release()
         this.redoing = null
         // Another loss came meanwhile, or this one failed (a journal closed under it, a store not answering): again, at once or after a pause.
-        if (this.redoNeeded && this.journal) this.redoLater(failed ? REDO_RETRY_MS : 0)
+        if (this.redoNeeded && this.journal) {
+          this.redoLater(failed ? this.redoRetryMs : 0)
+          if (failed) this.redoRetryMs = Math.min(2 * this.redoRetryMs, REDO_RETRY_MAX_MS)
+        }
       }
     })()
     return this.redoing

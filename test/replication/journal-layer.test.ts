@@ -6,7 +6,7 @@
  * volume (a write the secondary may hold is never missing at the primary),
  * except over extents marked dirty.
  */
-import { afterEach, describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it, vi } from 'vitest'
 import { CHUNK_SIZE, EXTENT_SIZE } from '../../lib/layout.js'
 import { MemoryDurableLog } from '../../lib/replication/durable-log.js'
 import { VvfsError } from '../../lib/errors.js'
@@ -275,6 +275,36 @@ describe('the journal layer', () => {
     expect(out.equals(block(5))).toBe(true)
     await s.volume.read(0, CHUNK_SIZE, out)
     expect(out.equals(block(6))).toBe(true)
+  })
+
+  it('a redo that keeps failing is tried again less and less often (each try locks the whole volume)', async () => {
+    const { s, store } = await restartableStack()
+    const layer = s.layers.journal
+    layer.attach(await Journal.open(new MemoryDurableLog(), { epoch: 1 }))
+    await s.volume.write(0, block(1))
+    await s.volume.drain()
+    store.restartMachine()
+    let calls = 0
+    layer.replay = async () => {
+      calls++
+      throw new VvfsError('PEER_UNAVAILABLE', 'the journal\'s store does not answer')
+    }
+    vi.useFakeTimers({ toFake: ['setTimeout'] })
+    try {
+      await expect(s.volume.flush()).rejects.toMatchObject({ details: { reason: 'writes-lost' } })
+      const after = async (ms: number) => {
+        await vi.advanceTimersByTimeAsync(ms)
+        return calls
+      }
+      expect(await after(10)).toBe(1) // at once
+      expect(await after(1000)).toBe(2) // then after 1 s
+      expect(await after(1500)).toBe(2)
+      expect(await after(500)).toBe(3) // 2 s
+      expect(await after(4000)).toBe(4) // 4 s
+    } finally {
+      vi.useRealTimers()
+      layer.detach() // no more tries
+    }
   })
 
   it('acknowledges once logged, ships only what a sync made durable, and a host flush syncs (syncEveryCommit false)', async () => {
