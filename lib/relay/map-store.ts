@@ -200,7 +200,6 @@ export class MapStore {
     }
   }
 
-
   /**
    * Issue 15: rebuilds cached records from the map log (a relay that took a
    * volume over): deletes `drop`, writes `put`, here only — never logged.
