@@ -126,17 +126,21 @@ export class VolumeMapLog implements MapMirror {
     const logged = new Map<string, Buffer>()
     for (const r of await log.readMapRecords(volumePrefix(volNo))) logged.set(r.key.subarray(4).toString('latin1'), r.value)
     const out: { key: Buffer; value: Buffer | null }[] = []
-    for (const kind of volumeKeyKinds()) {
-      for await (const [key, value] of scan(kind)) {
-        if (volumeOfKey(key, (jobNo) => this.routing.jobVolume(jobNo)) !== volNo) continue
-        const k = key.toString('latin1')
-        const had = logged.get(k)
-        logged.delete(k)
-        if (!had?.equals(value)) out.push({ key, value })
-      }
+    for await (const [key, value] of this.cachedRecords(volNo, scan)) {
+      const k = key.toString('latin1')
+      const had = logged.get(k)
+      logged.delete(k)
+      if (!had?.equals(value)) out.push({ key, value })
     }
     for (const k of logged.keys()) out.push({ key: Buffer.from(k, 'latin1'), value: null })
     for (let i = 0; i < out.length; i += RELOG_BATCH) await this.append(out.slice(i, i + RELOG_BATCH))
+  }
+
+  /** Every record of volume `volNo` in the relay's cache (`scan`: the MapStore's records under a prefix), kind by kind. */
+  private async *cachedRecords(volNo: number, scan: (prefix: Buffer) => AsyncIterable<[Buffer, Buffer]>): AsyncGenerator<[Buffer, Buffer]> {
+    for (const kind of volumeKeyKinds()) {
+      for await (const record of scan(kind)) if (volumeOfKey(record[0], (jobNo) => this.routing.jobVolume(jobNo)) === volNo) yield record
+    }
   }
 
   async append(records: { key: Buffer; value: Buffer | null }[]): Promise<void> {
@@ -233,9 +237,7 @@ export class VolumeMapLog implements MapMirror {
   async rebuild(maps: MapStore, volNo: number, log: MapLogServer): Promise<number> {
     const logged = await log.readMapRecords(volumePrefix(volNo))
     const drop: Buffer[] = []
-    for (const kind of volumeKeyKinds()) {
-      for await (const [key] of maps.scan(kind)) if (volumeOfKey(key, (jobNo) => this.routing.jobVolume(jobNo)) === volNo) drop.push(key)
-    }
+    for await (const [key] of this.cachedRecords(volNo, (prefix) => maps.scan(prefix))) drop.push(key)
     await maps.replaceCached(
       drop,
       logged.map((r) => ({ key: r.key.subarray(4), value: r.value })),
