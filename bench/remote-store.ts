@@ -27,6 +27,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { CHUNK_SIZE, EXTENT_CHUNKS } from '../lib/layout.js'
+import { processMemory } from '../lib/proc-memory.js'
 import { silentLogger } from '../lib/log.js'
 import { LevelChunkStore } from '../lib/storage/level-store.js'
 import { RemoteChunkStore } from '../lib/storage/remote/client.js'
@@ -165,9 +166,8 @@ async function main(): Promise<void> {
         )
       }
     }
-    const status = await readFile(`/proc/${server.pid}/status`, 'utf8').catch(() => '')
-    const hwm = /^VmHWM:\s+(\d+)\s+kB/m.exec(status)
-    process.stdout.write(`medians: ${loads.map((l) => `${l} ${median(ratios[l]).toFixed(2)}`).join(', ')}; server peak RSS ${hwm ? (Number(hwm[1]) / 1024).toFixed(0) : '?'} MiB\n`)
+    const { peakRss } = await processMemory(server.pid)
+    process.stdout.write(`medians: ${loads.map((l) => `${l} ${median(ratios[l]).toFixed(2)}`).join(', ')}; server peak RSS ${peakRss ? (peakRss / 1024 / 1024).toFixed(0) : '?'} MiB\n`)
   } finally {
     for (const s of systems) await s.close().catch(() => {})
     server.kill('SIGTERM')

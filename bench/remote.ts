@@ -34,6 +34,7 @@ import { randomBytes } from 'node:crypto'
 import { createWriteStream } from 'node:fs'
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { processMemory } from '../lib/proc-memory.js'
 import { JOBS, runJob, type JobName, type JobResult } from './fio.js'
 import { Cleanup, freePort, must, onInterrupt, run, say, sleep, startService, stopService, waitFor, type Service } from './proc.js'
 import { benchNodeFlags, ROOT, Vvfs, VVFS_BIN } from './vvfs.js'
@@ -55,9 +56,7 @@ interface Server {
 }
 
 async function peakRss(pid: number): Promise<number> {
-  const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '')
-  const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(status)
-  return m ? Number(m[1]) * 1024 : 0
+  return (await processMemory(pid)).peakRss
 }
 
 /** `vvfs storage serve` (inside `ns` when given), stopped by the cleanup. */

@@ -11,7 +11,6 @@
  */
 import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
-import { readFileSync } from 'node:fs'
 import { mkdir, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { EventBody, EventType, FaultInfo, HostInfo, JobInfo, PoolStatus, StorageInfo, VolumeDetail, VolumeInfo, VvfsEvent } from '../control/schema.js'
@@ -32,6 +31,7 @@ import { draftOf, FileCatalog, type CatalogData, type CatalogStore, type Committ
 import { SpaceWatch } from './space-watch.js'
 import { DEFAULT_COMPACT_IDLE_MS, StoreCompaction } from './compaction.js'
 import { DEFAULT_MEMORY_BUDGET, MemoryBudget } from '../storage/memory-budget.js'
+import { ownMemory } from '../proc-memory.js'
 import { reclaimVolume, type ReclaimResult } from './reclaim.js'
 import { VolumeHandle } from './volume-handle.js'
 import { volumeMapView } from './extent-runs.js'
@@ -400,7 +400,7 @@ export class Manager implements HostView {
   private memoryStatus() {
     const { rss, heapUsed, heapTotal, external } = process.memoryUsage()
     const { writeBufferSize, cacheSize, overBudget } = this.memory.currentShare()
-    return { rss, peakRss: peakRss(), heapUsed, heapTotal, external, budget: this.memory.bytes, stores: this.memory.size, writeBufferSize, cacheSize, overBudget }
+    return { rss, peakRss: ownMemory().peakRss, heapUsed, heapTotal, external, budget: this.memory.bytes, held: this.memory.held(), stores: this.memory.size, writeBufferSize, cacheSize, overBudget }
   }
 
   // ---- storage systems
@@ -1346,16 +1346,6 @@ export class Manager implements HostView {
 
 /** Issue 15: how long `volume move` waits for the named relay to serve the volume before taking it back. */
 const HANDOVER_WAIT_MS = 10_000
-
-/** The process's highest resident memory (VmHWM of /proc/self/status, a few hundred bytes read from the kernel); 0 where there is none. */
-function peakRss(): number {
-  try {
-    const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(readFileSync('/proc/self/status', 'latin1'))
-    return m ? Number(m[1]) * 1024 : 0
-  } catch {
-    return 0
-  }
-}
 
 function percent(part: number, whole: number): number {
   return whole === 0 ? 0 : Math.round((1000 * part) / whole) / 10
