@@ -11,5 +11,7 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 60_000,
     reporters: ['default'],
+    // Removes what a test file left behind (daemons, mounts, its temp dirs).
+    setupFiles: ['test/setup.ts'],
   },
 })

@@ -48,8 +48,20 @@ const live = new Set<DaemonHandle>()
 const loops = new Set<string>()
 const mounts = new Set<string>()
 
+/** Every directory tempDir made in this test file: removed after it (test/setup.ts), whoever else removes them first. */
+const made = new Set<string>()
+
 export function tempDir(prefix = 'vvfs-test-'): string {
-  return mkdtempSync(join(tmpdir(), prefix))
+  const dir = mkdtempSync(join(tmpdir(), prefix))
+  made.add(dir)
+  return dir
+}
+
+/** After a test file: stops what it left running and removes every directory tempDir made for it. */
+export async function removeTempDirs(): Promise<void> {
+  await cleanupAll()
+  for (const dir of made) removeDir(dir)
+  made.clear()
 }
 
 async function waitForSocket(path: string, proc: ChildProcess, logPath: string, timeoutMs = 20_000): Promise<ControlClient> {
