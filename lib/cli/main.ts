@@ -94,7 +94,7 @@ export function memoryLine(m: Result<'status'>['memory']): string {
   const process = `${formatSize(m.rss)} resident (peak ${formatSize(m.peakRss)}), JS heap ${formatSize(m.heapUsed)} of ${formatSize(m.heapTotal)}`
   if (m.stores === 0) return `${process}; storage budget ${formatSize(m.budget)}, no local storage systems`
   const share = `${formatSize(m.writeBufferSize)} write buffers, ${formatSize(m.cacheSize)} caches`
-  return `${process}; storage budget ${formatSize(m.budget)} over ${m.stores} local systems (${share}${m.overBudget ? ', OVER the budget at their floors' : ''})`
+  return `${process}; storage budget ${formatSize(m.budget)} over ${m.stores} local systems, ${formatSize(m.held)} held (${share}${m.overBudget ? ', OVER the budget at their floors' : ''})`
 }
 
 function volumeText(v: Result<'volume.show'>, perExtent: boolean): string {

@@ -340,6 +340,7 @@ export const METHODS = {
         heapTotal: Bytes.describe("V8's heap as allocated"),
         external: Bytes.describe('buffers outside the JavaScript heap that JavaScript holds'),
         budget: Bytes.describe("the local storage systems' budget for memtables and caches (daemon --memory)"),
+        held: Bytes.describe("what their memtables and caches hold now (LevelDB's estimate)"),
         stores: z.number().describe('local storage systems sharing it'),
         writeBufferSize: Bytes.describe("each one's memtable size (up to two are held)"),
         cacheSize: Bytes.describe("each one's block cache"),

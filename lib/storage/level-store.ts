@@ -376,6 +376,12 @@ export class LevelChunkStore implements ChunkStore, BudgetedStore {
     db.setMemory(share.writeBufferSize, share.cacheSize)
   }
 
+  /** LevelDB's estimate of what its memtables and block cache hold (a synchronous property read, microseconds). */
+  heldMemory(): number {
+    if (this.closed) return 0
+    return Number(this.db.getProperty('leveldb.approximate-memory-usage')) || 0
+  }
+
   async close(): Promise<void> {
     if (this.closed) return
     this.memory?.leave(this)

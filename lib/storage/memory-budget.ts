@@ -55,9 +55,11 @@ export interface MemoryShare {
   cacheSize: number
 }
 
-/** What a store sharing the budget must do: take a new share. */
+/** What a store sharing the budget must do: take a new share, and say what it holds. */
 export interface BudgetedStore {
   setMemory(share: MemoryShare): void
+  /** The bytes its memtables and cache hold now (LevelDB's own estimate); 0 once closed. */
+  heldMemory(): number
 }
 
 /** The share of each of `stores` stores in `budget` bytes, and whether the floors put them over it. */
@@ -89,6 +91,13 @@ export class MemoryBudget {
   /** How many stores share it now. */
   get size(): number {
     return this.stores.size
+  }
+
+  /** The bytes all the stores' memtables and caches hold now. */
+  held(): number {
+    let sum = 0
+    for (const s of this.stores) sum += s.heldMemory()
+    return sum
   }
 
   /** The share a store opened now would get (one more than today's). */

@@ -10,6 +10,9 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { afterAll, describe, expect, it } from 'vitest'
 import { MAX_CACHE, MAX_WRITE_BUFFER, MemoryBudget, MIN_MEMORY_BUDGET, shareOf, storeMemory, type MemoryShare } from '../../lib/storage/memory-budget.js'
+import { join } from 'node:path'
+import { CHUNK_SIZE } from '../../lib/layout.js'
+import { LevelChunkStore } from '../../lib/storage/level-store.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
 import { codeOf } from '../helpers/errors.js'
 
@@ -38,6 +41,10 @@ async function peakGrowth(stores: number, budget: number | 'none', mibPerStore: 
 
 class RecordingStore {
   share: MemoryShare | null = null
+  held = 0
+  heldMemory(): number {
+    return this.held
+  }
   setMemory(share: MemoryShare): void {
     this.share = share
   }
@@ -70,6 +77,28 @@ describe('MemoryBudget', () => {
     budget.leave(b)
     expect(a.share).toEqual(alone)
     expect(shareOf(8 * MiB, 16).overBudget).toBe(true)
+  })
+
+  it("says what the stores hold: each store's memtable grows with its writes and empties when written to a table", async () => {
+    const dir = tempDir('vvfs-memory-')
+    dirs.push(dir)
+    const budget = new MemoryBudget(64 * MiB)
+    const a = await LevelChunkStore.open({ sid: 1, name: 'a', path: join(dir, 'a'), create: true, memory: budget })
+    const b = await LevelChunkStore.open({ sid: 2, name: 'b', path: join(dir, 'b'), create: true, memory: budget })
+    try {
+      const empty = budget.held()
+      expect(empty).toBe(a.heldMemory() + b.heldMemory())
+      const data = Buffer.alloc(256 * CHUNK_SIZE, 7)
+      await a.apply({ writes: Array.from({ length: 256 }, (_, i) => ({ pca: i, data: data.subarray(i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE) })) })
+      expect(a.heldMemory() - empty).toBeGreaterThanOrEqual(256 * CHUNK_SIZE)
+      expect(budget.held()).toBe(a.heldMemory() + b.heldMemory())
+      await a.sync({ flushUnlogged: true })
+      expect(a.heldMemory()).toBeLessThan(CHUNK_SIZE * 16)
+    } finally {
+      await a.close()
+      await b.close()
+    }
+    expect(budget.held()).toBe(0)
   })
 
   it('refuses a budget too small for one store', async () => {

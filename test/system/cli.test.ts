@@ -33,9 +33,11 @@ describe('the vvfs CLI', () => {
     expect(m.heapTotal).toBeGreaterThanOrEqual(m.heapUsed)
     expect(m.rss).toBeGreaterThan(m.heapUsed)
     expect(m.peakRss).toBeGreaterThanOrEqual(m.rss)
+    expect(m.held).toBeGreaterThan(0)
+    expect(m.held).toBeLessThanOrEqual(m.budget)
     const share = shareOf(DEFAULT_MEMORY_BUDGET, 2)
     expect(m).toMatchObject({ budget: DEFAULT_MEMORY_BUDGET, stores: 2, writeBufferSize: share.writeBufferSize, cacheSize: share.cacheSize, overBudget: false })
-    expect(vvfs('status').out).toMatch(/memory\s+\d+(\.\d)? MiB resident \(peak \d+(\.\d)? MiB\), JS heap .+; storage budget 192 MiB over 2 local systems \(36 MiB write buffers, 16 MiB caches\)/)
+    expect(vvfs('status').out).toMatch(/memory\s+\d+(\.\d)? MiB resident \(peak \d+(\.\d)? MiB\), JS heap .+; storage budget 192 MiB over 2 local systems, \d+(\.\d)? (B|KiB|MiB) held \(36 MiB write buffers, 16 MiB caches\)/)
   })
 
   it('creates a volume and prints its id and size', () => {
