@@ -82,7 +82,7 @@ export interface ChunkStore {
   readOneSync?(pca: number, into: Buffer, offset: number): void
   /** Scattered chunks; undefined where none is stored. */
   readMany(pcas: number[]): Promise<(Buffer | undefined)[]>
-  /** Applies the batch atomically: all of it or none of it. */
+  /** Applies the batch atomically: all of it or none of it. Keeps no reference to the batch's data once settled (callers reuse those buffers). */
   apply(batch: ChunkBatch): Promise<void>
   /** Addresses of stored chunks in [first, first + count), ascending, at most `limit`. */
   stored(first: number, count: number, limit?: number): Promise<number[]>
