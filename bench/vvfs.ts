@@ -12,6 +12,7 @@ import { createWriteStream } from 'node:fs'
 import { readFile, stat } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { processMemory } from '../lib/proc-memory.js'
 import { detachLoop, fusermountUz, loopsUnder } from './mounts.js'
 import { must, run, sleep, startService, stopService, waitFor, type Cleanup, type Service } from './proc.js'
 
@@ -45,6 +46,22 @@ export function benchNodeFlags(): string[] {
  */
 export function benchDaemonArgs(): string[] {
   return (process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filter(Boolean)
+}
+
+/**
+ * BENCH_DAEMON_ENV: more environment for the vvfs daemon only, as
+ * space-separated NAME=VALUE, e.g. `MALLOC_ARENA_MAX=2` (glibc's allocator,
+ * read at process start) for a before/after that leaves fio and the
+ * reference servers as they are.
+ */
+export function benchDaemonEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {}
+  for (const pair of (process.env.BENCH_DAEMON_ENV ?? '').split(' ').filter(Boolean)) {
+    const at = pair.indexOf('=')
+    if (at <= 0) throw new Error(`BENCH_DAEMON_ENV: ${JSON.stringify(pair)} is not NAME=VALUE`)
+    env[pair.slice(0, at)] = pair.slice(at + 1)
+  }
+  return env
 }
 
 export class Vvfs {
@@ -81,7 +98,7 @@ export class Vvfs {
     // BENCH_PERF (bench/replication.ts): JIT symbols for `perf record`.
     if (process.env.BENCH_PERF) prof.push('--perf-basic-prof-only-functions')
     prof.push(...benchNodeFlags())
-    const svc = startService(process.execPath, [...prof, VVFS_BIN, 'daemon', '--state', stateDir, '--mount', mountDir, '--log-level', 'warn', ...extraArgs, ...benchDaemonArgs()], { logFile, env: cleanEnv(), cwd: dir })
+    const svc = startService(process.execPath, [...prof, VVFS_BIN, 'daemon', '--state', stateDir, '--mount', mountDir, '--log-level', 'warn', ...extraArgs, ...benchDaemonArgs()], { logFile, env: { ...cleanEnv(), ...benchDaemonEnv() }, cwd: dir })
     const vvfs = new Vvfs(stateDir, mountDir, logPath, svc)
     vvfs.stopStep = cleanup.add(`stop vvfs daemon (pid ${svc.pid})`, async () => {
       await vvfs.quiesce()
@@ -143,23 +160,11 @@ export class Vvfs {
 
   /** VmHWM of the daemon process, in bytes (0 if it is gone). */
   async peakRss(): Promise<number> {
-    try {
-      const status = await readFile(`/proc/${this.svc.pid}/status`, 'utf8')
-      const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(status)
-      return m ? Number(m[1]) * 1024 : 0
-    } catch {
-      return 0
-    }
+    return (await processMemory(this.svc.pid)).peakRss
   }
 
   async rss(): Promise<number> {
-    try {
-      const status = await readFile(`/proc/${this.svc.pid}/status`, 'utf8')
-      const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status)
-      return m ? Number(m[1]) * 1024 : 0
-    } catch {
-      return 0
-    }
+    return (await processMemory(this.svc.pid)).rss
   }
 
   async logTail(lines = 5): Promise<string> {

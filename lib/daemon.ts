@@ -10,8 +10,8 @@ import { managerHandlers } from './manager/api.js'
 import { Manager } from './manager/manager.js'
 import type { MountTimeouts } from './fuse/host-mount.js'
 import { VERSION } from './version.js'
-import { tuneGarbageCollector } from './gc-tuning.js'
-import { tuneMalloc } from './malloc-tuning.js'
+import { adaptHeapGrowth, tuneGarbageCollector } from './gc-tuning.js'
+import { reexecWithArenaLimit, trimWhenIdle, tuneMalloc } from './malloc-tuning.js'
 import { VvfsError } from './errors.js'
 import type { ClusterOptions } from './cluster/options.js'
 import { checkHttpAccess, parseHttpAddress, readToken, WebServer, type HttpAddress } from './http/server.js'
@@ -102,15 +102,20 @@ async function startWebView(manager: Manager, address: HttpAddress, token: strin
 }
 
 /**
- * Runs in the foreground until a signal; returns the exit code. The signal
- * handlers are in place before the daemon starts: a SIGTERM that arrives
- * while it starts (a test or a service manager stopping it right after its
- * socket answers) stops it cleanly once started, instead of killing it.
+ * Runs in the foreground until a signal; returns the exit code. First the
+ * process starts itself again with the malloc arena limit (malloc-tuning.ts;
+ * a SIGTERM before that, while the CLI loads, kills it: nothing is open
+ * yet). Then the signal handlers are in place before the daemon starts: a
+ * SIGTERM that arrives while it starts (a test or a service manager
+ * stopping it right after its socket answers) stops it cleanly once
+ * started, instead of killing it.
  */
 export async function runDaemon(opts: DaemonOptions): Promise<number> {
+  const arenas = reexecWithArenaLimit() // first: nothing opened yet
   tuneGarbageCollector()
-  tuneMalloc()
+  if (arenas !== 'kept') tuneMalloc()
   const log = createLogger(opts.logLevel, opts.logFormat)
+  if (arenas !== 'kept') log.warn({ event: 'memory.reexec_failed', err: arenas.failed }, 'could not restart with the malloc arena limit from the start (memory may grow past the budget)')
   let signalled: NodeJS.Signals | null = null
   let onStarted: ((running: RunningDaemon) => void) | null = null
   const exit = new Promise<number>((resolveExit) => {
@@ -138,5 +143,10 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   process.on('unhandledRejection', (err) => log.error({ event: 'daemon.unhandled', err: String((err as Error)?.stack ?? err) }, 'unhandled rejection'))
   const running = await startDaemon(opts)
   onStarted!(running)
-  return exit
+  const stopTrimming = trimWhenIdle(log)
+  const stopAdapting = adaptHeapGrowth(() => running.manager.replicating())
+  return exit.finally(() => {
+    stopTrimming()
+    stopAdapting()
+  })
 }

@@ -18,7 +18,7 @@ import { parseHostPort } from '../../wire/server.js'
 import { LevelChunkStore } from '../level-store.js'
 import { StorageServer, type StoreOpener } from './server.js'
 import { tuneGarbageCollector } from '../../gc-tuning.js'
-import { tuneMalloc } from '../../malloc-tuning.js'
+import { reexecWithArenaLimit, trimWhenIdle, tuneMalloc } from '../../malloc-tuning.js'
 
 export interface ServeOptions {
   dir: string
@@ -34,9 +34,11 @@ export interface ServeOptions {
 const openStore: StoreOpener = (o) => LevelChunkStore.open(o)
 
 export async function runStorageServer(opts: ServeOptions): Promise<number> {
+  const arenas = reexecWithArenaLimit() // first: nothing opened yet
   tuneGarbageCollector()
-  tuneMalloc()
+  if (arenas !== 'kept') tuneMalloc()
   const log = createLogger(opts.logLevel ?? 'info', opts.logFormat)
+  if (arenas !== 'kept') log.warn({ event: 'memory.reexec_failed', err: arenas.failed }, 'could not restart with the malloc arena limit from the start')
   let signalled = false
   let server: StorageServer | null = null
   let stopping: Promise<void> | null = null
@@ -68,6 +70,8 @@ export async function runStorageServer(opts: ServeOptions): Promise<number> {
       }
     })()
   })
+  const stopTrimming = trimWhenIdle(log)
   await stopped
+  stopTrimming()
   return process.exitCode === 1 ? 1 : 0
 }
