@@ -17,6 +17,9 @@
  * enough (9.5 and 7.6, a mark-compact every ~150 ms). The cost: up to ~40 MiB
  * more heap before a collection.
  *
+ * Only while the daemon replicates (adaptHeapGrowth); otherwise
+ * HEAP_GROWING_PERCENT_LOCAL, for memory. Storage servers keep 3×.
+ *
  * V8 reads this flag each time it sets the limit, so setting it after start
  * works. A value given on node's own command line wins (bench comparisons:
  * BENCH_NODE_FLAGS).
@@ -25,8 +28,46 @@ import { setFlagsFromString } from 'node:v8'
 
 /** The old generation may grow to (1 + this/100)× what the last mark-compact kept. */
 export const HEAP_GROWING_PERCENT = 200
+/**
+ * A daemon that does not replicate: 2×. The 3× costs up to ~40 MiB of
+ * heap, and a non-replicating daemon's peak RSS in `make bench` is bound by
+ * issue 17's 384 MiB: 363 MiB with 2× against 393–401 with 3× (one full
+ * run each, 2026-12-05), the idle copy of `BENCH_ONLY=migration` no
+ * slower (128 and 132 MB/s, against 94 and 99 with 3× earlier that day),
+ * CPU-s per GiB of sequential writes 4.08 against 3.84–5.32 in five full
+ * runs with 3× (docs/performance.md, Memory).
+ */
+export const HEAP_GROWING_PERCENT_LOCAL = 100
+/** How often adaptHeapGrowth looks at whether the daemon replicates. */
+const ADAPT_MS = 2_000
+
+function givenOnCommandLine(): boolean {
+  return process.execArgv.some((a) => a.startsWith('--heap-growing-percent') || a.startsWith('--heap_growing_percent'))
+}
 
 export function tuneGarbageCollector(): void {
-  if (process.execArgv.some((a) => a.startsWith('--heap-growing-percent') || a.startsWith('--heap_growing_percent'))) return
+  if (givenOnCommandLine()) return
   setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`)
+}
+
+/**
+ * The daemon's heap growth follows what it does: HEAP_GROWING_PERCENT while
+ * `replicating()` (a pair in either role), HEAP_GROWING_PERCENT_LOCAL
+ * otherwise — set now, then looked at every ADAPT_MS and set again only when
+ * it changes. Returns the function that stops it. A value on node's command
+ * line wins.
+ */
+export function adaptHeapGrowth(replicating: () => boolean, setFlags: (flags: string) => void = setFlagsFromString): () => void {
+  if (givenOnCommandLine()) return () => {}
+  let set: number | null = null
+  const adapt = () => {
+    const percent = replicating() ? HEAP_GROWING_PERCENT : HEAP_GROWING_PERCENT_LOCAL
+    if (percent === set) return
+    setFlags(`--heap-growing-percent=${percent}`)
+    set = percent
+  }
+  adapt()
+  const timer = setInterval(adapt, ADAPT_MS)
+  timer.unref()
+  return () => clearInterval(timer)
 }

@@ -1016,6 +1016,11 @@ export class Manager implements HostView {
     })
   }
 
+  /** Whether this daemon replicates now, as a primary or a secondary (gc-tuning.ts adaptHeapGrowth). */
+  replicating(): boolean {
+    return this.replication.active
+  }
+
   /** Issue 13.7: the primary pairs running here, with their jobs. */
   private replicationPrimaries(): { job: ReplicateJobRecord; pair: PrimaryPair }[] {
     const out: { job: ReplicateJobRecord; pair: PrimaryPair }[] = []

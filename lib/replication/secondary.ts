@@ -431,6 +431,11 @@ export class SecondaryPairs {
     return run
   }
 
+  /** How many secondary pairs are open here. */
+  get size(): number {
+    return this.pairs.size
+  }
+
   list(): SecondaryPairInfo[] {
     return [...this.pairs.values()].map(({ store, applier }) => {
       const s = applier.status

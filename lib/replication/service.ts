@@ -55,6 +55,11 @@ export interface ReplicationHost extends ReplicaHost, FailoverHost {
 
 export class ReplicationService {
   readonly pairs = new Map<number, PrimaryPair>()
+
+  /** Whether any pair runs here, in either role. */
+  get active(): boolean {
+    return this.pairs.size > 0 || this.secondaries.size > 0
+  }
   readonly secondaries: SecondaryPairs
   readonly failover: FailoverService
   private listener: WireServer | null = null
