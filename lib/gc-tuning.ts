@@ -31,11 +31,13 @@ export const HEAP_GROWING_PERCENT = 200
 /**
  * A daemon that does not replicate: 2×. The 3× costs up to ~40 MiB of
  * heap, and a non-replicating daemon's peak RSS in `make bench` is bound by
- * issue 17's 384 MiB: 363 MiB with 2× against 393–401 with 3× (one full
- * run each, 2026-12-05), the idle copy of `BENCH_ONLY=migration` no
- * slower (128 and 132 MB/s, against 94 and 99 with 3× earlier that day),
- * CPU-s per GiB of sequential writes 4.08 against 3.84–5.32 in five full
- * runs with 3× (docs/performance.md, Memory).
+ * issue 17's 384 MiB. Full runs, 2026-12-05, all with the arena limit from
+ * process start: 367.0, 395.6 and 407.4 MiB with this against 393.2 and
+ * 401.3 with 3× — not shown lower at the peak, which swings ±20 MiB from
+ * run to run; V8's heap at the end of the bench 73 MiB against 81–90. No
+ * cost seen: `BENCH_ONLY=migration` idle copy 128 and 132 MB/s (94 and 99
+ * with 3× earlier that day), CPU-s per GiB of sequential writes 3.85–4.63
+ * against 3.84–5.32 (docs/performance.md, Memory).
  */
 export const HEAP_GROWING_PERCENT_LOCAL = 100
 /** How often adaptHeapGrowth looks at whether the daemon replicates. */

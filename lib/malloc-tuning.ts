@@ -18,10 +18,10 @@
  *    own place with MALLOC_ARENA_MAX=MAX_ARENAS, which glibc reads only at
  *    process start (mallopt later leaves the arenas V8's threads made
  *    before it: six). Full `make bench`, peak RSS by the end of the fio
- *    jobs: 276–302 MiB in three runs with the limit from the start, against
+ *    jobs: 276–308 MiB in six runs with the limit from the start, against
  *    323–344 in four without; the whole run's peak, set in the migration
- *    section, moved less (393 and 401 against 384–431, too few runs to
- *    say; 363 with a 2× heap, gc-tuning.ts).
+ *    section, not measurably (363–407 in six runs against 384–431 in
+ *    four).
  *    One arena made every fio job slower (sequential reads 0.14 × the
  *    ceiling against 0.33); jemalloc (LD_PRELOAD) peaked at 497 MiB.
  *  - tuneMalloc: the same limit by mallopt, for threads that start later,
