@@ -20,8 +20,10 @@
  * a malformed handshake (PEER_PROTOCOL), a frame over the limit (before
  * authentication PRE_AUTH_MAX_BODY = 256 bytes; FRAME_TOO_LARGE, refused at
  * its header), a wrong key (PEER_AUTH_FAILED), no completed handshake within
- * handshakeDeadlineMs (TIMEOUT), silence for idleTimeoutMs after it, more
- * connections than the caps (PEER_BUSY, refused at accept). Memory per
+ * handshakeDeadlineMs (TIMEOUT), silence for idleTimeoutMs after it, the
+ * oldest handshake when a new connection finds every handshake slot taken
+ * (PEER_BUSY), a peer proving its key while maxConnections are connected
+ * (PEER_BUSY). Memory per
  * connection is bounded by one frame being decoded plus maxInFlight bodies.
  */
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
@@ -50,7 +52,7 @@ export interface ServerLimits {
   maxBodyBytes: number
   /** Authenticated connections at once: a storage server has a few relays, a replica one primary. */
   maxConnections: number
-  /** Connections still in the handshake at once; more are refused at accept, so idle sockets cannot crowd out peers for long. */
+  /** Connections still in the handshake at once; a new one past it drops the oldest (accept), so idle sockets cannot keep peers out. */
   maxPendingHandshakes: number
   /** Requests in flight per connection; with maxBodyBytes this bounds a connection's memory (32 MiB). */
   maxInFlight: number
@@ -205,20 +207,28 @@ export class WireServer {
     this.connections.delete(c)
   }
 
+  /**
+   * A new connection takes a handshake slot. With every slot taken, the
+   * oldest connection still in its handshake is dropped to make room (a SYN
+   * cache's rule): sockets that connect and say nothing cannot keep a relay
+   * out by holding the slots and renewing each within the deadline — to
+   * push out a peer's handshake (two round trips) they would have to open
+   * maxPendingHandshakes connections within it.
+   */
   private accept(socket: Socket): void {
-    const { pending, authenticated } = this.stats
-    const refuse =
-      pending >= this.limits.maxPendingHandshakes
-        ? `${pending} connections already in the handshake (cap ${this.limits.maxPendingHandshakes})`
-        : authenticated + pending >= this.limits.maxConnections + this.limits.maxPendingHandshakes
-          ? `${authenticated} peers already connected (cap ${this.limits.maxConnections})`
-          : null
+    const { pending } = this.stats
     const conn = new ServerConnection(this, socket)
-    if (refuse) {
-      conn.link.drop(new VvfsError('PEER_BUSY', `connection refused: ${refuse}`))
-      return
+    if (pending >= this.limits.maxPendingHandshakes) {
+      const oldest = this.oldestPending()
+      oldest?.link.drop(new VvfsError('PEER_BUSY', `dropped to make room: ${pending} connections in the handshake (cap ${this.limits.maxPendingHandshakes}) and this one the oldest`))
     }
     this.connections.add(conn)
+  }
+
+  /** The connection that has been in its handshake longest (connections are kept in accept order). */
+  private oldestPending(): ServerConnection | undefined {
+    for (const c of this.connections) if (!c.isReady) return c
+    return undefined
   }
 }
 

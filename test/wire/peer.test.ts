@@ -353,13 +353,28 @@ describe('bad peers: each dropped with a logged reason while the good one is ser
     await until(() => idle.every((p) => p.closed), 5000, 'every idle connection dropped')
     expect(worst).toBeLessThan(1000) // 60 ms measured at load 10 on 2 cores (the 200 connects land meanwhile); the default deadline is 5 s
     const codes = dropped().map((d) => d.code)
-    expect(codes.filter((c) => c === 'PEER_BUSY').length).toBe(168) // over the cap of 32 pending handshakes: refused at once
+    expect(codes.filter((c) => c === 'PEER_BUSY').length).toBe(168) // over the cap of 32 pending handshakes: the oldest dropped at once
     expect(codes.filter((c) => c === 'TIMEOUT').length).toBe(32) // the rest: at the handshake deadline
     expect(server.stats).toMatchObject({ authenticated: 1, pending: 0 })
     expect(process.memoryUsage().heapUsed - heapBefore).toBeLessThan(32 * 1024 * 1024)
     // and a new peer gets in
     const late = startClient(key, port)
     expect((await late.client.request(ECHO, Buffer.from('in'))).toString()).toBe('in')
+  })
+
+  it('lets a relay in while silent connections hold every handshake slot (the oldest is dropped, not the newcomer)', async () => {
+    const key = newKey()
+    // A deadline longer than the test: without eviction the slots would stay taken throughout.
+    const { server, port, dropped } = await startServer(key, { handshakeDeadlineMs: 30_000, maxPendingHandshakes: 8 })
+    const silent = await Promise.all(Array.from({ length: 8 }, () => RawPeer.connect(port)))
+    cleanups.push(() => silent.forEach((p) => p.destroy()))
+    await until(() => server.stats.pending === 8, 2000, 'every slot taken')
+    const { client } = startClient(key, port, { connectTimeoutMs: 2000 })
+    expect((await client.request(ECHO, Buffer.from('in'), { deadlineMs: 2000 })).toString()).toBe('in')
+    expect(server.stats).toMatchObject({ authenticated: 1, pending: 7 })
+    await until(() => silent[0]!.closed, 2000, 'the oldest silent connection dropped')
+    expect(silent.slice(1).every((p) => !p.closed)).toBe(true)
+    expect(dropped()).toEqual([expect.objectContaining({ code: 'PEER_BUSY', phase: 'hello' })])
   })
 })
 
