@@ -10,8 +10,9 @@ import { managerHandlers } from './manager/api.js'
 import { Manager } from './manager/manager.js'
 import type { MountTimeouts } from './fuse/host-mount.js'
 import { VERSION } from './version.js'
-import { adaptHeapGrowth, tuneGarbageCollector } from './gc-tuning.js'
-import { reexecWithArenaLimit, trimWhenIdle, tuneMalloc } from './malloc-tuning.js'
+import { adaptHeapGrowth } from './gc-tuning.js'
+import { trimWhenIdle } from './malloc-tuning.js'
+import { startLongRunningProcess } from './process-start.js'
 import { VvfsError } from './errors.js'
 import type { ClusterOptions } from './cluster/options.js'
 import { checkHttpAccess, parseHttpAddress, readToken, WebServer, type HttpAddress } from './http/server.js'
@@ -111,11 +112,7 @@ async function startWebView(manager: Manager, address: HttpAddress, token: strin
  * started, instead of killing it.
  */
 export async function runDaemon(opts: DaemonOptions): Promise<number> {
-  const arenas = reexecWithArenaLimit() // first: nothing opened yet
-  tuneGarbageCollector()
-  if (arenas !== 'kept') tuneMalloc()
-  const log = createLogger(opts.logLevel, opts.logFormat)
-  if (arenas !== 'kept') log.warn({ event: 'memory.reexec_failed', err: arenas.failed }, 'could not restart with the malloc arena limit from the start (memory may grow past the budget)')
+  const log = startLongRunningProcess(() => createLogger(opts.logLevel, opts.logFormat)) // first: nothing opened yet
   let signalled: NodeJS.Signals | null = null
   let onStarted: ((running: RunningDaemon) => void) | null = null
   const exit = new Promise<number>((resolveExit) => {

@@ -23,8 +23,8 @@
  * handshakeDeadlineMs (TIMEOUT), silence for idleTimeoutMs after it, the
  * oldest handshake when a new connection finds every handshake slot taken
  * (PEER_BUSY), a peer proving its key while maxConnections are connected
- * (PEER_BUSY). Memory per
- * connection is bounded by one frame being decoded plus maxInFlight bodies.
+ * (PEER_BUSY). Memory per connection is bounded by one frame being decoded
+ * plus maxInFlight bodies.
  */
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { asVvfsError, isErrorCode, VvfsError, type ErrorCode } from '../errors.js'
@@ -220,7 +220,12 @@ export class WireServer {
     const conn = new ServerConnection(this, socket)
     if (pending >= this.limits.maxPendingHandshakes) {
       const oldest = this.oldestPending()
-      oldest?.link.drop(new VvfsError('PEER_BUSY', `dropped to make room: ${pending} connections in the handshake (cap ${this.limits.maxPendingHandshakes}) and this one the oldest`))
+      const busy = `${pending} connections in the handshake (cap ${this.limits.maxPendingHandshakes})`
+      if (!oldest) {
+        conn.link.drop(new VvfsError('PEER_BUSY', `connection refused: ${busy}`)) // a cap of 0
+        return
+      }
+      oldest.link.drop(new VvfsError('PEER_BUSY', `dropped to make room: ${busy} and this one the oldest`))
     }
     this.connections.add(conn)
   }

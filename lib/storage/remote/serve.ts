@@ -17,8 +17,8 @@ import { loadPeerKey } from '../../wire/auth.js'
 import { parseHostPort } from '../../wire/server.js'
 import { LevelChunkStore } from '../level-store.js'
 import { StorageServer, type StoreOpener } from './server.js'
-import { tuneGarbageCollector } from '../../gc-tuning.js'
-import { reexecWithArenaLimit, trimWhenIdle, tuneMalloc } from '../../malloc-tuning.js'
+import { trimWhenIdle } from '../../malloc-tuning.js'
+import { startLongRunningProcess } from '../../process-start.js'
 
 export interface ServeOptions {
   dir: string
@@ -34,11 +34,7 @@ export interface ServeOptions {
 const openStore: StoreOpener = (o) => LevelChunkStore.open(o)
 
 export async function runStorageServer(opts: ServeOptions): Promise<number> {
-  const arenas = reexecWithArenaLimit() // first: nothing opened yet
-  tuneGarbageCollector()
-  if (arenas !== 'kept') tuneMalloc()
-  const log = createLogger(opts.logLevel ?? 'info', opts.logFormat)
-  if (arenas !== 'kept') log.warn({ event: 'memory.reexec_failed', err: arenas.failed }, 'could not restart with the malloc arena limit from the start')
+  const log = startLongRunningProcess(() => createLogger(opts.logLevel ?? 'info', opts.logFormat)) // first: nothing opened yet
   let signalled = false
   let server: StorageServer | null = null
   let stopping: Promise<void> | null = null
