@@ -10,7 +10,7 @@ import { managerHandlers } from './manager/api.js'
 import { Manager } from './manager/manager.js'
 import type { MountTimeouts } from './fuse/host-mount.js'
 import { VERSION } from './version.js'
-import { adaptHeapGrowth } from './gc-tuning.js'
+import { adaptHeapGrowth, startFlags } from './gc-tuning.js'
 import { trimWhenIdle } from './malloc-tuning.js'
 import { startLongRunningProcess } from './process-start.js'
 import { VvfsError } from './errors.js'
@@ -112,7 +112,7 @@ async function startWebView(manager: Manager, address: HttpAddress, token: strin
  * started, instead of killing it.
  */
 export async function runDaemon(opts: DaemonOptions): Promise<number> {
-  const log = startLongRunningProcess(() => createLogger(opts.logLevel, opts.logFormat)) // first: nothing opened yet
+  const log = startLongRunningProcess(() => createLogger(opts.logLevel, opts.logFormat), startFlags(opts.listen !== undefined || opts.peerKey !== undefined)) // first: nothing opened yet
   let signalled: NodeJS.Signals | null = null
   let onStarted: ((running: RunningDaemon) => void) | null = null
   const exit = new Promise<number>((resolveExit) => {

@@ -43,6 +43,38 @@ export const HEAP_GROWING_PERCENT_LOCAL = 100
 /** How often adaptHeapGrowth looks at whether the daemon replicates. */
 const ADAPT_MS = 2_000
 
+/**
+ * The daemon's young generation: each of its two semi-spaces at most this
+ * many MiB (node's default on 64-bit: 16). Under 4 KiB random writes V8
+ * grew them to the full 16 — 32 MiB of heap for objects that live one
+ * request — and the heap to 71–75 MiB in all at the bench's peak. With 4:
+ * at most 49 MiB, and the full bench's peak RSS 367.7 against 392.7 MiB
+ * the same day (one run each, 2026-12-05, docs/performance.md, Memory). No
+ * cost seen there: three alternating pairs of `bench/scripts/seqwrite-cpu.sh`,
+ * CPU-s per GiB 4.27/3.68/4.20 against 4.34/3.86/4.43 (1 MiB sequential),
+ * 92/77/79 against 103/77/79 (4 KiB random, queue depth 16).
+ * Replication pays for it: end to end, 1 MiB sequential
+ * (`BENCH_ONLY=writes BENCH_JOBS=seqwrite bench/replication.js`, two
+ * alternating pairs) 165 and 137 MB/s at 9.7 and 11.8 primary CPU-s per GiB
+ * against 169 and 168 MB/s at 9.3 and 9.0 with 16. So a daemon started for
+ * replication peers (`--listen` or `--peer-key`) keeps node's default.
+ * node reads it only at its start: the daemon passes startFlags() to its
+ * restart (process-start.ts). Storage servers keep node's default.
+ */
+export const SEMI_SPACE_MB = 4
+
+/**
+ * The flags node must be started with for the daemon (its young
+ * generation, unless `forReplication`), minus any the operator gave
+ * (NODE_OPTIONS or node's command line).
+ */
+export function startFlags(forReplication: boolean, execArgv: string[] = process.execArgv, nodeOptions: string = process.env.NODE_OPTIONS ?? ''): string[] {
+  if (forReplication) return []
+  const given = [...execArgv, ...nodeOptions.split(/\s+/)]
+  if (given.some((a) => a.startsWith('--max-semi-space-size') || a.startsWith('--max_semi_space_size'))) return []
+  return [`--max-semi-space-size=${SEMI_SPACE_MB}`]
+}
+
 function givenOnCommandLine(): boolean {
   return process.execArgv.some((a) => a.startsWith('--heap-growing-percent') || a.startsWith('--heap_growing_percent'))
 }

@@ -14,7 +14,7 @@
  * memory.held) were ~80 MiB of the rest.
  *
  * So, three things (figures: docs/performance.md, "Memory", 2026-12-05):
- *  - reexecWithArenaLimit: the process starts itself again, once, in its
+ *  - reexecTuned: the process starts itself again, once, in its
  *    own place with MALLOC_ARENA_MAX=MAX_ARENAS, which glibc reads only at
  *    process start (mallopt later leaves the arenas V8's threads made
  *    before it: six). Full `make bench`, peak RSS by the end of the fio
@@ -57,7 +57,7 @@ const CHECK_MS = 1_000
 interface MallocAddon {
   limitArenas(n: number): boolean
   trim(): Promise<boolean>
-  reexec(): never
+  reexec(nodeFlags?: string[]): never
 }
 
 function addon(): MallocAddon {
@@ -72,23 +72,27 @@ const REEXECUTED_ENV = 'VVFS_REEXECUTED'
 /**
  * Starts this process again in its place (same pid, name and arguments)
  * with ALLOCATOR_ENV=MAX_ARENAS in its environment, so that every thread
- * shares MAX_ARENAS arenas from the first one on. Does nothing if
- * ALLOCATOR_ENV is set already — by the operator (theirs is kept: e.g. 16,
- * glibc's own limit on two cores, for a before/after) or by this — or if
- * the process is already the re-executed one. Call first thing in a
- * daemon's or storage server's start, before it opens, logs or listens:
- * what the process held is gone after it. Returns only if it did not
- * re-execute: 'kept' (nothing to do) or why it could not (then tuneMalloc
- * limits the arenas of the threads to come).
+ * shares MAX_ARENAS arenas from the first one on, and `nodeFlags` (what
+ * node reads only at its start: gc-tuning.ts startFlags) before its script.
+ * An ALLOCATOR_ENV already set — by the operator: theirs is kept (e.g. 16,
+ * glibc's own limit on two cores, for a before/after) — is left as it is,
+ * and with no flags to add nothing is re-executed. Never runs twice (a
+ * marker in the environment). Call first thing in a daemon's or storage
+ * server's start, before it opens, logs or listens: what the process held
+ * is gone after it. Returns only if it did not re-execute: 'kept' (nothing
+ * to do) or why it could not (then tuneMalloc limits the arenas of the
+ * threads to come, and the flags are not in force).
  */
-export function reexecWithArenaLimit(): 'kept' | { failed: string } {
-  if (process.env[ALLOCATOR_ENV] !== undefined || process.env[REEXECUTED_ENV] !== undefined) return 'kept'
-  process.env[ALLOCATOR_ENV] = String(MAX_ARENAS)
+export function reexecTuned(nodeFlags: string[] = []): 'kept' | { failed: string } {
+  if (process.env[REEXECUTED_ENV] !== undefined) return 'kept'
+  const setArenas = process.env[ALLOCATOR_ENV] === undefined
+  if (!setArenas && nodeFlags.length === 0) return 'kept'
+  if (setArenas) process.env[ALLOCATOR_ENV] = String(MAX_ARENAS)
   process.env[REEXECUTED_ENV] = '1'
   try {
-    addon().reexec()
+    addon().reexec(nodeFlags)
   } catch (err) {
-    delete process.env[ALLOCATOR_ENV]
+    if (setArenas) delete process.env[ALLOCATOR_ENV]
     delete process.env[REEXECUTED_ENV]
     return { failed: (err as Error).message }
   }

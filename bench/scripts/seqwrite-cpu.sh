@@ -7,6 +7,7 @@
 #   bash bench/scripts/seqwrite-cpu.sh      (as root, after make setup)
 #   PERF=1 KEEP=1 ...                       perf record the daemon, keep the dir
 #   FSYNC=64                                an fsync every 64 writes, with its latency
+#   RW=randwrite BS=4k IODEPTH=16           another fio job (default: write, 1M, 4)
 set -e
 SECS=${SECS:-10}
 . "$(dirname "$0")/fresh-daemon.sh"
@@ -14,7 +15,7 @@ PID=$DP
 snap() { echo "process $(awk '{print $14+$15}' /proc/$PID/stat)"; echo "main $(awk '{print $14+$15}' /proc/$PID/task/$PID/stat)"; }
 snap > $D/before
 if [ -n "$PERF" ]; then perf record -F 999 -g -p $PID -o $D/perf.data -- sleep $SECS 2>/dev/null & fi
-fio --name=sw --filename=$D/mnt/v --rw=${RW:-write} --bs=1M --ioengine=libaio --iodepth=4 --direct=1 --size=1G --offset=0 --time_based=1 --runtime=$SECS --allow_file_create=0 --fallocate=none ${FSYNC:+--fsync=$FSYNC} --output-format=json --output=$D/fio.json >/dev/null
+fio --name=sw --filename=$D/mnt/v --rw=${RW:-write} --bs=${BS:-1M} --ioengine=libaio --iodepth=${IODEPTH:-4} --direct=1 --size=1G --offset=0 --time_based=1 --runtime=$SECS --allow_file_create=0 --fallocate=none ${FSYNC:+--fsync=$FSYNC} --output-format=json --output=$D/fio.json >/dev/null
 snap > $D/after
 wait %2 2>/dev/null || true
 python3 - $D <<'PY'

@@ -10,8 +10,9 @@
  * whole pages away; each arena is locked while it is walked, so a thread
  * that allocates from it meanwhile — the JS thread included, for the main
  * arena — waits).
- * reexec() → starts this process's program again in its place (execve of
- * its binary: same pid and name, same arguments from /proc/self/cmdline, the
+ * reexec(nodeFlags?) → starts this process's program again in its place
+ * (execve of its binary: same pid and name, same arguments from
+ * /proc/self/cmdline with nodeFlags put after the program's path, the
  * environment as it is now, so what the caller set in process.env is there
  * from the first instruction — glibc reads MALLOC_ARENA_MAX only then — and
  * the standard streams, which Node marks close-on-exec, kept open; SIGPROF
@@ -111,8 +112,65 @@ static napi_value exec_failed(napi_env env, const char *what, int err) {
   return NULL;
 }
 
+static napi_value reexec_with(napi_env env, const char *flags, size_t nflags);
+
+/* The optional first argument of reexec: an array of strings, as one buffer of NUL-ended strings (NULL: none). */
+static char *node_flags_of(napi_env env, napi_callback_info info, size_t *count, int *bad) {
+  size_t argc = 1;
+  napi_value argv[1];
+  bool is_array = false;
+  uint32_t n = 0;
+  *count = 0;
+  *bad = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1) return NULL;
+  napi_valuetype type;
+  if (napi_typeof(env, argv[0], &type) != napi_ok || type == napi_undefined) return NULL;
+  if (napi_is_array(env, argv[0], &is_array) != napi_ok || !is_array || napi_get_array_length(env, argv[0], &n) != napi_ok) {
+    *bad = 1;
+    return NULL;
+  }
+  size_t total = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    size_t len;
+    if (napi_get_element(env, argv[0], i, &v) != napi_ok || napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
+      *bad = 1;
+      return NULL;
+    }
+    total += len + 1;
+  }
+  char *flags = malloc(total + 1);
+  if (flags == NULL) {
+    *bad = 1;
+    return NULL;
+  }
+  size_t at = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    size_t len;
+    napi_get_element(env, argv[0], i, &v);
+    napi_get_value_string_utf8(env, v, flags + at, total + 1 - at, &len);
+    at += len + 1;
+  }
+  *count = n;
+  return flags;
+}
+
 static napi_value reexec(napi_env env, napi_callback_info info) {
-  (void)info;
+  size_t nflags;
+  int bad;
+  char *flags = node_flags_of(env, info, &nflags, &bad);
+  if (bad) {
+    napi_throw_type_error(env, NULL, "reexec(nodeFlags): nodeFlags must be an array of strings");
+    return NULL;
+  }
+  napi_value failed = reexec_with(env, flags, nflags);
+  free(flags);
+  return failed;
+}
+
+/* execve of this program with its own arguments, `nflags` strings from `flags` after the first; returns only on failure. */
+static napi_value reexec_with(napi_env env, const char *flags, size_t nflags) {
   int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return exec_failed(env, "/proc/self/cmdline", errno);
   size_t cap = 4096, len = 0;
@@ -149,14 +207,19 @@ static napi_value reexec(napi_env env, napi_callback_info info) {
   for (size_t i = 0; i < len; i++)
     if (buf[i] == 0) argc++;
   if (buf[len - 1] != 0) argc++;
-  char **argv = calloc(argc + 1, sizeof *argv);
+  char **argv = calloc(argc + nflags + 1, sizeof *argv);
   if (argv == NULL) {
     free(buf);
     return exec_failed(env, "the arguments", ENOMEM);
   }
+  /* The program, then the flags given (node's own, before its script), then the rest as they were. */
   for (size_t i = 0, k = 0; i < len && k < argc; k++) {
-    argv[k] = buf + i;
+    argv[k == 0 ? 0 : k + nflags] = buf + i;
     i += strlen(buf + i) + 1;
+  }
+  for (size_t f = 0, at = 0; f < nflags; f++) {
+    argv[1 + f] = (char *)flags + at;
+    at += strlen(flags + at) + 1;
   }
   /* Node marks its standard streams close-on-exec; the new image must get them, or it starts on /dev/null. */
   for (int fd = 0; fd <= 2; fd++) {
