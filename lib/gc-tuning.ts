@@ -1,6 +1,8 @@
 /**
  * The garbage collector's settings for a long-running vvfs process (the
- * daemon, a storage server), applied once at its start.
+ * daemon, a storage server), applied once at its start: the old
+ * generation's growth (below), and for the daemon a small young
+ * generation (SEMI_SPACE_MB, a flag node reads only at its start).
  *
  * Why: V8 starts a full mark-compact whenever the old generation's room
  * before its limit is less than the young generation's capacity (16 MiB).
@@ -57,7 +59,9 @@ const ADAPT_MS = 2_000
  * (`BENCH_ONLY=writes BENCH_JOBS=seqwrite bench/replication.js`, two
  * alternating pairs) 165 and 137 MB/s at 9.7 and 11.8 primary CPU-s per GiB
  * against 169 and 168 MB/s at 9.3 and 9.0 with 16. So a daemon started for
- * replication peers (`--listen` or `--peer-key`) keeps node's default.
+ * replication peers (`--listen` or `--peer-key`) keeps node's default; a
+ * primary started without either (its key given to `replicate start`)
+ * replicates with the small one (docs/limits.md).
  * node reads it only at its start: the daemon passes startFlags() to its
  * restart (process-start.ts). Storage servers keep node's default.
  */

@@ -17,7 +17,8 @@
  *  - reexecTuned: the process starts itself again, once, in its
  *    own place with MALLOC_ARENA_MAX=MAX_ARENAS, which glibc reads only at
  *    process start (mallopt later leaves the arenas V8's threads made
- *    before it: six). Full `make bench`, peak RSS by the end of the fio
+ *    before it: six), and with the node flags node reads only at its
+ *    start (the daemon's young generation: gc-tuning.ts startFlags). Full `make bench`, peak RSS by the end of the fio
  *    jobs: 276–308 MiB in six runs with the limit from the start, against
  *    323–344 in four without; the whole run's peak, set in the migration
  *    section, not measurably (363–407 in six runs against 384–431 in
@@ -34,7 +35,8 @@
  *
  * Concurrency: the re-execution runs first thing, before the process opens,
  * logs or listens (what it held is gone after it); it keeps the pid, name,
- * arguments, environment and standard streams. A trim runs on a pool
+ * arguments (node flags added before the script), environment (the limit
+ * and a marker added) and standard streams. A trim runs on a pool
  * thread and locks one arena at a time while it walks it: a thread that
  * allocates from that arena meanwhile waits (the JS thread, for the main
  * one), which is why it runs only when the process is idle.
@@ -70,7 +72,7 @@ export const ALLOCATOR_ENV = 'MALLOC_ARENA_MAX'
 const REEXECUTED_ENV = 'VVFS_REEXECUTED'
 
 /**
- * Starts this process again in its place (same pid, name and arguments)
+ * Starts this process again in its place (same pid, name and arguments, but for nodeFlags)
  * with ALLOCATOR_ENV=MAX_ARENAS in its environment, so that every thread
  * shares MAX_ARENAS arenas from the first one on, and `nodeFlags` (what
  * node reads only at its start: gc-tuning.ts startFlags) before its script.

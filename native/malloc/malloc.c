@@ -147,9 +147,14 @@ static char *node_flags_of(napi_env env, napi_callback_info info, size_t *count,
   size_t at = 0;
   for (uint32_t i = 0; i < n; i++) {
     napi_value v;
-    size_t len;
-    napi_get_element(env, argv[0], i, &v);
-    napi_get_value_string_utf8(env, v, flags + at, total + 1 - at, &len);
+    size_t len = 0;
+    /* Each string again, within what the first pass measured; one that changed, or holds a NUL, is refused. */
+    if (napi_get_element(env, argv[0], i, &v) != napi_ok || napi_get_value_string_utf8(env, v, flags + at, total + 1 - at, &len) != napi_ok ||
+        at + len + 1 > total || strlen(flags + at) != len) {
+      free(flags);
+      *bad = 1;
+      return NULL;
+    }
     at += len + 1;
   }
   *count = n;
@@ -223,8 +228,8 @@ static napi_value reexec_with(napi_env env, const char *flags, size_t nflags) {
   }
   /* Node marks its standard streams close-on-exec; the new image must get them, or it starts on /dev/null. */
   for (int fd = 0; fd <= 2; fd++) {
-    int flags = fcntl(fd, F_GETFD);
-    if (flags >= 0 && (flags & FD_CLOEXEC)) fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+    int fd_flags = fcntl(fd, F_GETFD);
+    if (fd_flags >= 0 && (fd_flags & FD_CLOEXEC)) fcntl(fd, F_SETFD, fd_flags & ~FD_CLOEXEC);
   }
   /* The binary by its own path, so that the process keeps its name (exec of /proc/self/exe names it "exe"). */
   char path[4096];

@@ -16,6 +16,7 @@ const MiB = 1024 * 1024
 
 interface MallocAddon {
   limitArenas(n: number): boolean
+  reexec(nodeFlags?: unknown): never
 }
 
 describe('the allocator settings', () => {
@@ -28,6 +29,11 @@ describe('the allocator settings', () => {
   it('refuses a limit that is not a positive integer', () => {
     const addon = loadNativeAddon<MallocAddon>('malloc', 'test')
     for (const bad of [0, -1, 'two', undefined]) expect(() => addon.limitArenas(bad as number)).toThrow(/positive integer/)
+  })
+
+  it('refuses node flags that are not an array of plain strings, before it executes anything', () => {
+    const addon = loadNativeAddon<MallocAddon>('malloc', 'test')
+    for (const bad of ['--x', [1], ['--a', null], ['--a\0--b']]) expect(() => addon.reexec(bad)).toThrow(/array of strings/)
   })
 
   it('names the addon and how to build it when it is missing', () => {
