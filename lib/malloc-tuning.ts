@@ -18,7 +18,8 @@
  *    own place with MALLOC_ARENA_MAX=MAX_ARENAS, which glibc reads only at
  *    process start (mallopt later leaves the arenas V8's threads made
  *    before it: six), and with the node flags node reads only at its
- *    start (the daemon's young generation: gc-tuning.ts startFlags). Full `make bench`, peak RSS by the end of the fio
+ *    start (the daemon's young generation: gc-tuning.ts startFlags).
+ *    Full `make bench`, peak RSS by the end of the fio
  *    jobs: 276–308 MiB in six runs with the limit from the start, against
  *    323–344 in four without; the whole run's peak, set in the migration
  *    section, not measurably (363–407 in six runs against 384–431 in

@@ -1,7 +1,11 @@
 // Appends numbered entries to a journal on a segment log (the built
 // dist/lib/replication/journal-log.js), as the primary does: logged, then
 // synced in groups, trimmed now and then. Prints `durable N` once entries
-// through N are synced and `trim T` once a trim through T was committed.
+// through N are synced, and `trim T` before it asks for a trim through T (a
+// kill can come once the trim is on disk but before it returns: the test
+// must know of every trim that may have happened; a write to a pipe is
+// synchronous in node on Linux, so the line is in the pipe before the trim
+// starts).
 // Runs until killed (test/replication/journal-log.test.ts kills it at random
 // points, also inside segment changes, and cuts the power under it).
 // Usage: node journal-log-writer.mjs DIR SEGMENT_BYTES SEED
@@ -29,7 +33,7 @@ for (;;) {
   const p = journal.positions
   if (random() < 0.2 && p.lastDurable > p.trimmedThrough) {
     const through = p.trimmedThrough + Math.ceil(random() * (p.lastDurable - p.trimmedThrough))
-    await journal.trim(through)
     process.stdout.write(`trim ${through}\n`)
+    await journal.trim(through)
   }
 }

@@ -341,6 +341,8 @@ it(`keeps a consecutive, intact journal with every synced entry across ${ROUNDS}
     let ready = false
     let readyAt = 0
     const lines = createInterface({ input: child.stdout! })
+    // Every line the writer wrote before it died, read: 'exit' can come before the pipe is drained.
+    const drained = new Promise<void>((res) => lines.once('close', () => res()))
     const isReady = new Promise<void>((res, rej) => {
       lines.on('line', (line) => {
         const [what, n] = line.split(' ')
@@ -361,6 +363,7 @@ it(`keeps a consecutive, intact journal with every synced entry across ${ROUNDS}
     } finally {
       child.kill('SIGKILL')
       await exited
+      await drained
     }
     if (cut) tracker.cut()
     everDurable = Math.max(everDurable, durable)
