@@ -73,14 +73,18 @@ export const SEMI_SPACE_MB = 4
  * (NODE_OPTIONS or node's command line).
  */
 export function startFlags(forReplication: boolean, execArgv: string[] = process.execArgv, nodeOptions: string = process.env.NODE_OPTIONS ?? ''): string[] {
-  if (forReplication) return []
-  const given = [...execArgv, ...nodeOptions.split(/\s+/)]
-  if (given.some((a) => a.startsWith('--max-semi-space-size') || a.startsWith('--max_semi_space_size'))) return []
+  if (forReplication || nodeWasGiven('max-semi-space-size', [...execArgv, ...nodeOptions.split(/\s+/)])) return []
   return [`--max-semi-space-size=${SEMI_SPACE_MB}`]
 }
 
+/** Whether `flags` hold V8's flag `name` (as --a-b or --a_b, with or without a value). */
+function nodeWasGiven(name: string, flags: string[]): boolean {
+  const spellings = [`--${name}`, `--${name.replaceAll('-', '_')}`]
+  return flags.some((a) => spellings.some((s) => a.startsWith(s)))
+}
+
 function givenOnCommandLine(): boolean {
-  return process.execArgv.some((a) => a.startsWith('--heap-growing-percent') || a.startsWith('--heap_growing_percent'))
+  return nodeWasGiven('heap-growing-percent', process.execArgv)
 }
 
 export function tuneGarbageCollector(): void {
