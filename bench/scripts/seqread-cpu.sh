@@ -5,25 +5,22 @@
 # (default 10), as `make bench` reads after its writes. Prints MB/s, the
 # daemon's CPU seconds per GiB read, and how much of it came from the disk
 # (the daemon's read_bytes: LevelDB writes its tables with O_DIRECT, so what
-# is not in a memtable or its block cache is read from the disk).
+# is not in a memtable or its block cache is read from the disk). Random
+# reads after writes: randread-after-write.sh.
 #   bash bench/scripts/seqread-cpu.sh       (as root, after make setup)
 #   PERF=1 KEEP=1 ...                       perf record the daemon, keep the dir
-#   RW=randread BS=4k IODEPTH=16            another fio read job
 #   WRITE_SECS=10                           write for 10 s first (overwriting, as make bench's seqwrite
 #                                           job does just before its seqread), no fsync
 set -e
 SECS=${SECS:-10}
 . "$(dirname "$0")/fresh-daemon.sh"
 PID=$DP
-if [ -n "$WRITE_SECS" ]; then
-  fio --name=fill --filename=$D/mnt/v --rw=write --bs=1M --ioengine=libaio --iodepth=4 --direct=1 --size=1G --offset=0 --time_based=1 --runtime=$WRITE_SECS --allow_file_create=0 --fallocate=none >/dev/null
-else
-  fio --name=fill --filename=$D/mnt/v --rw=write --bs=1M --ioengine=libaio --iodepth=4 --direct=1 --size=1G --offset=0 --end_fsync=1 --allow_file_create=0 --fallocate=none >/dev/null
-fi
-snap() { echo "process $(awk '{print $14+$15}' /proc/$PID/stat)"; echo "main $(awk '{print $14+$15}' /proc/$PID/task/$PID/stat)"; echo "disk $(awk '/^read_bytes/ {print $2}' /proc/$PID/io)"; }
+# The fill: once and fsynced, or overwriting for WRITE_SECS.
+if [ -n "$WRITE_SECS" ]; then FILL="--time_based=1 --runtime=$WRITE_SECS"; else FILL="--end_fsync=1"; fi
+fio --name=fill --filename=$D/mnt/v --rw=write --bs=1M --ioengine=libaio --iodepth=4 --direct=1 --size=1G --offset=0 $FILL --allow_file_create=0 --fallocate=none >/dev/null
 snap > $D/before
 if [ -n "$PERF" ]; then perf record -F 999 -g -p $PID -o $D/perf.data -- sleep $SECS 2>/dev/null & fi
-fio --name=sr --filename=$D/mnt/v --rw=${RW:-read} --bs=${BS:-1M} --ioengine=libaio --iodepth=${IODEPTH:-4} --direct=1 --size=1G --offset=0 --time_based=1 --runtime=$SECS --allow_file_create=0 --output-format=json --output=$D/fio.json >/dev/null
+fio --name=sr --filename=$D/mnt/v --rw=read --bs=1M --ioengine=libaio --iodepth=4 --direct=1 --size=1G --offset=0 --time_based=1 --runtime=$SECS --allow_file_create=0 --output-format=json --output=$D/fio.json >/dev/null
 snap > $D/after
 wait %2 2>/dev/null || true
 python3 - $D <<'PY'

@@ -12,7 +12,6 @@ set -e
 SECS=${SECS:-10}
 . "$(dirname "$0")/fresh-daemon.sh"
 PID=$DP
-snap() { echo "process $(awk '{print $14+$15}' /proc/$PID/stat)"; echo "main $(awk '{print $14+$15}' /proc/$PID/task/$PID/stat)"; }
 snap > $D/before
 if [ -n "$PERF" ]; then perf record -F 999 -g -p $PID -o $D/perf.data -- sleep $SECS 2>/dev/null & fi
 fio --name=sw --filename=$D/mnt/v --rw=${RW:-write} --bs=${BS:-1M} --ioengine=libaio --iodepth=${IODEPTH:-4} --direct=1 --size=1G --offset=0 --time_based=1 --runtime=$SECS --allow_file_create=0 --fallocate=none ${FSYNC:+--fsync=$FSYNC} --output-format=json --output=$D/fio.json >/dev/null
@@ -25,7 +24,7 @@ job=json.load(open(d+'/fio.json'))['jobs'][0]
 j=job['write'] if job['write']['io_bytes'] else job['read']
 b=dict(l.split() for l in open(d+'/before')); a=dict(l.split() for l in open(d+'/after'))
 tot=0; parts=[]
-for k in sorted(a):
+for k in ('main', 'process'):
     v=(int(a[k])-int(b.get(k,0)))/100
     if k=='process': tot=v
     parts.append('%s %.1f'%(k,v))
