@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 # chromium: the web view's browser tests (driven by playwright-core, which downloads no browser).
 # iproute2: ip netns, veth and tc for the remote-storage link-cut test and bench.
-DEBIAN_PACKAGES := libfuse2 fuse attr e2fsprogs util-linux chromium iproute2 etcd-server
+DEBIAN_PACKAGES := libfuse3-dev pkg-config fuse attr e2fsprogs util-linux chromium iproute2 etcd-server
 BENCH_PACKAGES := fio qemu-system-common qemu-utils
 
 .PHONY: bench-ha help setup deps build run test lint typecheck bench clean soak

@@ -25,7 +25,6 @@ import { parseArgs } from 'node:util'
 export const MOUNT_OPTIONS: Options = {
   force: true,
   mkdir: true,
-  bigWrites: true,
   maxWrite: 128 * 1024,
   fsname: 'vvfs-null',
   timeout: { default: 30_000, read: 120_000, write: 120_000, fsync: 120_000, fallocate: 120_000, truncate: 120_000, ftruncate: 120_000, release: 120_000 },

@@ -9,8 +9,8 @@
  *              flight (the volume's 8 MiB write-behind), then one sync
  *   seqread    256-chunk (one extent) runs, 4 in flight (ReadAhead's window)
  *   randwrite  1-chunk logged batches, 16 in flight
- *   randread   1-chunk reads one at a time (libfuse 2 sends O_DIRECT reads
- *              one at a time), through StorageSystem.readRun
+ *   randread   1-chunk reads one at a time (a reader at queue depth 1;
+ *              libfuse 2 sent every O_DIRECT read so), through StorageSystem.readRun
  *
  *   node dist/bench/remote-store.js      BENCH_SECONDS=3 per load and side
  *   BENCH_ROUNDS=3 (medians)  BENCH_LOADS=randread,seqread (a subset)

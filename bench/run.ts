@@ -122,8 +122,6 @@ async function mountOptionDrift(): Promise<string[]> {
   const src = await readFile(join(ROOT, 'lib', 'fuse', 'host-mount.ts'), 'utf8').catch(() => '')
   if (!src) return ['cannot read lib/fuse/host-mount.ts to compare mount options']
   const warnings: string[] = []
-  const big = /bigWrites:\s*(true|false)/.exec(src)?.[1]
-  if ((big === 'true') !== !!MOUNT_OPTIONS.bigWrites) warnings.push(`host-mount.ts has bigWrites ${big ?? 'unset'}, null FUSE has ${MOUNT_OPTIONS.bigWrites}`)
   const mw = /maxWrite:\s*([\d\s*]+)/.exec(src)?.[1]
   const mwValue = mw ? mw.split('*').reduce((p, x) => p * Number(x.trim()), 1) : undefined
   if (mwValue !== MOUNT_OPTIONS.maxWrite) warnings.push(`host-mount.ts has maxWrite ${mwValue ?? 'unset'}, null FUSE has ${MOUNT_OPTIONS.maxWrite}`)

@@ -59,7 +59,7 @@ declare module 'fuse-native' {
   export interface Options {
     force?: boolean
     mkdir?: boolean
-    bigWrites?: boolean
+    /** The largest request the kernel sends (libfuse 3 negotiates it at init; big writes are always on). */
     maxWrite?: number
     maxRead?: number
     fsname?: string
@@ -87,6 +87,8 @@ declare module 'fuse-native' {
       drain(into: Float64Array): number
       stats(): { served: number; unreported: number; published: number }
     }
+    /** patches/: the libfuse the binding runs with (fuse_version(): 314 for 3.14). */
+    static libfuseVersion(): number
     static ENOENT: number
   }
   export default Fuse

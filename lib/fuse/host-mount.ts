@@ -92,6 +92,14 @@ const MOUNT_CHECK_MS = 1000
 /** Open-file numbers, unique in the process: the read cache knows files by them across mounts. */
 let nextHandle = 1
 
+/**
+ * fuse-native as patched (patches/) and built by scripts/build-native.mjs
+ * links Debian's libfuse 3; a stock or prebuilt binary links libfuse 2, whose
+ * protocol has no asynchronous direct I/O (patches/README.md). Measured
+ * with Debian 12's 3.14.
+ */
+const MIN_LIBFUSE = 300
+
 export class HostMount {
   private fuse: Fuse | null = null
   private readonly handles = new Map<number, Handle>()
@@ -134,11 +142,18 @@ export class HostMount {
   }
 
   async mount(): Promise<void> {
+    const libfuse = typeof Fuse.libfuseVersion === 'function' ? Fuse.libfuseVersion() : 0
+    if (libfuse < MIN_LIBFUSE) {
+      throw new VvfsError('MOUNT_FAILED', `fuse-native is not vvfs's build against libfuse 3 (it reports ${libfuse || 'no libfuse version'}): run make setup (needs libfuse3-dev)`)
+    }
     const t = this.timeouts
     const fuse = new Fuse(this.mountPoint, this.tracked(this.ops()), {
       force: true,
       mkdir: true,
-      bigWrites: true,
+      // 128 KiB, not the 1 MiB libfuse 3 allows: 10 s of 1 MiB direct writes
+      // at queue depth 4 (bench/scripts/seqwrite-cpu.sh) ran 469-511 MB/s in
+      // 6 of 6 runs with 128 KiB requests, and 295-336 in 7 of 8 with 1 MiB,
+      // the stores' compactions running within the 10 s (docs/performance.md, "libfuse 3").
       maxWrite: 128 * 1024,
       fsname: `vvfs-${this.host}`,
       timeout: { default: t.other, read: t.io, write: t.io, fsync: t.io, fallocate: t.io, truncate: t.io, ftruncate: t.io, release: t.io },

@@ -2,8 +2,9 @@
  * ReadAhead: a layer that notices a sequential reader and reads the extents
  * ahead of it before they are asked for, several at a time.
  *
- * Why: a FUSE file served through libfuse 2 gets O_DIRECT requests one at a
- * time, so a sequential reader waits for each 128 KiB LevelDB lookup in turn;
+ * Why: a reader at queue depth 1 (dd, a buffered loop device; with libfuse 2,
+ * before patches/ moved fuse-native to libfuse 3, every O_DIRECT reader) sends
+ * its requests one at a time, so it waits for each 128 KiB LevelDB lookup in turn;
  * fetching the next extents in parallel while the kernel hands over the
  * current one hides that wait (bench/README: seq read).
  *

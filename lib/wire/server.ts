@@ -48,7 +48,7 @@ import { FrameKind, type Frame } from './frame.js'
 import { PeerLink, type LinkOwner } from './link.js'
 
 export interface ServerLimits {
-  /** Largest request or reply body. 1 MiB: eight 128 KiB FUSE writes (max_write with big_writes) per request, with room. */
+  /** Largest request or reply body. 1 MiB: eight 128 KiB FUSE writes (HostMount's max_write) per request, with room. */
   maxBodyBytes: number
   /** Authenticated connections at once: a storage server has a few relays, a replica one primary. */
   maxConnections: number
