@@ -272,3 +272,17 @@ export function removeDir(dir: string): void {
   // VVFS_KEEP_TEST_DIRS=1 keeps state and daemon logs for a post-mortem.
   if (!process.env.VVFS_KEEP_TEST_DIRS) rmSync(dir, { recursive: true, force: true })
 }
+
+/** The process's exit code, or null if it had not exited within `ms` (it is then killed: a hung process ignores SIGTERM). */
+export function exitWithin(proc: ChildProcess, ms: number): Promise<number | null> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL')
+      resolve(null)
+    }, ms)
+    proc.once('exit', (code) => {
+      clearTimeout(timer)
+      resolve(code)
+    })
+  })
+}

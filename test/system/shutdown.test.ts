@@ -5,12 +5,12 @@
  * as if the disk went away), and everything written and fsync'ed before is
  * there after a restart.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { attachLoop, cleanupAll, detachLoop, isMounted, mountExt4, removeDir, sh, spawnDaemon, startDaemon, tempDir, umount, unmountUnder, type DaemonHandle } from '../helpers/daemon.js'
+import { attachLoop, cleanupAll, detachLoop, exitWithin, isMounted, mountExt4, removeDir, sh, spawnDaemon, startDaemon, tempDir, umount, unmountUnder, type DaemonHandle } from '../helpers/daemon.js'
 import { sha } from '../helpers/files.js'
 
 const STORM = join(import.meta.dirname, '../helpers/fuse-signal-storm.mjs')
@@ -153,17 +153,3 @@ describe('signals while a FUSE mount ends', () => {
     }
   }, 150_000)
 })
-
-/** The process's exit code, or null if it had not exited within `ms` (it is then killed: a hung process ignores SIGTERM). */
-function exitWithin(proc: ChildProcess, ms: number): Promise<number | null> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => {
-      proc.kill('SIGKILL')
-      resolve(null)
-    }, ms)
-    proc.once('exit', (code) => {
-      clearTimeout(timer)
-      resolve(code)
-    })
-  })
-}
