@@ -53,15 +53,26 @@ import type { Journal } from './journal.js'
  * while it keeps failing: each try locks the whole volume until it fails.
  */
 const REDO_RETRY_MS = 1000
+/** Lag is kept per this many milliseconds of accepted changes (acceptedAt): at most this much too high, never too low. */
+const LAG_BUCKET_MS = 10
 const REDO_RETRY_MAX_MS = 60_000
 
 export class JournalLayer implements ChunkLayer {
   private journal: Journal | null = null
   /** Numbers whose change has not settled below yet. */
   private readonly pending = new Set<number>()
-  /** When each unapplied number was accepted (lag in seconds), oldest first. */
+  /**
+   * When unapplied numbers were accepted (lag in seconds), oldest first, in
+   * buckets of LAG_BUCKET_MS: `at` is when the bucket's first number was
+   * accepted, `seq` its last. One object per write was young-generation work
+   * on every 4 KiB write, and with the peer away a million of them per
+   * 4 GiB journaled; the price is a lag up to LAG_BUCKET_MS too high.
+   */
   private readonly acceptedAt: { seq: number; at: number }[] = []
   private wake: (() => void) | null = null
+  /** The last commit promise the shipper's wake-up hangs on (one per journal batch, not one per change). */
+  private wakeOn: Promise<void> | null = null
+  private readonly wakeShipper = (): void => this.wake?.()
   /** Set while a handoff holds new changes (holdChanges); resolves when it lets them go. */
   private held: Promise<void> | null = null
   /** Changes of this volume (not flushes) given a number so far, and that count when the last flush entry was numbered. */
@@ -99,6 +110,7 @@ export class JournalLayer implements ChunkLayer {
     this.redoNeeded = false
     this.pending.clear()
     this.acceptedAt.length = 0
+    this.wakeOn = null
   }
 
   get attached(): Journal | null {
@@ -156,7 +168,8 @@ export class JournalLayer implements ChunkLayer {
     for (let at = 0; at < data.length; at += MAX_ENTRY_DATA) {
       const a = journal.append({ kind: 'write', volume: this.volNo, offset: first * CHUNK_SIZE + at, data: data.subarray(at, Math.min(data.length, at + MAX_ENTRY_DATA)) })
       this.numbered++
-      durable.push(this.noted(a.seq, a.durable))
+      this.noted(a.seq, a.durable)
+      durable.push(a.durable)
       if (a.seq !== null) seqs.push(a.seq)
     }
     // Answered once logged and its space is taken (a write-back cache: the
@@ -169,7 +182,7 @@ export class JournalLayer implements ChunkLayer {
     // before its entry is synced", prefix-kills). Many writes share one sync
     // (the journal's group commit). The caller holds the chunks' lock until
     // stored, so later reads and writes of them see this one.
-    const logged = Promise.all(durable).then(() => undefined)
+    const logged = durable.length === 1 ? durable[0]! : Promise.all(durable).then(() => undefined)
     // Space is taken now (in order, under the caller's locks); the data waits for the sync below.
     const synced = logged.then(() => journal.syncLogged())
     synced.catch(() => undefined) // the layer below reports it (a write refused first never waits for it)
@@ -378,7 +391,8 @@ export class JournalLayer implements ChunkLayer {
     if (change.kind !== 'flush') this.numbered++
     try {
       // Write-ahead, as for writes: the change below only once its entry is synced.
-      await this.noted(a.seq, a.durable)
+      this.noted(a.seq, a.durable)
+      await a.durable
       await journal.syncLogged()
       await below()
     } finally {
@@ -386,12 +400,18 @@ export class JournalLayer implements ChunkLayer {
     }
   }
 
-  /** Records a new number as pending and wakes the shipper when it is durable. */
-  private noted(seq: number | null, durable: Promise<void>): Promise<void> {
-    if (seq === null) return durable
+  /** Records a new number as pending, and has the shipper woken when it is durable. */
+  private noted(seq: number | null, durable: Promise<void>): void {
+    if (seq === null) return
     this.pending.add(seq)
-    this.acceptedAt.push({ seq, at: Date.now() })
-    return durable.then(() => this.wake?.())
+    const now = Date.now()
+    const last = this.acceptedAt[this.acceptedAt.length - 1]
+    if (last && now - last.at < LAG_BUCKET_MS) last.seq = seq
+    else this.acceptedAt.push({ seq, at: now })
+    if (durable !== this.wakeOn) {
+      this.wakeOn = durable
+      void durable.then(this.wakeShipper)
+    }
   }
 
   private settled(seqs: number[]): void {

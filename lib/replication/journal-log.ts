@@ -180,7 +180,8 @@ function batchFrame(batch: LogBatch): { parts: Buffer[]; bytes: number; recordAt
   const add = batch.addDirty ?? []
   const remove = batch.removeDirty ?? []
   const owner = batch.meta
-  const meta = Buffer.alloc(1 + 1 + 8 + 1 + 12 + (add.length + remove.length) * 8 + metaBytes(owner))
+  // Pooled buffers (Buffer.allocUnsafe), every byte written: one batch per commit, no new ArrayBuffers.
+  const meta = Buffer.allocUnsafe(1 + 1 + 8 + 1 + 12 + (add.length + remove.length) * 8 + metaBytes(owner))
   meta[0] = BATCH
   meta[1] = (batch.trimThrough !== undefined ? 1 : 0) | (batch.mode ? 2 : 0) | (owner ? 4 : 0)
   writeU53(meta, 2, batch.trimThrough ?? 0)
@@ -189,8 +190,8 @@ function batchFrame(batch: LogBatch): { parts: Buffer[]; bytes: number; recordAt
   meta.writeUInt32BE(add.length, 15)
   meta.writeUInt32BE(remove.length, 19)
   writeMeta(meta, writeMarks(meta, writeMarks(meta, 23, add), remove), owner)
-  const heads = Buffer.alloc(entries.length * 12)
-  const parts: Buffer[] = [Buffer.alloc(FRAME_HEADER), meta]
+  const heads = Buffer.allocUnsafe(entries.length * 12)
+  const parts: Buffer[] = [Buffer.allocUnsafe(FRAME_HEADER), meta]
   const recordAt: number[] = []
   let bytes = FRAME_HEADER + meta.length
   const recordBytes: number[] = []

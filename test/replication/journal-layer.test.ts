@@ -73,6 +73,36 @@ describe('the journal layer', () => {
     ])
   })
 
+  it('reports lag as the age of the oldest unapplied change: 0 when none, never low, at most 10 ms high', async () => {
+    const s = await stack()
+    const journal = await Journal.open(new MemoryDurableLog(), { epoch: 1 })
+    s.layers.journal.attach(journal)
+    const layer = s.layers.journal
+    const t0 = Date.now()
+    const now = vi.spyOn(Date, 'now')
+    try {
+      expect(layer.lagSeconds(0)).toBe(0)
+      const at = [0, 4, 50, 51, 200] // ms after t0: the first two share a 10 ms bucket, so do the next two
+      for (const [i, ms] of at.entries()) {
+        now.mockReturnValue(t0 + ms)
+        await s.volume.write(i * CHUNK_SIZE, block(i + 1))
+      }
+      now.mockReturnValue(t0 + 1000)
+      // The oldest unapplied change was accepted at t0 + 0, + 4, + 50, + 51, + 200 as more are applied.
+      const truth = [1000, 996, 950, 949, 800]
+      for (let applied = 0; applied < at.length; applied++) {
+        const lagMs = layer.lagSeconds(applied) * 1000
+        expect(lagMs).toBeGreaterThanOrEqual(truth[applied]! - 0.001)
+        expect(lagMs).toBeLessThanOrEqual(truth[applied]! + 10)
+      }
+      expect(layer.lagSeconds(at.length)).toBe(0)
+      now.mockReturnValue(t0 + 5000)
+      expect(layer.lagSeconds(at.length)).toBe(0)
+    } finally {
+      now.mockRestore()
+    }
+  })
+
   it('holds changes until released; a release called again does not let go of a later hold', async () => {
     const s = await stack()
     const journal = await Journal.open(new MemoryDurableLog(), { epoch: 1 })
