@@ -53,9 +53,9 @@ import type { Journal } from './journal.js'
  * while it keeps failing: each try locks the whole volume until it fails.
  */
 const REDO_RETRY_MS = 1000
+const REDO_RETRY_MAX_MS = 60_000
 /** Lag is kept per this many milliseconds of accepted changes (acceptedAt): at most this much too high, never too low. */
 const LAG_BUCKET_MS = 10
-const REDO_RETRY_MAX_MS = 60_000
 
 export class JournalLayer implements ChunkLayer {
   private journal: Journal | null = null

@@ -149,8 +149,10 @@ interface Batch {
   release: () => void
 }
 
+const NOBODY_WAITS = (): void => undefined
+
 function newBatch(): Batch {
-  return { entries: [], ranges: [], addDirty: [], removeDirty: [], committed: null, release: () => undefined }
+  return { entries: [], ranges: [], addDirty: [], removeDirty: [], committed: null, release: NOBODY_WAITS }
 }
 
 export class Journal {
