@@ -26,12 +26,19 @@
  *   BENCH_ONLY=writes   only the write ratios (no migration, lag or outage runs)
  *   BENCH_ONLY=journal  only unreplicated and journal-alone writes (no end-to-end)
  *   BENCH_ONLY=sync     only the initial sync's ratio to a migration copy (no fio, lag or outage runs)
+ *   BENCH_ONLY=outage   only the unreplicated 4 KiB job (for the load), the initial
+ *                       sync, the lag and the outage runs; the catch-up's
+ *                       trajectory (applied entries per second, lag) and each
+ *                       daemon's CPU during it are printed
+ *   BENCH_LAG_IOPS=N    the lag and outage runs' load (default: half the unreplicated 4 KiB rate)
  *   BENCH_JOBS=seqwrite only these fio jobs (comma-separated: seqwrite,randwrite)
  *   BENCH_PERF=FILE     `perf record -g` of the daemons during each journal-alone
  *                       job's fio run, into FILE.<job> (the daemons run with
  *                       --perf-basic-prof);
  *                       BENCH_PERF_PHASE=end-to-end: during those instead;
- *                       BENCH_PERF_PHASE=all: every phase, into FILE.<phase>.<job>
+ *                       BENCH_PERF_PHASE=all: every phase, into FILE.<phase>.<job>;
+ *                       BENCH_PERF_PHASE=catch-up: the outage's catch-up, into
+ *                       FILE.catch-up.primary and FILE.catch-up.secondary
  *
  * Results: stdout and bench/out/replication.json. Cleanup (daemons, temp
  * dir) runs in every case, also on Ctrl-C.
@@ -47,7 +54,9 @@ import { ROOT, Vvfs } from './vvfs.js'
 
 const OUT = join(ROOT, 'bench', 'out')
 const ONLY = process.env.BENCH_ONLY ?? ''
-const PICKED = (process.env.BENCH_JOBS ?? 'seqwrite,randwrite').split(',')
+/** The lag and outage runs: in a full run and BENCH_ONLY=outage. */
+const LAG_RUNS = ONLY === '' || ONLY === 'outage'
+const PICKED = (process.env.BENCH_JOBS ?? (ONLY === 'outage' ? 'randwrite' : 'seqwrite,randwrite')).split(',')
 const WRITES = JOBS.filter((j) => (j.name === 'randwrite' || j.name === 'seqwrite') && PICKED.includes(j.name))
 const TARGETS = { journal: { randwrite: 0.7, seqwrite: 0.6 }, endToEnd: { randwrite: 0.5, seqwrite: 0.5 } } as const
 
@@ -101,6 +110,8 @@ async function main(): Promise<void> {
   const cpuPerGiB: Record<string, { primary: number; secondary: number }> = {}
   /** The primary daemon's CPU-seconds per GiB written during each job alone (no catch-up), per phase. */
   const primaryCpuPerGiB: Record<string, Record<string, number>> = {}
+  /** The outage's catch-up, sampled every 5 s. */
+  const catchUp: { t: number; appliedPerSecond: number; lagEntries: number; lagSeconds: number }[] = []
   try {
     const keyFile = join(dir, 'peer.key')
     await writeFile(keyFile, randomBytes(32).toString('base64') + '\n', { mode: 0o600 })
@@ -160,7 +171,7 @@ async function main(): Promise<void> {
       return s && s.state === 'replicating' && s.consistent ? true : undefined
     }, 200)
     figures.initialSyncMBps = 1024 / ((Date.now() - t0) / 1000) * 1.048576
-    if (ONLY !== 'journal' && ONLY !== 'sync') {
+    if (ONLY !== 'journal' && ONLY !== 'sync' && ONLY !== 'outage') {
       // CPU-seconds of each daemon per GiB replicated, per job (the job and its catch-up): what the two shared cores pay, whatever else loads them.
       // From after the compaction before the job: until 2026-12-04 it counted the compaction of the initial sync's GiB too (primary 19–21 CPU-s per GiB).
       let cpu: number[] = []
@@ -173,16 +184,19 @@ async function main(): Promise<void> {
       }, atStart)
     }
 
-    if (ONLY !== 'sync') {
+    if (ONLY !== 'sync' && ONLY !== 'outage') {
       await secondary.stop()
       await jobs('journal-alone', [primary.pid])
     }
-    if (ONLY === '') {
-      secondary = await Vvfs.start(join(dir, 'b'), cleanup, secondaryArgs)
-      await waitFor('catch-up after the journal-alone jobs', 900_000, async () => ((await primaryStatus(primary))?.lag.entries === 0 ? true : undefined), 500)
+    if (LAG_RUNS) {
+      if (ONLY === '') secondary = await Vvfs.start(join(dir, 'b'), cleanup, secondaryArgs)
+      await waitFor('catch-up before the lag runs', 900_000, async () => ((await primaryStatus(primary))?.lag.entries === 0 ? true : undefined), 500)
+      // From compacted stores, as every fio job above: the catch-up of the journal-alone jobs leaves the secondary gigabytes of compaction to do, which ran during the outage's catch-up and was charged to it.
+      for (const name of primaryStores) await primary.cli(['storage', 'compact', name, '--wait'], 600_000)
+      await secondary.cli(['storage', 'compact', 'b1', '--wait'], 600_000)
 
       // Lag at half the unreplicated 4 KiB write rate.
-      const halfIops = (fio.unreplicated?.randwrite?.iops ?? 0) / 2
+      const halfIops = Number(process.env.BENCH_LAG_IOPS ?? (fio.unreplicated?.randwrite?.iops ?? 0) / 2)
       figures.lagLoadIops = halfIops
       const lags: number[] = []
       const load = steadyWriter(file, halfIops, seconds)
@@ -202,17 +216,38 @@ async function main(): Promise<void> {
       await sleep(2000)
       await secondary.stop()
       await sleep(outage * 1000)
+      const backlog = await primaryStatus(primary)
       secondary = await Vvfs.start(join(dir, 'b'), cleanup, secondaryArgs)
       const back = Date.now()
+      const cpu0 = [await cpuSeconds(primary.pid), await cpuSeconds(secondary.pid)]
+      // BENCH_PERF_PHASE=catch-up: each daemon's catch-up into FILE.catch-up.primary and FILE.catch-up.secondary.
+      const perfs = process.env.BENCH_PERF && process.env.BENCH_PERF_PHASE === 'catch-up'
+        ? [['primary', primary.pid], ['secondary', secondary.pid]].map(([side, pid]) => spawn('perf', ['record', '-F', '499', '-g', '-o', `${process.env.BENCH_PERF}.catch-up.${side}`, '-p', String(pid)], { stdio: 'ignore' }))
+        : []
       let recovered = NaN
+      let last = { t: back, applied: backlog?.lastApplied ?? 0 }
       while (Date.now() - back < 65_000) {
         const s = await primaryStatus(primary)
         if (s && s.link === 'up' && s.lag.seconds < 1 && s.state === 'replicating') {
           recovered = (Date.now() - back) / 1000
           break
         }
+        // Every 5 s: how fast the secondary applies against how fast the load adds (the catch-up's bound).
+        if (s && Date.now() - last.t >= 5000) {
+          catchUp.push({ t: (Date.now() - back) / 1000, appliedPerSecond: (s.lastApplied - last.applied) / ((Date.now() - last.t) / 1000), lagEntries: s.lag.entries, lagSeconds: s.lag.seconds })
+          last = { t: Date.now(), applied: s.lastApplied }
+        }
         await sleep(200)
       }
+      for (const perf of perfs) {
+        perf.kill('SIGINT')
+        await new Promise((r) => perf.once('exit', r))
+      }
+      const cpu1 = [await cpuSeconds(primary.pid), await cpuSeconds(secondary.pid)]
+      const span = (Date.now() - back) / 1000
+      figures.outageBacklogEntries = backlog?.lag.entries ?? NaN
+      figures.catchUpPrimaryCpu = (cpu1[0]! - cpu0[0]!) / span
+      figures.catchUpSecondaryCpu = (cpu1[1]! - cpu0[1]!) / span
       figures.outageSeconds = outage
       figures.lagUnder1sAfterSeconds = recovered
       await outageLoad
@@ -238,15 +273,19 @@ async function main(): Promise<void> {
   for (const [label, jobs] of Object.entries(primaryCpuPerGiB)) lines.push(`${label}: the primary's CPU-seconds per GiB written during the job: ${Object.entries(jobs).map(([n, c]) => `${n} ${c.toFixed(2)}`).join(', ')}`)
   for (const [name, c] of Object.entries(cpuPerGiB)) lines.push(`end to end, ${name}: CPU-seconds per GiB replicated (the job and its catch-up): primary ${c.primary.toFixed(2)}, secondary ${c.secondary.toFixed(2)}`)
   const syncRatio = (figures.initialSyncMBps ?? NaN) / (figures.migrationCopyMBps ?? NaN)
-  if (ONLY !== '' && ONLY !== 'sync') lines.push(`BENCH_ONLY=${ONLY}: no initial sync ratio, lag or outage figures${ONLY === 'journal' ? ', no end-to-end runs' : ''}`)
-  else lines.push(
+  if (ONLY !== '' && ONLY !== 'sync' && ONLY !== 'outage') lines.push(`BENCH_ONLY=${ONLY}: no initial sync ratio, lag or outage figures${ONLY === 'journal' ? ', no end-to-end runs' : ''}`)
+  else if (ONLY !== 'outage') lines.push(
     `initial sync: ${figures.initialSyncMBps?.toFixed(1)} MB/s (1 GiB allocated); a migration's copy of it ${figures.migrationCopyMBps?.toFixed(1)} MB/s: ratio ${syncRatio.toFixed(2)} ≥0.5 ${syncRatio >= 0.5 ? 'met' : 'MISS'}`,
   )
-  if (ONLY === '') lines.push(`lag at ${figures.lagLoadIops?.toFixed(0)} IOPS (half the unreplicated 4K rate): median ${figures.lagMedianMs?.toFixed(0)} ms (< 250), p99 ${figures.lagP99Ms?.toFixed(0)} ms (< 1000), ${figures.lagSamples} samples`)
-  if (ONLY === '') lines.push(`after a ${figures.outageSeconds} s peer outage: lag under 1 s after ${Number.isNaN(figures.lagUnder1sAfterSeconds) ? 'more than 65' : figures.lagUnder1sAfterSeconds?.toFixed(1)} s (target ≤ 60)`)
+  if (LAG_RUNS) lines.push(`lag at ${figures.lagLoadIops?.toFixed(0)} IOPS (half the unreplicated 4K rate): median ${figures.lagMedianMs?.toFixed(0)} ms (< 250), p99 ${figures.lagP99Ms?.toFixed(0)} ms (< 1000), ${figures.lagSamples} samples`)
+  if (LAG_RUNS) {
+    lines.push(`after a ${figures.outageSeconds} s peer outage: lag under 1 s after ${Number.isNaN(figures.lagUnder1sAfterSeconds) ? 'more than 65' : figures.lagUnder1sAfterSeconds?.toFixed(1)} s (target ≤ 60)`)
+    lines.push(`  backlog at the peer's return ${figures.outageBacklogEntries} entries; during the catch-up the primary used ${figures.catchUpPrimaryCpu?.toFixed(2)} and the secondary ${figures.catchUpSecondaryCpu?.toFixed(2)} CPU-seconds per second`)
+    for (const c of catchUp) lines.push(`  at ${c.t.toFixed(0).padStart(3)} s: applying ${c.appliedPerSecond.toFixed(0)} entries/s (load ${figures.lagLoadIops?.toFixed(0)}/s), ${c.lagEntries} behind, lag ${c.lagSeconds.toFixed(1)} s`)
+  }
   for (const [label, jobs] of Object.entries(fio)) for (const [job, r] of Object.entries(jobs)) if (r && !r.ok) lines.push(`${label} ${job}: ${r.error}`)
   process.stdout.write(lines.join('\n') + '\n')
-  await writeFile(join(OUT, 'replication.json'), JSON.stringify({ seconds, rows, figures, cpuPerGiB, primaryCpuPerGiB, fio }, null, 2) + '\n')
+  await writeFile(join(OUT, 'replication.json'), JSON.stringify({ seconds, rows, figures, cpuPerGiB, primaryCpuPerGiB, catchUp, fio }, null, 2) + '\n')
 }
 
 main().catch((err: unknown) => {

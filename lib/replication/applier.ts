@@ -63,7 +63,7 @@ export function isConsistent(s: SecondaryState): boolean {
 }
 
 /** A change as the target applies it (a resync's copy of an extent is a write without a number). */
-export type TargetChange = Pick<JournalEntry, 'volume' | 'kind' | 'offset' | 'length' | 'data'>
+export type TargetChange = Pick<JournalEntry, 'volume' | 'kind' | 'offset' | 'length' | 'data' | 'record'>
 
 export interface ApplyTarget {
   /** The persisted state; null for a pair never started on this side. */

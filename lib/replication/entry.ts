@@ -58,6 +58,12 @@ export interface JournalEntry {
   length: number
   /** A write's data; null for every other kind. */
   data: Buffer | null
+  /**
+   * The checked record this entry was decoded from, when it is a view of it
+   * (decodeEntry's `view`): the secondary's redo log stores a received entry
+   * as it came, not encoded and checksummed a second time.
+   */
+  record?: Buffer
 }
 
 /** Numbers a change: the entry it becomes as sequence number `seq` of `epoch`. */
@@ -142,6 +148,7 @@ export function decodeEntry(b: Buffer, code: ErrorCode, opts: { view?: boolean }
   if (kind !== 'write' && dataBytes !== 0) throw bad(`a ${kind} carries ${dataBytes} bytes of data`)
   const e: JournalEntry = { seq, epoch: b.readUInt32BE(8), volume: b.readUInt32BE(4), kind, offset, length, data }
   checkEntry(e, code)
+  if (opts.view) e.record = b
   return e
 }
 

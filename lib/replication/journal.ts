@@ -252,7 +252,6 @@ export class Journal {
     return { seq: null, durable: this.markDirty(change) }
   }
 
-  /** Durable entries from `fromSeq` on (at least one if any, then up to maxBytes in total); [] when none is durable yet. */
   /**
    * The retained entries after `after`, through the last durable one when
    * called, decoded, oldest first. Entries a trim removes while this runs
@@ -279,7 +278,12 @@ export class Journal {
     return (await this.readRecords(fromSeq, maxBytes)).map((r) => decodeEntry(r.record, 'STATE_CORRUPT'))
   }
 
-  /** The same as their log records, to ship as they are (lib/replication/messages.ts); each checked against its checksum and number. */
+  /**
+   * Durable entries from `fromSeq` on (at least one if any, then up to
+   * maxBytes in total; [] when none is durable yet) as their log records, to
+   * ship as they are (lib/replication/messages.ts); each checked against its
+   * checksum and number.
+   */
   async readRecords(fromSeq: number, maxBytes: number): Promise<LogRecord[]> {
     if (fromSeq <= this.trimmedThrough)
       throw new VvfsError('OUT_OF_RANGE', `journal entry ${fromSeq} was trimmed (entries from ${this.trimmedThrough + 1} are kept)`, {

@@ -7,7 +7,9 @@
  * Atomicity of "applied number with the data" (issue 13.3): a batch's
  * changes and the new SecondaryState are one synced frame of the pair's redo
  * log (a SegmentDurableLog, journal-log.ts, in DIR/redo: its entries
- * numbered by a local counter, the state as the frame's meta); the changes
+ * numbered by a local counter — a received entry's record kept as it came,
+ * with the primary's number inside, which redo does not use — the state as
+ * the frame's meta); the changes
  * are then applied to the volumes in order. Every second (and at close) the
  * volumes are flushed and the log trimmed through the last local number
  * whose change they now hold durably. At open the records after the trim
@@ -139,7 +141,8 @@ export class ReplicaStore implements ApplyTarget {
     this.check()
     this.checkRanges(changes)
     let n = this.lastRecord
-    const entries = changes.map((c) => ({ seq: ++n, parts: encodeEntryParts({ ...c, seq: n, epoch: 1 }) }))
+    // A received entry's record goes in as it came (its checksum was checked on receipt); the redo log numbers it by its own counter.
+    const entries = changes.map((c) => ({ seq: ++n, parts: c.record ? [c.record] : encodeEntryParts({ ...c, seq: n, epoch: 1 }) }))
     await this.commit({ entries, meta: Buffer.from(JSON.stringify(state)) })
     this.lastRecord = n
     // The state says these are applied: one that did not land fails the store, so no checkpoint trims its record

@@ -66,7 +66,9 @@ describe('replication messages round-trip', () => {
   it('every message decodes to what was encoded', () => {
     expect(decodeHello(encodeHello(hello))).toEqual(hello)
     const batch = decodeEntries(encodeEntries({ pair: 'db-replica', sender: hello.sender, entries }))
-    expect(batch).toEqual({ pair: 'db-replica', sender: hello.sender, entries })
+    // Each decoded entry also keeps the record it came from (the secondary's redo log stores it as it came).
+    batch.entries.forEach((e, i) => expect(e.record).toEqual(encodeEntry(entries[i]!)))
+    expect({ ...batch, entries: batch.entries.map((e) => ({ ...e, record: undefined })) }).toEqual({ pair: 'db-replica', sender: hello.sender, entries })
     // Records from the log travel as they are.
     const records = entries.map(encodeEntry)
     expect(encodeEntries({ pair: 'db-replica', sender: hello.sender, records })).toEqual(encodeEntries({ pair: 'db-replica', sender: hello.sender, entries }))

@@ -5,16 +5,18 @@
  * record stayed, every open redid it and failed, and the pair could not be
  * opened again — a poison record (the primary's resync sent such writes after
  * a grow while behind; a peer holding the key could send one on purpose).
- * Then its redo log: records redone after a crash, a store of the earlier
+ * Then its redo log: records redone after a crash (a received entry's as it came), a store of the earlier
  * LevelDB format taken over, and a failed write failing the store for good.
  */
 import { ClassicLevel } from 'classic-level'
+import { join } from 'node:path'
 import { afterEach, expect, it } from 'vitest'
 import { VvfsError } from '../../lib/errors.js'
 import type { Volume } from '../../lib/relay/volume.js'
 import type { SecondaryState } from '../../lib/replication/applier.js'
-import { encodeEntry, writeU53 } from '../../lib/replication/entry.js'
+import { decodeEntry, encodeEntry, writeU53 } from '../../lib/replication/entry.js'
 import { genesis } from '../../lib/replication/epoch.js'
+import { SegmentDurableLog } from '../../lib/replication/journal-log.js'
 import { ReplicaStore, type PairConfig, type ReplicaHost } from '../../lib/replication/secondary.js'
 import { removeDir, tempDir } from '../helpers/daemon.js'
 import { codeOf } from '../helpers/errors.js'
@@ -128,6 +130,25 @@ it('redoes the records a crash left unflushed, in order, at the next open', asyn
   const again = await ReplicaStore.open(dir, null, host)
   expect(writes).toEqual([0, 4096, 0])
   expect(await again.load()).toEqual(stateAt(3))
+  await again.close()
+})
+
+it('keeps a received entry in its redo log as it came, with the primary\'s number inside, and redoes it from there', async () => {
+  const { dir, host, config, writes } = pairOf()
+  const store = await ReplicaStore.open(dir, config, host)
+  const sent = [encodeEntry({ ...write(8192, 7), seq: 1000, epoch: 3 }), encodeEntry({ volume: 1, kind: 'zero', offset: 0, length: 4096, data: null, seq: 1001, epoch: 3 })]
+  const received = sent.map((r) => decodeEntry(r, 'PEER_PROTOCOL', { view: true }))
+  await store.apply(received, stateAt(1001))
+  // The process dies: no checkpoint.
+  await (store as unknown as { log: { close(): Promise<void> } }).log.close()
+  await (store as unknown as { db: ClassicLevel<Buffer, Buffer> }).db.close()
+  const redo = await SegmentDurableLog.open(join(dir, 'redo'))
+  expect((await redo.read(1, 2, 1 << 20)).map((r) => r.record)).toEqual(sent)
+  await redo.close()
+  writes.length = 0
+  const again = await ReplicaStore.open(dir, null, host)
+  expect(writes).toEqual([8192])
+  expect(await again.load()).toEqual(stateAt(1001))
   await again.close()
 })
 
