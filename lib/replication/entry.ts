@@ -146,9 +146,9 @@ export function decodeEntry(b: Buffer, code: ErrorCode, opts: { view?: boolean }
   const dataBytes = b.length - ENTRY_HEADER_BYTES
   const data = kind !== 'write' ? null : opts.view ? b.subarray(ENTRY_HEADER_BYTES) : Buffer.from(b.subarray(ENTRY_HEADER_BYTES))
   if (kind !== 'write' && dataBytes !== 0) throw bad(`a ${kind} carries ${dataBytes} bytes of data`)
-  const e: JournalEntry = { seq, epoch: b.readUInt32BE(8), volume: b.readUInt32BE(4), kind, offset, length, data }
+  // record set in the literal, not added after: every decoded entry keeps one shape for V8.
+  const e: JournalEntry = { seq, epoch: b.readUInt32BE(8), volume: b.readUInt32BE(4), kind, offset, length, data, record: opts.view ? b : undefined }
   checkEntry(e, code)
-  if (opts.view) e.record = b
   return e
 }
 
