@@ -31,7 +31,7 @@ async function waitHealthy(url: string, proc: ChildProcess, logPath: string, tim
   for (;;) {
     if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`etcd exited:\n${readFileSync(logPath, 'utf8')}`)
     try {
-      const r = await fetch(`${url}/health`)
+      const r = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1000) }) // whoever took the port may never answer
       if (r.ok && ((await r.json()) as { health?: string }).health === 'true') return
     } catch {
       // not listening yet
@@ -44,21 +44,25 @@ async function waitHealthy(url: string, proc: ChildProcess, logPath: string, tim
 /** `host`: the address its client URL listens on (default 127.0.0.1; a test's network namespace reaches another). */
 export async function startEtcd(opts: { host?: string } = {}): Promise<EtcdServer> {
   const dir = mkdtempSync(join(tmpdir(), 'vvfs-etcd-'))
-  const clientPort = await freePort()
-  const peerPort = await freePort()
-  const url = `http://${opts.host ?? '127.0.0.1'}:${clientPort}`
   const logPath = join(dir, 'etcd.log')
-  const args = [
-    '--name', 'test',
-    '--data-dir', join(dir, 'data'),
-    '--listen-client-urls', url,
-    '--advertise-client-urls', url,
-    '--listen-peer-urls', `http://127.0.0.1:${peerPort}`,
-    '--initial-advertise-peer-urls', `http://127.0.0.1:${peerPort}`,
-    '--initial-cluster', `test=http://127.0.0.1:${peerPort}`,
-    '--log-level', 'warn',
-  ]
-  const launch = async (): Promise<ChildProcess> => {
+  let url = ''
+  let args: string[] = []
+  const choosePorts = async () => {
+    const clientPort = await freePort()
+    const peerPort = await freePort()
+    url = `http://${opts.host ?? '127.0.0.1'}:${clientPort}`
+    args = [
+      '--name', 'test',
+      '--data-dir', join(dir, 'data'),
+      '--listen-client-urls', url,
+      '--advertise-client-urls', url,
+      '--listen-peer-urls', `http://127.0.0.1:${peerPort}`,
+      '--initial-advertise-peer-urls', `http://127.0.0.1:${peerPort}`,
+      '--initial-cluster', `test=http://127.0.0.1:${peerPort}`,
+      '--log-level', 'warn',
+    ]
+  }
+  const launchOnce = async (): Promise<ChildProcess> => {
     const fd = openSync(logPath, 'a')
     let p: ChildProcess
     try {
@@ -69,6 +73,26 @@ export async function startEtcd(opts: { host?: string } = {}): Promise<EtcdServe
     await waitHealthy(url, p, logPath)
     return p
   }
+  /**
+   * A port checked free can still be taken before etcd binds it (by a parallel test's
+   * server): on "address already in use" a first start picks new ports; a restart must
+   * keep its URL, so it waits and tries the same ports again.
+   */
+  const launch = async (first: boolean): Promise<ChildProcess> => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await launchOnce()
+      } catch (e) {
+        if (attempt >= 5 || !/address already in use/.test(String(e))) throw e
+        if (first) {
+          rmSync(join(dir, 'data'), { recursive: true, force: true }) // it may hold the old peer URL
+          await choosePorts()
+        }
+        else await new Promise((r) => setTimeout(r, 200 * attempt))
+      }
+    }
+  }
+  await choosePorts()
   const kill = async (p: ChildProcess) => {
     if (p.exitCode !== null || p.signalCode !== null) return
     const exited = new Promise<void>((r) => p.once('exit', () => r()))
@@ -76,7 +100,7 @@ export async function startEtcd(opts: { host?: string } = {}): Promise<EtcdServe
     p.kill('SIGKILL')
     await exited
   }
-  let proc = await launch()
+  let proc = await launch(true)
   let stopped = false
   const server: EtcdServer = {
     url,
@@ -87,7 +111,7 @@ export async function startEtcd(opts: { host?: string } = {}): Promise<EtcdServe
     resume: () => void proc.kill('SIGCONT'),
     restart: async () => {
       await kill(proc)
-      proc = await launch()
+      proc = await launch(false)
     },
     stop: async () => {
       if (stopped) return

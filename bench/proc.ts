@@ -316,12 +316,34 @@ export async function cpuSeconds(pid: number): Promise<number> {
   }
 }
 
-/** A TCP port free on 127.0.0.1 now (for a server that must come back on the same port, or be told its port). */
+/**
+ * A TCP port free on 127.0.0.1 now (for a server that must come back on the same port, or be told its port).
+ *
+ * Chosen at random below the kernel's ephemeral range (ip_local_port_range), not with
+ * `listen(0)`: a port from that range can be taken by any outgoing connection's local end
+ * between this check and the server's own bind — CI lost a run to exactly that (etcd:
+ * "bind: address already in use" on 46707 while the other test files were connecting).
+ * Below the range only another listener can collide, and a random pick over ~22,000 ports
+ * makes two parallel test files picking the same one unlikely; `startEtcd` still retries.
+ */
 export async function freePort(): Promise<number> {
   const { createServer } = await import('node:net')
-  const s = createServer()
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
-  const port = (s.address() as { port: number }).port
-  await new Promise((r) => s.close(r))
-  return port
+  const ephemeralLow = await readFile('/proc/sys/net/ipv4/ip_local_port_range', 'utf8')
+    .then((t) => Number(t.trim().split(/\s+/)[0]) || 32768)
+    .catch(() => 32768)
+  const low = 10_000
+  const high = Math.max(low + 1000, Math.min(ephemeralLow, 65536)) // exclusive
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = low + Math.floor(Math.random() * (high - low))
+    const s = createServer()
+    const ok = await new Promise<boolean>((r) => {
+      s.once('error', () => r(false))
+      s.listen(port, '127.0.0.1', () => r(true))
+    })
+    if (ok) {
+      await new Promise((r) => s.close(r))
+      return port
+    }
+  }
+  throw new Error(`no free TCP port found in ${low}..${high - 1}`)
 }
