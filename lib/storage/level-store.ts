@@ -83,8 +83,17 @@ type Level = ClassicLevel<Buffer, Buffer>
 
 /** Writes the key of chunk `pca` at `at` in `into`: 'd' and the 6-byte address. */
 function putDataKey(into: Buffer, at: number, pca: number): void {
+  // Byte by byte: writeUIntBE's checks were 7% of a storage server's main thread in a remote
+  // sequential read (perf, bench/remote.js seqread: 256 keys per 1 MiB extent). pca < 2^48 (checkRead).
+  const high = Math.floor(pca / 0x1_0000_0000)
+  const low = pca >>> 0
   into[at] = DATA
-  into.writeUIntBE(pca, at + 1, 6)
+  into[at + 1] = high >>> 8
+  into[at + 2] = high & 0xff
+  into[at + 3] = low >>> 24
+  into[at + 4] = (low >>> 16) & 0xff
+  into[at + 5] = (low >>> 8) & 0xff
+  into[at + 6] = low & 0xff
 }
 
 export function dataKey(pca: number): Buffer {
