@@ -214,12 +214,24 @@ export class WireClient extends EventEmitter {
 
   private connect(): void {
     this.setState('connecting')
-    // Reads land in one buffer per connection, reused (PeerLink.receiveVolatile): no new 64 KiB buffer per socket read.
+    // Reads land in one buffer per connection, reused (PeerLink.receiveVolatile): no new 64 KiB buffer per
+    // socket read; or, while a reply body is arriving for a request that named its buffer, straight into
+    // that buffer (PeerLink.nextReadInto). Node asks for the next read's buffer after each read (and once
+    // while connect() runs, before `link` exists).
+    const own = Buffer.allocUnsafeSlow(RECEIVE_BUFFER_BYTES)
+    const linkOf: { current: PeerLink | null } = { current: null }
+    let direct: Buffer | null = null
     const socket = connect({
       host: this.opts.host,
       port: this.opts.port,
-      onread: { buffer: Buffer.allocUnsafeSlow(RECEIVE_BUFFER_BYTES), callback: (n: number, buf: Uint8Array) => {
-          link.receiveVolatile(Buffer.from(buf.buffer, buf.byteOffset, n))
+      onread: {
+        buffer: () => {
+          direct = linkOf.current ? linkOf.current.nextReadInto() : null
+          return direct ?? own
+        },
+        callback: (n: number, buf: Uint8Array) => {
+          if (buf === direct) linkOf.current?.receiveDirect(n)
+          else linkOf.current?.receiveVolatile(Buffer.from(buf.buffer, buf.byteOffset, n))
           return true // keep reading
         },
       },
@@ -229,6 +241,7 @@ export class WireClient extends EventEmitter {
       onClose: (reason) => this.onClose(session, reason),
     }
     const link = new PeerLink(socket, owner)
+    linkOf.current = link
     const connectTimeoutMs = this.opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS
     const session: Session = {
       link,
@@ -401,7 +414,10 @@ export class WireClient extends EventEmitter {
       return
     }
     req.expired = true
-    req.reject(new VvfsError('TIMEOUT', `no answer within ${deadlineMs} ms`, { details: { sent: true } }))
+    const timeout = new VvfsError('TIMEOUT', `no answer within ${deadlineMs} ms`, { details: { sent: true } })
+    // Its reply may be arriving straight into the caller's buffer, which the caller may reuse once told: stop that first.
+    if (req.replyInto) this.session?.link.abandonTarget(req.replyInto, timeout)
+    req.reject(timeout)
   }
 
   private failQueued(err: VvfsError): void {

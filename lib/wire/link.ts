@@ -10,8 +10,10 @@
  * WireClient) decides which frames a phase accepts.
  *
  * Concurrency: frames are delivered synchronously from the socket's 'data'
- * event, one at a time, so the owner may raise the decoder's limit or
- * install a MAC between two frames of the same chunk.
+ * event (or its `onread` callback: receiveVolatile, receiveDirect), one at a
+ * time, so the owner may raise the decoder's limit or install a MAC between
+ * two frames of the same chunk. While the socket reads straight into a body
+ * target (nextReadInto), a drop destroys it at once (see drop).
  *
  * Failure modes: anything the decoder, a MAC check or the owner's onFrame
  * throws drops the link with that error as the reason; onClose is called
@@ -45,6 +47,8 @@ export class PeerLink {
   private sendMac: FrameMac | null = null
   private receiveMac: FrameMac | null = null
   private closed = false
+  /** The socket's next read goes into a body target (nextReadInto handed one out). */
+  private readingDirect = false
 
   constructor(
     readonly socket: Socket,
@@ -73,8 +77,8 @@ export class PeerLink {
   }
 
   /** Received frames' bodies go where `target` says (FrameDecoder.setBodyTarget). */
-  setBodyTarget(target: BodyTarget | null): void {
-    this.decoder.setBodyTarget(target)
+  setBodyTarget(target: BodyTarget | null, when: 'header' | 'complete' = 'header'): void {
+    this.decoder.setBodyTarget(target, when)
   }
 
   /**
@@ -107,9 +111,15 @@ export class PeerLink {
     return this.send({ kind: FrameKind.ERROR, id, body: Buffer.from(JSON.stringify({ code: err.code, message })) })
   }
 
-  /** Ends the link for `reason`; tells the peer why unless `tell` is false. */
+  /**
+   * Ends the link for `reason`; tells the peer why unless `tell` is false.
+   * While the socket reads straight into a body target, the socket is
+   * destroyed at once: the target's owner is told the request failed and may
+   * reuse the buffer, so not one more byte may be read into it.
+   */
   drop(reason: VvfsError, tell = true): void {
     if (this.closed) return
+    if (this.readingDirect) tell = false
     if (tell && this.socket.writable) {
       this.sendError(0, reason)
       this.socket.end()
@@ -124,8 +134,7 @@ export class PeerLink {
     if (this.closed) return
     try {
       this.decoder.push(chunk)
-      let frame: Frame | null
-      while (!this.closed && (frame = this.decoder.next()) !== null) this.onFrame(frame)
+      this.deliverFrames()
     } catch (err) {
       this.drop(asVvfsError(err, 'PEER_PROTOCOL'))
     }
@@ -145,6 +154,40 @@ export class PeerLink {
     } catch (err) {
       this.drop(asVvfsError(err, 'PEER_PROTOCOL'))
     }
+  }
+
+  /**
+   * For a socket whose owner chooses each read's buffer (`onread` with a
+   * buffer function): the rest of a body being received into its target,
+   * to read into next (FrameDecoder.directRegion), or null for the owner's
+   * own buffer. Ask after every read; report a read into it with receiveDirect.
+   */
+  nextReadInto(): Buffer | null {
+    const region = this.closed ? null : this.decoder.directRegion()
+    this.readingDirect = region !== null
+    return region
+  }
+
+  /** `n` bytes were read into the region nextReadInto returned. */
+  receiveDirect(n: number): void {
+    if (this.closed) return
+    try {
+      this.decoder.receivedDirect(n)
+      this.deliverFrames()
+    } catch (err) {
+      this.drop(asVvfsError(err, 'PEER_PROTOCOL'))
+    }
+  }
+
+  /** The owner gave up on the frame whose body goes into `target` (its request expired): the link is dropped if that body is still arriving. */
+  abandonTarget(target: Buffer, reason: VvfsError): void {
+    if (!this.closed && this.decoder.isFilling(target)) this.drop(reason, false)
+  }
+
+  /** Every complete frame the decoder holds, in order, until the link closes. */
+  private deliverFrames(): void {
+    let frame: Frame | null
+    while (!this.closed && (frame = this.decoder.next()) !== null) this.onFrame(frame)
   }
 
   private onFrame(frame: Frame): void {

@@ -331,7 +331,8 @@ class ServerConnection implements LinkOwner {
     const limits = this.server.limits
     this.link.authenticateReceive(new FrameMac(this.server.key, 'client→server', context), limits.maxBodyBytes)
     const pool = this.server.requestBodies
-    if (pool) this.link.setBodyTarget((kind, _id, length) => (kind === FrameKind.REQUEST && length >= pool.minBytes ? pool.take(length) : null))
+    // Taken once the body is here: a pool buffer is never sized by a length a peer merely claimed.
+    if (pool) this.link.setBodyTarget((kind, _id, length) => (kind === FrameKind.REQUEST && length >= pool.minBytes ? pool.take(length) : null), 'complete')
     this.link.authenticateSend(new FrameMac(this.server.key, 'server→client', context))
     this.link.send({ kind: FrameKind.READY, body: encodeReady(limits) })
     const socket = this.link.socket

@@ -96,6 +96,72 @@ describe('the wire frame decoder', () => {
     }
   })
 
+  it('returns the same frames when reads go straight into body targets whenever it offers them, and writes a target only with its own body', () => {
+    const r = rng(17)
+    let direct = 0
+    for (let round = 0; round < 300; round++) {
+      const maxPiece = r.pick([1, 7, 4096, 65536, 1 << 20])
+      const sent = randomFrames(r, r.int(1, 8), r.pick([16, 4096, 70_000]))
+      const stream = Buffer.concat(sent.map(encode))
+      const d = new FrameDecoder(70_000)
+      // Targets for about half the frames with a body, keyed by id; a guard byte after each catches an overrun.
+      const targets = new Map<number, Buffer>()
+      for (const f of sent) if (f.body.length > 0 && r.next() < 0.5) targets.set(f.id, Buffer.alloc(f.body.length + 1, 0xee))
+      d.setBodyTarget((_kind, id, length) => {
+        const t = targets.get(id)
+        return t ? t.subarray(0, length) : null
+      })
+      const read = Buffer.alloc(65536)
+      const got: Frame[] = []
+      for (let at = 0; at < stream.length; ) {
+        const region = d.directRegion()
+        const n = Math.min(r.int(1, maxPiece), stream.length - at, region ? region.length : read.length)
+        if (region) {
+          expect(d.buffered).toBe(0)
+          stream.copy(region, 0, at, at + n) // the socket read straight into the body
+          d.receivedDirect(n)
+          let f: Frame | null
+          while ((f = d.next()) !== null) got.push(f)
+          direct++
+        } else {
+          stream.copy(read, 0, at, at + n)
+          d.pushVolatile(read.subarray(0, n), (f) => got.push(f))
+          read.fill(0xaa)
+        }
+        at += n
+      }
+      expectSame(got, sent)
+      for (const f of got) {
+        const t = targets.get(f.id)
+        if (t && f.body.length > 0) {
+          expect(f.body.buffer).toBe(t.buffer) // delivered in its target
+          expect(t[f.body.length]).toBe(0xee)
+        }
+      }
+      expect(d.buffered).toBe(0)
+      expect(d.directRegion()).toBeNull()
+    }
+    expect(direct).toBeGreaterThan(1000) // the rounds did read straight into targets
+  })
+
+  it('asks a "complete" target only once the whole body is in (no buffer sized by a claimed length), and offers no direct reads then', () => {
+    const body = payload(rng(18), 200_000)
+    const stream = encode({ kind: FrameKind.REQUEST, type: 1, id: 5, body, mac: Buffer.alloc(MAC_BYTES, 3) })
+    const d = new FrameDecoder(1024 * 1024)
+    const asked: number[] = []
+    const into = Buffer.alloc(body.length)
+    d.setBodyTarget((_k, _id, length) => (asked.push(length), into), 'complete')
+    d.push(stream.subarray(0, 100_000))
+    expect(d.next()).toBeNull()
+    expect(asked).toEqual([])
+    expect(d.directRegion()).toBeNull()
+    d.push(stream.subarray(100_000))
+    const f = d.next()
+    expect(asked).toEqual([body.length])
+    expect(f?.body).toBe(into)
+    expect(into.equals(body)).toBe(true)
+  })
+
   it('holds a frame sent one byte per chunk in blocks, not in a Buffer per byte', () => {
     const body = payload(rng(16), 1024 * 1024)
     const stream = encode({ kind: FrameKind.REQUEST, type: 1, id: 7, body, mac: Buffer.alloc(MAC_BYTES, 5) })

@@ -52,6 +52,8 @@ export class RawPeer {
   readonly socket: Socket
   readonly received: Frame[] = []
   closed = false
+  /** The protocol version the server chose in the last handshake. */
+  version = 0
   private readonly decoder = new FrameDecoder(16 * 1024 * 1024)
   private sendMac: FrameMac | null = null
   private receiveMac: FrameMac | null = null
@@ -95,6 +97,7 @@ export class RawPeer {
     this.send({ kind: FrameKind.HELLO, body: encodeHello({ minVersion: PROTOCOL_MIN, maxVersion: PROTOCOL_MAX, service, nonce }) })
     const c = decodeChallenge((await this.nextFrame()).body)
     const context: SessionContext = { version: c.version, service, clientNonce: nonce, serverNonce: c.nonce }
+    this.version = c.version
     this.send({ kind: FrameKind.PROOF, body: proofOf(proofKey, 'client', context) })
     this.sendMac = new FrameMac(proofKey, 'client→server', context)
     this.receiveMac = new FrameMac(proofKey, 'server→client', context)
@@ -118,6 +121,25 @@ export class Tap {
   /** When set, the next chunk to the server longer than this has its byte at this offset flipped. */
   corruptAt: number | null = null
   private readonly sockets = new Set<Socket>()
+  /** Bytes still let through toward the client before it holds the rest (null: no holding), and what it holds. */
+  private passToClient: number | null = null
+  private held: { down: Socket; chunk: Buffer }[] = []
+
+  /** From now on lets only `bytes` more through toward the client and holds the rest, in order, until releaseToClient(). */
+  holdToClientAfter(bytes: number): void {
+    this.passToClient = bytes
+  }
+
+  /** Sends what it held toward the client and stops holding; resolves with the bytes released. */
+  releaseToClient(): number {
+    this.passToClient = null
+    let n = 0
+    for (const { down, chunk } of this.held.splice(0)) {
+      n += chunk.length
+      if (!down.destroyed) down.write(chunk)
+    }
+    return n
+  }
 
   private constructor(
     private readonly server: Server,
@@ -145,7 +167,13 @@ export class Tap {
       up.on('data', (c: Buffer) => {
         if (tap.frozen) return
         tap.toClient.push(c)
-        down.write(c)
+        if (tap.passToClient !== null) {
+          const now = c.subarray(0, tap.passToClient)
+          tap.passToClient -= now.length
+          if (now.length < c.length) tap.held.push({ down, chunk: c.subarray(now.length) })
+          c = now
+        }
+        if (c.length > 0) down.write(c)
       })
       const end = () => {
         down.destroy()
