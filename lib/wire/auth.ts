@@ -28,10 +28,19 @@
  *      header and body as associated data and nothing to encrypt: a
  *      one-time authenticator per frame, as strong as the AEAD's tag. The
  *      frame's 32-byte trailer holds the 16-byte tag and 16 zero bytes.
+ *   3  GMAC: AES-256-GCM's tag the same way (the direction's key, the
+ *      counter as its 96-bit IV, header and body as associated data,
+ *      nothing encrypted) — NIST SP 800-38D's GMAC, a MAC as long as no IV
+ *      repeats under a key, which the counter guarantees. Same trailer.
  * Why version 2: the remote store's sequential loads spent most of their
  * CPU on the MAC. HMAC-SHA256 (SHA-NI) took 294 µs per 128 KiB frame and
  * 653 µs per MiB on each side; Poly1305 20 µs and 116 µs (this 2-core VM
  * under load, `node dist/bench/wire-mac.js`), and a 4 KiB frame 8 vs 18 µs.
+ * Why version 3: Poly1305 was still the largest item on both main threads
+ * of a remote sequential read (perf, bench/remote.js, 2026-12-06: ~30 % of
+ * the server's and ~25 % of the relay's); GMAC (AES-NI, VPCLMULQDQ) took
+ * 100–107 µs per MiB against 186–188, 12 against 20–22 per 64 KiB and 6–9
+ * against 8–10 per 4 KiB frame (`node dist/bench/wire-mac.js`).
  *
  * Why not TLS-PSK (node:tls): it would add confidentiality, but Node supports
  * PSK only with explicitly named cipher suites, a synchronous callback, and a
@@ -59,12 +68,14 @@ export const NONCE_BYTES = 32
 export const PROOF_BYTES = 32
 export const MAX_SERVICE_BYTES = 32
 
-/** Protocol versions this build speaks (the handshake picks the highest both do). 2: the Poly1305 frame MAC (FrameMac). */
+/** Protocol versions this build speaks (the handshake picks the highest both do). 2: the Poly1305 frame MAC, 3: GMAC (FrameMac). */
 export const PROTOCOL_MIN = 1
-export const PROTOCOL_MAX = 2
+export const PROTOCOL_MAX = 3
 /** The first version whose frames carry a Poly1305 MAC instead of HMAC-SHA256. */
 export const POLY1305_VERSION = 2
-const POLY1305_TAG_BYTES = 16
+/** The first version whose frames carry GMAC (AES-256-GCM's tag over associated data only) instead of Poly1305. */
+export const GMAC_VERSION = 3
+const TAG_BYTES = 16
 
 const LABEL = 'vvfs-wire/1'
 
@@ -187,12 +198,13 @@ export function sessionIdOf(c: SessionContext): string {
  */
 export class FrameMac {
   readonly #key: Buffer
-  readonly #poly1305: boolean
+  /** The AEAD whose tag is the MAC (versions 2 and 3), or null for HMAC-SHA256 (version 1). */
+  readonly #aead: 'chacha20-poly1305' | 'aes-256-gcm' | null
   private counter = 0n
 
   constructor(key: PeerKey, direction: 'client→server' | 'server→client', c: SessionContext) {
     this.#key = key.hmac(`${LABEL} mac ${direction}\0`, contextBytes(c))
-    this.#poly1305 = c.version >= POLY1305_VERSION
+    this.#aead = c.version >= GMAC_VERSION ? 'aes-256-gcm' : c.version >= POLY1305_VERSION ? 'chacha20-poly1305' : null
   }
 
   /** The MAC of the next frame in this direction (advances the counter); a body in pieces has the MAC of the pieces joined. */
@@ -208,10 +220,13 @@ export class FrameMac {
 
   private compute(header: Buffer, body: readonly Buffer[]): Buffer {
     const n = this.counter++
-    if (this.#poly1305) {
+    if (this.#aead) {
       const nonce = Buffer.alloc(12)
       nonce.writeBigUInt64BE(n, 4)
-      const aead = createCipheriv('chacha20-poly1305', this.#key, nonce, { authTagLength: POLY1305_TAG_BYTES })
+      const aead =
+        this.#aead === 'aes-256-gcm'
+          ? createCipheriv('aes-256-gcm', this.#key, nonce, { authTagLength: TAG_BYTES })
+          : createCipheriv('chacha20-poly1305', this.#key, nonce, { authTagLength: TAG_BYTES })
       aead.setAAD(header, { plaintextLength: 0 })
       // The tag of AAD given in pieces is that of the pieces joined (checked: test/wire/auth.test.ts).
       for (const piece of body) if (piece.length > 0) aead.setAAD(piece, { plaintextLength: 0 })

@@ -77,11 +77,11 @@ describe('the MAC of every frame', () => {
 })
 
 describe('the MAC of a body sent in pieces (a replication batch: header, lengths, records)', () => {
-  it('is the MAC of the pieces joined, under both protocol versions, however they are cut', () => {
+  it('is the MAC of the pieces joined, under every protocol version, however they are cut', () => {
     const key = new PeerKey(randomBytes(32))
     const body = randomBytes(5000)
     const header = encodeHeader({ kind: FrameKind.REQUEST, type: 1, id: 1, body }, true)
-    for (const version of [1, 2]) {
+    for (const version of [1, 2, 3]) {
       const c = { ...context(), version }
       for (const cuts of [[], [0], [1, 2], [7, 16, 17, 4999], [2500]]) {
         const edges = [0, ...cuts, body.length]
