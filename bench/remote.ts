@@ -36,7 +36,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { processMemory } from '../lib/proc-memory.js'
 import { JOBS, runJob, type JobName, type JobResult } from './fio.js'
-import { Cleanup, freePort, must, onInterrupt, run, say, sleep, startService, stopService, waitFor, type Service } from './proc.js'
+import { Cleanup, cpuSeconds, freePort, must, onInterrupt, run, say, sleep, startService, stopService, waitFor, type Service } from './proc.js'
 import { benchNodeFlags, ROOT, Vvfs, VVFS_BIN } from './vvfs.js'
 
 const OUT = join(ROOT, 'bench', 'out')
@@ -63,7 +63,7 @@ async function peakRss(pid: number): Promise<number> {
 async function startServer(dir: string, name: string, host: string, keyFile: string, cleanup: Cleanup, ns?: string): Promise<Server> {
   const port = await freePort()
   // BENCH_PROF=DIR: the servers write a CPU profile there when they stop.
-  const prof = process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : []
+  const prof = process.env.BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROF}`] : process.env.BENCH_PERF ? ['--perf-basic-prof-only-functions'] : []
   const args = [...prof, ...benchNodeFlags(), VVFS_BIN, 'storage', 'serve', '--dir', join(dir, name), '--listen', `${host}:${port}`, '--peer-key', keyFile, '--log-level', 'warn', '--log-format', 'json']
   const logFile = createWriteStream(join(dir, `${name}.log`))
   const svc = ns ? startService('ip', ['netns', 'exec', ns, process.execPath, ...args], { logFile }) : startService(process.execPath, args, { logFile })
@@ -162,6 +162,7 @@ async function main(): Promise<void> {
   if (process.env.BENCH_KEEP !== '1') cleanup.add(`remove ${dir}`, () => rm(dir, { recursive: true, force: true }))
   const results: Record<string, Partial<Record<JobName, JobResult>>> = {}
   const rss: Record<string, number> = {}
+  const cpu: Record<string, { daemon: number; servers: number }> = {}
   try {
     const keyFile = join(dir, 'peer.key')
     await writeFile(keyFile, randomBytes(32).toString('base64') + '\n', { mode: 0o600 })
@@ -186,7 +187,14 @@ async function main(): Promise<void> {
       for (const [system, file] of volumes) {
         const waited = await settle([vvfs.pid, ...servers.map((s) => s.svc.pid)])
         say(`remote bench: ${job.label} on ${system} (after ${(waited / 1000).toFixed(0)} s to settle)`)
-        results[system][job.name] = await runJob(job, file, seconds, join(OUT, 'fio-remote', `${system}-${job.name}.json`))
+        const pids = [vvfs.pid, ...servers.map((s) => s.svc.pid)]
+        const before = await Promise.all(pids.map((p) => cpuSeconds(p)))
+        const r = await runJob(job, file, seconds, join(OUT, 'fio-remote', `${system}-${job.name}.json`))
+        const used = (await Promise.all(pids.map((p) => cpuSeconds(p)))).map((c, i) => c - before[i])
+        results[system][job.name] = r
+        // CPU-seconds per GiB moved: the daemon's, and the storage servers' together.
+        const perGiB = (c: number) => (r.ok && r.ioBytes > 0 ? c / (r.ioBytes / 2 ** 30) : NaN)
+        cpu[`${system}/${job.name}`] = { daemon: perGiB(used[0]), servers: perGiB(used.slice(1).reduce((a, b) => a + b, 0)) }
       }
     }
     for (const s of servers) rss[s.name] = await peakRss(s.svc.pid)
@@ -207,10 +215,11 @@ async function main(): Promise<void> {
     )
     return row
   })
+  lines.push(`CPU-s per GiB moved (daemon + servers): ${Object.entries(cpu).map(([k, v]) => `${k} ${v.daemon.toFixed(2)} + ${v.servers.toFixed(2)}`).join(', ')}`)
   lines.push(`peak RSS: ${Object.entries(rss).map(([k, v]) => `${k} ${(v / 2 ** 20).toFixed(0)} MiB`).join(', ')}`)
   for (const [system, jobs] of Object.entries(results)) for (const [job, r] of Object.entries(jobs)) if (r && !r.ok) lines.push(`${system} ${job}: ${r.error}`)
   process.stdout.write(lines.join('\n') + '\n')
-  await writeFile(join(OUT, 'remote.json'), JSON.stringify({ seconds, netem, delay, rows, rss, results, volumeBytes: GiB }, null, 2) + '\n')
+  await writeFile(join(OUT, 'remote.json'), JSON.stringify({ seconds, netem, delay, rows, rss, cpu, results, volumeBytes: GiB }, null, 2) + '\n')
 }
 
 main().catch((err: unknown) => {
