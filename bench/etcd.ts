@@ -8,7 +8,7 @@
  * (kill -9) and starts it again on the same data and port.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
+import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { freePort } from './proc.js'
@@ -26,17 +26,19 @@ export interface EtcdServer {
 
 const live = new Set<EtcdServer>()
 
-async function waitHealthy(url: string, proc: ChildProcess, logPath: string, timeoutMs = 15_000): Promise<void> {
+/** `logFrom`: where this launch's part of the log starts (a retry must not be judged by an earlier attempt's lines). */
+async function waitHealthy(url: string, proc: ChildProcess, logPath: string, logFrom: number, timeoutMs = 15_000): Promise<void> {
   const start = Date.now()
+  const log = () => readFileSync(logPath).subarray(logFrom).toString('utf8')
   for (;;) {
-    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`etcd exited:\n${readFileSync(logPath, 'utf8')}`)
+    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`etcd exited:\n${log()}`)
     try {
       const r = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1000) }) // whoever took the port may never answer
       if (r.ok && ((await r.json()) as { health?: string }).health === 'true') return
     } catch {
       // not listening yet
     }
-    if (Date.now() - start > timeoutMs) throw new Error(`etcd at ${url} not healthy in ${timeoutMs} ms:\n${readFileSync(logPath, 'utf8')}`)
+    if (Date.now() - start > timeoutMs) throw new Error(`etcd at ${url} not healthy in ${timeoutMs} ms:\n${log()}`)
     await new Promise((r) => setTimeout(r, 50))
   }
 }
@@ -64,13 +66,14 @@ export async function startEtcd(opts: { host?: string } = {}): Promise<EtcdServe
   }
   const launchOnce = async (): Promise<ChildProcess> => {
     const fd = openSync(logPath, 'a')
+    const logFrom = fstatSync(fd).size
     let p: ChildProcess
     try {
       p = spawn('etcd', args, { stdio: ['ignore', fd, fd], env: { ...process.env, ETCD_UNSUPPORTED_ARCH: process.arch === 'x64' ? '' : process.arch } })
     } finally {
       closeSync(fd)
     }
-    await waitHealthy(url, p, logPath)
+    await waitHealthy(url, p, logPath, logFrom)
     return p
   }
   /**
